@@ -1,0 +1,89 @@
+"""The one small interface every pub/sub broker implements (Kafka, in-memory).
+
+A broker does three things for the runtime:
+
+- ``publish``: produce one record and return only once the broker acknowledged it;
+- ``subscribe``: run the app-id's consumer group over a set of topics and call a handler for every
+  record, strictly in order within a partition, partitions in parallel;
+- ``close``: stop fetching, let in-flight handlers finish within a grace period, commit, leave.
+
+The handler contract is what makes delivery at-least-once: ``await handler(record)`` returns
+only when the record is *finished* (delivered and acknowledged by the app, or dead-lettered). Only
+then may the broker commit its offset. If the handler is cancelled (partition revoked, shutdown
+grace exhausted) the record is not finished and must be delivered again by whoever next owns the
+partition. Neighbours: ``delivery.py`` provides the handler; ``brokers/kafka.py`` and
+``brokers/memory.py`` implement this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Broker", "BrokerError", "Handler", "Header", "Record"]
+
+Header = tuple[str, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record. ``timestamp_ms`` is milliseconds since the epoch (Kafka's unit)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[Header, ...] = ()
+    timestamp_ms: int = 0
+
+
+Handler = Callable[[Record], Awaitable[None]]
+
+
+class BrokerError(Exception):
+    """The broker refused or could not take a request. ``retriable`` says whether trying the
+    same request again later may succeed (Kafka's error flag); the message is for humans only."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class Broker(Protocol):
+    """A started pub/sub component. Implementations: ``KafkaBroker``, ``MemoryBroker``."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect the producer side. Raises :class:`BrokerError` if the broker is unreachable."""
+
+    async def publish(
+        self, topic: str, value: bytes, *, key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Produce one record; return after the broker acknowledged it (Kafka ``acks=all``).
+
+        Raises :class:`BrokerError` when the record was not stored (or may not have been).
+        """
+
+    async def publish_many(
+        self, records: Sequence[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]],
+    ) -> list[BrokerError | None]:
+        """Produce ``(topic, value, key, headers)`` records together; one outcome per record, in
+        order: ``None`` when acknowledged, else the error. Never raises for a single record."""
+
+    async def subscribe(self, topics: Collection[str], handler: Handler) -> None:
+        """Make the consumer group consume exactly ``topics`` (empty: stop consuming).
+
+        May be called again with a new set (hot reload); for Kafka that is a rebalance. Returns
+        once the change is in effect, not when the first record arrives.
+        """
+
+    async def close(self, *, grace_s: float) -> None:
+        """Stop fetching, wait up to ``grace_s`` seconds for in-flight handlers, commit what
+        finished, leave the group and stop the producer. Never raises."""
+
+    def ready(self) -> bool:
+        """Whether the producer side is connected (outbound health, §1.5)."""

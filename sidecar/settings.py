@@ -1,0 +1,125 @@
+"""Sidecar settings: the only reader of command-line flags and environment variables.
+
+Flag names follow daprd (``--app-id``, ``--dapr-http-port``, ``--resources-path``...,
+dapr-pubsub-contract.md §1.1) so an injected container reads like a Dapr one. Everything else in
+the sidecar receives a :class:`SidecarSettings` explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["SidecarSettings", "add_sidecar_arguments", "settings_from_args"]
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarSettings:
+    """How one sidecar runs. Every duration is in seconds, every size in bytes."""
+
+    app_id: str
+    """The app-id: CloudEvent ``source`` and, by default, the Kafka consumer group."""
+
+    app_port: int | None = None
+    """Port of the app's HTTP server; ``None`` means no app channel, so no deliveries."""
+
+    app_channel_address: str = "127.0.0.1"
+    """Host of the app's HTTP server (``dapr.io/app-channel-address``)."""
+
+    dapr_http_port: int = 3500
+    """Port of the sidecar's HTTP API."""
+
+    dapr_listen_address: str = "127.0.0.1"
+    """Address the HTTP API binds; ``0.0.0.0`` in a pod so probes can reach it."""
+
+    resources_paths: tuple[Path, ...] = ()
+    """Folders (or files) of Component and Subscription YAML; watched for changes."""
+
+    max_body_size: int = 4 * MIB
+    """Largest accepted request body, bytes (Dapr's default 4 MiB); larger gets 413."""
+
+    graceful_shutdown_seconds: float = 5.0
+    """On SIGTERM: how long in-flight deliveries may take before they are abandoned."""
+
+    api_token: str | None = None
+    """``DAPR_API_TOKEN``: when set, every endpoint but healthz needs header ``dapr-api-token``."""
+
+    app_api_token: str | None = None
+    """``APP_API_TOKEN``: sent to the app as ``dapr-api-token`` on every delivery."""
+
+    log_level: str = "info"
+    log_as_json: bool = False
+
+    resources_poll_interval_s: float = 1.0
+    """How often the resources folders are checked for changes (hot reload)."""
+
+    app_connect_timeout_s: float = 0.0
+    """How long to wait for the app port before giving up; 0 waits forever (Dapr's default)."""
+
+    delivery_timeout_s: float = 60.0
+    """Longest one delivery POST to the app may take before it counts as failed (retried)."""
+
+    namespace: str = field(default_factory=lambda: os.environ.get("NAMESPACE", ""))
+    """Kubernetes namespace from the downward API, empty outside Kubernetes."""
+
+
+def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: bool = True) -> None:
+    """Add daprd-compatible sidecar flags to ``parser``."""
+    parser.add_argument("--app-id", required=app_id_required, help="the app-id")
+    parser.add_argument("--app-port", type=int, default=None, help="port the app listens on")
+    parser.add_argument("--app-channel-address", default="127.0.0.1")
+    parser.add_argument("--dapr-http-port", type=int, default=3500)
+    parser.add_argument("--dapr-listen-addresses", default="127.0.0.1",
+                        help="address the HTTP API binds (daprd's name)")
+    parser.add_argument("--resources-path", action="append", default=[],
+                        help="folder of Component/Subscription YAML (repeatable)")
+    parser.add_argument("--components-path", action="append", default=[],
+                        help="deprecated daprd alias of --resources-path")
+    parser.add_argument("--max-body-size", default="4Mi",
+                        help="largest request body: bytes, or with Ki/Mi/Gi suffix (default 4Mi)")
+    parser.add_argument("--dapr-graceful-shutdown-seconds", "--graceful-shutdown-seconds",
+                        dest="graceful_shutdown_seconds", type=float, default=5.0)
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warn", "warning", "error"])
+    parser.add_argument("--log-as-json", action="store_true")
+    parser.add_argument("--delivery-timeout-seconds", type=float, default=60.0)
+
+
+def parse_size(text: str) -> int:
+    """``"4Mi"``/``"4MB"``/``"4194304"`` to bytes. Raises ``ValueError``."""
+    s = text.strip()
+    units = {"ki": 1024, "mi": MIB, "gi": 1024 * MIB, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+             "k": 1000, "m": 1000**2, "g": 1000**3}
+    for suffix in sorted(units, key=len, reverse=True):
+        if s.lower().endswith(suffix):
+            return int(float(s[: -len(suffix)]) * units[suffix])
+    return int(s)
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> SidecarSettings:
+    """Build settings from parsed flags plus ``DAPR_API_TOKEN``/``APP_API_TOKEN``/``NAMESPACE``."""
+    env = os.environ if environ is None else environ
+    paths: Sequence[str] = [*args.resources_path, *args.components_path]
+    return SidecarSettings(
+        app_id=args.app_id,
+        app_port=args.app_port,
+        app_channel_address=args.app_channel_address,
+        dapr_http_port=args.dapr_http_port,
+        dapr_listen_address=args.dapr_listen_addresses.split(",")[0].strip("[]") or "127.0.0.1",
+        resources_paths=tuple(Path(p) for p in paths),
+        max_body_size=parse_size(args.max_body_size),
+        graceful_shutdown_seconds=args.graceful_shutdown_seconds,
+        api_token=env.get("DAPR_API_TOKEN") or None,
+        app_api_token=env.get("APP_API_TOKEN") or None,
+        log_level=args.log_level,
+        log_as_json=args.log_as_json,
+        delivery_timeout_s=args.delivery_timeout_seconds,
+        namespace=env.get("NAMESPACE", ""),
+    )
