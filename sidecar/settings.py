@@ -67,6 +67,9 @@ class SidecarSettings:
     namespace: str = field(default_factory=lambda: os.environ.get("NAMESPACE", ""))
     """Kubernetes namespace from the downward API, empty outside Kubernetes."""
 
+    metrics_port: int | None = None
+    """Port of the Prometheus ``/metrics`` endpoint (Dapr's 9090); ``None`` serves none."""
+
 
 def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: bool = True) -> None:
     """Add daprd-compatible sidecar flags to ``parser``."""
@@ -88,6 +91,9 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: b
                         choices=["debug", "info", "warn", "warning", "error"])
     parser.add_argument("--log-as-json", action="store_true")
     parser.add_argument("--delivery-timeout-seconds", type=float, default=60.0)
+    parser.add_argument("--enable-metrics", action="store_true",
+                        help="serve Prometheus metrics on --metrics-port")
+    parser.add_argument("--metrics-port", type=int, default=9090)
 
 
 def parse_size(text: str) -> int:
@@ -122,4 +128,5 @@ def settings_from_args(
         log_as_json=args.log_as_json,
         delivery_timeout_s=args.delivery_timeout_seconds,
         namespace=env.get("NAMESPACE", ""),
+        metrics_port=args.metrics_port if args.enable_metrics else None,
     )
