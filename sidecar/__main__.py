@@ -1,0 +1,5 @@
+"""``python -m tidings.sidecar``: the sidecar process itself (what ``tidings sidecar`` runs)."""
+
+from .cli import main
+
+raise SystemExit(main(["sidecar", *__import__("sys").argv[1:]]))

@@ -1,0 +1,237 @@
+"""The ``tidings`` command line.
+
+- ``tidings sidecar [daprd flags]``: run one sidecar (what the operator injects as ``daprd``).
+- ``tidings init``: start the local Kafka-compatible broker and write the default ``pubsub``
+  Component (like ``dapr init``); ``tidings uninstall`` stops it.
+- ``tidings run --app-id ID [--app-port N] [--resources-path DIR] [--dapr-http-port N] -- CMD``:
+  start a sidecar, then the app with ``DAPR_HTTP_PORT`` set; Ctrl-C stops both (like ``dapr run``).
+- ``tidings publish --app-id ID --pubsub NAME --topic T --data JSON``: publish through the
+  running sidecar of ``ID``.
+- ``tidings operator [...]``: the Kubernetes operator (``tidings.operator``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+
+from .localbroker import free_port
+from .localdev import home, sidecar_command
+from .logs import configure_logging
+from .settings import add_sidecar_arguments, settings_from_args
+
+__all__ = ["main"]
+
+
+def _cmd_sidecar(args: argparse.Namespace) -> int:
+    from .runner import run_sidecar
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level, as_json=settings.log_as_json)
+    return run_sidecar(settings)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    state = home()
+    try:
+        bootstrap, started = state.init(port=args.broker_port)
+    except RuntimeError as exc:
+        print(f"tidings init: {exc}", file=sys.stderr)
+        return 1
+    verb = "started" if started else "already running"
+    print(f"local Kafka-compatible broker {verb} at {bootstrap}")
+    print(f"default component 'pubsub' written to {state.resources / 'pubsub.yaml'}")
+    return 0
+
+
+def _cmd_uninstall(_: argparse.Namespace) -> int:
+    stopped = home().uninstall()
+    print("local broker stopped" if stopped else "no local broker was running")
+    return 0
+
+
+def _wait_http_ok(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.05)  # poll interval while the sidecar starts, bounded by the deadline
+    return False
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    state = home()
+    http_port = args.dapr_http_port or free_port()
+    resources = list(args.resources_path) or ([str(state.resources)] if state.resources.is_dir() else [])
+    if not resources:
+        print("tidings run: no --resources-path and no default components; run `tidings init` first",
+              file=sys.stderr)
+        return 2
+    sidecar_argv = ["--app-id", args.app_id, "--dapr-http-port", str(http_port),
+                    "--log-level", args.log_level,
+                    "--dapr-graceful-shutdown-seconds", str(args.graceful_shutdown_seconds)]
+    for path in resources:
+        sidecar_argv += ["--resources-path", path]
+    if args.app_port:
+        sidecar_argv += ["--app-port", str(args.app_port)]
+    if args.log_as_json:
+        sidecar_argv.append("--log-as-json")
+    sidecar = subprocess.Popen(sidecar_command(*sidecar_argv))
+    app: subprocess.Popen[bytes] | None = None
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    code = 0
+    try:
+        if not _wait_http_ok(f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound", 60, sidecar):
+            print(f"tidings run: the sidecar of {args.app_id} did not become ready", file=sys.stderr)
+            return 1
+        state.register_app(args.app_id, http_port=http_port, pid=sidecar.pid)
+        print(f"tidings run: sidecar of {args.app_id} ready on port {http_port}", file=sys.stderr,
+              flush=True)
+        if command:
+            env = {**os.environ, "DAPR_HTTP_PORT": str(http_port), "APP_ID": args.app_id}
+            if args.app_port:
+                env["APP_PORT"] = str(args.app_port)
+            app = subprocess.Popen(command, env=env)
+        while not stop_requested:
+            if sidecar.poll() is not None:
+                print(f"tidings run: sidecar exited with {sidecar.returncode}", file=sys.stderr)
+                code = sidecar.returncode or 1
+                break
+            if app is not None and app.poll() is not None:
+                code = app.returncode
+                break
+            time.sleep(0.1)  # supervision tick: check both children
+    finally:
+        # Sidecar first: it stops fetching and lets in-flight deliveries to the app finish.
+        _terminate(sidecar, args.graceful_shutdown_seconds + 10)
+        _terminate(app, 10)
+        state.unregister_app(args.app_id)
+    return code
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    port = args.dapr_http_port or home().app_http_port(args.app_id)
+    if port is None:
+        print(f"tidings publish: no running sidecar for app-id {args.app_id!r} "
+              "(start it with `tidings run`, or pass --dapr-http-port)", file=sys.stderr)
+        return 2
+    query = urllib.parse.urlencode({f"metadata.{k}": v for k, v in
+                                    (m.split("=", 1) for m in args.metadata)})
+    topic = urllib.parse.quote(args.topic, safe="/")
+    url = f"http://127.0.0.1:{port}/v1.0/publish/{urllib.parse.quote(args.pubsub, safe='')}/{topic}"
+    if query:
+        url += f"?{query}"
+    data = args.data.encode()
+    content_type = args.content_type
+    if content_type is None:
+        try:
+            json.loads(args.data)
+            content_type = "application/json"
+        except ValueError:
+            content_type = "text/plain"
+    headers = {"Content-Type": content_type}
+    if os.environ.get("DAPR_API_TOKEN"):
+        headers["dapr-api-token"] = os.environ["DAPR_API_TOKEN"]
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+    except urllib.error.HTTPError as exc:
+        print(f"tidings publish: {exc.code} {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"tidings publish: cannot reach the sidecar on port {port}: {exc}", file=sys.stderr)
+        return 1
+    print("event published")
+    return 0
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    try:
+        from tidings.operator.main import main as operator_main
+    except ImportError as exc:
+        print(f"tidings operator: {exc}; install the 'operator' extra", file=sys.stderr)
+        return 2
+    return int(operator_main(args.rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidings", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command_name", required=True)
+
+    p = sub.add_parser("sidecar", help="run one sidecar (daprd-compatible flags)")
+    add_sidecar_arguments(p)
+    p.set_defaults(func=_cmd_sidecar)
+
+    p = sub.add_parser("init", help="start the local broker and write the default component")
+    p.add_argument("--broker-port", type=int, default=9092)
+    p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser("uninstall", help="stop the local broker started by `tidings init`")
+    p.set_defaults(func=_cmd_uninstall)
+
+    p = sub.add_parser("run", help="run an app with its sidecar")
+    p.add_argument("--app-id", required=True)
+    p.add_argument("--app-port", type=int, default=None)
+    p.add_argument("--resources-path", action="append", default=[])
+    p.add_argument("--dapr-http-port", type=int, default=None)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-as-json", action="store_true")
+    p.add_argument("--graceful-shutdown-seconds", type=float, default=5.0)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD... (the app)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("publish", help="publish an event through a running sidecar")
+    p.add_argument("--app-id", required=True)
+    p.add_argument("--pubsub", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--content-type", default=None)
+    p.add_argument("--metadata", action="append", default=[], help="key=value (repeatable)")
+    p.add_argument("--dapr-http-port", type=int, default=None)
+    p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_operator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tidings`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

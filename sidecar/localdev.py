@@ -1,0 +1,153 @@
+"""Local development outside Kubernetes: the ``tidings init`` / ``tidings run`` state folder.
+
+Like ``~/.dapr``, ``$TIDINGS_HOME`` (default ``~/.tidings``) holds:
+
+- ``resources/pubsub.yaml``: the default ``pubsub`` Component, written by ``tidings init`` and
+  pointing at the local broker; ``tidings run`` reads this folder unless given
+  ``--resources-path``;
+- ``broker.json``: pid and address of the local broker started by ``tidings init``;
+- ``apps/<app-id>.json``: pid and HTTP port of each sidecar ``tidings run`` started, so
+  ``tidings publish --app-id`` finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .localbroker import kafka_api_versions_ok, start_local_broker
+
+__all__ = ["DEFAULT_COMPONENT", "Home", "home"]
+
+DEFAULT_BROKER_PORT = 9092
+
+DEFAULT_COMPONENT = """\
+# Written by `tidings init`: the default pub/sub component, a local Kafka-compatible broker.
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.kafka
+  version: v1
+  metadata:
+  - name: brokers
+    value: "{bootstrap}"
+  - name: authType
+    value: "none"
+  # A group that has never committed starts at the oldest record, so nothing published before a
+  # subscriber's first start is missed in local runs (Dapr's default is newest).
+  - name: initialOffset
+    value: "oldest"
+  - name: sessionTimeout
+    value: "6s"
+  - name: heartbeatInterval
+    value: "2s"
+"""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Home:
+    """The state folder. All methods are synchronous and cheap."""
+
+    root: Path
+
+    @property
+    def resources(self) -> Path:
+        return self.root / "resources"
+
+    @property
+    def broker_file(self) -> Path:
+        return self.root / "broker.json"
+
+    def app_file(self, app_id: str) -> Path:
+        return self.root / "apps" / f"{app_id}.json"
+
+    # --- broker ------------------------------------------------------------------------------
+    def broker(self) -> dict[str, object] | None:
+        """The running local broker's ``{"pid", "host", "port"}``, or ``None``."""
+        try:
+            info = json.loads(self.broker_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if _pid_alive(int(info["pid"])) and kafka_api_versions_ok(str(info["host"]), int(info["port"])):
+            return dict(info)
+        return None
+
+    def init(self, *, port: int = DEFAULT_BROKER_PORT) -> tuple[str, bool]:
+        """Start the local broker (unless one runs) and write the default component.
+
+        Returns ``(bootstrap, started_now)``. Raises ``RuntimeError`` when the broker cannot start
+        (for example the port is taken by something else).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        running = self.broker()
+        if running is not None:
+            bootstrap = f"{running['host']}:{running['port']}"
+            started = False
+        else:
+            broker = start_local_broker(port=port, log_path=self.root / "broker.log")
+            # The broker outlives this command, like `dapr init`'s containers.
+            self.broker_file.write_text(json.dumps(
+                {"pid": broker.process.pid, "host": broker.host, "port": broker.port}))
+            bootstrap, started = broker.bootstrap, True
+        self.resources.mkdir(parents=True, exist_ok=True)
+        component = self.resources / "pubsub.yaml"
+        component.write_text(DEFAULT_COMPONENT.format(bootstrap=bootstrap))
+        return bootstrap, started
+
+    def uninstall(self) -> bool:
+        """Stop the local broker started by :meth:`init`; True if one was stopped."""
+        info = self.broker()
+        self.broker_file.unlink(missing_ok=True)
+        if info is None:
+            return False
+        pid = int(info["pid"])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the broker process to exit, bounded
+        return True
+
+    # --- apps --------------------------------------------------------------------------------
+    def register_app(self, app_id: str, *, http_port: int, pid: int) -> None:
+        path = self.app_file(app_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"app_id": app_id, "http_port": http_port, "pid": pid}))
+
+    def unregister_app(self, app_id: str) -> None:
+        self.app_file(app_id).unlink(missing_ok=True)
+
+    def app_http_port(self, app_id: str) -> int | None:
+        """The HTTP port of the running sidecar of ``app_id`` started by ``tidings run``."""
+        try:
+            info = json.loads(self.app_file(app_id).read_text())
+        except (OSError, ValueError):
+            return None
+        return int(info["http_port"]) if _pid_alive(int(info["pid"])) else None
+
+
+def home() -> Home:
+    """The state folder from ``$TIDINGS_HOME``, default ``~/.tidings``."""
+    return Home(Path(os.environ.get("TIDINGS_HOME") or Path.home() / ".tidings"))
+
+
+def sidecar_command(*args: str) -> list[str]:
+    """argv that runs a sidecar with this interpreter (what ``tidings sidecar`` does)."""
+    return [sys.executable, "-m", "tidings.sidecar", *args]
+

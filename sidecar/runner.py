@@ -1,0 +1,295 @@
+"""Start order and ordered shutdown of one sidecar.
+
+Start: load resources (refuse to start on a bad one) → start each component's producer side →
+serve the HTTP API → wait until the app port accepts connections → discover programmatic
+subscriptions → start consumer groups. The API serves before the first delivery, and deliveries
+start only once the app is reachable (dapr-pubsub-contract.md §1.5, §2.1, §5.8).
+
+Hot reload: the resources folders are polled; a changed file set reloads components and
+subscriptions without a restart (the operator rewrites the mounted Secret, §5.8).
+
+Stop (SIGTERM): stop fetching, let in-flight deliveries finish within
+``graceful_shutdown_seconds``, commit, leave the groups, stop the API, close the app channel.
+
+Neighbours: ``publishing.py`` (publish path), ``delivery.py`` (one ``Dispatcher`` per pubsub),
+``brokers/`` (one broker per component), ``api/app.py`` (HTTP API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .api.app import create_app
+from .appchannel import AppChannel
+from .brokers.base import Broker, BrokerError
+from .brokers.kafka import KafkaBroker
+from .brokers.memory import MemoryBroker
+from .delivery import Dispatcher
+from .publishing import Publisher
+from .resources import LoadedComponent, ResourceError, Resources, TopicSubscription, load_resources
+from .resources.kafka import RetryPolicy
+from .resources.loading import resource_files
+from .settings import SidecarSettings
+from .subscriptions import effective_subscriptions, parse_programmatic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Sidecar", "run_sidecar"]
+
+
+def _broker_for(component: LoadedComponent, app_id: str) -> Broker:
+    if component.kafka is not None:
+        return KafkaBroker(component, app_id=app_id)
+    return MemoryBroker(component.name)
+
+
+def _component_fingerprint(component: LoadedComponent) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    return (component.type, component.component.spec.version,
+            tuple(sorted(component.metadata.items())))
+
+
+def _resources_fingerprint(settings: SidecarSettings) -> str:
+    """Content hash of every resource file; Secret volume updates swap symlinks, so mtimes lie."""
+    digest = hashlib.sha256()
+    try:
+        for path in resource_files(settings.resources_paths):
+            digest.update(str(path).encode())
+            digest.update(path.read_bytes())
+    except (OSError, ResourceError):
+        digest.update(b"<unreadable>")
+    return digest.hexdigest()
+
+
+@dataclass
+class _Started:
+    broker: Broker
+    dispatcher: Dispatcher | None
+    fingerprint: tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+class Sidecar:
+    """One running sidecar for one app-id; also the ``RuntimeView`` the HTTP API reads."""
+
+    def __init__(self, settings: SidecarSettings) -> None:
+        self.settings = settings
+        self.app_id = settings.app_id
+        self._components: dict[str, LoadedComponent] = {}
+        self._brokers: dict[str, Broker] = {}
+        self._started: dict[str, _Started] = {}
+        self.publisher = Publisher(app_id=self.app_id, brokers=self._brokers,
+                                   components=self._components)
+        self.channel = AppChannel(settings) if settings.app_port else None
+        self._declarative: tuple[TopicSubscription, ...] = ()
+        self._programmatic: list[TopicSubscription] = []
+        self._effective: list[TopicSubscription] = []
+        self._app_ready = False
+        self._subscribed = False
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self._reload_lock = asyncio.Lock()
+        self._fingerprint = ""
+        self.bound_port: int | None = None
+
+    # --- RuntimeView -------------------------------------------------------------------------
+    def components(self) -> list[LoadedComponent]:
+        return list(self._components.values())
+
+    def subscriptions(self) -> list[TopicSubscription]:
+        return list(self._effective)
+
+    def outbound_ready(self) -> bool:
+        return all(b.ready() for b in self._brokers.values())
+
+    def app_channel_ready(self) -> bool:
+        return self.channel is None or self._app_ready
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load resources, start producers and the HTTP API, then deliveries in the background.
+
+        Raises :class:`ResourceError` for a resource the runtime refuses (the caller exits).
+        """
+        self._fingerprint = _resources_fingerprint(self.settings)
+        resources = load_resources(self.settings.resources_paths, app_id=self.app_id)
+        await self._apply_components(resources)
+        app = create_app(self.settings, self.publisher, self)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.dapr_listen_address,
+                           self.settings.dapr_http_port, reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self.settings.dapr_http_port
+        log.info("sidecar API listening on %s:%s", self.settings.dapr_listen_address,
+                 self.bound_port, extra={"app_id": self.app_id})
+        self._tasks.append(asyncio.create_task(self._deliveries_when_app_ready()))
+        if self.settings.resources_paths:
+            self._tasks.append(asyncio.create_task(self._watch_resources()))
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Ordered shutdown; bounded by ``graceful_shutdown_seconds`` plus a small margin."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        grace = self.settings.graceful_shutdown_seconds
+        await asyncio.gather(*(s.broker.close(grace_s=grace) for s in self._started.values()),
+                             return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.channel is not None:
+            await self.channel.close()
+        log.info("sidecar stopped", extra={"app_id": self.app_id})
+
+    # --- components --------------------------------------------------------------------------
+    async def _apply_components(self, resources: Resources) -> None:
+        """Start new or changed components, close removed ones; keep unchanged ones running."""
+        self._declarative = resources.subscriptions
+        wanted = resources.components
+        for name in list(self._started):
+            if name not in wanted or _component_fingerprint(wanted[name]) != self._started[name].fingerprint:
+                started = self._started.pop(name)
+                self._brokers.pop(name, None)
+                self._components.pop(name, None)
+                log.info("closing component", extra={"app_id": self.app_id, "pubsubname": name})
+                await started.broker.close(grace_s=self.settings.graceful_shutdown_seconds)
+        for name, component in wanted.items():
+            self._components[name] = component
+            if name in self._started:
+                continue
+            broker = _broker_for(component, self.app_id)
+            dispatcher = None
+            if self.channel is not None:
+                retry = component.kafka.retry if component.kafka is not None else RetryPolicy()
+                dispatcher = Dispatcher(app_id=self.app_id, pubsubname=name, channel=self.channel,
+                                        retry=retry, dead_letter=self._dead_letter_for(name))
+            self._started[name] = _Started(broker, dispatcher, _component_fingerprint(component))
+            self._brokers[name] = broker
+            self._tasks.append(asyncio.create_task(self._start_broker(name, broker)))
+
+    def _dead_letter_for(self, pubsubname: str):  # type: ignore[no-untyped-def]
+        async def dead_letter(topic: str, record):  # type: ignore[no-untyped-def]
+            await self.publisher.dead_letter(pubsubname, topic, record)
+        return dead_letter
+
+    async def _start_broker(self, name: str, broker: Broker) -> None:
+        """Start a broker's producer side, retrying with backoff while the broker is down."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await broker.start()
+                log.info("component ready", extra={"app_id": self.app_id, "pubsubname": name})
+                return
+            except BrokerError as exc:
+                log.warning("component %s not ready, retrying in %.1fs: %s", name, delay, exc,
+                            extra={"app_id": self.app_id, "pubsubname": name})
+            await asyncio.sleep(delay)  # backoff between connection attempts
+            delay = min(delay * 2, 10.0)
+
+    # --- subscriptions -----------------------------------------------------------------------
+    async def _deliveries_when_app_ready(self) -> None:
+        if self.channel is None:
+            log.info("no --app-port: publish only, no deliveries", extra={"app_id": self.app_id})
+            self._effective = list(self._declarative)
+            return
+        await self.channel.wait_until_reachable(self._stopping)
+        if self._stopping.is_set():
+            return
+        self._programmatic = parse_programmatic(await self.channel.get_subscriptions())
+        self._app_ready = True
+        async with self._reload_lock:
+            await self._apply_subscriptions()
+            self._subscribed = True
+
+    async def _apply_subscriptions(self) -> None:
+        self._effective = effective_subscriptions(
+            declarative=self._declarative, programmatic=self._programmatic,
+            components=self._components, app_id=self.app_id)
+        if not self._app_ready:
+            return
+        by_pubsub: dict[str, dict[str, TopicSubscription]] = {name: {} for name in self._started}
+        for sub in self._effective:
+            if sub.pubsubname in by_pubsub:
+                by_pubsub[sub.pubsubname][sub.topic] = sub
+        for name, topics in by_pubsub.items():
+            started = self._started[name]
+            if started.dispatcher is None:
+                continue
+            started.dispatcher.set_subscriptions(topics)
+            await started.broker.subscribe(set(topics), started.dispatcher.handle)
+            if topics:
+                log.info("subscribed to %s", sorted(topics),
+                         extra={"app_id": self.app_id, "pubsubname": name})
+
+    # --- hot reload --------------------------------------------------------------------------
+    async def _watch_resources(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.settings.resources_poll_interval_s)  # poll period, not an event
+            fingerprint = _resources_fingerprint(self.settings)
+            if fingerprint == self._fingerprint:
+                continue
+            self._fingerprint = fingerprint
+            await self.reload()
+
+    async def reload(self) -> None:
+        """Re-read the resources folders and apply the difference. A bad resource keeps the
+        running configuration and logs which file and field is wrong."""
+        try:
+            resources = load_resources(self.settings.resources_paths, app_id=self.app_id)
+        except ResourceError as exc:
+            log.error("resources changed but are invalid; keeping the running configuration: %s",
+                      exc, extra={"app_id": self.app_id})
+            return
+        async with self._reload_lock:
+            await self._apply_components(resources)
+            await self._apply_subscriptions()
+        log.info("resources reloaded", extra={"app_id": self.app_id})
+
+
+async def _serve(settings: SidecarSettings) -> int:
+    sidecar = Sidecar(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, sidecar.request_stop)
+    try:
+        await sidecar.start()
+    except ResourceError as exc:
+        log.error("refusing to start: %s", exc, extra={"app_id": settings.app_id})
+        await sidecar.stop()
+        return 2
+    except OSError as exc:
+        log.error("cannot serve the HTTP API on port %s: %s", settings.dapr_http_port, exc,
+                  extra={"app_id": settings.app_id})
+        await sidecar.stop()
+        return 2
+    await sidecar.wait_stopped()
+    await sidecar.stop()
+    return 0
+
+
+def run_sidecar(settings: SidecarSettings) -> int:
+    """Run a sidecar until SIGTERM/SIGINT; returns the process exit code (2: refused to start)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(_serve(settings))
+    return uvloop.run(_serve(settings))
+
