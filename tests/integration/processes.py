@@ -1,0 +1,179 @@
+"""Real processes for the integration tests: sidecars (``python -m tidings.sidecar``) and apps.
+
+Every process logs to a file in the test's tmp folder (named in assertion messages) and is
+stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tidings.sidecar.localbroker import free_port
+
+HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+COMPONENT = """\
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.kafka
+  version: v1
+  metadata:
+  - name: brokers
+    value: "{bootstrap}"
+  - name: authType
+    value: "none"
+  - name: initialOffset
+    value: "oldest"
+  - name: sessionTimeout
+    value: "3s"
+  - name: heartbeatInterval
+    value: "1s"
+  - name: backOffInitialInterval
+    value: "50ms"
+  - name: backOffMaxInterval
+    value: "500ms"
+"""
+
+
+def write_component(folder: Path, bootstrap: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pubsub.yaml").write_text(COMPONENT.format(bootstrap=bootstrap))
+    return folder
+
+
+def poll(what: str, check: Callable[[], T | None], timeout_s: float = 60.0,
+         interval_s: float = 0.05) -> T:
+    """Call ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)  # poll interval, bounded by the deadline
+
+
+def http_json(url: str, *, method: str = "GET", body: bytes | None = None,
+              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.process.send_signal(sig)
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0) -> Proc:
+    port = free_port()
+    log_path = tmp / f"{name}.app.log"
+    env = {**os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s)}
+    process = subprocess.Popen([sys.executable, str(HERE / "recorder_app.py")], env=env,
+                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    proc = Proc(name, process, log_path, port)
+    poll(f"app {name} to listen", lambda: _listening(port) or (not proc.alive() and _died(proc)))
+    return proc
+
+
+def _died(proc: Proc) -> bool:
+    raise AssertionError(f"{proc.name} exited early:\n{proc.log()}")
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_sidecar(tmp: Path, name: str, *, app_id: str, resources: Path,
+                  app_port: int | None = None, grace_s: float = 5.0,
+                  extra: list[str] | None = None, env: dict[str, str] | None = None) -> Proc:
+    port = free_port()
+    log_path = tmp / f"{name}.sidecar.log"
+    argv = [sys.executable, "-m", "tidings.sidecar", "--app-id", app_id, "--dapr-http-port",
+            str(port), "--resources-path", str(resources), "--log-level", "info",
+            "--dapr-graceful-shutdown-seconds", str(grace_s), *(extra or [])]
+    if app_port is not None:
+        argv += ["--app-port", str(app_port)]
+    process = subprocess.Popen(argv, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
+    proc = Proc(name, process, log_path, port)
+
+    def ready() -> bool:
+        if not proc.alive():
+            _died(proc)
+        try:
+            status, _ = http_json(f"http://127.0.0.1:{port}/v1.0/healthz/outbound")
+        except OSError:
+            return False
+        return status == 204
+
+    poll(f"sidecar {name} to serve", ready, timeout_s=30)
+    return proc
+
+
+def received(app: Proc) -> dict[str, list[str]]:
+    _, body = http_json(f"http://127.0.0.1:{app.port}/received")
+    return body  # type: ignore[no-any-return]
+
+
+def assignment(sidecar: Proc, pubsub: str = "pubsub") -> set[str]:
+    """Partitions (``topic:partition``) the sidecar's consumer group member owns now."""
+    _, body = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/metadata")
+    value = (body.get("extended") or {}).get(f"kafka.assignment.{pubsub}", "")
+    return {p for p in value.split(",") if p}
+
+
+def publish(sidecar: Proc, topic: str, data: Any, *, pubsub: str = "pubsub") -> None:
+    status, body = http_json(
+        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/{pubsub}/{topic}", method="POST",
+        body=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+    assert status == 204, (status, body)
