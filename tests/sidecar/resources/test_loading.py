@@ -1,0 +1,96 @@
+"""The resources folder loader: files as users ``kubectl apply`` them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tidings.sidecar.resources import ResourceError, load_resources
+
+KAFKA = """\
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: pubsub}
+spec:
+  type: pubsub.kafka
+  version: v1
+  metadata:
+  - {name: brokers, value: "localhost:9092"}
+  - {name: authType, value: none}
+"""
+
+
+def test_multi_document_files_scopes_and_other_kinds(tmp_path: Path) -> None:
+    (tmp_path / "pubsub.yaml").write_text(KAFKA)
+    (tmp_path / "subs.yaml").write_text("""\
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata: {name: ignored}
+---
+apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata: {name: mine}
+spec: {pubsubname: pubsub, topic: a, routes: {default: /a}}
+scopes: [orders]
+---
+apiVersion: dapr.io/v1alpha1
+kind: Subscription
+metadata: {name: theirs}
+spec: {pubsubname: pubsub, topic: b, route: /b}
+scopes: [audit]
+""")
+    (tmp_path / "notes.txt").write_text("not a resource")
+    resources = load_resources([tmp_path], app_id="orders")
+    assert list(resources.components) == ["pubsub"]
+    assert resources.components["pubsub"].kafka.consumer_group == "orders"  # type: ignore[union-attr]
+    assert [s.name for s in resources.subscriptions] == ["mine"]
+
+
+def test_unknown_component_type_refused_naming_file_and_field(tmp_path: Path) -> None:
+    (tmp_path / "redis.yaml").write_text(KAFKA.replace("pubsub.kafka", "pubsub.redis"))
+    with pytest.raises(ResourceError) as err:
+        load_resources([tmp_path], app_id="x")
+    assert err.value.field == "spec.type" and err.value.source.endswith("redis.yaml")
+
+
+def test_missing_required_kafka_field_refused(tmp_path: Path) -> None:
+    (tmp_path / "pubsub.yaml").write_text(KAFKA.replace('  - {name: brokers, value: "localhost:9092"}\n', ""))
+    with pytest.raises(ResourceError) as err:
+        load_resources([tmp_path], app_id="x")
+    assert err.value.field == "spec.metadata.brokers"
+    assert "pubsub.yaml" in str(err.value)
+
+
+def test_duplicate_component_names_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(KAFKA)
+    (tmp_path / "b.yaml").write_text(KAFKA)
+    with pytest.raises(ResourceError, match="also defined"):
+        load_resources([tmp_path], app_id="x")
+
+
+def test_unresolved_secret_ref_and_env_ref(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pubsub.yaml").write_text(KAFKA + "  - {name: saslPassword, envRef: KAFKA_PW}\n")
+    with pytest.raises(ResourceError, match="KAFKA_PW"):
+        load_resources([tmp_path], app_id="x")
+    monkeypatch.setenv("KAFKA_PW", "s3cret")
+    assert load_resources([tmp_path], app_id="x").components["pubsub"].metadata["saslPassword"] == "s3cret"
+    (tmp_path / "pubsub.yaml").write_text(
+        KAFKA + "  - {name: saslPassword, secretKeyRef: {name: kafka, key: pw}}\n")
+    with pytest.raises(ResourceError, match="secretKeyRef"):
+        load_resources([tmp_path], app_id="x")
+
+
+def test_yaml_syntax_error_names_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("kind: [unclosed")
+    with pytest.raises(ResourceError) as err:
+        load_resources([tmp_path], app_id="x")
+    assert err.value.source.endswith("broken.yaml")
+
+
+def test_in_memory_component(tmp_path: Path) -> None:
+    (tmp_path / "mem.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: mem}\n"
+        "spec: {type: pubsub.in-memory, version: v1}\n")
+    loaded = load_resources([tmp_path], app_id="x").components["mem"]
+    assert loaded.kafka is None and loaded.type == "pubsub.in-memory"
