@@ -1,0 +1,125 @@
+"""The sidecar's HTTP API: app factory, the one error middleware, API token and body limit.
+
+Handlers (``api/publish.py``, ``api/metadata.py``, ``api/health.py``) raise
+:class:`~tidings.sidecar.errors.DaprError`; the middleware here is the only place that turns an
+error into a response (dapr-pubsub-contract.md §1.2 body shape), and the only place that answers
+an unexpected exception: a logged 500 with a Dapr-style body, never a traceback.
+
+API token (§1.1): when ``settings.api_token`` is set, every request except the health endpoints
+needs header ``dapr-api-token`` with that value; otherwise 401 text/plain ``invalid api token``.
+Body limit: ``settings.max_body_size`` bytes (aiohttp's ``client_max_size``); a larger body gets
+413 with a Dapr-style body (stricter than Dapr, which answers 500).
+
+The server is started by the runner with ``AppRunner``/``TCPSite``; this module only builds the
+application.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import orjson
+from aiohttp import web
+
+from ..errors import DaprError
+from ..publishing import Publisher
+from ..resources.loading import LoadedComponent
+from ..resources.models import TopicSubscription
+from ..settings import SidecarSettings
+
+__all__ = [
+    "PUBLISHER_KEY",
+    "RUNTIME_KEY",
+    "RuntimeView",
+    "SETTINGS_KEY",
+    "create_app",
+    "dapr_error_response",
+]
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "dapr-api-token"
+TOKEN_EXEMPT_PREFIX = "/v1.0/healthz"
+
+
+class RuntimeView(Protocol):
+    """What the API reads from the running sidecar (implemented by the runner)."""
+
+    app_id: str
+
+    def components(self) -> list[LoadedComponent]:
+        """The loaded pub/sub components."""
+
+    def subscriptions(self) -> list[TopicSubscription]:
+        """Every active subscription, declarative and programmatic."""
+
+    def outbound_ready(self) -> bool:
+        """Components initialised and the API up (§1.5 ``/healthz/outbound``)."""
+
+    def app_channel_ready(self) -> bool:
+        """The app is reachable, or there is no app port (§1.5 ``/healthz``)."""
+
+
+SETTINGS_KEY = web.AppKey("settings", SidecarSettings)
+PUBLISHER_KEY = web.AppKey("publisher", Publisher)
+RUNTIME_KEY = web.AppKey("runtime", RuntimeView)
+EXTENDED_KEY = web.AppKey("extended_metadata", dict)
+
+
+def dapr_error_response(error: DaprError) -> web.Response:
+    """The JSON response for ``error`` (status, ``application/json`` Dapr body)."""
+    return web.Response(status=error.status, body=orjson.dumps(error.body()),
+                        content_type="application/json")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _middleware(settings: SidecarSettings) -> Callable[[web.Request, Handler],
+                                                       Awaitable[web.StreamResponse]]:
+    token = settings.api_token.encode() if settings.api_token else None
+
+    @web.middleware
+    async def dapr_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token is not None and not request.path.startswith(TOKEN_EXEMPT_PREFIX):
+            given = request.headers.get(TOKEN_HEADER, "").encode()
+            if not hmac.compare_digest(given, token):
+                return web.Response(status=401, text="invalid api token")
+        try:
+            return await handler(request)
+        except DaprError as exc:
+            return dapr_error_response(exc)
+        except web.HTTPRequestEntityTooLarge as exc:
+            return dapr_error_response(DaprError(
+                413, "ERR_BODY_TOO_LARGE",
+                f"request body exceeds the maximum of {settings.max_body_size} bytes "
+                f"(--max-body-size): {exc.text}"))
+        except web.HTTPException:
+            raise  # routing answers such as 404/405 for unknown paths
+        except Exception as exc:
+            log.exception("unexpected error answering %s %s", request.method, request.path,
+                          extra={"app_id": settings.app_id})
+            return dapr_error_response(DaprError(
+                500, "ERR_INTERNAL", f"internal error: {type(exc).__name__}"))
+
+    return dapr_middleware
+
+
+def create_app(settings: SidecarSettings, publisher: Publisher,
+               runtime: RuntimeView) -> web.Application:
+    """Build the sidecar API application (routes of §1.2-§1.5)."""
+    from . import health, metadata, publish
+
+    app = web.Application(middlewares=[_middleware(settings)],
+                          client_max_size=settings.max_body_size)
+    app[SETTINGS_KEY] = settings
+    app[PUBLISHER_KEY] = publisher
+    app[RUNTIME_KEY] = runtime
+    app[EXTENDED_KEY] = {}
+    publish.add_routes(app)
+    metadata.add_routes(app)
+    health.add_routes(app)
+    return app

@@ -1,0 +1,67 @@
+"""``GET /v1.0/metadata`` and ``PUT /v1.0/metadata/{attributeName}`` (dapr-pubsub-contract.md §1.4).
+
+The response has Dapr's shape: ``id``, ``runtimeVersion``, ``enabledFeatures``, ``actors``,
+``components`` (``name``/``type``/``version``/``capabilities``), ``subscriptions`` (each with its
+``type`` DECLARATIVE or PROGRAMMATIC, from ``TopicSubscription.to_metadata_json``), ``extended``
+(attributes set with PUT), ``httpEndpoints`` and ``appConnectionProperties``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import orjson
+from aiohttp import web
+
+from ..resources.kafka import COMPONENT_TYPE as KAFKA_TYPE
+from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY
+
+__all__ = ["add_routes"]
+
+try:
+    RUNTIME_VERSION = importlib.metadata.version("tidings")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+    RUNTIME_VERSION = "edge"
+
+# Kafka has native bulk publish (§3.3 "Features"); the in-memory broker has no extra features.
+CAPABILITIES = {KAFKA_TYPE: ["BULK_PUBLISH"]}
+
+
+async def get_metadata(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    settings = request.app[SETTINGS_KEY]
+    connection: dict[str, object] = {
+        "protocol": "http",
+        "channelAddress": settings.app_channel_address,
+        "maxConcurrency": -1,
+    }
+    if settings.app_port:
+        connection["port"] = settings.app_port
+    body = {
+        "id": runtime.app_id,
+        "runtimeVersion": RUNTIME_VERSION,
+        "enabledFeatures": [],
+        "actors": [],
+        "components": [
+            {"name": c.name, "type": c.type, "version": c.component.spec.version,
+             "capabilities": list(CAPABILITIES.get(c.type, []))}
+            for c in runtime.components()
+        ],
+        "subscriptions": [s.to_metadata_json() for s in runtime.subscriptions()],
+        "extended": dict(request.app[EXTENDED_KEY]),
+        "httpEndpoints": [],
+        "appConnectionProperties": connection,
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def put_metadata(request: web.Request) -> web.Response:
+    """Set an ``extended`` attribute to the raw request body (text)."""
+    name = request.match_info["attribute"]
+    request.app[EXTENDED_KEY][name] = (await request.read()).decode("utf-8", "replace")
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1.0/metadata", get_metadata, allow_head=False)
+    app.router.add_put("/v1.0/metadata/{attribute}", put_metadata)

@@ -1,0 +1,162 @@
+"""The Kafka producer of one ``pubsub.kafka`` component: publish returns only after ``acks=all``.
+
+Rules from aiokafka-pitfalls.md:
+
+- ``acks="all"`` explicitly and idempotence off (items 20; the local broker cannot give producer
+  ids, and idempotent batches never expire during an outage);
+- ``send()`` only buffers; a publish is reported done only when the future it returns resolved
+  (item 3). ``publish_many`` sends everything first and then awaits all futures (item 21);
+- ``linger_ms`` defaults to 0: aiokafka keeps one request in flight per broker, so concurrent
+  publishes batch up behind it anyway and a lone publish is not delayed;
+- ``max_request_size`` follows ``maxMessageBytes`` when set (item 22);
+- every aiokafka error becomes :class:`BrokerError` with the error's own ``retriable`` flag;
+- ``start()`` tries once and raises; a producer whose start failed is thrown away and never
+  sent to (item 19, aiokafka #759); ``stop()`` is bounded because it flushes (item 19).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ...resources.kafka import KafkaMetadata
+from ..base import BrokerError
+from .clients import client_kwargs
+
+__all__ = ["KafkaProducer"]
+
+log = logging.getLogger(__name__)
+
+PublishRecord = tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]
+
+
+def _broker_error(exc: BaseException) -> BrokerError:
+    if isinstance(exc, BrokerError):
+        return exc
+    retriable = bool(getattr(exc, "retriable", False))
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return BrokerError(text, retriable=retriable)
+
+
+class KafkaProducer:
+    """Producer side of a Kafka component named ``pubsubname``.
+
+    ``request_timeout_s`` bounds one produce attempt including retries and the metadata wait of a
+    first send to a topic (aiokafka's ``request_timeout_ms``); ``retry_backoff_s`` is the pause
+    between retries of a retriable error.
+    """
+
+    def __init__(self, meta: KafkaMetadata, *, pubsubname: str, request_timeout_s: float = 30.0,
+                 retry_backoff_s: float = 0.1, linger_ms: int = 0) -> None:
+        self.meta = meta
+        self.pubsubname = pubsubname
+        self.request_timeout_s = request_timeout_s
+        self.retry_backoff_s = retry_backoff_s
+        self.linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        kwargs = client_kwargs(self.meta)
+        if self.meta.max_message_bytes > 0:
+            kwargs["max_request_size"] = self.meta.max_message_bytes
+        return AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=self.linger_ms,
+            request_timeout_ms=int(self.request_timeout_s * 1000),
+            retry_backoff_ms=int(self.retry_backoff_s * 1000),
+            **kwargs,
+        )
+
+    async def start(self) -> None:
+        """Connect to the bootstrap brokers once. Raises :class:`BrokerError` (retriable) when
+        none answers or the TLS/SASL settings are refused; the runner decides whether to retry
+        (calling ``start()`` again builds a fresh client)."""
+        if self._producer is not None:
+            return
+        try:
+            producer = self._new_producer()
+        except (ValueError, OSError) as exc:  # ssl/PEM problems, bad option values
+            raise BrokerError(f"kafka producer settings of pubsub {self.pubsubname}: {exc}") from exc
+        try:
+            await producer.start()
+        except (KafkaError, OSError) as exc:
+            # Never reuse a producer whose start failed (aiokafka #759: sends on it hang). Closing
+            # it releases whatever sockets the bootstrap attempt opened.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=1.0)
+            raise BrokerError(
+                f"cannot connect to kafka brokers {','.join(self.meta.brokers)}: {_broker_error(exc)}",
+                retriable=True,
+            ) from exc
+        self._producer = producer
+        log.info("kafka producer connected", extra={"pubsubname": self.pubsubname})
+
+    def ready(self) -> bool:
+        """Whether the producer is started (outbound health, §1.5)."""
+        return self._producer is not None
+
+    def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise BrokerError(f"the kafka producer of pubsub {self.pubsubname} is not connected",
+                              retriable=True)
+        return self._producer
+
+    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
+                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Produce one record and wait for the broker's ``acks=all`` acknowledgement.
+
+        Raises :class:`BrokerError` when the record was not stored or may not have been (a timed
+        out attempt can still land: at-least-once, a retry may duplicate it).
+        """
+        producer = self._started()
+        try:
+            future = await producer.send(topic, value=value, key=key,
+                                         headers=[(k, v) for k, v in headers])
+            await future
+        except KafkaError as exc:
+            raise _broker_error(exc) from exc
+
+    async def publish_many(self, records: Sequence[PublishRecord]) -> list[BrokerError | None]:
+        """Produce ``(topic, value, key, headers)`` records together; one outcome per record in
+        order (``None`` = acknowledged). Never raises for a single record."""
+        try:
+            producer = self._started()
+        except BrokerError as exc:
+            return [exc for _ in records]
+        outcomes: list[BrokerError | None] = [None] * len(records)
+        futures: list[tuple[int, asyncio.Future[object]]] = []
+        for i, (topic, value, key, headers) in enumerate(records):
+            try:
+                fut = await producer.send(topic, value=value, key=key,
+                                          headers=[(k, v) for k, v in headers])
+            except KafkaError as exc:
+                outcomes[i] = _broker_error(exc)
+                continue
+            futures.append((i, fut))
+        results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+        for (i, _), result in zip(futures, results):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                outcomes[i] = _broker_error(result)
+        return outcomes
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Flush and disconnect within ``timeout_s`` seconds (records still buffered after that
+        are abandoned, and their publishers already got an error or will). Never raises."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            await asyncio.wait_for(producer.stop(), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("kafka producer did not stop within %.1f s", timeout_s,
+                        extra={"pubsubname": self.pubsubname})
+        except Exception:
+            log.exception("kafka producer stop failed", extra={"pubsubname": self.pubsubname})

@@ -1,0 +1,298 @@
+"""Publish: validate → wrap → scope-check → produce; returns only after the broker acknowledged.
+
+The one place that turns a publish request into a broker record and every failure into the
+Dapr error of the §1.2 matrix (dapr-pubsub-contract.md §1.2, §1.3, §4, §5.1, §5.9). The HTTP layer
+(``api/publish.py``) only decodes the request; the delivery engine (``delivery.py``) uses
+:meth:`Publisher.dead_letter`.
+
+Record mapping (Kafka, §5.9): ``partitionKey`` (or ``__key``) becomes the record key, every other
+metadata key becomes a record header with its UTF-8 value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .brokers.base import Broker, BrokerError, Record
+from .envelopes.wrapping import (
+    CloudEventOverrides,
+    InvalidCloudEvent,
+    NotACloudEvent,
+    is_cloudevent_content_type,
+    ttl_seconds,
+    wrap,
+    wrap_user_cloudevent,
+)
+from .errors import DaprError
+from .resources.loading import LoadedComponent
+from .scoping import scopes_of
+
+__all__ = ["BulkEntry", "BulkFailure", "Publisher", "event_bytes", "parse_bool"]
+
+log = logging.getLogger(__name__)
+
+KEY_METADATA = ("partitionKey", "__key")
+
+_TRUE = frozenset(("1", "t", "T", "TRUE", "true", "True"))
+_FALSE = frozenset(("0", "f", "F", "FALSE", "false", "False"))
+
+
+def parse_bool(value: str) -> bool:
+    """Go's ``strconv.ParseBool``: ``1 t T TRUE true True`` / ``0 f F FALSE false False``.
+    Raises ``ValueError`` for anything else."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(value)
+
+
+def _raw_payload(pubsubname: str, metadata: Mapping[str, str]) -> bool:
+    value = metadata.get("rawPayload")
+    if not value:
+        return False
+    try:
+        return parse_bool(value)
+    except ValueError:
+        message = ("failed deserializing metadata. Error: rawPayload value must be a valid "
+                   f"boolean: actual is '{value}'")
+        raise DaprError(400, "ERR_PUBSUB_REQUEST_METADATA", message,
+                        reason="DAPR_PUBSUB_METADATA_DESERIALIZATION", metadata=dict(metadata),
+                        resource=pubsubname) from None
+
+
+def _key_and_headers(metadata: Mapping[str, str]) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] = []
+    for name, value in metadata.items():
+        if name == "partitionKey" or name == "__key":
+            if key is None or name == "partitionKey":
+                key = value.encode()
+            continue
+        headers.append((name, value.encode()))
+    return key, headers
+
+
+@dataclass(frozen=True, slots=True)
+class BulkEntry:
+    """One entry of a bulk publish (§1.3): ``event`` is the decoded JSON value (numbers exact, see
+    ``envelopes.wrapping.loads_exact``); ``metadata`` is ``None`` when the entry had none."""
+
+    entry_id: str
+    event: Any
+    content_type: str
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkFailure:
+    """An entry the broker did not store: ``error`` is the broker's message."""
+
+    entry_id: str
+    error: str
+
+
+def event_bytes(event: Any, content_type: str) -> bytes:
+    """A bulk entry's event as bytes, as Dapr's ``ConvertEventToBytes`` (§1.3):
+    ``application/octet-stream`` takes a base64 string; ``text/*`` and ``application/xml`` a
+    string; ``application/json`` and ``application/cloudevents+json`` any JSON (re-encoded with
+    exact numbers). Raises ``ValueError`` for any other content type (an empty one included) or a
+    mismatching event."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/octet-stream":
+        if not isinstance(event, str):
+            raise ValueError("mismatch between contentType and event")
+        try:
+            return base64.b64decode(event, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("event is not valid base64") from None
+    if media.startswith("text/") or media == "application/xml":
+        if not isinstance(event, str):
+            raise ValueError("mismatch between contentType and event")
+        return event.encode()
+    if media in ("application/json", "application/cloudevents+json"):
+        return orjson.dumps(event)
+    raise ValueError(f"mismatch between contentType {content_type!r} and event")
+
+
+class Publisher:
+    """Publishes for ``app_id`` through the started ``brokers`` of the loaded ``components``.
+
+    Both dicts are shared by reference with the runner, which mutates them on hot reload; a
+    component present without a broker (being started or stopped) answers Dapr's race error.
+    """
+
+    def __init__(self, *, app_id: str, brokers: dict[str, Broker],
+                 components: dict[str, LoadedComponent]) -> None:
+        self.app_id = app_id
+        self.brokers = brokers
+        self.components = components
+
+    # -- validation shared by every path ------------------------------------------------------
+
+    def validate_target(self, pubsubname: str, topic: str,
+                        metadata: Mapping[str, str]) -> LoadedComponent:
+        """The component for a publish to ``topic`` of ``pubsubname``, checked in Dapr's order
+        (§1.2): no component at all (400), empty pubsub name (404), unknown pubsub (404), empty
+        topic (404). Raises :class:`DaprError`."""
+        if not self.components:
+            raise DaprError(400, "ERR_PUBSUB_NOT_CONFIGURED", f"pubsub {pubsubname} is not configured",
+                            reason="DAPR_PUBSUB_NOT_CONFIGURED", metadata=dict(metadata),
+                            resource=pubsubname)
+        if not pubsubname:
+            raise DaprError(404, "ERR_PUBSUB_EMPTY", "pubsub name is empty",
+                            reason="DAPR_PUBSUB_NAME_EMPTY", metadata=dict(metadata), resource="")
+        component = self.components.get(pubsubname)
+        if component is None:
+            raise DaprError(404, "ERR_PUBSUB_NOT_FOUND", f"pubsub {pubsubname} is not found",
+                            reason="DAPR_PUBSUB_NOT_FOUND", metadata=dict(metadata))
+        if not topic:
+            raise DaprError(404, "ERR_TOPIC_NAME_EMPTY", f"topic is empty in pubsub {pubsubname}",
+                            reason="DAPR_PUBSUB_TOPIC_NAME_EMPTY", metadata=dict(metadata),
+                            resource=pubsubname)
+        return component
+
+    def _check_scope(self, component: LoadedComponent, topic: str) -> None:
+        if not scopes_of(component.metadata).publish_allowed(self.app_id, topic):
+            message = f"topic {topic} is not allowed for app id {self.app_id}"
+            raise DaprError(403, "ERR_PUBSUB_FORBIDDEN", message, reason="DAPR_PUBSUB_FORBIDDEN",
+                            metadata={"topic": topic, "error": message}, resource=component.name)
+
+    def _broker(self, pubsubname: str, topic: str) -> Broker:
+        broker = self.brokers.get(pubsubname)
+        if broker is None:
+            message = f"pubsub '{pubsubname}' not found"
+            raise DaprError(400, "ERR_PUBSUB_NOT_FOUND", message,
+                            reason="DAPR_PUBSUB_TEST_NOT_FOUND",
+                            metadata={"topic": topic, "error": message}, resource=pubsubname)
+        return broker
+
+    def _envelope(self, pubsubname: str, topic: str, body: bytes, content_type: str | None,
+                  metadata: Mapping[str, str]) -> bytes:
+        ttl_s = ttl_seconds(metadata)
+        if is_cloudevent_content_type(content_type):
+            try:
+                return wrap_user_cloudevent(body, topic=topic, pubsubname=pubsubname, ttl_s=ttl_s)
+            except NotACloudEvent:
+                raise DaprError(500, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent",
+                                reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+                                metadata=dict(metadata), resource=pubsubname) from None
+            except InvalidCloudEvent as exc:
+                # Stricter than Dapr (§9): the CloudEvents spec requires id/source/type/specversion.
+                raise DaprError(400, "ERR_PUBSUB_CLOUD_EVENTS_SER",
+                                f"cannot create cloudevent: {exc}",
+                                reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+                                metadata=dict(metadata), resource=pubsubname) from None
+        return wrap(body, content_type=content_type, app_id=self.app_id, topic=topic,
+                    pubsubname=pubsubname, overrides=CloudEventOverrides.from_metadata(metadata),
+                    ttl_s=ttl_s)
+
+    @staticmethod
+    def _publish_error(pubsubname: str, topic: str, exc: BrokerError) -> DaprError:
+        message = f"error when publishing to topic {topic} in pubsub {pubsubname}: {exc}"
+        return DaprError(500, "ERR_PUBSUB_PUBLISH_MESSAGE", message,
+                         reason="DAPR_PUBSUB_PUBLISH_MESSAGE",
+                         metadata={"topic": topic, "error": str(exc)}, resource=pubsubname)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    async def publish(self, pubsubname: str, topic: str, body: bytes, *,
+                      content_type: str | None, metadata: dict[str, str]) -> None:
+        """Publish ``body`` to ``topic`` of ``pubsubname`` (§1.2) and return once the broker
+        acknowledged it.
+
+        ``metadata`` is the request's ``metadata.*`` with the prefix stripped. Raises
+        :class:`DaprError` for every row of the §1.2 error matrix: 400 not configured / bad
+        ``rawPayload`` / user CloudEvent without ``id`` (ours) / broker missing (race), 404 empty
+        or unknown pubsub or empty topic, 403 scoping, 500 CloudEvent body not a JSON object or
+        broker failure (the record was not, or may not have been, stored).
+        """
+        component = self.validate_target(pubsubname, topic, metadata)
+        if _raw_payload(pubsubname, metadata):
+            value = body
+        else:
+            value = self._envelope(pubsubname, topic, body, content_type, metadata)
+        self._check_scope(component, topic)
+        broker = self._broker(pubsubname, topic)
+        key, headers = _key_and_headers(metadata)
+        try:
+            await broker.publish(topic, value, key=key, headers=headers)
+        except BrokerError as exc:
+            log.warning("publish failed: %s", exc, extra={
+                "app_id": self.app_id, "pubsubname": pubsubname, "topic": topic})
+            raise self._publish_error(pubsubname, topic, exc) from exc
+
+    async def publish_bulk(self, pubsubname: str, topic: str, entries: Sequence[BulkEntry],
+                           metadata: dict[str, str]) -> list[BulkFailure]:
+        """Publish ``entries`` together (§1.3); returns the entries the broker did not store
+        (empty: all acknowledged).
+
+        Each entry gets its own envelope unless the request's ``rawPayload`` is true. Metadata
+        precedence is pinned (§9): an entry's ``metadata`` overrides the request's, for the
+        envelope and the record headers alike, and an entry without ``metadata`` uses the
+        request's (Dapr drops request-level TTL and ``cloudevent.*`` for such entries, and its
+        Kafka component lets the request win for headers; we do neither).
+
+        Raises :class:`DaprError`: the §1.2 validation rows; 400 ``ERR_PUBSUB_EVENTS_SER`` for a
+        missing/duplicate ``entryId`` or an event that does not match its ``contentType``; 403
+        when scoping denies the topic. Broker failures are returned, not raised.
+        """
+        component = self.validate_target(pubsubname, topic, metadata)
+        raw = _raw_payload(pubsubname, metadata)
+        seen: set[str] = set()
+        records: list[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]] = []
+        for entry in entries:
+            if not entry.entry_id or entry.entry_id in seen:
+                raise self._events_error(pubsubname, topic,
+                                         "entryId is duplicated or not present for entry")
+            seen.add(entry.entry_id)
+            try:
+                data = event_bytes(entry.event, entry.content_type)
+            except ValueError as exc:
+                raise self._events_error(pubsubname, topic, str(exc)) from None
+            entry_metadata = metadata if entry.metadata is None else {**metadata, **entry.metadata}
+            value = data if raw else self._envelope(pubsubname, topic, data, entry.content_type,
+                                                    entry_metadata)
+            key, headers = _key_and_headers(entry_metadata)
+            records.append((topic, value, key, headers))
+        self._check_scope(component, topic)
+        broker = self._broker(pubsubname, topic)
+        outcomes = await broker.publish_many(records)
+        failures = [BulkFailure(entry.entry_id, str(err))
+                    for entry, err in zip(entries, outcomes) if err is not None]
+        if failures:
+            log.warning("bulk publish: %d of %d entries failed: %s", len(failures), len(entries),
+                        failures[0].error,
+                        extra={"app_id": self.app_id, "pubsubname": pubsubname, "topic": topic})
+        return failures
+
+    @staticmethod
+    def _events_error(pubsubname: str, topic: str, error: str) -> DaprError:
+        message = f"error marshaling events to bytes for topic {topic} pubsub {pubsubname}"
+        return DaprError(400, "ERR_PUBSUB_EVENTS_SER", f"{message}. error: {error}",
+                         reason="DAPR_PUBSUB_MARSHAL_EVENTS", metadata={"error": error},
+                         resource=pubsubname)
+
+    async def dead_letter(self, pubsubname: str, topic: str, record: Record) -> None:
+        """Produce the original ``record`` (value, key, headers) to ``topic`` through the broker of
+        ``pubsubname``, scope-checked like a publish (§5.1, §5.3).
+
+        Returns once the broker acknowledged. Raises :class:`BrokerError` (retriable when the
+        broker says so, or when the broker is momentarily missing) when it was not stored, and
+        :class:`DaprError` (403) when scoping forbids the topic or the pubsub is unknown.
+        """
+        component = self.validate_target(pubsubname, topic, {})
+        self._check_scope(component, topic)
+        broker = self.brokers.get(pubsubname)
+        if broker is None:
+            raise BrokerError(f"pubsub {pubsubname} has no running broker", retriable=True)
+        # Headers go out exactly as consumed; aiokafka accepts ``None`` header values.
+        await broker.publish(topic, record.value, key=record.key,
+                             headers=record.headers)  # type: ignore[arg-type]
