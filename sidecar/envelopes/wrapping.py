@@ -56,6 +56,7 @@ SPECVERSION = "1.0"
 _INT64_MAX = 2**63 - 1
 _INT64_MIN = -(2**63)
 _BARE_NUMBER = re.compile(r"[+-]?\d+")
+_UNITLESS_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class NotACloudEvent(ValueError):
@@ -152,6 +153,8 @@ def ttl_seconds(metadata: Mapping[str, str]) -> float | None:
         if value == 0 and text.lstrip("+-") == "0":
             return 0.0  # Go's ParseDuration accepts "0": expires immediately
         return float(value) if value > 0 else None
+    if _UNITLESS_NUMBER.fullmatch(text):
+        return None  # "1.5": neither a Go duration (no unit) nor an integer
     try:
         seconds = parse_duration_seconds(text)
     except ValueError:
