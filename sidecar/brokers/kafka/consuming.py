@@ -1,0 +1,538 @@
+"""The Kafka consume side: one consumer group session per component per app-id, at-least-once.
+
+What this module guarantees (issue 2 "Delivery engine"; dapr-pubsub-contract.md §5.5, §5.9):
+
+- one ``AIOKafkaConsumer`` per component per app-id, ``group_id = meta.consumer_group`` (the
+  app-id unless ``consumerGroup``/``consumerID`` says otherwise), subscribed to every topic of
+  the component's subscriptions;
+- records of one partition go to the handler strictly in order, one at a time, by that
+  partition's worker task; partitions run concurrently;
+- only offsets of *finished* records are committed (the handler returned,
+  ``brokers/base.py``), as explicit ``{tp: offset + 1}`` of the highest contiguous finished
+  record (``offsets.py``), batched: every ``commit_interval_s`` or after ``commit_every``
+  finished records, one commit in flight, each bounded by ``commit_timeout_s``;
+- on revocation (every rebalance revokes everything: aiokafka is eager) dispatch stops, in-flight
+  handlers get ``revoke_grace_s`` to finish and are then cancelled, what finished is committed,
+  and the assignment epoch moves on so nothing from the old assignment commits later;
+- :meth:`ConsumerGroup.stop` stops fetching, lets in-flight handlers finish within ``grace_s``,
+  cancels the rest, commits what finished and leaves the group, every step bounded.
+
+A crash loses nothing: whatever was not committed is fetched again by the next owner of the
+partition (duplicates are possible, losses are not). The numbers refer to
+``aiokafka-pitfalls.md`` items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from ...offsets import PartitionOffsets
+from ...resources.kafka import KafkaMetadata
+from ..base import Handler, Record
+from .clients import client_kwargs
+
+__all__ = ["ConsumerGroup"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class _Partition:
+    """Dispatch state of one assigned partition for one assignment epoch."""
+
+    tp: TopicPartition
+    epoch: int
+    queue: deque[Any] = field(default_factory=deque)  # fetched ConsumerRecords not yet handled
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
+    worker: asyncio.Task[None] | None = None
+    paused: bool = False
+    closing: bool = False
+    current: int | None = None  # offset the handler is working on
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Forwards aiokafka's rebalance callbacks to the group (6, 7, 9)."""
+
+    def __init__(self, group: ConsumerGroup) -> None:
+        self._group = group
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._group._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._group._on_assigned(assigned)
+
+
+class ConsumerGroup:
+    """The consumer group of one Kafka component for one app-id.
+
+    ``handler`` follows the ``brokers/base.py`` contract: it returns when the record is finished;
+    if it is cancelled the record is not finished and is delivered again later. A handler that
+    raises is a bug upstream; the record is retried after a back-off (logged), never skipped.
+
+    Durations are seconds. ``max_records`` bounds one ``getmany`` (12); ``max_queued`` is the
+    per-partition queue length above which the partition is paused (13); ``revoke_grace_s`` is
+    how long in-flight handlers of revoked partitions may run before they are cancelled.
+    ``rebalance_timeout_ms`` and ``request_timeout_ms`` are derived from these so the revoke
+    drain fits inside the group's rebalance timeout (8).
+
+    Call :meth:`set_topics` to start or change consumption and :meth:`stop` to end it.
+    """
+
+    def __init__(
+        self,
+        meta: KafkaMetadata,
+        handler: Handler,
+        *,
+        app_id: str,
+        pubsubname: str,
+        max_records: int = 500,
+        max_queued: int = 500,
+        poll_timeout_s: float = 0.2,
+        commit_interval_s: float = 0.2,
+        commit_every: int = 1000,
+        commit_timeout_s: float = 5.0,
+        revoke_grace_s: float = 2.0,
+        cancel_wait_s: float = 1.0,
+        reload_grace_s: float = 5.0,
+        leave_timeout_s: float = 5.0,
+        start_backoff_s: float = 0.2,
+        max_start_backoff_s: float = 10.0,
+        start_wait_s: float = 30.0,
+    ) -> None:
+        self.handler = handler
+        self._meta = meta
+        self._app_id = app_id
+        self._pubsubname = pubsubname
+        self._max_records = max_records
+        self._max_queued = max_queued
+        self._resume_at = max_queued // 2
+        self._poll_timeout_ms = int(poll_timeout_s * 1000)
+        self._commit_interval_s = commit_interval_s
+        self._commit_every = commit_every
+        self._commit_timeout_s = commit_timeout_s
+        self._revoke_grace_s = revoke_grace_s
+        self._cancel_wait_s = cancel_wait_s
+        self._reload_grace_s = reload_grace_s
+        self._leave_timeout_s = leave_timeout_s
+        self._start_backoff_s = start_backoff_s
+        self._max_start_backoff_s = max_start_backoff_s
+        self._start_wait_s = start_wait_s
+
+        self._topics: frozenset[str] = frozenset()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._live: AIOKafkaConsumer | None = None  # self._consumer once start() succeeded
+        self._hold_dispatch = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        self._commit_inflight: asyncio.Future[Any] | None = None
+        self._commit_wakeup = asyncio.Event()
+        self._commit_lock = asyncio.Lock()  # one commit in flight
+        self._drain_lock = asyncio.Lock()  # revoke and stop never drain at the same time
+        self._control_lock = asyncio.Lock()  # set_topics / stop one at a time
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._epoch = 0
+        self._finished_since_commit = 0
+        self._stopped = False
+        self._log = {"app_id": app_id, "pubsubname": pubsubname}
+
+    # ----------------------------------------------------------------------------- public API
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics this group consumes now."""
+        return self._topics
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """Partitions currently assigned to this member (empty while joining or stopped)."""
+        consumer = self._consumer
+        if consumer is None:
+            return frozenset()
+        return frozenset(consumer.assignment())
+
+    async def set_topics(self, topics: Collection[str]) -> None:
+        """Consume exactly ``topics``; an empty collection stops consuming (hot reload, §5.8).
+
+        A change on a running consumer first drains like a revoke (in-flight handlers get
+        ``reload_grace_s``, then are cancelled; finished offsets are committed), then
+        re-subscribes the same consumer: one rebalance, as in Dapr (§5.9). An empty set ends
+        the session and leaves the group. The first non-empty set creates the consumer,
+        subscribed before ``start()`` so aiokafka waits for the topics' metadata (25).
+        Returns once the first start attempt ended (aiokafka's ``start()`` includes the first
+        group join) or after ``start_wait_s``; a failed start (broker down) is retried in the
+        background with back-off, each time with a new consumer (18).
+        """
+        async with self._control_lock:
+            if self._stopped:
+                raise RuntimeError("consumer group is stopped")
+            wanted = frozenset(topics)
+            if wanted == self._topics:
+                return
+            live = self._live
+            self._topics = wanted
+            if wanted and live is not None and live is self._consumer:
+                if await self._resubscribe(live, wanted):
+                    log.info("consuming topics %s", sorted(wanted), extra=self._log)
+                    return
+            if self._run_task is not None:
+                await self._end_session(self._reload_grace_s)
+            if wanted:
+                attempted = asyncio.get_running_loop().create_future()
+                self._commit_task = asyncio.create_task(self._commit_loop())
+                self._run_task = asyncio.create_task(self._run(attempted))
+                # start() returns after the first assignment (aiokafka waits for it, unbounded)
+                await asyncio.wait({attempted, self._run_task}, timeout=self._start_wait_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            log.info("consuming topics %s", sorted(wanted), extra=self._log)
+
+    async def _resubscribe(self, consumer: AIOKafkaConsumer, topics: frozenset[str]) -> bool:
+        """Drain and commit, then subscribe ``consumer`` to ``topics``. False if aiokafka
+        refused the subscription (the caller then restarts the session)."""
+        async with self._drain_lock:
+            # Records fetched meanwhile are dropped, not dispatched: subscribe() makes a new
+            # assignment whose positions reload from the committed offsets (6), so they are
+            # fetched again. That only holds once subscribe() has run, hence the restart below.
+            self._hold_dispatch = True
+            try:
+                await self._drain(list(self._partitions.values()), self._reload_grace_s,
+                                  "re-subscribing")
+                await self._commit("re-subscribing")
+                self._epoch += 1
+                self._partitions.clear()
+                try:
+                    consumer.subscribe(topics=sorted(topics), listener=_Listener(self))
+                except Exception as exc:  # noqa: BLE001
+                    log.error("re-subscribing failed, restarting the consumer: %r", exc,
+                              extra=self._log)
+                    return False
+                return True
+            finally:
+                self._hold_dispatch = False
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop fetching, let in-flight handlers finish for up to ``grace_s`` seconds, cancel the
+        rest, commit what finished and leave the group (17). Bounded by about ``grace_s +
+        cancel_wait_s + commit_timeout_s + leave_timeout_s``. Never raises. Idempotent."""
+        async with self._control_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            try:
+                await self._end_session(grace_s)
+            except Exception:  # noqa: BLE001 - stop must never raise
+                log.exception("error while stopping the consumer group", extra=self._log)
+            self._topics = frozenset()
+
+    # ------------------------------------------------------------------------------- session
+
+    def _new_consumer(self, topics: frozenset[str]) -> AIOKafkaConsumer:
+        meta = self._meta
+        session_ms = int(meta.session_timeout_s * 1000)
+        # 8: the revoke drain must fit in the rebalance timeout (aiokafka defaults it to the
+        # session timeout), and JoinGroup uses request_timeout_ms, so that must be above it.
+        drain_ms = int((self._revoke_grace_s + self._cancel_wait_s + self._commit_timeout_s + 2)
+                       * 1000)
+        rebalance_ms = max(session_ms, drain_ms)
+        kwargs: dict[str, Any] = dict(client_kwargs(meta))
+        kwargs.update(
+            group_id=meta.consumer_group,
+            enable_auto_commit=False,  # 1: we commit finished offsets only
+            auto_offset_reset="earliest" if meta.initial_offset == "oldest" else "latest",
+            max_poll_records=self._max_records,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=int(meta.heartbeat_interval_s * 1000),
+            rebalance_timeout_ms=rebalance_ms,
+            request_timeout_ms=max(40_000, rebalance_ms + 5_000),
+            # no key/value deserializers: raw bytes, decoded by the handler (16)
+        )
+        consumer = AIOKafkaConsumer(**kwargs)
+        # 6: the listener is registered with subscribe(), before start()
+        consumer.subscribe(topics=sorted(topics), listener=_Listener(self))
+        return consumer
+
+    async def _run(self, attempted: asyncio.Future[None]) -> None:
+        """Start a consumer (retrying with back-off and a new instance each time, 18) and poll
+        until cancelled. A fatal error from ``getmany`` restarts the consumer."""
+        backoff = self._start_backoff_s
+        while True:
+            topics = self._topics
+            consumer = self._new_consumer(topics)
+            self._consumer = consumer
+            try:
+                await consumer.start()
+            except Exception as exc:  # noqa: BLE001 - KafkaConnectionError, timeouts, DNS...
+                log.warning("consumer start failed, retrying in %.1f s: %r", backoff, exc,
+                            extra=self._log)
+                if not attempted.done():
+                    attempted.set_result(None)
+                self._consumer = None
+                await self._close_consumer(consumer)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_start_backoff_s)
+                continue
+            if not attempted.done():
+                attempted.set_result(None)
+            self._live = consumer
+            backoff = self._start_backoff_s
+            log.info("consumer started, group %s, topics %s", self._meta.consumer_group,
+                     sorted(topics), extra=self._log)
+            try:
+                await self._poll(consumer)
+            except Exception as exc:  # noqa: BLE001
+                # 18: e.g. the coordination task died; every later getmany would raise again
+                log.error("consumer failed, restarting it: %r", exc, extra=self._log)
+                await self._drain_and_commit(self._revoke_grace_s, "consumer failed")
+                self._consumer = self._live = None
+                await self._close_consumer(consumer)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_start_backoff_s)
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> None:
+        timeout_ms = self._poll_timeout_ms
+        max_records = self._max_records
+        while True:
+            # 11/12: always a timeout and a bound; keep polling even with every partition
+            # paused so the member stays in the group.
+            batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            if batch:
+                # No await between getmany returning and dispatch: fetched_records only hands
+                # out records of the active assignment (10), so these belong to the current
+                # epoch; a revoke cannot run in between.
+                self._dispatch(consumer, batch)
+
+    def _dispatch(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
+        if self._hold_dispatch:
+            return  # see _resubscribe: refetched from the committed offsets
+        partitions = self._partitions
+        for tp, records in batch.items():
+            st = partitions.get(tp)
+            if st is None:
+                # 9: workers are created lazily on the first record of a partition
+                st = _Partition(tp, self._epoch)
+                partitions[tp] = st
+                st.worker = asyncio.create_task(self._work(st))
+            handed_out = st.offsets.handed_out
+            for r in records:
+                handed_out(r.offset)
+            st.queue.extend(records)
+            st.wakeup.set()
+            if not st.paused and len(st.queue) >= self._max_queued:
+                consumer.pause(tp)  # 13: refetched from the position after resume
+                st.paused = True
+
+    async def _work(self, st: _Partition) -> None:
+        """Hand the partition's records to the handler one at a time, in offset order."""
+        queue = st.queue
+        while not st.closing:
+            if not queue:
+                st.wakeup.clear()
+                await st.wakeup.wait()
+                continue
+            r = queue.popleft()
+            if st.paused and len(queue) <= self._resume_at:
+                self._resume(st)
+            record = Record(r.topic, r.partition, r.offset, r.key,
+                            r.value if r.value is not None else b"", r.headers, r.timestamp)
+            st.current = r.offset
+            await self._deliver(record)
+            st.current = None
+            st.offsets.finished(r.offset)
+            self._finished_since_commit += 1
+            if self._finished_since_commit >= self._commit_every:
+                self._commit_wakeup.set()
+
+    async def _deliver(self, record: Record) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self.handler(record)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The handler broke its contract; retrying keeps the record (never dropped)
+                # and keeps the partition in order.
+                log.exception("handler raised; retrying the record in %.1f s", backoff,
+                              extra={**self._log, "topic": record.topic,
+                                     "partition": record.partition, "offset": record.offset})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _resume(self, st: _Partition) -> None:
+        st.paused = False
+        consumer = self._consumer
+        # 13: pause state lives in the assignment; never touch a partition no longer ours
+        if consumer is not None and st.epoch == self._epoch and st.tp in consumer.assignment():
+            consumer.resume(st.tp)
+
+    # ---------------------------------------------------------------------------- rebalance
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """7: stop dispatch, give in-flight handlers ``revoke_grace_s``, cancel the rest, commit
+        what finished, then move the epoch on (10). Never waits for ``getmany``."""
+        try:
+            async with self._drain_lock:
+                # Eager protocol (6): every assignment change starts a new assignment whose
+                # positions reload from the committed offsets, so everything we hold is
+                # stale now, whatever ``revoked`` lists.
+                states = list(self._partitions.values())
+                if states:
+                    await self._drain(states, self._revoke_grace_s, "revoked")
+                    await self._commit("revoke")
+                self._epoch += 1
+                for st in states:
+                    self._partitions.pop(st.tp, None)
+            if revoked:
+                log.info("partitions revoked: %s", _names(revoked), extra=self._log)
+        except Exception:  # aiokafka would only log it; say which group
+            log.exception("error while revoking partitions", extra=self._log)
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # 9: no heartbeats while this runs: keep it short; workers start lazily.
+        log.info("partitions assigned: %s", _names(assigned), extra=self._log)
+
+    async def _drain(self, states: list[_Partition], grace_s: float, why: str) -> None:
+        """Stop dispatching to ``states``, wait up to ``grace_s`` for handlers in flight, then
+        cancel them (their records are not finished) and wait ``cancel_wait_s`` at most."""
+        for st in states:
+            st.closing = True
+            st.queue.clear()  # not started: not finished, fetched again by the next owner
+            st.wakeup.set()
+        workers = [st.worker for st in states if st.worker is not None and not st.worker.done()]
+        if not workers:
+            return
+        pending: set[asyncio.Task[None]] = set(workers)
+        if grace_s > 0:
+            _, pending = await asyncio.wait(workers, timeout=grace_s)
+        if not pending:
+            return
+        for st in states:
+            if st.worker in pending:
+                log.info("%s: cancelling the handler in flight", why,
+                         extra={**self._log, "topic": st.tp.topic, "partition": st.tp.partition,
+                                "offset": st.current})
+                st.worker.cancel()
+        _, stuck = await asyncio.wait(pending, timeout=self._cancel_wait_s)
+        if stuck:
+            log.error("%d handler(s) did not stop when cancelled; their records stay uncommitted",
+                      len(stuck), extra=self._log)
+
+    async def _drain_and_commit(self, grace_s: float, why: str) -> None:
+        async with self._drain_lock:
+            await self._drain(list(self._partitions.values()), grace_s, why)
+            await self._commit(why)
+            self._epoch += 1
+            self._partitions.clear()
+
+    async def _end_session(self, grace_s: float) -> None:
+        """17: stop polling, drain, commit, leave; each step bounded."""
+        run, self._run_task = self._run_task, None
+        if run is not None:
+            run.cancel()  # also wakes a getmany stuck waiting for an assignment
+            await asyncio.wait({run}, timeout=self._cancel_wait_s)
+        await self._drain_and_commit(grace_s, "stopping")
+        committer, self._commit_task = self._commit_task, None
+        if committer is not None:
+            committer.cancel()
+            await asyncio.wait({committer}, timeout=self._cancel_wait_s)
+        consumer, self._consumer, self._live = self._consumer, None, None
+        if consumer is not None:
+            await self._close_consumer(consumer)
+            log.info("left consumer group %s", self._meta.consumer_group, extra=self._log)
+
+    async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            # stop() sends LeaveGroup; it does not call the revoke listener (17)
+            await asyncio.wait_for(consumer.stop(), self._leave_timeout_s)
+        except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - best effort
+            log.warning("consumer did not stop cleanly: %r", exc, extra=self._log)
+
+    # ------------------------------------------------------------------------------- commits
+
+    async def _commit_loop(self) -> None:
+        wakeup = self._commit_wakeup
+        while True:
+            try:
+                await asyncio.wait_for(wakeup.wait(), self._commit_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            wakeup.clear()
+            await self._commit("periodic")
+
+    async def _commit(self, why: str) -> None:
+        """Commit ``{tp: offset + 1}`` of the highest contiguous finished record of every
+        partition of the current epoch that is still assigned (1, 2, 4, 10). Bounded by
+        ``commit_timeout_s`` (5); a failure is logged and leaves those records to be
+        delivered again (duplicates, never losses)."""
+        async with self._commit_lock:
+            consumer = self._consumer
+            if consumer is None:
+                return
+            epoch = self._epoch
+            assigned = consumer.assignment()
+            offsets: dict[TopicPartition, int] = {}
+            for tp, st in self._partitions.items():
+                if st.epoch != epoch or tp not in assigned:
+                    continue
+                c = st.offsets.to_commit()
+                if c is not None:
+                    offsets[tp] = c
+            if not offsets:
+                return
+            self._finished_since_commit = 0
+            previous = self._commit_inflight
+            if previous is not None and not previous.done():
+                # 5: a commit that timed out may still be running (it is shielded); never
+                # race a second one against it
+                await asyncio.wait({previous}, timeout=self._commit_timeout_s)
+                if not previous.done():
+                    log.warning("%s: previous commit still in flight; not committing",
+                                why, extra=self._log)
+                    return
+            task = asyncio.ensure_future(consumer.commit(offsets))
+            task.add_done_callback(_swallow)
+            self._commit_inflight = task
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self._commit_timeout_s)
+            except CommitFailedError as exc:
+                # 4: the group rebalanced; a revoke follows. Don't retry.
+                log.warning("%s: commit failed, %d partition(s) will be redelivered: %s", why,
+                            len(offsets), exc, extra=self._log)
+                return
+            except IllegalStateError as exc:
+                log.warning("%s: commit skipped: %s", why, exc, extra=self._log)
+                return
+            except asyncio.TimeoutError:
+                log.warning("%s: commit not confirmed within %.1f s (maybe not committed)",
+                            why, self._commit_timeout_s, extra=self._log)
+                return
+            except KafkaError as exc:
+                log.warning("%s: commit failed: %r", why, exc, extra=self._log)
+                return
+            for tp, c in offsets.items():
+                st = self._partitions.get(tp)
+                if st is not None and st.epoch == epoch:
+                    st.offsets.committed(c)
+            if log.isEnabledFor(logging.DEBUG):
+                for tp, c in offsets.items():
+                    log.debug("%s: committed", why, extra={
+                        **self._log, "topic": tp.topic, "partition": tp.partition, "offset": c})
+
+
+def _swallow(task: asyncio.Future[Any]) -> None:
+    # A commit that outlived its wait_for: its outcome was already logged as "maybe".
+    if not task.cancelled():
+        task.exception()
+
+
+def _names(tps: Collection[TopicPartition]) -> str:
+    return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)) or "-"

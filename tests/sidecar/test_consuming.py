@@ -1,0 +1,254 @@
+"""ConsumerGroup against the real broker (Tansu via ``kafka_bootstrap``), with plain async
+handlers instead of the HTTP delivery path (that is tested in ``test_delivery``).
+
+Records are produced with a raw ``AIOKafkaProducer`` to explicit partitions (auto-created
+topics have 4). What a group committed is read back with a consumer of the same group that
+never joins it (``committed()`` needs no assignment). Session 3 s / heartbeat 1 s keep joins
+at about 2 s on Tansu.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tidings.sidecar.brokers.base import Record
+from tidings.sidecar.brokers.kafka.consuming import ConsumerGroup
+from tidings.sidecar.resources.kafka import KafkaMetadata, parse_kafka_metadata
+
+pytestmark = pytest.mark.timeout(60)
+
+PARTITIONS = 4
+
+
+def meta_for(bootstrap: str, group: str) -> KafkaMetadata:
+    return parse_kafka_metadata(
+        {"brokers": bootstrap, "authType": "none", "consumerGroup": group,
+         "initialOffset": "oldest", "sessionTimeout": "3s", "heartbeatInterval": "1s"},
+        app_id="consumer-test",
+    )
+
+
+def new_group(meta: KafkaMetadata, handler: Callable[[Record], Awaitable[None]]) -> ConsumerGroup:
+    return ConsumerGroup(meta, handler, app_id="consumer-test", pubsubname="pubsub",
+                         commit_interval_s=0.1, commit_timeout_s=2.0, revoke_grace_s=0.5,
+                         cancel_wait_s=0.5, reload_grace_s=0.5)
+
+
+async def produce(bootstrap: str, topic: str, per_partition: int,
+                  partitions: Iterable[int] = range(PARTITIONS)) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=f"{p}-{i}".encode(), partition=p)
+                   for p in partitions for i in range(per_partition)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    """Committed offsets per partition, read without joining the group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
+    finally:
+        await consumer.stop()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_order_within_partition_and_a_slow_partition_blocks_no_other(
+        kafka_bootstrap: str, unique: str) -> None:
+    topic, group = f"order-{unique}", f"g-{unique}"
+    await produce(kafka_bootstrap, topic, 50)
+    seen: dict[int, list[int]] = defaultdict(list)
+    others_done = asyncio.Event()
+
+    async def handler(record: Record) -> None:
+        if record.partition == 0:
+            # partition 0 cannot progress until every other partition has finished
+            await others_done.wait()
+        seen[record.partition].append(record.offset)
+        if all(len(seen[p]) == 50 for p in (1, 2, 3)):
+            others_done.set()
+
+    g = new_group(meta_for(kafka_bootstrap, group), handler)
+    await g.set_topics([topic])
+    try:
+        await until(lambda: all(len(seen[p]) == 50 for p in range(PARTITIONS)), 20,
+                    "all 200 records")
+    finally:
+        await g.stop(grace_s=2)
+    assert {p: seen[p] for p in range(PARTITIONS)} == {p: list(range(50)) for p in range(PARTITIONS)}
+    assert await committed(kafka_bootstrap, group, topic) == {p: 50 for p in range(PARTITIONS)}
+
+
+async def test_only_finished_offsets_are_committed(kafka_bootstrap: str, unique: str) -> None:
+    """A handler that never finishes offset 7 of partition 0: the next member of the group gets
+    offset 7 and everything after it again, nothing before it, and nothing of partition 1."""
+    topic, group = f"commit-{unique}", f"g-{unique}"
+    await produce(kafka_bootstrap, topic, 20, partitions=(0, 1))
+    finished: dict[int, list[int]] = defaultdict(list)
+    cancelled: list[tuple[int, int]] = []
+
+    async def stuck_at_7(record: Record) -> None:
+        if record.partition == 0 and record.offset == 7:
+            try:
+                await asyncio.Event().wait()  # never finishes
+            except asyncio.CancelledError:
+                cancelled.append((record.partition, record.offset))
+                raise
+        finished[record.partition].append(record.offset)
+
+    first = new_group(meta_for(kafka_bootstrap, group), stuck_at_7)
+    await first.set_topics([topic])
+    await until(lambda: finished[0] == list(range(7)) and len(finished[1]) == 20, 20,
+                "partition 0 stuck at 7 and partition 1 done")
+    await first.stop(grace_s=0.3)
+    assert cancelled == [(0, 7)]
+    offsets = await committed(kafka_bootstrap, group, topic)
+    assert (offsets[0], offsets[1]) == (7, 20)
+
+    again: dict[int, list[int]] = defaultdict(list)
+
+    async def record_all(record: Record) -> None:
+        again[record.partition].append(record.offset)
+
+    second = new_group(meta_for(kafka_bootstrap, group), record_all)
+    await second.set_topics([topic])
+    try:
+        await until(lambda: len(again[0]) == 13, 20, "offsets 7..19 of partition 0 again")
+        assert again[0] == list(range(7, 20))
+        assert again[1] == []
+    finally:
+        await second.stop(grace_s=1)
+
+
+async def test_members_of_one_group_split_partitions_and_groups_each_get_all(
+        kafka_bootstrap: str, unique: str) -> None:
+    topic = f"split-{unique}"
+    await produce(kafka_bootstrap, topic, 1)  # the topic exists with its 4 partitions
+    handled: dict[str, list[tuple[int, int]]] = defaultdict(list)
+
+    def recorder(name: str) -> Callable[[Record], Awaitable[None]]:
+        async def handler(record: Record) -> None:
+            handled[name].append((record.partition, record.offset))
+        return handler
+
+    a1 = new_group(meta_for(kafka_bootstrap, f"a-{unique}"), recorder("a1"))
+    a2 = new_group(meta_for(kafka_bootstrap, f"a-{unique}"), recorder("a2"))
+    b = new_group(meta_for(kafka_bootstrap, f"b-{unique}"), recorder("b"))
+    try:
+        await asyncio.gather(a1.set_topics([topic]), a2.set_topics([topic]), b.set_topics([topic]))
+        await until(lambda: len(a1.assignment()) == 2 and len(a2.assignment()) == 2, 20,
+                    "a split of 2 + 2 partitions")
+        await produce(kafka_bootstrap, topic, 25)
+        everything = {(p, o) for p in range(PARTITIONS) for o in range(26)}
+        await until(lambda: len(handled["a1"]) + len(handled["a2"]) >= len(everything)
+                    and len(handled["b"]) >= len(everything), 20, "both groups to get all")
+    finally:
+        await asyncio.gather(a1.stop(grace_s=1), a2.stop(grace_s=1), b.stop(grace_s=1))
+    assert set(handled["a1"]).isdisjoint(handled["a2"])
+    assert sorted(handled["a1"] + handled["a2"]) == sorted(everything)  # each exactly once
+    assert sorted(handled["b"]) == sorted(everything)
+    assert {p for p, _ in handled["a1"]}.isdisjoint({p for p, _ in handled["a2"]})
+
+
+async def test_revocation_cancels_in_flight_and_the_new_owner_gets_the_record(
+        kafka_bootstrap: str, unique: str) -> None:
+    topic, group = f"revoke-{unique}", f"g-{unique}"
+    await produce(kafka_bootstrap, topic, 1)
+    in_flight: set[tuple[int, int]] = set()
+    cancelled: list[tuple[int, int]] = []
+
+    async def never_finishes(record: Record) -> None:
+        key = (record.partition, record.offset)
+        in_flight.add(key)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(key)
+            in_flight.discard(key)
+            raise
+
+    got: list[tuple[int, int]] = []
+
+    async def new_owner(record: Record) -> None:
+        got.append((record.partition, record.offset))
+
+    first = new_group(meta_for(kafka_bootstrap, group), never_finishes)
+    second = new_group(meta_for(kafka_bootstrap, group), new_owner)
+    try:
+        await first.set_topics([topic])
+        await until(lambda: len(in_flight) == PARTITIONS, 20, "4 handlers in flight")
+        await second.set_topics([topic])
+        await until(lambda: len(second.assignment()) == 2 and len(got) == 2, 20,
+                    "the second member to get its 2 partitions' records")
+        moved = {tp.partition for tp in second.assignment()}
+        assert sorted(got) == sorted((p, 0) for p in moved)
+        assert set(got) <= set(cancelled)  # revoked in flight, cancelled, redelivered
+        # the first member got its partitions back and was handed their records again
+        await until(lambda: {p for p, _ in in_flight} == set(range(PARTITIONS)) - moved, 10,
+                    "the first member to retry its own partitions")
+    finally:
+        await asyncio.gather(first.stop(grace_s=0), second.stop(grace_s=1))
+    offsets = await committed(kafka_bootstrap, group, topic)
+    assert all(offsets[p] == 1 for p in moved)
+    assert all(offsets[p] is None for p in set(range(PARTITIONS)) - moved)
+
+
+async def test_stop_lets_in_flight_handlers_finish_and_commits_them(
+        kafka_bootstrap: str, unique: str) -> None:
+    topic, group = f"stop-{unique}", f"g-{unique}"
+    await produce(kafka_bootstrap, topic, 3, partitions=(0,))
+    started: list[int] = []
+    finished: list[int] = []
+
+    async def slow(record: Record) -> None:
+        started.append(record.offset)
+        await asyncio.sleep(0.5)  # a delivery that takes a while (the work, not a wait)
+        finished.append(record.offset)
+
+    g = new_group(meta_for(kafka_bootstrap, group), slow)
+    await g.set_topics([topic])
+    await until(lambda: started == [0], 20, "offset 0 in flight")
+    await g.stop(grace_s=5)
+    assert finished == [0] and started == [0]  # finished in the grace; nothing new dispatched
+    assert (await committed(kafka_bootstrap, group, topic))[0] == 1
+
+
+async def test_set_topics_adds_a_topic(kafka_bootstrap: str, unique: str) -> None:
+    first_topic, second_topic, group = f"reload1-{unique}", f"reload2-{unique}", f"g-{unique}"
+    await produce(kafka_bootstrap, first_topic, 5)
+    seen: list[tuple[str, int, int]] = []
+
+    async def handler(record: Record) -> None:
+        seen.append((record.topic, record.partition, record.offset))
+
+    g = new_group(meta_for(kafka_bootstrap, group), handler)
+    try:
+        await g.set_topics([first_topic])
+        await until(lambda: len(seen) == 20, 20, f"20 records of {first_topic}")
+        await produce(kafka_bootstrap, second_topic, 5)
+        await g.set_topics([first_topic, second_topic])
+        await until(lambda: len(seen) >= 40, 20, f"20 records of {second_topic}")
+        await until(lambda: {tp.topic for tp in g.assignment()} == {first_topic, second_topic},
+                    10, "both topics assigned")
+    finally:
+        await g.stop(grace_s=1)
+    assert len(seen) == len(set(seen)) == 40  # the first topic was committed before reloading
+    assert {t for t, _, _ in seen} == {first_topic, second_topic}
