@@ -252,3 +252,40 @@ async def test_set_topics_adds_a_topic(kafka_bootstrap: str, unique: str) -> Non
         await g.stop(grace_s=1)
     assert len(seen) == len(set(seen)) == 40  # the first topic was committed before reloading
     assert {t for t, _, _ in seen} == {first_topic, second_topic}
+
+
+async def test_kafka_broker_publishes_and_delivers_then_closes(
+        kafka_bootstrap: str, unique: str) -> None:
+    """KafkaBroker composes the producer and this consumer group (one group per app-id)."""
+    from tidings.sidecar.brokers.kafka import KafkaBroker
+    from tidings.sidecar.resources.loading import LoadedComponent
+    from tidings.sidecar.resources.models import Component
+
+    topic = f"broker-{unique}"
+    values = {"brokers": kafka_bootstrap, "authType": "none", "initialOffset": "oldest",
+              "sessionTimeout": "3s", "heartbeatInterval": "1s"}
+    component = Component.model_validate({
+        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": "pubsub"},
+        "spec": {"type": "pubsub.kafka", "version": "v1",
+                 "metadata": [{"name": k, "value": v} for k, v in values.items()]}})
+    app_id = f"app-{unique}"
+    broker = KafkaBroker(LoadedComponent(component, "test", values,
+                                         parse_kafka_metadata(values, app_id=app_id)),
+                         app_id=app_id)
+    got: list[Record] = []
+
+    async def handler(record: Record) -> None:
+        got.append(record)
+
+    await broker.start()
+    try:
+        assert broker.ready()
+        await broker.publish(topic, b"hello", key=b"k", headers=[("h", b"v")])
+        await broker.subscribe({topic}, handler)
+        await until(lambda: len(got) == 1, 20, "the published record")
+    finally:
+        await broker.close(grace_s=1)
+    assert not broker.ready()
+    assert (got[0].value, got[0].key, got[0].headers) == (b"hello", b"k", (("h", b"v"),))
+    offsets = await committed(kafka_bootstrap, app_id, topic)  # the app-id is the group
+    assert offsets[got[0].partition] == 1
