@@ -1,0 +1,259 @@
+"""Pod annotations that ask for a sidecar, parsed once into a :class:`SidecarConfig`.
+
+Keys and defaults follow Dapr's injector (dapr-pubsub-contract.md §6.1), plus the seed's
+``dapr.io/id`` as a deprecated alias of ``dapr.io/app-id`` (§6.2). Parsing is pure; every error
+is an :class:`AnnotationError` naming the annotation, so the webhook can refuse the pod with a
+message the user can act on. Neighbours: ``sidecar_patch.py`` turns a config into a pod patch,
+``injection.py`` is the kopf handler around both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NewType
+
+__all__ = [
+    "APP_ID",
+    "APP_PORT",
+    "ENABLED",
+    "LEGACY_ID",
+    "AnnotationError",
+    "AppId",
+    "SidecarConfig",
+    "injection_requested",
+    "parse_sidecar_config",
+]
+
+AppId = NewType("AppId", str)
+
+PREFIX = "dapr.io/"
+ENABLED = "dapr.io/enabled"
+APP_ID = "dapr.io/app-id"
+LEGACY_ID = "dapr.io/id"
+APP_PORT = "dapr.io/app-port"
+LOG_LEVEL = "dapr.io/log-level"
+LOG_AS_JSON = "dapr.io/log-as-json"
+ENABLE_METRICS = "dapr.io/enable-metrics"
+METRICS_PORT = "dapr.io/metrics-port"
+SIDECAR_IMAGE = "dapr.io/sidecar-image"
+CPU_REQUEST = "dapr.io/sidecar-cpu-request"
+CPU_LIMIT = "dapr.io/sidecar-cpu-limit"
+MEMORY_REQUEST = "dapr.io/sidecar-memory-request"
+MEMORY_LIMIT = "dapr.io/sidecar-memory-limit"
+LIVENESS_PREFIX = "dapr.io/sidecar-liveness-probe-"
+READINESS_PREFIX = "dapr.io/sidecar-readiness-probe-"
+
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")  # the sidecar's --log-level choices
+
+# Kubernetes quantity syntax (k8s.io/apimachinery resource.Quantity): a signed decimal number,
+# optionally in exponent form, with a binary (Ki..Ei) or decimal (n u m k M G T P E) suffix.
+_QUANTITY = re.compile(
+    r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+)
+# The app-id names a Secret (tidings-<app-id>), a label value and a Kafka consumer group, so it
+# must be a DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters.
+_APP_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class AnnotationError(ValueError):
+    """An annotation the injector cannot honour. ``key`` is the annotation's name."""
+
+    def __init__(self, key: str, value: str, problem: str) -> None:
+        self.key = key
+        self.value = value
+        self.problem = problem
+        super().__init__(f"annotation {key}={value!r}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Probe timings in seconds (and a failure count), as ``dapr.io/sidecar-*-probe-*`` set them."""
+
+    delay_seconds: int
+    timeout_seconds: int
+    period_seconds: int
+    threshold: int
+
+
+# Dapr's defaults (§6.1): liveness 180/3/10/5, readiness 1/1/1/5... readiness every second is
+# too chatty for a Python sidecar, so readiness is probed every 2 s with the same threshold.
+DEFAULT_LIVENESS = Probe(delay_seconds=180, timeout_seconds=3, period_seconds=10, threshold=5)
+DEFAULT_READINESS = Probe(delay_seconds=1, timeout_seconds=1, period_seconds=2, threshold=5)
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    """What one pod's annotations ask of its sidecar.
+
+    ``app_id_source`` names where the app-id came from (an annotation key, ``pod name``,
+    ``generateName`` or ``owner``); ``warnings`` are for the AdmissionReview (deprecated keys,
+    defaulted app-id). ``resources`` is a Kubernetes ``ResourceRequirements`` dict (quantities as
+    given). ``sidecar_image`` is the annotation's image, honoured only if the operator allows it.
+    """
+
+    app_id: AppId
+    app_id_source: str
+    app_port: int | None = None
+    log_level: str = "info"
+    log_as_json: bool = False
+    enable_metrics: bool = True
+    metrics_port: int = 9090
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    liveness: Probe = DEFAULT_LIVENESS
+    readiness: Probe = DEFAULT_READINESS
+    sidecar_image: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def _bool(annotations: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = annotations.get(key)
+    if raw is None:
+        return default
+    v = raw.strip().lower()
+    if v == "true":
+        return True
+    if v == "false":
+        return False
+    raise AnnotationError(key, raw, 'must be "true" or "false"')
+
+
+def injection_requested(annotations: Mapping[str, str]) -> bool:
+    """Whether a pod with these annotations gets a sidecar.
+
+    ``dapr.io/enabled: "false"`` opts out whatever else is set; ``"true"``, ``dapr.io/app-id`` or
+    ``dapr.io/id`` opt in. Raises :class:`AnnotationError` for an ``enabled`` value that is
+    neither (Dapr silently skips it; refusing tells the user their pod would run without one).
+    """
+    if ENABLED in annotations:
+        return _bool(annotations, ENABLED, False)
+    return APP_ID in annotations or LEGACY_ID in annotations
+
+
+def _port(annotations: Mapping[str, str], key: str) -> int | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isdigit():
+        raise AnnotationError(key, raw, "must be a port number (1-65535)")
+    port = int(text)
+    if not 0 < port < 65536:
+        raise AnnotationError(key, raw, "must be a port number (1-65535)")
+    return port
+
+
+def _count(annotations: Mapping[str, str], key: str, default: int, minimum: int) -> int:
+    raw = annotations.get(key)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not text.isdigit() or int(text) < minimum:
+        raise AnnotationError(key, raw, f"must be a whole number >= {minimum}")
+    return int(text)
+
+
+def _quantity(annotations: Mapping[str, str], key: str) -> str | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not _QUANTITY.match(text):
+        raise AnnotationError(key, raw, "is not a Kubernetes quantity (e.g. 100m, 0.5, 128Mi)")
+    return text
+
+
+def _probe(annotations: Mapping[str, str], prefix: str, default: Probe) -> Probe:
+    return Probe(
+        delay_seconds=_count(annotations, prefix + "delay-seconds", default.delay_seconds, 0),
+        timeout_seconds=_count(annotations, prefix + "timeout-seconds", default.timeout_seconds, 1),
+        period_seconds=_count(annotations, prefix + "period-seconds", default.period_seconds, 1),
+        threshold=_count(annotations, prefix + "threshold", default.threshold, 1),
+    )
+
+
+def default_app_id(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The app-id a pod gets without an annotation, and where it came from.
+
+    Dapr uses the pod name (§6.1). Pods made by controllers have no name at admission, only
+    ``generateName`` (``orders-5d8f7c9b4-``); we drop the trailing ``-`` and, for a ReplicaSet's
+    pod, the ``-<pod-template-hash>`` so the app-id is the Deployment's name (``orders``) and
+    stays the same across rollouts.
+    """
+    meta = pod.get("metadata") or {}
+    name = meta.get("name")
+    if name:
+        return str(name), "pod name"
+    generate = str(meta.get("generateName") or "")
+    if not generate:
+        return None
+    base = generate.rstrip("-")
+    template_hash = (meta.get("labels") or {}).get("pod-template-hash")
+    if template_hash and base.endswith("-" + template_hash):
+        return base[: -len(template_hash) - 1], "owner name"
+    return base, "generateName"
+
+
+def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
+    """Parse a pod's annotations (the pod as in an AdmissionReview) into a :class:`SidecarConfig`.
+
+    App-id precedence: ``dapr.io/app-id`` > ``dapr.io/id`` (deprecated, warned) > pod/owner name
+    (warned, as Dapr does). Raises :class:`AnnotationError` naming the first bad annotation.
+    """
+    meta = pod.get("metadata") or {}
+    annotations: Mapping[str, str] = meta.get("annotations") or {}
+    warnings: list[str] = []
+    if APP_ID in annotations:
+        raw_id, source = annotations[APP_ID], APP_ID
+        if LEGACY_ID in annotations and annotations[LEGACY_ID] != raw_id:
+            warnings.append(f"{LEGACY_ID} is deprecated and ignored: {APP_ID} is set")
+    elif LEGACY_ID in annotations:
+        raw_id, source = annotations[LEGACY_ID], LEGACY_ID
+        warnings.append(f"{LEGACY_ID} is deprecated (removed in Dapr 1.0); use {APP_ID}")
+    else:
+        found = default_app_id(pod)
+        if found is None:
+            raise AnnotationError(APP_ID, "", "is not set and the pod has no name to default to")
+        raw_id, source = found
+        warnings.append(f"{APP_ID} is not set; using the {source} {raw_id!r} as the app-id")
+    app_id = raw_id.strip()
+    if not _APP_ID.match(app_id):
+        key = source if source.startswith(PREFIX) else APP_ID
+        raise AnnotationError(key, raw_id, "an app-id must be a DNS-1123 label: lowercase "
+                              "letters, digits and '-', at most 63 characters")
+
+    log_level = annotations.get(LOG_LEVEL, "info").strip().lower()
+    if log_level not in LOG_LEVELS:
+        raise AnnotationError(LOG_LEVEL, annotations[LOG_LEVEL],
+                              f"must be one of {', '.join(LOG_LEVELS)}")
+    if log_level == "warning":
+        log_level = "warn"
+
+    resources: dict[str, dict[str, str]] = {}
+    for key, section, resource in ((CPU_REQUEST, "requests", "cpu"),
+                                   (MEMORY_REQUEST, "requests", "memory"),
+                                   (CPU_LIMIT, "limits", "cpu"),
+                                   (MEMORY_LIMIT, "limits", "memory")):
+        q = _quantity(annotations, key)
+        if q is not None:
+            resources.setdefault(section, {})[resource] = q
+
+    image = annotations.get(SIDECAR_IMAGE)
+    if image is not None and not image.strip():
+        raise AnnotationError(SIDECAR_IMAGE, image, "must not be empty")
+
+    return SidecarConfig(
+        app_id=AppId(app_id),
+        app_id_source=source,
+        app_port=_port(annotations, APP_PORT),
+        log_level=log_level,
+        log_as_json=_bool(annotations, LOG_AS_JSON, False),
+        enable_metrics=_bool(annotations, ENABLE_METRICS, True),
+        metrics_port=_port(annotations, METRICS_PORT) or 9090,
+        resources=resources,
+        liveness=_probe(annotations, LIVENESS_PREFIX, DEFAULT_LIVENESS),
+        readiness=_probe(annotations, READINESS_PREFIX, DEFAULT_READINESS),
+        sidecar_image=image.strip() if image is not None else None,
+        warnings=tuple(warnings),
+    )

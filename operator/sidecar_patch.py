@@ -1,0 +1,167 @@
+"""Pure, idempotent pod mutation: (pod, sidecar config) → the pod with its ``daprd`` sidecar.
+
+Follows what Dapr's injector adds (dapr-pubsub-contract.md §6.3), reduced to what tidings runs:
+one ``daprd`` container (the name is kept for Dapr tooling) running ``tidings sidecar`` with the
+app's config Secret ``tidings-<app-id>`` mounted read-only as its resources folder (written by
+``appconfig.py``), ``DAPR_HTTP_PORT`` for app containers that lack it, and the
+``dapr.io/sidecar-injected`` / ``dapr.io/app-id`` labels the operator watches.
+
+Idempotent by construction: an existing ``daprd`` container or config volume is replaced in
+place by the freshly built one, so re-invocation (``reinvocationPolicy: IfNeeded``) or an
+already-injected pod yields the same pod and an empty JSON patch. No I/O; ``injection.py`` wraps
+it in the admission webhook.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonpatch
+
+from .annotations import SidecarConfig
+
+__all__ = [
+    "CONFIG_VOLUME",
+    "DAPR_HTTP_PORT",
+    "RESOURCES_PATH",
+    "SIDECAR_CONTAINER",
+    "config_secret_name",
+    "json_patch",
+    "patch_pod",
+    "sidecar_container",
+]
+
+SIDECAR_CONTAINER = "daprd"
+CONFIG_VOLUME = "tidings-resources"
+RESOURCES_PATH = "/etc/tidings/resources"
+DAPR_HTTP_PORT = 3500
+INJECTED_LABEL = "dapr.io/sidecar-injected"
+APP_ID_LABEL = "dapr.io/app-id"
+HEALTHZ_PATH = "/v1.0/healthz"
+
+Pod = dict[str, Any]
+
+
+def config_secret_name(app_id: str) -> str:
+    """Name of the Secret that holds ``app_id``'s resources folder."""
+    return f"tidings-{app_id}"
+
+
+def sidecar_args(config: SidecarConfig) -> list[str]:
+    """``tidings sidecar`` arguments for ``config`` (daprd's flag names)."""
+    args = ["--app-id", config.app_id]
+    if config.app_port is not None:
+        args += ["--app-port", str(config.app_port)]
+    # 0.0.0.0: the kubelet probes the pod IP; daprd's default [::1],127.0.0.1 would fail them.
+    args += ["--dapr-http-port", str(DAPR_HTTP_PORT), "--dapr-listen-addresses", "0.0.0.0",
+             "--resources-path", RESOURCES_PATH, "--log-level", config.log_level]
+    if config.log_as_json:
+        args.append("--log-as-json")
+    if config.enable_metrics:
+        args += ["--enable-metrics", "--metrics-port", str(config.metrics_port)]
+    return args
+
+
+def sidecar_container(config: SidecarConfig, *, image: str, pull_policy: str) -> dict[str, Any]:
+    """The ``daprd`` container for ``config`` running ``image``."""
+    ports: list[dict[str, Any]] = [
+        {"name": "dapr-http", "containerPort": DAPR_HTTP_PORT, "protocol": "TCP"}]
+    if config.enable_metrics:
+        ports.append({"name": "dapr-metrics", "containerPort": config.metrics_port,
+                      "protocol": "TCP"})
+    container: dict[str, Any] = {
+        "name": SIDECAR_CONTAINER,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": ["tidings", "sidecar"],
+        "args": sidecar_args(config),
+        "ports": ports,
+        "env": [
+            {"name": "NAMESPACE",
+             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
+            {"name": "POD_NAME",
+             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": HEALTHZ_PATH, "port": DAPR_HTTP_PORT, "scheme": "HTTP"},
+            "initialDelaySeconds": config.readiness.delay_seconds,
+            "timeoutSeconds": config.readiness.timeout_seconds,
+            "periodSeconds": config.readiness.period_seconds,
+            "failureThreshold": config.readiness.threshold,
+        },
+        # A TCP probe like Dapr at HEAD: healthz also reflects the broker, and a broker outage
+        # must not make the kubelet restart every sidecar.
+        "livenessProbe": {
+            "tcpSocket": {"port": DAPR_HTTP_PORT},
+            "initialDelaySeconds": config.liveness.delay_seconds,
+            "timeoutSeconds": config.liveness.timeout_seconds,
+            "periodSeconds": config.liveness.period_seconds,
+            "failureThreshold": config.liveness.threshold,
+        },
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": RESOURCES_PATH, "readOnly": True}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if config.resources:
+        container["resources"] = copy.deepcopy(config.resources)
+    return container
+
+
+def config_volume(app_id: str) -> dict[str, Any]:
+    """The volume of the app's config Secret.
+
+    Not ``optional``: the kubelet waits for the operator to write the Secret instead of starting
+    the sidecar with an empty resources folder.
+    """
+    return {"name": CONFIG_VOLUME,
+            "secret": {"secretName": config_secret_name(app_id), "defaultMode": 0o444}}
+
+
+def _upsert(items: list[dict[str, Any]], item: dict[str, Any]) -> None:
+    for i, existing in enumerate(items):
+        if existing.get("name") == item["name"]:
+            items[i] = item
+            return
+    items.append(item)
+
+
+def patch_pod(pod: Pod, config: SidecarConfig, *, image: str,
+              pull_policy: str = "IfNotPresent") -> Pod:
+    """A copy of ``pod`` with the sidecar injected; ``pod`` is not modified.
+
+    ``patch_pod(patch_pod(p, c, ...), c, ...) == patch_pod(p, c, ...)``.
+    """
+    out = copy.deepcopy(pod)
+    meta = out.setdefault("metadata", {})
+    labels = meta.get("labels") or {}
+    labels[INJECTED_LABEL] = "true"
+    labels[APP_ID_LABEL] = config.app_id
+    meta["labels"] = labels
+
+    spec = out.setdefault("spec", {})
+    containers: list[dict[str, Any]] = spec.setdefault("containers", [])
+    for container in containers:
+        if container.get("name") == SIDECAR_CONTAINER:
+            continue
+        env: list[dict[str, Any]] = container.get("env") or []
+        if not any(e.get("name") == "DAPR_HTTP_PORT" for e in env):
+            env.append({"name": "DAPR_HTTP_PORT", "value": str(DAPR_HTTP_PORT)})
+        container["env"] = env
+    _upsert(containers, sidecar_container(config, image=image, pull_policy=pull_policy))
+    volumes: list[dict[str, Any]] = spec.get("volumes") or []
+    _upsert(volumes, config_volume(config.app_id))
+    spec["volumes"] = volumes
+    return out
+
+
+def json_patch(pod: Pod, config: SidecarConfig, *, image: str,
+               pull_policy: str = "IfNotPresent") -> list[dict[str, Any]]:
+    """RFC 6902 operations turning ``pod`` into :func:`patch_pod`'s result (``[]`` if none)."""
+    return list(jsonpatch.make_patch(pod, patch_pod(pod, config, image=image,
+                                                    pull_policy=pull_policy)).patch)

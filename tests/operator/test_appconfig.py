@@ -1,0 +1,150 @@
+"""Rendering an app's config Secret (operator/appconfig.py); the sidecar's loader reads it back."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from tidings.operator.appconfig import (
+    normalise_subscription,
+    render_app_config,
+    secret_manifest,
+    secret_refs,
+)
+from tidings.sidecar.resources import load_resources
+
+
+def component(name: str, *, scopes: list[str] | None = None, metadata: list | None = None,
+              **extra: object) -> dict:
+    body = {"apiVersion": "dapr.io/v1alpha1", "kind": "Component",
+            "metadata": {"name": name, "namespace": "shop", "uid": "u1",
+                         "resourceVersion": "7", "managedFields": [{}]},
+            "spec": {"type": "pubsub.kafka", "version": "v1", "metadata": metadata or [
+                {"name": "brokers", "value": "kafka:9092"}, {"name": "authType", "value": "none"}]},
+            "status": {"conditions": []}, **extra}
+    if scopes is not None:
+        body["scopes"] = scopes
+    return body
+
+
+def v1_subscription(name: str, *, scopes: list[str] | None = None) -> dict:
+    body = {"apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",  # read through v2alpha1
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"pubsubname": "pubsub", "topic": f"t-{name}", "route": f"/{name}"}}
+    if scopes is not None:
+        body["scopes"] = scopes
+    return body
+
+
+def v2_subscription(name: str, *, scopes: list[str] | None = None) -> dict:
+    body = {"apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"pubsubname": "pubsub", "topic": f"t-{name}",
+                     "routes": {"rules": [{"match": 'event.type == "x"', "path": "/x"}],
+                                "default": "/d"}}}
+    if scopes is not None:
+        body["scopes"] = scopes
+    return body
+
+
+def write(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_scoped_resources_only_and_loader_reads_them(tmp_path: Path) -> None:
+    rendered = render_app_config(
+        app_id="orders",
+        components=[component("pubsub"), component("other", scopes=["billing"])],
+        subscriptions=[v2_subscription("mine", scopes=["orders"]), v1_subscription("all"),
+                       v2_subscription("theirs", scopes=["billing"])],
+        secrets={})
+    assert rendered.components == ("pubsub",)
+    assert rendered.subscriptions == ("all", "mine")
+    assert set(rendered.files) == {"component-pubsub.yaml", "subscription-all.yaml",
+                                   "subscription-mine.yaml"}
+    loaded = load_resources([write(tmp_path, rendered.files)], app_id="orders")
+    assert set(loaded.components) == {"pubsub"}
+    subs = {s.name: s for s in loaded.subscriptions}
+    assert subs["all"].default_path == "/all"  # v1alpha1 route → routes.default
+    assert subs["mine"].rules[0].path == "/x" and subs["mine"].default_path == "/d"
+    assert "resourceVersion" not in rendered.files["component-pubsub.yaml"]
+    assert "status" not in rendered.files["component-pubsub.yaml"]
+
+
+def test_secret_key_ref_is_resolved(tmp_path: Path) -> None:
+    metadata = [{"name": "brokers", "secretKeyRef": {"name": "kafka", "key": "brokers"}},
+                {"name": "authType", "value": "none"}]
+    body = component("pubsub", metadata=metadata)
+    assert secret_refs(body) == {"kafka"}
+    rendered = render_app_config(app_id="orders", components=[body], subscriptions=[],
+                                 secrets={"kafka": {"brokers": "k1:9092,k2:9092"}})
+    assert rendered.problems == ()
+    assert "secretKeyRef" not in rendered.files["component-pubsub.yaml"]
+    loaded = load_resources([write(tmp_path, rendered.files)], app_id="orders")
+    assert loaded.components["pubsub"].metadata["brokers"] == "k1:9092,k2:9092"
+
+
+@pytest.mark.parametrize(("secrets", "auth", "problem"), [
+    ({}, None, "Secret 'kafka' not found"),
+    ({"kafka": {"other": "x"}}, None, "has no key 'brokers'"),
+    ({"kafka": {"brokers": "k:1"}}, {"secretStore": "vault"}, "'vault' is not supported"),
+])
+def test_unresolvable_component_is_left_out(secrets: dict, auth: dict | None,
+                                            problem: str) -> None:
+    metadata = [{"name": "brokers", "secretKeyRef": {"name": "kafka", "key": "brokers"}},
+                {"name": "authType", "value": "none"}]
+    extra = {"auth": auth} if auth else {}
+    rendered = render_app_config(app_id="orders", components=[
+        component("pubsub", metadata=metadata, **extra), component("good")],
+        subscriptions=[], secrets=secrets)
+    assert rendered.components == ("good",)
+    assert len(rendered.problems) == 1 and problem in rendered.problems[0]
+
+
+def test_invalid_resources_are_left_out_not_raised() -> None:
+    bad_kafka = component("nobrokers", metadata=[{"name": "authType", "value": "none"}])
+    bad_type = component("redis")
+    bad_type["spec"]["type"] = "pubsub.redis"
+    bad_sub = v2_subscription("broken")
+    del bad_sub["spec"]["topic"]
+    rendered = render_app_config(app_id="a", components=[bad_kafka, bad_type, component("ok")],
+                                 subscriptions=[bad_sub, v2_subscription("fine")], secrets={})
+    assert rendered.components == ("ok",)
+    assert rendered.subscriptions == ("fine",)
+    assert len(rendered.problems) == 3
+    assert any("brokers" in p for p in rendered.problems)
+    assert any("topic" in p for p in rendered.problems)
+
+
+def test_render_is_deterministic() -> None:
+    comps = [component("b"), component("a")]
+    subs = [v2_subscription("y"), v1_subscription("x")]
+    one = render_app_config(app_id="a", components=comps, subscriptions=subs, secrets={})
+    two = render_app_config(app_id="a", components=comps[::-1], subscriptions=subs[::-1],
+                            secrets={})
+    assert one == two
+
+
+def test_secret_manifest() -> None:
+    rendered = render_app_config(app_id="orders", components=[component("pubsub")],
+                                 subscriptions=[], secrets={})
+    m = secret_manifest(namespace="shop", rendered=rendered)
+    assert m["metadata"]["name"] == "tidings-orders"
+    assert m["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "tidings-operator",
+                                       "app.kubernetes.io/component": "app-config",
+                                       "dapr.io/app-id": "orders"}
+    text = base64.b64decode(m["data"]["component-pubsub.yaml"]).decode()
+    assert text == rendered.files["component-pubsub.yaml"]
+
+
+def test_normalise_subscription() -> None:
+    v1 = normalise_subscription(v1_subscription("s"))
+    assert v1["spec"]["routes"] == {"default": "/s"} and "route" not in v1["spec"]
+    v2 = normalise_subscription(v2_subscription("s"))
+    assert v2["spec"]["routes"]["default"] == "/d"
+    v1_written = dict(v1_subscription("s"), apiVersion="dapr.io/v1alpha1")
+    assert normalise_subscription(v1_written)["apiVersion"] == "dapr.io/v2alpha1"

@@ -1,0 +1,110 @@
+"""The pure pod patch (operator/sidecar_patch.py): shape, idempotency, app containers."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonpatch
+
+from tidings.operator.annotations import parse_sidecar_config
+from tidings.operator.sidecar_patch import json_patch, patch_pod
+
+IMAGE = "example/tidings-sidecar:test"
+
+
+def make_pod(**annotations: str) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "orders-1", "namespace": "shop",
+                     "annotations": {"dapr.io/app-id": "orders", **annotations},
+                     "labels": {"app": "orders"}},
+        "spec": {"containers": [
+            {"name": "app", "image": "orders:1"},
+            {"name": "helper", "image": "helper:1",
+             "env": [{"name": "DAPR_HTTP_PORT", "value": "3999"}]},
+        ]},
+    }
+
+
+def daprd(pod: dict) -> dict:
+    found = [c for c in pod["spec"]["containers"] if c["name"] == "daprd"]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_injects_one_daprd_with_the_contracted_shape() -> None:
+    pod = make_pod(**{"dapr.io/app-port": "8080", "dapr.io/sidecar-cpu-request": "50m",
+                      "dapr.io/sidecar-memory-limit": "256Mi", "dapr.io/log-level": "debug"})
+    patched = patch_pod(pod, parse_sidecar_config(pod), image=IMAGE)
+    c = daprd(patched)
+    assert c["image"] == IMAGE
+    assert c["command"] == ["tidings", "sidecar"]
+    assert c["args"] == ["--app-id", "orders", "--app-port", "8080", "--dapr-http-port", "3500",
+                         "--dapr-listen-addresses", "0.0.0.0", "--resources-path",
+                         "/etc/tidings/resources", "--log-level", "debug", "--enable-metrics",
+                         "--metrics-port", "9090"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"dapr-http": 3500,
+                                                                   "dapr-metrics": 9090}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v1.0/healthz", "port": 3500,
+                                              "scheme": "HTTP"}
+    assert c["livenessProbe"]["tcpSocket"] == {"port": 3500}
+    assert c["resources"] == {"requests": {"cpu": "50m"}, "limits": {"memory": "256Mi"}}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
+    assert env == {"NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
+    assert c["volumeMounts"] == [{"name": "tidings-resources",
+                                  "mountPath": "/etc/tidings/resources", "readOnly": True}]
+    assert patched["spec"]["volumes"] == [
+        {"name": "tidings-resources", "secret": {"secretName": "tidings-orders",
+                                                 "defaultMode": 0o444}}]
+    assert patched["metadata"]["labels"] == {"app": "orders", "dapr.io/sidecar-injected": "true",
+                                             "dapr.io/app-id": "orders"}
+
+
+def test_app_containers_get_dapr_http_port_only_if_absent() -> None:
+    pod = make_pod()
+    patched = patch_pod(pod, parse_sidecar_config(pod), image=IMAGE)
+    app, helper = patched["spec"]["containers"][:2]
+    assert app["env"] == [{"name": "DAPR_HTTP_PORT", "value": "3500"}]
+    assert helper["env"] == [{"name": "DAPR_HTTP_PORT", "value": "3999"}]
+    assert "env" not in daprd(patched) or all(e["name"] != "DAPR_HTTP_PORT"
+                                             for e in daprd(patched)["env"])
+
+
+def test_input_pod_is_not_modified() -> None:
+    pod = make_pod()
+    before = copy.deepcopy(pod)
+    patch_pod(pod, parse_sidecar_config(pod), image=IMAGE)
+    assert pod == before
+
+
+def test_idempotent_on_an_injected_pod() -> None:
+    pod = make_pod(**{"dapr.io/app-port": "8080"})
+    config = parse_sidecar_config(pod)
+    once = patch_pod(pod, config, image=IMAGE)
+    twice = patch_pod(once, config, image=IMAGE)
+    assert twice == once
+    assert json_patch(once, config, image=IMAGE) == []
+
+
+def test_json_patch_applies_to_the_patched_pod() -> None:
+    pod = make_pod()
+    config = parse_sidecar_config(pod)
+    ops = json_patch(pod, config, image=IMAGE)
+    assert ops
+    assert jsonpatch.apply_patch(pod, ops) == patch_pod(pod, config, image=IMAGE)
+
+
+def test_stale_daprd_is_replaced_not_duplicated() -> None:
+    pod = make_pod()
+    pod["spec"]["containers"].append({"name": "daprd", "image": "old", "args": ["--app-id", "x"]})
+    patched = patch_pod(pod, parse_sidecar_config(pod), image=IMAGE)
+    assert daprd(patched)["image"] == IMAGE
+    assert [c["name"] for c in patched["spec"]["containers"]] == ["app", "helper", "daprd"]
+
+
+def test_metrics_disabled_drops_port_and_flags() -> None:
+    pod = make_pod(**{"dapr.io/enable-metrics": "false"})
+    c = daprd(patch_pod(pod, parse_sidecar_config(pod), image=IMAGE))
+    assert "--enable-metrics" not in c["args"]
+    assert [p["name"] for p in c["ports"]] == ["dapr-http"]
+    assert "--app-port" not in c["args"]
