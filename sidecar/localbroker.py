@@ -112,6 +112,8 @@ def start_local_broker(
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         start_new_session=True,
     )
+    if log_path:
+        out.close()  # the child holds its own descriptor
     broker = LocalBroker(process=process, host=host, port=port, log_path=log_path)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
