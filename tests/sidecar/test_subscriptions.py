@@ -1,0 +1,147 @@
+"""Tests of programmatic subscription parsing and the merge with declarative ones
+(``sidecar/subscriptions.py``, §2.1, §5.1)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tidings.sidecar.resources import (
+    Component,
+    LoadedComponent,
+    Route,
+    SubscriptionType,
+    TopicSubscription,
+)
+from tidings.sidecar.subscriptions import effective_subscriptions, parse_programmatic
+
+
+def component(name: str = "pubsub", **metadata: str) -> LoadedComponent:
+    resource = Component.model_validate({
+        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": name},
+        "spec": {"type": "pubsub.in-memory", "version": "v1",
+                 "metadata": [{"name": k, "value": v} for k, v in metadata.items()]},
+    })
+    return LoadedComponent(component=resource, source="test", metadata=dict(metadata))
+
+
+def test_full_shape_of_section_2_1() -> None:
+    [sub] = parse_programmatic([{
+        "pubsubname": "pubsub", "topic": "orders", "route": "/ignored-when-default-set",
+        "routes": {"rules": [{"match": 'event.type == "widget"', "path": "/widgets"}],
+                   "default": "/products"},
+        "metadata": {"rawPayload": "true"},
+        "deadLetterTopic": "poison",
+        "bulkSubscribe": {"enabled": False},
+    }])
+    assert sub == TopicSubscription(
+        pubsubname="pubsub", topic="orders",
+        rules=(Route('event.type == "widget"', "/widgets"),), default_path="/products",
+        metadata={"rawPayload": "true"}, dead_letter_topic="poison",
+        type=SubscriptionType.PROGRAMMATIC)
+    assert sub.raw_payload
+
+
+def test_v1_route_is_the_default_without_routes_default() -> None:
+    [sub] = parse_programmatic([{"pubsubname": "p", "topic": "t", "route": "/orders"}])
+    assert sub.default_path == "/orders"
+    assert sub.rules == ()
+    assert sub.dead_letter_topic is None
+
+
+def test_keys_match_case_insensitively_like_go() -> None:
+    [sub] = parse_programmatic([{"pubsubName": "p", "Topic": "t", "Route": "/r",
+                                 "DeadLetterTopic": "dlt"}])
+    assert (sub.pubsubname, sub.topic, sub.default_path, sub.dead_letter_topic) == (
+        "p", "t", "/r", "dlt")
+
+
+@pytest.mark.parametrize("bad", [
+    "not an object",
+    {"topic": "t", "route": "/r"},  # no pubsubname
+    {"pubsubname": "p", "route": "/r"},  # no topic
+    {"pubsubname": "p", "topic": 5, "route": "/r"},
+    {"pubsubname": "p", "topic": "t", "routes": ["/r"]},
+    {"pubsubname": "p", "topic": "t", "routes": {"rules": {"match": "true"}}},
+    {"pubsubname": "p", "topic": "t", "routes": {"rules": ["true"]}},
+    {"pubsubname": "p", "topic": "t", "routes": {"rules": [{"match": 1, "path": "/x"}]}},
+    {"pubsubname": "p", "topic": "t", "route": "/r", "metadata": {"rawPayload": True}},
+    {"pubsubname": "p", "topic": "t", "route": "/r", "deadLetterTopic": ["x"]},
+])
+def test_bad_entries_are_logged_and_skipped(bad: object,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    good = {"pubsubname": "p", "topic": "ok", "route": "/ok"}
+    subs = parse_programmatic([bad, good])
+    assert [s.topic for s in subs] == ["ok"]
+    assert "invalid subscription from the app" in caplog.text
+
+
+def declarative(topic: str, path: str, pubsub: str = "pubsub") -> TopicSubscription:
+    return TopicSubscription(pubsubname=pubsub, topic=topic, default_path=path,
+                             type=SubscriptionType.DECLARATIVE, name=f"decl-{topic}")
+
+
+def programmatic(topic: str, path: str, pubsub: str = "pubsub", **kw: object) -> TopicSubscription:
+    return TopicSubscription(pubsubname=pubsub, topic=topic, default_path=path,
+                             type=SubscriptionType.PROGRAMMATIC, **kw)  # type: ignore[arg-type]
+
+
+def test_programmatic_wins_over_declarative_like_dapr(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    result = effective_subscriptions(
+        declarative=[declarative("orders", "/decl"), declarative("audit", "/audit")],
+        programmatic=[programmatic("orders", "/prog")],
+        components={"pubsub": component()}, app_id="app")
+    assert [(s.topic, s.default_path, s.type) for s in result] == [
+        ("orders", "/prog", SubscriptionType.PROGRAMMATIC),
+        ("audit", "/audit", SubscriptionType.DECLARATIVE)]
+    assert "two identical subscriptions found (sources: declarative, app endpoint)" in caplog.text
+
+
+def test_one_subscription_per_pubsub_and_topic_last_wins() -> None:
+    result = effective_subscriptions(
+        declarative=[declarative("t", "/one"), declarative("t", "/two")],
+        programmatic=[programmatic("u", "/a"), programmatic("u", "/b"),
+                      programmatic("u", "/other-pubsub", pubsub="other")],
+        components={"pubsub": component(), "other": component("other")}, app_id="app")
+    assert sorted((s.pubsubname, s.topic, s.default_path) for s in result) == [
+        ("other", "u", "/other-pubsub"), ("pubsub", "t", "/two"), ("pubsub", "u", "/b")]
+
+
+def test_unknown_pubsub_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    result = effective_subscriptions(declarative=[], programmatic=[programmatic("t", "/t", "nope")],
+                                     components={"pubsub": component()}, app_id="app")
+    assert result == []
+    assert "not configured" in caplog.text
+
+
+def test_subscription_scopes_are_enforced(caplog: pytest.LogCaptureFixture) -> None:
+    comp = component(subscriptionScopes="app=allowed;other=secret", protectedTopics="secret")
+    result = effective_subscriptions(
+        declarative=[declarative("allowed", "/a")],
+        programmatic=[programmatic("secret", "/s"), programmatic("not-listed", "/n")],
+        components={"pubsub": comp}, app_id="app")
+    assert [s.topic for s in result] == ["allowed"]
+    assert "subscription to topic 'secret' on pubsub 'pubsub' is not allowed" in caplog.text
+    assert "subscription to topic 'not-listed' on pubsub 'pubsub' is not allowed" in caplog.text
+
+
+def test_allowed_topics_are_enforced() -> None:
+    comp = component(allowedTopics="a,b")
+    result = effective_subscriptions(
+        declarative=[], programmatic=[programmatic("a", "/a"), programmatic("c", "/c")],
+        components={"pubsub": comp}, app_id="app")
+    assert [s.topic for s in result] == ["a"]
+
+
+def test_empty_routes_and_bad_cel_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    no_route = TopicSubscription(pubsubname="pubsub", topic="empty")
+    bad_cel = TopicSubscription(pubsubname="pubsub", topic="bad",
+                                rules=(Route("event.(", "/x"),), default_path="/d")
+    result = effective_subscriptions(declarative=[], programmatic=[no_route, bad_cel,
+                                                                   programmatic("ok", "/ok")],
+                                     components={"pubsub": component()}, app_id="app")
+    assert [s.topic for s in result] == ["ok"]
+    assert "topic empty has an empty routes" in caplog.text
+    assert "routes.rules[0].match" in caplog.text
