@@ -45,6 +45,17 @@ class PartitionOffsets:
         self._last_handed_out = offset
         self._pending.append(offset)
 
+    def handed_out_many(self, offsets: list[int]) -> None:
+        """:meth:`handed_out` for a fetched batch, whose offsets increase (aiokafka returns them
+        in log order). Raises ``ValueError`` if the first is not above the last handed out."""
+        if not offsets:
+            return
+        first = offsets[0]
+        if self._last_handed_out is not None and first <= self._last_handed_out:
+            raise ValueError(f"offset {first} handed out after {self._last_handed_out}")
+        self._last_handed_out = offsets[-1]
+        self._pending.extend(offsets)
+
     def finished(self, offset: int) -> None:
         """Mark ``offset`` finished (its handler returned).
 

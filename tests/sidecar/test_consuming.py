@@ -289,3 +289,24 @@ async def test_kafka_broker_publishes_and_delivers_then_closes(
     assert (got[0].value, got[0].key, got[0].headers) == (b"hello", b"k", (("h", b"v"),))
     offsets = await committed(kafka_bootstrap, app_id, topic)  # the app-id is the group
     assert offsets[got[0].partition] == 1
+
+
+async def test_a_handler_that_raises_gets_the_record_again_never_skipped(
+        kafka_bootstrap: str, unique: str) -> None:
+    topic, group = f"raises-{unique}", f"g-{unique}"
+    await produce(kafka_bootstrap, topic, 2, partitions=(0,))
+    calls: list[int] = []
+
+    async def fails_once(record: Record) -> None:
+        calls.append(record.offset)
+        if calls == [0]:
+            raise RuntimeError("bug in the handler")
+
+    g = new_group(meta_for(kafka_bootstrap, group), fails_once)
+    await g.set_topics([topic])
+    try:
+        await until(lambda: len(calls) == 3, 20, "offset 0 twice, then offset 1")
+    finally:
+        await g.stop(grace_s=1)
+    assert calls == [0, 0, 1]
+    assert (await committed(kafka_bootstrap, group, topic))[0] == 2

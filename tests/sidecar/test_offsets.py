@@ -108,3 +108,15 @@ def test_handed_out_must_increase(second: int) -> None:
     t.handed_out(3)
     with pytest.raises(ValueError):
         t.handed_out(second)
+
+
+def test_handed_out_many_is_a_batch_of_handed_out() -> None:
+    t = PartitionOffsets()
+    t.handed_out_many([])
+    t.handed_out_many([3, 4, 9])
+    t.handed_out(10)
+    for o in (3, 4, 9, 10):
+        t.finished(o)
+    assert t.committable() == 11
+    with pytest.raises(ValueError):
+        t.handed_out_many([10, 11])

@@ -96,7 +96,7 @@ class ConsumerGroup:
         app_id: str,
         pubsubname: str,
         max_records: int = 500,
-        max_queued: int = 500,
+        max_queued: int = 2000,
         poll_timeout_s: float = 0.2,
         commit_interval_s: float = 0.2,
         commit_every: int = 1000,
@@ -320,12 +320,12 @@ class ConsumerGroup:
                 st = _Partition(tp, self._epoch)
                 partitions[tp] = st
                 st.worker = asyncio.create_task(self._work(st))
-            handed_out = st.offsets.handed_out
-            for r in records:
-                handed_out(r.offset)
+            st.offsets.handed_out_many([r.offset for r in records])
             st.queue.extend(records)
             st.wakeup.set()
-            if not st.paused and len(st.queue) >= self._max_queued:
+            # > rather than >=: one getmany may bring max_records at once; pausing on a single
+            # batch would throw away the prefetch every time (13)
+            if not st.paused and len(st.queue) > self._max_queued:
                 consumer.pause(tp)  # 13: refetched from the position after resume
                 st.paused = True
 
@@ -343,29 +343,35 @@ class ConsumerGroup:
             record = Record(r.topic, r.partition, r.offset, r.key,
                             r.value if r.value is not None else b"", r.headers, r.timestamp)
             st.current = r.offset
-            await self._deliver(record)
+            try:
+                await self.handler(record)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await self._retry(record, exc)
             st.current = None
             st.offsets.finished(r.offset)
             self._finished_since_commit += 1
             if self._finished_since_commit >= self._commit_every:
                 self._commit_wakeup.set()
 
-    async def _deliver(self, record: Record) -> None:
+    async def _retry(self, record: Record, error: Exception) -> None:
+        """The handler raised: it broke its contract. Retry the record with back-off until it
+        finishes, so it is never dropped and the partition stays in order."""
         backoff = 0.5
         while True:
+            log.error("handler raised; retrying the record in %.1f s", backoff, exc_info=error,
+                      extra={**self._log, "topic": record.topic,
+                             "partition": record.partition, "offset": record.offset})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
             try:
                 await self.handler(record)
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # The handler broke its contract; retrying keeps the record (never dropped)
-                # and keeps the partition in order.
-                log.exception("handler raised; retrying the record in %.1f s", backoff,
-                              extra={**self._log, "topic": record.topic,
-                                     "partition": record.partition, "offset": record.offset})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+            except Exception as exc:  # noqa: BLE001
+                error = exc
 
     def _resume(self, st: _Partition) -> None:
         st.paused = False
