@@ -248,10 +248,14 @@ async def test_set_topics_adds_a_topic(kafka_bootstrap: str, unique: str) -> Non
         await until(lambda: len(seen) >= 40, 20, f"20 records of {second_topic}")
         await until(lambda: {tp.topic for tp in g.assignment()} == {first_topic, second_topic},
                     10, "both topics assigned")
+        await g.set_topics([])  # no topics: stop consuming and leave the group
+        assert g.assignment() == frozenset()
     finally:
         await g.stop(grace_s=1)
     assert len(seen) == len(set(seen)) == 40  # the first topic was committed before reloading
     assert {t for t, _, _ in seen} == {first_topic, second_topic}
+    for topic in (first_topic, second_topic):
+        assert await committed(kafka_bootstrap, group, topic) == {p: 5 for p in range(PARTITIONS)}
 
 
 async def test_kafka_broker_publishes_and_delivers_then_closes(
@@ -310,3 +314,30 @@ async def test_a_handler_that_raises_gets_the_record_again_never_skipped(
         await g.stop(grace_s=1)
     assert calls == [0, 0, 1]
     assert (await committed(kafka_bootstrap, group, topic))[0] == 2
+
+
+async def test_start_is_retried_with_new_consumers_until_the_broker_is_up(
+        tmp_path, unique: str) -> None:
+    """aiokafka's start() tries once (pitfall 18): the group keeps retrying in the background."""
+    from tidings.sidecar.localbroker import free_port, start_local_broker
+
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    topic, group = f"late-{unique}", f"g-{unique}"
+    got: list[int] = []
+
+    async def handler(record: Record) -> None:
+        got.append(record.offset)
+
+    g = ConsumerGroup(meta_for(bootstrap, group), handler, app_id="consumer-test",
+                      pubsubname="pubsub", start_backoff_s=0.1, max_start_backoff_s=0.5)
+    await g.set_topics([topic])  # returns after the first (failed) attempt
+    assert g.assignment() == frozenset()
+    broker = await asyncio.to_thread(start_local_broker, port=port,
+                                      log_path=tmp_path / "tansu.log")
+    try:
+        await produce(bootstrap, topic, 1, partitions=(0,))
+        await until(lambda: got == [0], 30, "the record after the broker came up")
+    finally:
+        await g.stop(grace_s=1)
+        broker.stop()
