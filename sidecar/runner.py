@@ -111,6 +111,13 @@ class Sidecar:
     def app_channel_ready(self) -> bool:
         return self.channel is None or self._app_ready
 
+    def extended(self) -> dict[str, str]:
+        extended: dict[str, str] = {}
+        for name, broker in self._brokers.items():
+            if isinstance(broker, KafkaBroker):
+                extended[f"kafka.assignment.{name}"] = ",".join(broker.assignment())
+        return extended
+
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Load resources, start producers and the HTTP API, then deliveries in the background.

@@ -62,6 +62,10 @@ class RuntimeView(Protocol):
     def app_channel_ready(self) -> bool:
         """The app is reachable, or there is no app port (§1.5 ``/healthz``)."""
 
+    def extended(self) -> dict[str, str]:
+        """Runtime attributes for ``extended`` in ``GET /v1.0/metadata``, e.g.
+        ``kafka.assignment.<pubsub>``: the partitions this member owns, ``topic:partition,...``."""
+
 
 SETTINGS_KEY = web.AppKey("settings", SidecarSettings)
 PUBLISHER_KEY = web.AppKey("publisher", Publisher)

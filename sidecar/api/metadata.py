@@ -48,7 +48,7 @@ async def get_metadata(request: web.Request) -> web.Response:
             for c in runtime.components()
         ],
         "subscriptions": [s.to_metadata_json() for s in runtime.subscriptions()],
-        "extended": dict(request.app[EXTENDED_KEY]),
+        "extended": {**runtime.extended(), **request.app[EXTENDED_KEY]},
         "httpEndpoints": [],
         "appConnectionProperties": connection,
     }

@@ -74,6 +74,9 @@ class FakeRuntime:
     def app_channel_ready(self) -> bool:
         return self.app_channel
 
+    def extended(self) -> dict[str, str]:
+        return {"kafka.assignment.pubsub": "orders:0"}
+
 
 @dataclass
 class Api:
@@ -464,7 +467,7 @@ async def test_metadata(api: Api) -> None:
         {"pubsubname": "mem", "topic": "audit", "metadata": {}, "rules": [{"path": "/audit"}],
          "deadLetterTopic": "", "type": "PROGRAMMATIC"},
     ]
-    assert meta["extended"] == {"team": "payments"}
+    assert meta["extended"] == {"kafka.assignment.pubsub": "orders:0", "team": "payments"}
     assert meta["appConnectionProperties"]["port"] == 6000
     assert meta["appConnectionProperties"]["channelAddress"] == "127.0.0.1"
 

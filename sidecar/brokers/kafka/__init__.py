@@ -75,3 +75,10 @@ class KafkaBroker:
     def ready(self) -> bool:
         """Whether the producer is connected (outbound health, §1.5)."""
         return self._producer.ready()
+
+    def assignment(self) -> list[str]:
+        """The partitions this member of the consumer group owns now, as ``topic:partition``
+        (empty while joining, rebalancing or not consuming)."""
+        if self._group is None:
+            return []
+        return sorted(f"{tp.topic}:{tp.partition}" for tp in self._group.assignment())
