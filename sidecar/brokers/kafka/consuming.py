@@ -248,6 +248,8 @@ class ConsumerGroup:
             enable_auto_commit=False,  # 1: we commit finished offsets only
             auto_offset_reset="earliest" if meta.initial_offset == "oldest" else "latest",
             max_poll_records=self._max_records,
+            # 22: at least the largest record the component accepts (aiokafka default 1 MiB)
+            max_partition_fetch_bytes=max(1_048_576, meta.max_message_bytes),
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=int(meta.heartbeat_interval_s * 1000),
             rebalance_timeout_ms=rebalance_ms,
