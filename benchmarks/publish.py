@@ -134,7 +134,7 @@ async def main() -> None:
     (workdir / "pubsub.yaml").write_text(COMPONENT.format(bootstrap=broker.bootstrap))
     port = free_port()
     sidecar = subprocess.Popen(
-        [sys.executable, "-m", "tidings.sidecar", "--app-id", "bench", "--dapr-http-port",
+        [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", "bench", "--dapr-http-port",
          str(port), "--resources-path", str(workdir), "--log-level", "warn"],
         env={**os.environ})
     payload = b'{"blob":"' + b"x" * (args.size - 11) + b'"}'

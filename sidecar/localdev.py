@@ -148,6 +148,10 @@ def home() -> Home:
 
 
 def sidecar_command(*args: str) -> list[str]:
-    """argv that runs a sidecar with this interpreter (what ``tidings sidecar`` does)."""
-    return [sys.executable, "-m", "tidings.sidecar", *args]
+    """argv that runs a sidecar with this interpreter (what ``tidings sidecar`` does).
+
+    ``-P`` keeps the working directory off ``sys.path``: in a checkout, the top-level
+    ``operator/`` folder would otherwise shadow the standard library's ``operator``.
+    """
+    return [sys.executable, "-P", "-m", "tidings.sidecar", *args]
 

@@ -138,7 +138,7 @@ def start_sidecar(tmp: Path, name: str, *, app_id: str, resources: Path,
                   extra: list[str] | None = None, env: dict[str, str] | None = None) -> Proc:
     port = free_port()
     log_path = tmp / f"{name}.sidecar.log"
-    argv = [sys.executable, "-m", "tidings.sidecar", "--app-id", app_id, "--dapr-http-port",
+    argv = [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", app_id, "--dapr-http-port",
             str(port), "--resources-path", str(resources), "--log-level", "info",
             "--dapr-graceful-shutdown-seconds", str(grace_s), *(extra or [])]
     if app_port is not None:
