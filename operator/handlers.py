@@ -140,7 +140,10 @@ class Reconciler:
                 while self._dirty:
                     key = next(iter(self._dirty))
                     del self._dirty[key]
-                    await self._process(key)
+                    try:
+                        await self._process(key)
+                    except Exception:  # never let one key stop the worker
+                        log.exception("unexpected failure on %s", key)
         finally:
             resync.cancel()
 
@@ -172,6 +175,7 @@ class Reconciler:
         self.mark(keys)
 
     async def _process(self, key: Key) -> None:
+        log.debug("processing %s %s/%s", key.kind, key.namespace, key.name)
         try:
             if key.kind == "app":
                 await asyncio.to_thread(self.sync_app, key.namespace, key.name)
@@ -187,7 +191,7 @@ class Reconciler:
             log.warning("%s %s/%s failed (attempt %d), retrying in %.1f s: %s", key.kind,
                         key.namespace, key.name, attempt, delay, exc,
                         extra={"namespace": key.namespace, "kind": key.kind,
-                               "name": key.name, "attempt": attempt})
+                               "resource": key.name, "attempt": attempt})
             asyncio.get_running_loop().call_later(delay, self.mark, [key])
 
     @staticmethod
@@ -284,7 +288,8 @@ class Reconciler:
         self.post_event(body, verdict)
         log.log(logging.INFO if verdict.ok else logging.WARNING, "%s %s/%s: %s: %s",
                 body.get("kind"), key.namespace, key.name, verdict.reason, verdict.message,
-                extra={"namespace": key.namespace, "name": key.name, "reason": verdict.reason})
+                extra={"namespace": key.namespace, "resource": key.name,
+                       "reason": verdict.reason})
         return True
 
     def post_event(self, body: Mapping[str, Any], verdict: Verdict) -> None:
@@ -314,17 +319,17 @@ class Reconciler:
 def register_handlers(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     """Register the indexes and watch handlers on ``registry``; they only mark work."""
 
-    @kopf.index("pods", labels={INJECTED_LABEL: "true"}, registry=registry)
+    @kopf.index("pods", labels={INJECTED_LABEL: "true"}, id="tidings_pods", registry=registry)
     def tidings_pods(namespace: str, labels: Mapping[str, str], name: str,
                      **_: Any) -> dict[tuple[str, str], str]:
         app = labels.get(APP_ID_LABEL)
         return {(namespace, app): name} if app else {}
 
-    @kopf.index(*COMPONENTS, registry=registry)
+    @kopf.index(*COMPONENTS, id="tidings_components", registry=registry)
     def tidings_components(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
         return {namespace: _plain(body)}
 
-    @kopf.index(*SUBSCRIPTIONS, registry=registry)
+    @kopf.index(*SUBSCRIPTIONS, id="tidings_subscriptions", registry=registry)
     def tidings_subscriptions(namespace: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
         return {namespace: _plain(body)}
 

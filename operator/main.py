@@ -93,6 +93,12 @@ def _connection_info(api: Any) -> kopf.ConnectionInfo:
     )
 
 
+def _report_exit(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("%s stopped: %r", task.get_name(), task.exception(),
+                     exc_info=task.exception())
+
+
 def register_operator(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Reconciler:
     """Register everything the operator does on ``registry``.
 
@@ -129,6 +135,8 @@ def register_operator(registry: kopf.OperatorRegistry, settings: OperatorSetting
                 lease_duration_s=le.lease_duration_s, renew_interval_s=le.renew_interval_s)
         state["tasks"] = [asyncio.create_task(reconciler.leader.run(), name="leader-election"),
                           asyncio.create_task(reconciler.run(), name="app-config-worker")]
+        for task in state["tasks"]:
+            task.add_done_callback(_report_exit)
         log.info("operator started", extra={
             "sidecar_image": operator_settings.injector.sidecar_image,
             "webhook_port": operator_settings.webhook.port,
