@@ -6,8 +6,8 @@ app's config Secret ``tidings-<app-id>`` mounted read-only as its resources fold
 ``appconfig.py``), ``DAPR_HTTP_PORT`` for app containers that lack it, and the
 ``dapr.io/sidecar-injected`` / ``dapr.io/app-id`` labels the operator watches.
 
-Idempotent by construction: an existing ``daprd`` container or config volume is replaced in
-place by the freshly built one, so re-invocation (``reinvocationPolicy: IfNeeded``) or an
+Idempotent by construction: an existing ``daprd`` container or config volume is overwritten in
+place with the freshly built fields (fields the API server defaulted are kept), so re-invocation (``reinvocationPolicy: IfNeeded``) or an
 already-injected pod yields the same pod and an empty JSON patch. No I/O; ``injection.py`` wraps
 it in the admission webhook.
 """
@@ -123,10 +123,25 @@ def config_volume(app_id: str) -> dict[str, Any]:
             "secret": {"secretName": config_secret_name(app_id), "defaultMode": 0o444}}
 
 
+def _merge(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """``ours`` over ``existing``: our keys win, nested objects merge, lists are replaced.
+
+    Keeps what the API server defaulted into an injected pod (``successThreshold``,
+    ``terminationMessagePath``...), so re-invocation produces no patch at all.
+    """
+    out = dict(existing)
+    for key, value in ours.items():
+        if isinstance(value, dict) and isinstance(existing.get(key), dict):
+            out[key] = _merge(existing[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _upsert(items: list[dict[str, Any]], item: dict[str, Any]) -> None:
     for i, existing in enumerate(items):
         if existing.get("name") == item["name"]:
-            items[i] = item
+            items[i] = _merge(existing, item)
             return
     items.append(item)
 

@@ -108,3 +108,14 @@ def test_metrics_disabled_drops_port_and_flags() -> None:
     assert "--enable-metrics" not in c["args"]
     assert [p["name"] for p in c["ports"]] == ["dapr-http"]
     assert "--app-port" not in c["args"]
+
+
+def test_api_server_defaults_do_not_make_a_patch() -> None:
+    pod = make_pod()
+    config = parse_sidecar_config(pod)
+    stored = patch_pod(pod, config, image=IMAGE)
+    c = daprd(stored)
+    c["terminationMessagePath"] = "/dev/termination-log"
+    c["readinessProbe"]["successThreshold"] = 1
+    stored["spec"]["volumes"][0]["secret"]["optional"] = None
+    assert json_patch(stored, config, image=IMAGE) == []
