@@ -164,6 +164,9 @@ def register_operator(registry: kopf.OperatorRegistry, settings: OperatorSetting
         kopf_settings.peering.standalone = True  # leader election is ours (leadership.py)
         kopf_settings.posting.enabled = False  # Events are posted by the reconciler only
         kopf_settings.watching.reconnect_backoff = 1.0
+        # No CRD/namespace watching for discovery: the chart installs the CRDs first, and this
+        # keeps RBAC to what the operator itself uses.
+        kopf_settings.scanning.disabled = True
 
     register_injector(registry, settings.injector)
     register_handlers(registry, reconciler)
