@@ -65,7 +65,15 @@ class App:
         self.process = subprocess.Popen([*argv, "--", *app_argv], env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT)
 
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            self.log.flush()
+            tail = Path(self.log.name).read_text(errors="replace").splitlines()[-15:]
+            raise SystemExit(f"demo: {self.name} exited with {self.process.returncode}:\n"
+                             + "\n".join(tail))
+
     def assignment(self) -> set[str]:
+        self.check_alive()
         metadata = get_json(f"http://127.0.0.1:{self.http_port}/v1.0/metadata")
         extended = metadata.get("extended", {}) if isinstance(metadata, dict) else {}
         value = extended.get("kafka.assignment.pubsub", "")
