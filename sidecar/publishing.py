@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from .envelopes.wrapping import (
     wrap_user_cloudevent,
 )
 from .errors import DaprError
+from .metrics import record_egress
 from .resources.loading import LoadedComponent
 from .scoping import scopes_of
 
@@ -222,12 +224,17 @@ class Publisher:
         self._check_scope(component, topic)
         broker = self._broker(pubsubname, topic)
         key, headers = _key_and_headers(metadata)
+        started = time.perf_counter()
         try:
             await broker.publish(topic, value, key=key, headers=headers)
         except BrokerError as exc:
+            record_egress(self.app_id, pubsubname, topic, success=False,
+                          elapsed_s=time.perf_counter() - started)
             log.warning("publish failed: %s", exc, extra={
                 "app_id": self.app_id, "pubsubname": pubsubname, "topic": topic})
             raise self._publish_error(pubsubname, topic, exc) from exc
+        record_egress(self.app_id, pubsubname, topic, success=True,
+                      elapsed_s=time.perf_counter() - started)
 
     async def publish_bulk(self, pubsubname: str, topic: str, entries: Sequence[BulkEntry],
                            metadata: dict[str, str]) -> list[BulkFailure]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from . import metrics
 from .api.app import create_app
 from .appchannel import AppChannel
 from .brokers.base import Broker, BrokerError
@@ -276,6 +277,13 @@ async def _serve(settings: SidecarSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, sidecar.request_stop)
+    if settings.metrics_port is not None:
+        try:
+            metrics.serve(settings.metrics_port, namespace=settings.namespace)
+        except OSError as exc:
+            log.error("cannot serve metrics on port %s: %s", settings.metrics_port, exc,
+                      extra={"app_id": settings.app_id})
+            return 2
     try:
         await sidecar.start()
     except ResourceError as exc:
