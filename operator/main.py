@@ -59,8 +59,10 @@ def configure_logging(settings: OperatorSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    # kopf logs every watch event at DEBUG; keep it at INFO unless asked
+    # kopf logs every watch event at DEBUG and every handler call at INFO: keep its own
+    # lines for warnings unless debugging
     logging.getLogger("kopf").setLevel(max(root.level, logging.INFO))
+    logging.getLogger("kopf.objects").setLevel(max(root.level, logging.WARNING))
 
 
 def api_client(settings: OperatorSettings) -> Any:

@@ -137,6 +137,10 @@ def add_operator_arguments(
     a("--lease-name", default=env.get("TIDINGS_LEASE_NAME", "tidings-operator"))
     a("--lease-namespace", default=env.get("POD_NAMESPACE", "default"))
     a("--identity", default=env.get("POD_NAME") or socket.gethostname())
+    a("--lease-duration-seconds", type=float,
+      default=float(env.get("TIDINGS_LEASE_DURATION_SECONDS", "15")))
+    a("--lease-renew-interval-seconds", type=float,
+      default=float(env.get("TIDINGS_LEASE_RENEW_INTERVAL_SECONDS", "5")))
     a("--kubeconfig", default=env.get("KUBECONFIG") or None)
     a("--resync-interval-seconds", type=float,
       default=float(env.get("TIDINGS_RESYNC_INTERVAL_SECONDS", "60")))
@@ -151,6 +155,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         raise SettingsError("--webhook-cert-file and --webhook-key-file go together")
     if not 0 < args.webhook_port < 65536:
         raise SettingsError(f"--webhook-port {args.webhook_port} is not a TCP port")
+    if not 0 < args.lease_renew_interval_seconds < args.lease_duration_seconds:
+        raise SettingsError("--lease-renew-interval-seconds must be positive and shorter than "
+                            "--lease-duration-seconds")
     if args.resync_interval_seconds <= 0:
         raise SettingsError("--resync-interval-seconds must be positive")
     return OperatorSettings(
@@ -166,7 +173,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         ),
         leader_election=LeaderElectionSettings(
             standalone=args.standalone, lease_name=args.lease_name,
-            lease_namespace=args.lease_namespace, identity=args.identity),
+            lease_namespace=args.lease_namespace, identity=args.identity,
+            lease_duration_s=args.lease_duration_seconds,
+            renew_interval_s=args.lease_renew_interval_seconds),
         namespaces=tuple(dict.fromkeys(n.strip() for n in args.namespaces if n.strip())),
         kubeconfig=args.kubeconfig,
         resync_interval_s=args.resync_interval_seconds,
