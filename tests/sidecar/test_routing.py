@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tidings.sidecar.resources.models import ResourceError, Route, TopicSubscription
-from tidings.sidecar.routing import Routes, RoutingError, clean_path
+from tidings.sidecar.routing import Routes, RoutingError, clean_path, field_paths, prune
 
 
 def sub(*rules: tuple[str, str], default: str | None = None, name: str = "") -> TopicSubscription:
@@ -106,3 +108,67 @@ def test_compile_error_names_subscription_and_rule() -> None:
     assert "orders-sub" in str(info.value)
     assert "event.(" in str(info.value)
 
+
+
+# --- converting only the fields the rules read (a hot-path saving; results must not change) ---
+
+@pytest.mark.parametrize(("expression", "paths"), [
+    ('event.type == "widget"', (("type",),)),
+    ('int(event.data.x) > 10 && event.source == "a"', (("source",), ("data", "x"))),
+    ("has(event.data.x)", (("data", "x"),)),
+    ("event.data.items.exists(i, i.a > 3)", (("data", "items"),)),
+    ("size(event.data) > 2", (("data",),)),
+    ("event . data . x > 1", (("data", "x"),)),
+    ("myevent.x == 1 && event.y", (("y",),)),
+    ('event.type == "event.fake"', (("type",), ("fake",))),  # over-approximation is fine
+    ('event.data["x"] > 1', None),
+    ("event == {}", None),
+    ('event["type"] == "a"', None),
+    ("event.`a-b` == 1", None),
+    ("event.size() > 1", None),
+    ("event.?data.x == 1", None),
+])
+def test_field_paths(expression: str, paths: tuple[tuple[str, ...], ...] | None) -> None:
+    assert field_paths([expression]) == paths
+
+
+def test_prune_keeps_only_paths_and_absences() -> None:
+    event = {"a": {"b": 1, "c": 2}, "d": 3, "s": "text"}
+    assert prune(event, (("a", "b"), ("s", "x"), ("z",))) == {"a": {"b": 1}, "s": "text"}
+    assert prune(event, (("a",), ("a", "b"))) == {"a": {"b": 1, "c": 2}}
+    assert prune(event, (("a", "q"),)) == {"a": {}}
+
+
+EXPRESSIONS = [
+    'event.type == "order" && event.source == "shop"',
+    "int(event.data.x) > 10",
+    "event.data.amount > 10000.0",
+    "has(event.data.x)",
+    "event.data.items.exists(i, i.a > 3)",
+    "size(event.data) > 1",
+    "event.data.x.y == 1",
+    'event["type"] == "order"',
+]
+EVENTS = [
+    {"type": "order", "source": "shop", "data": {"x": 20, "amount": 20000,
+                                                 "items": [{"a": 5}], "big": "x" * 100}},
+    {"type": "other", "source": "web", "data": {"x": 1.5, "amount": 5, "items": []}},
+    {"type": "order", "data": {"x": {"y": 1}}},
+    {"type": "order", "data": "a string"},
+    {"type": "order"},
+    {},
+]
+
+
+@pytest.mark.parametrize("expression", EXPRESSIONS)
+def test_pruned_evaluation_equals_full_evaluation(expression: str) -> None:
+    pruned = Routes.compile(sub((expression, "/hit"), default="/miss"))
+    full = dataclasses.replace(pruned, paths=None)
+    for event in EVENTS:
+        outcomes = []
+        for routes in (pruned, full):
+            try:
+                outcomes.append(routes.select(event))
+            except RoutingError as exc:
+                outcomes.append(type(exc).__name__)
+        assert outcomes[0] == outcomes[1], (expression, event)
