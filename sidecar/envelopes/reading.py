@@ -14,7 +14,8 @@ Rules, following Dapr (dapr/dapr#pkg/runtime/subscription/subscription.go):
   :class:`CloudEventError` (``error deserializing cloud event``): the delivery engine sends it to
   the dead-letter topic if one is set, else retries it (a poison pill, §5.9);
 - with subscription metadata ``rawPayload=true`` the value is wrapped in a synthesised CloudEvent
-  (a new ``id`` for every delivery, ``data_base64``, ``source`` ``"Dapr"``) and that JSON is the body;
+  (a new ``id`` for every delivery, ``data_base64``, ``source`` ``"Dapr"``) and that JSON is the
+  body;
 - trace fields (``traceid``, ``traceparent``, ``tracestate``) missing from the event are taken from
   the record's headers.
 

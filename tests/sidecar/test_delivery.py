@@ -215,7 +215,8 @@ async def app() -> AsyncIterator[tuple[ScriptedApp, int]]:
 
 @pytest.fixture
 async def make_dispatcher(
-        app: tuple[ScriptedApp, int]) -> AsyncIterator[Callable[..., tuple[Dispatcher, DeadLetters]]]:
+        app: tuple[ScriptedApp, int],
+) -> AsyncIterator[Callable[..., tuple[Dispatcher, DeadLetters]]]:
     _, port = app
     channels: list[AppChannel] = []
 
@@ -256,7 +257,8 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 async def test_success_posts_original_bytes_with_headers(app, make_dispatcher) -> None:
     scripted, _ = app
     dispatcher, dl = make_dispatcher(subscription())
-    value = b'{"id":"ce-1",  "traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","data":{"n":1.50}}'
+    value = (b'{"id":"ce-1",  "traceparent":"00-0af7651916cd43dd8448eb211c80319c-'
+             b'b7ad6b7169203331-01","data":{"n":1.50}}')
     await handle(dispatcher, record(value, headers=(("tenant", b"acme"),)))
     [d] = scripted.deliveries
     assert d.path == "/orders"
@@ -336,7 +338,8 @@ async def test_bounded_retries_then_dead_letter(app, make_dispatcher) -> None:
     assert dl.calls == [("dead", rec)]
 
 
-async def test_unbounded_policy_with_dlt_dead_letters_the_first_failure(app, make_dispatcher) -> None:
+async def test_unbounded_policy_with_dlt_dead_letters_the_first_failure(
+        app, make_dispatcher) -> None:
     """Dapr without an inbound Resiliency policy: the first failure goes to the DLT (§5.3)."""
     scripted, _ = app
     scripted.script["/orders"] = [(200, b'{"status": "RETRY"}')]
@@ -505,7 +508,8 @@ async def test_cancellation_during_the_post_propagates(app, make_dispatcher) -> 
     assert dl.attempts == 0
 
 
-async def test_raw_payload_subscription_posts_a_synthesised_cloudevent(app, make_dispatcher) -> None:
+async def test_raw_payload_subscription_posts_a_synthesised_cloudevent(
+        app, make_dispatcher) -> None:
     scripted, _ = app
     dispatcher, _ = make_dispatcher(subscription(rawPayload="true"))
     value = b"\x00raw bytes, not JSON"

@@ -22,7 +22,8 @@ KW = {"topic": "orders", "pubsubname": "pubsub"}
 
 def test_json_object_is_delivered_as_the_original_bytes() -> None:
     # Odd spacing, key order, an unknown extension and number spellings survive: no re-serialising.
-    value = b'{ "id":"1", "zeta":1, "data": {"n": 1.50, "big": 123456789012345678901234567890}, "x-ext": true }'
+    value = (b'{ "id":"1", "zeta":1, "data": {"n": 1.50, '
+             b'"big": 123456789012345678901234567890}, "x-ext": true }')
     read = read_event(value, raw_payload=False, **KW)
     assert read.body is value
     assert read.event["id"] == "1"
