@@ -93,7 +93,7 @@ def field_paths(expressions: Iterable[str]) -> tuple[FieldPath, ...] | None:
             if not chain or follows in ("[", "`", "."):
                 return None
             paths.add(chain)
-    return tuple(sorted(paths, key=len))
+    return tuple(sorted(paths, key=lambda path: (len(path), path)))
 
 
 def prune(event: Mapping[str, Any], paths: tuple[FieldPath, ...]) -> dict[str, Any]:
