@@ -186,8 +186,10 @@ class Sidecar:
             dispatcher = None
             if self.channel is not None:
                 retry = component.kafka.retry if component.kafka is not None else RetryPolicy()
+                escape = component.kafka.escape_headers if component.kafka is not None else False
                 dispatcher = Dispatcher(app_id=self.app_id, pubsubname=name, channel=self.channel,
-                                        retry=retry, dead_letter=self._dead_letter_for(name))
+                                        retry=retry, dead_letter=self._dead_letter_for(name),
+                                        escape_headers=escape)
             self._started[name] = _Started(broker, dispatcher, _component_fingerprint(component))
             self._brokers[name] = broker
             self._tasks.append(asyncio.create_task(self._start_broker(name, broker)))
