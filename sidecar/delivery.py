@@ -68,6 +68,7 @@ from multidict import CIMultiDict
 from .appchannel import AppChannel, AppStatus
 from .brokers.base import Record
 from .envelopes.reading import CloudEventError, expired, read_event
+from .metrics import record_ingress
 from .resources.kafka import RetryPolicy
 from .resources.models import TopicSubscription
 from .retries import delay_s, may_retry
@@ -91,6 +92,10 @@ class Verdict(enum.Enum):
     EXPIRED = "expired"
     UNMATCHED = "unmatched"
     NO_SUBSCRIPTION = "no subscription"
+
+
+# Dapr's ingress metric ``process_status`` of an app answer (metrics.py).
+_PROCESS_STATUS = {Verdict.DELIVERED: "success", Verdict.DROPPED: "drop", Verdict.FAILED: "retry"}
 
 
 class Action(enum.Enum):
@@ -343,6 +348,7 @@ class Dispatcher:
                             dead_letter_topic=dlt)
         headers = http_headers(record, event, pubsubname=self.pubsubname,
                                escape_all=self._escape_headers)
+        started = time.perf_counter()
         response = await self._channel.post_event(path, read.body, headers)
         if response.status is AppStatus.SUCCESS:
             verdict = Verdict.DELIVERED
@@ -350,6 +356,9 @@ class Dispatcher:
             verdict = Verdict.DROPPED
         else:
             verdict = Verdict.FAILED
+        record_ingress(self.app_id, self.pubsubname, record.topic,
+                       process_status=_PROCESS_STATUS[verdict],
+                       elapsed_s=time.perf_counter() - started)
         return _Attempt(verdict, response.reason, ce_id, path, response.http_status, dlt)
 
     def _report(self, record: Record, attempt: _Attempt, outcome: Outcome,
