@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+
+from tidings.sidecar.localbroker import free_port
 
 from .processes import (
     Proc,
@@ -63,8 +66,10 @@ def test_published_event_reaches_app_of_another_app_id(tmp_path: Path, resources
     topic = f"orders-{unique}"
     app = start_app(tmp_path, "sub", topics=[topic])
     procs.append(app)
+    metrics_port = free_port()
     subscriber = start_sidecar(tmp_path, "sub", app_id=f"sub-{unique}", resources=resources,
-                               app_port=app.port)
+                               app_port=app.port,
+                               extra=["--enable-metrics", "--metrics-port", str(metrics_port)])
     publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=resources)
     procs += [subscriber, publisher]
     poll("the subscriber to be assigned partitions", lambda: assignment(subscriber), 30)
@@ -74,6 +79,11 @@ def test_published_event_reaches_app_of_another_app_id(tmp_path: Path, resources
     got = poll("5 deliveries", lambda: len(received(app)["finished"]) >= 5 and received(app), 30)
     assert len(set(got["finished"])) == 5
     assert "12345678901234567890123" not in subscriber.log()  # payloads are not logged
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        exposition = r.read().decode()
+    assert (f'dapr_component_pubsub_ingress_count_total{{app_id="sub-{unique}",component="pubsub",'
+            f'namespace="",process_status="success",topic="{topic}"}} 5.0') in exposition
 
 
 def test_app_ids_each_get_all_and_replicas_split(tmp_path: Path, resources: Path,
