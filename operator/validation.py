@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings.sidecar.resources import Component, ResourceError, check_component, parse_resource
+from tidings.sidecar.resources.rules import compile_rules
 
 from .appconfig import SecretData, normalise_subscription, resolve_secret_refs
 
@@ -71,6 +72,10 @@ def validate_subscription(body: Mapping[str, Any]) -> Verdict:
     except ResourceError as exc:
         return Verdict(False, "InvalidSpec", str(exc))
     ts = sub.to_topic_subscription()
+    try:
+        compile_rules(ts)  # the same CEL check the sidecar's router applies
+    except ResourceError as exc:
+        return Verdict(False, "InvalidSpec", str(exc))
     return Verdict(True, "Valid", f"subscribes {ts.pubsubname}/{ts.topic}")
 
 

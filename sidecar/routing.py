@@ -38,7 +38,8 @@ from typing import Any
 
 import cel
 
-from .resources.models import ResourceError, TopicSubscription
+from .resources.models import TopicSubscription
+from .resources.rules import compile_rules
 
 __all__ = ["CompiledRule", "Routes", "RoutingError", "clean_path", "field_paths", "prune"]
 
@@ -140,25 +141,11 @@ class Routes:
     def compile(cls, subscription: TopicSubscription) -> Routes:
         """Compile every ``match`` of ``subscription`` once.
 
-        Raises :class:`ResourceError` naming the subscription and the rule for a CEL expression
-        that does not compile (Dapr fails the subscription, §2.1).
+        Raises ``ResourceError`` (``resources/rules.py``) naming the subscription and the rule for
+        a CEL expression that does not compile (Dapr fails the subscription, §2.1).
         """
-        compiled: list[CompiledRule] = []
-        for index, rule in enumerate(subscription.rules):
-            expression = rule.match.strip()
-            program = None
-            if expression:
-                try:
-                    program = cel.compile(expression)
-                except Exception as exc:  # the bindings raise ValueError; be robust to others
-                    name = subscription.name or f"{subscription.pubsubname}/{subscription.topic}"
-                    raise ResourceError(
-                        f"rule {index} match {expression!r} is not a valid CEL expression: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                        source=f"subscription {name}",
-                        field=f"routes.rules[{index}].match",
-                    ) from None
-            compiled.append(CompiledRule(rule.match, clean_path(rule.path), program))
+        compiled = [CompiledRule(rule.match, clean_path(rule.path), program)
+                    for rule, program in zip(subscription.rules, compile_rules(subscription))]
         if subscription.default_path:
             compiled.append(CompiledRule("", clean_path(subscription.default_path), None))
         paths = field_paths(r.match for r in compiled if r.program is not None)

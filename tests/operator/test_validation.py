@@ -49,6 +49,18 @@ def test_subscription_versions() -> None:
     assert not bad.ok and "routes" in bad.message
 
 
+def test_subscription_with_a_rule_that_is_not_cel() -> None:
+    body = {"apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",
+            "metadata": {"name": "s", "namespace": "ns"},
+            "spec": {"pubsubname": "p", "topic": "t",
+                     "routes": {"rules": [{"match": 'event.type == "a"', "path": "/a"},
+                                          {"match": "event.(", "path": "/b"}]}}}
+    bad = validate_subscription(body)
+    assert not bad.ok and "routes.rules[1].match" in bad.message
+    body["spec"]["routes"]["rules"].pop()
+    assert validate_subscription(body).ok
+
+
 def test_ready_condition_transition_time_moves_only_on_flip() -> None:
     t0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     t1 = t0 + datetime.timedelta(hours=1)
