@@ -35,18 +35,8 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from tidings.sidecar.localbroker import free_port, start_local_broker
+from tidings.sidecar.localdev import kafka_component_yaml
 
-COMPONENT = """\
-apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata: {{name: pubsub}}
-spec:
-  type: pubsub.kafka
-  version: v1
-  metadata:
-  - {{name: brokers, value: "{bootstrap}"}}
-  - {{name: authType, value: "none"}}
-"""
 
 
 def percentiles(samples_s: list[float]) -> tuple[float, float, float]:
@@ -131,7 +121,7 @@ async def main() -> None:
 
     broker = start_local_broker()
     workdir = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
-    (workdir / "pubsub.yaml").write_text(COMPONENT.format(bootstrap=broker.bootstrap))
+    (workdir / "pubsub.yaml").write_text(kafka_component_yaml(broker.bootstrap))
     port = free_port()
     sidecar = subprocess.Popen(
         [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", "bench", "--dapr-http-port",

@@ -20,39 +20,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.localdev import kafka_component_yaml
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
 
-COMPONENT = """\
-apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: pubsub
-spec:
-  type: pubsub.kafka
-  version: v1
-  metadata:
-  - name: brokers
-    value: "{bootstrap}"
-  - name: authType
-    value: "none"
-  - name: initialOffset
-    value: "oldest"
-  - name: sessionTimeout
-    value: "3s"
-  - name: heartbeatInterval
-    value: "1s"
-  - name: backOffInitialInterval
-    value: "50ms"
-  - name: backOffMaxInterval
-    value: "500ms"
-"""
+# Short group timeouts and retry intervals keep the tests fast (aiokafka-pitfalls.md 11).
+TEST_KAFKA_METADATA = {
+    "sessionTimeout": "3s",
+    "heartbeatInterval": "1s",
+    "backOffInitialInterval": "50ms",
+    "backOffMaxInterval": "500ms",
+}
 
 
 def write_component(folder: Path, bootstrap: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pubsub.yaml").write_text(COMPONENT.format(bootstrap=bootstrap))
+    (folder / "pubsub.yaml").write_text(kafka_component_yaml(bootstrap,
+                                                             metadata=TEST_KAFKA_METADATA))
     return folder
 
 

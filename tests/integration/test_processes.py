@@ -87,7 +87,8 @@ def test_published_event_reaches_app_of_another_app_id(tmp_path: Path, resources
 
 
 def test_app_ids_each_get_all_and_replicas_split(tmp_path: Path, resources: Path,
-                                                 procs: list[Proc], unique: str) -> None:
+                                                 kafka_bootstrap: str, procs: list[Proc],
+                                                 unique: str) -> None:
     topic = f"orders-{unique}"
     apps = [start_app(tmp_path, name, topics=[topic]) for name in ("orders-1", "orders-2", "audit")]
     procs += apps
@@ -109,7 +110,7 @@ def test_app_ids_each_get_all_and_replicas_split(tmp_path: Path, resources: Path
     poll("the audit group to own all partitions", lambda: len(assignment(sidecars[2])) == 4, 60)
 
     ids = [f"{unique}-{n}" for n in range(100)]
-    produce_events(_bootstrap(resources), topic, ids)
+    produce_events(kafka_bootstrap, topic, ids)
     poll("orders to receive 100", lambda: sum(len(set(received(a)["finished"])) for a in apps[:2]) >= 100)
     poll("audit to receive 100", lambda: len(set(received(apps[2])["finished"])) >= 100)
     o1, o2 = (set(received(a)["finished"]) for a in apps[:2])
@@ -119,13 +120,9 @@ def test_app_ids_each_get_all_and_replicas_split(tmp_path: Path, resources: Path
     assert set(received(apps[2])["finished"]) == set(ids)
 
 
-def _bootstrap(resources: Path) -> str:
-    text = (resources / "pubsub.yaml").read_text()
-    return text.split('value: "', 1)[1].split('"', 1)[0]
-
-
-def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, procs: list[Proc],
-                                          unique: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, kafka_bootstrap: str,
+                                          procs: list[Proc], unique: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     """SIGKILL a sidecar while it delivers 1,000 events; a replacement member of the same
     consumer group gets every event the app did not acknowledge. Duplicates are reported."""
     topic = f"stream-{unique}"
@@ -133,7 +130,7 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, procs
     app = start_app(tmp_path, "app", topics=[topic], delay_s=0.004)
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
-    produce_events(_bootstrap(resources), topic, ids)
+    produce_events(kafka_bootstrap, topic, ids)
     first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources, app_port=app.port)
     procs.append(first)
     poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)
@@ -156,13 +153,14 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, procs
 
 
 def test_sigterm_finishes_in_flight_and_commits(tmp_path: Path, resources: Path,
-                                                procs: list[Proc], unique: str) -> None:
+                                                kafka_bootstrap: str, procs: list[Proc],
+                                                unique: str) -> None:
     topic = f"slow-{unique}"
     app_id = f"graceful-{unique}"
     app = start_app(tmp_path, "app", topics=[topic], delay_s=1.0)
     procs.append(app)
     ids = [f"{unique}-{n}" for n in range(12)]
-    produce_events(_bootstrap(resources), topic, ids)
+    produce_events(kafka_bootstrap, topic, ids)
     first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources,
                           app_port=app.port, grace_s=8)
     procs.append(first)
@@ -182,7 +180,8 @@ def test_sigterm_finishes_in_flight_and_commits(tmp_path: Path, resources: Path,
     assert not redelivered, f"finished before SIGTERM but delivered again: {sorted(redelivered)}"
 
 
-def test_declarative_subscription_hot_reload(tmp_path: Path, resources: Path, procs: list[Proc],
+def test_declarative_subscription_hot_reload(tmp_path: Path, resources: Path,
+                                             kafka_bootstrap: str, procs: list[Proc],
                                              unique: str) -> None:
     """A Subscription file added to the resources folder takes effect without a restart (§5.8)."""
     topic = f"declared-{unique}"
@@ -204,5 +203,5 @@ spec:
 """)
     poll("the new subscription to be assigned", lambda: assignment(sidecar), 30)
     event_id = str(uuid.uuid4())
-    produce_events(_bootstrap(resources), topic, [event_id])
+    produce_events(kafka_bootstrap, topic, [event_id])
     poll("the event to arrive", lambda: event_id in received(app)["finished"], 30)
