@@ -95,10 +95,12 @@ class Proc:
             return self.process.wait()
 
 
-def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0) -> Proc:
+def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0,
+              answer: str = "SUCCESS") -> Proc:
     port = free_port()
     log_path = tmp / f"{name}.app.log"
-    env = {**os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s)}
+    env = {**os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
+           "ANSWER": answer}
     process = subprocess.Popen([sys.executable, str(HERE / "recorder_app.py")], env=env,
                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc = Proc(name, process, log_path, port)

@@ -1,7 +1,8 @@
 """A real subscriber app for the integration tests: plain aiohttp in its own process.
 
 Environment: ``APP_PORT``; ``TOPICS`` (comma-separated, pubsub ``pubsub``); ``DELAY_S`` (seconds
-each delivery takes before the answer, default 0).
+each delivery takes before the answer, default 0); ``ANSWER`` (the ``status`` answered, default
+``SUCCESS``; ``DROP`` sends events to the dead-letter topic).
 
 - ``GET /dapr/subscribe``: one programmatic subscription per topic, route ``/events``;
 - ``POST /events``: records the CloudEvent id as *started*, waits ``DELAY_S``, records it as
@@ -18,6 +19,7 @@ from aiohttp import web
 started = web.AppKey("started", list)
 finished = web.AppKey("finished", list)
 DELAY_S = float(os.environ.get("DELAY_S", "0"))
+ANSWER = os.environ.get("ANSWER", "SUCCESS")
 
 
 async def subscribe(request: web.Request) -> web.Response:
@@ -32,7 +34,7 @@ async def on_event(request: web.Request) -> web.Response:
     if DELAY_S:
         await asyncio.sleep(DELAY_S)  # simulated work of the app
     request.app[finished].append(event["id"])
-    return web.json_response({"status": "SUCCESS"})
+    return web.json_response({"status": ANSWER})
 
 
 async def received(request: web.Request) -> web.Response:

@@ -14,13 +14,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from tidings.sidecar.localbroker import free_port
 
 from .processes import (
     Proc,
     assignment,
+    http_json,
     poll,
     publish,
     received,
@@ -205,3 +206,70 @@ spec:
     event_id = str(uuid.uuid4())
     produce_events(kafka_bootstrap, topic, [event_id])
     poll("the event to arrive", lambda: event_id in received(app)["finished"], 30)
+
+
+def test_dropped_event_goes_to_the_dead_letter_topic_unchanged(
+        tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc],
+        unique: str) -> None:
+    """The app answers DROP; the original record (value, key, headers) is produced to the
+    subscription's deadLetterTopic on the real broker, and only then acked (§2.3, §5.3)."""
+    topic, dlt = f"orders-{unique}", f"poison-{unique}"
+    (resources / "subscription.yaml").write_text(f"""\
+apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata:
+  name: with-dlt
+spec:
+  pubsubname: pubsub
+  topic: {topic}
+  routes:
+    rules:
+    - match: event.type == "widget" && int(event.data.n) > 1
+      path: /events
+  deadLetterTopic: {dlt}
+""")
+    app = start_app(tmp_path, "app", topics=[], answer="DROP")
+    procs.append(app)
+    sidecar = start_sidecar(tmp_path, "sub", app_id=f"dlt-{unique}", resources=resources,
+                            app_port=app.port)
+    publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=resources)
+    procs += [sidecar, publisher]
+    poll("the subscriber to be assigned partitions", lambda: assignment(sidecar), 30)
+
+    status, body = http_json(
+        f"http://127.0.0.1:{publisher.port}/v1.0/publish/pubsub/{topic}"
+        "?metadata.partitionKey=k1&metadata.team=payments&metadata.cloudevent.type=widget",
+        method="POST", body=b'{"n": 5}', headers={"Content-Type": "application/json"})
+    assert status == 204, body
+    status, body = http_json(  # no rule matches: unmatched goes to the DLT as well (Dapr HEAD)
+        f"http://127.0.0.1:{publisher.port}/v1.0/publish/pubsub/{topic}"
+        "?metadata.cloudevent.type=gadget", method="POST", body=b'{"n": 5}',
+        headers={"Content-Type": "application/json"})
+    assert status == 204, body
+
+    dead = consume(kafka_bootstrap, dlt, 2)
+    assert len(received(app)["finished"]) == 1, "only the matching event reached the app"
+    by_type = {json.loads(r.value)["type"]: r for r in dead}
+    widget = by_type["widget"]
+    assert widget.key == b"k1" and ("team", b"payments") in widget.headers
+    assert json.loads(widget.value)["data"] == {"n": 5} and "gadget" in by_type
+
+
+def consume(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[ConsumerRecord]:
+    """The first ``n`` records of ``topic``, read with a plain aiokafka consumer."""
+
+    async def run() -> list[ConsumerRecord]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        records: list[ConsumerRecord] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(records) < n:
+                    for batch in (await consumer.getmany(timeout_ms=500)).values():
+                        records.extend(batch)
+        finally:
+            await consumer.stop()
+        return records
+
+    return asyncio.run(run())
