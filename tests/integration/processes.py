@@ -96,8 +96,8 @@ class Proc:
 
 
 def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0,
-              answer: str = "SUCCESS") -> Proc:
-    port = free_port()
+              answer: str = "SUCCESS", port: int | None = None) -> Proc:
+    port = port or free_port()
     log_path = tmp / f"{name}.app.log"
     env = {**os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
            "ANSWER": answer}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -273,3 +275,38 @@ def consume(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[C
         return records
 
     return asyncio.run(run())
+
+
+def test_api_serves_before_the_app_is_reachable(tmp_path: Path, resources: Path,
+                                                procs: list[Proc], unique: str) -> None:
+    """``/healthz/outbound`` is 204 at once; ``/healthz`` is 500 until the app port accepts
+    connections, then 204 (§1.5); deliveries wait for the app."""
+    app_port = free_port()
+    sidecar = start_sidecar(tmp_path, "early", app_id=f"early-{unique}", resources=resources,
+                            app_port=app_port)
+    procs.append(sidecar)
+    status, body = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/healthz")
+    assert status == 500 and body["errorCode"] == "ERR_HEALTH_NOT_READY", body
+    assert http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/healthz/outbound")[0] == 204
+
+    app = start_app(tmp_path, "late", topics=[f"late-{unique}"], port=app_port)
+    procs.append(app)
+    poll("healthz to turn ready once the app listens",
+         lambda: http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/healthz")[0] == 204, 30)
+    poll("the app's subscription to be assigned", lambda: assignment(sidecar), 30)
+
+
+def test_bad_component_refuses_to_start_naming_file_and_field(tmp_path: Path,
+                                                              unique: str) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "broken.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec: {type: pubsub.kafka, version: v1, metadata: [{name: authType, value: none}]}\n")
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", f"bad-{unique}",
+         "--dapr-http-port", str(free_port()), "--resources-path", str(folder)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "broken.yaml" in result.stderr and "spec.metadata.brokers" in result.stderr
+    assert "Traceback" not in result.stderr
