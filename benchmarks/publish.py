@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import statistics
@@ -153,10 +154,18 @@ async def main() -> None:
             await closed_loop(send_http, args.concurrency, 500)
             await closed_loop(send_raw, args.concurrency, 500)
 
+            # The load generator's own garbage collections stalled it for ~45 ms at a time and
+            # showed up as p99 of whichever side was running; collect between runs instead.
+            gc.collect()
+            gc.disable()
             http_rate, http_lat = await closed_loop(send_http, args.concurrency, args.messages)
+            gc.collect()
             raw_rate, raw_lat = await closed_loop(send_raw, args.concurrency, args.messages)
+            gc.collect()
             http_open = await open_loop(send_http, args.rate, args.duration)
+            gc.collect()
             raw_open = await open_loop(send_raw, args.rate, args.duration)
+            gc.enable()
             await producer.stop()
 
         print(f"\n{args.size} B messages, acks=all, local Tansu broker, {os.cpu_count()} cores")
