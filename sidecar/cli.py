@@ -190,7 +190,10 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tidings", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="tidings",
+        description="Dapr's publish/subscribe building block on Kafka: the sidecar, local "
+                    "development (init, run, publish) and the Kubernetes operator.")
     sub = parser.add_subparsers(dest="command_name", required=True)
 
     p = sub.add_parser("sidecar", help="run one sidecar (daprd-compatible flags)")
