@@ -32,7 +32,7 @@ from tests.cluster.conftest import (
     secret_files,
     write_folder,
 )
-from tests.integration.processes import Proc, http_json, received, start_app
+from tests.integration.processes import Proc, http_json, received, start_app, wait_serving
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -78,18 +78,8 @@ def run_daprd(kube: Kube, pod: Any, tmp: Path, name: str) -> tuple[Proc, list[st
     log_path = tmp / f"{name}.daprd.log"
     process = subprocess.Popen([*command, *args], env=env, stdout=log_path.open("wb"),
                                stderr=subprocess.STDOUT)
-    proc = Proc(name, process, log_path, http_port)
-
-    def healthy() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"{name} daprd exited:\n{proc.log()}")
-        try:
-            status, _ = http_json(f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound")
-        except OSError:
-            return False
-        return status == 204
-
-    poll(f"{name} daprd to serve", healthy, timeout_s=30)
+    proc = Proc(f"{name} daprd", process, log_path, http_port)
+    wait_serving(proc)
     return proc, [*command, *args]
 
 

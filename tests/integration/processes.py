@@ -133,18 +133,24 @@ def start_sidecar(tmp: Path, name: str, *, app_id: str, resources: Path,
     process = subprocess.Popen(argv, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                                env={**os.environ, **(env or {})})
     proc = Proc(name, process, log_path, port)
+    wait_serving(proc)
+    return proc
+
+
+def wait_serving(sidecar: Proc, timeout_s: float = 30) -> None:
+    """Poll until the sidecar's ``/v1.0/healthz/outbound`` answers 204; fail with its log if
+    the process exits first."""
 
     def ready() -> bool:
-        if not proc.alive():
-            _died(proc)
+        if not sidecar.alive():
+            _died(sidecar)
         try:
-            status, _ = http_json(f"http://127.0.0.1:{port}/v1.0/healthz/outbound")
+            status, _ = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/healthz/outbound")
         except OSError:
             return False
         return status == 204
 
-    poll(f"sidecar {name} to serve", ready, timeout_s=30)
-    return proc
+    poll(f"sidecar {sidecar.name} to serve", ready, timeout_s=timeout_s)
 
 
 def received(app: Proc) -> dict[str, list[str]]:
