@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # within a second of the sidecar), cap low so a late app is noticed quickly.
 _POLL_INITIAL_S = 0.02
 _POLL_MAX_S = 1.0
+# One discovery request may take this long; a hung /dapr/subscribe is then retried and logged
+# instead of holding the first answer back for the whole delivery timeout.
+_DISCOVERY_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 _DISCOVERY_MAX_S = 5.0
 _URL_CACHE_MAX = 1024
 
@@ -234,13 +237,13 @@ class AppChannel:
         delay = _POLL_INITIAL_S * 5
         while True:
             try:
-                async with self._client().get(url, headers=headers,
-                                              allow_redirects=False) as resp:
+                async with self._client().get(url, headers=headers, allow_redirects=False,
+                                              timeout=_DISCOVERY_TIMEOUT) as resp:
                     status, body = resp.status, await resp.read()
                 break
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 log.warning("app did not answer GET /dapr/subscribe, retrying in %.2fs: %s",
-                            delay, exc or type(exc).__name__, extra=self._extra)
+                            delay, str(exc) or type(exc).__name__, extra=self._extra)
             await asyncio.sleep(delay)  # backoff between discovery attempts
             delay = min(delay * 2, _DISCOVERY_MAX_S)
         if status == 404:

@@ -22,12 +22,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .localbroker import free_port
 from .localdev import home, sidecar_command
 from .logs import configure_logging
-from .settings import add_sidecar_arguments, settings_from_args
+from .settings import LOG_LEVELS, add_sidecar_arguments, app_id_arg, port_arg, settings_from_args
 
 __all__ = ["main"]
 
@@ -59,14 +59,19 @@ def _cmd_uninstall(_: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_http_ok(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> bool:
+def _wait_serving(url: str, deadline_s: float, proc: subprocess.Popen[bytes],
+                  stop: Callable[[], bool]) -> bool:
+    """Poll ``url`` until the sidecar answers with any HTTP status (its API serves, even while
+    a broker is still unreachable), the process exits, ``stop()`` turns true, or the deadline."""
     deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop():
         if proc.poll() is not None:
             return False
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return True
+        except urllib.error.HTTPError:
+            return True
         except (urllib.error.URLError, OSError):
             time.sleep(0.05)  # poll interval while the sidecar starts, bounded by the deadline
     return False
@@ -103,8 +108,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sidecar_argv += ["--app-port", str(args.app_port)]
     if args.log_as_json:
         sidecar_argv.append("--log-as-json")
-    sidecar = subprocess.Popen(sidecar_command(*sidecar_argv))
-    app: subprocess.Popen[bytes] | None = None
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -113,19 +116,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops the sidecar
+    # first (it drains in-flight deliveries while the app still answers) and the app after it.
+    sidecar = subprocess.Popen(sidecar_command(*sidecar_argv), start_new_session=True)
+    app: subprocess.Popen[bytes] | None = None
     code = 0
     try:
-        if not _wait_http_ok(f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound", 60, sidecar):
-            print(f"tidings run: the sidecar of {args.app_id} did not become ready", file=sys.stderr)
-            return 1
+        if not _wait_serving(f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound", 60, sidecar,
+                             lambda: stop_requested):
+            if not stop_requested:
+                print(f"tidings run: the sidecar of {args.app_id} did not start", file=sys.stderr)
+                code = 1
+            return code
         state.register_app(args.app_id, http_port=http_port, pid=sidecar.pid)
-        print(f"tidings run: sidecar of {args.app_id} ready on port {http_port}", file=sys.stderr,
-              flush=True)
+        print(f"tidings run: sidecar of {args.app_id} serving on port {http_port}",
+              file=sys.stderr, flush=True)
         if command:
             env = {**os.environ, "DAPR_HTTP_PORT": str(http_port), "APP_ID": args.app_id}
             if args.app_port:
                 env["APP_PORT"] = str(args.app_port)
-            app = subprocess.Popen(command, env=env)
+            try:
+                app = subprocess.Popen(command, env=env, start_new_session=True)
+            except OSError as exc:
+                print(f"tidings run: cannot start {command[0]!r}: {exc}", file=sys.stderr)
+                return 1
         while not stop_requested:
             if sidecar.poll() is not None:
                 print(f"tidings run: sidecar exited with {sidecar.returncode}", file=sys.stderr)
@@ -139,7 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # Sidecar first: it stops fetching and lets in-flight deliveries to the app finish.
         _terminate(sidecar, args.graceful_shutdown_seconds + 10)
         _terminate(app, 10)
-        state.unregister_app(args.app_id)
+        state.unregister_app(args.app_id, pid=sidecar.pid)
     return code
 
 
@@ -148,6 +162,10 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if port is None:
         print(f"tidings publish: no running sidecar for app-id {args.app_id!r} "
               "(start it with `tidings run`, or pass --dapr-http-port)", file=sys.stderr)
+        return 2
+    bad = [m for m in args.metadata if "=" not in m]
+    if bad:
+        print(f"tidings publish: --metadata takes key=value, got {bad[0]!r}", file=sys.stderr)
         return 2
     query = urllib.parse.urlencode({f"metadata.{k}": v for k, v in
                                     (m.split("=", 1) for m in args.metadata)})
@@ -201,18 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sidecar)
 
     p = sub.add_parser("init", help="start the local broker and write the default component")
-    p.add_argument("--broker-port", type=int, default=9092)
+    p.add_argument("--broker-port", type=port_arg, default=9092)
     p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("uninstall", help="stop the local broker started by `tidings init`")
     p.set_defaults(func=_cmd_uninstall)
 
     p = sub.add_parser("run", help="run an app with its sidecar")
-    p.add_argument("--app-id", required=True)
-    p.add_argument("--app-port", type=int, default=None)
+    p.add_argument("--app-id", required=True, type=app_id_arg)
+    p.add_argument("--app-port", type=port_arg, default=None)
     p.add_argument("--resources-path", action="append", default=[])
-    p.add_argument("--dapr-http-port", type=int, default=None)
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--dapr-http-port", type=port_arg, default=None)
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--log-as-json", action="store_true")
     p.add_argument("--graceful-shutdown-seconds", type=float, default=5.0)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD... (the app)")
@@ -225,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--content-type", default=None)
     p.add_argument("--metadata", action="append", default=[], help="key=value (repeatable)")
-    p.add_argument("--dapr-http-port", type=int, default=None)
+    p.add_argument("--dapr-http-port", type=port_arg, default=None)
     p.set_defaults(func=_cmd_publish)
 
     p = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)

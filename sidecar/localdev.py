@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -61,6 +62,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Home:
     """The state folder. All methods are synchronous and cheap."""
@@ -75,8 +85,9 @@ class Home:
     def broker_file(self) -> Path:
         return self.root / "broker.json"
 
-    def app_file(self, app_id: str) -> Path:
-        return self.root / "apps" / f"{app_id}.json"
+    def app_files(self, app_id: str) -> list[Path]:
+        """One file per running sidecar of ``app_id`` (replicas each have their own)."""
+        return sorted((self.root / "apps").glob(f"{app_id}.*.json"))
 
     # --- broker ------------------------------------------------------------------------------
     def broker(self) -> dict[str, object] | None:
@@ -101,6 +112,8 @@ class Home:
             bootstrap = f"{running['host']}:{running['port']}"
             started = False
         else:
+            if not _port_free(port):
+                raise RuntimeError(f"port {port} is already in use; pass --broker-port")
             broker = start_local_broker(port=port, log_path=self.root / "broker.log")
             # The broker outlives this command, like `dapr init`'s containers.
             self.broker_file.write_text(json.dumps(
@@ -126,20 +139,25 @@ class Home:
 
     # --- apps --------------------------------------------------------------------------------
     def register_app(self, app_id: str, *, http_port: int, pid: int) -> None:
-        path = self.app_file(app_id)
+        path = self.root / "apps" / f"{app_id}.{pid}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"app_id": app_id, "http_port": http_port, "pid": pid}))
 
-    def unregister_app(self, app_id: str) -> None:
-        self.app_file(app_id).unlink(missing_ok=True)
+    def unregister_app(self, app_id: str, *, pid: int) -> None:
+        (self.root / "apps" / f"{app_id}.{pid}.json").unlink(missing_ok=True)
 
     def app_http_port(self, app_id: str) -> int | None:
-        """The HTTP port of the running sidecar of ``app_id`` started by ``tidings run``."""
-        try:
-            info = json.loads(self.app_file(app_id).read_text())
-        except (OSError, ValueError):
-            return None
-        return int(info["http_port"]) if _pid_alive(int(info["pid"])) else None
+        """The HTTP port of a running sidecar of ``app_id`` started by ``tidings run`` (any
+        replica), or ``None``. Files of sidecars that are gone are removed."""
+        for path in self.app_files(app_id):
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if _pid_alive(int(info["pid"])):
+                return int(info["http_port"])
+            path.unlink(missing_ok=True)
+        return None
 
 
 def home() -> Home:

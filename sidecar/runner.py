@@ -91,7 +91,7 @@ class Sidecar:
         self._programmatic: list[TopicSubscription] = []
         self._effective: list[TopicSubscription] = []
         self._app_ready = False
-        self._subscribed = False
+        self._discovered = False  # deliveries start only after /dapr/subscribe was asked
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -222,17 +222,19 @@ class Sidecar:
         await self.channel.wait_until_reachable(self._stopping)
         if self._stopping.is_set():
             return
-        self._programmatic = parse_programmatic(await self.channel.get_subscriptions())
+        # The app channel is ready once the port accepts connections (§1.5); a /dapr/subscribe
+        # that keeps failing is retried and logged but does not keep healthz at 500.
         self._app_ready = True
+        self._programmatic = parse_programmatic(await self.channel.get_subscriptions())
         async with self._reload_lock:
+            self._discovered = True
             await self._apply_subscriptions()
-            self._subscribed = True
 
     async def _apply_subscriptions(self) -> None:
         self._effective = effective_subscriptions(
             declarative=self._declarative, programmatic=self._programmatic,
             components=self._components, app_id=self.app_id)
-        if not self._app_ready:
+        if not self._discovered:
             return
         by_pubsub: dict[str, dict[str, TopicSubscription]] = {name: {} for name in self._started}
         for sub in self._effective:

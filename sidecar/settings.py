@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,29 +72,67 @@ class SidecarSettings:
     """Port of the Prometheus ``/metrics`` endpoint (Dapr's 9090); ``None`` serves none."""
 
 
+_APP_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+def app_id_arg(text: str) -> str:
+    """An app-id: letters, digits, ``-`` and ``_``, at most 63 characters, alphanumeric at both
+    ends. It names the Kafka consumer group and, in Kubernetes, the config Secret
+    ``tidings-<app-id>``, so it must be a DNS label apart from ``_``."""
+    if not _APP_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid app-id {text!r}: use letters, digits, '-' and '_' (at most 63, starting "
+            "and ending with a letter or digit)")
+    return text
+
+
+def port_arg(text: str) -> int:
+    """A TCP port, 1..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 1-65535")
+    return port
+
+
+def size_arg(text: str) -> int:
+    """A size in bytes, as :func:`parse_size` reads it, for argparse."""
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use bytes or a Ki/Mi/Gi suffix, e.g. 4Mi") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return size
+
+
 def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: bool = True) -> None:
     """Add daprd-compatible sidecar flags to ``parser``."""
-    parser.add_argument("--app-id", required=app_id_required, help="the app-id")
-    parser.add_argument("--app-port", type=int, default=None, help="port the app listens on")
+    parser.add_argument("--app-id", required=app_id_required, type=app_id_arg, help="the app-id")
+    parser.add_argument("--app-port", type=port_arg, default=None,
+                        help="port the app listens on")
     parser.add_argument("--app-channel-address", default="127.0.0.1")
-    parser.add_argument("--dapr-http-port", type=int, default=3500)
+    parser.add_argument("--dapr-http-port", type=port_arg, default=3500)
     parser.add_argument("--dapr-listen-addresses", default="127.0.0.1",
                         help="address the HTTP API binds (daprd's name)")
     parser.add_argument("--resources-path", action="append", default=[],
                         help="folder of Component/Subscription YAML (repeatable)")
     parser.add_argument("--components-path", action="append", default=[],
                         help="deprecated daprd alias of --resources-path")
-    parser.add_argument("--max-body-size", default="4Mi",
+    parser.add_argument("--max-body-size", type=size_arg, default=4 * MIB,
                         help="largest request body: bytes, or with Ki/Mi/Gi suffix (default 4Mi)")
     parser.add_argument("--dapr-graceful-shutdown-seconds", "--graceful-shutdown-seconds",
                         dest="graceful_shutdown_seconds", type=float, default=5.0)
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warn", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     parser.add_argument("--log-as-json", action="store_true")
     parser.add_argument("--delivery-timeout-seconds", type=float, default=60.0)
     parser.add_argument("--enable-metrics", action="store_true",
                         help="serve Prometheus metrics on --metrics-port")
-    parser.add_argument("--metrics-port", type=int, default=9090)
+    parser.add_argument("--metrics-port", type=port_arg, default=9090)
 
 
 def parse_size(text: str) -> int:
@@ -120,7 +159,7 @@ def settings_from_args(
         dapr_http_port=args.dapr_http_port,
         dapr_listen_address=args.dapr_listen_addresses.split(",")[0].strip("[]") or "127.0.0.1",
         resources_paths=tuple(Path(p) for p in paths),
-        max_body_size=parse_size(args.max_body_size),
+        max_body_size=args.max_body_size,
         graceful_shutdown_seconds=args.graceful_shutdown_seconds,
         api_token=env.get("DAPR_API_TOKEN") or None,
         app_api_token=env.get("APP_API_TOKEN") or None,

@@ -2,7 +2,8 @@
 
 Environment: ``APP_PORT``; ``TOPICS`` (comma-separated, pubsub ``pubsub``); ``DELAY_S`` (seconds
 each delivery takes before the answer, default 0); ``ANSWER`` (the ``status`` answered, default
-``SUCCESS``; ``DROP`` sends events to the dead-letter topic).
+``SUCCESS``; ``DROP`` sends events to the dead-letter topic); ``RECORD_FILE`` (optional: also
+append ``started <id>`` / ``finished <id>`` lines there, readable after the app has exited).
 
 - ``GET /dapr/subscribe``: one programmatic subscription per topic, route ``/events``;
 - ``POST /events``: records the CloudEvent id as *started*, waits ``DELAY_S``, records it as
@@ -13,6 +14,7 @@ each delivery takes before the answer, default 0); ``ANSWER`` (the ``status`` an
 import asyncio
 import json
 import os
+import signal
 
 from aiohttp import web
 
@@ -20,6 +22,13 @@ started = web.AppKey("started", list)
 finished = web.AppKey("finished", list)
 DELAY_S = float(os.environ.get("DELAY_S", "0"))
 ANSWER = os.environ.get("ANSWER", "SUCCESS")
+RECORD_FILE = os.environ.get("RECORD_FILE")
+
+
+def record(what: str, event_id: str) -> None:
+    if RECORD_FILE:
+        with open(RECORD_FILE, "a") as f:
+            f.write(f"{what} {event_id}\n")
 
 
 async def subscribe(request: web.Request) -> web.Response:
@@ -31,9 +40,11 @@ async def subscribe(request: web.Request) -> web.Response:
 async def on_event(request: web.Request) -> web.Response:
     event = json.loads(await request.read())
     request.app[started].append(event["id"])
+    record("started", event["id"])
     if DELAY_S:
         await asyncio.sleep(DELAY_S)  # simulated work of the app
     request.app[finished].append(event["id"])
+    record("finished", event["id"])
     return web.json_response({"status": ANSWER})
 
 
@@ -51,4 +62,7 @@ def make_app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(), host="127.0.0.1", port=int(os.environ["APP_PORT"]), print=None)
+    # Like most apps, die at once on Ctrl-C (aiohttp's run_app would finish requests first).
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    web.run_app(make_app(), host="127.0.0.1", port=int(os.environ["APP_PORT"]), print=None,
+                handle_signals=False)

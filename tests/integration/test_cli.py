@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tidings.sidecar.localbroker import free_port
 
-from .processes import HERE, http_json, poll
+from .processes import HERE, http_json, poll, write_component
 
 ROOT = HERE.parent.parent
 
@@ -75,6 +75,43 @@ def test_init_run_publish_uninstall(tmp_path: Path, unique: str) -> None:
     out = subprocess.run([tidings(), "uninstall"], env=env, capture_output=True, text=True,
                          check=True).stdout
     assert "stopped" in out
+
+
+def test_ctrl_c_in_a_terminal_stops_the_sidecar_before_the_app(tmp_path: Path, unique: str,
+                                                               kafka_bootstrap: str) -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group. ``tidings run``
+    keeps its children out of that group and stops the sidecar first, so the delivery in
+    flight finishes while the app still answers."""
+    resources = write_component(tmp_path / "resources", kafka_bootstrap)
+    topic, record_file = f"ctrlc-{unique}", tmp_path / "record.txt"
+    app_port = free_port()
+    env = {**os.environ, "TIDINGS_HOME": str(tmp_path / "home"), "APP_PORT": str(app_port),
+           "TOPICS": topic, "DELAY_S": "2", "RECORD_FILE": str(record_file)}
+    log = (tmp_path / "run.log").open("wb")
+    run = subprocess.Popen(
+        [tidings(), "run", "--app-id", f"ctrlc-{unique}", "--app-port", str(app_port),
+         "--resources-path", str(resources), "--", sys.executable,
+         str(HERE / "recorder_app.py")], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)  # its own group, standing in for the terminal's foreground group
+    try:
+        def started() -> bool:
+            sent = subprocess.run([tidings(), "publish", "--app-id", f"ctrlc-{unique}", "--pubsub",
+                                   "pubsub", "--topic", topic, "--data", "{}"], env=env,
+                                  capture_output=True)
+            return sent.returncode == 0 and record_file.exists() and \
+                "started" in record_file.read_text()
+
+        poll("a delivery in flight", started, 60, interval_s=0.3)
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C does
+        assert run.wait(30) == 0, (tmp_path / "run.log").read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+        log.close()
+    lines = record_file.read_text().split()
+    started_ids = set(lines[1::2][i] for i, w in enumerate(lines[0::2]) if w == "started")
+    finished_ids = set(lines[1::2][i] for i, w in enumerate(lines[0::2]) if w == "finished")
+    assert started_ids and started_ids <= finished_ids, record_file.read_text()
 
 
 def test_demo_from_readme(tmp_path: Path) -> None:
