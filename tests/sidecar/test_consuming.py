@@ -10,9 +10,11 @@ at about 2 s on Tansu.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,6 +26,7 @@ from tidings.sidecar.resources.kafka import KafkaMetadata, parse_kafka_metadata
 pytestmark = pytest.mark.timeout(60)
 
 PARTITIONS = 4
+CONSUMING_LOGGER = "tidings.sidecar.brokers.kafka.consuming"
 
 
 def meta_for(bootstrap: str, group: str) -> KafkaMetadata:
@@ -341,3 +344,130 @@ async def test_start_is_retried_with_new_consumers_until_the_broker_is_up(
     finally:
         await g.stop(grace_s=1)
         broker.stop()
+
+
+async def until_committed(bootstrap: str, group: str, topic: str, expected: dict[int, int | None],
+                          timeout_s: float) -> None:
+    """Poll the group's committed offsets of ``topic`` until they equal ``expected``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        offsets = await committed(bootstrap, group, topic)
+        if offsets == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"committed offsets of {topic} still {offsets} after"
+                                 f" {timeout_s} s, expected {expected}")
+        await asyncio.sleep(0.2)
+
+
+def commit_warnings(caplog: pytest.LogCaptureFixture, topic: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.name == CONSUMING_LOGGER and r.levelno >= logging.WARNING
+            and getattr(r, "topic", None) == topic]
+
+
+async def test_a_partition_whose_commits_fail_does_not_hold_up_the_others(
+        kafka_bootstrap: str, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A topic deleted while one of its records is in flight: that record's commit fails on the
+    broker (UnknownTopicOrPartition, which aiokafka retries for ever inside ``commit()``). The
+    other topic's commits keep advancing; the failing partition is logged once, not every
+    commit interval."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    caplog.set_level(logging.INFO, logger=CONSUMING_LOGGER)
+    kept, deleted, group = f"kept-{unique}", f"deleted-{unique}", f"g-{unique}"
+    await produce(kafka_bootstrap, kept, 3)
+    await produce(kafka_bootstrap, deleted, 1, partitions=(0,))
+    held, release = asyncio.Event(), asyncio.Event()
+    finished: dict[int, list[int]] = defaultdict(list)
+
+    async def handler(record: Record) -> None:
+        if record.topic == deleted:
+            held.set()
+            await release.wait()
+            return
+        finished[record.partition].append(record.offset)
+
+    g = new_group(meta_for(kafka_bootstrap, group), handler)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await g.set_topics([kept, deleted])
+        await until(lambda: held.is_set() and all(len(finished[p]) == 3 for p in range(PARTITIONS)),
+                    20, "the kept topic handled and the deleted topic's record in flight")
+        await until_committed(kafka_bootstrap, group, kept, {p: 3 for p in range(PARTITIONS)}, 10)
+        await admin.delete_topics([deleted])
+        release.set()  # finished now: its commit can only fail
+        # aiokafka logs each failed attempt; new work for the kept topic only after that, so
+        # its offsets are not in the request that fails (the broker would store them anyway)
+        await until(lambda: any(r.name == "aiokafka.consumer.group_coordinator"
+                                and r.getMessage().startswith("OffsetCommit failed")
+                                and deleted in r.getMessage() for r in caplog.records), 10,
+                    "a commit of the deleted topic's partition to fail")
+        await produce(kafka_bootstrap, kept, 3)
+        await until(lambda: all(len(finished[p]) == 6 for p in range(PARTITIONS)), 20,
+                    "the new records of the kept topic")
+        await until_committed(kafka_bootstrap, group, kept, {p: 6 for p in range(PARTITIONS)}, 15)
+    finally:
+        await admin.close()
+        await g.stop(grace_s=1)
+    assert {p: finished[p] for p in range(PARTITIONS)} == {p: list(range(6))
+                                                          for p in range(PARTITIONS)}
+    failing = commit_warnings(caplog, deleted)
+    assert 1 <= len(failing) <= 2, [r.getMessage() for r in failing]  # rate-limited per partition
+    assert not commit_warnings(caplog, kept)
+
+
+async def test_commits_resume_after_the_broker_restarts_with_its_topics_and_offsets_gone(
+        tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Tansu keeps everything in memory: killed and restarted on the same port, it has lost the
+    topics and the group's offsets. A record of a topic that does not come back finishes during
+    the outage, so a commit for it is pending across the restart; the other topic comes back
+    (produced to) and its records finished after the restart must be committed."""
+    from tidings.sidecar.localbroker import free_port, start_local_broker
+
+    caplog.set_level(logging.INFO, logger=CONSUMING_LOGGER)
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    back, gone, group = f"back-{unique}", f"gone-{unique}", f"g-{unique}"
+    broker = await asyncio.to_thread(start_local_broker, port=port,
+                                     log_path=tmp_path / "tansu-1.log")
+    held, release = asyncio.Event(), asyncio.Event()
+    before: dict[int, list[int]] = defaultdict(list)
+    after: dict[int, list[int]] = defaultdict(list)
+    restarted = False
+
+    async def handler(record: Record) -> None:
+        if record.topic == gone:
+            held.set()
+            await release.wait()
+            return
+        (after if restarted else before)[record.partition].append(record.offset)
+
+    try:
+        # 5 before and 3 after: the stale position (5) is past the new log's end, so only the
+        # rejoin (positions from the new broker's empty offsets: earliest) delivers 0..2
+        await produce(bootstrap, back, 5)
+        await produce(bootstrap, gone, 1, partitions=(0,))
+        g = new_group(meta_for(bootstrap, group), handler)
+        try:
+            await g.set_topics([back, gone])
+            await until(lambda: held.is_set()
+                        and all(len(before[p]) == 5 for p in range(PARTITIONS)),
+                        20, "the first records handled and one record of the lost topic in flight")
+            await until_committed(bootstrap, group, back, {p: 5 for p in range(PARTITIONS)}, 10)
+            await asyncio.to_thread(broker.stop)
+            release.set()  # finishes during the outage: its commit waits for the broker
+            broker = await asyncio.to_thread(start_local_broker, port=port,
+                                             log_path=tmp_path / "tansu-2.log")
+            restarted = True
+            await produce(bootstrap, back, 3)  # recreates `back`; `gone` stays gone
+            await until(lambda: all({0, 1, 2} <= set(after[p]) for p in range(PARTITIONS)), 30,
+                        "the records produced after the restart")
+            await until_committed(bootstrap, group, back, {p: 3 for p in range(PARTITIONS)}, 15)
+        finally:
+            await g.stop(grace_s=1)
+    finally:
+        broker.stop()
+    assert not [r for r in caplog.records if "still in flight" in r.getMessage()]
+    assert len(commit_warnings(caplog, gone)) <= 2  # rate-limited per partition, if it failed

@@ -10,7 +10,10 @@ What this module guarantees (issue 2 "Delivery engine"; dapr-pubsub-contract.md 
 - only offsets of *finished* records are committed (the handler returned,
   ``brokers/base.py``), as explicit ``{tp: offset + 1}`` of the highest contiguous finished
   record (``offsets.py``), batched: every ``commit_interval_s`` or after ``commit_every``
-  finished records, one commit in flight, each bounded by ``commit_timeout_s``;
+  finished records, one commit round at a time, each bounded by ``commit_timeout_s`` (a commit
+  not confirmed by then is cancelled, which also ends aiokafka's retries, and counts as not
+  committed); a partition whose commits keep failing (its topic was deleted, or lost with a
+  broker's memory) is committed on its own with back-off, so it never holds up the others;
 - on revocation (every rebalance revokes everything: aiokafka is eager) dispatch stops, in-flight
   handlers get ``revoke_grace_s`` to finish and are then cancelled, what finished is committed,
   and the assignment epoch moves on so nothing from the old assignment commits later;
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from ...offsets import PartitionOffsets
 from ...resources.kafka import KafkaMetadata
@@ -82,6 +85,9 @@ class ConsumerGroup:
     Durations are seconds. ``max_records`` bounds one ``getmany`` (12); ``max_queued`` is the
     per-partition queue length above which the partition is paused (13); ``revoke_grace_s`` is
     how long in-flight handlers of revoked partitions may run before they are cancelled.
+    ``commit_timeout_s`` bounds each commit; a partition whose commit failed is retried on its
+    own after ``commit_timeout_s``, doubling up to ``commit_retry_max_s``, and warned about at
+    most once per ``commit_log_interval_s``.
     ``rebalance_timeout_ms`` and ``request_timeout_ms`` are derived from these so the revoke
     drain fits inside the group's rebalance timeout (8).
 
@@ -101,6 +107,8 @@ class ConsumerGroup:
         commit_interval_s: float = 0.2,
         commit_every: int = 1000,
         commit_timeout_s: float = 5.0,
+        commit_retry_max_s: float = 30.0,
+        commit_log_interval_s: float = 60.0,
         revoke_grace_s: float = 2.0,
         cancel_wait_s: float = 1.0,
         reload_grace_s: float = 5.0,
@@ -120,6 +128,8 @@ class ConsumerGroup:
         self._commit_interval_s = commit_interval_s
         self._commit_every = commit_every
         self._commit_timeout_s = commit_timeout_s
+        self._commit_retry_max_s = commit_retry_max_s
+        self._commit_log_interval_s = commit_log_interval_s
         self._revoke_grace_s = revoke_grace_s
         self._cancel_wait_s = cancel_wait_s
         self._reload_grace_s = reload_grace_s
@@ -134,7 +144,9 @@ class ConsumerGroup:
         self._hold_dispatch = False
         self._run_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
-        self._commit_inflight: asyncio.Future[Any] | None = None
+        self._trouble: dict[TopicPartition, _CommitTrouble] = {}  # partitions committed alone
+        self._uncancelled: dict[TopicPartition, asyncio.Future[Any]] = {}
+        self._batch_logged_at: float | None = None
         self._commit_wakeup = asyncio.Event()
         self._commit_lock = asyncio.Lock()  # one commit in flight
         self._drain_lock = asyncio.Lock()  # revoke and stop never drain at the same time
@@ -205,7 +217,7 @@ class ConsumerGroup:
             try:
                 await self._drain(list(self._partitions.values()), self._reload_grace_s,
                                   "re-subscribing")
-                await self._commit("re-subscribing")
+                await self._commit("re-subscribing", final=True)
                 self._epoch += 1
                 self._partitions.clear()
                 try:
@@ -221,7 +233,8 @@ class ConsumerGroup:
     async def stop(self, grace_s: float) -> None:
         """Stop fetching, let in-flight handlers finish for up to ``grace_s`` seconds, cancel the
         rest, commit what finished and leave the group (17). Bounded by about ``grace_s +
-        cancel_wait_s + commit_timeout_s + leave_timeout_s``. Never raises. Idempotent."""
+        leave_timeout_s``, a few ``cancel_wait_s`` and two commit rounds (``commit_timeout_s +
+        cancel_wait_s`` each: a periodic one may be running). Never raises. Idempotent."""
         async with self._control_lock:
             if self._stopped:
                 return
@@ -239,7 +252,11 @@ class ConsumerGroup:
         session_ms = int(meta.session_timeout_s * 1000)
         # 8: the revoke drain must fit in the rebalance timeout (aiokafka defaults it to the
         # session timeout), and JoinGroup uses request_timeout_ms, so that must be above it.
-        drain_ms = int((self._revoke_grace_s + self._cancel_wait_s + self._commit_timeout_s + 2)
+        # The drain: handlers' grace and cancellation, then the revoke's commit round, which may
+        # first wait for a periodic round to end; a round takes commit_timeout_s + cancel_wait_s
+        # at most.
+        commit_round_s = self._commit_timeout_s + self._cancel_wait_s
+        drain_ms = int((self._revoke_grace_s + self._cancel_wait_s + 2 * commit_round_s + 2)
                        * 1000)
         rebalance_ms = max(session_ms, drain_ms)
         kwargs: dict[str, Any] = dict(client_kwargs(meta))
@@ -395,7 +412,7 @@ class ConsumerGroup:
                 states = list(self._partitions.values())
                 if states:
                     await self._drain(states, self._revoke_grace_s, "revoked")
-                    await self._commit("revoke")
+                    await self._commit("revoke", final=True)
                 self._epoch += 1
                 for st in states:
                     self._partitions.pop(st.tp, None)
@@ -437,7 +454,7 @@ class ConsumerGroup:
     async def _drain_and_commit(self, grace_s: float, why: str) -> None:
         async with self._drain_lock:
             await self._drain(list(self._partitions.values()), grace_s, why)
-            await self._commit(why)
+            await self._commit(why, final=True)
             self._epoch += 1
             self._partitions.clear()
 
@@ -474,70 +491,183 @@ class ConsumerGroup:
             except asyncio.TimeoutError:
                 pass
             wakeup.clear()
-            await self._commit("periodic")
+            try:
+                await self._commit("periodic")
+            except Exception:  # noqa: BLE001 - a bug here must not end committing for good
+                log.exception("periodic commit failed", extra=self._log)
 
-    async def _commit(self, why: str) -> None:
+    async def _commit(self, why: str, *, final: bool = False) -> None:
         """Commit ``{tp: offset + 1}`` of the highest contiguous finished record of every
-        partition of the current epoch that is still assigned (1, 2, 4, 10). Bounded by
-        ``commit_timeout_s`` (5); a failure is logged and leaves those records to be
-        delivered again (duplicates, never losses)."""
+        partition of the current epoch that is still assigned (1, 2, 4, 10).
+
+        One commit round at a time. Partitions without commit trouble go in one request; a
+        partition whose last commit failed goes in a request of its own, retried after a
+        back-off (``commit_timeout_s`` doubling up to ``commit_retry_max_s``; at once when
+        ``final``: revoke, stop), so one partition the broker keeps refusing (a deleted topic:
+        UnknownTopicOrPartition, which aiokafka retries for ever) never holds up the others.
+        Each request is bounded by ``commit_timeout_s`` (5): one not confirmed by then is
+        cancelled, which ends aiokafka's retries, and counts as not committed. A failure is
+        logged, rate-limited per partition (``commit_log_interval_s``), and leaves those
+        records to be delivered again (duplicates, never losses).
+        """
         async with self._commit_lock:
             consumer = self._consumer
             if consumer is None:
                 return
             epoch = self._epoch
             assigned = consumer.assignment()
-            offsets: dict[TopicPartition, int] = {}
+            now = asyncio.get_running_loop().time()
+            trouble = self._trouble
+            for tp in [tp for tp in trouble if tp not in assigned]:
+                del trouble[tp]
+            uncancelled = self._uncancelled
+            for tp in [tp for tp, task in uncancelled.items() if task.done()]:
+                del uncancelled[tp]
+            together: dict[TopicPartition, int] = {}
+            requests: list[dict[TopicPartition, int]] = []
             for tp, st in self._partitions.items():
                 if st.epoch != epoch or tp not in assigned:
                     continue
                 c = st.offsets.to_commit()
-                if c is not None:
-                    offsets[tp] = c
-            if not offsets:
+                if c is None:
+                    continue
+                if tp in uncancelled:
+                    continue  # see _send_commits: never two commits of a partition at once
+                t = trouble.get(tp)
+                if t is None:
+                    together[tp] = c
+                elif final or t.retry_at <= now:
+                    requests.append({tp: c})
+            if together:
+                requests.insert(0, together)
+            if not requests:
                 return
             self._finished_since_commit = 0
-            previous = self._commit_inflight
-            if previous is not None and not previous.done():
-                # 5: a commit that timed out may still be running (it is shielded); never
-                # race a second one against it
-                await asyncio.wait({previous}, timeout=self._commit_timeout_s)
-                if not previous.done():
-                    log.warning("%s: previous commit still in flight; not committing",
-                                why, extra=self._log)
-                    return
-            task = asyncio.ensure_future(consumer.commit(offsets))
-            task.add_done_callback(_swallow)
-            self._commit_inflight = task
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self._commit_timeout_s)
-            except CommitFailedError as exc:
-                # 4: the group rebalanced; a revoke follows. Don't retry.
-                log.warning("%s: commit failed, %d partition(s) will be redelivered: %s", why,
-                            len(offsets), exc, extra=self._log)
-                return
-            except IllegalStateError as exc:
-                log.warning("%s: commit skipped: %s", why, exc, extra=self._log)
-                return
-            except asyncio.TimeoutError:
-                log.warning("%s: commit not confirmed within %.1f s (maybe not committed)",
-                            why, self._commit_timeout_s, extra=self._log)
-                return
-            except KafkaError as exc:
-                log.warning("%s: commit failed: %r", why, exc, extra=self._log)
-                return
-            for tp, c in offsets.items():
-                st = self._partitions.get(tp)
-                if st is not None and st.epoch == epoch:
-                    st.offsets.committed(c)
-            if log.isEnabledFor(logging.DEBUG):
+            outcomes = await self._send_commits(consumer, requests)
+            self._note_outcomes(why, epoch, requests, outcomes)
+
+    async def _send_commits(
+            self, consumer: AIOKafkaConsumer, requests: list[dict[TopicPartition, int]],
+    ) -> list[BaseException | None]:
+        """Run ``consumer.commit()`` for each request at once (their partitions are disjoint),
+        each bounded by ``commit_timeout_s``. Returns, per request, ``None`` if committed, else
+        the error (``asyncio.TimeoutError`` for one cancelled before it was confirmed).
+
+        Why a cancelled commit cannot move a committed offset backwards (1, 5): aiokafka's retry
+        loop (``GroupCoordinator.commit_offsets``: ``while True``, retrying every retriable
+        error after ``retry_backoff_ms``) runs in the task we cancel; only one request at a time
+        (``_do_commit_offsets``) is under ``asyncio.shield``. So cancelling ends the retries, and
+        what can outlive the round is at most the one OffsetCommit request already written.
+        Every later commit of that partition carries an offset at least as high (offsets only
+        grow within an assignment; a new assignment starts from the committed offsets, read by
+        an OffsetFetch that also comes after it), and goes to the coordinator over the same
+        connection (aiokafka keeps one per node for coordination), which the broker processes
+        in order (Kafka protocol guide: requests on one connection are handled in the order
+        sent). If that connection broke meanwhile, aiokafka failed the request with it. A task
+        that did not even end when cancelled keeps its partitions out of later rounds
+        (``_uncancelled``) until it does, rather than racing it.
+        """
+        tasks = [asyncio.ensure_future(consumer.commit(offsets)) for offsets in requests]
+        for task in tasks:
+            task.add_done_callback(_swallow)  # read below, unless this round is cancelled
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=self._commit_timeout_s)
+        finally:
+            for task in tasks:  # also when this round itself is cancelled (stop)
+                if not task.done():
+                    task.cancel()
+        if pending:
+            _, stuck = await asyncio.wait(pending, timeout=self._cancel_wait_s)
+            for task in stuck:
+                offsets = requests[tasks.index(task)]
+                for tp in offsets:
+                    self._uncancelled[tp] = task
+                log.error("a commit did not end when cancelled; not committing %s until it does",
+                          _names(offsets), extra=self._log)
+        outcomes: list[BaseException | None] = []
+        for task in tasks:
+            if not task.done() or task.cancelled():
+                outcomes.append(asyncio.TimeoutError())
+            else:
+                outcomes.append(task.exception())
+        return outcomes
+
+    def _note_outcomes(self, why: str, epoch: int, requests: list[dict[TopicPartition, int]],
+                       outcomes: list[BaseException | None]) -> None:
+        now = asyncio.get_running_loop().time()
+        trouble = self._trouble
+        answered = any(outcome is None for outcome in outcomes)
+        for offsets, outcome in zip(requests, outcomes):
+            if outcome is None:
                 for tp, c in offsets.items():
-                    log.debug("%s: committed", why, extra={
-                        **self._log, "topic": tp.topic, "partition": tp.partition, "offset": c})
+                    st = self._partitions.get(tp)
+                    if st is not None and st.epoch == epoch:
+                        st.offsets.committed(c)
+                    t = trouble.pop(tp, None)
+                    if t is not None and t.logged_at is not None:
+                        log.info("%s: committed again after %d failed attempt(s)", why, t.failures,
+                                 extra=self._tp_log(tp, c))
+                    elif log.isEnabledFor(logging.DEBUG):
+                        log.debug("%s: committed", why, extra=self._tp_log(tp, c))
+            elif isinstance(outcome, CommitFailedError):
+                # 4: the group rebalanced; a revoke follows. Don't retry.
+                log.warning("%s: commit failed, the group is rebalancing: %s", why,
+                            _names(offsets), extra=self._log)
+            elif isinstance(outcome, IllegalStateError):
+                log.info("%s: commit skipped: %s", why, outcome, extra=self._log)  # 10
+            elif len(offsets) > 1:
+                # aiokafka reports one error for the whole request, or none while it retries: we
+                # don't know which partition is to blame, so from the next round each goes alone
+                for tp in offsets:
+                    trouble.setdefault(tp, _CommitTrouble())
+                if self._batch_logged_at is None or (
+                        now - self._batch_logged_at >= self._commit_log_interval_s):
+                    self._batch_logged_at = now
+                    log.warning("%s: commit of %d partitions failed (%s); committing them one"
+                                " at a time until each succeeds", why, len(offsets),
+                                self._describe(outcome), extra=self._log)
+            else:
+                ((tp, c),) = offsets.items()
+                t = trouble.setdefault(tp, _CommitTrouble())
+                t.failures += 1
+                t.isolated = answered
+                delay = min(self._commit_retry_max_s,
+                            self._commit_timeout_s * 2 ** min(t.failures - 1, 16))
+                t.retry_at = now + delay
+                if t.logged_at is None or now - t.logged_at >= self._commit_log_interval_s:
+                    t.logged_at = now
+                    log.warning("%s: commit of this partition failed (%d time(s) in a row, last:"
+                                " %s); its finished records stay uncommitted; trying again in"
+                                " %.0f s", why, t.failures, self._describe(outcome), delay,
+                                extra=self._tp_log(tp, c))
+        if answered:
+            # The coordinator answers: partitions that failed only while everything failed
+            # (an outage, not them) are tried again now rather than after their back-off.
+            for t in trouble.values():
+                if not t.isolated:
+                    t.retry_at = min(t.retry_at, now)
+
+    def _describe(self, error: BaseException) -> str:
+        if isinstance(error, asyncio.TimeoutError):
+            return f"not confirmed within {self._commit_timeout_s:g} s, maybe not committed"
+        return repr(error)
+
+    def _tp_log(self, tp: TopicPartition, offset: int) -> dict[str, Any]:
+        return {**self._log, "topic": tp.topic, "partition": tp.partition, "offset": offset}
+
+
+@dataclass(eq=False, slots=True)
+class _CommitTrouble:
+    """Commit failures of one partition, kept across assignment epochs."""
+
+    failures: int = 0  # consecutive failed commits of the partition on its own
+    retry_at: float = 0.0  # loop time from which it is committed again (on its own)
+    isolated: bool = False  # its last failure was in a round where another commit succeeded
+    logged_at: float | None = None  # loop time of the last warning about it
 
 
 def _swallow(task: asyncio.Future[Any]) -> None:
-    # A commit that outlived its wait_for: its outcome was already logged as "maybe".
+    # Marks a commit's error as read when nobody will: its round was cancelled or gave up on it.
     if not task.cancelled():
         task.exception()
 
