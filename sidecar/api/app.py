@@ -84,12 +84,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _middleware(settings: SidecarSettings) -> Callable[[web.Request, Handler],
                                                        Awaitable[web.StreamResponse]]:
-    token = settings.api_token.encode() if settings.api_token else None
+    token = (settings.api_token.encode("utf-8", "surrogateescape")
+             if settings.api_token else None)
 
     @web.middleware
     async def dapr_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token is not None and not request.path.startswith(TOKEN_EXEMPT_PREFIX):
-            given = request.headers.get(TOKEN_HEADER, "").encode()
+            # Compared as the bytes sent: aiohttp keeps bytes that are not UTF-8 as surrogate
+            # escapes, which "surrogateescape" turns back into those bytes.
+            given = request.headers.get(TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, token):
                 return web.Response(status=401, text="invalid api token")
         try:

@@ -7,7 +7,9 @@
 - ``POST|PUT /v1.0-alpha1/publish/bulk/{pubsubname}/{topic}`` (also ``/v1.0/publish/bulk/...``).
 
 Query ``metadata.<key>=<value>``: the prefix is stripped and the first value of a key kept.
-Everything else (validation, envelopes, scoping, the broker) is ``publishing.py``'s job.
+Header values are text: aiohttp keeps bytes that are not UTF-8 as surrogate escapes, which are
+replaced by U+FFFD here (``header_text``), so ``datacontenttype`` is the Content-Type as sent with
+only its invalid bytes replaced. Everything else (validation, envelopes, scoping, the broker) is ``publishing.py``'s job.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from ..errors import DaprError
 from ..publishing import BulkEntry
 from .app import PUBLISHER_KEY, SETTINGS_KEY
 
-__all__ = ["QueryUnescapeError", "add_routes", "metadata_from_query", "query_unescape"]
+__all__ = ["QueryUnescapeError", "add_routes", "header_text", "metadata_from_query",
+           "query_unescape"]
 
 PUBLISH_PREFIX = "/v1.0/publish/"
 BULK_PREFIXES = ("/v1.0-alpha1/publish/bulk/", "/v1.0/publish/bulk/")
@@ -57,6 +60,14 @@ def query_unescape(text: str) -> str:
         out.append(0x20 if c == 0x2B else c)
         i += 1
     return out.decode("utf-8", "replace")
+
+
+def header_text(value: str | None) -> str | None:
+    """A header value as aiohttp gives it (bytes that are not UTF-8 kept as surrogate escapes)
+    with every invalid byte replaced by U+FFFD, so it can be encoded again (JSON, headers)."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def metadata_from_query(items: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -108,14 +119,15 @@ async def publish(request: web.Request) -> web.Response:
     pubsubname, topic = target
     body = await _body(request, pubsubname, topic)
     await request.app[PUBLISHER_KEY].publish(
-        pubsubname, topic, body, content_type=request.headers.get("Content-Type"),
+        pubsubname, topic, body, content_type=header_text(request.headers.get("Content-Type")),
         metadata=metadata_from_query(request.query.items()))
     return web.Response(status=204)
 
 
 def _bulk_entries(body: bytes) -> list[BulkEntry]:
     """The request's entries. Raises ``ValueError`` for a body that is not an array of entry
-    objects (as Go's unmarshalling into the entry struct would)."""
+    objects (as Go's unmarshalling into the entry struct would), including one nested too deeply
+    to parse (``loads_exact``)."""
     parsed: Any = loads_exact(body)
     if not isinstance(parsed, list):
         raise ValueError("the body must be a JSON array of entries")

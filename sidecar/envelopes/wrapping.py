@@ -37,8 +37,10 @@ from ..resources.durations import parse_duration_seconds
 __all__ = [
     "CloudEventOverrides",
     "DEFAULT_EVENT_TYPE",
+    "MAX_TTL_S",
     "InvalidCloudEvent",
     "NotACloudEvent",
+    "dumps_exact",
     "is_cloudevent_content_type",
     "loads_exact",
     "new_traceparent",
@@ -55,8 +57,27 @@ SPECVERSION = "1.0"
 
 _INT64_MAX = 2**63 - 1
 _INT64_MIN = -(2**63)
-_BARE_NUMBER = re.compile(r"[+-]?\d+")
-_UNITLESS_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# ASCII digits only: Python's \d and int() also take other scripts' digits, Go's parsers do not.
+_BARE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_UNITLESS_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_GO_DURATION = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+")
+
+MAX_TTL_S = _INT64_MAX / 1e9
+"""The longest TTL in seconds (about 292 years): Go's largest ``time.Duration``. Dapr caps an
+integer ``ttlInSeconds`` beyond it at this value and refuses a longer duration string."""
+
+# orjson reads at most 1024 levels of nesting and writes at most 254.
+_ORJSON_MAX_READ_DEPTH = 1024
+
+# A lone UTF-16 surrogate escape (``"\ud800"``) is valid JSON text but no Unicode string; Go's
+# decoder turns it into U+FFFD, orjson refuses it. Escaped backslashes are matched first so that
+# ``"\\ud800"`` (a backslash, then text) is left alone; valid pairs are kept.
+_SURROGATE_ESCAPE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPES = re.compile(
+    rb"(\\\\)"  # an escaped backslash: kept
+    rb"|(\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # a valid pair: kept
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # a lone surrogate: replaced
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class NotACloudEvent(ValueError):
@@ -139,10 +160,12 @@ def _now_rfc3339(epoch_s: float) -> str:
 def ttl_seconds(metadata: Mapping[str, str]) -> float | None:
     """The message TTL in seconds from ``ttlInSeconds`` (alias ``ttl``), or ``None`` for none.
 
-    Follows Dapr (§1.2, §5.2, §9): the value is first read as a Go duration (``"30s"``,
-    ``"1m30s"``; a bare ``"0"`` is a valid duration and means *expire at once*), else as an
-    integer number of seconds. Non-positive integers, negative durations and anything else are
-    silently ignored (no TTL, no error).
+    Follows Dapr (§1.2, §5.2, §9; components-contrib ``metadata.TryGetTTL``): the value is first
+    read as a Go duration (``"30s"``, ``"1m30s"``; a bare ``"0"`` is a valid duration and means
+    *expire at once*), else as an integer number of seconds. Non-positive integers, negative
+    durations and anything else are silently ignored (no TTL, no error), and so are values Go
+    cannot hold: an integer beyond 64 bits and a duration over :data:`MAX_TTL_S`. A positive
+    64-bit integer beyond :data:`MAX_TTL_S` is capped at it, as Dapr caps the overflow.
     """
     raw = metadata.get("ttlInSeconds") or metadata.get("ttl")
     if not raw:
@@ -152,32 +175,66 @@ def ttl_seconds(metadata: Mapping[str, str]) -> float | None:
         value = int(text)
         if value == 0 and text.lstrip("+-") == "0":
             return 0.0  # Go's ParseDuration accepts "0": expires immediately
-        return float(value) if value > 0 else None
-    if _UNITLESS_NUMBER.fullmatch(text):
-        return None  # "1.5": neither a Go duration (no unit) nor an integer
+        if value <= 0 or value > _INT64_MAX:
+            return None  # Go's ParseInt(val, 10, 64) refuses it, or Dapr ignores it
+        return min(float(value), MAX_TTL_S)
+    if _UNITLESS_NUMBER.fullmatch(text) or not _GO_DURATION.fullmatch(text):
+        return None  # "1.5", "inf", "nan", "1_000": neither a Go duration nor an integer
     try:
         seconds = parse_duration_seconds(text)
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    if not 0 <= seconds <= MAX_TTL_S:  # also refuses NaN
+        return None
+    return seconds
 
 
 def _is_json_media_type(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
-def _valid_json(body: bytes) -> bool:
+def _json_text(body: bytes) -> bytes | None:
+    """``body`` as JSON text to splice into the envelope unchanged, or ``None`` when it is not
+    JSON this sidecar can carry: not JSON at all, or nested so deeply that the envelope around it
+    could not be read back (orjson reads at most 1024 levels; Go's limit is 10000)."""
     try:
         orjson.loads(body)
-        return True
     except orjson.JSONDecodeError:
-        pass
-    # orjson refuses some valid JSON Go accepts (numbers beyond double range such as 1e400).
+        return _json_text_slow(body)
+    if (len(body) >= 2 * _ORJSON_MAX_READ_DEPTH
+            and body.count(b"[") + body.count(b"{") >= _ORJSON_MAX_READ_DEPTH):
+        # Possibly exactly at orjson's limit: the envelope adds one level.
+        try:
+            orjson.loads(b"[" + body + b"]")
+        except orjson.JSONDecodeError:
+            return None
+    return body
+
+
+def _json_text_slow(body: bytes) -> bytes | None:
+    # orjson refuses some valid JSON Go accepts: numbers beyond double range such as 1e400, and
+    # lone surrogate escapes (which Go decodes as U+FFFD, so they are replaced here likewise).
+    text = replace_lone_surrogate_escapes(body)
     try:
-        json.loads(body, parse_constant=_reject_constant)
-        return True
-    except (ValueError, UnicodeDecodeError):
-        return False
+        json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return text
+
+
+def replace_lone_surrogate_escapes(text: bytes) -> bytes:
+    """``text`` (JSON) with every lone UTF-16 surrogate escape such as ``\\ud800`` replaced by
+    ``\\ufffd``, as Go's JSON decoder does; valid surrogate pairs and escaped backslashes are
+    kept. Returns ``text`` itself when there is none (the common case costs one scan)."""
+    if _SURROGATE_ESCAPE_HINT.search(text) is None:
+        return text
+    return _SURROGATE_ESCAPES.sub(_keep_or_replace, text)
+
+
+def _keep_or_replace(match: re.Match[bytes]) -> bytes:
+    if match.group(1) is not None or match.group(2) is not None:
+        return match.group(0)
+    return b"\\ufffd"
 
 
 def _reject_constant(name: str) -> Any:
@@ -188,8 +245,9 @@ def _data_fields(body: bytes, content_type: str) -> tuple[str, Any]:
     """``("data", value)`` or ``("data_base64", text)`` for the body per §4.1."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json":
-        if _valid_json(body):
-            return "data", orjson.Fragment(body)
+        text = _json_text(body)
+        if text is not None:
+            return "data", orjson.Fragment(text)
         return "data", body.decode("utf-8", "replace")
     if media == "application/octet-stream":
         return "data_base64", base64.b64encode(body).decode("ascii")
@@ -197,7 +255,7 @@ def _data_fields(body: bytes, content_type: str) -> tuple[str, Any]:
 
 
 def _expiration(now_s: float, ttl_s: float | None) -> str | None:
-    if ttl_s is None:
+    if ttl_s is None or not 0 <= ttl_s <= MAX_TTL_S:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(now_s + ttl_s)))
 
@@ -267,12 +325,67 @@ def _exact_float(text: str) -> Any:
 
 
 def loads_exact(text: bytes | str) -> Any:
-    """Parse JSON so that re-encoding with ``orjson.dumps`` gives every number back byte-exact:
-    floats and integers beyond 64 bits become ``orjson.Fragment`` of their original text.
-    ``NaN``/``Infinity`` are refused (not JSON). Raises ``ValueError`` (including
-    ``UnicodeDecodeError``) for anything that is not JSON."""
-    return json.loads(text, parse_int=_exact_int, parse_float=_exact_float,
-                      parse_constant=_reject_constant)
+    """Parse JSON so that re-encoding with :func:`dumps_exact` gives every number back
+    byte-exact: floats and integers beyond 64 bits become ``orjson.Fragment`` of their original
+    text. Lone surrogate escapes become U+FFFD (as Go decodes them), so every string can be
+    encoded again. ``NaN``/``Infinity`` are refused (not JSON). Raises ``ValueError`` (including
+    ``UnicodeDecodeError``) for anything that is not JSON, and for JSON nested deeper than the
+    interpreter's recursion limit (about 1000 levels)."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
+    try:
+        return json.loads(replace_lone_surrogate_escapes(text), parse_int=_exact_int,
+                          parse_float=_exact_float, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def dumps_exact(value: Any) -> bytes:
+    """``value`` as returned by :func:`loads_exact` (or built from such values) as JSON bytes,
+    numbers byte-exact. Unlike ``orjson.dumps`` it also encodes values nested deeper than
+    orjson's 254 levels, and replaces lone surrogates in strings with U+FFFD. Raises
+    ``TypeError`` only for values JSON has no form for."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _dumps_iterative(value)
+
+
+def _dumps_iterative(value: Any) -> bytes:
+    # An explicit stack instead of recursion: nesting depth costs memory, not stack frames.
+    out = bytearray()
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is bytes:  # punctuation pushed below; JSON values are never bytes
+            out += item
+        elif isinstance(item, dict):
+            parts: list[Any] = [b"{"]
+            for i, (key, member) in enumerate(item.items()):
+                parts.append((b"," if i else b"") + _dumps_leaf(key) + b":")
+                parts.append(member)
+            parts.append(b"}")
+            stack.extend(reversed(parts))
+        elif isinstance(item, (list, tuple)):
+            parts = [b"["]
+            for i, member in enumerate(item):
+                if i:
+                    parts.append(b",")
+                parts.append(member)
+            parts.append(b"]")
+            stack.extend(reversed(parts))
+        else:
+            out += _dumps_leaf(item)
+    return bytes(out)
+
+
+def _dumps_leaf(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        if isinstance(value, str):
+            return orjson.dumps(_LONE_SURROGATE.sub("\ufffd", value))
+        raise
 
 
 def wrap_user_cloudevent(
@@ -312,10 +425,7 @@ def wrap_user_cloudevent(
     expiration = _expiration(now_s, ttl_s)
     if expiration is not None:
         event["expiration"] = expiration
-    try:
-        return orjson.dumps(event)
-    except TypeError as exc:  # pragma: no cover - json.loads yields only encodable types
-        raise NotACloudEvent(str(exc)) from None
+    return dumps_exact(event)
 
 
 def _check_required(event: dict[str, Any]) -> None:

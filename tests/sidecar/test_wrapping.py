@@ -12,11 +12,14 @@ import pytest
 
 from tidings.sidecar.envelopes.wrapping import (
     CloudEventOverrides,
+    MAX_TTL_S,
     InvalidCloudEvent,
     NotACloudEvent,
+    dumps_exact,
     is_cloudevent_content_type,
     loads_exact,
     new_traceparent,
+    replace_lone_surrogate_escapes,
     ttl_seconds,
     wrap,
     wrap_user_cloudevent,
@@ -118,6 +121,15 @@ def test_overrides_from_metadata_are_case_insensitive() -> None:
     ({"ttlInSeconds": "abc"}, None),
     ({"ttlInSeconds": "1.5"}, None),
     ({"ttlInSeconds": "10", "ttl": "20"}, 10.0),
+    # Values Go cannot hold (these used to raise OverflowError while building the envelope):
+    ({"ttlInSeconds": "99999999999999999999999"}, None),  # beyond int64: ParseInt refuses it
+    ({"ttlInSeconds": "9223372036854775807"}, MAX_TTL_S),  # int64, but seconds overflow: capped
+    ({"ttlInSeconds": "99999999999999h"}, None),  # over Go's longest duration
+    ({"ttlInSeconds": "inf"}, None),
+    ({"ttlInSeconds": "nan"}, None),
+    ({"ttlInSeconds": "1e400"}, None),
+    ({"ttlInSeconds": "1_000"}, None),  # Python's float() takes it, Go does not
+    ({"ttlInSeconds": "\u0663"}, None),  # an Arabic-Indic 3: int() takes it, Go does not
 ])
 def test_ttl_parsing(metadata: dict[str, str], expected: float | None) -> None:
     assert ttl_seconds(metadata) == expected
@@ -126,6 +138,9 @@ def test_ttl_parsing(metadata: dict[str, str], expected: float | None) -> None:
 def test_expiration_is_now_plus_ttl_in_utc() -> None:
     assert envelope(b"x", ttl_s=30.0)["expiration"] == "2024-05-01T12:00:30Z"
     assert envelope(b"x", ttl_s=0.0)["expiration"] == "2024-05-01T12:00:00Z"
+    assert envelope(b"x", ttl_s=MAX_TTL_S)["expiration"] == "2316-08-11T11:47:17Z"
+    assert "expiration" not in envelope(b"x", ttl_s=1e30)  # never an OverflowError
+    assert "expiration" not in envelope(b"x", ttl_s=float("inf"))
 
 
 @pytest.mark.parametrize(("content_type", "expected"), [
@@ -192,3 +207,58 @@ def test_user_cloudevent_must_be_a_json_object(body: bytes) -> None:
 def test_loads_exact_round_trips() -> None:
     text = b'{"a":[' + BIG + b"," + DECIMAL + b',-3,true,null,"s"]}'
     assert orjson.dumps(loads_exact(text)) == text
+
+
+def nested_list(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_loads_exact_refuses_json_nested_too_deeply() -> None:
+    # json.loads raised RecursionError (not a ValueError): the API answered ERR_INTERNAL.
+    with pytest.raises(ValueError, match="nested too deeply"):
+        loads_exact(nested_list(100_000))
+    with pytest.raises(NotACloudEvent):
+        wrap_user_cloudevent(nested_list(100_000), topic="t", pubsubname="p")
+
+
+def test_dumps_exact_writes_what_orjson_cannot() -> None:
+    value = loads_exact(b'{"n":[' + BIG + b"," + DECIMAL + b'],"d":' + nested_list(600) + b"}")
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(value)  # deeper than orjson writes (254)
+    assert dumps_exact(value) == b'{"n":[' + BIG + b"," + DECIMAL + b'],"d":' + nested_list(600) + b"}"
+    assert dumps_exact({"s": "a\udc80b", "t": ("x", {})}) == '{"s":"a\ufffdb","t":["x",{}]}'.encode()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (b'"a\\ud800b"', b'"a\\ufffdb"'),               # lone high surrogate
+    (b'"\\uDC00"', b'"\\ufffd"'),                    # lone low surrogate
+    (b'"\\ud83d\\ude00"', b'"\\ud83d\\ude00"'),  # a valid pair is kept
+    (b'"\\\\ud800"', b'"\\\\ud800"'),            # an escaped backslash, then text
+    (b'"\\u00e9"', b'"\\u00e9"'),
+])
+def test_replace_lone_surrogate_escapes(text: bytes, expected: bytes) -> None:
+    assert replace_lone_surrogate_escapes(text) == expected
+
+
+def test_user_cloudevent_with_lone_surrogate_and_deep_data() -> None:
+    body = b'{"id":"1","source":"s","x":"\\ud800","data":' + nested_list(300) + b"}"
+    event = orjson.loads(wrap_user_cloudevent(body, topic="t", pubsubname="p"))
+    assert event["x"] == "\ufffd" and event["data"] == orjson.loads(nested_list(300))
+
+
+@pytest.mark.parametrize(("depth", "as_json"), [(300, True), (1023, True), (1024, False),
+                                                 (100_000, False)])
+def test_json_data_nesting(depth: int, as_json: bool) -> None:
+    # The subscriber reads the envelope with orjson (1024 levels at most), one level more than
+    # the data: deeper data travels as a string (§4.1: JSON that does not parse).
+    body = nested_list(depth)
+    value = wrap(body, content_type="application/json", app_id="a", topic="t", pubsubname="p")
+    event = orjson.loads(value)  # readable by the subscriber, whatever the depth
+    if as_json:
+        assert b'"data":' + body in value
+    else:
+        assert event["data"] == body.decode()
+
+
+def test_json_data_with_lone_surrogate_is_json_with_replacement() -> None:
+    assert envelope(b'{"k":"a\\ud800"}')["data"] == {"k": "a\ufffd"}
