@@ -5,8 +5,9 @@ Dapr error of the §1.2 matrix (dapr-pubsub-contract.md §1.2, §1.3, §4, §5.1
 (``api/publish.py``) only decodes the request; the delivery engine (``delivery.py``) uses
 :meth:`Publisher.dead_letter`.
 
-Record mapping (Kafka, §5.9): ``partitionKey`` (or ``__key``) becomes the record key, every other
-metadata key becomes a record header with its UTF-8 value.
+Record mapping (Kafka, §5.9): ``partitionKey`` (or ``__key``) becomes the record key,
+``partitionNumber`` the record's explicit partition, every other metadata key a record header
+with its UTF-8 value.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from .brokers.base import Broker, BrokerError, Record
+from .brokers.base import Broker, BrokerError, PublishRecord, Record
 from .envelopes.wrapping import (
     CloudEventOverrides,
     InvalidCloudEvent,
     NotACloudEvent,
+    dumps_exact,
     is_cloudevent_content_type,
     ttl_seconds,
     wrap,
@@ -36,11 +37,16 @@ from .metrics import record_egress
 from .resources.loading import LoadedComponent
 from .scoping import scopes_of
 
-__all__ = ["BulkEntry", "BulkFailure", "Publisher", "event_bytes", "parse_bool"]
+__all__ = ["BulkEntry", "BulkFailure", "Publisher", "event_bytes", "parse_bool",
+           "partition_number"]
 
 log = logging.getLogger(__name__)
 
 KEY_METADATA = ("partitionKey", "__key")
+PARTITION_METADATA = "partitionNumber"
+
+_PARTITION_NUMBER = re.compile(r"[+-]?[0-9]+")
+_INT32_MAX = 2**31 - 1  # Kafka partition ids are int32
 
 _TRUE = frozenset(("1", "t", "T", "TRUE", "true", "True"))
 _FALSE = frozenset(("0", "f", "F", "FALSE", "false", "False"))
@@ -70,6 +76,23 @@ def _raw_payload(pubsubname: str, metadata: Mapping[str, str]) -> bool:
                         resource=pubsubname) from None
 
 
+def partition_number(metadata: Mapping[str, str]) -> int | None:
+    """The explicit partition from ``partitionNumber`` (§1.2, §5.9), or ``None`` when not given
+    (absent or empty). Raises :class:`BrokerError` (not retriable; Dapr answers it as a publish
+    error) for a value that is not an integer, is negative, or is beyond Kafka's int32 range."""
+    raw = metadata.get(PARTITION_METADATA)
+    if not raw:
+        return None
+    if not _PARTITION_NUMBER.fullmatch(raw):
+        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'")
+    value = int(raw)
+    if value < 0:
+        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'")
+    if value > _INT32_MAX:
+        raise BrokerError(f"partition number {value} is out of range")
+    return value
+
+
 def _key_and_headers(metadata: Mapping[str, str]) -> tuple[bytes | None, list[tuple[str, bytes]]]:
     key: bytes | None = None
     headers: list[tuple[str, bytes]] = []
@@ -77,6 +100,8 @@ def _key_and_headers(metadata: Mapping[str, str]) -> tuple[bytes | None, list[tu
         if name == "partitionKey" or name == "__key":
             if key is None or name == "partitionKey":
                 key = value.encode()
+            continue
+        if name == PARTITION_METADATA:
             continue
         headers.append((name, value.encode()))
     return key, headers
@@ -120,7 +145,7 @@ def event_bytes(event: Any, content_type: str) -> bytes:
             raise ValueError("mismatch between contentType and event")
         return event.encode()
     if media in ("application/json", "application/cloudevents+json"):
-        return orjson.dumps(event)
+        return dumps_exact(event)
     raise ValueError(f"mismatch between contentType {content_type!r} and event")
 
 
@@ -226,7 +251,8 @@ class Publisher:
         key, headers = _key_and_headers(metadata)
         started = time.perf_counter()
         try:
-            await broker.publish(topic, value, key=key, headers=headers)
+            partition = partition_number(metadata)
+            await broker.publish(topic, value, key=key, headers=headers, partition=partition)
         except BrokerError as exc:
             record_egress(self.app_id, pubsubname, topic, success=False,
                           elapsed_s=time.perf_counter() - started)
@@ -245,16 +271,21 @@ class Publisher:
         precedence is pinned (§9): an entry's ``metadata`` overrides the request's, for the
         envelope and the record headers alike, and an entry without ``metadata`` uses the
         request's (Dapr drops request-level TTL and ``cloudevent.*`` for such entries, and its
-        Kafka component lets the request win for headers; we do neither).
+        Kafka component lets the request win for headers; we do neither). An entry's metadata is
+        validated like the request's (``rawPayload`` must be a boolean), but only the request's
+        ``rawPayload`` chooses raw publishing, as in Dapr.
 
-        Raises :class:`DaprError`: the §1.2 validation rows; 400 ``ERR_PUBSUB_EVENTS_SER`` for a
+        Raises :class:`DaprError`: the §1.2 validation rows; 400 ``ERR_PUBSUB_REQUEST_METADATA``
+        for a bad ``rawPayload`` in the request or an entry; 400 ``ERR_PUBSUB_EVENTS_SER`` for a
         missing/duplicate ``entryId`` or an event that does not match its ``contentType``; 403
-        when scoping denies the topic. Broker failures are returned, not raised.
+        when scoping denies the topic. Broker failures, and a bad ``partitionNumber`` of an
+        entry, are returned as failed entries (the other entries are still published), not
+        raised.
         """
         component = self.validate_target(pubsubname, topic, metadata)
         raw = _raw_payload(pubsubname, metadata)
         seen: set[str] = set()
-        records: list[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]] = []
+        records: list[PublishRecord | BrokerError] = []
         for entry in entries:
             if not entry.entry_id or entry.entry_id in seen:
                 raise self._events_error(pubsubname, topic,
@@ -264,14 +295,25 @@ class Publisher:
                 data = event_bytes(entry.event, entry.content_type)
             except ValueError as exc:
                 raise self._events_error(pubsubname, topic, str(exc)) from None
-            entry_metadata = metadata if entry.metadata is None else {**metadata, **entry.metadata}
+            if entry.metadata is None:
+                entry_metadata = metadata
+            else:
+                entry_metadata = {**metadata, **entry.metadata}
+                _raw_payload(pubsubname, entry_metadata)
             value = data if raw else self._envelope(pubsubname, topic, data, entry.content_type,
                                                     entry_metadata)
             key, headers = _key_and_headers(entry_metadata)
-            records.append((topic, value, key, headers))
+            try:
+                partition = partition_number(entry_metadata)
+            except BrokerError as exc:
+                records.append(exc)
+                continue
+            records.append(PublishRecord(topic, value, key, headers, partition))
         self._check_scope(component, topic)
         broker = self._broker(pubsubname, topic)
-        outcomes = await broker.publish_many(records)
+        to_send = [r for r in records if isinstance(r, PublishRecord)]
+        sent = iter(await broker.publish_many(to_send) if to_send else ())
+        outcomes = [next(sent) if isinstance(r, PublishRecord) else r for r in records]
         failures = [BulkFailure(entry.entry_id, str(err))
                     for entry, err in zip(entries, outcomes) if err is not None]
         if failures:
@@ -292,8 +334,10 @@ class Publisher:
         ``pubsubname``, scope-checked like a publish (§5.1, §5.3).
 
         Returns once the broker acknowledged. Raises :class:`BrokerError` (retriable when the
-        broker says so, or when the broker is momentarily missing) when it was not stored, and
-        :class:`DaprError` (403) when scoping forbids the topic or the pubsub is unknown.
+        broker says so, or when the broker is momentarily missing; at once and not retriable
+        when the broker cannot hold the topic name, e.g. Kafka and ``a/b``) when it was not
+        stored, and :class:`DaprError` (403) when scoping forbids the topic or the pubsub is
+        unknown.
         """
         component = self.validate_target(pubsubname, topic, {})
         self._check_scope(component, topic)

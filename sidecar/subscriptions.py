@@ -16,6 +16,9 @@ case-insensitively when there is no exact match (``pubsubName`` works like ``pub
 - a subscription naming a pubsub that is not configured is left out (warning);
 - a subscription the component's topic scoping forbids (§5.1, ``scoping.subscribe_allowed``) is
   refused: ``subscription to topic '<t>' on pubsub '<p>' is not allowed``;
+- on a Kafka component, a subscription whose topic or ``deadLetterTopic`` Kafka cannot hold
+  (``brokers/kafka/topics.py``: ``a/b``, ``a b``, over 249 characters...) is left out with an
+  error naming the topic; subscribing aiokafka to it would only fail forever;
 - a subscription with no route at all is dropped (``topic X has an empty routes``), and one whose
   CEL rule does not compile is dropped with the compile error (Dapr fails the whole discovery
   call; we keep the app's other subscriptions).
@@ -30,6 +33,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .brokers.kafka.topics import invalid_topic_message, kafka_topic_problem
 from .resources.loading import LoadedComponent
 from .resources.models import ResourceError, Route, SubscriptionType, TopicSubscription
 from .routing import Routes
@@ -135,6 +139,15 @@ def _describe(sub: TopicSubscription) -> str:
     return sub.name or f"{sub.type.value.lower()} {sub.pubsubname}/{sub.topic}"
 
 
+def _unfit_kafka_topic(sub: TopicSubscription) -> str | None:
+    for field, name in (("topic", sub.topic), ("deadLetterTopic", sub.dead_letter_topic)):
+        if name:
+            problem = kafka_topic_problem(name)
+            if problem is not None:
+                return f"{field}: {invalid_topic_message(name, problem)}"
+    return None
+
+
 def effective_subscriptions(
     *,
     declarative: Iterable[TopicSubscription],
@@ -180,6 +193,11 @@ def effective_subscriptions(
             log.warning("subscription to topic '%s' on pubsub '%s' is not allowed", topic,
                         pubsubname, extra=extra)
             continue
+        if component.kafka is not None:
+            unfit = _unfit_kafka_topic(sub)
+            if unfit is not None:
+                log.error("subscription %s is ignored: %s", _describe(sub), unfit, extra=extra)
+                continue
         try:
             routes = Routes.compile(sub)
         except ResourceError as exc:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-__all__ = ["Broker", "BrokerError", "Handler", "Header", "Record"]
+__all__ = ["Broker", "BrokerError", "Handler", "Header", "PublishRecord", "Record"]
 
 Header = tuple[str, bytes | None]
 
@@ -40,6 +40,17 @@ class Record:
 
 
 Handler = Callable[[Record], Awaitable[None]]
+
+
+class PublishRecord(NamedTuple):
+    """One record to produce. ``partition`` ``None`` lets the broker choose (Kafka: by ``key``);
+    an ``int`` (>= 0) names the partition explicitly (Dapr's ``partitionNumber``, §5.9)."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = ()
+    partition: int | None = None
 
 
 class BrokerError(Exception):
@@ -61,18 +72,18 @@ class Broker(Protocol):
 
     async def publish(
         self, topic: str, value: bytes, *, key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
+        headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None,
     ) -> None:
         """Produce one record; return after the broker acknowledged it (Kafka ``acks=all``).
+        ``partition`` as in :class:`PublishRecord`.
 
-        Raises :class:`BrokerError` when the record was not stored (or may not have been).
+        Raises :class:`BrokerError` when the record was not stored (or may not have been),
+        including at once, not retriable, for a topic name or partition the broker cannot hold.
         """
 
-    async def publish_many(
-        self, records: Sequence[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]],
-    ) -> list[BrokerError | None]:
-        """Produce ``(topic, value, key, headers)`` records together; one outcome per record, in
-        order: ``None`` when acknowledged, else the error. Never raises for a single record."""
+    async def publish_many(self, records: Sequence[PublishRecord]) -> list[BrokerError | None]:
+        """Produce ``records`` together; one outcome per record, in order: ``None`` when
+        acknowledged, else the error. Never raises for a single record."""
 
     async def subscribe(self, topics: Collection[str], handler: Handler) -> None:
         """Make the consumer group consume exactly ``topics`` (empty: stop consuming).

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Sequence
 
-from .base import BrokerError, Handler, Record
+from .base import BrokerError, Handler, PublishRecord, Record
 
 __all__ = ["MemoryBroker"]
 
@@ -74,22 +74,23 @@ class MemoryBroker:
         t.arrived.set()
 
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
-        """Append one record. Raises :class:`BrokerError` when the broker is not started or is
-        closing."""
+                      headers: Sequence[tuple[str, bytes]] = (),
+                      partition: int | None = None) -> None:
+        """Append one record. Any topic name is taken (as Dapr's in-memory component does), and
+        ``partition`` is ignored: every topic has the one partition 0. Raises
+        :class:`BrokerError` when the broker is not started or is closing."""
         if not self.ready():
             raise BrokerError(f"in-memory pubsub {self.name} is not running")
         self._append(topic, value, key, headers)
 
-    async def publish_many(
-        self, records: Sequence[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]],
-    ) -> list[BrokerError | None]:
-        """Append every record; one outcome per record (all ``None`` while running)."""
+    async def publish_many(self, records: Sequence[PublishRecord]) -> list[BrokerError | None]:
+        """Append every record (``partition`` ignored); one outcome per record (all ``None``
+        while running)."""
         if not self.ready():
             err = BrokerError(f"in-memory pubsub {self.name} is not running")
             return [err for _ in records]
-        for topic, value, key, headers in records:
-            self._append(topic, value, key, headers)
+        for record in records:
+            self._append(record.topic, record.value, record.key, record.headers)
         return [None] * len(records)
 
     async def subscribe(self, topics: Collection[str], handler: Handler) -> None:

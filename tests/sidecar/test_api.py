@@ -515,3 +515,230 @@ async def test_unexpected_error_is_a_dapr_500_without_traceback(api: Api) -> Non
     error = dapr_error(status, ctype, body)
     assert status == 500 and error["errorCode"] == "ERR_INTERNAL"
     assert "secret internal detail" not in body.decode()
+
+
+# -- inputs that used to answer ERR_INTERNAL with a traceback in the log ------------------------
+
+async def raw_request(api: Api, head: bytes, body: bytes = b"") -> tuple[int, bytes, bytes]:
+    """Send ``head`` (request line and headers, CRLF-separated, no blank line) and ``body`` as
+    bytes on the wire: aiohttp's client refuses header bytes that are not UTF-8, a client may not.
+    Returns (status, response head, response body)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
+    try:
+        writer.write(head + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        answer = await reader.read()
+    finally:
+        writer.close()
+    response_head, _, response_body = answer.partition(b"\r\n\r\n")
+    return int(response_head.split(b" ", 2)[1]), response_head, response_body
+
+
+HUGE_TTL = "99999999999999999999999"
+
+
+@pytest.mark.parametrize("ttl", [HUGE_TTL, "9223372037", "inf", "99999999999999h", "1e400"])
+async def test_ttl_go_cannot_hold_is_ignored_or_capped(api: Api, ttl: str) -> None:
+    # Beyond 64 bits or a duration over ~292 years: Go's parsers refuse it and Dapr publishes
+    # without TTL; a 64-bit integer over that is capped (Dapr caps the overflow).
+    status, _, body = await api.post(f"/v1.0/publish/mem/bigttl?metadata.ttlInSeconds={ttl}", b"x")
+    assert (status, body) == (204, b"")
+    event = orjson.loads(api.memory_values("bigttl")[0])
+    if ttl == "9223372037":
+        delta = parse_time(event["expiration"]) - parse_time(event["time"])
+        assert abs(delta.total_seconds() - 9_223_372_036) <= 1  # Go's longest duration
+    else:
+        assert "expiration" not in event
+
+
+async def test_bulk_ttl_go_cannot_hold_is_ignored(api: Api) -> None:
+    entry = {"entryId": "1", "event": "x", "contentType": "text/plain"}
+    with_meta = {"entryId": "2", "event": "y", "contentType": "text/plain",
+                 "metadata": {"ttlInSeconds": HUGE_TTL}}
+    status, _, _ = await api.post(f"/v1.0/publish/bulk/mem/bulkttl?metadata.ttlInSeconds={HUGE_TTL}",
+                                  bulk(entry, with_meta), "application/json")
+    assert status == 204
+    assert all("expiration" not in orjson.loads(v) for v in api.memory_values("bulkttl"))
+
+
+DEEP = 30_000  # far beyond the interpreter's recursion limit, within MAX_BODY
+
+
+async def test_deeply_nested_cloudevent_is_cannot_create_cloudevent(api: Api) -> None:
+    body = b"[" * DEEP + b"]" * DEEP
+    status, ctype, got = await api.post("/v1.0/publish/mem/deep", body,
+                                        "application/cloudevents+json")
+    error = dapr_error(status, ctype, got)
+    assert (status, error["errorCode"], error["message"]) == (
+        500, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent")
+    assert error_info(error)["reason"] == "DAPR_PUBSUB_CLOUD_EVENT_CREATION"
+    body = b'{"id":"1","source":"s","data":' + b"[" * DEEP + b"]" * DEEP + b"}"
+    status, _, _ = await api.post("/v1.0/publish/mem/deep", body, "application/cloudevents+json")
+    assert status == 500
+
+
+async def test_deeply_nested_bulk_body_is_unmarshal_error(api: Api) -> None:
+    status, ctype, got = await api.post("/v1.0/publish/bulk/mem/deep",
+                                        b"[" * DEEP + b"]" * DEEP, "application/json")
+    error = dapr_error(status, ctype, got)
+    assert (status, error["errorCode"]) == (400, "ERR_PUBSUB_EVENTS_SER")
+    assert error_info(error)["reason"] == "DAPR_PUBSUB_UNMARSHAL_EVENTS"
+    assert "nested too deeply" in error["message"]
+
+
+async def test_nested_json_travels_as_json_or_as_a_string(api: Api) -> None:
+    # 300 levels: more than orjson writes (254), fewer than it reads (1024): data stays JSON, in
+    # a single publish, a user CloudEvent and a bulk entry alike.
+    nested = b"[" * 300 + b"]" * 300
+    assert (await api.post("/v1.0/publish/mem/nest", nested, "application/json"))[0] == 204
+    ce = b'{"id":"1","source":"s","data":' + nested + b"}"
+    assert (await api.post("/v1.0/publish/mem/nest", ce, "application/cloudevents+json"))[0] == 204
+    entry = b'[{"entryId":"1","contentType":"application/json","event":' + nested + b"}]"
+    assert (await api.post("/v1.0/publish/bulk/mem/nest", entry, "application/json"))[0] == 204
+    for value in api.memory_values("nest"):
+        assert orjson.loads(value)["data"] == orjson.loads(nested)
+    # Deeper than the subscriber could read back: §4.1's fallback, the body as a string.
+    deep = b"[" * DEEP + b"]" * DEEP
+    assert (await api.post("/v1.0/publish/mem/deepdata", deep, "application/json"))[0] == 204
+    assert orjson.loads(api.memory_values("deepdata")[0])["data"] == deep.decode()
+
+
+async def test_lone_surrogate_escapes_become_replacement_characters(api: Api) -> None:
+    # Valid JSON text that is no Unicode string; Go decodes it as U+FFFD, orjson refuses it.
+    ce = b'{"id":"1","source":"s","data":"a\\ud800b"}'
+    assert (await api.post("/v1.0/publish/mem/sur", ce, "application/cloudevents+json"))[0] == 204
+    assert (await api.post("/v1.0/publish/mem/sur", b'{"k":"a\\ud800b"}', "application/json"))[0] \
+        == 204
+    entry = bulk({"entryId": "x", "event": "e", "contentType": "text/plain",
+                  "metadata": {"h": "v"}}).replace(b'"v"', b'"a\\ud800b"')
+    assert (await api.post("/v1.0/publish/bulk/mem/sur", entry, "application/json"))[0] == 204
+    first, second, third = (orjson.loads(v) for v in api.memory_values("sur"))
+    assert first["data"] == "a\ufffdb" and second["data"] == {"k": "a\ufffdb"}
+    assert dict(api.memory._topics["sur"].log[2].headers)["h"] == "a\ufffdb".encode()
+
+
+async def test_content_type_with_bytes_that_are_not_utf8(api: Api) -> None:
+    status, _, body = await raw_request(
+        api, b"POST /v1.0/publish/mem/ctype HTTP/1.1\r\nContent-Type: text/\xff\xfe", b"x")
+    assert (status, body) == (204, b"")
+    event = orjson.loads(api.memory_values("ctype")[0])
+    assert event["datacontenttype"] == "text/\ufffd\ufffd" and event["data"] == "x"
+
+
+async def test_api_token_with_bytes_that_are_not_utf8() -> None:
+    memory = MemoryBroker("mem")
+    await memory.start()
+    comps = {"mem": component("mem", "pubsub.in-memory")}
+    async for api in start_api(comps, {"mem": memory}, memory, api_token="s3cr\u00e9t"):
+        for token in (b"\xff", b"s3cr\xe9t", b"s3cr\xc3\xa9t\xff"):
+            status, head, body = await raw_request(
+                api, b"POST /v1.0/publish/mem/t HTTP/1.1\r\ndapr-api-token: " + token, b"x")
+            assert (status, body) == (401, b"invalid api token"), token
+            assert b"text/plain" in head
+        status, _, _ = await raw_request(
+            api, b"POST /v1.0/publish/mem/t HTTP/1.1\r\ndapr-api-token: s3cr\xc3\xa9t", b"x")
+        assert status == 204
+        assert len(api.memory_values("t")) == 1
+
+
+# -- topic names Kafka cannot hold (aiokafka used to wait 30 s, then 500 UnknownTopic) ----------
+
+BAD_KAFKA_TOPICS = [("a+b", "a b"), ("a%00b", "a\x00b"), ("a/b/c", "a/b/c"),
+                    ("%2e%2e/%2e%2e/etc", "../../etc"), ("or%ffders", "or\ufffdders"),
+                    ("t" * 250, "t" * 250), (".", "."), ("..", "..")]
+
+
+@pytest.mark.parametrize(("raw", "topic"), BAD_KAFKA_TOPICS)
+async def test_topic_kafka_cannot_hold_is_refused_at_once(api: Api, raw: str, topic: str) -> None:
+    t0 = time.monotonic()
+    status, ctype, body = await api.post(f"/v1.0/publish/kafka/{raw}", b"x")
+    error = dapr_error(status, ctype, body)
+    assert (status, error["errorCode"]) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert error["message"].startswith(f"error when publishing to topic {topic} in pubsub kafka: "
+                                       "topic ")
+    assert "is not a valid Kafka topic name" in error["message"]
+    assert error_info(error)["reason"] == "DAPR_PUBSUB_PUBLISH_MESSAGE"
+    status, _, body = await api.post(f"/v1.0/publish/bulk/kafka/{raw}",
+                                     bulk({"entryId": "1", "event": "x", "contentType": "text/plain"}),
+                                     "application/json")
+    assert status == 500
+    [failed] = orjson.loads(body)["failedEntries"]
+    assert "is not a valid Kafka topic name" in failed["error"]
+    assert time.monotonic() - t0 < 2
+    # The in-memory component takes any name, as Dapr's does.
+    assert (await api.post(f"/v1.0/publish/mem/{raw}", b"x"))[0] == 204
+    assert len(api.memory_values(topic)) == 1
+
+
+# -- metadata.partitionNumber (§1.2, §5.9) -------------------------------------------------------
+
+async def test_partition_number_selects_the_partition(
+        api: Api, kafka_bootstrap: str, unique: str) -> None:
+    topic = f"api-partition-{unique}"
+    for i in range(6):
+        status, _, _ = await api.post(
+            f"/v1.0/publish/kafka/{topic}?metadata.partitionNumber=2&metadata.partitionKey=k{i}",
+            b"x")
+        assert status == 204
+    records = await read_records(kafka_bootstrap, topic, 6)
+    assert len(records) == 6 and {r.partition for r in records} == {2}
+    assert all("partitionNumber" not in dict(r.headers) for r in records)  # not a header
+    assert sorted(r.key for r in records) == [f"k{i}".encode() for i in range(6)]
+
+
+async def test_bulk_partition_number_entry_and_request_level(
+        api: Api, kafka_bootstrap: str, unique: str) -> None:
+    topic = f"api-bulk-partition-{unique}"
+    entries = bulk({"entryId": "1", "event": "a", "contentType": "text/plain"},
+                   {"entryId": "2", "event": "b", "contentType": "text/plain",
+                    "metadata": {"partitionNumber": "3"}})
+    status, _, _ = await api.post(f"/v1.0/publish/bulk/kafka/{topic}?metadata.partitionNumber=1",
+                                  entries, "application/json")
+    assert status == 204
+    records = await read_records(kafka_bootstrap, topic, 2)
+    assert sorted((orjson.loads(r.value)["data"], r.partition) for r in records) == [
+        ("a", 1), ("b", 3)]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("abc", "partitionNumber must be a non-negative integer: actual is 'abc'"),
+    ("-1", "partitionNumber must be a non-negative integer: actual is '-1'"),
+    ("1.5", "partitionNumber must be a non-negative integer: actual is '1.5'"),
+    ("4", "partition number 4 is out of range"),  # Tansu creates topics with 4 partitions
+    ("99999999999", "partition number 99999999999 is out of range"),
+])
+async def test_bad_partition_number_is_a_publish_error(
+        api: Api, unique: str, value: str, message: str) -> None:
+    topic = f"api-bad-partition-{unique}"
+    status, ctype, body = await api.post(
+        f"/v1.0/publish/kafka/{topic}?metadata.partitionNumber={value}", b"x")
+    error = dapr_error(status, ctype, body)
+    assert (status, error["errorCode"]) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert error["message"].startswith(
+        f"error when publishing to topic {topic} in pubsub kafka: {message}")
+    entries = bulk({"entryId": "bad", "event": "a", "contentType": "text/plain",
+                    "metadata": {"partitionNumber": value}},
+                   {"entryId": "good", "event": "b", "contentType": "text/plain"})
+    status, _, body = await api.post(f"/v1.0/publish/bulk/kafka/{topic}", entries,
+                                     "application/json")
+    answer = orjson.loads(body)
+    assert status == 500 and answer["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE"
+    assert [e["entryId"] for e in answer["failedEntries"]] == ["bad"]
+    assert answer["failedEntries"][0]["error"].startswith(message)
+
+
+# -- bulk entry metadata is validated like request metadata --------------------------------------
+
+async def test_bulk_entry_raw_payload_must_be_a_boolean(api: Api) -> None:
+    status, ctype, body = await api.post("/v1.0/publish/bulk/mem/entrymeta", bulk(
+        {"entryId": "1", "event": "x", "contentType": "text/plain"},
+        {"entryId": "2", "event": "y", "contentType": "text/plain",
+         "metadata": {"rawPayload": "maybe"}}), "application/json")
+    error = dapr_error(status, ctype, body)
+    assert (status, error["errorCode"]) == (400, "ERR_PUBSUB_REQUEST_METADATA")
+    assert error_info(error)["reason"] == "DAPR_PUBSUB_METADATA_DESERIALIZATION"
+    assert error["message"] == ("failed deserializing metadata. Error: rawPayload value must be a "
+                                "valid boolean: actual is 'maybe'")
+    assert "entrymeta" not in api.memory._topics  # nothing of the request was published

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tidings.sidecar.brokers.base import BrokerError, Record
+from tidings.sidecar.brokers.base import BrokerError, PublishRecord, Record
 from tidings.sidecar.brokers.memory import MemoryBroker
 
 
@@ -129,9 +129,22 @@ async def test_close_cancels_after_grace() -> None:
 
 async def test_publish_many() -> None:
     broker = await started()
-    outcomes = await broker.publish_many([("t", b"1", None, ()), ("u", b"2", b"k", [("h", b"v")])])
+    outcomes = await broker.publish_many([PublishRecord("t", b"1"),
+                                          PublishRecord("u", b"2", b"k", [("h", b"v")])])
     assert outcomes == [None, None]
     assert broker.pending("t") == 1 and broker.pending("u") == 1
     await broker.close(grace_s=0)
-    failed = await broker.publish_many([("t", b"1", None, ())])
+    failed = await broker.publish_many([PublishRecord("t", b"1")])
     assert isinstance(failed[0], BrokerError)
+
+
+async def test_any_topic_name_and_partition_are_taken() -> None:
+    # Dapr's in-memory component takes any topic name; there is one partition, so an explicit
+    # partition (Kafka's partitionNumber) is ignored rather than refused.
+    broker = await started()
+    for name in ("a b", "a/b/c", "x" * 300, ".", "or\ufffdders"):
+        await broker.publish(name, b"v", partition=3)
+        assert broker.pending(name) == 1
+    assert await broker.publish_many([PublishRecord("a/b", b"v", partition=7)]) == [None]
+    assert broker._topics["a/b"].log[0].partition == 0
+    await broker.close(grace_s=0)

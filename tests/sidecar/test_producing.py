@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tidings.sidecar.brokers.base import BrokerError
+from tidings.sidecar.brokers.base import BrokerError, PublishRecord
 from tidings.sidecar.brokers.kafka.clients import client_kwargs
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
 from tidings.sidecar.resources.kafka import KafkaMetadata, parse_kafka_metadata
@@ -50,7 +50,8 @@ async def test_publish_many_reports_one_outcome_per_record(
     topic = f"many-{unique}"
     try:
         outcomes = await producer.publish_many(
-            [(topic, f"m{i}".encode(), b"same-key", [("i", str(i).encode())]) for i in range(20)])
+            [PublishRecord(topic, f"m{i}".encode(), b"same-key", [("i", str(i).encode())])
+             for i in range(20)])
     finally:
         await producer.stop(5)
     assert outcomes == [None] * 20
@@ -67,8 +68,8 @@ async def test_too_large_record_is_a_permanent_error(kafka_bootstrap: str, uniqu
             await producer.publish(f"big-{unique}", b"x" * 5000)
         assert "MessageSizeTooLarge" in str(info.value)
         assert info.value.retriable is False
-        outcomes = await producer.publish_many([(f"big-{unique}", b"x" * 5000, None, ()),
-                                                (f"big-{unique}", b"small", None, ())])
+        outcomes = await producer.publish_many([PublishRecord(f"big-{unique}", b"x" * 5000),
+                                                PublishRecord(f"big-{unique}", b"small")])
         assert isinstance(outcomes[0], BrokerError) and outcomes[1] is None
     finally:
         await producer.stop(5)
@@ -85,7 +86,7 @@ async def test_unreachable_broker_fails_start_and_publish() -> None:
     # the failed client was thrown away: publishing errors at once instead of hanging (#759)
     with pytest.raises(BrokerError, match="not connected"):
         await producer.publish("t", b"x")
-    assert isinstance((await producer.publish_many([("t", b"x", None, ())]))[0], BrokerError)
+    assert isinstance((await producer.publish_many([PublishRecord("t", b"x")]))[0], BrokerError)
     await producer.stop(1)  # a no-op, never raises
 
 
@@ -121,3 +122,48 @@ def test_client_kwargs_bad_ca_pem_is_refused() -> None:
     with pytest.raises((ssl.SSLError, ValueError)):
         client_kwargs(parse_kafka_metadata(
             {"brokers": "h:1", "authType": "none", "caCert": "not a pem"}, app_id="a"))
+
+
+@pytest.mark.parametrize("topic", ["a b", "a\x00b", "a/b/c", "../../etc", "or\ufffdders", "t" * 250,
+                                   ".", ".."])
+async def test_topic_kafka_cannot_hold_is_refused_before_aiokafka(
+        kafka_bootstrap: str, unique: str, topic: str) -> None:
+    # aiokafka used to wait request_timeout_ms (30 s here) for metadata of such a name, logging
+    # an error every retry and keeping the name in its metadata for good.
+    producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps", request_timeout_s=30)
+    await producer.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BrokerError, match="is not a valid Kafka topic name") as info:
+            await producer.publish(topic, b"x")
+        assert info.value.retriable is False
+        good = f"good-{unique}"
+        outcomes = await producer.publish_many([PublishRecord(topic, b"x"),
+                                                PublishRecord(good, b"y")])
+        assert isinstance(outcomes[0], BrokerError) and outcomes[1] is None
+        assert time.monotonic() - t0 < 5
+        assert topic not in producer._started()._metadata.topics()
+    finally:
+        await producer.stop(5)
+
+
+async def test_explicit_partition_and_out_of_range(kafka_bootstrap: str, unique: str) -> None:
+    producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps")
+    await producer.start()
+    topic = f"partition-{unique}"
+    try:
+        for i in range(3):
+            await producer.publish(topic, f"v{i}".encode(), key=f"k{i}".encode(), partition=2)
+        outcomes = await producer.publish_many(
+            [PublishRecord(topic, b"m", partition=1), PublishRecord(topic, b"far", partition=4)])
+        assert outcomes[0] is None
+        assert isinstance(outcomes[1], BrokerError)
+        assert str(outcomes[1]).startswith("partition number 4 is out of range")
+        assert outcomes[1].retriable is False
+        with pytest.raises(BrokerError, match="partition number 9 is out of range"):
+            await producer.publish(topic, b"x", partition=9)
+    finally:
+        await producer.stop(5)
+    records = await read_records(kafka_bootstrap, topic, 4)
+    assert sorted((r.value, r.partition) for r in records) == [
+        (b"m", 1), (b"v0", 2), (b"v1", 2), (b"v2", 2)]

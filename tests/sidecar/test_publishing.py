@@ -1,17 +1,26 @@
 """publishing.py: the Publisher over a real in-memory broker (§1.2 matrix at the Python level,
-bulk entries, dead-letter). The HTTP rows are in test_api.py."""
+bulk entries, dead-letter; the dead-letter row for a Kafka topic name uses the real Tansu broker).
+The HTTP rows are in test_api.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import orjson
 import pytest
 
 from tidings.sidecar.brokers.base import Broker, BrokerError, Record
+from tidings.sidecar.brokers.kafka import KafkaBroker
 from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.errors import DaprError
-from tidings.sidecar.publishing import BulkEntry, Publisher, event_bytes, parse_bool
+from tidings.sidecar.publishing import (
+    BulkEntry,
+    Publisher,
+    event_bytes,
+    parse_bool,
+    partition_number,
+)
 from tidings.sidecar.resources.loading import LoadedComponent, check_component
 from tidings.sidecar.resources.models import Component
 
@@ -29,7 +38,8 @@ class FailingBroker(MemoryBroker):
     outage, a Kafka component on a closed port, is tested over HTTP in test_api.py)."""
 
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
+                      headers: Sequence[tuple[str, bytes]] = (),
+                      partition: int | None = None) -> None:
         raise BrokerError("broker down", retriable=True)
 
     async def publish_many(self, records):  # type: ignore[no-untyped-def]
@@ -219,3 +229,76 @@ async def test_dead_letter_produces_the_original_record() -> None:
     with pytest.raises(BrokerError) as info:
         await missing.dead_letter("mem", "dlq", original)
     assert info.value.retriable
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, None), ("", None), ("0", 0), ("2", 2), ("+3", 3), ("2147483647", 2147483647)])
+def test_partition_number(value: str | None, expected: int | None) -> None:
+    metadata = {} if value is None else {"partitionNumber": value}
+    assert partition_number(metadata) == expected
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("x", "partitionNumber must be a non-negative integer: actual is 'x'"),
+    ("-1", "partitionNumber must be a non-negative integer: actual is '-1'"),
+    (" 1", "partitionNumber must be a non-negative integer: actual is ' 1'"),
+    ("\u0663", "partitionNumber must be a non-negative integer: actual is '\u0663'"),
+    ("2147483648", "partition number 2147483648 is out of range"),
+])
+def test_bad_partition_number(value: str, message: str) -> None:
+    with pytest.raises(BrokerError) as info:
+        partition_number({"partitionNumber": value})
+    assert str(info.value) == message and not info.value.retriable
+
+
+async def test_partition_number_is_not_a_header_and_bad_ones_are_publish_errors() -> None:
+    publisher, broker = await make()
+    await publisher.publish("mem", "t", b"x", content_type=None,
+                            metadata={"partitionNumber": "0", "h": "v"})
+    assert records(broker, "t")[0].headers == (("h", b"v"),)
+    e = await error_of(publisher.publish("mem", "t", b"x", content_type=None,
+                                         metadata={"partitionNumber": "-1"}))
+    assert (e.status, e.error_code) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert e.message == ("error when publishing to topic t in pubsub mem: partitionNumber must be "
+                         "a non-negative integer: actual is '-1'")
+    failures = await publisher.publish_bulk("mem", "t", [
+        BulkEntry("1", "a", "text/plain", {"partitionNumber": "nope"}),
+        BulkEntry("2", "b", "text/plain")], {})
+    assert [f.entry_id for f in failures] == ["1"]
+    assert [orjson.loads(r.value)["data"] for r in records(broker, "t")[1:]] == ["b"]
+
+
+async def test_bulk_entry_metadata_is_validated_like_the_request() -> None:
+    publisher, broker = await make()
+    e = await error_of(publisher.publish_bulk("mem", "t", [
+        BulkEntry("1", "a", "text/plain"),
+        BulkEntry("2", "b", "text/plain", {"rawPayload": "maybe"})], {}))
+    assert (e.status, e.error_code, e.reason) == (400, "ERR_PUBSUB_REQUEST_METADATA",
+                                                  "DAPR_PUBSUB_METADATA_DESERIALIZATION")
+    assert not records(broker, "t")
+
+
+async def test_bulk_event_nested_deeper_than_orjson_writes() -> None:
+    publisher, broker = await make()
+    nested: list = []
+    for _ in range(400):
+        nested = [nested]
+    assert await publisher.publish_bulk(
+        "mem", "t", [BulkEntry("1", nested, "application/json")], {}) == []
+    assert orjson.loads(records(broker, "t")[0].value)["data"] == nested
+
+
+async def test_dead_letter_to_a_topic_kafka_cannot_hold_fails_at_once(
+        kafka_bootstrap: str) -> None:
+    kafka = component("kafka", "pubsub.kafka", brokers=kafka_bootstrap, authType="none")
+    broker = KafkaBroker(kafka, app_id="app")
+    await broker.start()
+    publisher = Publisher(app_id="app", brokers={"kafka": broker}, components={"kafka": kafka})
+    original = Record(topic="t", partition=0, offset=1, key=None, value=b"v")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BrokerError, match='topic "dead/letters" is not a valid Kafka') as info:
+            await publisher.dead_letter("kafka", "dead/letters", original)
+        assert not info.value.retriable and time.monotonic() - t0 < 2
+    finally:
+        await broker.close(grace_s=0)

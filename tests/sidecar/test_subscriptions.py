@@ -14,6 +14,7 @@ from tidings.sidecar.resources import (
     SubscriptionType,
     TopicSubscription,
 )
+from tidings.sidecar.resources.kafka import parse_kafka_metadata
 from tidings.sidecar.subscriptions import effective_subscriptions, parse_programmatic
 
 
@@ -145,3 +146,36 @@ def test_empty_routes_and_bad_cel_are_dropped(caplog: pytest.LogCaptureFixture) 
     assert [s.topic for s in result] == ["ok"]
     assert "topic empty has an empty routes" in caplog.text
     assert "routes.rules[0].match" in caplog.text
+
+
+def kafka_component(name: str = "kafka") -> LoadedComponent:
+    metadata = {"brokers": "localhost:9092", "authType": "none"}
+    resource = Component.model_validate({
+        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": name},
+        "spec": {"type": "pubsub.kafka", "version": "v1",
+                 "metadata": [{"name": k, "value": v} for k, v in metadata.items()]},
+    })
+    return LoadedComponent(component=resource, source="test", metadata=metadata,
+                           kafka=parse_kafka_metadata(metadata, app_id="app"))
+
+
+def test_topics_kafka_cannot_hold_are_left_out_on_kafka_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR)
+    subs = [programmatic("a/b/c", "/x", "kafka"), programmatic("a b", "/x", "kafka"),
+            programmatic("t" * 250, "/x", "kafka"), programmatic("..", "/x", "kafka"),
+            programmatic("ok", "/ok", "kafka", dead_letter_topic="dead/letters"),
+            programmatic("fine.topic_1-x", "/f", "kafka", dead_letter_topic="dlq"),
+            programmatic("a/b/c", "/m", "mem")]  # the in-memory component takes any name
+    result = effective_subscriptions(declarative=[declarative("x y", "/d", "kafka")],
+                                     programmatic=subs,
+                                     components={"kafka": kafka_component(), "mem": component("mem")},
+                                     app_id="app")
+    assert [(s.pubsubname, s.topic) for s in result] == [("kafka", "fine.topic_1-x"),
+                                                         ("mem", "a/b/c")]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 6
+    assert any('topic: topic "a/b/c" is not a valid Kafka topic name' in e for e in errors)
+    assert any('deadLetterTopic: topic "dead/letters" is not a valid Kafka topic name' in e
+               for e in errors)
+    assert any("decl-x y is ignored" in e for e in errors)

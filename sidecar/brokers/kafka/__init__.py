@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from ...resources.loading import LoadedComponent
-from ..base import BrokerError, Handler
+from ..base import BrokerError, Handler, PublishRecord
 from .consuming import ConsumerGroup
 from .producing import KafkaProducer
 
@@ -42,14 +42,15 @@ class KafkaBroker:
         await self._producer.start()
 
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
-        """Produce one record; returns after ``acks=all``. Raises :class:`BrokerError`."""
-        await self._producer.publish(topic, value, key=key, headers=headers)
+                      headers: Sequence[tuple[str, bytes]] = (),
+                      partition: int | None = None) -> None:
+        """Produce one record (to ``partition`` if given); returns after ``acks=all``. Raises
+        :class:`BrokerError`, at once and not retriable for a topic name Kafka cannot hold
+        (``topics.py``) or a partition the topic does not have."""
+        await self._producer.publish(topic, value, key=key, headers=headers, partition=partition)
 
-    async def publish_many(
-        self, records: Sequence[tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]],
-    ) -> list[BrokerError | None]:
-        """Produce ``(topic, value, key, headers)`` records; one outcome per record, in order."""
+    async def publish_many(self, records: Sequence[PublishRecord]) -> list[BrokerError | None]:
+        """Produce ``records``; one outcome per record, in order."""
         return await self._producer.publish_many(records)
 
     async def subscribe(self, topics: Collection[str], handler: Handler) -> None:

@@ -10,6 +10,9 @@ Rules from aiokafka-pitfalls.md:
   publishes batch up behind it anyway and a lone publish is not delayed;
 - ``max_request_size`` follows ``maxMessageBytes`` when set (item 22);
 - every aiokafka error becomes :class:`BrokerError` with the error's own ``retriable`` flag;
+- a topic name Kafka cannot hold (``topics.py``) and a partition the topic does not have are
+  refused before aiokafka sees them (aiokafka would wait ``request_timeout_ms`` for metadata, or
+  fail an ``assert``), with a :class:`BrokerError` that is not retriable;
 - ``start()`` tries once and raises; a producer whose start failed is thrown away and never
   sent to (item 19, aiokafka #759); ``stop()`` is bounded because it flushes (item 19).
 """
@@ -25,14 +28,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from ...resources.kafka import KafkaMetadata
-from ..base import BrokerError
+from ..base import BrokerError, PublishRecord
 from .clients import client_kwargs
+from .topics import invalid_topic_message, kafka_topic_problem
 
 __all__ = ["KafkaProducer"]
 
 log = logging.getLogger(__name__)
-
-PublishRecord = tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]]]
 
 
 def _broker_error(exc: BaseException) -> BrokerError:
@@ -41,6 +43,22 @@ def _broker_error(exc: BaseException) -> BrokerError:
     retriable = bool(getattr(exc, "retriable", False))
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return BrokerError(text, retriable=retriable)
+
+
+def _check_topic(topic: str) -> None:
+    problem = kafka_topic_problem(topic)
+    if problem is not None:
+        raise BrokerError(invalid_topic_message(topic, problem))
+
+
+async def _check_partition(producer: AIOKafkaProducer, topic: str, partition: int) -> None:
+    # partitions_for waits for the topic's metadata (as send() would; a new topic is created by
+    # the broker here) and raises KafkaTimeoutError after request_timeout_ms.
+    partitions = await producer.partitions_for(topic)
+    if partition not in partitions:
+        raise BrokerError(f"partition number {partition} is out of range: topic {topic} has "
+                          f"{len(partitions)} partitions (0-{max(partitions, default=0)})"
+                          if partitions else f"partition number {partition} is out of range")
 
 
 class KafkaProducer:
@@ -108,33 +126,47 @@ class KafkaProducer:
         return self._producer
 
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
+                      headers: Sequence[tuple[str, bytes]] = (),
+                      partition: int | None = None) -> None:
         """Produce one record and wait for the broker's ``acks=all`` acknowledgement.
+        ``partition`` (>= 0) selects the partition explicitly; ``None`` lets aiokafka's
+        partitioner choose by ``key``.
 
         Raises :class:`BrokerError` when the record was not stored or may not have been (a timed
-        out attempt can still land: at-least-once, a retry may duplicate it).
+        out attempt can still land: at-least-once, a retry may duplicate it); at once and not
+        retriable for a topic name Kafka cannot hold or a partition the topic does not have.
         """
+        _check_topic(topic)
         producer = self._started()
         try:
-            future = await producer.send(topic, value=value, key=key,
+            if partition is not None:
+                await _check_partition(producer, topic, partition)
+            future = await producer.send(topic, value=value, key=key, partition=partition,
                                          headers=[(k, v) for k, v in headers])
             await future
         except KafkaError as exc:
             raise _broker_error(exc) from exc
 
     async def publish_many(self, records: Sequence[PublishRecord]) -> list[BrokerError | None]:
-        """Produce ``(topic, value, key, headers)`` records together; one outcome per record in
-        order (``None`` = acknowledged). Never raises for a single record."""
+        """Produce ``records`` together; one outcome per record in order (``None`` =
+        acknowledged). Never raises for a single record."""
         try:
             producer = self._started()
         except BrokerError as exc:
             return [exc for _ in records]
         outcomes: list[BrokerError | None] = [None] * len(records)
         futures: list[tuple[int, asyncio.Future[object]]] = []
-        for i, (topic, value, key, headers) in enumerate(records):
+        for i, record in enumerate(records):
             try:
-                fut = await producer.send(topic, value=value, key=key,
-                                          headers=[(k, v) for k, v in headers])
+                _check_topic(record.topic)
+                if record.partition is not None:
+                    await _check_partition(producer, record.topic, record.partition)
+                fut = await producer.send(record.topic, value=record.value, key=record.key,
+                                          partition=record.partition,
+                                          headers=[(k, v) for k, v in record.headers])
+            except BrokerError as exc:
+                outcomes[i] = exc
+                continue
             except KafkaError as exc:
                 outcomes[i] = _broker_error(exc)
                 continue
