@@ -146,6 +146,7 @@ class ConsumerGroup:
         self._commit_task: asyncio.Task[None] | None = None
         self._trouble: dict[TopicPartition, _CommitTrouble] = {}  # partitions committed alone
         self._uncancelled: dict[TopicPartition, asyncio.Future[Any]] = {}
+        self._fenced_epoch: int | None = None  # 4: a commit of this epoch got CommitFailedError
         self._batch_logged_at: float | None = None
         self._commit_wakeup = asyncio.Event()
         self._commit_lock = asyncio.Lock()  # one commit in flight
@@ -515,6 +516,8 @@ class ConsumerGroup:
             if consumer is None:
                 return
             epoch = self._epoch
+            if self._fenced_epoch == epoch:
+                return  # 4: membership was lost; this assignment's progress is not committed
             assigned = consumer.assignment()
             now = asyncio.get_running_loop().time()
             trouble = self._trouble
@@ -610,9 +613,14 @@ class ConsumerGroup:
                     elif log.isEnabledFor(logging.DEBUG):
                         log.debug("%s: committed", why, extra=self._tp_log(tp, c))
             elif isinstance(outcome, CommitFailedError):
-                # 4: the group rebalanced; a revoke follows. Don't retry.
-                log.warning("%s: commit failed, the group is rebalancing: %s", why,
-                            _names(offsets), extra=self._log)
+                # 4: aiokafka already reset the generation or asked to rejoin; a revoke follows.
+                # Don't retry, and commit nothing more of this assignment: after a reset the
+                # next commit would carry generation -1, which the broker does not fence, and
+                # the partitions may belong to another member by now.
+                self._fenced_epoch = epoch
+                log.warning("%s: commit failed, the group is rebalancing; what finished since the"
+                            " last commit will be delivered again: %s", why, _names(offsets),
+                            extra=self._log)
             elif isinstance(outcome, IllegalStateError):
                 log.info("%s: commit skipped: %s", why, outcome, extra=self._log)  # 10
             elif len(offsets) > 1:
