@@ -9,7 +9,8 @@
 Query ``metadata.<key>=<value>``: the prefix is stripped and the first value of a key kept.
 Header values are text: aiohttp keeps bytes that are not UTF-8 as surrogate escapes, which are
 replaced by U+FFFD here (``header_text``), so ``datacontenttype`` is the Content-Type as sent with
-only its invalid bytes replaced. Everything else (validation, envelopes, scoping, the broker) is ``publishing.py``'s job.
+only its invalid bytes replaced. Everything else (validation, envelopes, scoping, the broker) is
+``publishing.py``'s job.
 """
 
 from __future__ import annotations

@@ -557,8 +557,8 @@ async def test_bulk_ttl_go_cannot_hold_is_ignored(api: Api) -> None:
     entry = {"entryId": "1", "event": "x", "contentType": "text/plain"}
     with_meta = {"entryId": "2", "event": "y", "contentType": "text/plain",
                  "metadata": {"ttlInSeconds": HUGE_TTL}}
-    status, _, _ = await api.post(f"/v1.0/publish/bulk/mem/bulkttl?metadata.ttlInSeconds={HUGE_TTL}",
-                                  bulk(entry, with_meta), "application/json")
+    path = f"/v1.0/publish/bulk/mem/bulkttl?metadata.ttlInSeconds={HUGE_TTL}"
+    status, _, _ = await api.post(path, bulk(entry, with_meta), "application/json")
     assert status == 204
     assert all("expiration" not in orjson.loads(v) for v in api.memory_values("bulkttl"))
 
@@ -660,8 +660,8 @@ async def test_topic_kafka_cannot_hold_is_refused_at_once(api: Api, raw: str, to
                                        "topic ")
     assert "is not a valid Kafka topic name" in error["message"]
     assert error_info(error)["reason"] == "DAPR_PUBSUB_PUBLISH_MESSAGE"
-    status, _, body = await api.post(f"/v1.0/publish/bulk/kafka/{raw}",
-                                     bulk({"entryId": "1", "event": "x", "contentType": "text/plain"}),
+    entries = bulk({"entryId": "1", "event": "x", "contentType": "text/plain"})
+    status, _, body = await api.post(f"/v1.0/publish/bulk/kafka/{raw}", entries,
                                      "application/json")
     assert status == 500
     [failed] = orjson.loads(body)["failedEntries"]

@@ -167,10 +167,9 @@ def test_topics_kafka_cannot_hold_are_left_out_on_kafka_only(
             programmatic("ok", "/ok", "kafka", dead_letter_topic="dead/letters"),
             programmatic("fine.topic_1-x", "/f", "kafka", dead_letter_topic="dlq"),
             programmatic("a/b/c", "/m", "mem")]  # the in-memory component takes any name
+    components = {"kafka": kafka_component(), "mem": component("mem")}
     result = effective_subscriptions(declarative=[declarative("x y", "/d", "kafka")],
-                                     programmatic=subs,
-                                     components={"kafka": kafka_component(), "mem": component("mem")},
-                                     app_id="app")
+                                     programmatic=subs, components=components, app_id="app")
     assert [(s.pubsubname, s.topic) for s in result] == [("kafka", "fine.topic_1-x"),
                                                          ("mem", "a/b/c")]
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

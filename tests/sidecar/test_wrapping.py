@@ -225,8 +225,10 @@ def test_dumps_exact_writes_what_orjson_cannot() -> None:
     value = loads_exact(b'{"n":[' + BIG + b"," + DECIMAL + b'],"d":' + nested_list(600) + b"}")
     with pytest.raises(orjson.JSONEncodeError):
         orjson.dumps(value)  # deeper than orjson writes (254)
-    assert dumps_exact(value) == b'{"n":[' + BIG + b"," + DECIMAL + b'],"d":' + nested_list(600) + b"}"
-    assert dumps_exact({"s": "a\udc80b", "t": ("x", {})}) == '{"s":"a\ufffdb","t":["x",{}]}'.encode()
+    assert dumps_exact(value) == (
+        b'{"n":[' + BIG + b"," + DECIMAL + b'],"d":' + nested_list(600) + b"}")
+    assert dumps_exact({"s": "a\udc80b", "t": ("x", {})}) == (
+        '{"s":"a\ufffdb","t":["x",{}]}'.encode())
 
 
 @pytest.mark.parametrize(("text", "expected"), [
