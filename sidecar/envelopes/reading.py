@@ -91,6 +91,9 @@ def _loads(value: bytes) -> Any:
     except orjson.JSONDecodeError as first:
         try:
             return json.loads(value, parse_constant=_reject_constant)
+        except RecursionError:
+            # nested deeper than Python's parser goes: as unreadable as broken JSON
+            raise first from None
         except (ValueError, UnicodeDecodeError):
             raise first from None
 

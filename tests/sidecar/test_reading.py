@@ -126,3 +126,13 @@ def test_expiration_time_is_epoch_seconds() -> None:
     when = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=30)
     text = when.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert expiration_time({"expiration": text}) == when.timestamp()
+
+
+def test_value_nested_deeper_than_any_parser_goes_is_poison() -> None:
+    """Found by trying to break it: 100,000 nested arrays made the fallback parser raise
+    RecursionError, which is not a poison verdict (the record must go to the DLT, not crash)."""
+    from tidings.sidecar.envelopes.reading import CloudEventError, read_event
+
+    deep = b'{"id": "1", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(CloudEventError):
+        read_event(deep, topic="t", pubsubname="p", raw_payload=False)
