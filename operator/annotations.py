@@ -131,12 +131,16 @@ def injection_requested(annotations: Mapping[str, str]) -> bool:
     return APP_ID in annotations or LEGACY_ID in annotations
 
 
+SIDECAR_HTTP_PORT = 3500
+"""The injected sidecar's HTTP API port (``--dapr-http-port``)."""
+
+
 def _port(annotations: Mapping[str, str], key: str) -> int | None:
     raw = annotations.get(key)
     if raw is None:
         return None
     text = raw.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", which int() refuses
         raise AnnotationError(key, raw, "must be a port number (1-65535)")
     port = int(text)
     if not 0 < port < 65536:
@@ -149,8 +153,9 @@ def _count(annotations: Mapping[str, str], key: str, default: int, minimum: int)
     if raw is None:
         return default
     text = raw.strip()
-    if not text.isdigit() or int(text) < minimum:
-        raise AnnotationError(key, raw, f"must be a whole number >= {minimum}")
+    # Kubernetes probe fields are int32: larger values made the API server fail the request.
+    if not (text.isascii() and text.isdigit()) or not minimum <= int(text) <= 2**31 - 1:
+        raise AnnotationError(key, raw, f"must be a whole number from {minimum} to {2**31 - 1}")
     return int(text)
 
 
@@ -243,14 +248,25 @@ def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
     if image is not None and not image.strip():
         raise AnnotationError(SIDECAR_IMAGE, image, "must not be empty")
 
+    app_port = _port(annotations, APP_PORT)
+    metrics_port = _port(annotations, METRICS_PORT) or 9090
+    # The sidecar serves its API on 3500 in the pod's network namespace: the app and the
+    # metrics endpoint cannot share it.
+    if app_port == SIDECAR_HTTP_PORT:
+        raise AnnotationError(APP_PORT, str(app_port),
+                              f"is the sidecar's HTTP port {SIDECAR_HTTP_PORT}")
+    if metrics_port in (SIDECAR_HTTP_PORT, app_port):
+        raise AnnotationError(METRICS_PORT, str(metrics_port),
+                              "is already used by the sidecar's HTTP API or the app")
+
     return SidecarConfig(
         app_id=AppId(app_id),
         app_id_source=source,
-        app_port=_port(annotations, APP_PORT),
+        app_port=app_port,
         log_level=log_level,
         log_as_json=_bool(annotations, LOG_AS_JSON, False),
         enable_metrics=_bool(annotations, ENABLE_METRICS, True),
-        metrics_port=_port(annotations, METRICS_PORT) or 9090,
+        metrics_port=metrics_port,
         resources=resources,
         liveness=_probe(annotations, LIVENESS_PREFIX, DEFAULT_LIVENESS),
         readiness=_probe(annotations, READINESS_PREFIX, DEFAULT_READINESS),

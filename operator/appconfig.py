@@ -31,6 +31,8 @@ from tidings.sidecar.resources import (
     parse_resource,
 )
 
+from tidings.sidecar.resources.rules import compile_rules
+
 from .sidecar_patch import config_secret_name
 
 __all__ = [
@@ -136,6 +138,29 @@ def resolve_secret_refs(component: Component, secrets: SecretData, *, source: st
     }
 
 
+def check_for_sidecar(component: Component, *, app_id: str, source: str) -> None:
+    """:func:`check_component` as far as the operator can tell. ``envRef`` values come from the
+    sidecar's environment, which the operator does not see: a field given by ``envRef`` gets a
+    stand-in value (``"1"``: a number, a duration in ms, a boolean and a name alike) so the other
+    fields are still checked; one that fails even so is left to the sidecar. Raises
+    :class:`ResourceError` for anything else."""
+    from_env = {item.name.lower(): item.name for item in component.spec.metadata
+                if item.envRef is not None}
+    values = {item.name: value for item in component.spec.metadata
+              if item.envRef is None and (value := item.rendered()) is not None}
+    for _ in range(len(from_env) + 1):
+        try:
+            check_component(component, app_id=app_id, source=source, metadata=values)
+            return
+        except ResourceError as exc:
+            name = from_env.get(exc.field.rsplit(".", 1)[-1].lower())
+            if name is None:
+                raise
+            if name in values:
+                return  # only the sidecar's environment can tell
+            values[name] = "1"
+
+
 def _source(body: Mapping[str, Any]) -> str:
     meta = body.get("metadata") or {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}".lstrip("/")
@@ -179,7 +204,7 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
             doc = resolve_secret_refs(component, secrets, source=source)
             plain = parse_resource(doc, source=source)
             assert isinstance(plain, Component)
-            check_component(plain, app_id=app_id, source=source)
+            check_for_sidecar(plain, app_id=app_id, source=source)
         except ResourceError as exc:
             problems.append(f"Component {exc}")
             continue
@@ -194,6 +219,9 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
             subscription = parse_resource(doc, source=source)
             if subscription is None or isinstance(subscription, Component):
                 raise ResourceError("not a dapr.io Subscription", source=source)
+            # A rule the sidecar cannot compile would make it drop the subscription, and with
+            # it a valid one for the same topic; leave it out here instead.
+            compile_rules(subscription.to_topic_subscription())
         except ResourceError as exc:
             problems.append(f"Subscription {exc}")
             continue

@@ -25,7 +25,7 @@ import kopf
 
 from .annotations import SIDECAR_IMAGE, AnnotationError, injection_requested, parse_sidecar_config
 from .settings import InjectorSettings
-from .sidecar_patch import patch_pod
+from .sidecar_patch import INJECTED_LABEL, SIDECAR_CONTAINER, patch_pod
 
 __all__ = [
     "WEBHOOK_ID",
@@ -48,9 +48,18 @@ def decide(pod: Mapping[str, Any], settings: InjectorSettings
 
     Pure. Raises :class:`AnnotationError` for malformed annotations.
     """
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    metadata = pod.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
     if not injection_requested(annotations):
         return None, []
+    labels = metadata.get("labels") or {}
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if labels.get(INJECTED_LABEL) != "true" and any(
+            isinstance(c, dict) and c.get("name") == SIDECAR_CONTAINER for c in containers):
+        # The pod author wrote their own daprd: merging ours into it produced pods the API
+        # server refuses (two probe handlers, two volume sources). Dapr skips these pods too.
+        return None, [f"a container named {SIDECAR_CONTAINER} already exists; "
+                      "the tidings sidecar is not injected"]
     config = parse_sidecar_config(pod)
     warnings = list(config.warnings)
     image = settings.sidecar_image
@@ -142,6 +151,8 @@ class AdmissionServer(kopf.WebhookServer):
             review = json.loads(await request.text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _status(400, f"the body is not JSON: {exc}")
+        except RecursionError:
+            return _status(400, "the body is not JSON an AdmissionReview can be: nested too deep")
         problem = admission_problem(review)
         if problem is not None:
             log.warning("malformed AdmissionReview: %s", problem)

@@ -19,7 +19,7 @@ from typing import Any
 
 import jsonpatch
 
-from .annotations import SidecarConfig
+from .annotations import SIDECAR_HTTP_PORT, SidecarConfig
 
 __all__ = [
     "CONFIG_VOLUME",
@@ -35,7 +35,7 @@ __all__ = [
 SIDECAR_CONTAINER = "daprd"
 CONFIG_VOLUME = "tidings-resources"
 RESOURCES_PATH = "/etc/tidings/resources"
-DAPR_HTTP_PORT = 3500
+DAPR_HTTP_PORT = SIDECAR_HTTP_PORT
 INJECTED_LABEL = "dapr.io/sidecar-injected"
 APP_ID_LABEL = "dapr.io/app-id"
 HEALTHZ_PATH = "/v1.0/healthz"

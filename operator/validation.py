@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.sidecar.resources import Component, ResourceError, check_component, parse_resource
+from tidings.sidecar.resources import Component, ResourceError, parse_resource
 from tidings.sidecar.resources.rules import compile_rules
 
-from .appconfig import SecretData, normalise_subscription, resolve_secret_refs
+from .appconfig import SecretData, check_for_sidecar, normalise_subscription, resolve_secret_refs
 
 __all__ = ["Verdict", "ready_condition", "validate_component", "validate_subscription"]
 
@@ -56,7 +56,7 @@ def validate_component(body: Mapping[str, Any], secrets: SecretData) -> Verdict:
     try:
         plain = parse_resource(doc, source=source)
         assert isinstance(plain, Component)
-        check_component(plain, app_id=_ANY_APP, source=source)
+        check_for_sidecar(plain, app_id=_ANY_APP, source=source)
     except ResourceError as exc:
         return Verdict(False, "InvalidSpec", str(exc))
     return Verdict(True, "Valid", f"{component.spec.type}/{component.spec.version} is valid")

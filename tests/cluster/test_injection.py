@@ -154,6 +154,7 @@ def test_reinvocation_of_an_injected_pod_is_a_no_op(kube: Kube, operator: Operat
 
 @pytest.mark.parametrize(("payload", "content_type", "code", "text"), [
     (b"{not json", "application/json", 400, "not JSON"),
+    (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "application/json", 400, "nested too deep"),
     (b"[]", "application/json", 400, "not a JSON object"),
     (json.dumps({"kind": "AdmissionReview"}).encode(), "application/json", 400, "request"),
     (json.dumps({"kind": "Pod"}).encode(), "application/json", 400, "AdmissionReview"),

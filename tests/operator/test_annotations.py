@@ -118,3 +118,18 @@ def test_bad_legacy_id_names_the_legacy_key() -> None:
 def test_warning_log_level_is_normalised() -> None:
     assert parse_sidecar_config(pod({"dapr.io/app-id": "a",
                                      "dapr.io/log-level": "WARNING"})).log_level == "warn"
+
+
+@pytest.mark.parametrize(("annotations", "key"), [
+    ({"dapr.io/app-port": "²"}, "dapr.io/app-port"),  # isdigit() is true, int() refuses it
+    ({"dapr.io/app-port": "3500"}, "dapr.io/app-port"),  # the sidecar's own port
+    ({"dapr.io/app-port": "8000", "dapr.io/metrics-port": "8000"}, "dapr.io/metrics-port"),
+    ({"dapr.io/metrics-port": "3500"}, "dapr.io/metrics-port"),
+    ({"dapr.io/sidecar-liveness-probe-period-seconds": "99999999999999999999"},
+     "dapr.io/sidecar-liveness-probe-period-seconds"),  # beyond int32: the API server failed
+])
+def test_ports_and_probe_numbers_found_on_a_real_cluster(annotations: dict[str, str],
+                                                         key: str) -> None:
+    with pytest.raises(AnnotationError) as err:
+        parse_sidecar_config(pod({"dapr.io/app-id": "orders", **annotations}))
+    assert err.value.key == key

@@ -148,3 +148,36 @@ def test_normalise_subscription() -> None:
     assert v2["spec"]["routes"]["default"] == "/d"
     v1_written = dict(v1_subscription("s"), apiVersion="dapr.io/v1alpha1")
     assert normalise_subscription(v1_written)["apiVersion"] == "dapr.io/v2alpha1"
+
+
+def test_subscription_whose_rule_is_not_cel_is_left_out(tmp_path: Path) -> None:
+    """Found on a real cluster: the bad Subscription went into the Secret, the sidecar kept it
+    over a valid one for the same topic, then dropped it for its rule: nothing was delivered."""
+    good = v2_subscription("a-good")
+    bad = v2_subscription("z-bad")
+    bad["spec"]["topic"] = good["spec"]["topic"]
+    bad["spec"]["routes"]["rules"] = [{"match": "event.(", "path": "/x"}]
+    rendered = render_app_config(app_id="orders", components=[component("pubsub")],
+                                 subscriptions=[good, bad], secrets={})
+    assert rendered.subscriptions == ("a-good",)
+    assert any("z-bad" in p and "routes.rules[0].match" in p for p in rendered.problems)
+    loaded = load_resources([write(tmp_path, rendered.files)], app_id="orders")
+    assert [s.name for s in loaded.subscriptions] == ["a-good"]
+
+
+def test_env_ref_is_left_to_the_sidecar_environment(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found on a real cluster: envRef was checked against the operator's own environment."""
+    monkeypatch.delenv("KAFKA_BROKERS", raising=False)
+    body = component("pubsub", metadata=[{"name": "brokers", "envRef": "KAFKA_BROKERS"},
+                                         {"name": "authType", "value": "none"}])
+    rendered = render_app_config(app_id="orders", components=[body], subscriptions=[],
+                                 secrets={})
+    assert rendered.components == ("pubsub",), rendered.problems
+    monkeypatch.setenv("KAFKA_BROKERS", "kafka:9092")  # the sidecar's environment
+    loaded = load_resources([write(tmp_path, rendered.files)], app_id="orders")
+    assert loaded.components["pubsub"].kafka.brokers == ("kafka:9092",)  # type: ignore[union-attr]
+    still_bad = component("pubsub", metadata=[{"name": "brokers", "envRef": "KAFKA_BROKERS"},
+                                              {"name": "authType", "value": "oidc"}])
+    assert render_app_config(app_id="orders", components=[still_bad], subscriptions=[],
+                             secrets={}).components == ()

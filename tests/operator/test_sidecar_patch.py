@@ -119,3 +119,18 @@ def test_api_server_defaults_do_not_make_a_patch() -> None:
     c["readinessProbe"]["successThreshold"] = 1
     stored["spec"]["volumes"][0]["secret"]["optional"] = None
     assert json_patch(stored, config, image=IMAGE) == []
+
+
+def test_a_pod_with_its_own_daprd_is_not_injected() -> None:
+    """Found on a real cluster: merging into a user's daprd made pods the API server refused."""
+    from tidings.operator.injection import decide
+    from tidings.operator.settings import InjectorSettings
+
+    pod = make_pod()
+    pod["spec"]["containers"].append({"name": "daprd", "image": "mine",
+                                      "readinessProbe": {"exec": {"command": ["true"]}}})
+    patched, warnings = decide(pod, InjectorSettings(sidecar_image=IMAGE))
+    assert patched is None and "already exists" in warnings[0]
+    injected = patch_pod(make_pod(), parse_sidecar_config(make_pod()), image=IMAGE)
+    again, _ = decide(injected, InjectorSettings(sidecar_image=IMAGE))  # re-invocation
+    assert again == injected
