@@ -8,7 +8,10 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tidings.sidecar.localbroker import free_port
 
@@ -23,8 +26,17 @@ def tidings() -> str:
     return found
 
 
-def test_init_run_publish_uninstall(tmp_path: Path, unique: str) -> None:
+@pytest.fixture
+def home_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A TIDINGS_HOME of its own; whatever the test does, its local broker is stopped after."""
     env = {**os.environ, "TIDINGS_HOME": str(tmp_path / "home")}
+    yield env
+    subprocess.run([tidings(), "uninstall"], env=env, capture_output=True)
+
+
+def test_init_run_publish_uninstall(tmp_path: Path, unique: str,
+                                    home_env: dict[str, str]) -> None:
+    env = home_env
     out = subprocess.run([tidings(), "init", "--broker-port", str(free_port())], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "broker started" in out
