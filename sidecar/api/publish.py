@@ -76,7 +76,7 @@ def metadata_from_query(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     metadata: dict[str, str] = {}
     for key, value in items:
         if key.startswith(METADATA_PREFIX):
-            name = key[9:]
+            name = key[len(METADATA_PREFIX):]
             if name not in metadata:
                 metadata[name] = value
     return metadata
