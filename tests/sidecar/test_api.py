@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from tidings.sidecar.api.app import create_app
-from tidings.sidecar.brokers.base import Broker
+from tidings.sidecar.brokers.base import Broker, BrokerError
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
 from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.publishing import Publisher
@@ -130,7 +130,7 @@ async def api(kafka_bootstrap: str) -> AsyncIterator[Api]:
     down = KafkaProducer(component("down", "pubsub.kafka", brokers=closed_port(),
                                    authType="none").kafka, pubsubname="down",  # type: ignore[arg-type]
                          request_timeout_s=1)
-    with pytest.raises(Exception):
+    with pytest.raises(BrokerError):
         await down.start()
     scoped = MemoryBroker("scoped")
     await scoped.start()
