@@ -46,7 +46,7 @@ from .leadership import LeaderElector
 from .sidecar_patch import INJECTED_LABEL
 from .validation import Verdict, ready_condition, validate_component, validate_subscription
 
-__all__ = ["Key", "Reconciler", "register_handlers"]
+__all__ = ["Key", "NotLeader", "Reconciler", "register_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ GROUP = "dapr.io"
 COMPONENTS = ("dapr.io", "v1alpha1", "components")
 SUBSCRIPTIONS = ("dapr.io", "v2alpha1", "subscriptions")
 REPORTER = "tidings-operator"
+
+
+class NotLeader(RuntimeError):
+    """Leadership was lost between taking a key and writing: the key is queued again."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -138,10 +142,15 @@ class Reconciler:
                 self._wakeup.clear()
                 await self.leader.wait_leader()
                 while self._dirty:
+                    if not self.leader.is_leader:  # lost meanwhile: wait, keep the work
+                        self._wakeup.set()
+                        break
                     key = next(iter(self._dirty))
                     del self._dirty[key]
                     try:
                         await self._process(key)
+                    except NotLeader:
+                        self.mark([key])
                     except Exception:  # never let one key stop the worker
                         log.exception("unexpected failure on %s", key)
         finally:
@@ -174,6 +183,12 @@ class Reconciler:
                     keys.append(Key(kind, ns, body["metadata"]["name"]))
         self.mark(keys)
 
+    def check_leader(self) -> None:
+        """Raise :class:`NotLeader` unless this replica may write now (called before each
+        write, also from worker threads: a renew may have failed since the key was taken)."""
+        if not self.leader.is_leader:
+            raise NotLeader("leadership lost; not writing")
+
     async def _process(self, key: Key) -> None:
         log.debug("processing %s %s/%s", key.kind, key.namespace, key.name)
         try:
@@ -184,6 +199,8 @@ class Reconciler:
             else:
                 await self._validate(key, self._find(self.subscriptions_in(key.namespace), key))
             self._attempts.pop(key, None)
+        except NotLeader:
+            raise
         except Exception as exc:
             attempt = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempt
@@ -222,6 +239,7 @@ class Reconciler:
         assert self._indexes is not None
         extra = {"app_id": app_id, "namespace": namespace}
         if not self._indexes["pods"].get((namespace, app_id)):
+            self.check_leader()
             deleted = delete_app_secret(self.core, namespace=namespace, app_id=app_id)
             if deleted:
                 log.info("app %s has no pods left: config Secret deleted", app_id, extra=extra)
@@ -235,6 +253,7 @@ class Reconciler:
                                      secrets=self.read_secrets(namespace, refs))
         for problem in rendered.problems:
             log.warning("app %s: left out of its config: %s", app_id, problem, extra=extra)
+        self.check_leader()
         try:
             result = apply_app_secret(self.core, secret_manifest(namespace=namespace,
                                                                  rendered=rendered))
@@ -274,6 +293,7 @@ class Reconciler:
         plural = "components" if key.kind == "component" else "subscriptions"
         versions = ["v1alpha1"] if key.kind == "component" else ["v2alpha1", "v1alpha1"]
         for i, version in enumerate(versions):
+            self.check_leader()
             try:
                 self.custom.patch_namespaced_custom_object_status(
                     GROUP, version, key.namespace, plural, key.name, patch)
@@ -309,6 +329,7 @@ class Reconciler:
             "reportingComponent": REPORTER, "reportingInstance": self.instance,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
+        self.check_leader()
         try:
             self.core.create_namespaced_event(meta["namespace"], event)
         except Exception:  # an Event is informative; the condition is already written
