@@ -38,9 +38,11 @@ from .sidecar_patch import config_secret_name
 __all__ = [
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
+    "SECRET_MAX_BYTES",
     "AppConfigConflict",
     "RenderedConfig",
     "apply_app_secret",
+    "config_too_large",
     "delete_app_secret",
     "normalise_subscription",
     "render_app_config",
@@ -57,6 +59,10 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 APP_CONFIG = "app-config"
 APP_ID_LABEL = "dapr.io/app-id"
 KUBERNETES_SECRET_STORE = "kubernetes"
+
+SECRET_MAX_BYTES = 1024 * 1024
+"""The API server refuses a Secret whose data values add up to more (``MaxSecretSize``, 1 MiB:
+``k8s.io/kubernetes/pkg/apis/core/validation.ValidateSecret`` counts the decoded values)."""
 
 SecretData = Mapping[str, Mapping[str, str]]
 """Kubernetes Secrets of one namespace by name, their data decoded to text."""
@@ -236,6 +242,19 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
         included_s.append(subscription.name)
     return RenderedConfig(app_id=app_id, files=files, components=tuple(included_c),
                           subscriptions=tuple(included_s), problems=tuple(problems))
+
+
+def config_too_large(rendered: RenderedConfig) -> str | None:
+    """Why the API server would refuse ``rendered`` as a Secret (its files add up to more than
+    :data:`SECRET_MAX_BYTES`), or ``None`` when it fits. The message names the largest files."""
+    sizes = {name: len(text.encode()) for name, text in rendered.files.items()}
+    total = sum(sizes.values())
+    if total <= SECRET_MAX_BYTES:
+        return None
+    largest = sorted(sizes, key=lambda n: (-sizes[n], n))[:3]
+    return (f"the config of app {rendered.app_id} is {total} bytes, more than a Secret can hold "
+            f"({SECRET_MAX_BYTES} bytes); largest: "
+            + ", ".join(f"{n} ({sizes[n]} bytes)" for n in largest))
 
 
 def secret_manifest(*, namespace: str, rendered: RenderedConfig) -> dict[str, Any]:

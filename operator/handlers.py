@@ -35,6 +35,7 @@ from .appconfig import (
     APP_ID_LABEL,
     AppConfigConflict,
     apply_app_secret,
+    config_too_large,
     delete_app_secret,
     in_scope,
     is_ours,
@@ -105,6 +106,10 @@ class Reconciler:
         self._indexes: dict[str, Any] | None = None
         self._indexed = asyncio.Event()
         self.instance = socket.gethostname()
+        # Per app (namespace, app-id): the problems last logged, and why its config last could
+        # not be written (too large), so a resync repeats neither the log lines nor the Event.
+        self._problems: dict[tuple[str, str], frozenset[str]] = {}
+        self._too_large: dict[tuple[str, str], str] = {}
 
     # ---- fed by handlers -------------------------------------------------------------------
     def attach(self, pods: Any, components: Any, subscriptions: Any) -> None:
@@ -234,15 +239,21 @@ class Reconciler:
     def sync_app(self, namespace: str, app_id: str) -> str:
         """Make ``tidings-<app_id>`` match its render, or delete it when no pod is left.
 
-        Returns what happened: ``created``/``updated``/``unchanged``/``deleted``/``absent``.
+        Returns what happened: ``created``/``updated``/``unchanged``/``deleted``/``absent``, or
+        ``too-large``/``refused`` when the API server cannot take it (the last Secret stays; a
+        Warning Event says why; no retry until something changes or the resync).
         """
         assert self._indexes is not None
         extra = {"app_id": app_id, "namespace": namespace}
-        if not self._indexes["pods"].get((namespace, app_id)):
+        app = (namespace, app_id)
+        pods = self._indexes["pods"].get(app)
+        if not pods:
             self.check_leader()
             deleted = delete_app_secret(self.core, namespace=namespace, app_id=app_id)
             if deleted:
                 log.info("app %s has no pods left: config Secret deleted", app_id, extra=extra)
+            self._problems.pop(app, None)
+            self._too_large.pop(app, None)
             return "deleted" if deleted else "absent"
         components = [c for c in self.components_in(namespace) if in_scope(c, app_id)]
         refs: set[str] = set()
@@ -251,20 +262,61 @@ class Reconciler:
         rendered = render_app_config(app_id=app_id, components=components,
                                      subscriptions=self.subscriptions_in(namespace),
                                      secrets=self.read_secrets(namespace, refs))
-        for problem in rendered.problems:
-            log.warning("app %s: left out of its config: %s", app_id, problem, extra=extra)
+        self._log_problems(app, rendered.problems, extra)
+        too_large = config_too_large(rendered)
+        if too_large is not None:
+            self._config_not_written(app, min(pods), "ConfigTooLarge", too_large, extra)
+            return "too-large"
         self.check_leader()
+        from kubernetes.client import ApiException
+
         try:
             result = apply_app_secret(self.core, secret_manifest(namespace=namespace,
                                                                  rendered=rendered))
         except AppConfigConflict as exc:
             log.error("%s", exc, extra=extra)
             return "conflict"
+        except ApiException as exc:
+            if exc.status != 422:
+                raise  # the worker retries with back-off
+            # Refused as invalid (e.g. a size limit we do not know of): retrying cannot help
+            # until something changes, which marks the app again (or the resync does).
+            self._config_not_written(app, min(pods), "ConfigRefused",
+                                     f"the API server refused the config Secret of app "
+                                     f"{app_id}: {exc.reason}: {str(exc.body)[:500]}", extra)
+            return "refused"
+        if self._too_large.pop(app, None) is not None:
+            log.info("app %s: config fits again", app_id, extra=extra)
         if result != "unchanged":
             log.info("app %s config Secret %s: components=%s subscriptions=%s", app_id, result,
                      ",".join(rendered.components), ",".join(rendered.subscriptions),
                      extra={**extra, "result": result})
         return result
+
+    def _log_problems(self, app: tuple[str, str], problems: Iterable[str],
+                      extra: Mapping[str, Any]) -> None:
+        """Log what is left out of an app's config when that changes, not on every resync."""
+        now = frozenset(problems)
+        before = self._problems.get(app, frozenset())
+        for problem in sorted(now - before):
+            log.warning("app %s: left out of its config: %s", app[1], problem, extra=extra)
+        if before - now:
+            log.info("app %s: %d problem(s) resolved", app[1], len(before - now), extra=extra)
+        self._problems[app] = now
+
+    def _config_not_written(self, app: tuple[str, str], pod: str, reason: str, why: str,
+                            extra: Mapping[str, Any]) -> None:
+        """The config cannot be written: keep the last Secret, say so once (log line and a
+        Warning Event, ``reason`` e.g. ``ConfigTooLarge``, on one of the app's pods, where
+        ``kubectl describe pod`` shows it)."""
+        if self._too_large.get(app) == why:
+            return
+        self.post_event({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": pod, "namespace": app[0]}},
+                        Verdict(False, reason, why))
+        self._too_large[app] = why
+        log.error("app %s: config Secret not written, the sidecars keep the last one: %s",
+                  app[1], why, extra={**extra, "reason": reason})
 
     # ---- status ----------------------------------------------------------------------------
     async def _validate(self, key: Key, body: dict[str, Any] | None) -> None:

@@ -118,3 +118,37 @@ def test_a_foreign_secret_with_our_name_is_never_overwritten(kube: Kube, operato
         "dapr.io/app-id": "other"}))
     poll("tidings-other written", lambda: files_of(kube, namespace, "other"))
     assert files_of(kube, namespace, "mine") == {"keep": "me"}
+
+
+def test_a_config_too_large_for_a_secret_is_a_warning_event_on_a_pod(
+        kube: Kube, operator: Operator, namespace: str) -> None:
+    """Found on a real kube-apiserver 1.20: over 1 MiB the API server refused the Secret (422)
+    and the operator retried forever with only a log line."""
+    apply(kube, namespace, comp("pubsub"))
+    apply(kube, namespace, sub("small", "orders"))
+    kube.apps.create_namespaced_deployment(namespace, deployment("big", {"dapr.io/app-id": "big"}))
+    poll("tidings-big written", lambda: "subscription-small.yaml" in (
+        files_of(kube, namespace, "big") or {}))
+    for name in ("huge-1", "huge-2"):  # 600 KB each: each fits, together not
+        body = sub(name, name)
+        body["spec"]["metadata"] = {"padding": "x" * 600_000}
+        apply(kube, namespace, body)
+
+    def warned() -> Any:
+        events = kube.core.list_namespaced_event(namespace).items
+        return [e for e in events if e.reason == "ConfigTooLarge"]
+
+    events = poll("a ConfigTooLarge Event", warned)
+    assert len(events) == 1, [e.message for e in events]
+    event = events[0]
+    assert event.type == "Warning" and event.involved_object.kind == "Pod"
+    assert "1048576" in event.message and "subscription-huge" in event.message
+    # the last config that fitted stays for the sidecars (huge-1 may have been in it)
+    files = set(files_of(kube, namespace, "big") or {})
+    assert {"component-pubsub.yaml", "subscription-small.yaml"} <= files
+    assert "subscription-huge-2.yaml" not in files
+    kube.custom.delete_namespaced_custom_object("dapr.io", "v2alpha1", namespace,
+                                                "subscriptions", "huge-1")
+    poll("tidings-big written once it fits", lambda: "subscription-huge-2.yaml" in (
+        files_of(kube, namespace, "big") or {}))
+    assert len(warned()) == 1  # said once, not on every attempt

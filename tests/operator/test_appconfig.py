@@ -181,3 +181,19 @@ def test_env_ref_is_left_to_the_sidecar_environment(tmp_path: Path,
                                               {"name": "authType", "value": "oidc"}])
     assert render_app_config(app_id="orders", components=[still_bad], subscriptions=[],
                              secrets={}).components == ()
+
+
+def test_config_too_large_for_a_secret() -> None:
+    """Found on a real kube-apiserver: a Secret over 1 MiB is refused (422)."""
+    from tidings.operator.appconfig import SECRET_MAX_BYTES, config_too_large
+
+    subs = [v2_subscription(f"s{i}") for i in range(2)]
+    for s in subs:
+        s["spec"]["metadata"] = {"padding": "x" * (SECRET_MAX_BYTES // 2)}
+    rendered = render_app_config(app_id="orders", components=[component("pubsub")],
+                                 subscriptions=subs, secrets={})
+    why = config_too_large(rendered)
+    assert why is not None and str(SECRET_MAX_BYTES) in why and "subscription-s0.yaml" in why
+    fits = render_app_config(app_id="orders", components=[component("pubsub")],
+                             subscriptions=subs[:1], secrets={})
+    assert config_too_large(fits) is None
