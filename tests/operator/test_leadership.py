@@ -124,11 +124,13 @@ async def test_leader_steps_down_within_the_lease_when_the_api_server_hangs(
     try:
         await asyncio.wait_for(le.wait_leader(), 5)
         api.hang.set()  # the API server stops answering (SIGSTOP)
-        await until("step-down", lambda: not le.is_leader, timeout_s=5)
+        # is_leader (checked before each write) turns false at the deadline; the elector then
+        # clears its flag, so wait_leader blocks again
+        await until("step-down", lambda: not le.is_leader and not le._leader.is_set(),
+                    timeout_s=5)
         assert api.last_renew_started is not None
         stepped_down_after = time.monotonic() - api.last_renew_started
         assert stepped_down_after < le.lease_duration_s, stepped_down_after
-        assert not le._leader.is_set()  # wait_leader blocks again
         assert all(t is not None and t <= le.call_timeout_s for t in api.timeouts)
     finally:
         api.release.set()
