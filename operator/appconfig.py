@@ -24,14 +24,19 @@ from typing import Any
 
 import yaml
 
+from tidings.sidecar.brokers.kafka.topics import invalid_topic_message, kafka_topic_problem
 from tidings.sidecar.resources import (
     Component,
     ResourceError,
+    TopicSubscription,
     check_component,
     parse_resource,
 )
-
+from tidings.sidecar.resources.kafka import COMPONENT_TYPE as KAFKA_TYPE
 from tidings.sidecar.resources.rules import compile_rules
+
+# The operator otherwise imports only tidings.sidecar.resources; kafka_topic_problem is the pure
+# function the sidecar itself uses to leave out a subscription whose topic Kafka cannot hold.
 
 from .sidecar_patch import config_secret_name
 
@@ -42,6 +47,7 @@ __all__ = [
     "AppConfigConflict",
     "RenderedConfig",
     "apply_app_secret",
+    "check_subscription",
     "config_too_large",
     "delete_app_secret",
     "normalise_subscription",
@@ -49,6 +55,7 @@ __all__ = [
     "resolve_secret_refs",
     "secret_manifest",
     "secret_refs",
+    "subscription_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +174,39 @@ def check_for_sidecar(component: Component, *, app_id: str, source: str) -> None
             values[name] = "1"
 
 
+def check_subscription(subscription: TopicSubscription, *, kafka: bool, source: str) -> None:
+    """Raise :class:`ResourceError` (naming the field) for what makes the sidecar drop a
+    subscription by itself (``tidings.sidecar.subscriptions.effective_subscriptions``): a CEL
+    rule that does not compile, no route at all (``routes: {}``: "empty routes") and, when its
+    pubsub is a Kafka component (``kafka``), a topic or ``deadLetterTopic`` Kafka cannot hold.
+
+    The sidecar keeps one subscription per (pubsubname, topic) *before* dropping these, so one
+    left in the config would displace a valid one for the same topic.
+    """
+    compile_rules(subscription)
+    if not subscription.rules and not subscription.default_path:
+        raise ResourceError("routes has no rules and no default: the sidecar drops a "
+                            "subscription with empty routes", source=source, field="routes")
+    if kafka:
+        for field_name, topic in (("topic", subscription.topic),
+                                  ("deadLetterTopic", subscription.dead_letter_topic)):
+            problem = kafka_topic_problem(topic) if topic else None
+            if problem is not None:
+                raise ResourceError(invalid_topic_message(topic, problem), source=source,
+                                    field=field_name)
+
+
+def is_kafka(body: Mapping[str, Any]) -> bool:
+    """Whether a Component body is of type ``pubsub.kafka``."""
+    return (body.get("spec") or {}).get("type") == KAFKA_TYPE
+
+
+def subscription_file(name: str) -> str:
+    """The file a Subscription gets in the app's resources folder. The sidecar reads the folder
+    in file name order, and of two declarative subscriptions for one topic keeps the last."""
+    return f"subscription-{name}.yaml"
+
+
 def _source(body: Mapping[str, Any]) -> str:
     meta = body.get("metadata") or {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}".lstrip("/")
@@ -199,6 +239,7 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
     included_c: list[str] = []
     included_s: list[str] = []
     problems: list[str] = []
+    kafka_pubsubs: set[str] = set()
     for body in sorted(components, key=lambda b: str((b.get("metadata") or {}).get("name"))):
         if not in_scope(body, app_id):
             continue
@@ -216,6 +257,8 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
             continue
         files[f"component-{component.name}.yaml"] = _dump(doc)
         included_c.append(component.name)
+        if plain.spec.type == KAFKA_TYPE:
+            kafka_pubsubs.add(component.name)
     for body in sorted(subscriptions, key=lambda b: str((b.get("metadata") or {}).get("name"))):
         if not in_scope(body, app_id):
             continue
@@ -225,9 +268,10 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
             subscription = parse_resource(doc, source=source)
             if subscription is None or isinstance(subscription, Component):
                 raise ResourceError("not a dapr.io Subscription", source=source)
-            # A rule the sidecar cannot compile would make it drop the subscription, and with
-            # it a valid one for the same topic; leave it out here instead.
-            compile_rules(subscription.to_topic_subscription())
+            # What the sidecar would drop would also displace a valid subscription for the same
+            # topic; leave it out here instead.
+            ts = subscription.to_topic_subscription()
+            check_subscription(ts, kafka=ts.pubsubname in kafka_pubsubs, source=source)
         except ResourceError as exc:
             problems.append(f"Subscription {exc}")
             continue
@@ -238,7 +282,7 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
                "spec": doc["spec"]}
         if doc.get("scopes"):
             out["scopes"] = list(doc["scopes"])
-        files[f"subscription-{subscription.name}.yaml"] = _dump(out)
+        files[subscription_file(subscription.name)] = _dump(out)
         included_s.append(subscription.name)
     return RenderedConfig(app_id=app_id, files=files, components=tuple(included_c),
                           subscriptions=tuple(included_s), problems=tuple(problems))

@@ -5,7 +5,8 @@ Watch side (kopf, every replica): three indexes hold the cluster's view: injecte
 any handler runs, so the worker never garbage-collects a Secret on a half-listed cluster. The
 ``on.event`` handlers only decide *what* is stale and mark it:
 
-- a Component/Subscription changed → validate it, re-render every app of its namespace;
+- a Component/Subscription changed → validate it and every Subscription of its namespace
+  (``PubsubNotFound`` and ``Conflict`` depend on the others), re-render every app there;
 - a Secret changed that a Component references → re-validate those, re-render the namespace;
 - one of our config Secrets changed or vanished → re-render that app (restores it);
 - an injected pod appeared or went → re-render (or garbage-collect) its app.
@@ -129,6 +130,12 @@ class Reconciler:
         """Every app with injected pods in ``namespace``."""
         pods = self._indexes["pods"] if self._indexes else {}
         return [Key("app", ns, app) for (ns, app) in list(pods) if ns == namespace]
+
+    def subscription_keys_in(self, namespace: str) -> list[Key]:
+        """Every Subscription of ``namespace``: their verdicts depend on the namespace's
+        Components (``PubsubNotFound``, Kafka topic names) and on each other (``Conflict``)."""
+        return [Key("subscription", namespace, b["metadata"]["name"])
+                for b in self.subscriptions_in(namespace)]
 
     def components_in(self, namespace: str) -> list[dict[str, Any]]:
         return list(self._indexes["components"].get(namespace, [])) if self._indexes else []
@@ -326,7 +333,8 @@ class Reconciler:
             secrets = await asyncio.to_thread(self.read_secrets, key.namespace, secret_refs(body))
             verdict = validate_component(body, secrets)
         else:
-            verdict = validate_subscription(body)
+            verdict = validate_subscription(body, components=self.components_in(key.namespace),
+                                            subscriptions=self.subscriptions_in(key.namespace))
         await asyncio.to_thread(self.write_status, key, body, verdict)
 
     def write_status(self, key: Key, body: Mapping[str, Any], verdict: Verdict) -> bool:
@@ -421,7 +429,7 @@ def register_handlers(registry: kopf.OperatorRegistry, reconciler: Reconciler) -
     async def component_event(namespace: str, name: str, type: str | None,
                               **kwargs: Any) -> None:
         attach(kwargs)
-        keys = reconciler.apps_in(namespace)
+        keys = [*reconciler.apps_in(namespace), *reconciler.subscription_keys_in(namespace)]
         if type != "DELETED":
             keys.append(Key("component", namespace, name))
         reconciler.mark(keys)
@@ -430,7 +438,8 @@ def register_handlers(registry: kopf.OperatorRegistry, reconciler: Reconciler) -
     async def subscription_event(namespace: str, name: str, type: str | None,
                                  **kwargs: Any) -> None:
         attach(kwargs)
-        keys = reconciler.apps_in(namespace)
+        # every Subscription of the namespace: this one may start or end a Conflict
+        keys = [*reconciler.apps_in(namespace), *reconciler.subscription_keys_in(namespace)]
         if type != "DELETED":
             keys.append(Key("subscription", namespace, name))
         reconciler.mark(keys)

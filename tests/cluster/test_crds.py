@@ -154,9 +154,11 @@ def test_operator_validates_both_subscription_versions(kube: Kube, operator: Ope
                                                        namespace: str) -> None:
     # Written as v1alpha1, stored as v2alpha1 with spec.route (conversion: None): the operator
     # converts it and writes status through whichever version validates.
-    v1 = subscription("v1alpha1", "old-style", {"pubsubname": "p", "topic": "t", "route": "/r"})
-    v2 = subscription("v2alpha1", "new-style", {"pubsubname": "p", "topic": "t",
+    v1 = subscription("v1alpha1", "old-style", {"pubsubname": "p", "topic": "t1", "route": "/r"})
+    v2 = subscription("v2alpha1", "new-style", {"pubsubname": "p", "topic": "t2",
                                                 "routes": {"default": "/d"}})
+    assert create(kube, namespace, component("p", {"type": "pubsub.kafka", "version": "v1",
+                                                   "metadata": KAFKA_OK}))[0] == 201
     assert create(kube, namespace, v1)[0] == 201
     assert create(kube, namespace, v2)[0] == 201
     for name in ("old-style", "new-style"):
@@ -166,3 +168,35 @@ def test_operator_validates_both_subscription_versions(kube: Kube, operator: Ope
     stored = kube.custom.get_namespaced_custom_object("dapr.io", "v2alpha1", namespace,
                                                       "subscriptions", "old-style")
     assert stored["spec"]["route"] == "/r"  # what conversion: None means for stored objects
+
+
+def test_subscription_status_follows_its_pubsub_and_the_other_subscriptions(
+        kube: Kube, operator: Operator, namespace: str) -> None:
+    """Found on a real cluster: Ready=True for Subscriptions the sidecar ignores."""
+    def sub(name: str, topic: str, **spec: Any) -> dict[str, Any]:
+        return subscription("v2alpha1", name, {"pubsubname": "pubsub", "topic": topic,
+                                               "routes": {"default": "/e"}, **spec})
+
+    def reason(name: str, expected: str) -> dict[str, Any] | None:
+        cond = ready(kube, namespace, "subscriptions", name, "v2alpha1")
+        return cond if cond and cond["reason"] == expected else None
+
+    assert create(kube, namespace, sub("a", "orders"))[0] == 201
+    poll("PubsubNotFound", lambda: reason("a", "PubsubNotFound"))
+    assert create(kube, namespace, component("pubsub", {
+        "type": "pubsub.kafka", "version": "v1", "metadata": KAFKA_OK}))[0] == 201
+    assert poll("Ready once the Component exists", lambda: reason("a", "Valid"))["status"] == "True"
+
+    assert create(kube, namespace, sub("b", "orders"))[0] == 201
+    cond = poll("a Conflict on a", lambda: reason("a", "Conflict"))
+    assert cond["status"] == "False" and "'b'" in cond["message"]
+    assert poll("b Ready", lambda: reason("b", "Valid"))
+    assert create(kube, namespace, sub("c", "bad topic/../x"))[0] == 201
+    assert create(kube, namespace, sub("d", "audit", routes={}))[0] == 201
+    for name, field in (("c", "topic"), ("d", "routes")):
+        cond = poll(f"{name} InvalidSpec", lambda n=name: reason(n, "InvalidSpec"))
+        assert field in cond["message"], cond
+
+    kube.custom.delete_namespaced_custom_object("dapr.io", "v2alpha1", namespace,
+                                                "subscriptions", "b")
+    poll("a Ready again without b", lambda: reason("a", "Valid"))

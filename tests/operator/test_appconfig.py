@@ -197,3 +197,18 @@ def test_config_too_large_for_a_secret() -> None:
     fits = render_app_config(app_id="orders", components=[component("pubsub")],
                              subscriptions=subs[:1], secrets={})
     assert config_too_large(fits) is None
+
+
+@pytest.mark.parametrize("spec", [{"topic": "bad topic/../x"}, {"deadLetterTopic": "a b"},
+                                  {"routes": {}}])
+def test_subscription_the_sidecar_drops_is_left_out(tmp_path: Path, spec: dict) -> None:
+    """The sidecar keeps the last subscription per topic and only then drops these: left in,
+    one would displace the valid subscription for the same topic."""
+    good = v2_subscription("a-good")
+    bad = v2_subscription("z-bad")
+    bad["spec"]["topic"] = good["spec"]["topic"]
+    bad["spec"].update(spec)
+    rendered = render_app_config(app_id="orders", components=[component("pubsub")],
+                                 subscriptions=[good, bad], secrets={})
+    assert rendered.subscriptions == ("a-good",)
+    assert len(rendered.problems) == 1 and "z-bad" in rendered.problems[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 
+import pytest
+
 from tidings.operator.validation import (
     Verdict,
     ready_condition,
@@ -73,3 +75,74 @@ def test_ready_condition_transition_time_moves_only_on_flip() -> None:
                               previous=first, now=t1)
     assert flipped["lastTransitionTime"] == "2024-01-01T01:00:00Z"
     assert flipped["status"] == "False"
+
+
+def sub(name: str, topic: str = "t", *, pubsub: str = "pubsub", scopes: list[str] | None = None,
+        **spec: object) -> dict:
+    body = {"apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"pubsubname": pubsub, "topic": topic, "routes": {"default": "/e"}, **spec}}
+    if scopes is not None:
+        body["scopes"] = scopes
+    return body
+
+
+# Found on a real cluster: each of these was Ready=True while the sidecar ignored it.
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"topic": "bad topic/../x"}, "topic"),
+    ({"deadLetterTopic": "dead letters"}, "deadLetterTopic"),
+    ({"deadLetterTopic": "x" * 250}, "deadLetterTopic"),
+    ({"routes": {}}, "routes"),
+])
+def test_subscription_the_sidecar_drops_is_not_ready(spec: dict, field: str) -> None:
+    v = validate_subscription(sub("s", **spec), components=[comp()], subscriptions=[])
+    assert not v.ok and v.reason == "InvalidSpec" and field in v.message, v
+
+
+def test_kafka_topic_names_are_checked_only_for_kafka_components() -> None:
+    memory = comp(type="pubsub.in-memory", metadata=[])
+    assert validate_subscription(sub("s", "a b"), components=[memory]).ok
+    assert not validate_subscription(sub("s", "a b"), components=[comp()]).ok
+
+
+def test_subscription_naming_a_missing_pubsub() -> None:
+    v = validate_subscription(sub("s", pubsub="other"), components=[comp()])
+    assert not v.ok and v.reason == "PubsubNotFound" and "'other'" in v.message
+    assert validate_subscription(sub("s", pubsub="other"), components=[
+        comp(), dict(comp(), metadata={"name": "other", "namespace": "ns"})]).ok
+    assert validate_subscription(sub("s", pubsub="other")).ok  # no namespace view: not judged
+
+
+def test_two_subscriptions_for_one_topic_the_earlier_file_is_the_conflict() -> None:
+    """The sidecar reads ``subscription-<name>.yaml`` in file name order and keeps the last
+    declarative subscription per (pubsubname, topic)."""
+    a, b = sub("a", "orders"), sub("b", "orders")
+    everything = [b, a, sub("c", "other"), sub("d", "orders", pubsub="x")]
+    loser = validate_subscription(a, components=[comp()], subscriptions=everything)
+    assert not loser.ok and loser.reason == "Conflict" and "'b'" in loser.message
+    assert "every app" in loser.message
+    assert validate_subscription(b, components=[comp()], subscriptions=everything).ok
+
+
+def test_conflict_follows_file_name_order_not_name_order() -> None:
+    # "a-b" < "a" is false by name, but "subscription-a-b.yaml" < "subscription-a.yaml"
+    a, ab = sub("a", "orders"), sub("a-b", "orders")
+    assert validate_subscription(a, components=[comp()], subscriptions=[a, ab]).ok
+    assert validate_subscription(ab, components=[comp()],
+                                 subscriptions=[a, ab]).reason == "Conflict"
+
+
+def test_conflict_needs_an_app_both_reach_and_a_valid_winner() -> None:
+    a = sub("a", "orders", scopes=["billing"])
+    assert validate_subscription(a, subscriptions=[a, sub("b", "orders", scopes=["ship"])]).ok
+    v = validate_subscription(a, subscriptions=[a, sub("b", "orders")])
+    assert v.reason == "Conflict" and "apps billing" in v.message
+    unscoped = sub("a", "orders")
+    v = validate_subscription(unscoped, subscriptions=[unscoped, sub("b", "orders",
+                                                                     scopes=["ship"])])
+    assert v.reason == "Conflict" and "apps ship" in v.message
+    # a later one the sidecar drops (and the operator leaves out) displaces nothing
+    broken = sub("b", "orders", routes={})
+    assert validate_subscription(unscoped, components=[comp()],
+                                 subscriptions=[unscoped, broken]).ok
