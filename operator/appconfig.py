@@ -24,7 +24,6 @@ from typing import Any
 
 import yaml
 
-from tidings.sidecar.brokers.kafka.topics import invalid_topic_message, kafka_topic_problem
 from tidings.sidecar.resources import (
     Component,
     ResourceError,
@@ -33,10 +32,8 @@ from tidings.sidecar.resources import (
     parse_resource,
 )
 from tidings.sidecar.resources.kafka import COMPONENT_TYPE as KAFKA_TYPE
+from tidings.sidecar.resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from tidings.sidecar.resources.rules import compile_rules
-
-# The operator otherwise imports only tidings.sidecar.resources; kafka_topic_problem is the pure
-# function the sidecar itself uses to leave out a subscription whose topic Kafka cannot hold.
 
 from .sidecar_patch import config_secret_name
 

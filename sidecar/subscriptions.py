@@ -17,7 +17,7 @@ case-insensitively when there is no exact match (``pubsubName`` works like ``pub
 - a subscription the component's topic scoping forbids (§5.1, ``scoping.subscribe_allowed``) is
   refused: ``subscription to topic '<t>' on pubsub '<p>' is not allowed``;
 - on a Kafka component, a subscription whose topic or ``deadLetterTopic`` Kafka cannot hold
-  (``brokers/kafka/topics.py``: ``a/b``, ``a b``, over 249 characters...) is left out with an
+  (``resources/kafka_topics.py``: ``a/b``, ``a b``, over 249 characters...) is left out with an
   error naming the topic; subscribing aiokafka to it would only fail forever;
 - a subscription with no route at all is dropped (``topic X has an empty routes``), and one whose
   CEL rule does not compile is dropped with the compile error (Dapr fails the whole discovery
@@ -33,7 +33,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .brokers.kafka.topics import invalid_topic_message, kafka_topic_problem
+from .resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from .resources.loading import LoadedComponent
 from .resources.models import ResourceError, Route, SubscriptionType, TopicSubscription
 from .routing import Routes

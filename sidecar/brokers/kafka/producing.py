@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from ...resources.kafka import KafkaMetadata
 from ..base import BrokerError, PublishRecord
 from .clients import client_kwargs
-from .topics import invalid_topic_message, kafka_topic_problem
+from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 
 __all__ = ["KafkaProducer"]
 

@@ -1,10 +1,10 @@
-"""brokers/kafka/topics.py: which topic names a Kafka cluster can hold."""
+"""resources/kafka_topics.py: which topic names a Kafka cluster can hold."""
 
 from __future__ import annotations
 
 import pytest
 
-from tidings.sidecar.brokers.kafka.topics import invalid_topic_message, kafka_topic_problem
+from tidings.sidecar.resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 
 
 @pytest.mark.parametrize("name", ["orders", "a.b_c-D9", "t" * 249, "...", "-", "_x."])

@@ -4,8 +4,9 @@ Kafka (``org.apache.kafka.common.internals.Topic.validate``) allows 1 to 249 cha
 ``[a-zA-Z0-9._-]``, and neither ``.`` nor ``..``. aiokafka does not check: a send to any other
 name waits for metadata that never comes (``request_timeout_ms``), logs an error every
 ``retry_backoff_ms`` and keeps the name in its metadata for good. So the producer
-(``producing.py``) checks every topic before aiokafka sees it, and ``subscriptions.py`` leaves out
-subscriptions (and dead-letter topics) a Kafka component cannot hold. Dapr's in-memory component
+(``brokers/kafka/producing.py``) checks every topic before aiokafka sees it,
+``subscriptions.py`` leaves out subscriptions (and dead-letter topics) a Kafka component cannot
+hold, and the operator reports them in the Subscription's status. Dapr's in-memory component
 takes any name, so this applies to Kafka components only.
 """
 
