@@ -425,24 +425,25 @@ def register_handlers(registry: kopf.OperatorRegistry, reconciler: Reconciler) -
         if app:
             reconciler.mark([Key("app", namespace, app)])
 
+    def resource_changed(kind: str, namespace: str, name: str, type: str | None) -> None:
+        # Every app of the namespace re-renders, and every Subscription re-validates: a change
+        # may start or end a PubsubNotFound or a Conflict.
+        keys = [*reconciler.apps_in(namespace), *reconciler.subscription_keys_in(namespace)]
+        if type != "DELETED":
+            keys.append(Key(kind, namespace, name))
+        reconciler.mark(keys)
+
     @kopf.on.event(*COMPONENTS, registry=registry)
     async def component_event(namespace: str, name: str, type: str | None,
                               **kwargs: Any) -> None:
         attach(kwargs)
-        keys = [*reconciler.apps_in(namespace), *reconciler.subscription_keys_in(namespace)]
-        if type != "DELETED":
-            keys.append(Key("component", namespace, name))
-        reconciler.mark(keys)
+        resource_changed("component", namespace, name, type)
 
     @kopf.on.event(*SUBSCRIPTIONS, registry=registry)
     async def subscription_event(namespace: str, name: str, type: str | None,
                                  **kwargs: Any) -> None:
         attach(kwargs)
-        # every Subscription of the namespace: this one may start or end a Conflict
-        keys = [*reconciler.apps_in(namespace), *reconciler.subscription_keys_in(namespace)]
-        if type != "DELETED":
-            keys.append(Key("subscription", namespace, name))
-        reconciler.mark(keys)
+        resource_changed("subscription", namespace, name, type)
 
     @kopf.on.event("secrets", registry=registry)
     async def secret_event(namespace: str, name: str, meta: Mapping[str, Any],
