@@ -35,6 +35,7 @@ def record(handler: str, event: SubscriptionMessage) -> str:
         "source": event.source(), "content_type": event.data_content_type(),
         "topic": event.topic(), "pubsub": event.pubsub_name(),
         "extensions": event.extensions(), "metadata": event.metadata(),
+        "app_protocol": os.environ.get("APP_PROTOCOL"),
     }) + "\n")
     return data.get("answer", "SUCCESS") if isinstance(data, dict) else "SUCCESS"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -98,6 +99,13 @@ def test_sdk_grpc_app_receives_through_on_topic_event(
     topics = {topic, f"{topic}-dl", f"{topic}-poison", f"{topic}-routed"}
     poll("the subscriptions from ListTopicSubscriptions to be assigned",
          lambda: topics <= {p.rsplit(":", 1)[0] for p in assignment(sidecar)}, 90)
+    _, metadata = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/metadata")
+    assert metadata["appConnectionProperties"]["protocol"] == "grpc"
+    listed = {s["topic"]: s for s in metadata["subscriptions"]}
+    assert listed[f"{topic}-dl"]["deadLetterTopic"] == f"{topic}-poison"
+    assert listed[f"{topic}-routed"]["rules"] == [
+        {"match": 'event.type == "widget"', "path": "widgets"}]
+    assert listed[topic]["rules"] == [{"match": "", "path": ""}]
 
     # SUCCESS, RETRY (redelivered), an exception (a gRPC error: redelivered), DROP (not
     # redelivered, acked): no dead-letter topic on this subscription.
@@ -153,3 +161,44 @@ def _publish_cloudevent(sidecar: Proc, topic: str, event: dict[str, Any]) -> Non
         f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}", method="POST",
         body=json.dumps(event).encode(), headers={"Content-Type": "application/cloudevents+json"})
     assert status == 204, (status, body)
+
+
+def test_tidings_run_app_protocol_grpc(tmp_path: Path, kafka_bootstrap: str,
+                                       grpc_app_python: Path, unique: str) -> None:
+    """``tidings run --app-protocol grpc`` starts the sidecar on the gRPC channel and tells the
+    app ``APP_PROTOCOL=grpc``, as ``dapr run`` does."""
+    topic = f"run-grpc-{unique}"
+    resources = write_component(tmp_path / "resources", kafka_bootstrap)
+    record = tmp_path / "calls.jsonl"
+    record.touch()
+    app_port, http_port = free_port(), free_port()
+    script = Path(sys.executable).parent / "tidings"
+    log_path = tmp_path / "run.log"
+    run = subprocess.Popen(
+        [str(script), "run", "--app-id", f"run-{unique}", "--app-port", str(app_port),
+         "--app-protocol", "grpc", "--dapr-http-port", str(http_port), "--resources-path",
+         str(resources), "--", str(grpc_app_python), str(HERE / "grpc_app.py")],
+        env={**os.environ, "TIDINGS_HOME": str(tmp_path / "home"), "TOPIC": topic,
+             "RECORD_FILE": str(record)},
+        stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        def delivered() -> bool:
+            # the group may still be joining (initialOffset newest): publish until one arrives
+            try:
+                status, _ = http_json(f"http://127.0.0.1:{http_port}/v1.0/publish/pubsub/{topic}",
+                                      method="POST", body=b'{"id": "via-run"}',
+                                      headers={"Content-Type": "application/json"})
+            except OSError:
+                return False
+            return status == 204 and bool(of(record, "orders", "via-run"))
+
+        assert run.poll() is None, log_path.read_text()
+        poll("an event to reach the gRPC app started by tidings run", delivered, 90,
+             interval_s=0.5)
+    finally:
+        run.send_signal(signal.SIGINT)
+        code = run.wait(30)
+    assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM), log_path.read_text()
+    first = of(record, "orders", "via-run")[0]
+    assert first["app_protocol"] == "grpc"
+    assert first["metadata"]["__topic"] == topic
