@@ -20,7 +20,6 @@ import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from multidict import CIMultiDict
-
 from tidings.sidecar.appchannel import AppChannel, AppStatus, open_app_channel
 from tidings.sidecar.appchannel_grpc import (
     EnvelopeDataError,
