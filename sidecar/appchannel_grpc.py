@@ -339,11 +339,15 @@ class GrpcAppChannel:
 
     def _client(self) -> appcallback_pb2_grpc.AppCallbackStub:
         if self._stub is None:
-            size = self.settings.max_body_size
             self._channel = grpc.aio.insecure_channel(self.target, options=[
-                # Events as large as the sidecar accepts on publish must reach the app.
-                ("grpc.max_send_message_length", size),
-                ("grpc.max_receive_message_length", size),
+                # Sends stay unlimited (grpcio's default): an event as large as a publish may
+                # be, plus its envelope, must reach the app, whose server sets its own limit.
+                ("grpc.max_receive_message_length", self.settings.max_body_size),
+                # The app is next door: after it restarts, reconnect within a second instead of
+                # gRPC's default backoff of up to 120 s, during which every call would fail.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ])
             self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)
         return self._stub

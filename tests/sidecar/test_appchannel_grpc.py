@@ -236,10 +236,7 @@ async def grpc_app() -> AsyncIterator[Callable[..., Any]]:
     servers: list[grpc.aio.Server] = []
 
     async def start(app: App, port: int = 0) -> int:
-        server = grpc.aio.server()
-        appcallback_pb2_grpc.add_AppCallbackServicer_to_server(app, server)
-        bound = server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
+        server, bound = await _serve(app, port)
         servers.append(server)
         return bound
 
@@ -374,3 +371,35 @@ def test_app_protocol_flag() -> None:
     assert isinstance(open_app_channel(SidecarSettings(app_id="a", app_port=1)), AppChannel)
     with pytest.raises(SystemExit):
         parser.parse_args(["--app-id", "a", "--app-protocol", "h2c"])
+
+
+
+async def _serve(app: App, port: int = 0) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    appcallback_pb2_grpc.add_AppCallbackServicer_to_server(app, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
+async def test_app_restart_is_retry_then_delivered_again(channels) -> None:
+    first, port = await _serve(App())
+    channel = channels(port)
+
+    async def deliver() -> AppStatus:
+        result = await channel.deliver("", _read(EVENT), {}, topic="orders", pubsubname="pubsub")
+        return result.status
+
+    try:
+        assert await deliver() is AppStatus.SUCCESS
+    finally:
+        await first.stop(None)
+    assert await deliver() is AppStatus.RETRY  # the app is down
+    second, _ = await _serve(App(), port)  # and back on the same port
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while await deliver() is not AppStatus.SUCCESS:
+            assert asyncio.get_running_loop().time() < deadline, "never reconnected"
+            await asyncio.sleep(0.05)  # the engine's retry backoff, shortened
+    finally:
+        await second.stop(None)
