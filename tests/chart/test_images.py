@@ -111,9 +111,8 @@ def test_entrypoint_is_a_console_script_of_the_wheel(dockerfile: str, wheel: Pat
 
 
 def test_images_run_what_the_chart_and_injector_name(helm: str) -> None:
-    from tidings.operator.annotations import SIDECAR_HTTP_PORT
+    from tidings.operator.annotations import SIDECAR_HTTP_PORT, parse_sidecar_config
     from tidings.operator.sidecar_patch import sidecar_container
-    from tidings.operator.annotations import parse_sidecar_config
 
     deployment = find(render(helm), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]

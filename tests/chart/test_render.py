@@ -41,7 +41,8 @@ def test_helm_lint_strict_is_clean(helm: str, args: list[str]) -> None:
 def test_rendered_builtin_objects_pass_kubernetes_validate_strict(
         helm: str, tmp_path: Path, args: list[str], kube_version: str) -> None:
     objects = render(helm, *args)
-    builtin = [o for o in objects if not o["apiVersion"].startswith(("dapr.io/", "cert-manager.io/"))]
+    builtin = [o for o in objects
+               if not o["apiVersion"].startswith(("dapr.io/", "cert-manager.io/"))]
     assert {o["kind"] for o in builtin} >= {"Deployment", "Service", "ServiceAccount",
                                             "ClusterRole", "MutatingWebhookConfiguration"}
     manifest = tmp_path / "rendered.yaml"

@@ -6,8 +6,6 @@ the certificate → ``helm uninstall`` leaves nothing behind but the CRDs."""
 
 from __future__ import annotations
 
-import base64
-import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -139,7 +137,8 @@ def leftovers(kube: Kube, release: str, release_ns: str, app_ns: str) -> list[st
     found += [f"serviceaccount/{s.metadata.name}"
               for s in kube.core.list_namespaced_service_account(release_ns).items
               if s.metadata.name != "default"]
-    found += [f"secret/{s.metadata.name}" for s in kube.core.list_namespaced_secret(release_ns).items
+    found += [f"secret/{s.metadata.name}"
+              for s in kube.core.list_namespaced_secret(release_ns).items
               if (s.metadata.annotations or {}).get("kubernetes.io/service-account.name")
               != "default"]
     found += [f"configmap/{c.metadata.name}"
@@ -158,8 +157,9 @@ def leftovers(kube: Kube, release: str, release_ns: str, app_ns: str) -> list[st
     found += [f"mutatingwebhookconfiguration/{m.metadata.name}"
               for m in admission.list_mutating_webhook_configuration().items
               if m.metadata.name.startswith(release)]
-    found += [f"component/{c['metadata']['name']}" for c in kube.custom.list_namespaced_custom_object(
-        "dapr.io", "v1alpha1", app_ns, "components")["items"]]
+    components = kube.custom.list_namespaced_custom_object("dapr.io", "v1alpha1", app_ns,
+                                                           "components")["items"]
+    found += [f"component/{c['metadata']['name']}" for c in components]
     found += [f"secret/{s.metadata.name} in {app_ns}"
               for s in kube.core.list_namespaced_secret(app_ns).items
               if s.metadata.name.startswith("tidings-")]
