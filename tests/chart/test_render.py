@@ -218,3 +218,23 @@ def test_default_kafka_component_per_namespace(helm: str) -> None:
             {"name": "brokers", "value": "kafka-0.kafka:9092,kafka-1.kafka:9092"},
             {"name": "authType", "value": "none"},
             {"name": "initialOffset", "value": "oldest"}]
+
+
+def test_injected_pod_passes_kubernetes_validate_strict(helm: str, tmp_path: Path) -> None:
+    """What the injector makes of a pod, with the chart's defaults for the sidecar, is a valid
+    Pod for current Kubernetes versions (the cluster tests run it on 1.20 only)."""
+    from tidings.operator.injection import decide
+
+    deployment = find(render(helm), "Deployment")
+    settings = parse_settings([], environ=container_env(deployment)).injector
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "orders-1", "namespace": "shop",
+                        "annotations": {"dapr.io/app-id": "orders", "dapr.io/app-port": "8080"}},
+           "spec": {"containers": [{"name": "app", "image": "registry.example/orders:1"}]}}
+    patched, _ = decide(pod, settings)
+    assert patched is not None
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(json.dumps(patched))
+    run = subprocess.run([venv_tool("kubernetes-validate"), "--strict", "--kubernetes-version",
+                          "1.37.0", str(manifest)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and " passed for resource " in run.stdout, run.stdout + run.stderr
