@@ -15,6 +15,7 @@ unexpected failure is answered as a refusal naming the pod, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -23,7 +24,13 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from .annotations import SIDECAR_IMAGE, AnnotationError, injection_requested, parse_sidecar_config
+from .annotations import (
+    LOG_LEVEL,
+    SIDECAR_IMAGE,
+    AnnotationError,
+    injection_requested,
+    parse_sidecar_config,
+)
 from .settings import InjectorSettings
 from .sidecar_patch import INJECTED_LABEL, SIDECAR_CONTAINER, patch_pod
 
@@ -61,6 +68,14 @@ def decide(pod: Mapping[str, Any], settings: InjectorSettings
         return None, [f"a container named {SIDECAR_CONTAINER} already exists; "
                       "the tidings sidecar is not injected"]
     config = parse_sidecar_config(pod)
+    # The operator's defaults (the chart's sidecar.logLevel / sidecar.resources) under the pod's
+    # own annotations, one quantity at a time.
+    resources = {section: {**settings.sidecar_resources.get(section, {}),
+                           **config.resources.get(section, {})}
+                 for section in ("requests", "limits")}
+    config = dataclasses.replace(
+        config, resources={k: v for k, v in resources.items() if v},
+        log_level=config.log_level if LOG_LEVEL in annotations else settings.sidecar_log_level)
     warnings = list(config.warnings)
     image = settings.sidecar_image
     if config.sidecar_image is not None:

@@ -146,11 +146,17 @@ class LeaderElector:
         return max(0.0, min(self.renew_interval_s, left / 2))
 
     def _body(self, resource_version: str | None, *, transitions: int,
-              acquire_time: str | None) -> dict[str, Any]:
+              acquire_time: str | None, current: Any = None) -> dict[str, Any]:
         now = _now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if resource_version:
             meta["resourceVersion"] = resource_version
+        if current is not None:
+            # The chart creates the Lease (so `helm uninstall` removes it): keep its labels and
+            # Helm's ownership annotations through our replaces.
+            for key in ("labels", "annotations"):
+                if value := getattr(current.metadata, key, None):
+                    meta[key] = value
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
                 "spec": {"holderIdentity": self.identity,
                          "leaseDurationSeconds": math.ceil(self.lease_duration_s),
@@ -192,7 +198,7 @@ class LeaderElector:
             self._api.replace_namespaced_lease(
                 self.name, self.namespace,
                 self._body(lease.metadata.resource_version, transitions=transitions,
-                           acquire_time=acquire), _request_timeout=timeout)
+                           acquire_time=acquire, current=lease), _request_timeout=timeout)
         except ApiException as exc:
             if exc.status == 409:  # someone else wrote first
                 return False
@@ -206,7 +212,8 @@ class LeaderElector:
         if lease.spec.holder_identity != self.identity:
             return
         body = self._body(lease.metadata.resource_version,
-                          transitions=lease.spec.lease_transitions or 0, acquire_time=None)
+                          transitions=lease.spec.lease_transitions or 0, acquire_time=None,
+                          current=lease)
         body["spec"]["holderIdentity"] = ""
         self._api.replace_namespaced_lease(self.name, self.namespace, body,
                                            _request_timeout=timeout)

@@ -8,7 +8,9 @@ parses the command line into these, ``injection.py`` and ``handlers.py`` consume
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,12 @@ class InjectorSettings:
     allow_sidecar_image_annotation: bool = False
     """Honour ``dapr.io/sidecar-image`` on pods. Off by default: a pod author must not choose
     what runs with the sidecar's configuration (which holds resolved broker credentials)."""
+    sidecar_log_level: str = "info"
+    """``--log-level`` of a sidecar whose pod has no ``dapr.io/log-level`` annotation."""
+    sidecar_resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Default ``resources`` of the ``daprd`` container (Kubernetes ``ResourceRequirements``:
+    ``requests``/``limits`` → ``cpu``/``memory`` quantities); the pod's
+    ``dapr.io/sidecar-{cpu,memory}-{request,limit}`` annotations override them one by one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,37 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
+_QUANTITY = re.compile(
+    r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+
+
+def _resources(raw: str) -> dict[str, dict[str, str]]:
+    """``--sidecar-resources`` JSON → a ResourceRequirements dict. Raises :class:`SettingsError`."""
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError(f"--sidecar-resources is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not set(doc) <= {"requests", "limits"}:
+        raise SettingsError("--sidecar-resources must be an object with 'requests' and/or "
+                            f"'limits', got {raw!r}")
+    out: dict[str, dict[str, str]] = {}
+    for section, quantities in doc.items():
+        if quantities is None:
+            continue
+        if not isinstance(quantities, dict):
+            raise SettingsError(f"--sidecar-resources {section} must be an object, got "
+                                f"{quantities!r}")
+        for name, value in quantities.items():
+            text = str(value).strip()
+            if not _QUANTITY.match(text):
+                raise SettingsError(f"--sidecar-resources {section}.{name}={value!r} is not a "
+                                    "Kubernetes quantity (e.g. 100m, 0.5, 128Mi)")
+            out.setdefault(section, {})[str(name)] = text
+    return out
+
+
 def add_operator_arguments(
     parser: argparse.ArgumentParser, *, environ: Mapping[str, str] | None = None
 ) -> None:
@@ -122,6 +161,12 @@ def add_operator_arguments(
       choices=("Always", "IfNotPresent", "Never"))
     a("--allow-sidecar-image-annotation", action=argparse.BooleanOptionalAction,
       default=_env_bool(env, "TIDINGS_ALLOW_SIDECAR_IMAGE_ANNOTATION", False))
+    a("--sidecar-log-level", default=env.get("TIDINGS_SIDECAR_LOG_LEVEL", "info"),
+      choices=("debug", "info", "warn", "error"),
+      help="sidecar log level unless a pod sets dapr.io/log-level")
+    a("--sidecar-resources", default=env.get("TIDINGS_SIDECAR_RESOURCES", ""),
+      help='default daprd resources as JSON, e.g. {"requests": {"cpu": "100m"}}; '
+           "dapr.io/sidecar-* annotations override")
     a("--webhook-addr", default=env.get("TIDINGS_WEBHOOK_ADDR", "0.0.0.0"))
     a("--webhook-port", type=int, default=int(env.get("TIDINGS_WEBHOOK_PORT", "9443")))
     a("--webhook-host", default=env.get("TIDINGS_WEBHOOK_HOST") or None)
@@ -165,6 +210,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             sidecar_image=args.sidecar_image,
             sidecar_image_pull_policy=args.sidecar_image_pull_policy,
             allow_sidecar_image_annotation=args.allow_sidecar_image_annotation,
+            sidecar_log_level=args.sidecar_log_level,
+            sidecar_resources=_resources(args.sidecar_resources),
         ),
         webhook=WebhookSettings(
             addr=args.webhook_addr, port=args.webhook_port, host=args.webhook_host,

@@ -515,6 +515,9 @@ def _start(
             # the "kubernetes" Service's endpoints would point at 127.0.0.1,
             # which is invalid for Endpoints: don't reconcile them
             "--endpoint-reconciler-type", "none",
+            # a webhook that names a Service (the chart's) is called at one of the Service's
+            # Endpoints: without kube-proxy nothing here routes a ClusterIP
+            "--enable-aggregator-routing=true",
             "--allow-privileged=true",
             "--profiling=false",
             "--v", "1",

@@ -1,6 +1,6 @@
 """The Helm chart (charts/tidings) agrees with the code: one CRD source, the webhook settings the
-injector module builds, RBAC for exactly what the operator calls. (No helm binary here, so the
-templates are checked as text; the CRDs and webhook run for real in tests/cluster.)"""
+injector module builds, RBAC for exactly what the operator calls. Checked as text here; the
+rendered chart is checked with helm in tests/chart and installed for real in tests/cluster."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def test_webhook_template_mirrors_webhook_configuration() -> None:
         assert f"{key}: {hook[key]}" in text
     assert 'operations: ["CREATE"]' in text and 'resources: ["pods"]' in text
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["webhook"]["failurePolicy"] == "Ignore"
-    assert values["allowSidecarImageAnnotation"] is False
+    # Fail: a pod that asks for a sidecar never runs without one (issue 4)
+    assert values["webhook"]["failurePolicy"] == "Fail"
+    assert values["sidecar"]["allowImageAnnotation"] is False
 
 
 def test_rbac_lists_what_the_operator_calls() -> None:

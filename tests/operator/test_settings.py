@@ -27,6 +27,17 @@ def test_environment_as_the_chart_sets_it() -> None:
     assert (s.leader_election.identity, s.leader_election.lease_namespace) == ("op-1", "tidings")
 
 
+def test_sidecar_defaults_from_the_chart() -> None:
+    s = parse_settings([], environ={
+        "TIDINGS_SIDECAR_LOG_LEVEL": "debug",
+        "TIDINGS_SIDECAR_RESOURCES": '{"requests": {"cpu": "50m", "memory": "64Mi"}, '
+                                     '"limits": {"memory": "256Mi"}}'})
+    assert s.injector.sidecar_log_level == "debug"
+    assert s.injector.sidecar_resources == {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                            "limits": {"memory": "256Mi"}}
+    assert parse_settings([], environ={}).injector.sidecar_resources == {}
+
+
 def test_flags_override_environment() -> None:
     s = parse_settings(["--webhook-port", "7000", "--standalone", "--namespace", "x"],
                        environ={"TIDINGS_WEBHOOK_PORT": "8443"})
@@ -38,6 +49,9 @@ def test_flags_override_environment() -> None:
     (["--webhook-port", "70000"], {}, "TCP port"),
     (["--lease-duration-seconds", "2", "--lease-renew-interval-seconds", "3"], {}, "shorter"),
     ([], {"TIDINGS_STANDALONE": "perhaps"}, "TIDINGS_STANDALONE"),
+    ([], {"TIDINGS_SIDECAR_RESOURCES": "{"}, "not JSON"),
+    ([], {"TIDINGS_SIDECAR_RESOURCES": '{"request": {"cpu": "1"}}'}, "requests"),
+    ([], {"TIDINGS_SIDECAR_RESOURCES": '{"limits": {"memory": "lots"}}'}, "limits.memory"),
 ])
 def test_bad_settings_name_the_setting(argv: list[str], environ: dict[str, str],
                                        message: str) -> None:

@@ -152,3 +152,30 @@ def test_app_protocol_annotation_reaches_the_sidecar_and_the_app() -> None:
     patched = patch_pod(plain, parse_sidecar_config(plain), image=IMAGE)
     assert "--app-protocol" not in daprd(patched)["args"]
     assert all(e["name"] != "APP_PROTOCOL" for e in patched["spec"]["containers"][0]["env"])
+
+
+def test_operator_defaults_for_resources_and_log_level_yield_to_annotations() -> None:
+    """The chart's sidecar.resources / sidecar.logLevel reach daprd unless the pod says otherwise."""
+    from tidings.operator.injection import decide
+    from tidings.operator.settings import InjectorSettings
+
+    settings = InjectorSettings(
+        sidecar_image=IMAGE, sidecar_log_level="warn",
+        sidecar_resources={"requests": {"cpu": "50m", "memory": "64Mi"},
+                           "limits": {"memory": "256Mi"}})
+    patched, _ = decide(make_pod(), settings)
+    assert patched is not None
+    daprd = next(c for c in patched["spec"]["containers"] if c["name"] == "daprd")
+    assert daprd["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                  "limits": {"memory": "256Mi"}}
+    assert daprd["args"][daprd["args"].index("--log-level") + 1] == "warn"
+
+    pod = make_pod()
+    pod["metadata"]["annotations"].update({"dapr.io/sidecar-memory-limit": "1Gi",
+                                           "dapr.io/log-level": "debug"})
+    patched, _ = decide(pod, settings)
+    assert patched is not None
+    daprd = next(c for c in patched["spec"]["containers"] if c["name"] == "daprd")
+    assert daprd["resources"]["limits"] == {"memory": "1Gi"}
+    assert daprd["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+    assert daprd["args"][daprd["args"].index("--log-level") + 1] == "debug"
