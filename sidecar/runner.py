@@ -32,6 +32,7 @@ from .appchannel import open_app_channel
 from .brokers.base import Broker, BrokerError
 from .brokers.kafka import KafkaBroker
 from .brokers.memory import MemoryBroker
+from .bulkdelivery import BulkDispatcher
 from .delivery import Dispatcher
 from .publishing import Publisher
 from .resources import LoadedComponent, ResourceError, Resources, TopicSubscription, load_resources
@@ -187,9 +188,10 @@ class Sidecar:
             if self.channel is not None:
                 retry = component.kafka.retry if component.kafka is not None else RetryPolicy()
                 escape = component.kafka.escape_headers if component.kafka is not None else False
-                dispatcher = Dispatcher(app_id=self.app_id, pubsubname=name, channel=self.channel,
-                                        retry=retry, dead_letter=self._dead_letter_for(name),
-                                        escape_headers=escape)
+                dispatcher = BulkDispatcher(app_id=self.app_id, pubsubname=name,
+                                            channel=self.channel, retry=retry,
+                                            dead_letter=self._dead_letter_for(name),
+                                            escape_headers=escape)
             self._started[name] = _Started(broker, dispatcher, _component_fingerprint(component))
             self._brokers[name] = broker
             self._tasks.append(asyncio.create_task(self._start_broker(name, broker)))
@@ -245,7 +247,8 @@ class Sidecar:
             if started.dispatcher is None:
                 continue
             started.dispatcher.set_subscriptions(topics)
-            await started.broker.subscribe(set(topics), started.dispatcher.handle)
+            # the dispatcher itself, not .handle: brokers that batch use its BatchHandler side
+            await started.broker.subscribe(set(topics), started.dispatcher)
             if topics:
                 log.info("subscribed to %s", sorted(topics),
                          extra={"app_id": self.app_id, "pubsubname": name})
