@@ -185,8 +185,9 @@ class BulkDispatcher(Dispatcher):
             metadata = http_headers(record, event, pubsubname=self.pubsubname,
                                     escape_all=self._escape_headers)
             metadata.popall("Content-Type", None)
-            groups.setdefault((record.topic, path), []).append(
-                _Ready(index, BulkEvent(entry.entry_id, read, dict(metadata)), dlt))
+            # str(): CIMultiDict keys are istr, which orjson refuses as keys
+            groups.setdefault((record.topic, path), []).append(_Ready(index, BulkEvent(
+                entry.entry_id, read, {str(k): v for k, v in metadata.items()}), dlt))
         for (topic, path), ready in groups.items():
             started = time.perf_counter()
             responses = await self._channel.deliver_bulk(
