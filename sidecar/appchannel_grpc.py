@@ -375,6 +375,8 @@ class GrpcAppChannel:
         self._timeout_s = settings.delivery_timeout_s or None
         self._token = settings.app_api_token
         self._token_metadata = (("dapr-api-token", self._token),) if self._token else ()
+        self._bulk_alpha = False  # the app answered OnBulkTopicEventAlpha1, not OnBulkTopicEvent
+        self._bulk_alpha_stub: appcallback_pb2_grpc.AppCallbackAlphaStub | None = None
         self._extra = {"app_id": settings.app_id}
 
     def _client(self) -> appcallback_pb2_grpc.AppCallbackStub:
@@ -401,6 +403,7 @@ class GrpcAppChannel:
                 log.debug("error closing the gRPC app channel", exc_info=True, extra=self._extra)
             self._channel = None
             self._stub = None
+            self._bulk_alpha_stub = None
 
     async def wait_until_reachable(self, stop_event: asyncio.Event | None = None) -> bool:
         """Wait until the app port accepts a TCP connection; see ``appchannel.wait_for_port``."""
@@ -463,11 +466,11 @@ class GrpcAppChannel:
                            pubsubname: str) -> list[AppResponse]:
         """``OnBulkTopicEvent`` for ``events`` (§2.4), one answer per event, in order.
 
-        An app that answers ``UNIMPLEMENTED`` is asked again with the older
-        ``AppCallbackAlpha.OnBulkTopicEventAlpha1``, as Dapr does; if that is unimplemented too,
-        every event is dropped (as ``OnTopicEvent``'s ``UNIMPLEMENTED``). An event whose data
-        cannot be carried is retried alone; any other gRPC error or a timeout retries all.
-        Raises only ``CancelledError``.
+        Dapr itself calls the older ``AppCallbackAlpha.OnBulkTopicEventAlpha1`` (same messages);
+        an app that answers ``UNIMPLEMENTED`` to one is asked with the other, and the one that
+        worked is asked first from then on. If both are unimplemented every event is dropped (as
+        for ``OnTopicEvent``). An event whose data cannot be carried is retried alone; any other
+        gRPC error or a timeout retries all. Raises only ``CancelledError``.
         """
         answers: list[AppResponse | None] = [None] * len(events)
         request = appcallback_pb2.TopicEventBulkRequest(
@@ -482,18 +485,8 @@ class GrpcAppChannel:
             except EnvelopeDataError as exc:
                 answers[i] = AppResponse(AppStatus.RETRY, None, str(exc))
         if sent:
-            metadata = self._token_metadata
             try:
-                try:
-                    response = await self._client().OnBulkTopicEvent(
-                        request, metadata=metadata, timeout=self._timeout_s)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                        raise
-                    self._client()  # opens the channel the alpha stub shares
-                    alpha = appcallback_pb2_grpc.AppCallbackAlphaStub(self._channel)
-                    response = await alpha.OnBulkTopicEventAlpha1(
-                        request, metadata=metadata, timeout=self._timeout_s)
+                response = await self._on_bulk_topic_event(request)
             except grpc.aio.AioRpcError as exc:
                 failed = classify_rpc_error(exc.code(), exc.details(), self._timeout_s)
                 for i in sent:
@@ -503,3 +496,22 @@ class GrpcAppChannel:
                 for i, answer in zip(sent, classified):
                     answers[i] = answer
         return [a for a in answers if a is not None]
+
+    async def _on_bulk_topic_event(
+        self, request: appcallback_pb2.TopicEventBulkRequest,
+    ) -> appcallback_pb2.TopicEventBulkResponse:
+        stub = self._client()
+        if self._bulk_alpha_stub is None:
+            self._bulk_alpha_stub = appcallback_pb2_grpc.AppCallbackAlphaStub(self._channel)
+        calls = [stub.OnBulkTopicEvent, self._bulk_alpha_stub.OnBulkTopicEventAlpha1]
+        if self._bulk_alpha:
+            calls.reverse()
+        try:
+            return await calls[0](request, metadata=self._token_metadata,
+                                  timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        response = await calls[1](request, metadata=self._token_metadata, timeout=self._timeout_s)
+        self._bulk_alpha = not self._bulk_alpha
+        return response
