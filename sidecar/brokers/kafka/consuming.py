@@ -6,7 +6,9 @@ What this module guarantees (issue 2 "Delivery engine"; dapr-pubsub-contract.md 
   app-id unless ``consumerGroup``/``consumerID`` says otherwise), subscribed to every topic of
   the component's subscriptions;
 - records of one partition go to the handler strictly in order, one at a time, by that
-  partition's worker task; partitions run concurrently;
+  partition's worker task; partitions run concurrently. For a topic the handler's
+  ``batch_policy`` says may be batched (bulk subscriptions, ``brokers/base.py``
+  ``BatchHandler``) the worker hands consecutive records to ``handle_batch`` at once instead;
 - only offsets of *finished* records are committed (the handler returned,
   ``brokers/base.py``), as explicit ``{tp: offset + 1}`` of the highest contiguous finished
   record (``offsets.py``), batched: every ``commit_interval_s`` or after ``commit_every``
