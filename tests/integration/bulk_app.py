@@ -8,12 +8,13 @@ which the app also subscribes, one event at a time).
   (route ``/dead``);
 - ``POST /bulk``: a §2.4 bulk request; every entry is answered as its event's ``data.answer``
   says: ``SUCCESS``, ``DROP``, ``RETRY_ONCE`` (RETRY the first time), ``OMIT_ONCE`` (no status
-  the first time);
+  the first time), ``HANG_ONCE`` (the first request holding it never gets an answer);
 - ``POST /dead``: records the event id as dead-lettered;
 - ``GET /received``: ``{"requests": [[ids of one request]...], "answers": {id: [statuses]},
   "dead": [ids]}``.
 """
 
+import asyncio
 import json
 import os
 import signal
@@ -59,6 +60,9 @@ async def on_bulk(request: web.Request) -> web.Response:
         answers.setdefault(event_id, []).append(wanted)
         statuses.append({"entryId": entry["entryId"], "status": wanted})
     requests.append(ids)
+    if any((e["event"].get("data") or {}).get("answer") == "HANG_ONCE"
+           and seen[e["event"]["id"]] == 1 for e in body["entries"]):
+        await asyncio.Event().wait()  # never answers: the sidecar dies meanwhile
     return web.json_response({"statuses": statuses})
 
 

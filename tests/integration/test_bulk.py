@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -161,6 +162,46 @@ def test_http_bulk_subscription_batches_retries_dead_letters_and_commits(
     sidecar.stop()  # commits what finished, which is everything
     assert committed(kafka_bootstrap, app_id, topic) == per_partition(events)
     assert "bulkSubscribe is not supported" not in sidecar.log()
+
+
+def test_a_batch_in_flight_when_the_sidecar_dies_is_delivered_again(
+        tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc],
+        unique: str) -> None:
+    """At-least-once: the app never answers the request holding ``HANG_ONCE``; the sidecar is
+    killed (no shutdown, no commit); a new sidecar of the same app-id delivers that whole batch
+    again and everything after it, and commits everything."""
+    topic, app_id = f"bulk-kill-{unique}", f"bulk-kill-{unique}"
+    app = start_bulk_app(tmp_path, topic=topic, max_count=5, max_await_ms=200)
+    procs.append(app)
+    first = start_sidecar(tmp_path, "bulk-1", app_id=app_id, resources=resources,
+                          app_port=app.port)
+    procs.append(first)
+    poll("the first sidecar to be assigned partitions", lambda: assignment(first), 60)
+    events = [(f"{unique}-{n}", "HANG_ONCE" if n == 42 else "SUCCESS") for n in range(80)]
+    produce(kafka_bootstrap, topic, events)
+
+    def hung_batch() -> list[str] | None:
+        _, got = http_json(f"http://127.0.0.1:{app.port}/received")
+        return next((r for r in got["requests"] if events[42][0] in r), None)
+
+    in_flight = poll("the request the app holds", hung_batch, 60)
+    first.signal(signal.SIGKILL)
+    first.process.wait(10)
+
+    second = start_sidecar(tmp_path, "bulk-2", app_id=app_id, resources=resources,
+                           app_port=app.port)
+    procs.append(second)
+
+    def all_succeeded() -> dict[str, Any] | None:
+        _, got = http_json(f"http://127.0.0.1:{app.port}/received")
+        succeeded = {i for i, a in got["answers"].items() if "SUCCESS" in a}
+        return got if {i for i, _ in events} <= succeeded else None
+
+    got = poll("every event acknowledged", all_succeeded, 90)
+    for event_id in in_flight:  # the unanswered batch came again, whole
+        assert sum(event_id in r for r in got["requests"]) >= 2, event_id
+    second.stop()
+    assert committed(kafka_bootstrap, app_id, topic) == per_partition(events)
 
 
 class BulkCallback(appcallback_pb2_grpc.AppCallbackServicer):
