@@ -22,7 +22,6 @@ import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-
 from tidings.sidecar.localbroker import free_port
 from tidings.sidecar.localdev import kafka_component_yaml
 

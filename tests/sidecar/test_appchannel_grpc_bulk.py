@@ -15,7 +15,6 @@ import grpc
 import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-
 from tidings.sidecar.appchannel import AppStatus, open_app_channel
 from tidings.sidecar.appchannel_grpc import (
     GrpcAppChannel,

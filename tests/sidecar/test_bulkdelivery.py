@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-
 from tidings.sidecar.appchannel import AppChannel, AppStatus
 from tidings.sidecar.brokers.base import BatchPolicy, Record
 from tidings.sidecar.bulkdelivery import BulkDispatcher
@@ -67,7 +66,8 @@ def test_classify_bulk(http_status: int, body: bytes, expected: list[str]) -> No
 
 
 def test_bulk_body_embeds_the_exact_event_bytes() -> None:
-    value = b'{"id":"ce-1","type":"t","specversion":"1.0","source":"s","data":{"n":12345678901234567890123}}'
+    value = (b'{"id":"ce-1","type":"t","specversion":"1.0","source":"s",'
+             b'"data":{"n":12345678901234567890123}}')
     read = read_event(value, topic="orders", pubsubname="pubsub", raw_payload=False, headers=())
     body = bulk_request_body([BulkEvent("e-1", read, {"__offset": "7"})], request_id="r-1",
                              topic="orders", pubsubname="pubsub")
@@ -162,8 +162,11 @@ async def make_dispatcher(
         await channel.close()
 
 
+BULK = BulkOptions(10, 50)
+
+
 def bulk_sub(*rules: tuple[str, str], default: str | None = "/orders", dlt: str | None = None,
-             bulk: BulkOptions | None = BulkOptions(10, 50), topic: str = "orders",
+             bulk: BulkOptions | None = BULK, topic: str = "orders",
              **metadata: str) -> TopicSubscription:
     return TopicSubscription(pubsubname="pubsub", topic=topic,
                              rules=tuple(Route(m, p) for m, p in rules), default_path=default,
