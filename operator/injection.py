@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ import aiohttp.web
 import kopf
 
 from .annotations import SIDECAR_IMAGE, AnnotationError, injection_requested, parse_sidecar_config
+from .metrics import ADMISSION_LATENCY, ADMISSION_REQUESTS, admission_outcome
 from .settings import InjectorSettings
 from .sidecar_patch import INJECTED_LABEL, SIDECAR_CONTAINER, patch_pod
 
@@ -144,6 +146,15 @@ class AdmissionServer(kopf.WebhookServer):
 
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        started = time.perf_counter()
+        response = await AdmissionServer._serve_checked(fn, request)
+        outcome = admission_outcome(response.status, response.body)  # type: ignore[arg-type]
+        ADMISSION_REQUESTS.labels(outcome).inc()
+        ADMISSION_LATENCY.labels(outcome).observe(time.perf_counter() - started)
+        return response
+
+    @staticmethod
+    async def _serve_checked(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
         if request.content_type != "application/json":
             return _status(415, f"Content-Type must be application/json, not "
                                 f"{request.content_type!r}")

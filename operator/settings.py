@@ -96,6 +96,8 @@ class OperatorSettings:
     log_level: str = "info"
     log_format: str = "json"
     """``json`` (one object a line) or ``text``."""
+    metrics_port: int = 9090
+    """Port of the Prometheus ``/metrics`` endpoint (``operator/metrics.py``); 0 serves none."""
 
 
 def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -147,6 +149,8 @@ def add_operator_arguments(
     a("--log-level", default=env.get("TIDINGS_LOG_LEVEL", "info"),
       choices=("debug", "info", "warning", "error"))
     a("--log-format", default=env.get("TIDINGS_LOG_FORMAT", "json"), choices=("json", "text"))
+    a("--metrics-port", type=int, default=int(env.get("TIDINGS_METRICS_PORT", "9090")),
+      help="port of the Prometheus /metrics endpoint; 0 serves none")
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -158,6 +162,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     if not 0 < args.lease_renew_interval_seconds < args.lease_duration_seconds:
         raise SettingsError("--lease-renew-interval-seconds must be positive and shorter than "
                             "--lease-duration-seconds")
+    if not 0 <= args.metrics_port < 65536:
+        raise SettingsError(f"--metrics-port {args.metrics_port} is not a TCP port (0: none)")
     if args.resync_interval_seconds <= 0:
         raise SettingsError("--resync-interval-seconds must be positive")
     return OperatorSettings(
@@ -181,6 +187,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         resync_interval_s=args.resync_interval_seconds,
         log_level=args.log_level,
         log_format=args.log_format,
+        metrics_port=args.metrics_port,
     )
 
 
