@@ -3,6 +3,7 @@ README's demo."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -71,6 +72,23 @@ def test_init_run_publish_uninstall(tmp_path: Path, unique: str,
             return bool(body["finished"])
 
         poll("a published event to reach the app", delivered, 60, interval_s=0.5)
+
+        def status() -> list[dict[str, object]] | None:
+            out = subprocess.run([tidings(), "status", "--app-id", "cli-sub", "-o", "json"],
+                                 env=env, capture_output=True, text=True, check=True).stdout
+            rows = [r for r in json.loads(out) if r.get("topic") == topic]
+            return rows if rows and rows[0]["status"]["lag"] == 0 else None
+
+        [row] = poll("tidings status to show the subscription with no lag", status, 30)
+        assert row["appId"] == "cli-sub" and row["pubsubname"] == "pubsub"
+        assert row["status"]["consumerGroup"] == "cli-sub" and row["status"]["inFlight"] == 0
+        assert row["status"]["partitions"], "the partitions this member owns"
+        table = subprocess.run([tidings(), "status"], env=env, capture_output=True, text=True,
+                               check=True).stdout
+        assert table.startswith("APP ID") and topic in table and "cli-sub" in table
+        nobody = subprocess.run([tidings(), "status", "--app-id", "nope"], env=env,
+                                capture_output=True, text=True)
+        assert nobody.returncode == 2 and "no running sidecar" in nobody.stderr
         bad = subprocess.run([tidings(), "publish", "--app-id", "cli-sub", "--pubsub", "nope",
                               "--topic", topic, "--data", "{}"], env=env, capture_output=True,
                              text=True)
