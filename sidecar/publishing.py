@@ -305,7 +305,8 @@ class Publisher:
                       elapsed_s=time.perf_counter() - started)
 
     async def publish_bulk(self, pubsubname: str, topic: str, entries: Sequence[BulkEntry],
-                           metadata: dict[str, str]) -> list[BulkFailure]:
+                           metadata: dict[str, str], *, traceparent: str | None = None,
+                           tracestate: str | None = None) -> list[BulkFailure]:
         """Publish ``entries`` together (§1.3); returns the entries the broker did not store
         (empty: all acknowledged).
 
@@ -323,8 +324,28 @@ class Publisher:
         when scoping denies the topic. Broker failures, and a bad ``partitionNumber`` of an
         entry, are returned as failed entries (the other entries are still published), not
         raised.
+
+        ``traceparent``/``tracestate`` (the request's W3C headers) are every entry's trace
+        context, as for :meth:`publish` (one publish span for the request when spans are
+        exported); without them each entry starts its own trace.
         """
         component = self.validate_target(pubsubname, topic, metadata)
+        traceparent, tracestate, span = start_publish(traceparent, tracestate,
+                                                      system=_system(component), topic=topic)
+        try:
+            failures = await self._publish_bulk(component, topic, entries, metadata,
+                                                traceparent, tracestate)
+        except DaprError as exc:
+            end_span(span, exc.message)
+            raise
+        end_span(span, f"{len(failures)} of {len(entries)} entries failed" if failures else None)
+        return failures
+
+    async def _publish_bulk(self, component: LoadedComponent, topic: str,
+                            entries: Sequence[BulkEntry], metadata: dict[str, str],
+                            traceparent: str | None,
+                            tracestate: str | None) -> list[BulkFailure]:
+        pubsubname = component.name
         raw = _raw_payload(pubsubname, metadata)
         seen: set[str] = set()
         records: list[PublishRecord | BrokerError] = []
@@ -342,9 +363,11 @@ class Publisher:
             else:
                 entry_metadata = {**metadata, **entry.metadata}
                 _raw_payload(pubsubname, entry_metadata)
+            trace = traceparent or new_traceparent()
             value = data if raw else self._envelope(pubsubname, topic, data, entry.content_type,
-                                                    entry_metadata)
+                                                    entry_metadata, trace, tracestate)
             key, headers = _key_and_headers(entry_metadata)
+            _add_trace_headers(headers, entry_metadata, trace, tracestate)
             try:
                 partition = partition_number(entry_metadata)
             except BrokerError as exc:

@@ -170,7 +170,9 @@ async def publish_bulk(request: web.Request) -> web.Response:
             f"error when unmarshaling the request for topic {topic} pubsub {pubsubname}: {exc}",
             reason="DAPR_PUBSUB_UNMARSHAL_EVENTS", metadata=dict(metadata),
             resource=pubsubname) from None
-    failures = await publisher.publish_bulk(pubsubname, topic, entries, metadata)
+    failures = await publisher.publish_bulk(
+        pubsubname, topic, entries, metadata, traceparent=request.headers.get("traceparent"),
+        tracestate=header_text(request.headers.get("tracestate")))
     if not failures:
         return web.Response(status=204)
     answer = {"failedEntries": [{"entryId": f.entry_id, "error": f.error} for f in failures],

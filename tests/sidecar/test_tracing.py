@@ -97,3 +97,17 @@ def test_configure_without_an_endpoint_exports_nothing() -> None:
     assert tracing.start_delivery(headers, app_id="a", pubsubname="p", topic="t", partition=0,
                                   offset=1) is None
     assert headers == {"traceparent": TRACEPARENT}
+
+
+async def test_bulk_entries_carry_the_requests_trace_context() -> None:
+    from tidings.sidecar.publishing import BulkEntry
+
+    pub, broker = await publisher()
+    entries = [BulkEntry("1", {"n": 1}, "application/json"),
+               BulkEntry("2", "text", "text/plain")]
+    assert await pub.publish_bulk("mem", "t", entries, {}, traceparent=TRACEPARENT,
+                                  tracestate="v=1") == []
+    for record in records(broker, "t"):
+        assert orjson.loads(record.value)["traceparent"] == TRACEPARENT
+        assert dict(record.headers) == {"traceparent": TRACEPARENT.encode(),
+                                        "tracestate": b"v=1"}
