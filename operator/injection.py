@@ -72,7 +72,8 @@ def decide(pod: Mapping[str, Any], settings: InjectorSettings
             warnings.append(f"{SIDECAR_IMAGE} is ignored: this operator injects "
                             f"{settings.sidecar_image} (allowSidecarImageAnnotation is off)")
     patched = patch_pod(dict(pod), config, image=image,
-                        pull_policy=settings.sidecar_image_pull_policy)
+                        pull_policy=settings.sidecar_image_pull_policy,
+                        otlp_endpoint=settings.sidecar_otlp_endpoint)
     return patched, warnings
 
 

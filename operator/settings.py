@@ -41,6 +41,9 @@ class InjectorSettings:
     allow_sidecar_image_annotation: bool = False
     """Honour ``dapr.io/sidecar-image`` on pods. Off by default: a pod author must not choose
     what runs with the sidecar's configuration (which holds resolved broker credentials)."""
+    sidecar_otlp_endpoint: str | None = None
+    """OTLP/HTTP endpoint every injected sidecar exports spans to (its
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``); ``None``: no span export, trace context still flows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,8 @@ def add_operator_arguments(
       choices=("Always", "IfNotPresent", "Never"))
     a("--allow-sidecar-image-annotation", action=argparse.BooleanOptionalAction,
       default=_env_bool(env, "TIDINGS_ALLOW_SIDECAR_IMAGE_ANNOTATION", False))
+    a("--sidecar-otlp-endpoint", default=env.get("TIDINGS_SIDECAR_OTLP_ENDPOINT") or None,
+      help="OTLP/HTTP endpoint injected sidecars export spans to (e.g. http://otel:4318)")
     a("--webhook-addr", default=env.get("TIDINGS_WEBHOOK_ADDR", "0.0.0.0"))
     a("--webhook-port", type=int, default=int(env.get("TIDINGS_WEBHOOK_PORT", "9443")))
     a("--webhook-host", default=env.get("TIDINGS_WEBHOOK_HOST") or None)
@@ -171,6 +176,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             sidecar_image=args.sidecar_image,
             sidecar_image_pull_policy=args.sidecar_image_pull_policy,
             allow_sidecar_image_annotation=args.allow_sidecar_image_annotation,
+            sidecar_otlp_endpoint=args.sidecar_otlp_endpoint,
         ),
         webhook=WebhookSettings(
             addr=args.webhook_addr, port=args.webhook_port, host=args.webhook_host,

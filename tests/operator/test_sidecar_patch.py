@@ -134,3 +134,12 @@ def test_a_pod_with_its_own_daprd_is_not_injected() -> None:
     injected = patch_pod(make_pod(), parse_sidecar_config(make_pod()), image=IMAGE)
     again, _ = decide(injected, InjectorSettings(sidecar_image=IMAGE))  # re-invocation
     assert again == injected
+
+
+def test_otlp_endpoint_is_the_sidecars_otel_exporter_endpoint() -> None:
+    pod = make_pod()
+    config = parse_sidecar_config(pod)
+    env = daprd(patch_pod(pod, config, image=IMAGE, otlp_endpoint="http://otel:4318"))["env"]
+    assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel:4318"} in env
+    plain = daprd(patch_pod(pod, config, image=IMAGE))["env"]
+    assert not any(e["name"].startswith("OTEL_") for e in plain)
