@@ -112,6 +112,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sidecar_argv += ["--app-port", str(args.app_port)]
     if args.log_as_json:
         sidecar_argv.append("--log-as-json")
+    if args.metrics_port:
+        sidecar_argv += ["--enable-metrics", "--metrics-port", str(args.metrics_port)]
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -303,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--log-as-json", action="store_true")
     p.add_argument("--graceful-shutdown-seconds", type=float, default=5.0)
+    p.add_argument("--metrics-port", type=port_arg, default=None,
+                   help="serve the sidecar's Prometheus /metrics on this port (default: none)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD... (the app)")
     p.set_defaults(func=_cmd_run)
 

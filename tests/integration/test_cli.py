@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,8 +51,10 @@ def test_init_run_publish_uninstall(tmp_path: Path, unique: str,
     topic = f"cli-{unique}"
     app_port = free_port()
     log = (tmp_path / "run.log").open("wb")
+    metrics_port = free_port()
     run = subprocess.Popen(
-        [tidings(), "run", "--app-id", "cli-sub", "--app-port", str(app_port), "--",
+        [tidings(), "run", "--app-id", "cli-sub", "--app-port", str(app_port),
+         "--metrics-port", str(metrics_port), "--",
          sys.executable, str(HERE / "recorder_app.py")],
         env={**env, "APP_PORT": str(app_port), "TOPICS": topic}, stdout=log,
         stderr=subprocess.STDOUT)
@@ -86,6 +89,8 @@ def test_init_run_publish_uninstall(tmp_path: Path, unique: str,
         table = subprocess.run([tidings(), "status"], env=env, capture_output=True, text=True,
                                check=True).stdout
         assert table.startswith("APP ID") and topic in table and "cli-sub" in table
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert f'process_status="success",topic="{topic}"' in r.read().decode()
         nobody = subprocess.run([tidings(), "status", "--app-id", "nope"], env=env,
                                 capture_output=True, text=True)
         assert nobody.returncode == 2 and "no running sidecar" in nobody.stderr
