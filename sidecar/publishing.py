@@ -35,9 +35,9 @@ from .envelopes.wrapping import (
 )
 from .errors import DaprError
 from .metrics import record_egress
-from .tracing import end_span, start_publish
 from .resources.loading import LoadedComponent
 from .scoping import scopes_of
+from .tracing import end_span, start_publish
 
 __all__ = ["BulkEntry", "BulkFailure", "Publisher", "event_bytes", "parse_bool",
            "partition_number"]

@@ -73,10 +73,13 @@ def configure(service_name: str, environ: Mapping[str, str] | None = None) -> bo
     """Export spans over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-only
     variant) is set; returns whether spans are exported. ``service_name`` is used unless
     ``OTEL_SERVICE_NAME`` is set. Without the ``otel`` extra installed it logs an error once and
-    returns ``False`` (propagation still works). Call once per process, before serving."""
+    returns ``False`` (propagation still works). ``environ`` decides whether to export; the
+    exporter itself reads the process environment. Call once per process, before serving."""
     global _tracer, _provider, _propagator
     env = os.environ if environ is None else environ
-    if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if not endpoint:
         return False
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -95,16 +98,18 @@ def configure(service_name: str, environ: Mapping[str, str] | None = None) -> bo
     _provider = provider
     _tracer = provider.get_tracer("tidings.sidecar")
     _propagator = TraceContextTextMapPropagator()
-    log.info("exporting spans over OTLP/HTTP", extra={"app_id": service_name})
+    log.info("exporting spans over OTLP/HTTP to %s", endpoint, extra={"app_id": service_name})
     return True
 
 
-def shutdown() -> None:
-    """Flush pending spans and stop the exporter (sidecar stop). Never raises."""
+def shutdown(flush_timeout_s: float = 2.0) -> None:
+    """Flush pending spans (for at most about ``flush_timeout_s`` seconds plus one export
+    attempt) and stop the exporter (sidecar stop). Never raises."""
     global _tracer, _provider
     provider, _provider, _tracer = _provider, None, None
     if provider is not None:
         try:
+            provider.force_flush(int(flush_timeout_s * 1000))
             provider.shutdown()
         except Exception:  # noqa: BLE001 - an unreachable collector must not fail the stop
             log.exception("flushing spans failed")
