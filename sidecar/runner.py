@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import metrics
+from . import metrics, tracing
 from .api.app import create_app
 from .appchannel import open_app_channel
 from .brokers.base import Broker, BrokerError
@@ -288,6 +288,7 @@ async def _serve(settings: SidecarSettings) -> int:
             log.error("cannot serve metrics on port %s: %s", settings.metrics_port, exc,
                       extra={"app_id": settings.app_id})
             return 2
+    tracing.configure(settings.app_id)  # spans only with OTEL_EXPORTER_OTLP_ENDPOINT set
     try:
         await sidecar.start()
     except ResourceError as exc:
@@ -301,6 +302,7 @@ async def _serve(settings: SidecarSettings) -> int:
         return 2
     await sidecar.wait_stopped()
     await sidecar.stop()
+    tracing.shutdown()
     return 0
 
 

@@ -2,7 +2,9 @@
 
 The response has Dapr's shape: ``id``, ``runtimeVersion``, ``enabledFeatures``, ``actors``,
 ``components`` (``name``/``type``/``version``/``capabilities``), ``subscriptions`` (each with its
-``type`` DECLARATIVE or PROGRAMMATIC, from ``TopicSubscription.to_metadata_json``), ``extended``
+``type`` DECLARATIVE or PROGRAMMATIC, from ``TopicSubscription.to_metadata_json``; ours add
+``status``: consumer group, assigned partitions with their lag, in-flight deliveries, retries,
+dead-lettered records and the last error, from ``metrics.subscription_status``), ``extended``
 (attributes set with PUT), ``httpEndpoints`` and ``appConnectionProperties``.
 """
 
@@ -13,6 +15,7 @@ import importlib.metadata
 import orjson
 from aiohttp import web
 
+from ..metrics import subscription_status
 from ..resources.kafka import COMPONENT_TYPE as KAFKA_TYPE
 from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY
 
@@ -47,7 +50,11 @@ async def get_metadata(request: web.Request) -> web.Response:
              "capabilities": list(CAPABILITIES.get(c.type, []))}
             for c in runtime.components()
         ],
-        "subscriptions": [s.to_metadata_json() for s in runtime.subscriptions()],
+        "subscriptions": [
+            {**s.to_metadata_json(),
+             "status": subscription_status(runtime.app_id, s.pubsubname, s.topic)}
+            for s in runtime.subscriptions()
+        ],
         "extended": {**runtime.extended(), **request.app[EXTENDED_KEY]},
         "httpEndpoints": [],
         "appConnectionProperties": connection,

@@ -28,6 +28,7 @@ from tidings.sidecar.publishing import Publisher
 from tidings.sidecar.resources.loading import LoadedComponent, check_component
 from tidings.sidecar.resources.models import Component, SubscriptionType, TopicSubscription, Route
 from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.tracing import valid_traceparent
 
 from .records import read_records
 
@@ -297,6 +298,7 @@ async def test_metadata_becomes_key_and_headers_on_kafka(
     [record] = await read_records(kafka_bootstrap, topic, 1)
     assert record.key == b"order-1"
     headers = dict(record.headers)
+    assert valid_traceparent(headers.pop("traceparent").decode())  # tracing.py
     assert headers == {"custom": "vé".encode(), "cloudevent.ID": b"my-id",
                        "cloudevent.subject": b"subj"}  # first value kept; key not a header
     event = orjson.loads(record.value)
@@ -312,7 +314,9 @@ async def test_raw_payload_on_kafka(api: Api, kafka_bootstrap: str, unique: str)
     assert status == 204
     [record] = await read_records(kafka_bootstrap, topic, 1)
     assert record.value == payload
-    assert dict(record.headers) == {"rawPayload": b"true"}
+    headers = dict(record.headers)
+    assert valid_traceparent(headers.pop("traceparent").decode())  # tracing.py
+    assert headers == {"rawPayload": b"true"}
 
 
 async def test_numbers_survive_byte_exact_on_kafka(
@@ -460,6 +464,10 @@ async def test_metadata(api: Api) -> None:
             "capabilities": ["BULK_PUBLISH"]} in meta["components"]
     assert {"name": "mem", "type": "pubsub.in-memory", "version": "v1",
             "capabilities": []} in meta["components"]
+    statuses = [s.pop("status") for s in meta["subscriptions"]]
+    assert statuses == [
+        {"consumerGroup": None, "partitions": [], "lag": 0, "inFlight": 0, "retries": 0,
+         "deadLettered": 0, "lastError": None}] * 2  # no consumer runs yet
     assert meta["subscriptions"] == [
         {"pubsubname": "kafka", "topic": "orders", "metadata": {},
          "rules": [{"match": "event.x > 1", "path": "/big"}, {"path": "/orders"}],
