@@ -10,8 +10,8 @@ Mapping (Dapr's Redis Streams component; ``resources/redis.py`` for the metadata
   stream at ``0`` with ``MKSTREAM`` (as Dapr does: a new group starts at the stream's oldest
   entry); every sidecar process is one consumer of it, named ``<app-id>-<host>-<pid>-<random>``,
   so replicas of one app-id share the entries and each app-id gets all of them;
-- one reader per stream (``XREADGROUP ... >``, up to ``queueDepth`` entries) feeds one queue of
-  ``queueDepth`` entries, which ``concurrency`` workers hand to the handler;
+- one reader per stream (``XREADGROUP ... >``, as many entries as the queue has room for) feeds
+  one queue of ``queueDepth`` entries, which ``concurrency`` workers hand to the handler;
 - an entry is acknowledged (``XACK``, batched) only after ``await handler(record)`` returned, the
   ``brokers/base.py`` contract;
 - entries another consumer took and did not acknowledge for ``processingTimeout`` (it crashed)
@@ -329,9 +329,11 @@ class RedisBroker:
                     self._reading.add(topic)
                     log.info("reading stream %s as consumer %s of group %s", topic,
                              self.consumer, group, extra=extra)
+                # read no more than the queue takes, so a consumer holds at most about
+                # queueDepth + concurrency entries (what a crash leaves to be reclaimed)
+                room = max(1, self._queue.maxsize - self._queue.qsize())
                 batches = await client.xreadgroup(group, self.consumer, {topic: ">"},
-                                                  count=self.meta.queue_depth,
-                                                  block=self._block_ms)
+                                                  count=room, block=self._block_ms)
                 backoff = self._error_backoff_s
             except (RedisError, BrokerError) as exc:
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
