@@ -4,7 +4,8 @@ Mapping (Dapr's Redis Streams component; ``resources/redis.py`` for the metadata
 
 - a topic is a stream of the same name; a publish is ``XADD topic * data <value>`` (plus
   ``metadata``, a JSON object of the publish metadata, as Dapr writes it, and ``key`` for
-  ``partitionKey``), trimmed with ``MAXLEN ~ maxLenApprox`` when set; ``publish_many`` pipelines
+  ``partitionKey``), trimmed with ``MAXLEN ~ maxLenApprox`` or ``MINID ~ <now - streamTTL>`` when
+  set; ``publish_many`` pipelines
   the ``XADD``\\ s in one round trip;
 - the app-id's consumer group (``consumerID``, default the app-id) is created on each subscribed
   stream at ``0`` with ``MKSTREAM`` (as Dapr does: a new group starts at the stream's oldest
@@ -36,6 +37,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -223,6 +225,10 @@ class RedisBroker:
         kwargs: dict[str, Any] = {"fields": _fields(value, key, headers)}
         if self.meta.max_len_approx is not None:
             kwargs.update(maxlen=self.meta.max_len_approx, approximate=True)
+        elif self.meta.stream_ttl_s is not None:
+            # Dapr's streamTTL: drop entries older than the TTL (ids start with their ms)
+            oldest_ms = int((time.time() - self.meta.stream_ttl_s) * 1000)
+            kwargs.update(minid=f"{oldest_ms}-1", approximate=True)
         return kwargs
 
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,

@@ -79,8 +79,9 @@ def test_metadata_defaults_follow_dapr() -> None:
         "localhost", 6379, 0, None, None)
     assert meta.consumer_group == "orders"  # app-id = consumer group, as for Kafka
     assert (meta.queue_depth, meta.concurrency) == (100, 10)
-    assert (meta.processing_timeout_s, meta.redeliver_interval_s) == (60.0, 60.0)
-    assert meta.max_len_approx is None and not meta.enable_tls and meta.reclaims
+    assert (meta.processing_timeout_s, meta.redeliver_interval_s) == (15.0, 60.0)
+    assert meta.max_len_approx is None and meta.stream_ttl_s is None
+    assert not meta.enable_tls and meta.reclaims
     assert meta.retry.max_retries == -1
 
 
@@ -101,8 +102,11 @@ def test_metadata_names_any_case_and_values() -> None:
 
 @pytest.mark.parametrize(("values", "field"), [
     ({}, "redisHost"),
-    ({"redisHost": "nohost"}, "redisHost"),
     ({"redisHost": "h:99999"}, "redisHost"),
+    ({"redisHost": "h", "redisPort": "x"}, "redisHost"),
+    ({"redisHost": "h:1", "clientCert": "PEM"}, "clientCert"),
+    ({"redisHost": "h:1", "useEntraID": "true"}, "useEntraID"),
+    ({"redisHost": "h:1", "maxLenApprox": "10", "streamTTL": "1h"}, "streamTTL"),
     ({"redisHost": "h:1", "redisType": "cluster"}, "redisType"),
     ({"redisHost": "h:1", "failover": "true"}, "failover"),
     ({"redisHost": "h:1", "concurrency": "0"}, "concurrency"),
@@ -115,6 +119,14 @@ def test_metadata_errors_name_the_field(values: dict[str, str], field: str) -> N
     with pytest.raises(ResourceError) as err:
         parse_redis_metadata(values, app_id="a", source="pubsub.yaml")
     assert err.value.field == f"spec.metadata.{field}" and err.value.source == "pubsub.yaml"
+
+
+def test_redis_host_without_port() -> None:
+    assert (parse_redis_metadata({"redisHost": "redis"}, app_id="a").port) == 6379
+    meta = parse_redis_metadata({"redisHost": "redis", "redisPort": "6380"}, app_id="a")
+    assert (meta.host, meta.port) == ("redis", 6380)
+    meta = parse_redis_metadata({"redisHost": "[::1]:6381"}, app_id="a")
+    assert (meta.host, meta.port) == ("::1", 6381)
 
 
 def test_entry_offset() -> None:
@@ -382,6 +394,21 @@ async def test_max_len_approx_trims_the_stream(make, raw: aioredis.Redis, unique
         await broker.publish_many([PublishRecord(topic, b"x")] * 100)
     # MAXLEN ~ trims whole macro nodes (100 entries each by default): never below the limit
     assert 100 <= await raw.xlen(topic) < 1000
+
+
+async def test_stream_ttl_trims_old_entries(make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+    topic = stream(raw, f"ttl-{unique}")
+    old_ms = int(time.time() * 1000) - 3_600_000
+    pipe = raw.pipeline(transaction=False)
+    for seq in range(150):  # an hour old; more than one macro node (100 entries by default)
+        pipe.xadd(topic, {"data": b"old"}, id=f"{old_ms}-{seq}")
+    await pipe.execute()
+    broker = await make(streamTTL="1m")
+    assert broker.meta.stream_ttl_s == 60.0
+    await broker.publish(topic, b"new")
+    # MINID ~ drops whole macro nodes of old entries: at least the first 100 are gone
+    assert 1 < await raw.xlen(topic) <= 51
+    assert (await raw.xrevrange(topic, count=1))[0][1][b"data"] == b"new"
 
 
 async def test_entries_written_by_dapr_are_read(make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
