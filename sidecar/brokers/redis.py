@@ -185,6 +185,9 @@ class RedisBroker:
         client = aioredis.Redis(
             host=meta.host, port=meta.port, db=meta.db, username=meta.username,
             password=meta.password, ssl=meta.enable_tls, socket_connect_timeout=meta.dial_timeout_s,
+            # a connection that died without a FIN must not hang a publish or a read for ever;
+            # the longest legitimate wait is one blocking XREADGROUP
+            socket_timeout=self._block_ms / 1000 + meta.dial_timeout_s,
             health_check_interval=30, client_name=self.consumer[:64])
         try:
             await client.ping()
@@ -212,7 +215,10 @@ class RedisBroker:
         return self._started and not self._closing
 
     def _redis(self) -> aioredis.Redis:
-        if self._client is None or not self.ready():
+        # While closing, the client stays usable until consumption stopped: handlers finishing
+        # in the grace period may still publish to a dead-letter topic (as Kafka's producer
+        # stops last).
+        if self._client is None:
             raise BrokerError(f"pubsub {self.name} is not connected", retriable=True)
         return self._client
 
@@ -357,7 +363,11 @@ class RedisBroker:
                        ) -> None:
         held = self._held.setdefault(topic, set())
         for entry_id, fields in entries:
-            if fields is None:  # deleted from the stream (XDEL/trim) after it was delivered
+            if fields is None:  # deleted (XDEL, trimmed) after it was read: nothing to deliver
+                log.error("entry %s was deleted from the stream before it was delivered",
+                          entry_id.decode(), extra={**self._log, "topic": topic})
+                self._to_ack.setdefault(topic, []).append(entry_id)
+                self._ack_wakeup.set()
                 continue
             held.add(entry_id)
             await self._queue.put((topic, entry_id, _record(topic, entry_id, fields)))

@@ -447,3 +447,26 @@ async def test_unsubscribe_stops_reading_and_leaves_the_rest_pending(
     await asyncio.sleep(0.1)
     assert got == [b]  # a is not read any more; its entry waits for a reader of the group
     assert await raw.xlen(a) == 1
+
+
+async def test_a_handler_finishing_during_close_can_still_dead_letter(
+        make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """The grace period is for handlers to finish, and finishing may mean producing the
+    record to its dead-letter topic through this same component."""
+    topic, dlt = stream(raw, f"src-{unique}"), stream(raw, f"dlt-{unique}")
+    broker = await make()
+    started = asyncio.Event()
+
+    async def dead_letters(record: Record) -> None:
+        started.set()
+        await asyncio.sleep(0.2)  # close() begins meanwhile
+        await broker.publish(dlt, record.value, key=record.key, headers=record.headers)
+
+    await broker.publish(topic, b"poison", key=b"k")
+    await broker.subscribe([topic], dead_letters)
+    await started.wait()
+    await broker.close(grace_s=5)
+    assert [(f[b"data"], f[b"key"]) for _, f in await raw.xrange(dlt)] == [(b"poison", b"k")]
+    assert (await raw.xpending(topic, f"group-{unique}"))["pending"] == 0
+    with pytest.raises(BrokerError):
+        await broker.publish(topic, b"after close")
