@@ -470,3 +470,69 @@ async def test_a_handler_finishing_during_close_can_still_dead_letter(
     assert (await raw.xpending(topic, f"group-{unique}"))["pending"] == 0
     with pytest.raises(BrokerError):
         await broker.publish(topic, b"after close")
+
+
+async def test_a_redis_restart_is_survived(tmp_path, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """A private redis-server (started by this test on a free port, without persistence) goes
+    away and comes back empty: publishing fails retriably meanwhile, then the reader recreates
+    its group and delivery resumes. The machine's shared Redis is not touched."""
+    import shutil
+    import subprocess
+
+    from tidings.sidecar.localbroker import free_port
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is not installed"
+    port = free_port()
+
+    def start_server() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def answers() -> bool:
+        client = aioredis.Redis(port=port)
+        try:
+            return bool(await client.ping())
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+        finally:
+            await client.aclose()
+
+    proc = start_server()
+    try:
+        deadline = time.monotonic() + 10
+        while not await answers():
+            assert time.monotonic() < deadline, "private redis-server did not start"
+            await asyncio.sleep(0.05)
+        broker = RedisBroker(component(f"127.0.0.1:{port}", consumerID=f"g-{unique}",
+                                       dialTimeout="1s"),
+                             app_id="app", error_backoff_s=0.05, max_error_backoff_s=0.2)
+        await broker.start()
+        got: list[bytes] = []
+
+        async def handler(record: Record) -> None:
+            got.append(record.value)
+
+        await broker.subscribe(["t"], handler)
+        await broker.publish("t", b"before")
+        await until(lambda: got == [b"before"])
+        proc.terminate()
+        proc.wait(10)
+        with pytest.raises(BrokerError) as err:
+            await broker.publish("t", b"while down")
+        assert err.value.retriable
+        proc = start_server()
+        deadline = time.monotonic() + 10
+        while True:  # publishing works again once the server answers
+            try:
+                await broker.publish("t", b"after")
+                break
+            except BrokerError:
+                assert time.monotonic() < deadline, "publishing did not recover"
+                await asyncio.sleep(0.05)
+        await until(lambda: got == [b"before", b"after"], timeout_s=15)
+        await broker.close(grace_s=1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
