@@ -161,6 +161,7 @@ class RedisBroker:
         self._client: aioredis.Redis | None = None
         self._touch: Any = None
         self._started = False
+        self._connected = asyncio.Event()  # start() succeeded: readers may begin
         self._closing = False
         self._handler: Handler | None = None
         self._topics: set[str] = set()
@@ -197,6 +198,7 @@ class RedisBroker:
         self._client = client
         self._touch = client.register_script(_TOUCH_SCRIPT)
         self._started = True
+        self._connected.set()
         log.info("pubsub.redis at %s:%s db %s, consumer group %s, consumer %s; partitionNumber is "
                  "refused and partitionKey only travels as __key (streams have no partitions); "
                  "%s", meta.host, meta.port, meta.db, meta.consumer_group, self.consumer,
@@ -284,8 +286,8 @@ class RedisBroker:
 
     async def subscribe(self, topics: Collection[str], handler: Handler) -> None:
         """Consume exactly ``topics`` with ``handler`` (empty: stop reading). Returns once the
-        group exists on every new stream and its reader runs, or, while Redis is unreachable,
-        at once (the readers keep trying). Entries of a dropped stream that were read but not
+        group exists on every new stream and its reader runs, or, before :meth:`start`
+        succeeded or while Redis is unreachable, sooner (the readers begin once connected). Entries of a dropped stream that were read but not
         started stay pending and become reclaimable; one in flight finishes."""
         self._handler = handler
         wanted = set(topics)
@@ -312,7 +314,8 @@ class RedisBroker:
                                                        name=f"redis:{self.name}:{topic}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.meta.dial_timeout_s
-        while new and not all(t in self._reading for t in new) and loop.time() < deadline:
+        while (new and self._connected.is_set() and not all(t in self._reading for t in new)
+               and loop.time() < deadline):
             await asyncio.sleep(0.01)  # poll for the readers' first step; bounded by dialTimeout
 
     def streams(self) -> list[str]:
@@ -332,6 +335,7 @@ class RedisBroker:
         extra = {**self._log, "topic": topic}
         group = self.meta.consumer_group
         have_group = False
+        await self._connected.wait()  # subscribed before start() connected (the runner does)
         while True:
             try:
                 client = self._redis()

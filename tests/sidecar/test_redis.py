@@ -536,3 +536,26 @@ async def test_a_redis_restart_is_survived(tmp_path, unique: str) -> None:  # ty
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_subscribe_before_start_reads_once_connected(redis_host: str, raw: aioredis.Redis,
+                                                           unique: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The runner subscribes as soon as the app is reachable, which may be before the broker's
+    start() succeeded: reading begins once connected, without errors meanwhile."""
+    topic = stream(raw, f"early-{unique}")
+    broker = RedisBroker(component(redis_host, consumerID=f"group-{unique}"), app_id="app")
+    got: list[bytes] = []
+
+    async def handler(record: Record) -> None:
+        got.append(record.value)
+
+    try:
+        await broker.subscribe([topic], handler)
+        assert broker.streams() == []
+        await broker.start()
+        await broker.publish(topic, b"a")
+        await until(lambda: got == [b"a"])
+        assert broker.streams() == [topic]
+        assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    finally:
+        await broker.close(grace_s=0)
