@@ -287,8 +287,9 @@ class RedisBroker:
     async def subscribe(self, topics: Collection[str], handler: Handler) -> None:
         """Consume exactly ``topics`` with ``handler`` (empty: stop reading). Returns once the
         group exists on every new stream and its reader runs, or, before :meth:`start`
-        succeeded or while Redis is unreachable, sooner (the readers begin once connected). Entries of a dropped stream that were read but not
-        started stay pending and become reclaimable; one in flight finishes."""
+        succeeded or while Redis is unreachable, sooner (the readers begin once connected).
+        Entries of a dropped stream that were read but not started stay pending and become
+        reclaimable; one in flight finishes."""
         self._handler = handler
         wanted = set(topics)
         for topic in [t for t in self._readers if t not in wanted]:

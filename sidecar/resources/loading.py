@@ -121,7 +121,8 @@ def check_component(
                             "(use v1)", source=source, field="spec.version")
     values = dict(metadata) if metadata is not None else resolve_metadata(component, source=source)
     kafka = parse_kafka_metadata(values, app_id=app_id, source=source) if ctype == KAFKA_TYPE else None
-    redis = parse_redis_metadata(values, app_id=app_id, source=source) if ctype == REDIS_TYPE else None
+    redis = (parse_redis_metadata(values, app_id=app_id, source=source)
+             if ctype == REDIS_TYPE else None)
     return LoadedComponent(component=component, source=source, metadata=values, kafka=kafka,
                            redis=redis)
 

@@ -6,14 +6,14 @@ Names and defaults follow Dapr's component (components-contrib ``pubsub/redis/me
 consumer group; default the app-id, as Kafka's group is), ``queueDepth`` (100), ``concurrency``
 (10), ``processingTimeout`` (15s; 0 never reclaims), ``redeliverInterval`` (60s; 0 never
 reclaims), ``maxLenApprox`` (unset: streams are not trimmed by length), ``streamTTL`` (unset:
-not trimmed by age), ``dialTimeout`` (5s). Durations take Go syntax or bare milliseconds. Keys match case-insensitively, as for Kafka. Delivery retries read the same
-``backOff*`` keys as every component (:func:`~.kafka.parse_retry_policy`).
+not trimmed by age), ``dialTimeout`` (5s). Durations take Go syntax or bare milliseconds. Keys
+match case-insensitively, as for Kafka. Delivery retries read the same ``backOff*`` keys as
+every component (:func:`~.kafka.parse_retry_policy`).
 
 Dapr options this component does not implement are refused when they would change behaviour
 (``redisType: cluster``, ``failover: true``, ``clientCert``/``clientKey``, ``useEntraID``) and
-listed in :attr:`RedisMetadata.ignored` when
-they only tune Dapr's Go client (pool sizes, client-side retries), so the broker can say so at
-start-up instead of ignoring them silently.
+listed in :attr:`RedisMetadata.ignored` when they only tune Dapr's Go client (pool sizes,
+client-side retries), so the broker can say so at start-up instead of ignoring them silently.
 
 Used by the sidecar's Redis broker and by the operator's validation.
 """

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import orjson
 import pytest
@@ -18,6 +19,10 @@ from tidings.sidecar.brokers.redis import RedisBroker, entry_offset
 from tidings.sidecar.resources.loading import LoadedComponent, check_component
 from tidings.sidecar.resources.models import Component, ResourceError
 from tidings.sidecar.resources.redis import parse_redis_metadata
+
+
+Make = Callable[..., Awaitable[RedisBroker]]
+"""The ``make`` fixture: ``await make(**metadata)`` is a started broker, closed after the test."""
 
 
 def component(host: str, **metadata: str) -> LoadedComponent:
@@ -50,7 +55,8 @@ async def raw(redis_host: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def make(redis_host: str, raw: aioredis.Redis, unique: str):  # type: ignore[no-untyped-def]
+async def make(redis_host: str, raw: aioredis.Redis,
+               unique: str) -> AsyncIterator[Make]:
     """``await make(consumerID=..., **metadata)``: a started broker, closed after the test."""
     brokers: list[RedisBroker] = []
 
@@ -148,7 +154,7 @@ async def test_unreachable_redis_is_a_retriable_start_error(unique: str) -> None
 
 
 async def test_publish_then_deliver_in_stream_order_with_key_and_metadata(
-        make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     topic = stream(raw, f"orders-{unique}")
     broker = await make(concurrency="1")
     assert ORDERED in broker.features
@@ -183,13 +189,13 @@ async def until_acked(raw: aioredis.Redis, topic: str, group: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_concurrency_above_one_reports_no_order(make) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrency_above_one_reports_no_order(make: Make) -> None:
     broker = await make()  # Dapr's default concurrency: 10
     assert ORDERED not in broker.features
 
 
-async def test_partition_number_is_refused_not_ignored(make, raw: aioredis.Redis,
-                                                       unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_partition_number_is_refused_not_ignored(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     topic = stream(raw, f"p-{unique}")
     broker = await make()
     with pytest.raises(BrokerError, match="partitionNumber") as err:
@@ -203,8 +209,8 @@ async def test_partition_number_is_refused_not_ignored(make, raw: aioredis.Redis
     assert [f[b"data"] for _, f in await raw.xrange(topic)] == [b"a", b"c"]
 
 
-async def test_a_key_that_is_not_a_stream_fails_that_entry_only(make, raw: aioredis.Redis,
-                                                                unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_key_that_is_not_a_stream_fails_that_entry_only(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     wrong, right = stream(raw, f"string-{unique}"), stream(raw, f"ok-{unique}")
     await raw.set(wrong, "not a stream")
     broker = await make()
@@ -215,8 +221,8 @@ async def test_a_key_that_is_not_a_stream_fails_that_entry_only(make, raw: aiore
     assert isinstance(outcomes[0], BrokerError) and outcomes[1] is None
 
 
-async def test_ack_only_after_the_handler_finished(make, raw: aioredis.Redis,
-                                                   unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_ack_only_after_the_handler_finished(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     topic, group = stream(raw, f"slow-{unique}"), f"group-{unique}"
     broker = await make()
     release = asyncio.Event()
@@ -235,7 +241,7 @@ async def test_ack_only_after_the_handler_finished(make, raw: aioredis.Redis,
     await until_acked(raw, topic, group)
 
 
-async def test_handler_error_keeps_the_entry(make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_handler_error_keeps_the_entry(make: Make, raw: aioredis.Redis, unique: str) -> None:
     topic = stream(raw, f"flaky-{unique}")
     broker = await make()
     calls: list[int] = []
@@ -252,8 +258,8 @@ async def test_handler_error_keeps_the_entry(make, raw: aioredis.Redis, unique: 
     await until_acked(raw, topic, f"group-{unique}")
 
 
-async def test_entries_of_a_dead_consumer_are_reclaimed(make, raw: aioredis.Redis,
-                                                        unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_entries_of_a_dead_consumer_are_reclaimed(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     """A consumer read three entries and died (it never acks): after processingTimeout a live
     member takes them over with XAUTOCLAIM and delivers them; nothing is lost."""
     topic, group = stream(raw, f"dead-{unique}"), f"group-{unique}"
@@ -274,8 +280,8 @@ async def test_entries_of_a_dead_consumer_are_reclaimed(make, raw: aioredis.Redi
     await until_acked(raw, topic, group)
 
 
-async def test_a_slow_delivery_is_not_taken_from_a_live_consumer(make, raw: aioredis.Redis,
-                                                                 unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_slow_delivery_is_not_taken_from_a_live_consumer(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     """The holder touches its entries, so a member reclaiming every 50 ms with a 300 ms
     processingTimeout leaves alone an entry whose delivery takes far longer. (The holder's own
     reclaims are rare here, so they do not stand in for the touching.)"""
@@ -306,8 +312,8 @@ async def test_a_slow_delivery_is_not_taken_from_a_live_consumer(make, raw: aior
     assert held == [b"a"] and stolen == []
 
 
-async def test_close_finishes_in_flight_and_hands_over_the_rest(make, raw: aioredis.Redis,
-                                                                unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_close_finishes_in_flight_and_hands_over_the_rest(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     """close(): the delivery in flight finishes and is acked; entries read but not started are
     made reclaimable at once, so another member takes them at its next reclaim instead of after
     processingTimeout (10 s here)."""
@@ -341,8 +347,8 @@ async def test_close_finishes_in_flight_and_hands_over_the_rest(make, raw: aiore
     await until_acked(raw, topic, group)
 
 
-async def test_close_cancels_after_grace_and_keeps_the_entry(make, raw: aioredis.Redis,
-                                                             unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_close_cancels_after_grace_and_keeps_the_entry(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     topic, group = stream(raw, f"stuck-{unique}"), f"group-{unique}"
     broker = await make()
     busy = asyncio.Event()
@@ -360,15 +366,15 @@ async def test_close_cancels_after_grace_and_keeps_the_entry(make, raw: aioredis
     assert (await raw.xpending(topic, group))["pending"] == 1
 
 
-async def test_app_ids_fan_out_and_replicas_share(make, raw: aioredis.Redis,
-                                                  unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_app_ids_fan_out_and_replicas_share(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     """Two consumers of group `orders` split the entries, group `audit` gets every one."""
     topic = stream(raw, f"fan-{unique}")
     replicas = [await make(consumerID=f"orders-{unique}") for _ in range(2)]
     audit = await make(consumerID=f"audit-{unique}")
     got: dict[str, list[bytes]] = {"r0": [], "r1": [], "audit": []}
 
-    def recorder(name: str):  # type: ignore[no-untyped-def]
+    def recorder(name: str) -> Callable[[Record], Awaitable[None]]:
         async def handler(record: Record) -> None:
             got[name].append(record.value)
             await asyncio.sleep(0.002)  # some work, so both replicas get turns
@@ -387,7 +393,8 @@ async def test_app_ids_fan_out_and_replicas_share(make, raw: aioredis.Redis,
     assert sorted(got["r0"] + got["r1"]) == sorted(values) == sorted(got["audit"])
 
 
-async def test_max_len_approx_trims_the_stream(make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_max_len_approx_trims_the_stream(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     topic = stream(raw, f"trim-{unique}")
     broker = await make(maxLenApprox="100")
     for chunk in range(10):
@@ -396,7 +403,7 @@ async def test_max_len_approx_trims_the_stream(make, raw: aioredis.Redis, unique
     assert 100 <= await raw.xlen(topic) < 1000
 
 
-async def test_stream_ttl_trims_old_entries(make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_stream_ttl_trims_old_entries(make: Make, raw: aioredis.Redis, unique: str) -> None:
     topic = stream(raw, f"ttl-{unique}")
     old_ms = int(time.time() * 1000) - 3_600_000
     pipe = raw.pipeline(transaction=False)
@@ -411,7 +418,8 @@ async def test_stream_ttl_trims_old_entries(make, raw: aioredis.Redis, unique: s
     assert (await raw.xrevrange(topic, count=1))[0][1][b"data"] == b"new"
 
 
-async def test_entries_written_by_dapr_are_read(make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_entries_written_by_dapr_are_read(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     """Dapr's Redis component writes ``data`` and ``metadata`` (JSON); both are delivered."""
     topic = stream(raw, f"dapr-{unique}")
     await raw.xadd(topic, {"data": b'{"id":"1"}', "metadata": b'{"traceid":"t1","n":"2"}'})
@@ -429,7 +437,7 @@ async def test_entries_written_by_dapr_are_read(make, raw: aioredis.Redis, uniqu
 
 
 async def test_unsubscribe_stops_reading_and_leaves_the_rest_pending(
-        make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     a, b = stream(raw, f"a-{unique}"), stream(raw, f"b-{unique}")
     broker = await make()
     got: list[str] = []
@@ -450,7 +458,7 @@ async def test_unsubscribe_stops_reading_and_leaves_the_rest_pending(
 
 
 async def test_a_handler_finishing_during_close_can_still_dead_letter(
-        make, raw: aioredis.Redis, unique: str) -> None:  # type: ignore[no-untyped-def]
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
     """The grace period is for handlers to finish, and finishing may mean producing the
     record to its dead-letter topic through this same component."""
     topic, dlt = stream(raw, f"src-{unique}"), stream(raw, f"dlt-{unique}")
@@ -472,7 +480,7 @@ async def test_a_handler_finishing_during_close_can_still_dead_letter(
         await broker.publish(topic, b"after close")
 
 
-async def test_a_redis_restart_is_survived(tmp_path, unique: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_redis_restart_is_survived(tmp_path: Path, unique: str) -> None:
     """A private redis-server (started by this test on a free port, without persistence) goes
     away and comes back empty: publishing fails retriably meanwhile, then the reader recreates
     its group and delivery resumes. The machine's shared Redis is not touched."""
@@ -538,8 +546,9 @@ async def test_a_redis_restart_is_survived(tmp_path, unique: str) -> None:  # ty
         proc.wait(10)
 
 
-async def test_subscribe_before_start_reads_once_connected(redis_host: str, raw: aioredis.Redis,
-                                                           unique: str, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_subscribe_before_start_reads_once_connected(
+        redis_host: str, raw: aioredis.Redis, unique: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     """The runner subscribes as soon as the app is reachable, which may be before the broker's
     start() succeeded: reading begins once connected, without errors meanwhile."""
     topic = stream(raw, f"early-{unique}")
