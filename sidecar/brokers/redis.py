@@ -81,6 +81,25 @@ return lost
 """
 
 
+# Remove consumers of the group that hold nothing (pending 0) and were idle at least ARGV[2] ms,
+# or only the consumer named ARGV[3]. Atomic, so no entry can be handed to a consumer between
+# the check and its removal (XGROUP DELCONSUMER drops its pending entries for good). A live
+# consumer removed this way is created again by its next XREADGROUP. Returns the removed names.
+_REAP_SCRIPT = """
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2])
+      and (ARGV[3] == '' or ARGV[3] == info['name']) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+"""
+
+
 def entry_offset(entry_id: bytes | str) -> int:
     """The ``Record.offset`` of a stream entry id ``<ms>-<seq>``: ``ms * 1_000_000 + seq``."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
@@ -136,13 +155,17 @@ class RedisBroker:
     ``consumer`` names this process's consumer in the group (default: unique per process).
     Durations are seconds: ``block_s`` bounds one ``XREADGROUP`` wait, ``ack_interval_s`` how
     long a finished entry may wait for its batched ``XACK``, ``error_backoff_s`` the pause after
-    a Redis error in a background loop (doubling up to ``max_error_backoff_s``). Raises
-    ``ValueError`` for a component that is not ``pubsub.redis``.
+    a Redis error in a background loop (doubling up to ``max_error_backoff_s``). Consumers of
+    the group that hold no entries and were idle for ``reap_idle_s`` (default: ten times
+    ``processingTimeout``, at least 5 minutes; crashed replicas) are removed at each reclaim,
+    and this one on close if it holds nothing, so the group does not grow with every restart.
+    Raises ``ValueError`` for a component that is not ``pubsub.redis``.
     """
 
     def __init__(self, component: LoadedComponent, *, app_id: str, consumer: str | None = None,
                  block_s: float = 1.0, ack_interval_s: float = 0.005,
-                 error_backoff_s: float = 0.2, max_error_backoff_s: float = 5.0) -> None:
+                 error_backoff_s: float = 0.2, max_error_backoff_s: float = 5.0,
+                 reap_idle_s: float | None = None) -> None:
         if component.redis is None:
             raise ValueError(f"component {component.name} is not pubsub.redis")
         self.name = component.name
@@ -158,6 +181,10 @@ class RedisBroker:
         self._ack_interval_s = ack_interval_s
         self._error_backoff_s = error_backoff_s
         self._max_error_backoff_s = max_error_backoff_s
+        if reap_idle_s is None:
+            reap_idle_s = max(10 * self.meta.processing_timeout_s, 300.0)
+        self._reap_idle_ms = int(reap_idle_s * 1000)
+        self._reap: Any = None
         self._client: aioredis.Redis | None = None
         self._touch: Any = None
         self._started = False
@@ -197,6 +224,7 @@ class RedisBroker:
             raise BrokerError(f"redis {meta.host}:{meta.port}: {exc}", retriable=True) from None
         self._client = client
         self._touch = client.register_script(_TOUCH_SCRIPT)
+        self._reap = client.register_script(_REAP_SCRIPT)
         self._started = True
         self._connected.set()
         log.info("pubsub.redis at %s:%s db %s, consumer group %s, consumer %s; partitionNumber is "
@@ -472,6 +500,7 @@ class RedisBroker:
             for topic in sorted(self._reading):
                 try:
                     await self._reclaim(topic, idle_ms)
+                    await self._remove_consumers(topic, self._reap_idle_ms, "")
                 except (RedisError, BrokerError) as exc:
                     log.warning("reclaiming pending entries failed: %s", exc,
                                 extra={**self._log, "topic": topic})
@@ -498,6 +527,14 @@ class RedisBroker:
             if cursor in (b"0-0", "0-0"):
                 return
 
+    async def _remove_consumers(self, topic: str, idle_ms: int, only: str) -> None:
+        removed = await self._reap(keys=[topic],
+                                   args=[self.meta.consumer_group, idle_ms, only])
+        if removed:
+            log.info("removed idle consumers holding no entries from group %s: %s",
+                     self.meta.consumer_group, ", ".join(n.decode() for n in removed),
+                     extra={**self._log, "topic": topic})
+
     # ----------------------------------------------------------------------------- shutdown
 
     async def close(self, *, grace_s: float) -> None:
@@ -517,6 +554,7 @@ class RedisBroker:
                 await client.aclose()
 
     async def _stop_consuming(self, grace_s: float) -> None:
+        streams = sorted(self._reading)
         for task in [*self._readers.values(), *self._loops]:
             task.cancel()
         await asyncio.gather(*self._readers.values(), *self._loops, return_exceptions=True)
@@ -537,6 +575,12 @@ class RedisBroker:
         self._workers.clear()
         await self._flush_acks()
         await self._release_held()
+        for topic in streams:  # leave the group tidy: this consumer, if it holds nothing
+            try:
+                await self._remove_consumers(topic, 0, self.consumer)
+            except RedisError as exc:
+                log.info("could not remove this consumer from the group: %s", exc,
+                         extra={**self._log, "topic": topic})
 
     async def _release_held(self) -> None:
         """Set the idle time of every entry still held to ``processingTimeout``, so the next

@@ -568,3 +568,50 @@ async def test_subscribe_before_start_reads_once_connected(
         assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
     finally:
         await broker.close(grace_s=0)
+
+
+async def test_the_group_does_not_grow_with_every_restart(make: Make, raw: aioredis.Redis,
+                                                          unique: str) -> None:
+    """A closed member that holds nothing leaves the group; a crashed one that holds nothing
+    (its entries were reclaimed) is removed once idle long enough; one that still holds entries
+    is never removed (that would drop its pending entries for good)."""
+    topic, group = stream(raw, f"tidy-{unique}"), f"group-{unique}"
+    await raw.xgroup_create(topic, group, id="0", mkstream=True)
+    await raw.xadd(topic, {"data": b"a"})
+    await raw.xreadgroup(group, "crashed-holding", {topic: ">"}, count=1)  # holds "a"
+    await raw.xgroup_createconsumer(topic, group, "crashed-empty")
+
+    async def consumers() -> set[str]:
+        return {c["name"].decode() for c in await raw.xinfo_consumers(topic, group)}
+
+    first = await make()
+    got: list[bytes] = []
+
+    async def handler(record: Record) -> None:
+        got.append(record.value)
+
+    await first.subscribe([topic], handler)
+    await first.publish(topic, b"b")  # read, so the consumer exists (Redis creates it then)
+    await until(lambda: got == [b"b"])
+    assert first.consumer in await consumers()
+    await until_acked_by(raw, topic, group, first.consumer)
+    await first.close(grace_s=1)
+    assert first.consumer not in await consumers()  # held nothing: left the group
+
+    # idle for 0.5 s counts as gone here; "a" stays unclaimed (processingTimeout 1 h)
+    second = await make(processingTimeout="1h", redeliverInterval="100ms")
+    second._reap_idle_ms = 500
+    await second.subscribe([topic], handler)
+    deadline = time.monotonic() + 10
+    while "crashed-empty" in await consumers():
+        assert time.monotonic() < deadline, "an idle consumer holding nothing was not removed"
+        await asyncio.sleep(0.05)
+    assert "crashed-holding" in await consumers()  # still holds "a": kept
+    assert (await raw.xpending(topic, group))["pending"] == 1
+
+
+async def until_acked_by(raw: aioredis.Redis, topic: str, group: str, consumer: str) -> None:
+    deadline = time.monotonic() + 10
+    while await raw.xpending_range(topic, group, "-", "+", 10, consumername=consumer):
+        assert time.monotonic() < deadline, f"{consumer} keeps unacknowledged entries"
+        await asyncio.sleep(0.01)
