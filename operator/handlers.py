@@ -45,6 +45,7 @@ from .appconfig import (
     secret_refs,
 )
 from .leadership import LeaderElector
+from .metrics import CONFIG_SECRETS, RECONCILE_ERRORS
 from .sidecar_patch import INJECTED_LABEL
 from .validation import Verdict, ready_condition, validate_component, validate_subscription
 
@@ -205,7 +206,8 @@ class Reconciler:
         log.debug("processing %s %s/%s", key.kind, key.namespace, key.name)
         try:
             if key.kind == "app":
-                await asyncio.to_thread(self.sync_app, key.namespace, key.name)
+                result = await asyncio.to_thread(self.sync_app, key.namespace, key.name)
+                CONFIG_SECRETS.labels(result).inc()
             elif key.kind == "component":
                 await self._validate(key, self._find(self.components_in(key.namespace), key))
             else:
@@ -214,6 +216,7 @@ class Reconciler:
         except NotLeader:
             raise
         except Exception as exc:
+            RECONCILE_ERRORS.labels(key.kind).inc()
             attempt = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempt
             delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (attempt - 1))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from .annotations import (
     injection_requested,
     parse_sidecar_config,
 )
+from .metrics import ADMISSION_LATENCY, ADMISSION_REQUESTS, admission_outcome
 from .settings import InjectorSettings
 from .sidecar_patch import INJECTED_LABEL, SIDECAR_CONTAINER, patch_pod
 
@@ -85,7 +87,8 @@ def decide(pod: Mapping[str, Any], settings: InjectorSettings
             warnings.append(f"{SIDECAR_IMAGE} is ignored: this operator injects "
                             f"{settings.sidecar_image} (allowSidecarImageAnnotation is off)")
     patched = patch_pod(dict(pod), config, image=image,
-                        pull_policy=settings.sidecar_image_pull_policy)
+                        pull_policy=settings.sidecar_image_pull_policy,
+                        otlp_endpoint=settings.sidecar_otlp_endpoint)
     return patched, warnings
 
 
@@ -159,6 +162,15 @@ class AdmissionServer(kopf.WebhookServer):
 
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        started = time.perf_counter()
+        response = await AdmissionServer._serve_checked(fn, request)
+        outcome = admission_outcome(response.status, response.body)  # type: ignore[arg-type]
+        ADMISSION_REQUESTS.labels(outcome).inc()
+        ADMISSION_LATENCY.labels(outcome).observe(time.perf_counter() - started)
+        return response
+
+    @staticmethod
+    async def _serve_checked(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
         if request.content_type != "application/json":
             return _status(415, f"Content-Type must be application/json, not "
                                 f"{request.content_type!r}")

@@ -23,6 +23,7 @@ import kopf
 from .handlers import Reconciler, register_handlers
 from .injection import AdmissionServer, register_injector
 from .leadership import LeaderElector
+from .metrics import serve as serve_metrics
 from .settings import OperatorSettings, SettingsError, parse_settings
 
 __all__ = ["JsonFormatter", "api_client", "main", "register_operator", "run_operator"]
@@ -200,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tidings operator: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    if settings.metrics_port:
+        try:
+            serve_metrics(settings.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on port %s: %s", settings.metrics_port, exc)
+            return 2
 
     async def _run() -> None:
         stop = asyncio.Event()

@@ -49,6 +49,9 @@ class InjectorSettings:
     """Default ``resources`` of the ``daprd`` container (Kubernetes ``ResourceRequirements``:
     ``requests``/``limits`` → ``cpu``/``memory`` quantities); the pod's
     ``dapr.io/sidecar-{cpu,memory}-{request,limit}`` annotations override them one by one."""
+    sidecar_otlp_endpoint: str | None = None
+    """OTLP/HTTP endpoint every injected sidecar exports spans to (its
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``); ``None``: no span export, trace context still flows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,8 @@ class OperatorSettings:
     log_level: str = "info"
     log_format: str = "json"
     """``json`` (one object a line) or ``text``."""
+    metrics_port: int = 9090
+    """Port of the Prometheus ``/metrics`` endpoint (``operator/metrics.py``); 0 serves none."""
 
 
 def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -167,6 +172,8 @@ def add_operator_arguments(
     a("--sidecar-resources", default=env.get("TIDINGS_SIDECAR_RESOURCES", ""),
       help='default daprd resources as JSON, e.g. {"requests": {"cpu": "100m"}}; '
            "dapr.io/sidecar-* annotations override")
+    a("--sidecar-otlp-endpoint", default=env.get("TIDINGS_SIDECAR_OTLP_ENDPOINT") or None,
+      help="OTLP/HTTP endpoint injected sidecars export spans to (e.g. http://otel:4318)")
     a("--webhook-addr", default=env.get("TIDINGS_WEBHOOK_ADDR", "0.0.0.0"))
     a("--webhook-port", type=int, default=int(env.get("TIDINGS_WEBHOOK_PORT", "9443")))
     a("--webhook-host", default=env.get("TIDINGS_WEBHOOK_HOST") or None)
@@ -192,6 +199,8 @@ def add_operator_arguments(
     a("--log-level", default=env.get("TIDINGS_LOG_LEVEL", "info"),
       choices=("debug", "info", "warning", "error"))
     a("--log-format", default=env.get("TIDINGS_LOG_FORMAT", "json"), choices=("json", "text"))
+    a("--metrics-port", type=int, default=int(env.get("TIDINGS_METRICS_PORT", "9090")),
+      help="port of the Prometheus /metrics endpoint; 0 serves none")
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -203,6 +212,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     if not 0 < args.lease_renew_interval_seconds < args.lease_duration_seconds:
         raise SettingsError("--lease-renew-interval-seconds must be positive and shorter than "
                             "--lease-duration-seconds")
+    if not 0 <= args.metrics_port < 65536:
+        raise SettingsError(f"--metrics-port {args.metrics_port} is not a TCP port (0: none)")
     if args.resync_interval_seconds <= 0:
         raise SettingsError("--resync-interval-seconds must be positive")
     return OperatorSettings(
@@ -212,6 +223,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             allow_sidecar_image_annotation=args.allow_sidecar_image_annotation,
             sidecar_log_level=args.sidecar_log_level,
             sidecar_resources=_resources(args.sidecar_resources),
+            sidecar_otlp_endpoint=args.sidecar_otlp_endpoint,
         ),
         webhook=WebhookSettings(
             addr=args.webhook_addr, port=args.webhook_port, host=args.webhook_host,
@@ -228,6 +240,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         resync_interval_s=args.resync_interval_seconds,
         log_level=args.log_level,
         log_format=args.log_format,
+        metrics_port=args.metrics_port,
     )
 
 

@@ -66,8 +66,10 @@ def sidecar_args(config: SidecarConfig) -> list[str]:
     return args
 
 
-def sidecar_container(config: SidecarConfig, *, image: str, pull_policy: str) -> dict[str, Any]:
-    """The ``daprd`` container for ``config`` running ``image``."""
+def sidecar_container(config: SidecarConfig, *, image: str, pull_policy: str,
+                      otlp_endpoint: str | None = None) -> dict[str, Any]:
+    """The ``daprd`` container for ``config`` running ``image``; with ``otlp_endpoint`` the
+    sidecar exports spans there (``OTEL_EXPORTER_OTLP_ENDPOINT``, sidecar ``tracing.py``)."""
     ports: list[dict[str, Any]] = [
         {"name": "dapr-http", "containerPort": DAPR_HTTP_PORT, "protocol": "TCP"}]
     if config.enable_metrics:
@@ -111,6 +113,8 @@ def sidecar_container(config: SidecarConfig, *, image: str, pull_policy: str) ->
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if otlp_endpoint:
+        container["env"].append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": otlp_endpoint})
     if config.resources:
         container["resources"] = copy.deepcopy(config.resources)
     return container
@@ -150,7 +154,7 @@ def _upsert(items: list[dict[str, Any]], item: dict[str, Any]) -> None:
 
 
 def patch_pod(pod: Pod, config: SidecarConfig, *, image: str,
-              pull_policy: str = "IfNotPresent") -> Pod:
+              pull_policy: str = "IfNotPresent", otlp_endpoint: str | None = None) -> Pod:
     """A copy of ``pod`` with the sidecar injected; ``pod`` is not modified.
 
     ``patch_pod(patch_pod(p, c, ...), c, ...) == patch_pod(p, c, ...)``.
@@ -175,7 +179,8 @@ def patch_pod(pod: Pod, config: SidecarConfig, *, image: str,
                 e.get("name") == "APP_PROTOCOL" for e in env):
             env.append({"name": "APP_PROTOCOL", "value": config.app_protocol})
         container["env"] = env
-    _upsert(containers, sidecar_container(config, image=image, pull_policy=pull_policy))
+    _upsert(containers, sidecar_container(config, image=image, pull_policy=pull_policy,
+                                          otlp_endpoint=otlp_endpoint))
     volumes: list[dict[str, Any]] = spec.get("volumes") or []
     _upsert(volumes, config_volume(config.app_id))
     spec["volumes"] = volumes

@@ -50,9 +50,10 @@ from .delivery import (
     http_headers,
 )
 from .envelopes.reading import CloudEventError, expired, read_event
-from .metrics import record_ingress
+from .metrics import TopicDeliveries, record_ingress, topic_deliveries
 from .resources.models import TopicSubscription
 from .routing import RoutingError
+from .tracing import end_span, start_delivery
 
 __all__ = ["BulkDispatcher"]
 
@@ -72,6 +73,7 @@ class _Ready:
     index: int
     event: BulkEvent
     dead_letter_topic: str | None
+    span: Any  # tracing.start_delivery's, None without tracing
 
 
 class BulkDispatcher(Dispatcher):
@@ -112,6 +114,16 @@ class BulkDispatcher(Dispatcher):
         """Deliver ``records`` (of one partition, in offset order) until every one is finished:
         acked, dead-lettered or given up on, per the ``delivery.py`` table. Raises only
         ``CancelledError`` (then none of them counts as finished)."""
+        if not records:
+            return
+        state = topic_deliveries(self.app_id, self.pubsubname, records[0].topic)
+        state.in_flight += len(records)
+        try:
+            await self._handle_batch(records, state)
+        finally:
+            state.in_flight -= len(records)
+
+    async def _handle_batch(self, records: Sequence[Record], state: TopicDeliveries) -> None:
         pending = [_Entry(record, str(uuid.uuid4())) for record in records]
         retries_done = 0
         while pending:
@@ -130,6 +142,9 @@ class BulkDispatcher(Dispatcher):
                 outcome = decide(attempt.verdict, dead_letter_topic=attempt.dead_letter_topic,
                                  retry=self._retry, retries_done=retries_done)
                 self._report(entry.record, attempt, outcome, retries_done)
+                if attempt.verdict is not Verdict.DELIVERED:
+                    state.failed(f"{attempt.verdict.value}: {attempt.reason}" if attempt.reason
+                                 else attempt.verdict.value)
                 if outcome.action is Action.RETRY:
                     again.append(entry)
                     delay_s = max(delay_s, outcome.delay_s)
@@ -139,7 +154,9 @@ class BulkDispatcher(Dispatcher):
                         attempt.dead_letter_topic, entry.record, attempt, retries_done))
             if dead_letters:
                 await asyncio.gather(*dead_letters)
+                state.dead_lettered += len(dead_letters)
             if again:
+                state.retries += len(again)
                 await asyncio.sleep(delay_s)  # backoff; cancellation stops it at once
                 retries_done += 1
             pending = again
@@ -185,9 +202,13 @@ class BulkDispatcher(Dispatcher):
             metadata = http_headers(record, event, pubsubname=self.pubsubname,
                                     escape_all=self._escape_headers)
             metadata.popall("Content-Type", None)
+            # one span per entry, as single delivery; the entry carries its context to the app
+            span = start_delivery(metadata, app_id=self.app_id, pubsubname=self.pubsubname,
+                                  topic=record.topic, partition=record.partition,
+                                  offset=record.offset)
             # str(): CIMultiDict keys are istr, which orjson refuses as keys
             groups.setdefault((record.topic, path), []).append(_Ready(index, BulkEvent(
-                entry.entry_id, read, {str(k): v for k, v in metadata.items()}), dlt))
+                entry.entry_id, read, {str(k): v for k, v in metadata.items()}), dlt, span))
         for (topic, path), ready in groups.items():
             started = time.perf_counter()
             responses = await self._channel.deliver_bulk(
@@ -200,6 +221,8 @@ class BulkDispatcher(Dispatcher):
                     verdict = Verdict.DROPPED
                 else:
                     verdict = Verdict.FAILED
+                end_span(item.span, None if verdict is Verdict.DELIVERED else response.reason,
+                         {"tidings.process_status": _PROCESS_STATUS[verdict]})
                 record_ingress(self.app_id, self.pubsubname, topic,
                                process_status=_PROCESS_STATUS[verdict], elapsed_s=elapsed_s)
                 attempts[item.index] = _Attempt(verdict, response.reason,

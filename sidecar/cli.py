@@ -8,6 +8,9 @@
   ``APP_PROTOCOL``) set; Ctrl-C stops both (like ``dapr run``).
 - ``tidings publish --app-id ID --pubsub NAME --topic T --data JSON``: publish through the
   running sidecar of ``ID``.
+- ``tidings status [--app-id ID] [--output table|json]``: per subscription of every running
+  sidecar (``tidings run``): consumer group, assigned partitions, lag, in-flight deliveries and
+  the last error, from each sidecar's ``GET /v1.0/metadata``.
 - ``tidings operator [...]``: the Kubernetes operator (``tidings.operator``).
 """
 
@@ -24,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .localbroker import free_port
 from .localdev import home, sidecar_command
@@ -118,6 +122,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sidecar_argv += ["--app-protocol", args.app_protocol]
     if args.log_as_json:
         sidecar_argv.append("--log-as-json")
+    if args.metrics_port:
+        sidecar_argv += ["--enable-metrics", "--metrics-port", str(args.metrics_port)]
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -209,6 +215,72 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sidecar_metadata(port: int) -> dict[str, Any]:
+    """``GET /v1.0/metadata`` of the sidecar on ``port``. Raises ``OSError``/``ValueError``."""
+    headers = {}
+    if os.environ.get("DAPR_API_TOKEN"):
+        headers["dapr-api-token"] = os.environ["DAPR_API_TOKEN"]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1.0/metadata", headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = json.loads(response.read())
+    if not isinstance(body, dict):
+        raise ValueError("the metadata answer is not a JSON object")
+    return body
+
+
+def _status_rows(sidecars: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per subscription of each sidecar (``status`` as in ``GET /v1.0/metadata``), or
+    one row with ``error`` for a sidecar that did not answer or has no subscription."""
+    rows: list[dict[str, Any]] = []
+    for info in sidecars:
+        row = {"appId": info["app_id"], "pid": info["pid"], "port": info["http_port"]}
+        try:
+            meta = _sidecar_metadata(int(info["http_port"]))
+        except (OSError, ValueError) as exc:
+            rows.append({**row, "error": f"sidecar unreachable: {exc}"})
+            continue
+        subscriptions = meta.get("subscriptions") or []
+        if not subscriptions:
+            rows.append({**row, "error": "no subscriptions"})
+        for sub in subscriptions:
+            rows.append({**row, "pubsubname": sub.get("pubsubname"), "topic": sub.get("topic"),
+                         "status": sub.get("status") or {}})
+    return rows
+
+
+def _status_table(rows: list[dict[str, Any]]) -> str:
+    header = ("APP ID", "PID", "PUBSUB", "TOPIC", "CONSUMER GROUP", "PARTITIONS", "LAG",
+              "IN-FLIGHT", "LAST ERROR")
+    lines: list[tuple[str, ...]] = [header]
+    for row in rows:
+        status = row.get("status") or {}
+        partitions = ",".join(str(p["partition"]) for p in status.get("partitions") or [])
+        error = row.get("error") or (status.get("lastError") or {}).get("message") or "-"
+        lines.append((str(row["appId"]), str(row["pid"]), str(row.get("pubsubname") or "-"),
+                      str(row.get("topic") or "-"), str(status.get("consumerGroup") or "-"),
+                      partitions or "-", str(status.get("lag", "-")),
+                      str(status.get("inFlight", "-")), str(error)))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
+                     for line in lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    sidecars = [s for s in home().running_sidecars()
+                if args.app_id is None or s["app_id"] == args.app_id]
+    if not sidecars:
+        which = f" for app-id {args.app_id!r}" if args.app_id else ""
+        print(f"tidings status: no running sidecar{which} (start one with `tidings run`)",
+              file=sys.stderr)
+        return 2
+    rows = _status_rows(sidecars)
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_status_table(rows))
+    return 1 if any("error" in r and r["error"] != "no subscriptions" for r in rows) else 0
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
     try:
         from tidings.operator.main import main as operator_main
@@ -246,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--log-as-json", action="store_true")
     p.add_argument("--graceful-shutdown-seconds", type=float, default=5.0)
+    p.add_argument("--metrics-port", type=port_arg, default=None,
+                   help="serve the sidecar's Prometheus /metrics on this port (default: none)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD... (the app)")
     p.set_defaults(func=_cmd_run)
 
@@ -258,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", action="append", default=[], help="key=value (repeatable)")
     p.add_argument("--dapr-http-port", type=port_arg, default=None)
     p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("status", help="subscriptions of the running sidecars: consumer group, "
+                                      "partitions, lag, in-flight deliveries, last error")
+    p.add_argument("--app-id", default=None, help="only the sidecars of this app-id")
+    p.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("operator", help="run the Kubernetes operator", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -69,11 +69,12 @@ from multidict import CIMultiDict
 from .appchannel import AppStatus, Channel
 from .brokers.base import Record
 from .envelopes.reading import CloudEventError, expired, read_event
-from .metrics import record_ingress
+from .metrics import TopicDeliveries, record_ingress, topic_deliveries
 from .resources.kafka import RetryPolicy
 from .resources.models import TopicSubscription
 from .retries import delay_s, may_retry
 from .routing import Routes, RoutingError
+from .tracing import end_span, start_delivery
 
 __all__ = ["Action", "Dispatcher", "Outcome", "Verdict", "decide", "http_headers"]
 
@@ -303,6 +304,14 @@ class Dispatcher:
         Returns once acked or dead-lettered. Raises only ``CancelledError`` (the record is then
         not finished and must not be committed).
         """
+        state = topic_deliveries(self.app_id, self.pubsubname, record.topic)
+        state.in_flight += 1
+        try:
+            await self._handle(record, state)
+        finally:
+            state.in_flight -= 1
+
+    async def _handle(self, record: Record, state: TopicDeliveries) -> None:
         retries_done = 0
         while True:
             try:
@@ -316,7 +325,11 @@ class Dispatcher:
             outcome = decide(attempt.verdict, dead_letter_topic=attempt.dead_letter_topic,
                              retry=self._retry, retries_done=retries_done)
             self._report(record, attempt, outcome, retries_done)
+            if attempt.verdict is not Verdict.DELIVERED:
+                state.failed(f"{attempt.verdict.value}: {attempt.reason}" if attempt.reason
+                             else attempt.verdict.value)
             if outcome.action is Action.RETRY:
+                state.retries += 1
                 await asyncio.sleep(outcome.delay_s)  # backoff; cancellation stops it at once
                 retries_done += 1
                 continue
@@ -324,6 +337,7 @@ class Dispatcher:
                 assert attempt.dead_letter_topic is not None
                 await self._dead_letter_until_stored(attempt.dead_letter_topic, record, attempt,
                                                      retries_done)
+                state.dead_lettered += 1
             return
 
     async def _attempt(self, record: Record) -> _Attempt:
@@ -350,6 +364,9 @@ class Dispatcher:
                             dead_letter_topic=dlt)
         headers = http_headers(record, event, pubsubname=self.pubsubname,
                                escape_all=self._escape_headers)
+        span = start_delivery(headers, app_id=self.app_id, pubsubname=self.pubsubname,
+                              topic=record.topic, partition=record.partition,
+                              offset=record.offset)
         started = time.perf_counter()
         response = await self._channel.deliver(path, read, headers, topic=record.topic,
                                                pubsubname=self.pubsubname)
@@ -359,6 +376,9 @@ class Dispatcher:
             verdict = Verdict.DROPPED
         else:
             verdict = Verdict.FAILED
+        if span is not None:
+            end_span(span, None if verdict is Verdict.DELIVERED else response.reason,
+                     {"tidings.process_status": _PROCESS_STATUS[verdict]})
         record_ingress(self.app_id, self.pubsubname, record.topic,
                        process_status=_PROCESS_STATUS[verdict],
                        elapsed_s=time.perf_counter() - started)
@@ -371,9 +391,11 @@ class Dispatcher:
         if verdict is Verdict.DELIVERED:
             if retries_done:
                 log.info("delivered after %d retries", retries_done,
-                         extra=self._extra(record, attempt, retries_done))
+                         extra={**self._extra(record, attempt, retries_done),
+                                "outcome": action.value})
             return
         extra = self._extra(record, attempt, retries_done)
+        extra["outcome"] = action.value
         then = {
             Action.ACK: "acked",
             Action.RETRY: f"retrying in {outcome.delay_s:.3g}s",

@@ -6,8 +6,8 @@ Like ``~/.dapr``, ``$TIDINGS_HOME`` (default ``~/.tidings``) holds:
   pointing at the local broker; ``tidings run`` reads this folder unless given
   ``--resources-path``;
 - ``broker.json``: pid and address of the local broker started by ``tidings init``;
-- ``apps/<app-id>.json``: pid and HTTP port of each sidecar ``tidings run`` started, so
-  ``tidings publish --app-id`` finds it.
+- ``apps/<app-id>.<pid>.json``: pid and HTTP port of each sidecar ``tidings run`` started,
+  so ``tidings publish --app-id`` and ``tidings status`` find it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .localbroker import kafka_api_versions_ok, start_local_broker
 
@@ -158,6 +159,24 @@ class Home:
                 return int(info["http_port"])
             path.unlink(missing_ok=True)
         return None
+
+
+    def running_sidecars(self) -> list[dict[str, Any]]:
+        """Every running sidecar ``tidings run`` started, as ``{"app_id", "http_port",
+        "pid"}``, sorted by app-id then pid (``tidings status``). Files of sidecars that are
+        gone are removed."""
+        found: list[dict[str, Any]] = []
+        for path in sorted((self.root / "apps").glob("*.json")):
+            try:
+                info = json.loads(path.read_text())
+                pid = int(info["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if _pid_alive(pid):
+                found.append(info)
+            else:
+                path.unlink(missing_ok=True)
+        return sorted(found, key=lambda i: (str(i["app_id"]), int(i["pid"])))
 
 
 def home() -> Home:

@@ -1,8 +1,9 @@
 """Structured logging for the sidecar and the CLI.
 
 Log calls pass context as ``extra={...}`` with a fixed vocabulary: ``app_id``, ``pubsubname``,
-``topic``, ``partition``, ``offset``, ``cloudevent_id``, ``attempt``. The text format appends them
-as ``key=value``; ``--log-as-json`` prints one JSON object per line.
+``topic``, ``partition``, ``offset``, ``cloudevent_id``, ``attempt``, ``outcome`` (what the
+delivery engine does next: ``ack``, ``retry``, ``dead-letter``, ``give up``). The text
+format appends them as ``key=value``; ``--log-as-json`` prints one JSON object per line.
 
 Libraries that log the same line in a tight loop are held back by :class:`RepeatFilter`:
 aiokafka during a broker outage (``Unable connect to node with id``, ``Failed fetch messages``,
@@ -24,7 +25,7 @@ import orjson
 __all__ = ["JsonFormatter", "RepeatFilter", "TextFormatter", "configure_logging"]
 
 FIELDS = ("app_id", "pubsubname", "topic", "partition", "offset", "cloudevent_id", "attempt",
-          "path", "status")
+          "outcome", "path", "status")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "warning": logging.WARNING, "error": logging.ERROR}
 

@@ -28,6 +28,7 @@ from .envelopes.wrapping import (
     NotACloudEvent,
     dumps_exact,
     is_cloudevent_content_type,
+    new_traceparent,
     ttl_seconds,
     wrap,
     wrap_user_cloudevent,
@@ -36,6 +37,7 @@ from .errors import DaprError
 from .metrics import record_egress
 from .resources.loading import LoadedComponent
 from .scoping import scopes_of
+from .tracing import end_span, start_publish
 
 __all__ = ["BulkEntry", "BulkFailure", "Publisher", "event_bytes", "parse_bool",
            "partition_number"]
@@ -105,6 +107,21 @@ def _key_and_headers(metadata: Mapping[str, str]) -> tuple[bytes | None, list[tu
             continue
         headers.append((name, value.encode()))
     return key, headers
+
+
+def _system(component: LoadedComponent) -> str:
+    """``messaging.system`` of a component: ``kafka`` for ``pubsub.kafka``, else its type."""
+    return "kafka" if component.kafka is not None else component.type
+
+
+def _add_trace_headers(headers: list[tuple[str, bytes]], metadata: Mapping[str, str],
+                       traceparent: str, tracestate: str | None) -> None:
+    # The record carries the trace context for consumers that read headers, not the event
+    # (W3C trace context for Kafka); a publisher's own metadata.traceparent header wins.
+    if "traceparent" not in metadata:
+        headers.append(("traceparent", traceparent.encode()))
+        if tracestate and "tracestate" not in metadata:
+            headers.append(("tracestate", tracestate.encode()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +219,13 @@ class Publisher:
         return broker
 
     def _envelope(self, pubsubname: str, topic: str, body: bytes, content_type: str | None,
-                  metadata: Mapping[str, str]) -> bytes:
+                  metadata: Mapping[str, str], traceparent: str | None = None,
+                  tracestate: str | None = None) -> bytes:
         ttl_s = ttl_seconds(metadata)
         if is_cloudevent_content_type(content_type):
             try:
-                return wrap_user_cloudevent(body, topic=topic, pubsubname=pubsubname, ttl_s=ttl_s)
+                return wrap_user_cloudevent(body, topic=topic, pubsubname=pubsubname, ttl_s=ttl_s,
+                                            traceparent=traceparent, tracestate=tracestate)
             except NotACloudEvent:
                 raise DaprError(500, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent",
                                 reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
@@ -219,7 +238,7 @@ class Publisher:
                                 metadata=dict(metadata), resource=pubsubname) from None
         return wrap(body, content_type=content_type, app_id=self.app_id, topic=topic,
                     pubsubname=pubsubname, overrides=CloudEventOverrides.from_metadata(metadata),
-                    ttl_s=ttl_s)
+                    ttl_s=ttl_s, traceparent=traceparent, tracestate=tracestate)
 
     @staticmethod
     def _publish_error(pubsubname: str, topic: str, exc: BrokerError) -> DaprError:
@@ -231,24 +250,47 @@ class Publisher:
     # -- public API ---------------------------------------------------------------------------
 
     async def publish(self, pubsubname: str, topic: str, body: bytes, *,
-                      content_type: str | None, metadata: dict[str, str]) -> None:
+                      content_type: str | None, metadata: dict[str, str],
+                      traceparent: str | None = None, tracestate: str | None = None) -> None:
         """Publish ``body`` to ``topic`` of ``pubsubname`` (§1.2) and return once the broker
         acknowledged it.
 
-        ``metadata`` is the request's ``metadata.*`` with the prefix stripped. Raises
+        ``metadata`` is the request's ``metadata.*`` with the prefix stripped.
+        ``traceparent``/``tracestate`` are the request's W3C trace headers: the event and the
+        record's ``traceparent``/``tracestate`` headers carry them on (``tracing.py``; with
+        spans exported, a publish span's context instead). Raises
         :class:`DaprError` for every row of the §1.2 error matrix: 400 not configured / bad
         ``rawPayload`` / user CloudEvent without ``id`` (ours) / broker missing (race), 404 empty
         or unknown pubsub or empty topic, 403 scoping, 500 CloudEvent body not a JSON object or
         broker failure (the record was not, or may not have been, stored).
         """
         component = self.validate_target(pubsubname, topic, metadata)
+        traceparent, tracestate, span = start_publish(traceparent, tracestate,
+                                                      system=_system(component), topic=topic)
+        if span is None:
+            return await self._publish(component, topic, body, content_type, metadata,
+                                       traceparent or new_traceparent(), tracestate)
+        try:
+            await self._publish(component, topic, body, content_type, metadata, traceparent,
+                                tracestate)
+        except DaprError as exc:
+            end_span(span, exc.message)
+            raise
+        end_span(span)
+
+    async def _publish(self, component: LoadedComponent, topic: str, body: bytes,
+                       content_type: str | None, metadata: dict[str, str], traceparent: str,
+                       tracestate: str | None) -> None:
+        pubsubname = component.name
         if _raw_payload(pubsubname, metadata):
             value = body
         else:
-            value = self._envelope(pubsubname, topic, body, content_type, metadata)
+            value = self._envelope(pubsubname, topic, body, content_type, metadata,
+                                   traceparent, tracestate)
         self._check_scope(component, topic)
         broker = self._broker(pubsubname, topic)
         key, headers = _key_and_headers(metadata)
+        _add_trace_headers(headers, metadata, traceparent, tracestate)
         started = time.perf_counter()
         try:
             partition = partition_number(metadata)
@@ -263,7 +305,8 @@ class Publisher:
                       elapsed_s=time.perf_counter() - started)
 
     async def publish_bulk(self, pubsubname: str, topic: str, entries: Sequence[BulkEntry],
-                           metadata: dict[str, str]) -> list[BulkFailure]:
+                           metadata: dict[str, str], *, traceparent: str | None = None,
+                           tracestate: str | None = None) -> list[BulkFailure]:
         """Publish ``entries`` together (§1.3); returns the entries the broker did not store
         (empty: all acknowledged).
 
@@ -281,8 +324,28 @@ class Publisher:
         when scoping denies the topic. Broker failures, and a bad ``partitionNumber`` of an
         entry, are returned as failed entries (the other entries are still published), not
         raised.
+
+        ``traceparent``/``tracestate`` (the request's W3C headers) are every entry's trace
+        context, as for :meth:`publish` (one publish span for the request when spans are
+        exported); without them each entry starts its own trace.
         """
         component = self.validate_target(pubsubname, topic, metadata)
+        traceparent, tracestate, span = start_publish(traceparent, tracestate,
+                                                      system=_system(component), topic=topic)
+        try:
+            failures = await self._publish_bulk(component, topic, entries, metadata,
+                                                traceparent, tracestate)
+        except DaprError as exc:
+            end_span(span, exc.message)
+            raise
+        end_span(span, f"{len(failures)} of {len(entries)} entries failed" if failures else None)
+        return failures
+
+    async def _publish_bulk(self, component: LoadedComponent, topic: str,
+                            entries: Sequence[BulkEntry], metadata: dict[str, str],
+                            traceparent: str | None,
+                            tracestate: str | None) -> list[BulkFailure]:
+        pubsubname = component.name
         raw = _raw_payload(pubsubname, metadata)
         seen: set[str] = set()
         records: list[PublishRecord | BrokerError] = []
@@ -300,9 +363,11 @@ class Publisher:
             else:
                 entry_metadata = {**metadata, **entry.metadata}
                 _raw_payload(pubsubname, entry_metadata)
+            trace = traceparent or new_traceparent()
             value = data if raw else self._envelope(pubsubname, topic, data, entry.content_type,
-                                                    entry_metadata)
+                                                    entry_metadata, trace, tracestate)
             key, headers = _key_and_headers(entry_metadata)
+            _add_trace_headers(headers, entry_metadata, trace, tracestate)
             try:
                 partition = partition_number(entry_metadata)
             except BrokerError as exc:

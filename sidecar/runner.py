@@ -26,12 +26,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import metrics
+from . import metrics, tracing
 from .api.app import create_app
 from .appchannel import open_app_channel
-from .brokers.base import Broker, BrokerError
+from .brokers.base import FEATURES, Broker, BrokerError
 from .brokers.kafka import KafkaBroker
 from .brokers.memory import MemoryBroker
+from .brokers.redis import RedisBroker
 from .bulkdelivery import BulkDispatcher
 from .delivery import Dispatcher
 from .publishing import Publisher
@@ -49,7 +50,16 @@ __all__ = ["Sidecar", "run_sidecar"]
 def _broker_for(component: LoadedComponent, app_id: str) -> Broker:
     if component.kafka is not None:
         return KafkaBroker(component, app_id=app_id)
+    if component.redis is not None:
+        return RedisBroker(component, app_id=app_id)
     return MemoryBroker(component.name)
+
+
+def _retry_policy(component: LoadedComponent) -> RetryPolicy:
+    for meta in (component.kafka, component.redis):
+        if meta is not None:
+            return meta.retry
+    return RetryPolicy()
 
 
 def _component_fingerprint(component: LoadedComponent) -> tuple[str, str, tuple[tuple[str, str], ...]]:
@@ -110,6 +120,10 @@ class Sidecar:
     def outbound_ready(self) -> bool:
         return all(b.ready() for b in self._brokers.values())
 
+    def capabilities(self, pubsubname: str) -> list[str]:
+        broker = self._brokers.get(pubsubname)
+        return sorted(broker.features) if broker is not None else []
+
     def app_channel_ready(self) -> bool:
         return self.channel is None or self._app_ready
 
@@ -118,6 +132,8 @@ class Sidecar:
         for name, broker in self._brokers.items():
             if isinstance(broker, KafkaBroker):
                 extended[f"kafka.assignment.{name}"] = ",".join(broker.assignment())
+            elif isinstance(broker, RedisBroker):
+                extended[f"redis.streams.{name}"] = ",".join(broker.streams())
         return extended
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -186,7 +202,7 @@ class Sidecar:
             broker = _broker_for(component, self.app_id)
             dispatcher = None
             if self.channel is not None:
-                retry = component.kafka.retry if component.kafka is not None else RetryPolicy()
+                retry = _retry_policy(component)
                 escape = component.kafka.escape_headers if component.kafka is not None else False
                 dispatcher = BulkDispatcher(app_id=self.app_id, pubsubname=name,
                                             channel=self.channel, retry=retry,
@@ -207,7 +223,10 @@ class Sidecar:
         while not self._stopping.is_set():
             try:
                 await broker.start()
-                log.info("component ready", extra={"app_id": self.app_id, "pubsubname": name})
+                lacks = [f for f in FEATURES if f not in broker.features]
+                log.info("component ready; features: %s; not supported: %s",
+                         ", ".join(sorted(broker.features)) or "-", ", ".join(lacks) or "-",
+                         extra={"app_id": self.app_id, "pubsubname": name})
                 return
             except BrokerError as exc:
                 log.warning("component %s not ready, retrying in %.1fs: %s", name, delay, exc,
@@ -291,6 +310,7 @@ async def _serve(settings: SidecarSettings) -> int:
             log.error("cannot serve metrics on port %s: %s", settings.metrics_port, exc,
                       extra={"app_id": settings.app_id})
             return 2
+    tracing.configure(settings.app_id)  # spans only with OTEL_EXPORTER_OTLP_ENDPOINT set
     try:
         await sidecar.start()
     except ResourceError as exc:
@@ -304,6 +324,7 @@ async def _serve(settings: SidecarSettings) -> int:
         return 2
     await sidecar.wait_stopped()
     await sidecar.stop()
+    tracing.shutdown()
     return 0
 
 

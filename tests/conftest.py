@@ -34,3 +34,22 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def unique() -> str:
     """A short unique suffix for topic and consumer-group names, so tests never share state."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def redis_host() -> str:
+    """``host:port`` of the machine's Redis (``.ci/run`` starts it), or ``TIDINGS_TEST_REDIS``.
+    Fails, never skips, when nothing answers ``PING`` there."""
+    import socket
+
+    address = os.environ.get("TIDINGS_TEST_REDIS", "127.0.0.1:6379")
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"PING\r\n")
+            answer = conn.recv(64)
+    except OSError as exc:
+        pytest.fail(f"Redis at {address} is not reachable ({exc}); start it as .ci/run does")
+    if not answer.startswith((b"+PONG", b"-NOAUTH")):
+        pytest.fail(f"{address} does not answer PING like Redis: {answer!r}")
+    return address

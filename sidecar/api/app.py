@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -25,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import DaprError
+from ..metrics import record_http
 from ..publishing import Publisher
 from ..resources.loading import LoadedComponent
 from ..resources.models import TopicSubscription
@@ -56,6 +58,10 @@ class RuntimeView(Protocol):
     def subscriptions(self) -> list[TopicSubscription]:
         """Every active subscription, declarative and programmatic."""
 
+    def capabilities(self, pubsubname: str) -> list[str]:
+        """The features of the component's broker (``brokers/base.py`` ``FEATURES``), sorted;
+        empty while it is not started."""
+
     def outbound_ready(self) -> bool:
         """Components initialised and the API up (§1.5 ``/healthz/outbound``)."""
 
@@ -80,12 +86,32 @@ def dapr_error_response(error: DaprError) -> web.Response:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
-def _middleware(settings: SidecarSettings) -> Callable[[web.Request, Handler],
-                                                       Awaitable[web.StreamResponse]]:
+def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
     token = (settings.api_token.encode("utf-8", "surrogateescape")
              if settings.api_token else None)
+
+    app_id = settings.app_id
+
+    @web.middleware
+    async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # dapr_http_server_request_count / _latency (metrics.py); the route, not the URL, so
+        # every topic shares one series.
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            record_http(app_id, request.method, resource.canonical if resource else "", status,
+                        time.perf_counter() - started)
 
     @web.middleware
     async def dapr_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -112,7 +138,7 @@ def _middleware(settings: SidecarSettings) -> Callable[[web.Request, Handler],
             return dapr_error_response(DaprError(
                 500, "ERR_INTERNAL", f"internal error: {type(exc).__name__}"))
 
-    return dapr_middleware
+    return metrics_middleware, dapr_middleware
 
 
 def create_app(settings: SidecarSettings, publisher: Publisher,
@@ -120,7 +146,7 @@ def create_app(settings: SidecarSettings, publisher: Publisher,
     """Build the sidecar API application (routes of §1.2-§1.5)."""
     from . import health, metadata, publish
 
-    app = web.Application(middlewares=[_middleware(settings)],
+    app = web.Application(middlewares=_middlewares(settings),
                           client_max_size=settings.max_body_size)
     app[SETTINGS_KEY] = settings
     app[PUBLISHER_KEY] = publisher

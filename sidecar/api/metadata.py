@@ -1,8 +1,11 @@
 """``GET /v1.0/metadata`` and ``PUT /v1.0/metadata/{attributeName}`` (dapr-pubsub-contract.md §1.4).
 
 The response has Dapr's shape: ``id``, ``runtimeVersion``, ``enabledFeatures``, ``actors``,
-``components`` (``name``/``type``/``version``/``capabilities``), ``subscriptions`` (each with its
-``type`` DECLARATIVE or PROGRAMMATIC, from ``TopicSubscription.to_metadata_json``), ``extended``
+``components`` (``name``/``type``/``version``/``capabilities``: the broker's features, see
+``brokers/base.py``), ``subscriptions`` (each with its
+``type`` DECLARATIVE or PROGRAMMATIC, from ``TopicSubscription.to_metadata_json``; ours add
+``status``: consumer group, assigned partitions with their lag, in-flight deliveries, retries,
+dead-lettered records and the last error, from ``metrics.subscription_status``), ``extended``
 (attributes set with PUT), ``httpEndpoints`` and ``appConnectionProperties``.
 """
 
@@ -13,7 +16,7 @@ import importlib.metadata
 import orjson
 from aiohttp import web
 
-from ..resources.kafka import COMPONENT_TYPE as KAFKA_TYPE
+from ..metrics import subscription_status
 from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY
 
 __all__ = ["add_routes"]
@@ -22,9 +25,6 @@ try:
     RUNTIME_VERSION = importlib.metadata.version("tidings")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
     RUNTIME_VERSION = "edge"
-
-# Kafka has native bulk publish (§3.3 "Features"); the in-memory broker has no extra features.
-CAPABILITIES = {KAFKA_TYPE: ["BULK_PUBLISH"]}
 
 
 async def get_metadata(request: web.Request) -> web.Response:
@@ -44,10 +44,14 @@ async def get_metadata(request: web.Request) -> web.Response:
         "actors": [],
         "components": [
             {"name": c.name, "type": c.type, "version": c.component.spec.version,
-             "capabilities": list(CAPABILITIES.get(c.type, []))}
+             "capabilities": runtime.capabilities(c.name)}
             for c in runtime.components()
         ],
-        "subscriptions": [s.to_metadata_json() for s in runtime.subscriptions()],
+        "subscriptions": [
+            {**s.to_metadata_json(),
+             "status": subscription_status(runtime.app_id, s.pubsubname, s.topic)}
+            for s in runtime.subscriptions()
+        ],
         "extended": {**runtime.extended(), **request.app[EXTENDED_KEY]},
         "httpEndpoints": [],
         "appConnectionProperties": connection,

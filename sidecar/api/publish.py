@@ -7,6 +7,7 @@
 - ``POST|PUT /v1.0-alpha1/publish/bulk/{pubsubname}/{topic}`` (also ``/v1.0/publish/bulk/...``).
 
 Query ``metadata.<key>=<value>``: the prefix is stripped and the first value of a key kept.
+Headers ``traceparent``/``tracestate`` (W3C) are the publish's trace context (``tracing.py``).
 Header values are text: aiohttp keeps bytes that are not UTF-8 as surrogate escapes, which are
 replaced by U+FFFD here (``header_text``), so ``datacontenttype`` is the Content-Type as sent with
 only its invalid bytes replaced. Everything else (validation, envelopes, scoping, the broker) is
@@ -119,9 +120,11 @@ async def publish(request: web.Request) -> web.Response:
         return target
     pubsubname, topic = target
     body = await _body(request, pubsubname, topic)
+    headers = request.headers
     await request.app[PUBLISHER_KEY].publish(
-        pubsubname, topic, body, content_type=header_text(request.headers.get("Content-Type")),
-        metadata=metadata_from_query(request.query.items()))
+        pubsubname, topic, body, content_type=header_text(headers.get("Content-Type")),
+        metadata=metadata_from_query(request.query.items()),
+        traceparent=headers.get("traceparent"), tracestate=header_text(headers.get("tracestate")))
     return web.Response(status=204)
 
 
@@ -167,7 +170,9 @@ async def publish_bulk(request: web.Request) -> web.Response:
             f"error when unmarshaling the request for topic {topic} pubsub {pubsubname}: {exc}",
             reason="DAPR_PUBSUB_UNMARSHAL_EVENTS", metadata=dict(metadata),
             resource=pubsubname) from None
-    failures = await publisher.publish_bulk(pubsubname, topic, entries, metadata)
+    failures = await publisher.publish_bulk(
+        pubsubname, topic, entries, metadata, traceparent=request.headers.get("traceparent"),
+        tracestate=header_text(request.headers.get("tracestate")))
     if not failures:
         return web.Response(status=204)
     answer = {"failedEntries": [{"entryId": f.entry_id, "error": f.error} for f in failures],

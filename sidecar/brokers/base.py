@@ -11,8 +11,8 @@ The handler contract is what makes delivery at-least-once: ``await handler(recor
 only when the record is *finished* (delivered and acknowledged by the app, or dead-lettered). Only
 then may the broker commit its offset. If the handler is cancelled (partition revoked, shutdown
 grace exhausted) the record is not finished and must be delivered again by whoever next owns the
-partition. Neighbours: ``delivery.py`` provides the handler; ``brokers/kafka.py`` and
-``brokers/memory.py`` implement this.
+partition. Neighbours: ``delivery.py`` provides the handler; ``brokers/kafka/``,
+``brokers/redis.py`` and ``brokers/memory.py`` implement this.
 """
 
 from __future__ import annotations
@@ -21,10 +21,21 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-__all__ = ["BatchHandler", "BatchPolicy", "Broker", "BrokerError", "Handler", "Header",
-           "PublishRecord", "Record"]
+__all__ = ["BULK_PUBLISH", "FEATURES", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY",
+           "PARTITION_NUMBER", "BatchHandler", "BatchPolicy", "Broker", "BrokerError", "Handler",
+           "Header", "PublishRecord", "Record"]
 
 Header = tuple[str, bytes | None]
+
+# What a broker can do of what the sidecar offers: ``Broker.features``, logged at start-up and
+# listed in ``GET /v1.0/metadata`` ``components[].capabilities``. A broker without a feature
+# refuses the request that needs it (a publish error) or says at start-up what it does instead.
+BULK_PUBLISH = "BULK_PUBLISH"  # publish_many is batched on the wire (Dapr's capability name)
+MESSAGE_HEADERS = "MESSAGE_HEADERS"  # publish metadata travels with the message (HTTP headers)
+PARTITION_KEY = "PARTITION_KEY"  # partitionKey picks the partition: one key, one order
+PARTITION_NUMBER = "PARTITION_NUMBER"  # partitionNumber picks the partition
+ORDERED = "ORDERED"  # in order per partition (Kafka) or stream (Redis with concurrency 1)
+FEATURES = (BULK_PUBLISH, MESSAGE_HEADERS, PARTITION_KEY, PARTITION_NUMBER, ORDERED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +103,12 @@ class BrokerError(Exception):
 
 
 class Broker(Protocol):
-    """A started pub/sub component. Implementations: ``KafkaBroker``, ``MemoryBroker``."""
+    """A started pub/sub component. Implementations: ``KafkaBroker``, ``RedisBroker``,
+    ``MemoryBroker``."""
 
     name: str
+    features: frozenset[str]
+    """Which of :data:`FEATURES` this broker provides."""
 
     async def start(self) -> None:
         """Connect the producer side. Raises :class:`BrokerError` if the broker is unreachable."""

@@ -267,17 +267,20 @@ def _epoch_s(now: datetime | None) -> float:
 def wrap(
     body: bytes, *, content_type: str | None, app_id: str, topic: str, pubsubname: str,
     overrides: CloudEventOverrides = _NO_OVERRIDES, ttl_s: float | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, traceparent: str | None = None, tracestate: str | None = None,
 ) -> bytes:
     """Dapr's envelope around ``body`` (§4.1), serialised as JSON bytes (the record value).
 
     ``content_type`` is the request's Content-Type (``None``/``""`` means ``text/plain``);
-    ``ttl_s`` seconds from ``now`` (UTC, default the current time) set ``expiration``. Never
-    raises for any body: JSON that does not parse travels as a string.
+    ``ttl_s`` seconds from ``now`` (UTC, default the current time) set ``expiration``.
+    ``traceparent``/``tracestate`` are the publish's W3C trace context (``tracing.py``), used
+    unless ``overrides`` name one; without either a new trace starts. Never raises for any
+    body: JSON that does not parse travels as a string.
     """
     now_s = _epoch_s(now)
     ctype = content_type or DEFAULT_CONTENT_TYPE
-    traceparent = overrides.traceparent or overrides.traceid or new_traceparent()
+    traceparent = (overrides.traceparent or overrides.traceid or traceparent
+                   or new_traceparent())
     event: dict[str, Any] = {
         "id": overrides.id or _uuid4(),
         "source": overrides.source or app_id or USER_CE_DEFAULT_SOURCE,
@@ -289,7 +292,7 @@ def wrap(
         "time": _now_rfc3339(now_s),
         "traceid": traceparent,
         "traceparent": traceparent,
-        "tracestate": overrides.tracestate or "",
+        "tracestate": overrides.tracestate or tracestate or "",
     }
     if overrides.subject:
         event["subject"] = overrides.subject
@@ -390,13 +393,15 @@ def _dumps_leaf(value: Any) -> bytes:
 
 def wrap_user_cloudevent(
     body: bytes, *, topic: str, pubsubname: str, ttl_s: float | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, traceparent: str | None = None, tracestate: str | None = None,
 ) -> bytes:
     """Complete a user CloudEvent (§4.2) and serialise it as JSON bytes.
 
     Every field is kept (extensions included); ``topic`` and ``pubsubname`` are overwritten;
     ``time``, ``source`` (``"Dapr"``), ``type``, ``specversion``, ``traceid``/``traceparent`` and
-    ``tracestate`` are added when missing; ``expiration`` is set when ``ttl_s`` is given.
+    ``tracestate`` are added when missing (the trace fields from ``traceparent``/``tracestate``,
+    the publish's trace context, else a new trace); ``expiration`` is set when ``ttl_s`` is
+    given.
     ``cloudevent.*`` overrides do not apply on this path.
 
     Raises :class:`NotACloudEvent` when ``body`` is not a JSON object, and
@@ -414,9 +419,10 @@ def wrap_user_cloudevent(
     event["pubsubname"] = pubsubname
     event.setdefault("time", _now_rfc3339(now_s))
     if "traceid" not in event:
-        traceparent = new_traceparent()
+        traceparent = traceparent or new_traceparent()
         event["traceid"] = traceparent
         event["traceparent"] = traceparent
+        event.setdefault("tracestate", tracestate or "")
     event.setdefault("tracestate", "")
     event.setdefault("source", USER_CE_DEFAULT_SOURCE)
     event.setdefault("type", DEFAULT_EVENT_TYPE)

@@ -3,11 +3,13 @@ README's demo."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +51,10 @@ def test_init_run_publish_uninstall(tmp_path: Path, unique: str,
     topic = f"cli-{unique}"
     app_port = free_port()
     log = (tmp_path / "run.log").open("wb")
+    metrics_port = free_port()
     run = subprocess.Popen(
-        [tidings(), "run", "--app-id", "cli-sub", "--app-port", str(app_port), "--",
+        [tidings(), "run", "--app-id", "cli-sub", "--app-port", str(app_port),
+         "--metrics-port", str(metrics_port), "--",
          sys.executable, str(HERE / "recorder_app.py")],
         env={**env, "APP_PORT": str(app_port), "TOPICS": topic}, stdout=log,
         stderr=subprocess.STDOUT)
@@ -71,6 +75,25 @@ def test_init_run_publish_uninstall(tmp_path: Path, unique: str,
             return bool(body["finished"])
 
         poll("a published event to reach the app", delivered, 60, interval_s=0.5)
+
+        def status() -> list[dict[str, object]] | None:
+            out = subprocess.run([tidings(), "status", "--app-id", "cli-sub", "-o", "json"],
+                                 env=env, capture_output=True, text=True, check=True).stdout
+            rows = [r for r in json.loads(out) if r.get("topic") == topic]
+            return rows if rows and rows[0]["status"]["lag"] == 0 else None
+
+        [row] = poll("tidings status to show the subscription with no lag", status, 30)
+        assert row["appId"] == "cli-sub" and row["pubsubname"] == "pubsub"
+        assert row["status"]["consumerGroup"] == "cli-sub" and row["status"]["inFlight"] == 0
+        assert row["status"]["partitions"], "the partitions this member owns"
+        table = subprocess.run([tidings(), "status"], env=env, capture_output=True, text=True,
+                               check=True).stdout
+        assert table.startswith("APP ID") and topic in table and "cli-sub" in table
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            assert f'process_status="success",topic="{topic}"' in r.read().decode()
+        nobody = subprocess.run([tidings(), "status", "--app-id", "nope"], env=env,
+                                capture_output=True, text=True)
+        assert nobody.returncode == 2 and "no running sidecar" in nobody.stderr
         bad = subprocess.run([tidings(), "publish", "--app-id", "cli-sub", "--pubsub", "nope",
                               "--topic", topic, "--data", "{}"], env=env, capture_output=True,
                              text=True)

@@ -85,7 +85,7 @@ def test_published_event_reaches_app_of_another_app_id(tmp_path: Path, resources
 
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         exposition = r.read().decode()
-    assert (f'dapr_component_pubsub_ingress_count_total{{app_id="sub-{unique}",component="pubsub",'
+    assert (f'dapr_component_pubsub_ingress_count{{app_id="sub-{unique}",component="pubsub",'
             f'namespace="",process_status="success",topic="{topic}"}} 5.0') in exposition
 
 

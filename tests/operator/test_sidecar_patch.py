@@ -179,3 +179,12 @@ def test_operator_defaults_for_resources_and_log_level_yield_to_annotations() ->
     assert daprd["resources"]["limits"] == {"memory": "1Gi"}
     assert daprd["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
     assert daprd["args"][daprd["args"].index("--log-level") + 1] == "debug"
+
+
+def test_otlp_endpoint_is_the_sidecars_otel_exporter_endpoint() -> None:
+    pod = make_pod()
+    config = parse_sidecar_config(pod)
+    env = daprd(patch_pod(pod, config, image=IMAGE, otlp_endpoint="http://otel:4318"))["env"]
+    assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel:4318"} in env
+    plain = daprd(patch_pod(pod, config, image=IMAGE))["env"]
+    assert not any(e["name"].startswith("OTEL_") for e in plain)

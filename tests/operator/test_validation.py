@@ -29,8 +29,10 @@ def test_valid_component() -> None:
 
 
 def test_component_errors_name_the_field() -> None:
-    v = validate_component(comp(type="pubsub.redis"), {})
+    v = validate_component(comp(type="pubsub.rabbitmq"), {})
     assert not v.ok and v.reason == "InvalidSpec" and "spec.type" in v.message
+    v = validate_component(comp(type="pubsub.redis"), {})
+    assert not v.ok and v.reason == "InvalidSpec" and "spec.metadata.redisHost" in v.message
     v = validate_component(comp(metadata=[{"name": "authType", "value": "none"}]), {})
     assert not v.ok and "brokers" in v.message
     v = validate_component(comp(metadata=[{"name": "authType", "value": "none"}, {

@@ -22,12 +22,14 @@ from yarl import URL
 
 from tidings.sidecar.api.app import create_app
 from tidings.sidecar.brokers.base import Broker, BrokerError
+from tidings.sidecar.brokers.kafka import KafkaBroker
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
 from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.publishing import Publisher
 from tidings.sidecar.resources.loading import LoadedComponent, check_component
 from tidings.sidecar.resources.models import Component, SubscriptionType, TopicSubscription, Route
 from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.tracing import valid_traceparent
 
 from .records import read_records
 
@@ -73,6 +75,12 @@ class FakeRuntime:
 
     def app_channel_ready(self) -> bool:
         return self.app_channel
+
+    def capabilities(self, pubsubname: str) -> list[str]:
+        # what the runner reports: the features of the component's broker class
+        brokers = {"pubsub.kafka": KafkaBroker, "pubsub.in-memory": MemoryBroker}
+        broker = brokers.get(self.comps[pubsubname].type)
+        return sorted(broker.features) if broker is not None else []
 
     def extended(self) -> dict[str, str]:
         return {"kafka.assignment.pubsub": "orders:0"}
@@ -297,6 +305,7 @@ async def test_metadata_becomes_key_and_headers_on_kafka(
     [record] = await read_records(kafka_bootstrap, topic, 1)
     assert record.key == b"order-1"
     headers = dict(record.headers)
+    assert valid_traceparent(headers.pop("traceparent").decode())  # tracing.py
     assert headers == {"custom": "vé".encode(), "cloudevent.ID": b"my-id",
                        "cloudevent.subject": b"subj"}  # first value kept; key not a header
     event = orjson.loads(record.value)
@@ -312,7 +321,9 @@ async def test_raw_payload_on_kafka(api: Api, kafka_bootstrap: str, unique: str)
     assert status == 204
     [record] = await read_records(kafka_bootstrap, topic, 1)
     assert record.value == payload
-    assert dict(record.headers) == {"rawPayload": b"true"}
+    headers = dict(record.headers)
+    assert valid_traceparent(headers.pop("traceparent").decode())  # tracing.py
+    assert headers == {"rawPayload": b"true"}
 
 
 async def test_numbers_survive_byte_exact_on_kafka(
@@ -457,9 +468,14 @@ async def test_metadata(api: Api) -> None:
     assert meta["id"] == APP_ID and meta["runtimeVersion"]
     assert meta["enabledFeatures"] == [] and meta["actors"] == [] and meta["httpEndpoints"] == []
     assert {"name": "kafka", "type": "pubsub.kafka", "version": "v1",
-            "capabilities": ["BULK_PUBLISH"]} in meta["components"]
+            "capabilities": ["BULK_PUBLISH", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY",
+                             "PARTITION_NUMBER"]} in meta["components"]
     assert {"name": "mem", "type": "pubsub.in-memory", "version": "v1",
-            "capabilities": []} in meta["components"]
+            "capabilities": ["MESSAGE_HEADERS", "ORDERED"]} in meta["components"]
+    statuses = [s.pop("status") for s in meta["subscriptions"]]
+    assert statuses == [
+        {"consumerGroup": None, "partitions": [], "lag": 0, "inFlight": 0, "retries": 0,
+         "deadLettered": 0, "lastError": None}] * 2  # no consumer runs yet
     assert meta["subscriptions"] == [
         {"pubsubname": "kafka", "topic": "orders", "metadata": {},
          "rules": [{"match": "event.x > 1", "path": "/big"}, {"path": "/orders"}],

@@ -25,6 +25,7 @@ from aiohttp import web
 from tidings.sidecar.appchannel import AppChannel
 from tidings.sidecar.brokers.base import BrokerError, Record
 from tidings.sidecar.delivery import Action, Dispatcher, Outcome, Verdict, decide, http_headers
+from tidings.sidecar.metrics import topic_deliveries
 from tidings.sidecar.resources import ResourceError, Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
 from tidings.sidecar.settings import SidecarSettings
@@ -591,3 +592,23 @@ def test_set_subscriptions_refuses_bad_cel_and_keeps_the_old_set() -> None:
     with pytest.raises(ResourceError, match=r"routes.rules\[0\].match"):
         dispatcher.set_subscriptions({"orders": subscription(("event.(", "/x"))})
     assert set(dispatcher._targets) == {"orders"}
+
+
+async def test_delivery_state_counts_retries_dead_letters_and_the_last_error(
+        app, make_dispatcher, caplog: pytest.LogCaptureFixture) -> None:
+    """What /metrics and GET /v1.0/metadata read (metrics.topic_deliveries): two retries, one
+    dead-lettered record, the last failure's reason, nothing in flight after; every log line
+    says what happens next (``outcome``)."""
+    scripted, _ = app
+    topic = f"counted-{uuid.uuid4().hex[:8]}"
+    scripted.script["/orders"] = [(500, b"")]
+    dispatcher, dl = make_dispatcher(subscription(topic=topic, dlt="dead"), retry=bounded(2))
+    state = topic_deliveries("orders-app", "pubsub", topic)
+    task = asyncio.create_task(handle(dispatcher, record(topic=topic)))
+    await scripted.arrived.wait()
+    assert state.in_flight == 1
+    await task
+    assert (state.in_flight, state.retries, state.dead_lettered) == (0, 2, 1)
+    assert state.last_error is not None and "failed" in state.last_error
+    outcomes = [r.outcome for r in caplog.records if r.name == "tidings.sidecar.delivery"]
+    assert outcomes == ["retry", "retry", "dead-letter"]

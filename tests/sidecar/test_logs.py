@@ -123,3 +123,27 @@ def test_configure_logging_installs_the_filter(
     err = capsys.readouterr().err
     assert err.count("Unable connect to node with id") == 1
     assert err.count("ours") == 100
+
+
+def test_json_lines_carry_the_fixed_vocabulary() -> None:
+    """``--log-as-json``: one JSON object per line, the context fields by their fixed names and
+    nothing else from ``extra``."""
+    import orjson
+
+    from tidings.sidecar.logs import JsonFormatter
+
+    rec = logging.getLogger("tidings.sidecar.delivery").makeRecord(
+        "tidings.sidecar.delivery", logging.WARNING, __file__, 1, "delivery of event %s failed",
+        ("ce-1",), None, extra={
+            "app_id": "orders", "pubsubname": "pubsub", "topic": "t", "partition": 2,
+            "offset": 41, "cloudevent_id": "ce-1", "attempt": 3, "outcome": "retry",
+            "unrelated": "x"})
+    line = JsonFormatter().format(rec)
+    assert "\n" not in line
+    entry = orjson.loads(line)
+    assert entry["msg"] == "delivery of event ce-1 failed" and entry["level"] == "warning"
+    assert {k: entry[k] for k in ("app_id", "pubsubname", "topic", "partition", "offset",
+                                  "cloudevent_id", "attempt", "outcome")} == {
+        "app_id": "orders", "pubsubname": "pubsub", "topic": "t", "partition": 2, "offset": 41,
+        "cloudevent_id": "ce-1", "attempt": 3, "outcome": "retry"}
+    assert "unrelated" not in entry

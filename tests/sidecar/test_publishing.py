@@ -84,8 +84,9 @@ async def test_publish_wraps_and_maps_key_and_headers() -> None:
                             metadata={"partitionKey": "k", "custom": "v", "cloudevent.id": "i"})
     [record] = records(broker, "t")
     assert record.key == b"k"
-    assert record.headers == (("custom", b"v"), ("cloudevent.id", b"i"))
     event = orjson.loads(record.value)
+    assert record.headers == (("custom", b"v"), ("cloudevent.id", b"i"),
+                              ("traceparent", event["traceparent"].encode()))
     assert event["id"] == "i" and event["data"] == {"a": 1} and event["source"] == "app"
 
 
@@ -93,7 +94,7 @@ async def test_dunder_key_is_the_record_key() -> None:
     publisher, broker = await make()
     await publisher.publish("mem", "t", b"x", content_type=None, metadata={"__key": "k2"})
     assert records(broker, "t")[0].key == b"k2"
-    assert records(broker, "t")[0].headers == ()
+    assert [name for name, _ in records(broker, "t")[0].headers] == ["traceparent"]
 
 
 async def test_raw_payload_is_untouched() -> None:
@@ -255,7 +256,8 @@ async def test_partition_number_is_not_a_header_and_bad_ones_are_publish_errors(
     publisher, broker = await make()
     await publisher.publish("mem", "t", b"x", content_type=None,
                             metadata={"partitionNumber": "0", "h": "v"})
-    assert records(broker, "t")[0].headers == (("h", b"v"),)
+    assert records(broker, "t")[0].headers[0] == ("h", b"v")
+    assert [name for name, _ in records(broker, "t")[0].headers[1:]] == ["traceparent"]
     e = await error_of(publisher.publish("mem", "t", b"x", content_type=None,
                                          metadata={"partitionNumber": "-1"}))
     assert (e.status, e.error_code) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")

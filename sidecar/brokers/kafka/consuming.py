@@ -39,6 +39,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from ... import metrics
 from ...offsets import PartitionOffsets
 from ...resources.kafka import KafkaMetadata
 from ..base import BatchPolicy, Handler, Record
@@ -164,6 +165,8 @@ class ConsumerGroup:
         self._finished_since_commit = 0
         self._stopped = False
         self._log = {"app_id": app_id, "pubsubname": pubsubname}
+        # lag, rebalances and commit latency for /metrics and GET /v1.0/metadata
+        self.progress = metrics.consumer_progress(app_id, pubsubname, meta.consumer_group)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -252,6 +255,7 @@ class ConsumerGroup:
             except Exception:  # noqa: BLE001 - stop must never raise
                 log.exception("error while stopping the consumer group", extra=self._log)
             self._topics = frozenset()
+            metrics.drop_consumer(self._app_id, self._pubsubname, self.progress)
 
     # ------------------------------------------------------------------------------- session
 
@@ -340,7 +344,9 @@ class ConsumerGroup:
         if self._hold_dispatch:
             return  # see _resubscribe: refetched from the committed offsets
         partitions = self._partitions
+        progress = self.progress
         for tp, records in batch.items():
+            progress.fetched(tp.topic, tp.partition, records[0].offset, consumer.highwater(tp))
             st = partitions.get(tp)
             if st is None:
                 # 9: workers are created lazily on the first record of a partition
@@ -485,6 +491,7 @@ class ConsumerGroup:
                 self._epoch += 1
                 for st in states:
                     self._partitions.pop(st.tp, None)
+                self.progress.revoke()
             if revoked:
                 log.info("partitions revoked: %s", _names(revoked), extra=self._log)
         except Exception:  # aiokafka would only log it; say which group
@@ -492,6 +499,7 @@ class ConsumerGroup:
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         # 9: no heartbeats while this runs: keep it short; workers start lazily.
+        self.progress.assign((tp.topic, tp.partition) for tp in assigned)
         log.info("partitions assigned: %s", _names(assigned), extra=self._log)
 
     async def _drain(self, states: list[_Partition], grace_s: float, why: str) -> None:
@@ -639,8 +647,10 @@ class ConsumerGroup:
         (``_uncancelled``) until it does, rather than racing it.
         """
         tasks = [asyncio.ensure_future(consumer.commit(offsets)) for offsets in requests]
+        timed = _CommitTimer(self.progress, asyncio.get_running_loop())
         for task in tasks:
             task.add_done_callback(_swallow)  # read below, unless this round is cancelled
+            task.add_done_callback(timed)
         try:
             _, pending = await asyncio.wait(tasks, timeout=self._commit_timeout_s)
         finally:
@@ -674,6 +684,7 @@ class ConsumerGroup:
                     st = self._partitions.get(tp)
                     if st is not None and st.epoch == epoch:
                         st.offsets.committed(c)
+                    self.progress.committed(tp.topic, tp.partition, c)
                     t = trouble.pop(tp, None)
                     if t is not None and t.logged_at is not None:
                         log.info("%s: committed again after %d failed attempt(s)", why, t.failures,
@@ -740,6 +751,23 @@ class _CommitTrouble:
     retry_at: float = 0.0  # loop time from which it is committed again (on its own)
     isolated: bool = False  # its last failure was in a round where another commit succeeded
     logged_at: float | None = None  # loop time of the last warning about it
+
+
+class _CommitTimer:
+    """Done-callback of one round's commit requests: how long each took, and whether it
+    succeeded, into the consumer's progress (commit latency metric)."""
+
+    __slots__ = ("_loop", "_progress", "_started")
+
+    def __init__(self, progress: metrics.ConsumerProgress,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._progress = progress
+        self._loop = loop
+        self._started = loop.time()
+
+    def __call__(self, task: asyncio.Future[Any]) -> None:
+        success = not task.cancelled() and task.exception() is None
+        self._progress.commit_took(self._loop.time() - self._started, success=success)
 
 
 def _swallow(task: asyncio.Future[Any]) -> None:

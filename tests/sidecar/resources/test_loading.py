@@ -48,10 +48,18 @@ scopes: [audit]
 
 
 def test_unknown_component_type_refused_naming_file_and_field(tmp_path: Path) -> None:
+    (tmp_path / "rabbit.yaml").write_text(KAFKA.replace("pubsub.kafka", "pubsub.rabbitmq"))
+    with pytest.raises(ResourceError) as err:
+        load_resources([tmp_path], app_id="x")
+    assert err.value.field == "spec.type" and err.value.source.endswith("rabbit.yaml")
+    assert "pubsub.redis" in str(err.value)  # the supported types are listed
+
+
+def test_redis_component_is_checked_by_its_own_model(tmp_path: Path) -> None:
     (tmp_path / "redis.yaml").write_text(KAFKA.replace("pubsub.kafka", "pubsub.redis"))
     with pytest.raises(ResourceError) as err:
         load_resources([tmp_path], app_id="x")
-    assert err.value.field == "spec.type" and err.value.source.endswith("redis.yaml")
+    assert err.value.field == "spec.metadata.redisHost" and err.value.source.endswith("redis.yaml")
 
 
 def test_missing_required_kafka_field_refused(tmp_path: Path) -> None:
