@@ -24,6 +24,7 @@ from tidings.sidecar.brokers.base import BatchPolicy, Record
 from tidings.sidecar.bulkdelivery import BulkDispatcher
 from tidings.sidecar.bulkformat import BulkEvent, bulk_request_body, classify_bulk
 from tidings.sidecar.envelopes.reading import read_event
+from tidings.sidecar.metrics import topic_deliveries
 from tidings.sidecar.resources import Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
 from tidings.sidecar.resources.models import BulkOptions
@@ -336,3 +337,17 @@ async def test_unbounded_policy_with_dead_letter_topic_dead_letters_the_first_fa
 def test_statuses_map_to_app_status() -> None:
     assert [a.status for a in classify_bulk(200, statuses(("a", "DROP")), ["a"])] == [
         AppStatus.DROP]
+
+
+async def test_bulk_outcomes_feed_the_topic_delivery_state(bulk_app, make_dispatcher) -> None:
+    """What ``GET /v1.0/metadata`` and ``/metrics`` show (retries, dead-lettered, in flight,
+    last error) counts bulk entries like single deliveries."""
+    topic = "orders-state"
+    dispatcher, _ = make_dispatcher(bulk_sub(topic=topic, dlt="dead"), retry=RetryPolicy(
+        "constant", 0.001, 0.001, 1.0, 5))
+    records = [rec("ok", topic=topic), rec("retry", "RETRY_ONCE", 1, topic=topic),
+               rec("drop", "DROP", 2, topic=topic)]
+    await run(dispatcher.handle_batch(records))
+    state = topic_deliveries("orders-app", "pubsub", topic)
+    assert (state.retries, state.dead_lettered, state.in_flight) == (1, 1, 0)
+    assert state.last_error is not None and "DROP" in state.last_error
