@@ -13,7 +13,9 @@ across deliveries. Behaviour follows Dapr's HTTP app channel (dapr-pubsub-contra
   errors are retried with backoff until the app answers; 404 or an empty body means no
   subscriptions; any other status or a body that is not a JSON array is logged and means none;
 - :meth:`AppChannel.post_event` POSTs one event and classifies the answer into
-  :class:`AppStatus` by the §2.3 table; it never raises for an app-side failure.
+  :class:`AppStatus` by the §2.3 table; it never raises for an app-side failure;
+- :meth:`AppChannel.deliver_bulk` POSTs one bulk request (§2.4) and classifies the answer per
+  entry (``bulkformat.py``).
 
 If ``APP_API_TOKEN`` is set, every request carries it as ``dapr-api-token``.
 Redirects are not followed: a 3xx answer is "another status" and is retried.
