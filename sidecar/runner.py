@@ -304,7 +304,7 @@ class Sidecar:
         self._effective = effective_subscriptions(
             declarative=self._declarative, programmatic=self._programmatic,
             components=self._components, app_id=self.app_id)
-        streamed = self.streams.subscriptions()
+        streamed = self.streams.consumed()
         if not self._discovered and not streamed and not self._streamed_before:
             return
         self._streamed_before = bool(streamed)

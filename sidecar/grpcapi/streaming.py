@@ -14,10 +14,11 @@ retries.
 
 At-least-once across streams: an event sent on a stream that ends before answering it is *not*
 acknowledged. Its delivery waits for the next stream of the same (pubsub, topic) and is sent
-again there; when no stream comes back, the runner unsubscribes the topic (the consumer group
-revokes the partitions, the waiting delivery is cancelled, its offset stays uncommitted) and
-whoever subscribes next receives it again. A :class:`StreamChannel` therefore outlives its
-streams: the registry keeps it until the runner has unsubscribed its topic (:meth:`prune`).
+again there (the SDKs reconnect after a transient error). When no stream comes back within
+``linger_s`` seconds, the runner unsubscribes the topic: the consumer group revokes the
+partitions, the waiting delivery is cancelled, its offset stays uncommitted, and whoever
+subscribes next receives it again from the broker. A :class:`StreamChannel` therefore outlives
+its streams: the registry keeps it until the runner has unsubscribed its topic (:meth:`prune`).
 
 One stream per (pubsub, topic) per sidecar at a time (Dapr's docs), and not on a topic that a
 declarative or programmatic subscription of the app already holds: a second one is refused with
@@ -232,6 +233,7 @@ class _Slot:
     subscription: TopicSubscription
     channel: StreamChannel
     dispatcher: Dispatcher
+    lingering: bool = False  # no stream, but still consumed while the app may reconnect
 
 
 class _Refused(Exception):
@@ -248,16 +250,18 @@ class StreamingSubscriptions:
     component's retry policy and dead-letter publisher; ``on_change()`` is awaited after a
     stream opened or ended and must re-apply the sidecar's subscriptions (it calls
     :meth:`subscriptions` and then :meth:`prune`); ``others()`` gives the declarative and
-    programmatic subscriptions in effect.
+    programmatic subscriptions in effect. ``linger_s`` (seconds): how long a topic whose stream
+    ended stays consumed, waiting for the app to reconnect, before it is unsubscribed.
     """
 
     def __init__(
         self, *, app_id: str, components: Mapping[str, LoadedComponent],
         make_dispatcher: Callable[[str, StreamChannel], Dispatcher],
         on_change: Callable[[], Awaitable[None]],
-        others: Callable[[], list[TopicSubscription]],
+        others: Callable[[], list[TopicSubscription]], linger_s: float = 5.0,
     ) -> None:
         self.app_id = app_id
+        self.linger_s = linger_s
         self._components = components
         self._make_dispatcher = make_dispatcher
         self._on_change = on_change
@@ -267,8 +271,13 @@ class StreamingSubscriptions:
 
     # --- what the runner reads ------------------------------------------------------------------
     def subscriptions(self) -> list[TopicSubscription]:
-        """The subscriptions with an open stream (``type`` STREAMING)."""
+        """The subscriptions with an open stream (``type`` STREAMING), for metadata."""
         return [s.subscription for s in self._slots.values() if s.channel.attached]
+
+    def consumed(self) -> list[TopicSubscription]:
+        """The subscriptions to consume: open streams, and ended ones still lingering."""
+        return [s.subscription for s in self._slots.values()
+                if s.channel.attached or s.lingering]
 
     def dispatcher(self, pubsubname: str, topic: str) -> Dispatcher | None:
         """The delivery engine for records of ``topic`` of ``pubsubname``, while streamed (or
@@ -280,7 +289,7 @@ class StreamingSubscriptions:
         """Forget slots without a stream whose topic is no longer ``subscribed`` (the broker
         cancelled their deliveries)."""
         for key in [k for k, s in self._slots.items()
-                    if not s.channel.attached and k not in subscribed]:
+                    if not s.channel.attached and not s.lingering and k not in subscribed]:
             del self._slots[key]
 
     # --- the rpc ------------------------------------------------------------------------------
@@ -327,9 +336,19 @@ class StreamingSubscriptions:
             slot = _Slot(sub, channel, self._make_dispatcher(sub.pubsubname, channel))
             self._slots[key] = slot
         slot.subscription = sub
+        slot.lingering = False
         slot.dispatcher.set_subscriptions({sub.topic: sub})
         slot.channel.attach(stream)
-        return slot.channel
+        return slot
+
+    async def _linger(self, slot: _Slot) -> None:
+        """After a stream ended: keep consuming for ``linger_s``, then let the runner unsubscribe
+        unless a new stream took the slot."""
+        if not slot.channel.attached:
+            await asyncio.sleep(self.linger_s)  # the reconnect window, not an event
+        if not slot.channel.attached:
+            slot.lingering = False
+            await self._on_change()
 
     async def serve(self, requests: AsyncIterator[pubsub_pb2.SubscribeTopicEventsRequestAlpha1],
                     context: grpc.aio.ServicerContext) -> None:
@@ -349,7 +368,7 @@ class StreamingSubscriptions:
             return
         extra = {"app_id": self.app_id, "pubsubname": sub.pubsubname, "topic": sub.topic}
         stream = _Stream()
-        channel = self._attach(sub, stream)
+        slot = self._attach(sub, stream)
         log.info("streaming subscription opened", extra=extra)
         reader = asyncio.create_task(self._read_answers(requests, stream, extra))
         try:
@@ -367,13 +386,14 @@ class StreamingSubscriptions:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, protocol_error)
         finally:
             stream.close()
-            channel.detach(stream)
+            slot.channel.detach(stream)
+            slot.lingering = not slot.channel.attached
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             log.info("streaming subscription closed", extra=extra)
-            # Re-applied in the background: this call may already be cancelled.
-            task = asyncio.get_running_loop().create_task(self._on_change())
+            # In the background: this call may already be cancelled.
+            task = asyncio.get_running_loop().create_task(self._linger(slot))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
