@@ -108,7 +108,8 @@ class Sidecar:
         self.streams = StreamingSubscriptions(
             app_id=self.app_id, components=self._components,
             make_dispatcher=self._stream_dispatcher, on_change=self._streams_changed,
-            others=lambda: list(self._effective))
+            # Without an app channel declarative subscriptions are not delivered: no conflict.
+            others=lambda: list(self._effective) if self.channel is not None else [])
 
     # --- RuntimeView -------------------------------------------------------------------------
     def components(self) -> list[LoadedComponent]:

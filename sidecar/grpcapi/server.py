@@ -13,8 +13,9 @@ Pub/sub rpcs (dapr-pubsub-contract.md §1.2, §1.3, §1.4, §1.6):
 
 Every other rpc of the service (state, actors, workflows...) answers UNIMPLEMENTED naming the
 rpc. With ``DAPR_API_TOKEN`` set, every call needs metadata ``dapr-api-token`` with that value
-(UNAUTHENTICATED otherwise, Dapr's messages). The largest message is ``--max-body-size``
-(RESOURCE_EXHAUSTED beyond it, from grpcio).
+(UNAUTHENTICATED otherwise, Dapr's messages). The largest request is ``--max-body-size``
+(RESOURCE_EXHAUSTED beyond it, from grpcio); events sent to a stream have no limit of their own
+(the broker's record size bounds them).
 """
 
 from __future__ import annotations
@@ -173,7 +174,6 @@ async def start_grpc_server(settings: SidecarSettings, servicer: DaprServicer,
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", settings.max_body_size),
-        ("grpc.max_send_message_length", settings.max_body_size),
     ])
     dapr_pb2_grpc.add_DaprServicer_to_server(servicer, server)
     address = settings.dapr_listen_address

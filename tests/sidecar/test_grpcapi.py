@@ -438,3 +438,33 @@ async def test_unanswered_events_come_back_from_the_broker_once_the_topic_was_re
         redelivered = await next_event(again, timeout_s=60)
         assert redelivered.id == unanswered.id
         again.cancel()
+
+
+# --- the event message of a stream ----------------------------------------------------------
+
+@pytest.mark.parametrize(("event", "data", "content_type"), [
+    ({"data": {"n": 1.10}, "datacontenttype": "application/json"}, b'{"n":1.10}',
+     "application/json"),
+    ({"data": "text", "datacontenttype": "text/plain"}, b"text", "text/plain"),
+    ({"data": "\"quoted\"", "datacontenttype": "application/json"}, b'"\\"quoted\\""',
+     "application/json"),
+    ({"data_base64": "AAH+", "datacontenttype": "application/octet-stream"}, b"\x00\x01\xfe",
+     "application/octet-stream"),
+    ({"data": None}, b"", ""),
+], ids=["json", "text", "json-string", "base64", "no-data"])
+def test_topic_event_request_carries_the_data_as_bytes(event: dict[str, Any], data: bytes,
+                                                       content_type: str) -> None:
+    from tidings.sidecar.grpcapi.streaming import topic_event_request
+
+    body = orjson.dumps({"specversion": "1.0", "id": "e1", "source": "s", "type": "t",
+                         "topic": "x", "pubsubname": "p", "traceparent": "00-ab", "big": 0,
+                         **event})
+    # Numbers as a publisher may write them: 1.10 keeps its text, 2**70 is beyond 64 bits.
+    body = body.replace(b"1.1}", b"1.10}").replace(b'"big":0', b'"big":%d' % 2**70)
+    request = topic_event_request(body, pubsubname="pubsub", topic="orders")
+    assert (request.data, request.data_content_type) == (data, content_type)
+    assert (request.id, request.source, request.type, request.spec_version) == (
+        "e1", "s", "t", "1.0")
+    assert (request.topic, request.pubsub_name, request.path) == ("orders", "pubsub", "")
+    assert set(request.extensions) == {"traceparent", "big"}
+    assert request.extensions["big"] == float(2**70)
