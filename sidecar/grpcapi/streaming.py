@@ -184,6 +184,8 @@ class StreamChannel:
     cancellation (the runner unsubscribed the topic) ends the wait, the record stays unacked.
     """
 
+    cleans_paths = True  # the path is not sent; only the channel protocol of issue 7b asks
+
     def __init__(self, pubsubname: str, topic: str) -> None:
         self.pubsubname = pubsubname
         self.topic = topic
@@ -226,6 +228,12 @@ class StreamChannel:
             if app_status is None:
                 return AppResponse(AppStatus.RETRY, None, f"unknown status {status} from the app")
             return AppResponse(app_status, None, f"app answered {app_status.value} over the stream")
+
+    async def deliver(self, path: str, read: Any, headers: Mapping[str, str], *, topic: str,
+                      pubsubname: str) -> AppResponse:
+        """The same as :meth:`post_event`, for a ``Dispatcher`` that hands the channel the read
+        event (``envelopes.reading.ReadEvent``) instead of its body."""
+        return await self.post_event(path, read.body, headers)
 
 
 @dataclass(eq=False)
