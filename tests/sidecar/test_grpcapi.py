@@ -468,3 +468,38 @@ def test_topic_event_request_carries_the_data_as_bytes(event: dict[str, Any], da
     assert (request.topic, request.pubsub_name, request.path) == ("orders", "pubsub", "")
     assert set(request.extensions) == {"traceparent", "big"}
     assert request.extensions["big"] == float(2**70)
+
+
+async def test_stream_on_a_topic_the_app_subscribed_to_is_refused(tmp_path: Path) -> None:
+    """One delivery path per topic: a topic of the app's programmatic subscriptions (served here
+    by a real aiohttp app on 127.0.0.1) cannot also be streamed."""
+    from aiohttp import web
+
+    from tidings.sidecar.localbroker import free_port
+
+    async def subscribe(_: web.Request) -> web.Response:
+        return web.json_response([{"pubsubname": "memory", "topic": "taken", "route": "/taken"}])
+
+    app = web.Application()
+    app.router.add_get("/dapr/subscribe", subscribe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    sidecar = await started_sidecar(tmp_path / "res", {"memory.yaml": memory_component()},
+                                    app_port=port)
+    channel, stub = stub_of(sidecar)
+    try:
+        await until("the app's subscription", lambda: sidecar.subscriptions())
+        call = stub.SubscribeTopicEventsAlpha1()
+        await call.write(initial("memory", "taken"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(call.read(), 30)
+        assert caught.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "already has a programmatic subscription" in (caught.value.details() or "")
+        free = await open_stream(stub, initial("memory", "free"))
+        free.cancel()
+    finally:
+        await channel.close()
+        await sidecar.stop()
+        await runner.cleanup()
