@@ -325,6 +325,7 @@ class Sidecar:
             if topics:
                 log.info("subscribed to %s", sorted(topics),
                          extra={"app_id": self.app_id, "pubsubname": name})
+        self.streams.end_streams_of_removed(self._started)
         self.streams.prune({(name, topic) for name, topics in by_pubsub.items()
                             for topic in topics})
 

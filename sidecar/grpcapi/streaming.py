@@ -35,7 +35,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +142,9 @@ class _Stream:
         self.outgoing: asyncio.Queue[pubsub_pb2.SubscribeTopicEventsResponseAlpha1] = asyncio.Queue()
         self._pending: dict[str, deque[asyncio.Future[int]]] = {}
         self.closed = False
+        # Set by the sidecar to end the call: (gRPC code, message).
+        self.ended: asyncio.Future[tuple[grpc.StatusCode, str]] = (
+            asyncio.get_running_loop().create_future())
 
     async def deliver(self, request: appcallback_pb2.TopicEventRequest) -> int:
         """Send ``request`` and return the app's status number. Raises :class:`StreamClosed`."""
@@ -195,6 +198,10 @@ class StreamChannel:
     @property
     def attached(self) -> bool:
         return self._stream is not None
+
+    @property
+    def stream(self) -> _Stream | None:
+        return self._stream
 
     def attach(self, stream: _Stream) -> None:
         self._stream = stream
@@ -293,6 +300,15 @@ class StreamingSubscriptions:
         slot = self._slots.get((pubsubname, topic))
         return slot.dispatcher if slot is not None else None
 
+    def end_streams_of_removed(self, pubsubnames: Collection[str]) -> None:
+        """End the streams whose pubsub is not in ``pubsubnames`` any more (hot reload removed
+        the component) with FAILED_PRECONDITION."""
+        for (pubsubname, topic), slot in self._slots.items():
+            stream = slot.channel.stream
+            if pubsubname not in pubsubnames and stream is not None and not stream.ended.done():
+                stream.ended.set_result((grpc.StatusCode.FAILED_PRECONDITION,
+                                         f"pubsub {pubsubname} was removed"))
+
     def prune(self, subscribed: set[tuple[str, str]]) -> None:
         """Forget slots without a stream whose topic is no longer ``subscribed`` (the broker
         cancelled their deliveries)."""
@@ -384,11 +400,14 @@ class StreamingSubscriptions:
             await self._on_change()
             while True:
                 getter = asyncio.ensure_future(stream.outgoing.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({getter, reader, stream.ended},
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
                     break
                 await context.write(getter.result())
+            if stream.ended.done():
+                await context.abort(*stream.ended.result())
             protocol_error = reader.result()
             if protocol_error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, protocol_error)

@@ -503,3 +503,21 @@ async def test_stream_on_a_topic_the_app_subscribed_to_is_refused(tmp_path: Path
         await channel.close()
         await sidecar.stop()
         await runner.cleanup()
+
+
+async def test_stream_ends_when_hot_reload_removes_its_pubsub(tmp_path: Path) -> None:
+    folder = tmp_path / "res"
+    sidecar = await started_sidecar(folder, {"memory.yaml": memory_component(),
+                                             "gone.yaml": memory_component("gone")})
+    channel, stub = stub_of(sidecar)
+    try:
+        call = await open_stream(stub, initial("gone", "orders"))
+        (folder / "gone.yaml").unlink()
+        await sidecar.reload()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(call.read(), 30)
+        assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "pubsub gone was removed" in (caught.value.details() or "")
+    finally:
+        await channel.close()
+        await sidecar.stop()
