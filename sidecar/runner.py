@@ -30,7 +30,7 @@ from aiohttp import web
 from . import metrics
 from .api.app import EXTENDED_KEY, create_app
 from .appchannel import AppChannel
-from .brokers.base import Broker, BrokerError
+from .brokers.base import Broker, BrokerError, Handler, Record
 from .brokers.kafka import KafkaBroker
 from .brokers.memory import MemoryBroker
 from .delivery import Dispatcher
@@ -266,12 +266,12 @@ class Sidecar:
         async with self._reload_lock:
             await self._apply_subscriptions()
 
-    def _handler_for(self, name: str, dispatcher: Dispatcher | None):  # type: ignore[no-untyped-def]
+    def _handler_for(self, name: str, dispatcher: Dispatcher | None) -> Handler:
         """The broker handler of pubsub ``name``: streamed topics to their stream's engine,
         the others to the app channel's."""
         streams = self.streams
 
-        async def handle(record):  # type: ignore[no-untyped-def]
+        async def handle(record: Record) -> None:
             streamed = streams.dispatcher(name, record.topic)
             if streamed is not None:
                 await streamed.handle(record)

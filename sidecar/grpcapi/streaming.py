@@ -86,7 +86,8 @@ def _plain(value: Any) -> Any:
         return json.loads(text)
 
 
-def topic_event_request(body: bytes, *, pubsubname: str, topic: str) -> appcallback_pb2.TopicEventRequest:
+def topic_event_request(body: bytes, *, pubsubname: str,
+                        topic: str) -> appcallback_pb2.TopicEventRequest:
     """The ``TopicEventRequest`` for a delivery whose CloudEvent JSON is ``body`` (what
     ``envelopes.reading.read_event`` hands the app channel; a JSON object).
 
@@ -139,7 +140,8 @@ class _Stream:
     """
 
     def __init__(self) -> None:
-        self.outgoing: asyncio.Queue[pubsub_pb2.SubscribeTopicEventsResponseAlpha1] = asyncio.Queue()
+        self.outgoing: asyncio.Queue[pubsub_pb2.SubscribeTopicEventsResponseAlpha1] = (
+            asyncio.Queue())
         self._pending: dict[str, deque[asyncio.Future[int]]] = {}
         self.closed = False
         # Set by the sidecar to end the call: (gRPC code, message).
@@ -317,7 +319,9 @@ class StreamingSubscriptions:
             del self._slots[key]
 
     # --- the rpc ------------------------------------------------------------------------------
-    def _check(self, initial: pubsub_pb2.SubscribeTopicEventsRequestInitialAlpha1) -> TopicSubscription:
+    def _check(
+        self, initial: pubsub_pb2.SubscribeTopicEventsRequestInitialAlpha1,
+    ) -> TopicSubscription:
         pubsubname, topic = initial.pubsub_name, initial.topic
         if not pubsubname:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "pubsubName is required")
@@ -382,7 +386,8 @@ class StreamingSubscriptions:
             first = await anext(requests)
         except StopAsyncIteration:
             first = None
-        if first is None or first.WhichOneof("subscribe_topic_events_request_type") != "initial_request":
+        kind = first.WhichOneof("subscribe_topic_events_request_type") if first else None
+        if kind != "initial_request":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "initial request is required")
             return
         try:
