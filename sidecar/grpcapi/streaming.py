@@ -376,7 +376,14 @@ class StreamingSubscriptions:
             await asyncio.sleep(self.linger_s)  # the reconnect window, not an event
         if not slot.channel.attached:
             slot.lingering = False
+            await self._changed({"app_id": self.app_id, "pubsubname": slot.channel.pubsubname,
+                                 "topic": slot.channel.topic})
+
+    async def _changed(self, extra: dict[str, str]) -> None:
+        try:
             await self._on_change()
+        except Exception:  # the stream goes on; the next change applies the set again
+            log.exception("applying the streaming subscriptions failed", extra=extra)
 
     async def serve(self, requests: AsyncIterator[pubsub_pb2.SubscribeTopicEventsRequestAlpha1],
                     context: grpc.aio.ServicerContext) -> None:
@@ -402,7 +409,7 @@ class StreamingSubscriptions:
         reader = asyncio.create_task(self._read_answers(requests, stream, extra))
         try:
             await context.write(_INITIAL_RESPONSE)
-            await self._on_change()
+            await self._changed(extra)
             while True:
                 getter = asyncio.ensure_future(stream.outgoing.get())
                 done, _ = await asyncio.wait({getter, reader, stream.ended},

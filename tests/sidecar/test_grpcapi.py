@@ -521,3 +521,24 @@ async def test_stream_ends_when_hot_reload_removes_its_pubsub(tmp_path: Path) ->
     finally:
         await channel.close()
         await sidecar.stop()
+
+
+async def test_grpc_port_in_use(tmp_path: Path) -> None:
+    """An asked-for port in use stops the start (the sidecar exits 2); Dapr's default port in
+    use only costs the gRPC API (several bare sidecars on one host), never a shared port."""
+    first = await started_sidecar(tmp_path / "a", {"memory.yaml": memory_component()})
+    try:
+        assert first.grpc_port
+        taken = SidecarSettings(app_id=APP_ID, dapr_http_port=0, dapr_grpc_port=first.grpc_port,
+                                dapr_grpc_port_explicit=True)
+        second = Sidecar(taken)
+        with pytest.raises(OSError, match="cannot bind the gRPC API"):
+            await second.start()
+        await second.stop()
+        third = Sidecar(SidecarSettings(app_id=APP_ID, dapr_http_port=0,
+                                        dapr_grpc_port=first.grpc_port))
+        await third.start()
+        assert third.grpc_port is None and third.bound_port
+        await third.stop()
+    finally:
+        await first.stop()
