@@ -172,6 +172,15 @@ def test_sdk_streaming_subscriber_killed_mid_stream_gets_the_unanswered_again(
             return []
         return [json.loads(line) for line in out.read_text().splitlines() if line]
 
+    refused = subprocess.run([sys.executable, "-P", "-c", (
+        "from dapr.clients import DaprClient\n"
+        "try:\n"
+        "    DaprClient().subscribe('nope', 'orders')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n")], env={**os.environ, **env},
+        capture_output=True, timeout=60)
+    assert "pubsub nope is not found" in refused.stdout.decode(), refused
+
     first = start_python(tmp_path, "stream-1", "sdk_streaming_subscriber.py", env)
     procs.append(first)
     listed = poll("the STREAMING subscription", lambda: [
