@@ -132,7 +132,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 code = 1
             return code
         state.register_app(args.app_id, http_port=http_port, pid=sidecar.pid)
-        print(f"tidings run: sidecar of {args.app_id} serving on port {http_port}",
+        print(f"tidings run: sidecar of {args.app_id} serving on port {http_port} "
+              f"(gRPC {grpc_port})",
               file=sys.stderr, flush=True)
         if command:
             env = {**os.environ, "DAPR_HTTP_PORT": str(http_port),
