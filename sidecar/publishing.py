@@ -127,7 +127,8 @@ def _add_trace_headers(headers: list[tuple[str, bytes]], metadata: Mapping[str, 
 @dataclass(frozen=True, slots=True)
 class BulkEntry:
     """One entry of a bulk publish (§1.3): ``event`` is the decoded JSON value (numbers exact, see
-    ``envelopes.wrapping.loads_exact``); ``metadata`` is ``None`` when the entry had none."""
+    ``envelopes.wrapping.loads_exact``) of an HTTP entry, or the bytes of a gRPC entry (taken
+    as they are); ``metadata`` is ``None`` when the entry had none."""
 
     entry_id: str
     event: Any
@@ -148,7 +149,10 @@ def event_bytes(event: Any, content_type: str) -> bytes:
     ``application/octet-stream`` takes a base64 string; ``text/*`` and ``application/xml`` a
     string; ``application/json`` and ``application/cloudevents+json`` any JSON (re-encoded with
     exact numbers). Raises ``ValueError`` for any other content type (an empty one included) or a
-    mismatching event."""
+    mismatching event. ``bytes`` (a gRPC ``BulkPublishRequestEntry.event``) are the event's bytes
+    already, whatever the content type, as in Dapr's gRPC API."""
+    if isinstance(event, bytes):
+        return event
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/octet-stream":
         if not isinstance(event, str):
