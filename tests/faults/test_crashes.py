@@ -8,6 +8,7 @@ import contextlib
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -80,6 +81,27 @@ def _record_count(bootstrap: str, topic: str) -> int:
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def _consumed(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[Any]:
+    """The first ``n`` records of ``topic`` (ConsumerRecords), read by a plain consumer."""
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        records: list[Any] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(records) < n:
+                    for batch in (await consumer.getmany(timeout_ms=500)).values():
+                        records.extend(batch)
+        finally:
+            await consumer.stop()
+        return records
 
     return asyncio.run(run())
 

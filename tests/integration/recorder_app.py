@@ -107,7 +107,7 @@ async def received(request: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # the fault suite sends MiBs
     app[started], app[finished] = [], []
     app[attempts], app[events] = [], {}
     app[mode] = {"retry": set(), "hang": set()}

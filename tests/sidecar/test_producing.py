@@ -167,3 +167,33 @@ async def test_explicit_partition_and_out_of_range(kafka_bootstrap: str, unique:
     records = await read_records(kafka_bootstrap, topic, 4)
     assert sorted((r.value, r.partition) for r in records) == [
         (b"m", 1), (b"v0", 2), (b"v1", 2), (b"v2", 2)]
+
+
+async def test_records_from_any_accepted_body_fit_the_producer(
+        kafka_bootstrap: str, unique: str) -> None:
+    """Regression (issue 5, scenario 9): a 1 MiB binary publish becomes a ~1.4 MB record
+    (data_base64), which aiokafka's default max_request_size (1 MiB) refused with a 500 although
+    the API accepts 4 MiB bodies. Without maxMessageBytes the limit follows --max-body-size."""
+    body_limit = 4 * 1024 * 1024
+    big = b"x" * (body_limit // 3 * 4 + 1000)  # a base64'd body near the limit, in an envelope
+    limited = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps")
+    await limited.start()
+    try:
+        with pytest.raises(BrokerError, match="MessageSizeTooLarge"):
+            await limited.publish(f"big-{unique}", big)
+    finally:
+        await limited.stop(5)
+    producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps", max_body_size=body_limit)
+    await producer.start()
+    try:
+        await producer.publish(f"big-{unique}", big)
+    finally:
+        await producer.stop(5)
+    explicit = KafkaProducer(meta(kafka_bootstrap, maxMessageBytes="2000"), pubsubname="ps",
+                             max_body_size=body_limit)
+    await explicit.start()
+    try:
+        with pytest.raises(BrokerError, match="MessageSizeTooLarge"):
+            await explicit.publish(f"big-{unique}", b"y" * 3000)  # maxMessageBytes still rules
+    finally:
+        await explicit.stop(5)

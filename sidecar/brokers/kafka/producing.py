@@ -8,7 +8,10 @@ Rules from aiokafka-pitfalls.md:
   (item 3). ``publish_many`` sends everything first and then awaits all futures (item 21);
 - ``linger_ms`` defaults to 0: aiokafka keeps one request in flight per broker, so concurrent
   publishes batch up behind it anyway and a lone publish is not delayed;
-- ``max_request_size`` follows ``maxMessageBytes`` when set (item 22);
+- ``max_request_size`` follows ``maxMessageBytes`` when set (item 22); else it fits the largest
+  record a publish body within ``--max-body-size`` can become (:func:`record_size_bound`), so
+  what the API accepts is not refused by the client's 1 MiB default (the broker's own limit,
+  ``message.max.bytes``, still applies);
 - every aiokafka error becomes :class:`BrokerError` with the error's own ``retriable`` flag;
 - a topic name Kafka cannot hold (``topics.py``) and a partition the topic does not have are
   refused before aiokafka sees them (aiokafka would wait ``request_timeout_ms`` for metadata, or
@@ -35,6 +38,17 @@ from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 __all__ = ["KafkaProducer"]
 
 log = logging.getLogger(__name__)
+
+
+# Envelope attributes, bulk/metadata headers and record framing around a body; metadata comes in
+# the query string and headers, which aiohttp bounds to well under this.
+_ENVELOPE_OVERHEAD = 64 * 1024
+
+
+def record_size_bound(max_body_size: int) -> int:
+    """Bytes of the largest record a publish body of ``max_body_size`` bytes can become: a binary
+    body travels base64-encoded in ``data_base64`` (4/3), plus the envelope around it."""
+    return (max_body_size + 2) // 3 * 4 + _ENVELOPE_OVERHEAD
 
 
 def _broker_error(exc: BaseException) -> BrokerError:
@@ -70,18 +84,22 @@ class KafkaProducer:
     """
 
     def __init__(self, meta: KafkaMetadata, *, pubsubname: str, request_timeout_s: float = 30.0,
-                 retry_backoff_s: float = 0.1, linger_ms: int = 0) -> None:
+                 retry_backoff_s: float = 0.1, linger_ms: int = 0,
+                 max_body_size: int | None = None) -> None:
         self.meta = meta
         self.pubsubname = pubsubname
         self.request_timeout_s = request_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.linger_ms = linger_ms
+        self.max_body_size = max_body_size
         self._producer: AIOKafkaProducer | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
         kwargs = client_kwargs(self.meta)
         if self.meta.max_message_bytes > 0:
             kwargs["max_request_size"] = self.meta.max_message_bytes
+        elif self.max_body_size:
+            kwargs["max_request_size"] = max(1_048_576, record_size_bound(self.max_body_size))
         return AIOKafkaProducer(
             acks="all",
             enable_idempotence=False,
