@@ -197,3 +197,32 @@ async def test_records_from_any_accepted_body_fit_the_producer(
             await explicit.publish(f"big-{unique}", b"y" * 3000)  # maxMessageBytes still rules
     finally:
         await explicit.stop(5)
+
+
+async def test_ready_turns_false_while_the_broker_does_not_answer(tmp_path, unique: str) -> None:
+    """Regression (issue 5, scenario 6): a frozen broker (SIGSTOP) keeps its connections open, so
+    healthz stayed 204 through the outage. The metadata probe turns ready() false, then true."""
+    import asyncio
+    import os
+    import signal
+
+    from tidings.sidecar.localbroker import start_local_broker
+
+    broker = start_local_broker(log_path=tmp_path / "tansu.log")
+    producer = KafkaProducer(meta(broker.bootstrap), pubsubname="ps", probe_interval_s=0.2,
+                             probe_timeout_s=0.5)
+    try:
+        await producer.start()
+        assert producer.ready()
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        async with asyncio.timeout(20):
+            while producer.ready():
+                await asyncio.sleep(0.05)  # poll interval, bounded by the timeout
+        os.kill(broker.process.pid, signal.SIGCONT)
+        async with asyncio.timeout(20):
+            while not producer.ready():
+                await asyncio.sleep(0.05)  # poll interval, bounded by the timeout
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+        await producer.stop(5)
+        broker.stop()

@@ -17,7 +17,12 @@ Rules from aiokafka-pitfalls.md:
   refused before aiokafka sees them (aiokafka would wait ``request_timeout_ms`` for metadata, or
   fail an ``assert``), with a :class:`BrokerError` that is not retriable;
 - ``start()`` tries once and raises; a producer whose start failed is thrown away and never
-  sent to (item 19, aiokafka #759); ``stop()`` is bounded because it flushes (item 19).
+  sent to (item 19, aiokafka #759); ``stop()`` is bounded because it flushes (item 19);
+- a broker that stops answering keeps its TCP connections open (a frozen or partitioned broker),
+  so aiokafka notices nothing until a request times out; a watch task asks for cluster metadata
+  every ``probe_interval_s`` and :meth:`KafkaProducer.ready` is false after
+  ``probe_failures`` probes in a row went unanswered within ``probe_timeout_s`` (healthz reports
+  the outage, dapr-pubsub-contract.md §1.5), true again at the first answer.
 """
 
 from __future__ import annotations
@@ -85,14 +90,20 @@ class KafkaProducer:
 
     def __init__(self, meta: KafkaMetadata, *, pubsubname: str, request_timeout_s: float = 30.0,
                  retry_backoff_s: float = 0.1, linger_ms: int = 0,
-                 max_body_size: int | None = None) -> None:
+                 max_body_size: int | None = None, probe_interval_s: float = 1.0,
+                 probe_timeout_s: float = 2.5, probe_failures: int = 2) -> None:
         self.meta = meta
         self.pubsubname = pubsubname
         self.request_timeout_s = request_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.linger_ms = linger_ms
         self.max_body_size = max_body_size
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.probe_failures = probe_failures
         self._producer: AIOKafkaProducer | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._unanswered = 0  # metadata probes in a row without an answer
 
     def _new_producer(self) -> AIOKafkaProducer:
         kwargs = client_kwargs(self.meta)
@@ -131,11 +142,34 @@ class KafkaProducer:
                 retriable=True,
             ) from exc
         self._producer = producer
+        self._unanswered = 0
+        self._watch = asyncio.create_task(self._watch_broker(producer))
         log.info("kafka producer connected", extra={"pubsubname": self.pubsubname})
 
     def ready(self) -> bool:
-        """Whether the producer is started (outbound health, §1.5)."""
-        return self._producer is not None
+        """Whether the producer is started and the broker answered lately (outbound health,
+        §1.5; see the module docstring)."""
+        return self._producer is not None and self._unanswered < self.probe_failures
+
+    async def _watch_broker(self, producer: AIOKafkaProducer) -> None:
+        extra = {"pubsubname": self.pubsubname}
+        while True:
+            await asyncio.sleep(self.probe_interval_s)  # probe period
+            try:
+                await asyncio.wait_for(producer.client.fetch_all_metadata(),
+                                       self.probe_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - timeout or KafkaError: no answer
+                self._unanswered += 1
+                if self._unanswered == self.probe_failures:
+                    log.warning("kafka brokers %s do not answer (%d probes in a row, last: %s);"
+                                " reporting not ready", ",".join(self.meta.brokers),
+                                self._unanswered, type(exc).__name__, extra=extra)
+                continue
+            if self._unanswered >= self.probe_failures:
+                log.info("kafka brokers answer again; reporting ready", extra=extra)
+            self._unanswered = 0
 
     def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -201,6 +235,9 @@ class KafkaProducer:
         """Flush and disconnect within ``timeout_s`` seconds (records still buffered after that
         are abandoned, and their publishers already got an error or will). Never raises."""
         producer, self._producer = self._producer, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
         if producer is None:
             return
         try:
