@@ -84,12 +84,14 @@ def partition_number(metadata: Mapping[str, str]) -> int | None:
     if not raw:
         return None
     if not _PARTITION_NUMBER.fullmatch(raw):
-        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'")
+        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'",
+                          refused="request")
     value = int(raw)
     if value < 0:
-        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'")
+        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'",
+                          refused="request")
     if value > _INT32_MAX:
-        raise BrokerError(f"partition number {value} is out of range")
+        raise BrokerError(f"partition number {value} is out of range", refused="request")
     return value
 
 
@@ -208,7 +210,9 @@ class Publisher:
             try:
                 return wrap_user_cloudevent(body, topic=topic, pubsubname=pubsubname, ttl_s=ttl_s)
             except NotACloudEvent:
-                raise DaprError(500, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent",
+                # Stricter than Dapr (500): a body that is not a JSON object is the client's
+                # mistake, and a client mistake is never a 500 (issue 5).
+                raise DaprError(400, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent",
                                 reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
                                 metadata=dict(metadata), resource=pubsubname) from None
             except InvalidCloudEvent as exc:
@@ -224,7 +228,10 @@ class Publisher:
     @staticmethod
     def _publish_error(pubsubname: str, topic: str, exc: BrokerError) -> DaprError:
         message = f"error when publishing to topic {topic} in pubsub {pubsubname}: {exc}"
-        return DaprError(500, "ERR_PUBSUB_PUBLISH_MESSAGE", message,
+        # Stricter than Dapr (500 for all): a request the broker can never store as it is (topic
+        # name, partition, size) is the client's mistake, and those are never a 500 (issue 5).
+        status = {"request": 400, "size": 413}.get(exc.refused or "", 500)
+        return DaprError(status, "ERR_PUBSUB_PUBLISH_MESSAGE", message,
                          reason="DAPR_PUBSUB_PUBLISH_MESSAGE",
                          metadata={"topic": topic, "error": str(exc)}, resource=pubsubname)
 

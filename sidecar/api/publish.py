@@ -177,8 +177,9 @@ async def publish_bulk(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     # Bulk routes first: "/v1.0/publish/bulk/..." must not be read as a publish to pubsub "bulk".
+    # [\s\S]: the decoded path may hold a newline (%0A), which "." would not match (a bare 404).
     for prefix in BULK_PREFIXES:
         for method in ("POST", "PUT"):
-            app.router.add_route(method, prefix + "{tail:.*}", publish_bulk)
+            app.router.add_route(method, prefix + r"{tail:[\s\S]*}", publish_bulk)
     for method in ("POST", "PUT"):
-        app.router.add_route(method, PUBLISH_PREFIX + "{tail:.*}", publish)
+        app.router.add_route(method, PUBLISH_PREFIX + r"{tail:[\s\S]*}", publish)

@@ -175,9 +175,9 @@ def error_info(error: dict) -> dict:
     ("/v1.0/publish/mem/t?metadata.rawPayload=yes", b"", None, 400, "ERR_PUBSUB_REQUEST_METADATA",
      "DAPR_PUBSUB_METADATA_DESERIALIZATION",
      "failed deserializing metadata. Error: rawPayload value must be a valid boolean: actual is 'yes'"),
-    ("/v1.0/publish/mem/t", b"[1,2]", "application/cloudevents+json", 500,
+    ("/v1.0/publish/mem/t", b"[1,2]", "application/cloudevents+json", 400,
      "ERR_PUBSUB_CLOUD_EVENTS_SER", "DAPR_PUBSUB_CLOUD_EVENT_CREATION", "cannot create cloudevent"),
-    ("/v1.0/publish/mem/t", b"not json", "application/cloudevents+json; charset=utf-8", 500,
+    ("/v1.0/publish/mem/t", b"not json", "application/cloudevents+json; charset=utf-8", 400,
      "ERR_PUBSUB_CLOUD_EVENTS_SER", "DAPR_PUBSUB_CLOUD_EVENT_CREATION", "cannot create cloudevent"),
     ("/v1.0/publish/scoped/denied", b"x", None, 403, "ERR_PUBSUB_FORBIDDEN",
      "DAPR_PUBSUB_FORBIDDEN", f"topic denied is not allowed for app id {APP_ID}"),
@@ -572,11 +572,11 @@ async def test_deeply_nested_cloudevent_is_cannot_create_cloudevent(api: Api) ->
                                         "application/cloudevents+json")
     error = dapr_error(status, ctype, got)
     assert (status, error["errorCode"], error["message"]) == (
-        500, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent")
+        400, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent")
     assert error_info(error)["reason"] == "DAPR_PUBSUB_CLOUD_EVENT_CREATION"
     body = b'{"id":"1","source":"s","data":' + b"[" * DEEP + b"]" * DEEP + b"}"
     status, _, _ = await api.post("/v1.0/publish/mem/deep", body, "application/cloudevents+json")
-    assert status == 500
+    assert status == 400
 
 
 async def test_deeply_nested_bulk_body_is_unmarshal_error(api: Api) -> None:
@@ -655,7 +655,7 @@ async def test_topic_kafka_cannot_hold_is_refused_at_once(api: Api, raw: str, to
     t0 = time.monotonic()
     status, ctype, body = await api.post(f"/v1.0/publish/kafka/{raw}", b"x")
     error = dapr_error(status, ctype, body)
-    assert (status, error["errorCode"]) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert (status, error["errorCode"]) == (400, "ERR_PUBSUB_PUBLISH_MESSAGE")  # Dapr: 500
     assert error["message"].startswith(f"error when publishing to topic {topic} in pubsub kafka: "
                                        "topic ")
     assert "is not a valid Kafka topic name" in error["message"]
@@ -715,7 +715,7 @@ async def test_bad_partition_number_is_a_publish_error(
     status, ctype, body = await api.post(
         f"/v1.0/publish/kafka/{topic}?metadata.partitionNumber={value}", b"x")
     error = dapr_error(status, ctype, body)
-    assert (status, error["errorCode"]) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert (status, error["errorCode"]) == (400, "ERR_PUBSUB_PUBLISH_MESSAGE")  # Dapr: 500
     assert error["message"].startswith(
         f"error when publishing to topic {topic} in pubsub kafka: {message}")
     entries = bulk({"entryId": "bad", "event": "a", "contentType": "text/plain",

@@ -179,8 +179,9 @@ async def test_records_from_any_accepted_body_fit_the_producer(
     limited = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps")
     await limited.start()
     try:
-        with pytest.raises(BrokerError, match="MessageSizeTooLarge"):
+        with pytest.raises(BrokerError, match="MessageSizeTooLarge") as info:
             await limited.publish(f"big-{unique}", big)
+        assert info.value.refused == "size"
     finally:
         await limited.stop(5)
     producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps", max_body_size=body_limit)

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from ...resources.kafka import KafkaMetadata
 from ..base import BrokerError, PublishRecord
@@ -61,13 +61,15 @@ def _broker_error(exc: BaseException) -> BrokerError:
         return exc
     retriable = bool(getattr(exc, "retriable", False))
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return BrokerError(text, retriable=retriable)
+    # item 22: too large for max_request_size (client side) or the broker's limit: never retried
+    refused = "size" if isinstance(exc, MessageSizeTooLargeError) else None
+    return BrokerError(text, retriable=retriable, refused=refused)
 
 
 def _check_topic(topic: str) -> None:
     problem = kafka_topic_problem(topic)
     if problem is not None:
-        raise BrokerError(invalid_topic_message(topic, problem))
+        raise BrokerError(invalid_topic_message(topic, problem), refused="request")
 
 
 async def _check_partition(producer: AIOKafkaProducer, topic: str, partition: int) -> None:
@@ -77,7 +79,8 @@ async def _check_partition(producer: AIOKafkaProducer, topic: str, partition: in
     if partition not in partitions:
         raise BrokerError(f"partition number {partition} is out of range: topic {topic} has "
                           f"{len(partitions)} partitions (0-{max(partitions, default=0)})"
-                          if partitions else f"partition number {partition} is out of range")
+                          if partitions else f"partition number {partition} is out of range",
+                          refused="request")
 
 
 class KafkaProducer:
