@@ -132,6 +132,7 @@ def test_sigterm_during_delivery(tmp_path: Path, resources: Path, kafka_bootstra
     at_exit = received(app)
     assert set(at_exit["started"]) <= set(at_exit["finished"]), \
         "every delivery in flight at SIGTERM finished before the sidecar exited"
+    assert not set(late) & set(at_exit["started"]), "nothing new started once shutdown began"
     done_before = set(at_exit["finished"])
 
     second = start_sidecar(tmp_path, "second", app_id=app_id, resources=resources,
