@@ -4,11 +4,12 @@ the app's control endpoints and publishing through a sidecar."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pathlib import Path
 
@@ -89,3 +90,47 @@ def publish_raw(sidecar: Proc, topic: str, body: bytes, *, content_type: str = "
             return exc.code, json.loads(raw)
         except ValueError:
             return exc.code, raw.decode(errors="replace")
+
+
+def record_count(bootstrap: str, topic: str) -> int:
+    """How many records ``topic`` holds (the sum of its partitions' end offsets)."""
+
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            parts = await producer.partitions_for(topic)  # waits for (auto-created) metadata
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in parts]
+            consumer.assign(tps)
+            return sum((await consumer.end_offsets(tps)).values())
+        finally:
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def consumed(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[Any]:
+    """The first ``n`` records of ``topic`` (ConsumerRecords), read by a plain consumer."""
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        records: list[Any] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(records) < n:
+                    for batch in (await consumer.getmany(timeout_ms=500)).values():
+                        records.extend(batch)
+        finally:
+            await consumer.stop()
+        return records
+
+    return asyncio.run(run())

@@ -10,8 +10,15 @@ from pathlib import Path
 
 from ..integration.processes import Proc, assignment, poll, received, start_app, start_sidecar
 from .conftest import CountSheet
-from .kit import attempts, cloudevent, component, delivered_event, produce, publish_raw
-from .test_crashes import _consumed
+from .kit import (
+    attempts,
+    cloudevent,
+    component,
+    consumed,
+    delivered_event,
+    produce,
+    publish_raw,
+)
 
 NOT_JSON = b"{not json at all \xff"
 ARRAY = b'[{"id": "in-an-array"}]'
@@ -49,7 +56,7 @@ def test_poison_goes_to_the_dead_letter_topic(
     produce(kafka_bootstrap, topic, records)
     poll("the good records to be delivered", lambda: set(received(app)["finished"]) >= set(good),
          60)
-    dead = [r.value for r in _consumed(kafka_bootstrap, dlt, 2)]
+    dead = [r.value for r in consumed(kafka_bootstrap, dlt, 2)]
     assert sorted(dead) == sorted([NOT_JSON, ARRAY]), "the poison records, unchanged"
     plain = delivered_event(app, f"{unique}-plain")
     assert plain is not None and plain["body"].encode() == records[3]["value"], "as is"

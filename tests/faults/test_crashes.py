@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import signal
 from pathlib import Path
-from typing import Any
-
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ..integration.processes import (
     Proc,
@@ -22,7 +17,7 @@ from ..integration.processes import (
     start_sidecar,
 )
 from .conftest import CountSheet
-from .kit import attempts, component, produce_events, set_mode
+from .kit import attempts, component, produce_events, record_count, set_mode
 
 
 def _split(a: Proc, b: Proc, partitions: int = 4) -> bool:
@@ -62,50 +57,6 @@ def test_sigkill_one_of_two_replicas(tmp_path: Path, resources: Path, kafka_boot
     assert row.lost == 0
 
 
-def _record_count(bootstrap: str, topic: str) -> int:
-    """How many records ``topic`` holds (the sum of its partitions' end offsets)."""
-
-    async def run() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await producer.start()
-        try:
-            parts = await producer.partitions_for(topic)  # waits for (auto-created) metadata
-        finally:
-            await producer.stop()
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in parts]
-            consumer.assign(tps)
-            return sum((await consumer.end_offsets(tps)).values())
-        finally:
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer.stop()
-
-    return asyncio.run(run())
-
-
-def _consumed(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[Any]:
-    """The first ``n`` records of ``topic`` (ConsumerRecords), read by a plain consumer."""
-
-    async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    max_partition_fetch_bytes=8 * 1024 * 1024)
-        await consumer.start()
-        records: list[Any] = []
-        try:
-            async with asyncio.timeout(timeout_s):
-                while len(records) < n:
-                    for batch in (await consumer.getmany(timeout_ms=500)).values():
-                        records.extend(batch)
-        finally:
-            await consumer.stop()
-        return records
-
-    return asyncio.run(run())
-
-
 def test_sigterm_during_delivery(tmp_path: Path, resources: Path, kafka_bootstrap: str,
                                  procs: list[Proc], unique: str, counts: CountSheet) -> None:
     """2. SIGTERM during delivery: in-flight deliveries finish and are committed (none delivered
@@ -143,7 +94,7 @@ def test_sigterm_during_delivery(tmp_path: Path, resources: Path, kafka_bootstra
          90)
     redelivered = set(received(app)["started"][len(at_exit["started"]):]) & done_before
     assert not redelivered, f"finished before SIGTERM but delivered again: {sorted(redelivered)}"
-    assert _record_count(kafka_bootstrap, dlt) == 0, "nothing was dead-lettered"
+    assert record_count(kafka_bootstrap, dlt) == 0, "nothing was dead-lettered"
     row = counts.tally(published=len(everything), acked=everything,
                        finished=received(app)["finished"],
                        note=f"{len(done_before)} done before exit")

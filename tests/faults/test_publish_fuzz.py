@@ -38,7 +38,8 @@ cloudevents = st.fixed_dictionaries(
     {"specversion": st.sampled_from(["1.0", "0.3", 1.0, None]), "id": st.text(max_size=8)
      | st.integers(), "source": st.text(max_size=8), "type": st.text(max_size=8)},
     optional={"data": json_values, "data_base64": st.text(max_size=12),
-              "datacontenttype": st.sampled_from(CONTENT_TYPES), "expiration": st.text(max_size=10)})
+              "datacontenttype": st.sampled_from(CONTENT_TYPES),
+              "expiration": st.text(max_size=10)})
 bodies = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),

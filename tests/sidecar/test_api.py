@@ -645,7 +645,9 @@ async def test_api_token_with_bytes_that_are_not_utf8() -> None:
 
 # -- topic names Kafka cannot hold (aiokafka used to wait 30 s, then 500 UnknownTopic) ----------
 
-BAD_KAFKA_TOPICS = [("a+b", "a b"), ("a%00b", "a\x00b"), ("a/b/c", "a/b/c"),
+# %0A: a decoded newline used to miss the route (aiohttp's bare 404; found by tests/faults fuzz)
+BAD_KAFKA_TOPICS = [("a%0Ab", "a\nb"), ("%0A", "\n"),
+                    ("a+b", "a b"), ("a%00b", "a\x00b"), ("a/b/c", "a/b/c"),
                     ("%2e%2e/%2e%2e/etc", "../../etc"), ("or%ffders", "or\ufffdders"),
                     ("t" * 250, "t" * 250), (".", "."), ("..", "..")]
 
