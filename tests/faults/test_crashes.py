@@ -155,19 +155,23 @@ def test_partition_key_order_across_a_crash(tmp_path: Path, resources: Path, pro
     url = (f"http://127.0.0.1:{publisher.port}/v1.0/publish/pubsub/{topic}"
            "?metadata.partitionKey=the-one-key&metadata.cloudevent.id=")
     acked: list[str] = []
-    killed: Proc | None = None
-    for n, event_id in enumerate(ids):
-        status, body = http_json(url + event_id, method="POST", body=json.dumps({"n": n}).encode(),
-                                 headers={"Content-Type": "application/json"})
-        assert status == 204, body
-        acked.append(event_id)
-        if killed is None and n >= 400 and n % 10 == 0:
-            got = [len(received(a)["finished"]) for a in apps]
-            if max(got) >= 150:
-                killed = sidecars[got.index(max(got))]
-                killed.signal(signal.SIGKILL)
-                killed.process.wait(10)
-    assert killed is not None, "the owner must be killed mid-stream"
+
+    def publish_range(numbers: range) -> None:
+        for n in numbers:
+            status, body = http_json(url + ids[n], method="POST",
+                                     body=json.dumps({"n": n}).encode(),
+                                     headers={"Content-Type": "application/json"})
+            assert status == 204, body
+            acked.append(ids[n])
+
+    publish_range(range(500))
+    poll("the owner to be well into the stream",
+         lambda: max(len(received(a)["finished"]) for a in apps) >= 150, 60, 0.02)
+    got = [len(received(a)["finished"]) for a in apps]
+    killed = sidecars[got.index(max(got))]
+    killed.signal(signal.SIGKILL)
+    killed.process.wait(10)
+    publish_range(range(500, len(ids)))  # the rest while the group rebalances
     owner_app, survivor_app = apps[sidecars.index(killed)], apps[1 - sidecars.index(killed)]
 
     poll("every message to be delivered",
