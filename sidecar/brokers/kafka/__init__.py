@@ -77,7 +77,8 @@ class KafkaBroker:
         await self._producer.stop(self._producer_stop_timeout_s)
 
     def ready(self) -> bool:
-        """Whether the producer is connected (outbound health, §1.5)."""
+        """Whether the producer is connected and the brokers answer (outbound health, §1.5;
+        ``producing.py``)."""
         return self._producer.ready()
 
     def assignment(self) -> list[str]:
