@@ -122,10 +122,12 @@ class BulkEntry:
 
 @dataclass(frozen=True, slots=True)
 class BulkFailure:
-    """An entry the broker did not store: ``error`` is the broker's message."""
+    """An entry the broker did not store: ``error`` is the broker's message; ``refused``: the
+    entry itself can never be stored as it is (``BrokerError.refused``), the caller's mistake."""
 
     entry_id: str
     error: str
+    refused: bool = False
 
 
 def event_bytes(event: Any, content_type: str) -> bytes:
@@ -321,7 +323,7 @@ class Publisher:
         to_send = [r for r in records if isinstance(r, PublishRecord)]
         sent = iter(await broker.publish_many(to_send) if to_send else ())
         outcomes = [next(sent) if isinstance(r, PublishRecord) else r for r in records]
-        failures = [BulkFailure(entry.entry_id, str(err))
+        failures = [BulkFailure(entry.entry_id, str(err), err.refused is not None)
                     for entry, err in zip(entries, outcomes) if err is not None]
         if failures:
             log.warning("bulk publish: %d of %d entries failed: %s", len(failures), len(entries),

@@ -117,8 +117,8 @@ def test_publish_api_survives_random_requests(tmp_path: Path, resources: Path,
         assert isinstance(answer, dict) and answer.get("errorCode"), raw
         if status == 413:
             assert len(body) > MAX_BODY, raw
-        if status == 500:  # only the broker failing to store the record is a 500
-            assert answer["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE", raw
+        # The broker is up: a 500 could only be for the client's mistake (or a bug).
+        assert status != 500, raw
         assert sidecar.alive(), sidecar.log()
 
     one()
