@@ -19,8 +19,8 @@ Rules from aiokafka-pitfalls.md:
 - ``start()`` tries once and raises; a producer whose start failed is thrown away and never
   sent to (item 19, aiokafka #759); ``stop()`` is bounded because it flushes (item 19);
 - a broker that stops answering keeps its TCP connections open (a frozen or partitioned broker),
-  so aiokafka notices nothing until a request times out; a watch task asks for cluster metadata
-  every ``probe_interval_s`` and :meth:`KafkaProducer.ready` is false after
+  so aiokafka notices nothing until a request times out; a watch task asks a broker for metadata
+  (no topics) every ``probe_interval_s`` and :meth:`KafkaProducer.ready` is false after
   ``probe_failures`` probes in a row went unanswered within ``probe_timeout_s`` (healthz reports
   the outage, dapr-pubsub-contract.md §1.5), true again at the first answer.
 """
@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from ...resources.kafka import KafkaMetadata
 from ..base import BrokerError, PublishRecord
@@ -81,6 +82,16 @@ async def _check_partition(producer: AIOKafkaProducer, topic: str, partition: in
                           f"{len(partitions)} partitions (0-{max(partitions, default=0)})"
                           if partitions else f"partition number {partition} is out of range",
                           refused="request")
+
+
+async def _probe(producer: AIOKafkaProducer) -> None:
+    """One Metadata request for no topics (the broker list only: cheap on clusters with many
+    topics) to a known broker. Raises ``KafkaError`` when it is not answered."""
+    client = producer.client
+    node_id = client.get_random_node()
+    if node_id is None:
+        raise KafkaError("no broker is known")
+    await client.send(node_id, MetadataRequest([]))
 
 
 class KafkaProducer:
@@ -159,8 +170,7 @@ class KafkaProducer:
         while True:
             await asyncio.sleep(self.probe_interval_s)  # probe period
             try:
-                await asyncio.wait_for(producer.client.fetch_all_metadata(),
-                                       self.probe_timeout_s)
+                await asyncio.wait_for(_probe(producer), self.probe_timeout_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - timeout or KafkaError: no answer
