@@ -50,9 +50,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Sidecar", "run_sidecar"]
 
 
-def _broker_for(component: LoadedComponent, app_id: str) -> Broker:
+def _broker_for(component: LoadedComponent, app_id: str, max_body_size: int) -> Broker:
     if component.kafka is not None:
-        return KafkaBroker(component, app_id=app_id)
+        return KafkaBroker(component, app_id=app_id, max_body_size=max_body_size)
     if component.redis is not None:
         return RedisBroker(component, app_id=app_id)
     return MemoryBroker(component.name)
@@ -233,7 +233,7 @@ class Sidecar:
             self._components[name] = component
             if name in self._started:
                 continue
-            broker = _broker_for(component, self.app_id)
+            broker = _broker_for(component, self.app_id, self.settings.max_body_size)
             dispatcher = None
             if self.channel is not None:
                 dispatcher = self._dispatcher(component, self.channel)

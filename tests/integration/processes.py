@@ -97,15 +97,19 @@ class Proc:
 
 
 def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0,
-              answer: str = "SUCCESS", port: int | None = None) -> Proc:
+              answer: str = "SUCCESS", port: int | None = None,
+              startup_delay_s: float = 0.0, wait: bool = True) -> Proc:
+    """Start ``recorder_app.py``; with ``wait`` return once its port accepts connections."""
     port = port or free_port()
     log_path = tmp / f"{name}.app.log"
     env = {**os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
-           "ANSWER": answer}
+           "ANSWER": answer, "STARTUP_DELAY_S": str(startup_delay_s)}
     process = subprocess.Popen([sys.executable, str(HERE / "recorder_app.py")], env=env,
                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc = Proc(name, process, log_path, port)
-    poll(f"app {name} to listen", lambda: _listening(port) or (not proc.alive() and _died(proc)))
+    if wait:
+        poll(f"app {name} to listen",
+             lambda: _listening(port) or (not proc.alive() and _died(proc)))
     return proc
 
 
