@@ -3,9 +3,9 @@
 Follows what Dapr's injector adds (dapr-pubsub-contract.md §6.3), reduced to what tidings runs:
 one ``daprd`` container (the name is kept for Dapr tooling) running ``tidings sidecar`` with the
 app's config Secret ``tidings-<app-id>`` mounted read-only as its resources folder (written by
-``appconfig.py``), ``DAPR_HTTP_PORT`` (and ``APP_PROTOCOL`` when ``dapr.io/app-protocol`` is
-set) for app containers that lack it, and the
-``dapr.io/sidecar-injected`` / ``dapr.io/app-id`` labels the operator watches.
+``appconfig.py``), ``DAPR_HTTP_PORT``/``DAPR_GRPC_PORT`` (and ``APP_PROTOCOL`` when
+``dapr.io/app-protocol`` is set) for app containers that lack them, and
+the ``dapr.io/sidecar-injected`` / ``dapr.io/app-id`` labels the operator watches.
 
 Idempotent by construction: an existing ``daprd`` container or config volume is overwritten in
 place with the freshly built fields (fields the API server defaulted are kept), so re-invocation (``reinvocationPolicy: IfNeeded``) or an
@@ -37,6 +37,7 @@ SIDECAR_CONTAINER = "daprd"
 CONFIG_VOLUME = "tidings-resources"
 RESOURCES_PATH = "/etc/tidings/resources"
 DAPR_HTTP_PORT = SIDECAR_HTTP_PORT
+DAPR_GRPC_PORT = 50001  # the sidecar's default --dapr-grpc-port (Dapr's)
 INJECTED_LABEL = "dapr.io/sidecar-injected"
 APP_ID_LABEL = "dapr.io/app-id"
 HEALTHZ_PATH = "/v1.0/healthz"
@@ -71,7 +72,8 @@ def sidecar_container(config: SidecarConfig, *, image: str, pull_policy: str,
     """The ``daprd`` container for ``config`` running ``image``; with ``otlp_endpoint`` the
     sidecar exports spans there (``OTEL_EXPORTER_OTLP_ENDPOINT``, sidecar ``tracing.py``)."""
     ports: list[dict[str, Any]] = [
-        {"name": "dapr-http", "containerPort": DAPR_HTTP_PORT, "protocol": "TCP"}]
+        {"name": "dapr-http", "containerPort": DAPR_HTTP_PORT, "protocol": "TCP"},
+        {"name": "dapr-grpc", "containerPort": DAPR_GRPC_PORT, "protocol": "TCP"}]
     if config.enable_metrics:
         ports.append({"name": "dapr-metrics", "containerPort": config.metrics_port,
                       "protocol": "TCP"})
@@ -174,6 +176,8 @@ def patch_pod(pod: Pod, config: SidecarConfig, *, image: str,
         env: list[dict[str, Any]] = container.get("env") or []
         if not any(e.get("name") == "DAPR_HTTP_PORT" for e in env):
             env.append({"name": "DAPR_HTTP_PORT", "value": str(DAPR_HTTP_PORT)})
+        if not any(e.get("name") == "DAPR_GRPC_PORT" for e in env):
+            env.append({"name": "DAPR_GRPC_PORT", "value": str(DAPR_GRPC_PORT)})
         # Dapr hands the app its protocol when the annotation is set (sidecar_patcher.go).
         if config.app_protocol is not None and not any(
                 e.get("name") == "APP_PROTOCOL" for e in env):

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ from .resources.models import TopicSubscription
 from .routing import RoutingError
 from .tracing import end_span, start_delivery
 
-__all__ = ["BulkDispatcher"]
+__all__ = ["BatchingHandler", "BulkDispatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -234,3 +234,30 @@ class BulkDispatcher(Dispatcher):
                                  "topic": topic, "path": path})
         return [a if a is not None else _Attempt(Verdict.FAILED, "not attempted")
                 for a in attempts]
+
+
+class BatchingHandler:
+    """A broker handler with a :class:`BulkDispatcher`'s batch side (``brokers/base.py``
+    ``BatchHandler``): ``await handler(record)`` is ``handle(record)`` (which may route some
+    topics elsewhere, such as streaming subscriptions); topics for which ``batched(topic)`` is
+    true are batched as ``dispatcher`` says."""
+
+    __slots__ = ("_batched", "_dispatcher", "_handle")
+
+    def __init__(self, handle: Callable[[Record], Awaitable[None]], dispatcher: BulkDispatcher,
+                 batched: Callable[[str], bool]) -> None:
+        self._handle = handle
+        self._dispatcher = dispatcher
+        self._batched = batched
+
+    def __call__(self, record: Record) -> Awaitable[None]:
+        return self._handle(record)
+
+    def batch_policy(self, topic: str) -> BatchPolicy | None:
+        """The dispatcher's policy for ``topic``, if ``batched(topic)``; else ``None``."""
+        policy = self._dispatcher.batch_policy(topic)
+        return policy if policy is not None and self._batched(topic) else None
+
+    def handle_batch(self, records: Sequence[Record]) -> Awaitable[None]:
+        """:meth:`BulkDispatcher.handle_batch`."""
+        return self._dispatcher.handle_batch(records)

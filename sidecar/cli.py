@@ -4,8 +4,9 @@
 - ``tidings init``: start the local Kafka-compatible broker and write the default ``pubsub``
   Component (like ``dapr init``); ``tidings uninstall`` stops it.
 - ``tidings run --app-id ID [--app-port N] [--app-protocol http|grpc] [--resources-path DIR]
-  [--dapr-http-port N] -- CMD``: start a sidecar, then the app with ``DAPR_HTTP_PORT`` (and
-  ``APP_PROTOCOL``) set; Ctrl-C stops both (like ``dapr run``).
+  [--dapr-http-port N] [--dapr-grpc-port N] -- CMD``: start a sidecar, then the app with
+  ``DAPR_HTTP_PORT``, ``DAPR_GRPC_PORT`` and ``APP_PROTOCOL`` set; Ctrl-C stops both (like
+  ``dapr run``).
 - ``tidings publish --app-id ID --pubsub NAME --topic T --data JSON``: publish through the
   running sidecar of ``ID``.
 - ``tidings status [--app-id ID] [--output table|json]``: per subscription of every running
@@ -106,12 +107,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         command = command[1:]
     state = home()
     http_port = args.dapr_http_port or free_port()
+    grpc_port = args.dapr_grpc_port or free_port()
     resources = list(args.resources_path) or ([str(state.resources)] if state.resources.is_dir() else [])
     if not resources:
         print("tidings run: no --resources-path and no default components; run `tidings init` first",
               file=sys.stderr)
         return 2
     sidecar_argv = ["--app-id", args.app_id, "--dapr-http-port", str(http_port),
+                    "--dapr-grpc-port", str(grpc_port),
                     "--log-level", args.log_level,
                     "--dapr-graceful-shutdown-seconds", str(args.graceful_shutdown_seconds)]
     for path in resources:
@@ -145,10 +148,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 code = 1
             return code
         state.register_app(args.app_id, http_port=http_port, pid=sidecar.pid)
-        print(f"tidings run: sidecar of {args.app_id} serving on port {http_port}",
+        print(f"tidings run: sidecar of {args.app_id} serving on port {http_port} "
+              f"(gRPC {grpc_port})",
               file=sys.stderr, flush=True)
         if command:
-            env = {**os.environ, "DAPR_HTTP_PORT": str(http_port), "APP_ID": args.app_id}
+            env = {**os.environ, "DAPR_HTTP_PORT": str(http_port),
+                   "DAPR_GRPC_PORT": str(grpc_port), "APP_ID": args.app_id}
             if args.app_port:
                 env["APP_PORT"] = str(args.app_port)
             env["APP_PROTOCOL"] = args.app_protocol  # as `dapr run` hands it to the app
@@ -315,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the sidecar calls the app: http, or grpc (Dapr's AppCallback)")
     p.add_argument("--resources-path", action="append", default=[])
     p.add_argument("--dapr-http-port", type=port_arg, default=None)
+    p.add_argument("--dapr-grpc-port", type=port_arg, default=None,
+                   help="port of the sidecar's Dapr gRPC API (default: a free port)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--log-as-json", action="store_true")
     p.add_argument("--graceful-shutdown-seconds", type=float, default=5.0)

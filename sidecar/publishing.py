@@ -86,12 +86,14 @@ def partition_number(metadata: Mapping[str, str]) -> int | None:
     if not raw:
         return None
     if not _PARTITION_NUMBER.fullmatch(raw):
-        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'")
+        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'",
+                          refused="request")
     value = int(raw)
     if value < 0:
-        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'")
+        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'",
+                          refused="request")
     if value > _INT32_MAX:
-        raise BrokerError(f"partition number {value} is out of range")
+        raise BrokerError(f"partition number {value} is out of range", refused="request")
     return value
 
 
@@ -127,7 +129,8 @@ def _add_trace_headers(headers: list[tuple[str, bytes]], metadata: Mapping[str, 
 @dataclass(frozen=True, slots=True)
 class BulkEntry:
     """One entry of a bulk publish (§1.3): ``event`` is the decoded JSON value (numbers exact, see
-    ``envelopes.wrapping.loads_exact``); ``metadata`` is ``None`` when the entry had none."""
+    ``envelopes.wrapping.loads_exact``) of an HTTP entry, or the bytes of a gRPC entry (taken
+    as they are); ``metadata`` is ``None`` when the entry had none."""
 
     entry_id: str
     event: Any
@@ -137,10 +140,12 @@ class BulkEntry:
 
 @dataclass(frozen=True, slots=True)
 class BulkFailure:
-    """An entry the broker did not store: ``error`` is the broker's message."""
+    """An entry the broker did not store: ``error`` is the broker's message; ``refused``: the
+    entry itself can never be stored as it is (``BrokerError.refused``), the caller's mistake."""
 
     entry_id: str
     error: str
+    refused: bool = False
 
 
 def event_bytes(event: Any, content_type: str) -> bytes:
@@ -148,7 +153,10 @@ def event_bytes(event: Any, content_type: str) -> bytes:
     ``application/octet-stream`` takes a base64 string; ``text/*`` and ``application/xml`` a
     string; ``application/json`` and ``application/cloudevents+json`` any JSON (re-encoded with
     exact numbers). Raises ``ValueError`` for any other content type (an empty one included) or a
-    mismatching event."""
+    mismatching event. ``bytes`` (a gRPC ``BulkPublishRequestEntry.event``) are the event's bytes
+    already, whatever the content type, as in Dapr's gRPC API."""
+    if isinstance(event, bytes):
+        return event
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/octet-stream":
         if not isinstance(event, str):
@@ -227,7 +235,9 @@ class Publisher:
                 return wrap_user_cloudevent(body, topic=topic, pubsubname=pubsubname, ttl_s=ttl_s,
                                             traceparent=traceparent, tracestate=tracestate)
             except NotACloudEvent:
-                raise DaprError(500, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent",
+                # Stricter than Dapr (500): a body that is not a JSON object is the client's
+                # mistake, and a client mistake is never a 500 (issue 5).
+                raise DaprError(400, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent",
                                 reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
                                 metadata=dict(metadata), resource=pubsubname) from None
             except InvalidCloudEvent as exc:
@@ -243,7 +253,10 @@ class Publisher:
     @staticmethod
     def _publish_error(pubsubname: str, topic: str, exc: BrokerError) -> DaprError:
         message = f"error when publishing to topic {topic} in pubsub {pubsubname}: {exc}"
-        return DaprError(500, "ERR_PUBSUB_PUBLISH_MESSAGE", message,
+        # Stricter than Dapr (500 for all): a request the broker can never store as it is (topic
+        # name, partition, size) is the client's mistake, and those are never a 500 (issue 5).
+        status = {"request": 400, "size": 413}.get(exc.refused or "", 500)
+        return DaprError(status, "ERR_PUBSUB_PUBLISH_MESSAGE", message,
                          reason="DAPR_PUBSUB_PUBLISH_MESSAGE",
                          metadata={"topic": topic, "error": str(exc)}, resource=pubsubname)
 
@@ -379,7 +392,7 @@ class Publisher:
         to_send = [r for r in records if isinstance(r, PublishRecord)]
         sent = iter(await broker.publish_many(to_send) if to_send else ())
         outcomes = [next(sent) if isinstance(r, PublishRecord) else r for r in records]
-        failures = [BulkFailure(entry.entry_id, str(err))
+        failures = [BulkFailure(entry.entry_id, str(err), err.refused is not None)
                     for entry, err in zip(entries, outcomes) if err is not None]
         if failures:
             log.warning("bulk publish: %d of %d entries failed: %s", len(failures), len(entries),

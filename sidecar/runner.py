@@ -23,20 +23,24 @@ import hashlib
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from . import metrics, tracing
-from .api.app import create_app
+from .api.app import EXTENDED_KEY, create_app
 from .appchannel import open_app_channel
-from .brokers.base import FEATURES, Broker, BrokerError
+from .brokers.base import FEATURES, Broker, BrokerError, Handler, Record
 from .brokers.kafka import KafkaBroker
 from .brokers.memory import MemoryBroker
 from .brokers.redis import RedisBroker
-from .bulkdelivery import BulkDispatcher
+from .bulkdelivery import BatchingHandler, BulkDispatcher
 from .delivery import Dispatcher
+from .grpcapi.server import DaprServicer, start_grpc_server
+from .grpcapi.streaming import StreamChannel, StreamingSubscriptions
 from .publishing import Publisher
 from .resources import LoadedComponent, ResourceError, Resources, TopicSubscription, load_resources
+from .resources.models import SubscriptionType
 from .resources.kafka import RetryPolicy
 from .resources.loading import resource_files
 from .settings import SidecarSettings
@@ -47,9 +51,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Sidecar", "run_sidecar"]
 
 
-def _broker_for(component: LoadedComponent, app_id: str) -> Broker:
+def _broker_for(component: LoadedComponent, app_id: str, max_body_size: int) -> Broker:
     if component.kafka is not None:
-        return KafkaBroker(component, app_id=app_id)
+        return KafkaBroker(component, app_id=app_id, max_body_size=max_body_size)
     if component.redis is not None:
         return RedisBroker(component, app_id=app_id)
     return MemoryBroker(component.name)
@@ -103,19 +107,27 @@ class Sidecar:
         self._effective: list[TopicSubscription] = []
         self._app_ready = False
         self._discovered = False  # deliveries start only after /dapr/subscribe was asked
+        self._streamed_before = False  # a stream was applied: its topics must be unsubscribed
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
         self._fingerprint = ""
         self.bound_port: int | None = None
+        self.grpc_port: int | None = None
+        self._grpc_server: Any = None
+        self.streams = StreamingSubscriptions(
+            app_id=self.app_id, components=self._components,
+            make_dispatcher=self._stream_dispatcher, on_change=self._streams_changed,
+            # Without an app channel declarative subscriptions are not delivered: no conflict.
+            others=lambda: list(self._effective) if self.channel is not None else [])
 
     # --- RuntimeView -------------------------------------------------------------------------
     def components(self) -> list[LoadedComponent]:
         return list(self._components.values())
 
     def subscriptions(self) -> list[TopicSubscription]:
-        return list(self._effective)
+        return [*self._effective, *self.streams.subscriptions()]
 
     def outbound_ready(self) -> bool:
         return all(b.ready() for b in self._brokers.values())
@@ -156,6 +168,8 @@ class Sidecar:
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.settings.dapr_http_port
         log.info("sidecar API listening on %s:%s", self.settings.dapr_listen_address,
                  self.bound_port, extra={"app_id": self.app_id})
+        if self.settings.dapr_grpc_port is not None:
+            await self._start_grpc(app[EXTENDED_KEY])
         self._tasks.append(asyncio.create_task(self._deliveries_when_app_ready()))
         if self.settings.resources_paths:
             self._tasks.append(asyncio.create_task(self._watch_resources()))
@@ -177,11 +191,32 @@ class Sidecar:
         grace = self.settings.graceful_shutdown_seconds
         await asyncio.gather(*(s.broker.close(grace_s=grace) for s in self._started.values()),
                              return_exceptions=True)
+        # The gRPC API stops after the brokers: in-flight stream deliveries need their streams.
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(1.0)
         if self._runner is not None:
             await self._runner.cleanup()
         if self.channel is not None:
             await self.channel.close()
         log.info("sidecar stopped", extra={"app_id": self.app_id})
+
+    async def _start_grpc(self, extended: dict[str, str]) -> None:
+        """Serve the Dapr gRPC API. Raises ``OSError`` when an asked-for port cannot be bound;
+        Dapr's default port in use is logged and the sidecar runs on without gRPC."""
+        servicer = DaprServicer(settings=self.settings, publisher=self.publisher, runtime=self,
+                                extended=extended, streams=self.streams)
+        assert self.settings.dapr_grpc_port is not None
+        try:
+            self._grpc_server, self.grpc_port = await start_grpc_server(
+                self.settings, servicer, self.settings.dapr_grpc_port)
+        except OSError as exc:
+            if self.settings.dapr_grpc_port_explicit:
+                raise
+            log.error("the Dapr gRPC API is not served: %s; pass --dapr-grpc-port", exc,
+                      extra={"app_id": self.app_id})
+            return
+        log.info("Dapr gRPC API listening on %s:%s", self.settings.dapr_listen_address,
+                 self.grpc_port, extra={"app_id": self.app_id})
 
     # --- components --------------------------------------------------------------------------
     async def _apply_components(self, resources: Resources) -> None:
@@ -199,15 +234,10 @@ class Sidecar:
             self._components[name] = component
             if name in self._started:
                 continue
-            broker = _broker_for(component, self.app_id)
+            broker = _broker_for(component, self.app_id, self.settings.max_body_size)
             dispatcher = None
             if self.channel is not None:
-                retry = _retry_policy(component)
-                escape = component.kafka.escape_headers if component.kafka is not None else False
-                dispatcher = BulkDispatcher(app_id=self.app_id, pubsubname=name,
-                                            channel=self.channel, retry=retry,
-                                            dead_letter=self._dead_letter_for(name),
-                                            escape_headers=escape)
+                dispatcher = self._dispatcher(component, self.channel)
             self._started[name] = _Started(broker, dispatcher, _component_fingerprint(component))
             self._brokers[name] = broker
             self._tasks.append(asyncio.create_task(self._start_broker(name, broker)))
@@ -235,6 +265,49 @@ class Sidecar:
             delay = min(delay * 2, 10.0)
 
     # --- subscriptions -----------------------------------------------------------------------
+    def _stream_dispatcher(self, pubsubname: str, channel: StreamChannel) -> Dispatcher:
+        """The delivery engine of one streaming subscription: the component's retry policy and
+        dead-letter path, the stream as app channel (``grpcapi/streaming.py``)."""
+        return self._dispatcher(self._components[pubsubname], channel)
+
+    def _dispatcher(self, component: LoadedComponent, channel: Any) -> Dispatcher:
+        """The delivery engine of one component towards ``channel`` (the app's HTTP or gRPC
+        channel, or a streaming subscription): the component's retry policy and dead-letter path."""
+        escape = component.kafka.escape_headers if component.kafka is not None else False
+        return BulkDispatcher(app_id=self.app_id, pubsubname=component.name, channel=channel,
+                              retry=_retry_policy(component),
+                              dead_letter=self._dead_letter_for(component.name),
+                              escape_headers=escape)
+
+    async def _streams_changed(self) -> None:
+        if self._stopping.is_set():
+            return
+        async with self._reload_lock:
+            await self._apply_subscriptions()
+
+    def _handler_for(self, name: str, dispatcher: Dispatcher | None) -> Handler:
+        """The broker handler of pubsub ``name``: streamed topics to their stream's engine,
+        the others to the app channel's."""
+        streams = self.streams
+
+        async def handle(record: Record) -> None:
+            streamed = streams.dispatcher(name, record.topic)
+            if streamed is not None:
+                await streamed.handle(record)
+            elif dispatcher is not None:
+                await dispatcher.handle(record)
+            else:  # unreachable: a topic is consumed only while a channel serves it
+                log.error("record of topic %s has no channel; left unacknowledged", record.topic,
+                          extra={"app_id": self.app_id, "pubsubname": name,
+                                 "topic": record.topic, "partition": record.partition,
+                                 "offset": record.offset})
+                await asyncio.Event().wait()  # until the partition is revoked
+        if isinstance(dispatcher, BulkDispatcher):
+            # bulk subscriptions: brokers that batch also use the dispatcher's BatchHandler side
+            return BatchingHandler(handle, dispatcher,
+                                   lambda topic: streams.dispatcher(name, topic) is None)
+        return handle
+
     async def _deliveries_when_app_ready(self) -> None:
         if self.channel is None:
             log.info("no --app-port: publish only, no deliveries", extra={"app_id": self.app_id})
@@ -255,22 +328,29 @@ class Sidecar:
         self._effective = effective_subscriptions(
             declarative=self._declarative, programmatic=self._programmatic,
             components=self._components, app_id=self.app_id)
-        if not self._discovered:
+        streamed = self.streams.consumed()
+        if not self._discovered and not streamed and not self._streamed_before:
             return
+        self._streamed_before = bool(streamed)
         by_pubsub: dict[str, dict[str, TopicSubscription]] = {name: {} for name in self._started}
-        for sub in self._effective:
+        for sub in (self._effective if self._discovered else ()):
+            if sub.pubsubname in by_pubsub:
+                by_pubsub[sub.pubsubname][sub.topic] = sub
+        for sub in streamed:
             if sub.pubsubname in by_pubsub:
                 by_pubsub[sub.pubsubname][sub.topic] = sub
         for name, topics in by_pubsub.items():
             started = self._started[name]
-            if started.dispatcher is None:
-                continue
-            started.dispatcher.set_subscriptions(topics)
-            # the dispatcher itself, not .handle: brokers that batch use its BatchHandler side
-            await started.broker.subscribe(set(topics), started.dispatcher)
+            if started.dispatcher is not None:
+                started.dispatcher.set_subscriptions(
+                    {t: s for t, s in topics.items() if s.type is not SubscriptionType.STREAMING})
+            await started.broker.subscribe(set(topics), self._handler_for(name, started.dispatcher))
             if topics:
                 log.info("subscribed to %s", sorted(topics),
                          extra={"app_id": self.app_id, "pubsubname": name})
+        self.streams.end_streams_of_removed(self._started)
+        self.streams.prune({(name, topic) for name, topics in by_pubsub.items()
+                            for topic in topics})
 
     # --- hot reload --------------------------------------------------------------------------
     async def _watch_resources(self) -> None:
@@ -318,7 +398,7 @@ async def _serve(settings: SidecarSettings) -> int:
         await sidecar.stop()
         return 2
     except OSError as exc:
-        log.error("cannot serve the HTTP API on port %s: %s", settings.dapr_http_port, exc,
+        log.error("cannot serve the API (HTTP port %s): %s", settings.dapr_http_port, exc,
                   extra={"app_id": settings.app_id})
         await sidecar.stop()
         return 2

@@ -17,6 +17,7 @@ from pathlib import Path
 __all__ = ["SidecarSettings", "add_sidecar_arguments", "settings_from_args"]
 
 MIB = 1024 * 1024
+DEFAULT_GRPC_PORT = 50001
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,14 @@ class SidecarSettings:
 
     dapr_http_port: int = 3500
     """Port of the sidecar's HTTP API."""
+
+    dapr_grpc_port: int | None = None
+    """Port of the sidecar's Dapr gRPC API; ``None`` serves none. ``tidings sidecar`` serves it
+    on 50001 (Dapr's default) unless ``--dapr-grpc-port`` says otherwise."""
+
+    dapr_grpc_port_explicit: bool = False
+    """Whether ``dapr_grpc_port`` was asked for: then a port in use stops the sidecar; Dapr's
+    default port in use only logs an error (several bare sidecars on one host)."""
 
     dapr_listen_address: str = "127.0.0.1"
     """Address the HTTP API binds; ``0.0.0.0`` in a pod so probes can reach it."""
@@ -126,6 +135,8 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: b
                         help="protocol of the app channel: http, or grpc for Dapr's AppCallback "
                              "service (default http)")
     parser.add_argument("--dapr-http-port", type=port_arg, default=3500)
+    parser.add_argument("--dapr-grpc-port", type=port_arg, default=None,
+                        help=f"port of the Dapr gRPC API (default {DEFAULT_GRPC_PORT})")
     parser.add_argument("--dapr-listen-addresses", default="127.0.0.1",
                         help="address the HTTP API binds (daprd's name)")
     parser.add_argument("--resources-path", action="append", default=[],
@@ -167,6 +178,8 @@ def settings_from_args(
         app_channel_address=args.app_channel_address,
         app_protocol=getattr(args, "app_protocol", "http"),
         dapr_http_port=args.dapr_http_port,
+        dapr_grpc_port=args.dapr_grpc_port or DEFAULT_GRPC_PORT,
+        dapr_grpc_port_explicit=args.dapr_grpc_port is not None,
         dapr_listen_address=args.dapr_listen_addresses.split(",")[0].strip("[]") or "127.0.0.1",
         resources_paths=tuple(Path(p) for p in paths),
         max_body_size=args.max_body_size,

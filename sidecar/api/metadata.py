@@ -12,14 +12,17 @@ dead-lettered records and the last error, from ``metrics.subscription_status``),
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from ..metrics import subscription_status
-from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY
+from ..settings import SidecarSettings
+from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY, RuntimeView
 
-__all__ = ["add_routes"]
+__all__ = ["add_routes", "metadata_body"]
 
 try:
     RUNTIME_VERSION = importlib.metadata.version("tidings")
@@ -27,9 +30,11 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running fr
     RUNTIME_VERSION = "edge"
 
 
-async def get_metadata(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME_KEY]
-    settings = request.app[SETTINGS_KEY]
+def metadata_body(runtime: RuntimeView, settings: SidecarSettings,
+                  extended: Mapping[str, str]) -> dict[str, Any]:
+    """The ``GET /v1.0/metadata`` JSON object (§1.4); ``extended`` holds the attributes set with
+    ``PUT /v1.0/metadata/{name}`` (or gRPC ``SetMetadata``). The gRPC ``GetMetadata`` answers
+    the same object (``grpcapi/metadata.py``)."""
     connection: dict[str, object] = {
         "protocol": settings.app_protocol,
         "channelAddress": settings.app_channel_address,
@@ -37,7 +42,7 @@ async def get_metadata(request: web.Request) -> web.Response:
     }
     if settings.app_port:
         connection["port"] = settings.app_port
-    body = {
+    return {
         "id": runtime.app_id,
         "runtimeVersion": RUNTIME_VERSION,
         "enabledFeatures": [],
@@ -52,10 +57,15 @@ async def get_metadata(request: web.Request) -> web.Response:
              "status": subscription_status(runtime.app_id, s.pubsubname, s.topic)}
             for s in runtime.subscriptions()
         ],
-        "extended": {**runtime.extended(), **request.app[EXTENDED_KEY]},
+        "extended": {**runtime.extended(), **extended},
         "httpEndpoints": [],
         "appConnectionProperties": connection,
     }
+
+
+async def get_metadata(request: web.Request) -> web.Response:
+    body = metadata_body(request.app[RUNTIME_KEY], request.app[SETTINGS_KEY],
+                         request.app[EXTENDED_KEY])
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

@@ -177,13 +177,17 @@ async def publish_bulk(request: web.Request) -> web.Response:
         return web.Response(status=204)
     answer = {"failedEntries": [{"entryId": f.entry_id, "error": f.error} for f in failures],
               "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE"}
-    return web.Response(status=500, body=orjson.dumps(answer), content_type="application/json")
+    # Stricter than Dapr (always 500): when every failed entry is the caller's mistake (a topic or
+    # partition the broker can never take, a record too large) nothing is down: 400.
+    status = 400 if all(f.refused for f in failures) else 500
+    return web.Response(status=status, body=orjson.dumps(answer), content_type="application/json")
 
 
 def add_routes(app: web.Application) -> None:
     # Bulk routes first: "/v1.0/publish/bulk/..." must not be read as a publish to pubsub "bulk".
+    # [\s\S]: the decoded path may hold a newline (%0A), which "." would not match (a bare 404).
     for prefix in BULK_PREFIXES:
         for method in ("POST", "PUT"):
-            app.router.add_route(method, prefix + "{tail:.*}", publish_bulk)
+            app.router.add_route(method, prefix + r"{tail:[\s\S]*}", publish_bulk)
     for method in ("POST", "PUT"):
-        app.router.add_route(method, PUBLISH_PREFIX + "{tail:.*}", publish)
+        app.router.add_route(method, PUBLISH_PREFIX + r"{tail:[\s\S]*}", publish)

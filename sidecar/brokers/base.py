@@ -95,11 +95,16 @@ class PublishRecord(NamedTuple):
 
 class BrokerError(Exception):
     """The broker refused or could not take a request. ``retriable`` says whether trying the
-    same request again later may succeed (Kafka's error flag); the message is for humans only."""
+    same request again later may succeed (Kafka's error flag); the message is for humans only.
+    ``refused`` says the request itself can never be stored as it is (``"request"``: a topic name
+    or partition the broker cannot hold; ``"size"``: a record over the size limit), so it is the
+    caller's mistake, not an outage; ``None`` otherwise."""
 
-    def __init__(self, message: str, *, retriable: bool = False) -> None:
+    def __init__(self, message: str, *, retriable: bool = False,
+                 refused: str | None = None) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.refused = refused
 
 
 class Broker(Protocol):

@@ -215,6 +215,7 @@ class SubscriptionType(str, enum.Enum):
 
     DECLARATIVE = "DECLARATIVE"
     PROGRAMMATIC = "PROGRAMMATIC"
+    STREAMING = "STREAMING"  # an app's SubscribeTopicEventsAlpha1 stream (§1.6)
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,7 +113,7 @@ def test_operator_sets_status_and_events(kube: Kube, operator: Operator, namespa
     good = component("good", {"type": "pubsub.kafka", "version": "v1", "metadata": KAFKA_OK})
     no_brokers = component("no-brokers", {"type": "pubsub.kafka", "version": "v1",
                                           "metadata": [{"name": "authType", "value": "none"}]})
-    redis = component("redis", {"type": "pubsub.redis", "version": "v1"})
+    redis = component("redis", {"type": "pubsub.redis", "version": "v1"})  # no redisHost
     for body in (good, no_brokers, redis):
         assert create(kube, namespace, body)[0] == 201
 
@@ -124,7 +124,8 @@ def test_operator_sets_status_and_events(kube: Kube, operator: Operator, namespa
     assert bad["status"] == "False" and bad["reason"] == "InvalidSpec"
     assert "brokers" in bad["message"]
     red = poll("redis Ready", lambda: ready(kube, namespace, "components", "redis"))
-    assert red["status"] == "False" and "pubsub.redis" in red["message"]
+    assert red["status"] == "False" and red["reason"] == "InvalidSpec"
+    assert "spec.metadata.redisHost" in red["message"]
 
     warnings = poll("a Warning event on no-brokers",
                     lambda: [e for e in events_for(kube, namespace, "no-brokers")

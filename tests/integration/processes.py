@@ -75,6 +75,7 @@ class Proc:
     process: subprocess.Popen[bytes]
     log_path: Path
     port: int
+    grpc_port: int | None = None  # a sidecar's Dapr gRPC API
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -96,15 +97,19 @@ class Proc:
 
 
 def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0,
-              answer: str = "SUCCESS", port: int | None = None) -> Proc:
+              answer: str = "SUCCESS", port: int | None = None,
+              startup_delay_s: float = 0.0, wait: bool = True) -> Proc:
+    """Start ``recorder_app.py``; with ``wait`` return once its port accepts connections."""
     port = port or free_port()
     log_path = tmp / f"{name}.app.log"
     env = {**os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
-           "ANSWER": answer}
+           "ANSWER": answer, "STARTUP_DELAY_S": str(startup_delay_s)}
     process = subprocess.Popen([sys.executable, str(HERE / "recorder_app.py")], env=env,
                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc = Proc(name, process, log_path, port)
-    poll(f"app {name} to listen", lambda: _listening(port) or (not proc.alive() and _died(proc)))
+    if wait:
+        poll(f"app {name} to listen",
+             lambda: _listening(port) or (not proc.alive() and _died(proc)))
     return proc
 
 
@@ -124,15 +129,18 @@ def start_sidecar(tmp: Path, name: str, *, app_id: str, resources: Path,
                   app_port: int | None = None, grace_s: float = 5.0,
                   extra: list[str] | None = None, env: dict[str, str] | None = None) -> Proc:
     port = free_port()
+    # Its own gRPC port: Dapr's default 50001 would be shared by every sidecar of the host.
+    grpc_port = free_port()
     log_path = tmp / f"{name}.sidecar.log"
     argv = [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", app_id, "--dapr-http-port",
-            str(port), "--resources-path", str(resources), "--log-level", "info",
-            "--dapr-graceful-shutdown-seconds", str(grace_s), *(extra or [])]
+            str(port), "--dapr-grpc-port", str(grpc_port), "--resources-path", str(resources),
+            "--log-level", "info", "--dapr-graceful-shutdown-seconds", str(grace_s),
+            *(extra or [])]
     if app_port is not None:
         argv += ["--app-port", str(app_port)]
     process = subprocess.Popen(argv, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                                env={**os.environ, **(env or {})})
-    proc = Proc(name, process, log_path, port)
+    proc = Proc(name, process, log_path, port, grpc_port)
     wait_serving(proc)
     return proc
 

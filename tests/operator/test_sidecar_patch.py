@@ -44,6 +44,7 @@ def test_injects_one_daprd_with_the_contracted_shape() -> None:
                          "/etc/tidings/resources", "--log-level", "debug", "--enable-metrics",
                          "--metrics-port", "9090"]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"dapr-http": 3500,
+                                                                   "dapr-grpc": 50001,
                                                                    "dapr-metrics": 9090}
     assert c["readinessProbe"]["httpGet"] == {"path": "/v1.0/healthz", "port": 3500,
                                               "scheme": "HTTP"}
@@ -64,8 +65,10 @@ def test_app_containers_get_dapr_http_port_only_if_absent() -> None:
     pod = make_pod()
     patched = patch_pod(pod, parse_sidecar_config(pod), image=IMAGE)
     app, helper = patched["spec"]["containers"][:2]
-    assert app["env"] == [{"name": "DAPR_HTTP_PORT", "value": "3500"}]
-    assert helper["env"] == [{"name": "DAPR_HTTP_PORT", "value": "3999"}]
+    assert app["env"] == [{"name": "DAPR_HTTP_PORT", "value": "3500"},
+                          {"name": "DAPR_GRPC_PORT", "value": "50001"}]
+    assert helper["env"] == [{"name": "DAPR_HTTP_PORT", "value": "3999"},
+                             {"name": "DAPR_GRPC_PORT", "value": "50001"}]
     assert "env" not in daprd(patched) or all(e["name"] != "DAPR_HTTP_PORT"
                                              for e in daprd(patched)["env"])
 
@@ -106,7 +109,7 @@ def test_metrics_disabled_drops_port_and_flags() -> None:
     pod = make_pod(**{"dapr.io/enable-metrics": "false"})
     c = daprd(patch_pod(pod, parse_sidecar_config(pod), image=IMAGE))
     assert "--enable-metrics" not in c["args"]
-    assert [p["name"] for p in c["ports"]] == ["dapr-http"]
+    assert [p["name"] for p in c["ports"]] == ["dapr-http", "dapr-grpc"]
     assert "--app-port" not in c["args"]
 
 

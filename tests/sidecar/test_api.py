@@ -183,9 +183,9 @@ def error_info(error: dict) -> dict:
     ("/v1.0/publish/mem/t?metadata.rawPayload=yes", b"", None, 400, "ERR_PUBSUB_REQUEST_METADATA",
      "DAPR_PUBSUB_METADATA_DESERIALIZATION",
      "failed deserializing metadata. Error: rawPayload value must be a valid boolean: actual is 'yes'"),
-    ("/v1.0/publish/mem/t", b"[1,2]", "application/cloudevents+json", 500,
+    ("/v1.0/publish/mem/t", b"[1,2]", "application/cloudevents+json", 400,
      "ERR_PUBSUB_CLOUD_EVENTS_SER", "DAPR_PUBSUB_CLOUD_EVENT_CREATION", "cannot create cloudevent"),
-    ("/v1.0/publish/mem/t", b"not json", "application/cloudevents+json; charset=utf-8", 500,
+    ("/v1.0/publish/mem/t", b"not json", "application/cloudevents+json; charset=utf-8", 400,
      "ERR_PUBSUB_CLOUD_EVENTS_SER", "DAPR_PUBSUB_CLOUD_EVENT_CREATION", "cannot create cloudevent"),
     ("/v1.0/publish/scoped/denied", b"x", None, 403, "ERR_PUBSUB_FORBIDDEN",
      "DAPR_PUBSUB_FORBIDDEN", f"topic denied is not allowed for app id {APP_ID}"),
@@ -588,11 +588,11 @@ async def test_deeply_nested_cloudevent_is_cannot_create_cloudevent(api: Api) ->
                                         "application/cloudevents+json")
     error = dapr_error(status, ctype, got)
     assert (status, error["errorCode"], error["message"]) == (
-        500, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent")
+        400, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent")
     assert error_info(error)["reason"] == "DAPR_PUBSUB_CLOUD_EVENT_CREATION"
     body = b'{"id":"1","source":"s","data":' + b"[" * DEEP + b"]" * DEEP + b"}"
     status, _, _ = await api.post("/v1.0/publish/mem/deep", body, "application/cloudevents+json")
-    assert status == 500
+    assert status == 400
 
 
 async def test_deeply_nested_bulk_body_is_unmarshal_error(api: Api) -> None:
@@ -661,7 +661,9 @@ async def test_api_token_with_bytes_that_are_not_utf8() -> None:
 
 # -- topic names Kafka cannot hold (aiokafka used to wait 30 s, then 500 UnknownTopic) ----------
 
-BAD_KAFKA_TOPICS = [("a+b", "a b"), ("a%00b", "a\x00b"), ("a/b/c", "a/b/c"),
+# %0A: a decoded newline used to miss the route (aiohttp's bare 404; found by tests/faults fuzz)
+BAD_KAFKA_TOPICS = [("a%0Ab", "a\nb"), ("%0A", "\n"),
+                    ("a+b", "a b"), ("a%00b", "a\x00b"), ("a/b/c", "a/b/c"),
                     ("%2e%2e/%2e%2e/etc", "../../etc"), ("or%ffders", "or\ufffdders"),
                     ("t" * 250, "t" * 250), (".", "."), ("..", "..")]
 
@@ -671,7 +673,7 @@ async def test_topic_kafka_cannot_hold_is_refused_at_once(api: Api, raw: str, to
     t0 = time.monotonic()
     status, ctype, body = await api.post(f"/v1.0/publish/kafka/{raw}", b"x")
     error = dapr_error(status, ctype, body)
-    assert (status, error["errorCode"]) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert (status, error["errorCode"]) == (400, "ERR_PUBSUB_PUBLISH_MESSAGE")  # Dapr: 500
     assert error["message"].startswith(f"error when publishing to topic {topic} in pubsub kafka: "
                                        "topic ")
     assert "is not a valid Kafka topic name" in error["message"]
@@ -679,7 +681,7 @@ async def test_topic_kafka_cannot_hold_is_refused_at_once(api: Api, raw: str, to
     entries = bulk({"entryId": "1", "event": "x", "contentType": "text/plain"})
     status, _, body = await api.post(f"/v1.0/publish/bulk/kafka/{raw}", entries,
                                      "application/json")
-    assert status == 500
+    assert status == 400  # every failed entry is the caller's mistake (Dapr: 500)
     [failed] = orjson.loads(body)["failedEntries"]
     assert "is not a valid Kafka topic name" in failed["error"]
     assert time.monotonic() - t0 < 2
@@ -731,7 +733,7 @@ async def test_bad_partition_number_is_a_publish_error(
     status, ctype, body = await api.post(
         f"/v1.0/publish/kafka/{topic}?metadata.partitionNumber={value}", b"x")
     error = dapr_error(status, ctype, body)
-    assert (status, error["errorCode"]) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert (status, error["errorCode"]) == (400, "ERR_PUBSUB_PUBLISH_MESSAGE")  # Dapr: 500
     assert error["message"].startswith(
         f"error when publishing to topic {topic} in pubsub kafka: {message}")
     entries = bulk({"entryId": "bad", "event": "a", "contentType": "text/plain",
@@ -740,7 +742,7 @@ async def test_bad_partition_number_is_a_publish_error(
     status, _, body = await api.post(f"/v1.0/publish/bulk/kafka/{topic}", entries,
                                      "application/json")
     answer = orjson.loads(body)
-    assert status == 500 and answer["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE"
+    assert status == 400 and answer["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE"  # Dapr: 500
     assert [e["entryId"] for e in answer["failedEntries"]] == ["bad"]
     assert answer["failedEntries"][0]["error"].startswith(message)
 

@@ -167,3 +167,63 @@ async def test_explicit_partition_and_out_of_range(kafka_bootstrap: str, unique:
     records = await read_records(kafka_bootstrap, topic, 4)
     assert sorted((r.value, r.partition) for r in records) == [
         (b"m", 1), (b"v0", 2), (b"v1", 2), (b"v2", 2)]
+
+
+async def test_records_from_any_accepted_body_fit_the_producer(
+        kafka_bootstrap: str, unique: str) -> None:
+    """Regression (issue 5, scenario 9): a 1 MiB binary publish becomes a ~1.4 MB record
+    (data_base64), which aiokafka's default max_request_size (1 MiB) refused with a 500 although
+    the API accepts 4 MiB bodies. Without maxMessageBytes the limit follows --max-body-size."""
+    body_limit = 4 * 1024 * 1024
+    big = b"x" * (body_limit // 3 * 4 + 1000)  # a base64'd body near the limit, in an envelope
+    limited = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps")
+    await limited.start()
+    try:
+        with pytest.raises(BrokerError, match="MessageSizeTooLarge") as info:
+            await limited.publish(f"big-{unique}", big)
+        assert info.value.refused == "size"
+    finally:
+        await limited.stop(5)
+    producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps", max_body_size=body_limit)
+    await producer.start()
+    try:
+        await producer.publish(f"big-{unique}", big)
+    finally:
+        await producer.stop(5)
+    explicit = KafkaProducer(meta(kafka_bootstrap, maxMessageBytes="2000"), pubsubname="ps",
+                             max_body_size=body_limit)
+    await explicit.start()
+    try:
+        with pytest.raises(BrokerError, match="MessageSizeTooLarge"):
+            await explicit.publish(f"big-{unique}", b"y" * 3000)  # maxMessageBytes still rules
+    finally:
+        await explicit.stop(5)
+
+
+async def test_ready_turns_false_while_the_broker_does_not_answer(tmp_path, unique: str) -> None:
+    """Regression (issue 5, scenario 6): a frozen broker (SIGSTOP) keeps its connections open, so
+    healthz stayed 204 through the outage. The metadata probe turns ready() false, then true."""
+    import asyncio
+    import os
+    import signal
+
+    from tidings.sidecar.localbroker import start_local_broker
+
+    broker = start_local_broker(log_path=tmp_path / "tansu.log")
+    producer = KafkaProducer(meta(broker.bootstrap), pubsubname="ps", probe_interval_s=0.2,
+                             probe_timeout_s=0.5)
+    try:
+        await producer.start()
+        assert producer.ready()
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        async with asyncio.timeout(20):
+            while producer.ready():
+                await asyncio.sleep(0.05)  # poll interval, bounded by the timeout
+        os.kill(broker.process.pid, signal.SIGCONT)
+        async with asyncio.timeout(20):
+            while not producer.ready():
+                await asyncio.sleep(0.05)  # poll interval, bounded by the timeout
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+        await producer.stop(5)
+        broker.stop()

@@ -122,7 +122,7 @@ async def test_error_rows() -> None:
                          "boolean: actual is 'yes'")
     e = await error_of(publisher.publish("mem", "t", b"[1]", metadata={},
                                          content_type="application/cloudevents+json"))
-    assert (e.status, e.error_code, e.message) == (500, "ERR_PUBSUB_CLOUD_EVENTS_SER",
+    assert (e.status, e.error_code, e.message) == (400, "ERR_PUBSUB_CLOUD_EVENTS_SER",
                                                     "cannot create cloudevent")
     empty = Publisher(app_id="app", brokers={}, components={})
     e = await error_of(empty.publish("mem", "t", b"", content_type=None, metadata={}))
@@ -155,7 +155,33 @@ async def test_broker_failure_is_500_and_not_success() -> None:
     assert (e.status, e.error_code, e.reason) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE",
                                                   "DAPR_PUBSUB_PUBLISH_MESSAGE")
     assert e.message == "error when publishing to topic t in pubsub mem: broker down"
+
     assert e.metadata == {"topic": "t", "error": "broker down"}
+
+class RefusingBroker(MemoryBroker):
+    """Refuses every record as too large or as a request it can never store (stands in for the
+    Kafka producer's MessageSizeTooLargeError and topic checks, tested in test_producing.py)."""
+
+    refused = "size"
+
+    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
+                      headers: Sequence[tuple[str, bytes]] = (),
+                      partition: int | None = None) -> None:
+        raise BrokerError("no", refused=self.refused)
+
+
+async def test_a_request_the_broker_can_never_store_is_not_a_500() -> None:
+    """Regression (issue 5, publish fuzz): a topic name Kafka cannot hold answered 500, which
+    reads as an outage; the caller's mistake is 400, a record over the size limit 413."""
+    broker = RefusingBroker("mem")
+    await broker.start()
+    publisher = Publisher(app_id="app", brokers={"mem": broker},
+                          components={"mem": component("mem")})
+    e = await error_of(publisher.publish("mem", "t", b"x", content_type=None, metadata={}))
+    assert (e.status, e.error_code) == (413, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    broker.refused = "request"
+    e = await error_of(publisher.publish("mem", "t", b"x", content_type=None, metadata={}))
+    assert (e.status, e.error_code) == (400, "ERR_PUBSUB_PUBLISH_MESSAGE")
 
 
 @pytest.mark.parametrize(("event", "content_type", "expected"), [
@@ -260,7 +286,7 @@ async def test_partition_number_is_not_a_header_and_bad_ones_are_publish_errors(
     assert [name for name, _ in records(broker, "t")[0].headers[1:]] == ["traceparent"]
     e = await error_of(publisher.publish("mem", "t", b"x", content_type=None,
                                          metadata={"partitionNumber": "-1"}))
-    assert (e.status, e.error_code) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE")
+    assert (e.status, e.error_code) == (400, "ERR_PUBSUB_PUBLISH_MESSAGE")  # Dapr: 500
     assert e.message == ("error when publishing to topic t in pubsub mem: partitionNumber must be "
                          "a non-negative integer: actual is '-1'")
     failures = await publisher.publish_bulk("mem", "t", [

@@ -24,19 +24,22 @@ class KafkaBroker:
 
     The consumer group is ``component.kafka.consumer_group`` (``consumerGroup`` or ``consumerID``,
     else the app-id; dapr-pubsub-contract.md §5.5): one group per component per app-id covering
-    every subscribed topic (§5.9). Raises ``ValueError`` for a component that is not Kafka.
+    every subscribed topic (§5.9). ``max_body_size`` (bytes) is the largest publish body the
+    API accepts; without ``maxMessageBytes`` the producer takes any record built from such a
+    body (``producing.py``). Raises ``ValueError`` for a component that is not Kafka.
     """
 
     features = frozenset({BULK_PUBLISH, MESSAGE_HEADERS, PARTITION_KEY, PARTITION_NUMBER, ORDERED})
 
     def __init__(self, component: LoadedComponent, *, app_id: str,
-                 producer_stop_timeout_s: float = 5.0) -> None:
+                 producer_stop_timeout_s: float = 5.0, max_body_size: int | None = None) -> None:
         if component.kafka is None:
             raise ValueError(f"component {component.name} is not pubsub.kafka")
         self.name = component.name
         self.app_id = app_id
         self.meta = component.kafka
-        self._producer = KafkaProducer(self.meta, pubsubname=self.name)
+        self._producer = KafkaProducer(self.meta, pubsubname=self.name,
+                                       max_body_size=max_body_size)
         self._group: ConsumerGroup | None = None
         self._producer_stop_timeout_s = producer_stop_timeout_s
 
@@ -77,7 +80,8 @@ class KafkaBroker:
         await self._producer.stop(self._producer_stop_timeout_s)
 
     def ready(self) -> bool:
-        """Whether the producer is connected (outbound health, §1.5)."""
+        """Whether the producer is connected and the brokers answer (outbound health, §1.5;
+        ``producing.py``)."""
         return self._producer.ready()
 
     def assignment(self) -> list[str]:

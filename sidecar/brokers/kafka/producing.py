@@ -8,13 +8,21 @@ Rules from aiokafka-pitfalls.md:
   (item 3). ``publish_many`` sends everything first and then awaits all futures (item 21);
 - ``linger_ms`` defaults to 0: aiokafka keeps one request in flight per broker, so concurrent
   publishes batch up behind it anyway and a lone publish is not delayed;
-- ``max_request_size`` follows ``maxMessageBytes`` when set (item 22);
+- ``max_request_size`` follows ``maxMessageBytes`` when set (item 22); else it fits the largest
+  record a publish body within ``--max-body-size`` can become (:func:`record_size_bound`), so
+  what the API accepts is not refused by the client's 1 MiB default (the broker's own limit,
+  ``message.max.bytes``, still applies);
 - every aiokafka error becomes :class:`BrokerError` with the error's own ``retriable`` flag;
 - a topic name Kafka cannot hold (``topics.py``) and a partition the topic does not have are
   refused before aiokafka sees them (aiokafka would wait ``request_timeout_ms`` for metadata, or
   fail an ``assert``), with a :class:`BrokerError` that is not retriable;
 - ``start()`` tries once and raises; a producer whose start failed is thrown away and never
-  sent to (item 19, aiokafka #759); ``stop()`` is bounded because it flushes (item 19).
+  sent to (item 19, aiokafka #759); ``stop()`` is bounded because it flushes (item 19);
+- a broker that stops answering keeps its TCP connections open (a frozen or partitioned broker),
+  so aiokafka notices nothing until a request times out; a watch task asks a broker for metadata
+  (no topics) every ``probe_interval_s`` and :meth:`KafkaProducer.ready` is false after
+  ``probe_failures`` probes in a row went unanswered within ``probe_timeout_s`` (healthz reports
+  the outage, dapr-pubsub-contract.md §1.5), true again at the first answer.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from ...resources.kafka import KafkaMetadata
 from ..base import BrokerError, PublishRecord
@@ -37,18 +46,31 @@ __all__ = ["KafkaProducer"]
 log = logging.getLogger(__name__)
 
 
+# Envelope attributes, bulk/metadata headers and record framing around a body; metadata comes in
+# the query string and headers, which aiohttp bounds to well under this.
+_ENVELOPE_OVERHEAD = 64 * 1024
+
+
+def record_size_bound(max_body_size: int) -> int:
+    """Bytes of the largest record a publish body of ``max_body_size`` bytes can become: a binary
+    body travels base64-encoded in ``data_base64`` (4/3), plus the envelope around it."""
+    return (max_body_size + 2) // 3 * 4 + _ENVELOPE_OVERHEAD
+
+
 def _broker_error(exc: BaseException) -> BrokerError:
     if isinstance(exc, BrokerError):
         return exc
     retriable = bool(getattr(exc, "retriable", False))
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return BrokerError(text, retriable=retriable)
+    # item 22: too large for max_request_size (client side) or the broker's limit: never retried
+    refused = "size" if isinstance(exc, MessageSizeTooLargeError) else None
+    return BrokerError(text, retriable=retriable, refused=refused)
 
 
 def _check_topic(topic: str) -> None:
     problem = kafka_topic_problem(topic)
     if problem is not None:
-        raise BrokerError(invalid_topic_message(topic, problem))
+        raise BrokerError(invalid_topic_message(topic, problem), refused="request")
 
 
 async def _check_partition(producer: AIOKafkaProducer, topic: str, partition: int) -> None:
@@ -58,7 +80,18 @@ async def _check_partition(producer: AIOKafkaProducer, topic: str, partition: in
     if partition not in partitions:
         raise BrokerError(f"partition number {partition} is out of range: topic {topic} has "
                           f"{len(partitions)} partitions (0-{max(partitions, default=0)})"
-                          if partitions else f"partition number {partition} is out of range")
+                          if partitions else f"partition number {partition} is out of range",
+                          refused="request")
+
+
+async def _probe(producer: AIOKafkaProducer) -> None:
+    """One Metadata request for no topics (the broker list only: cheap on clusters with many
+    topics) to a known broker. Raises ``KafkaError`` when it is not answered."""
+    client = producer.client
+    node_id = client.get_random_node()
+    if node_id is None:
+        raise KafkaError("no broker is known")
+    await client.send(node_id, MetadataRequest([]))
 
 
 class KafkaProducer:
@@ -70,18 +103,28 @@ class KafkaProducer:
     """
 
     def __init__(self, meta: KafkaMetadata, *, pubsubname: str, request_timeout_s: float = 30.0,
-                 retry_backoff_s: float = 0.1, linger_ms: int = 0) -> None:
+                 retry_backoff_s: float = 0.1, linger_ms: int = 0,
+                 max_body_size: int | None = None, probe_interval_s: float = 1.0,
+                 probe_timeout_s: float = 2.5, probe_failures: int = 2) -> None:
         self.meta = meta
         self.pubsubname = pubsubname
         self.request_timeout_s = request_timeout_s
         self.retry_backoff_s = retry_backoff_s
         self.linger_ms = linger_ms
+        self.max_body_size = max_body_size
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.probe_failures = probe_failures
         self._producer: AIOKafkaProducer | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._unanswered = 0  # metadata probes in a row without an answer
 
     def _new_producer(self) -> AIOKafkaProducer:
         kwargs = client_kwargs(self.meta)
         if self.meta.max_message_bytes > 0:
             kwargs["max_request_size"] = self.meta.max_message_bytes
+        elif self.max_body_size:
+            kwargs["max_request_size"] = max(1_048_576, record_size_bound(self.max_body_size))
         return AIOKafkaProducer(
             acks="all",
             enable_idempotence=False,
@@ -113,11 +156,33 @@ class KafkaProducer:
                 retriable=True,
             ) from exc
         self._producer = producer
+        self._unanswered = 0
+        self._watch = asyncio.create_task(self._watch_broker(producer))
         log.info("kafka producer connected", extra={"pubsubname": self.pubsubname})
 
     def ready(self) -> bool:
-        """Whether the producer is started (outbound health, §1.5)."""
-        return self._producer is not None
+        """Whether the producer is started and the broker answered lately (outbound health,
+        §1.5; see the module docstring)."""
+        return self._producer is not None and self._unanswered < self.probe_failures
+
+    async def _watch_broker(self, producer: AIOKafkaProducer) -> None:
+        extra = {"pubsubname": self.pubsubname}
+        while True:
+            await asyncio.sleep(self.probe_interval_s)  # probe period
+            try:
+                await asyncio.wait_for(_probe(producer), self.probe_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - timeout or KafkaError: no answer
+                self._unanswered += 1
+                if self._unanswered == self.probe_failures:
+                    log.warning("kafka brokers %s do not answer (%d probes in a row, last: %s);"
+                                " reporting not ready", ",".join(self.meta.brokers),
+                                self._unanswered, type(exc).__name__, extra=extra)
+                continue
+            if self._unanswered >= self.probe_failures:
+                log.info("kafka brokers answer again; reporting ready", extra=extra)
+            self._unanswered = 0
 
     def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -183,6 +248,9 @@ class KafkaProducer:
         """Flush and disconnect within ``timeout_s`` seconds (records still buffered after that
         are abandoned, and their publishers already got an error or will). Never raises."""
         producer, self._producer = self._producer, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
         if producer is None:
             return
         try:
