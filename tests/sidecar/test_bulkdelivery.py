@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from tidings.sidecar.appchannel import AppChannel, AppStatus
 from tidings.sidecar.brokers.base import BatchPolicy, Record
-from tidings.sidecar.bulkdelivery import BulkDispatcher
+from tidings.sidecar.bulkdelivery import BatchingHandler, BulkDispatcher
 from tidings.sidecar.bulkformat import BulkEvent, bulk_request_body, classify_bulk
 from tidings.sidecar.envelopes.reading import read_event
 from tidings.sidecar.metrics import topic_deliveries
@@ -351,3 +351,25 @@ async def test_bulk_outcomes_feed_the_topic_delivery_state(bulk_app, make_dispat
     state = topic_deliveries("orders-app", "pubsub", topic)
     assert (state.retries, state.dead_lettered, state.in_flight) == (1, 1, 0)
     assert state.last_error is not None and "DROP" in state.last_error
+
+
+async def test_batching_handler_batches_only_the_topics_it_is_told(
+        bulk_app, make_dispatcher) -> None:
+    """The runner's broker handler: a topic served by a streaming subscription is never batched
+    for the app's bulk dispatcher, even if the app also declared it bulk."""
+    app, _ = bulk_app
+    dispatcher, _ = make_dispatcher(bulk_sub(), bulk_sub(topic="streamed"))
+    handled: list[Record] = []
+
+    async def handle(record: Record) -> None:
+        handled.append(record)
+
+    handler = BatchingHandler(handle, dispatcher, lambda topic: topic != "streamed")
+    assert handler.batch_policy("orders") == BatchPolicy(10, 0.05)
+    assert handler.batch_policy("streamed") is None
+    assert handler.batch_policy("unknown") is None
+    one = rec("single")
+    await run(handler(one))
+    assert handled == [one]  # the plain path is the given handle
+    await run(handler.handle_batch([rec("a"), rec("b", offset=1)]))
+    assert app.entry_ids(0) == ["a", "b"]
