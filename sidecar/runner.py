@@ -29,7 +29,8 @@ from aiohttp import web
 from . import metrics
 from .api.app import create_app
 from .appchannel import AppChannel
-from .brokers.base import Broker, BrokerError
+from .brokers.base import FEATURES, Broker, BrokerError
+from .brokers.jetstream import JetStreamBroker
 from .brokers.kafka import KafkaBroker
 from .brokers.memory import MemoryBroker
 from .delivery import Dispatcher
@@ -48,6 +49,8 @@ __all__ = ["Sidecar", "run_sidecar"]
 def _broker_for(component: LoadedComponent, app_id: str) -> Broker:
     if component.kafka is not None:
         return KafkaBroker(component, app_id=app_id)
+    if component.jetstream is not None:
+        return JetStreamBroker(component, app_id=app_id)
     return MemoryBroker(component.name)
 
 
@@ -117,6 +120,8 @@ class Sidecar:
         for name, broker in self._brokers.items():
             if isinstance(broker, KafkaBroker):
                 extended[f"kafka.assignment.{name}"] = ",".join(broker.assignment())
+            if isinstance(broker, JetStreamBroker):
+                extended[f"jetstream.consumers.{name}"] = ",".join(broker.consumers())
         return extended
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -186,6 +191,8 @@ class Sidecar:
             dispatcher = None
             if self.channel is not None:
                 retry = component.kafka.retry if component.kafka is not None else RetryPolicy()
+                if component.jetstream is not None:
+                    retry = component.jetstream.retry
                 escape = component.kafka.escape_headers if component.kafka is not None else False
                 dispatcher = Dispatcher(app_id=self.app_id, pubsubname=name, channel=self.channel,
                                         retry=retry, dead_letter=self._dead_letter_for(name),
@@ -205,7 +212,10 @@ class Sidecar:
         while not self._stopping.is_set():
             try:
                 await broker.start()
-                log.info("component ready", extra={"app_id": self.app_id, "pubsubname": name})
+                log.info("component ready; capabilities: %s (lacks: %s)",
+                         ", ".join(sorted(broker.features)) or "none",
+                         ", ".join(sorted(FEATURES - broker.features)) or "none",
+                         extra={"app_id": self.app_id, "pubsubname": name})
                 return
             except BrokerError as exc:
                 log.warning("component %s not ready, retrying in %.1fs: %s", name, delay, exc,

@@ -13,6 +13,9 @@ import importlib.metadata
 import orjson
 from aiohttp import web
 
+from ..brokers.jetstream import JetStreamBroker
+from ..brokers.kafka import KafkaBroker
+from ..resources.jetstream import COMPONENT_TYPE as JETSTREAM_TYPE
 from ..resources.kafka import COMPONENT_TYPE as KAFKA_TYPE
 from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY
 
@@ -23,8 +26,9 @@ try:
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
     RUNTIME_VERSION = "edge"
 
-# Kafka has native bulk publish (§3.3 "Features"); the in-memory broker has no extra features.
-CAPABILITIES = {KAFKA_TYPE: ["BULK_PUBLISH"]}
+# Each broker's ``features`` (brokers/base.py FEATURES); the in-memory broker has none.
+CAPABILITIES = {KAFKA_TYPE: sorted(KafkaBroker.features),
+                JETSTREAM_TYPE: sorted(JetStreamBroker.features)}
 
 
 async def get_metadata(request: web.Request) -> web.Response:

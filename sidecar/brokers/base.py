@@ -21,9 +21,15 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-__all__ = ["Broker", "BrokerError", "Handler", "Header", "PublishRecord", "Record"]
+__all__ = ["FEATURES", "Broker", "BrokerError", "Handler", "Header", "PublishRecord", "Record"]
 
 Header = tuple[str, bytes | None]
+
+FEATURES = frozenset({"BULK_PUBLISH", "PARTITION_KEY", "PARTITION_NUMBER"})
+"""Capabilities a broker may have beyond the contract below, each in ``Broker.features``:
+``BULK_PUBLISH`` (a batch is produced natively, Dapr's feature name), ``PARTITION_KEY``
+(``partitionKey`` orders the records sharing it), ``PARTITION_NUMBER`` (``partitionNumber`` is
+honoured). The runner logs at start-up which a component has and lacks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +69,12 @@ class BrokerError(Exception):
 
 
 class Broker(Protocol):
-    """A started pub/sub component. Implementations: ``KafkaBroker``, ``MemoryBroker``."""
+    """A started pub/sub component. Implementations: ``KafkaBroker``, ``MemoryBroker``,
+    ``JetStreamBroker``."""
 
     name: str
+    features: frozenset[str]
+    """The :data:`FEATURES` this broker has; reported at start-up."""
 
     async def start(self) -> None:
         """Connect the producer side. Raises :class:`BrokerError` if the broker is unreachable."""

@@ -45,6 +45,8 @@ class _Topic:
 class MemoryBroker:
     """An in-process broker named ``name`` (the component name)."""
 
+    features: frozenset[str] = frozenset()  # one partition; partitionNumber is ignored
+
     def __init__(self, name: str) -> None:
         self.name = name
         self._topics: dict[str, _Topic] = {}

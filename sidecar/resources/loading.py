@@ -24,12 +24,14 @@ import yaml
 
 from .kafka import COMPONENT_TYPE as KAFKA_TYPE
 from .kafka import KafkaMetadata, parse_kafka_metadata
+from .jetstream import COMPONENT_TYPE as JETSTREAM_TYPE
+from .jetstream import JetStreamMetadata, parse_jetstream_metadata
 from .models import Component, ResourceError, TopicSubscription, parse_resource
 
 log = logging.getLogger(__name__)
 
 IN_MEMORY_TYPE = "pubsub.in-memory"
-SUPPORTED_TYPES = (KAFKA_TYPE, IN_MEMORY_TYPE)
+SUPPORTED_TYPES = (KAFKA_TYPE, IN_MEMORY_TYPE, JETSTREAM_TYPE)
 RESOURCE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -37,13 +39,15 @@ RESOURCE_SUFFIXES = (".yaml", ".yml", ".json")
 class LoadedComponent:
     """A pub/sub component ready to start: its resource, resolved metadata and checked settings.
 
-    ``kafka`` is set for ``pubsub.kafka`` and ``None`` for ``pubsub.in-memory``.
+    ``kafka`` is set for ``pubsub.kafka`` and ``None`` for ``pubsub.in-memory``; ``jetstream``
+    for ``pubsub.jetstream``.
     """
 
     component: Component
     source: str
     metadata: dict[str, str]
     kafka: KafkaMetadata | None = None
+    jetstream: JetStreamMetadata | None = None
 
     @property
     def name(self) -> str:
@@ -117,7 +121,10 @@ def check_component(
                             "(use v1)", source=source, field="spec.version")
     values = dict(metadata) if metadata is not None else resolve_metadata(component, source=source)
     kafka = parse_kafka_metadata(values, app_id=app_id, source=source) if ctype == KAFKA_TYPE else None
-    return LoadedComponent(component=component, source=source, metadata=values, kafka=kafka)
+    jetstream = (parse_jetstream_metadata(values, app_id=app_id, source=source)
+                 if ctype == JETSTREAM_TYPE else None)
+    return LoadedComponent(component=component, source=source, metadata=values, kafka=kafka,
+                           jetstream=jetstream)
 
 
 def resource_files(paths: Iterable[Path | str]) -> list[Path]:

@@ -456,8 +456,9 @@ async def test_metadata(api: Api) -> None:
     meta = orjson.loads(body)
     assert meta["id"] == APP_ID and meta["runtimeVersion"]
     assert meta["enabledFeatures"] == [] and meta["actors"] == [] and meta["httpEndpoints"] == []
-    assert {"name": "kafka", "type": "pubsub.kafka", "version": "v1",
-            "capabilities": ["BULK_PUBLISH"]} in meta["components"]
+    assert ({"name": "kafka", "type": "pubsub.kafka", "version": "v1",
+             "capabilities": ["BULK_PUBLISH", "PARTITION_KEY", "PARTITION_NUMBER"]}
+            in meta["components"])
     assert {"name": "mem", "type": "pubsub.in-memory", "version": "v1",
             "capabilities": []} in meta["components"]
     assert meta["subscriptions"] == [

@@ -26,6 +26,8 @@ class KafkaBroker:
     every subscribed topic (§5.9). Raises ``ValueError`` for a component that is not Kafka.
     """
 
+    features = frozenset({"BULK_PUBLISH", "PARTITION_KEY", "PARTITION_NUMBER"})
+
     def __init__(self, component: LoadedComponent, *, app_id: str,
                  producer_stop_timeout_s: float = 5.0) -> None:
         if component.kafka is None:
