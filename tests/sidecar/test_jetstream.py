@@ -1,0 +1,263 @@
+"""brokers/jetstream.py against the machine's real NATS server with JetStream (no mocks).
+
+Each test gets its own stream (fixture ``jetstream_stream``, deleted afterwards) and its own
+durable names, so tests never share state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import nats
+import pytest
+
+from tidings.sidecar.brokers.base import BrokerError, PublishRecord, Record
+from tidings.sidecar.brokers.jetstream import KEY_HEADER, JetStreamBroker
+from tidings.sidecar.resources import check_component
+from tidings.sidecar.resources.jetstream import consumer_name
+from tidings.sidecar.resources.models import Component
+
+
+def component(url: str, **metadata: str) -> Component:
+    return Component.model_validate({
+        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": "js"},
+        "spec": {"type": "pubsub.jetstream", "version": "v1",
+                 "metadata": [{"name": "natsURL", "value": url}]
+                 + [{"name": k, "value": v} for k, v in metadata.items()]}})
+
+
+async def started(url: str, app_id: str, **metadata: str) -> JetStreamBroker:
+    loaded = check_component(component(url, **metadata), app_id=app_id, source="test")
+    broker = JetStreamBroker(loaded, app_id=app_id)
+    await broker.start()
+    return broker
+
+
+async def until(what: str, predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)  # poll interval, bounded by the deadline
+
+
+def collector() -> tuple[list[Record], Callable[[Record], Awaitable[None]]]:
+    got: list[Record] = []
+
+    async def handler(record: Record) -> None:
+        got.append(record)
+
+    return got, handler
+
+
+async def consumer_pending(url: str, stream: str, consumer: str) -> tuple[int, int]:
+    """``(num_ack_pending, num_pending)`` of a consumer, straight from the server."""
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info(stream, consumer)
+        return info.num_ack_pending, info.num_pending
+    finally:
+        await nc.close()
+
+
+async def test_publish_then_delivery_in_order_with_key_headers_and_sequence(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.orders"
+    broker = await started(nats_url, f"app-{unique}", streamName=stream)
+    try:
+        assert broker.ready()
+        for i in range(5):
+            await broker.publish(topic, str(i).encode(), key=b"k1" if i == 0 else None,
+                                 headers=[("team", b"payments")])
+        got, handler = collector()
+        await broker.subscribe([topic], handler)
+        await until("5 records", lambda: len(got) == 5)
+        assert [r.value for r in got] == [b"0", b"1", b"2", b"3", b"4"]
+        assert [r.offset for r in got] == [1, 2, 3, 4, 5]  # the stream sequence
+        assert got[0].key == b"k1" and got[1].key is None
+        # JetStream's own headers (the expected stream) are not passed on; ours are.
+        assert got[0].headers == (("team", b"payments"),)
+        assert all(r.partition == 0 and r.topic == topic for r in got)
+        assert abs(got[0].timestamp_ms / 1000 - time.time()) < 60
+        assert broker.consumers() == [f"{topic}={stream}/{consumer_name(f'app-{unique}', topic)}"]
+    finally:
+        await broker.close(grace_s=1)
+
+
+async def test_no_partitions_bad_subjects_and_missing_stream_are_publish_errors(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    stream, prefix = jetstream_stream
+    broker = await started(nats_url, f"app-{unique}", streamName=stream)
+    try:
+        with pytest.raises(BrokerError, match="no partitions") as exc:
+            await broker.publish(f"{prefix}.a", b"x", partition=1)
+        assert not exc.value.retriable
+        for bad in ("", f"{prefix}..a", f"{prefix}.*", f"{prefix}.a b", f"{prefix}.>"):
+            with pytest.raises(BrokerError, match="not a NATS subject"):
+                await broker.publish(bad, b"x")
+        with pytest.raises(BrokerError, match="line break"):
+            await broker.publish(f"{prefix}.a", b"x", headers=[("h", b"a\r\nb")])
+        with pytest.raises(BrokerError, match="header name"):
+            await broker.publish(f"{prefix}.a", b"x", headers=[("a b", b"v")])
+        # streamName is the expected stream: a subject outside it is refused, not stored elsewhere
+        with pytest.raises(BrokerError, match="refused|no JetStream stream"):
+            await broker.publish(f"elsewhere-{unique}.a", b"x")
+        outcomes = await broker.publish_many([
+            PublishRecord(f"{prefix}.a", b"1"), PublishRecord(f"{prefix}.a", b"2", partition=0),
+            PublishRecord(f"{prefix}.a", b"3", key=b"k")])
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], BrokerError) and "no partitions" in str(outcomes[1])
+    finally:
+        await broker.close(grace_s=1)
+    unbound = await started(nats_url, f"app-{unique}")  # no streamName: any stream, or none
+    try:
+        with pytest.raises(BrokerError, match="no JetStream stream takes subject"):
+            await unbound.publish(f"nostream-{unique}.a", b"x")
+    finally:
+        await unbound.close(grace_s=1)
+
+
+async def test_in_progress_acks_keep_a_long_delivery_from_being_redelivered(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    """ackWait is 1 s; the handler takes 4 s (an engine retrying). Without in-progress acks the
+    server would hand the message to the other replica after 1 s."""
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.slow"
+    app_id = f"app-{unique}"
+    first = await started(nats_url, app_id, streamName=stream, ackWait="1s")
+    second = await started(nats_url, app_id, streamName=stream, ackWait="1s")
+    calls: list[str] = []
+
+    async def slow(record: Record) -> None:
+        calls.append("first")
+        await asyncio.sleep(4)  # a delivery with retries that outlives ackWait several times
+
+    async def other(record: Record) -> None:
+        calls.append("second")
+
+    try:
+        await first.subscribe([topic], slow)
+        await first.publish(topic, b"x")
+        await until("the first replica to take the message", lambda: calls == ["first"])
+        await second.subscribe([topic], other)
+        await until("the slow delivery to finish", lambda: not first._topics[topic].in_flight)
+        await asyncio.sleep(1.5)  # longer than ackWait: a redelivery would have happened now
+        assert calls == ["first"], calls
+        pending = await consumer_pending(nats_url, stream, first._topics[topic].consumer)
+        assert pending == (0, 0), "acked once finished"
+    finally:
+        await first.close(grace_s=1)
+        await second.close(grace_s=1)
+
+
+async def test_unfinished_message_of_a_closed_broker_goes_to_another_replica(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.handover"
+    app_id = f"app-{unique}"
+    first = await started(nats_url, app_id, streamName=stream, ackWait="30s")
+    stuck = asyncio.Event()
+
+    async def never(record: Record) -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    await first.subscribe([topic], never)
+    await first.publish(topic, b"x")
+    await asyncio.wait_for(stuck.wait(), 20)
+    await first.close(grace_s=0.1)  # cancelled: nak'ed, so no 30 s AckWait before redelivery
+    second = await started(nats_url, app_id, streamName=stream, ackWait="30s")
+    try:
+        got, handler = collector()
+        await second.subscribe([topic], handler)
+        await until("the nak'ed message at the second replica", lambda: len(got) == 1, 10)
+        assert got[0].value == b"x"
+    finally:
+        await second.close(grace_s=1)
+
+
+async def test_app_ids_fan_out_and_replicas_of_one_app_id_share(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.fan"
+    orders = [await started(nats_url, f"orders-{unique}", streamName=stream) for _ in range(2)]
+    audit = await started(nats_url, f"audit-{unique}", streamName=stream)
+    got: list[list[Record]] = [[], [], []]
+
+    def handler(i: int) -> Callable[[Record], Awaitable[None]]:
+        async def handle(record: Record) -> None:
+            got[i].append(record)
+            await asyncio.sleep(0.005)  # some work, so both replicas get a turn
+        return handle
+
+    try:
+        for i, broker in enumerate([*orders, audit]):
+            await broker.subscribe([topic], handler(i))
+        await audit.publish_many([PublishRecord(topic, str(n).encode()) for n in range(200)])
+        await until("orders to get 200", lambda: len(got[0]) + len(got[1]) >= 200)
+        await until("audit to get 200", lambda: len(got[2]) >= 200)
+        o1, o2 = ({r.value for r in got[i]} for i in (0, 1))
+        assert o1 and o2, "both replicas get a share"
+        assert not (o1 & o2), "no message goes to both replicas of one app-id"
+        assert o1 | o2 == {str(n).encode() for n in range(200)}
+        assert [r.value for r in got[2]] == [str(n).encode() for n in range(200)], \
+            "a lone replica sees the stream in order"
+    finally:
+        for broker in [*orders, audit]:
+            await broker.close(grace_s=1)
+
+
+async def test_key_header_round_trips_through_a_dead_letter_publish(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    """The delivery engine dead-letters the consumed record as it is: its key and headers must
+    publish again (JetStream's Nats-Expected-Stream header would have steered it)."""
+    stream, prefix = jetstream_stream
+    broker = await started(nats_url, f"app-{unique}")  # no streamName
+    try:
+        await broker.publish(f"{prefix}.in", b"v", key=b"k", headers=[("h", b"1")])
+        got, handler = collector()
+        await broker.subscribe([f"{prefix}.in"], handler)
+        await until("the record", lambda: len(got) == 1)
+        record = got[0]
+        await broker.publish(f"{prefix}.dead", record.value, key=record.key,
+                             headers=record.headers)  # type: ignore[arg-type]
+        nc = await nats.connect(nats_url)
+        try:
+            msg = await nc.jetstream().get_last_msg(stream, f"{prefix}.dead")
+            assert msg.headers is not None and msg.headers[KEY_HEADER] == "k"
+            assert msg.headers["h"] == "1"
+        finally:
+            await nc.close()
+    finally:
+        await broker.close(grace_s=1)
+
+
+async def test_missing_stream_is_logged_and_retried_until_it_exists(
+        nats_url: str, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    topic = f"late{unique}.x"
+    broker = await started(nats_url, f"app-{unique}")
+    nc = await nats.connect(nats_url)
+    try:
+        got, handler = collector()
+        await broker.subscribe([topic], handler)  # returns after the first failed attempt
+        assert "no JetStream stream takes this subject" in caplog.text
+        await nc.jetstream().add_stream(name=f"LATE{unique}", subjects=[f"late{unique}.>"])
+        await broker.publish(topic, b"late")
+        await until("the consumer to be created and deliver", lambda: len(got) == 1, 30)
+    finally:
+        await broker.close(grace_s=1)
+        await nc.jetstream().delete_stream(f"LATE{unique}")
+        await nc.close()
+
+
+async def test_unreachable_server_is_a_retriable_start_error(unique: str) -> None:
+    loaded = check_component(component("nats://127.0.0.1:1"), app_id="a", source="test")
+    broker = JetStreamBroker(loaded, app_id="a")
+    with pytest.raises(BrokerError) as exc:
+        await broker.start()
+    assert exc.value.retriable and not broker.ready()
+    with pytest.raises(BrokerError, match="not connected"):
+        await broker.publish("a", b"x")
+    await broker.close(grace_s=0)
