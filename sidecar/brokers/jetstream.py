@@ -190,6 +190,12 @@ class _TopicConsumer:
         self._sub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
 
     async def _run(self) -> None:
+        problem = subject_problem(self.topic.replace("*", "x").replace(">", "x"))
+        if problem is not None:  # wildcards may filter a consumer; nothing else can help this
+            log.error("topic %r is not a NATS subject (%s); it is not consumed", self.topic,
+                      problem, extra=self._extra())
+            self.ready.set()
+            return
         delay = 0.2
         while True:
             try:

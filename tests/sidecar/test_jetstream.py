@@ -261,3 +261,19 @@ async def test_unreachable_server_is_a_retriable_start_error(unique: str) -> Non
     with pytest.raises(BrokerError, match="not connected"):
         await broker.publish("a", b"x")
     await broker.close(grace_s=0)
+
+
+async def test_a_topic_that_is_no_subject_is_refused_once_and_wildcards_filter(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    stream, prefix = jetstream_stream
+    broker = await started(nats_url, f"app-{unique}", streamName=stream)
+    try:
+        got, handler = collector()
+        await broker.subscribe([f"{prefix}.a b", f"{prefix}.eu.*"], handler)
+        assert "is not a NATS subject" in caplog.text
+        await broker.publish(f"{prefix}.eu.1", b"x")
+        await until("the wildcard subscription to deliver", lambda: len(got) == 1)
+        assert got[0].topic == f"{prefix}.eu.*"  # the subscribed topic, as Dapr reports it
+    finally:
+        await broker.close(grace_s=1)
