@@ -205,10 +205,11 @@ class _TopicConsumer:
                 raise
             except Exception as exc:
                 # A missing stream may be created later; keep trying, loudly.
+                why = (f"stream {self.stream} not found" if self.broker.meta.stream_name
+                       else "no JetStream stream takes this subject") \
+                    if isinstance(exc, nats.js.errors.NotFoundError) else repr(exc)
                 log.error("cannot consume topic %s (retrying in %.1fs): %s", self.topic, delay,
-                          exc if not isinstance(exc, nats.js.errors.NotFoundError)
-                          else "no JetStream stream takes this subject",
-                          extra=self._extra())
+                          why, extra=self._extra())
                 self.ready.set()
                 await asyncio.sleep(delay)  # backoff between setup attempts
                 delay = min(delay * 2, SETUP_RETRY_MAX_S)
@@ -243,7 +244,12 @@ class _TopicConsumer:
     async def _deliver(self, msg: Msg) -> None:
         task = asyncio.current_task()
         try:
-            record = _record(self.topic, msg)
+            try:
+                record = _record(self.topic, msg)
+            except Exception:  # not a JetStream message: never acked, so it comes back
+                log.exception("cannot read a message of consumer %s; it is left unacknowledged",
+                              self.consumer, extra=self._extra())
+                return
             while True:
                 handler = self.broker.handler
                 assert handler is not None

@@ -1,4 +1,4 @@
-"""``pubsub.jetstream`` component metadata (Dapr's NATS JetStream component), parsed and checked once.
+"""``pubsub.jetstream`` metadata (Dapr's NATS JetStream component), parsed and checked once.
 
 Metadata names are Dapr's (components-contrib ``pubsub/jetstream/metadata.go``), matched
 case-insensitively. What each one does here:
@@ -268,7 +268,8 @@ def parse_jetstream_metadata(
     )
 
 
-def _retry_policy(get, seconds, integer, source, field) -> RetryPolicy:  # type: ignore[no-untyped-def]
+def _retry_policy(  # type: ignore[no-untyped-def]
+        get, seconds, integer, source, field) -> RetryPolicy:
     """The engine's retry policy from ``backOff``/``maxDeliver`` and Dapr's ``backOff*`` names."""
     max_retries = integer("backOffMaxRetries", minimum=-1)
     if max_retries is None:
