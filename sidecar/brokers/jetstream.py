@@ -67,7 +67,7 @@ KEY_HEADER = "Tidings-Partition-Key"
 """NATS header carrying a record's key (``partitionKey``); JetStream messages have no key."""
 
 CONNECT_TIMEOUT_S = 5.0
-"""Bound on one connection attempt; the runner retries ``start`` with backoff."""
+"""Bound on one ``start`` (every server of ``natsURL`` tried); the runner retries with backoff."""
 PUBLISH_TIMEOUT_S = 10.0
 """How long a publish waits for the stream's acknowledgement before it is reported failed."""
 FETCH_WAIT_S = 5.0
@@ -318,6 +318,7 @@ class JetStreamBroker:
         self._topics: dict[str, _TopicConsumer] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_error: Exception | None = None
 
     def _extra(self, **more: Any) -> dict[str, Any]:
         return {"app_id": self.app_id, "pubsubname": self.name, **more}
@@ -356,11 +357,12 @@ class JetStreamBroker:
         try:
             # nats-py retries the first connection forever with max_reconnect_attempts=-1;
             # the runner owns the retry loop, so one bounded attempt here.
-            nc = await asyncio.wait_for(nats.connect(**options), CONNECT_TIMEOUT_S * 2)
+            nc = await asyncio.wait_for(nats.connect(**options), CONNECT_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise BrokerError(f"cannot connect to NATS at {', '.join(meta.servers)}: {exc!r}",
+            cause = self._last_error or exc  # e.g. the server's "Authorization Violation"
+            raise BrokerError(f"cannot connect to NATS at {', '.join(meta.servers)}: {cause!r}",
                               retriable=True) from None
         self._nc = nc
         self._js = nc.jetstream(domain=meta.domain, prefix=meta.api_prefix or "$JS.API")
@@ -376,6 +378,7 @@ class JetStreamBroker:
                  "single messages, pipelined", KEY_HEADER, extra=self._extra())
 
     async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
         log.warning("NATS connection error: %r", exc, extra=self._extra())
 
     async def _on_disconnected(self) -> None:

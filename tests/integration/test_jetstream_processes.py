@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 
 from .processes import (
@@ -147,3 +148,49 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, nats_
         print(f"\n[at-least-once, jetstream] SIGKILL after {acked_before_kill} acks: "
               f"lost={len(lost)} duplicates={duplicates} of {len(ids)}")
     assert not lost
+
+
+def test_dropped_event_goes_to_the_dead_letter_subject_unchanged(
+        tmp_path: Path, resources: Path, nats_url: str, jetstream_stream: tuple[str, str],
+        procs: list[Proc], unique: str) -> None:
+    """The app answers DROP; the original message (data, key, headers) is stored on the
+    subscription's deadLetterTopic, a subject of the same stream, and only then acked."""
+    stream, prefix = jetstream_stream
+    topic, dlt = f"{prefix}.orders", f"{prefix}.poison"
+    (resources / "subscription.yaml").write_text(f"""\
+apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata:
+  name: with-dlt
+spec:
+  pubsubname: pubsub
+  topic: {topic}
+  routes:
+    default: /events
+  deadLetterTopic: {dlt}
+""")
+    app = start_app(tmp_path, "app", topics=[], answer="DROP")
+    procs.append(app)
+    sidecar = start_sidecar(tmp_path, "sub", app_id=f"dlt-{unique}", resources=resources,
+                            app_port=app.port)
+    procs.append(sidecar)
+    status, body = http_json(
+        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}"
+        "?metadata.partitionKey=k1&metadata.team=payments", method="POST", body=b'{"n": 5}',
+        headers={"Content-Type": "application/json"})
+    assert status == 204, body
+
+    async def dead_letter() -> tuple[dict[str, str], bytes] | None:
+        nc = await nats.connect(nats_url)
+        try:
+            msg = await nc.jetstream().get_last_msg(stream, dlt)
+            return dict(msg.headers or {}), msg.data
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.close()
+
+    headers, data = poll("the dead-letter copy", lambda: asyncio.run(dead_letter()), 30, 0.2)
+    assert headers["Tidings-Partition-Key"] == "k1" and headers["team"] == "payments"
+    assert json.loads(data)["data"] == {"n": 5}
+    assert len(received(app)["finished"]) == 1

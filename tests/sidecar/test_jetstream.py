@@ -7,8 +7,10 @@ durable names, so tests never share state.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 import pytest
@@ -277,3 +279,72 @@ async def test_a_topic_that_is_no_subject_is_refused_once_and_wildcards_filter(
         assert got[0].topic == f"{prefix}.eu.*"  # the subscribed topic, as Dapr reports it
     finally:
         await broker.close(grace_s=1)
+
+
+def own_server(tmp_path: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
+    """A second, real nats-server with JetStream for one test (stopped by the caller)."""
+
+    return subprocess.Popen(
+        ["/usr/sbin/nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
+         str(tmp_path / "js"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+async def start_when_listening(url: str, app_id: str, **metadata: str) -> JetStreamBroker:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return await started(url, app_id, **metadata)
+        except BrokerError as exc:
+            assert time.monotonic() < deadline, exc
+            await asyncio.sleep(0.1)  # poll interval, bounded by the deadline
+
+
+async def test_token_auth_on_a_server_that_requires_it(tmp_path: Path, unique: str) -> None:
+    """The component's ``token`` gets into a server started with ``--auth``; a wrong one is
+    refused naming the reason."""
+    from tidings.sidecar.localbroker import free_port
+
+    port = free_port()
+    server = own_server(tmp_path, port, "--auth", f"s{unique}")
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        broker = await start_when_listening(url, f"app-{unique}", token=f"s{unique}")
+        assert broker.ready()
+        await broker.close(grace_s=0)
+        loaded = check_component(component(url, token="wrong"), app_id="a", source="test")
+        with pytest.raises(BrokerError, match="(?i)authorization"):
+            await JetStreamBroker(loaded, app_id="a").start()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_reconnects_after_the_server_restarts(tmp_path: Path, unique: str) -> None:
+    """A restarted server (same port, same store) gets the same broker publishing and consuming
+    again: the connection retries forever, the fetch loop waits it out."""
+    from tidings.sidecar.localbroker import free_port
+
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    server = own_server(tmp_path, port)
+    broker = None
+    try:
+        broker = await start_when_listening(url, f"app-{unique}")
+        await broker.js.add_stream(name="R", subjects=["r.>"])
+        got, handler = collector()
+        await broker.subscribe(["r.a"], handler)
+        await broker.publish("r.a", b"before")
+        await until("the first record", lambda: len(got) == 1)
+        server.terminate()
+        server.wait(10)
+        await until("the broker to notice", lambda: not broker.ready())
+        server = own_server(tmp_path, port)
+        await until("the broker to reconnect", broker.ready, 30)
+        await broker.publish("r.a", b"after")
+        await until("the record after the restart", lambda: len(got) == 2, 30)
+        assert [r.value for r in got] == [b"before", b"after"]
+    finally:
+        if broker is not None:
+            await broker.close(grace_s=0)
+        server.terminate()
+        server.wait(10)
