@@ -348,3 +348,65 @@ async def test_reconnects_after_the_server_restarts(tmp_path: Path, unique: str)
             await broker.close(grace_s=0)
         server.terminate()
         server.wait(10)
+
+
+async def test_parallel_mode_runs_up_to_max_ack_pending_at_once(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.par"
+    broker = await started(nats_url, f"app-{unique}", streamName=stream,
+                           concurrencyMode="parallel", maxAckPending="4")
+    release = asyncio.Event()
+    running: list[bytes] = []
+    done: list[bytes] = []
+
+    async def handler(record: Record) -> None:
+        running.append(record.value)
+        await release.wait()
+        done.append(record.value)
+
+    try:
+        await broker.publish_many([PublishRecord(topic, str(n).encode()) for n in range(10)])
+        await broker.subscribe([topic], handler)
+        await until("4 deliveries at once", lambda: len(running) == 4)
+        await asyncio.sleep(0.5)  # give a fifth one the chance to start, wrongly
+        assert len(running) == 4
+        release.set()
+        await until("all 10", lambda: len(done) == 10)
+    finally:
+        await broker.close(grace_s=1)
+
+
+async def test_close_lets_in_flight_deliveries_finish_and_acks_them(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    """SIGTERM path: a delivery that finishes within the grace period is acked before the
+    connection closes, so the next replica does not get it again."""
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.grace"
+    app_id = f"app-{unique}"
+    first = await started(nats_url, app_id, streamName=stream, ackWait="1s")
+    begun = asyncio.Event()
+    got: list[bytes] = []
+
+    async def slow(record: Record) -> None:
+        begun.set()
+        await asyncio.sleep(0.5)  # the app's work, shorter than the grace period
+        got.append(record.value)
+
+    await first.subscribe([topic], slow)
+    await first.publish(topic, b"a")
+    await asyncio.wait_for(begun.wait(), 20)
+    await first.close(grace_s=5)
+    assert got == [b"a"]
+    consumer = consumer_name(app_id, topic)
+    assert await consumer_pending(nats_url, stream, consumer) == (0, 0)
+    second = await started(nats_url, app_id, streamName=stream, ackWait="1s")
+    try:
+        again, handler = collector()
+        await second.subscribe([topic], handler)
+        await second.publish(topic, b"b")
+        await until("the next message", lambda: len(again) == 1)
+        await asyncio.sleep(1.5)  # past ackWait: an unacked "a" would have come back by now
+        assert [r.value for r in again] == [b"b"]
+    finally:
+        await second.close(grace_s=1)
