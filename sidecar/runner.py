@@ -54,6 +54,13 @@ def _broker_for(component: LoadedComponent, app_id: str) -> Broker:
     return MemoryBroker(component.name)
 
 
+def _retry_policy(component: LoadedComponent) -> RetryPolicy:
+    for meta in (component.kafka, component.jetstream):
+        if meta is not None:
+            return meta.retry
+    return RetryPolicy()
+
+
 def _component_fingerprint(component: LoadedComponent) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     return (component.type, component.component.spec.version,
             tuple(sorted(component.metadata.items())))
@@ -111,6 +118,10 @@ class Sidecar:
 
     def outbound_ready(self) -> bool:
         return all(b.ready() for b in self._brokers.values())
+
+    def capabilities(self, pubsubname: str) -> list[str]:
+        broker = self._brokers.get(pubsubname)
+        return sorted(broker.features) if broker is not None else []
 
     def app_channel_ready(self) -> bool:
         return self.channel is None or self._app_ready
@@ -190,9 +201,7 @@ class Sidecar:
             broker = _broker_for(component, self.app_id)
             dispatcher = None
             if self.channel is not None:
-                retry = component.kafka.retry if component.kafka is not None else RetryPolicy()
-                if component.jetstream is not None:
-                    retry = component.jetstream.retry
+                retry = _retry_policy(component)
                 escape = component.kafka.escape_headers if component.kafka is not None else False
                 dispatcher = Dispatcher(app_id=self.app_id, pubsubname=name, channel=self.channel,
                                         retry=retry, dead_letter=self._dead_letter_for(name),
@@ -212,9 +221,9 @@ class Sidecar:
         while not self._stopping.is_set():
             try:
                 await broker.start()
-                log.info("component ready; capabilities: %s (lacks: %s)",
-                         ", ".join(sorted(broker.features)) or "none",
-                         ", ".join(sorted(FEATURES - broker.features)) or "none",
+                lacks = [f for f in FEATURES if f not in broker.features]
+                log.info("component ready; features: %s; not supported: %s",
+                         ", ".join(sorted(broker.features)) or "-", ", ".join(lacks) or "-",
                          extra={"app_id": self.app_id, "pubsubname": name})
                 return
             except BrokerError as exc:

@@ -56,6 +56,10 @@ class RuntimeView(Protocol):
     def subscriptions(self) -> list[TopicSubscription]:
         """Every active subscription, declarative and programmatic."""
 
+    def capabilities(self, pubsubname: str) -> list[str]:
+        """The features of the component's broker (``brokers/base.py`` ``FEATURES``), sorted;
+        empty while it is not started."""
+
     def outbound_ready(self) -> bool:
         """Components initialised and the API up (§1.5 ``/healthz/outbound``)."""
 

@@ -1,7 +1,8 @@
 """``GET /v1.0/metadata`` and ``PUT /v1.0/metadata/{attributeName}`` (dapr-pubsub-contract.md §1.4).
 
 The response has Dapr's shape: ``id``, ``runtimeVersion``, ``enabledFeatures``, ``actors``,
-``components`` (``name``/``type``/``version``/``capabilities``), ``subscriptions`` (each with its
+``components`` (``name``/``type``/``version``/``capabilities``: the broker's features, see
+``brokers/base.py``), ``subscriptions`` (each with its
 ``type`` DECLARATIVE or PROGRAMMATIC, from ``TopicSubscription.to_metadata_json``), ``extended``
 (attributes set with PUT), ``httpEndpoints`` and ``appConnectionProperties``.
 """
@@ -13,10 +14,6 @@ import importlib.metadata
 import orjson
 from aiohttp import web
 
-from ..brokers.jetstream import JetStreamBroker
-from ..brokers.kafka import KafkaBroker
-from ..resources.jetstream import COMPONENT_TYPE as JETSTREAM_TYPE
-from ..resources.kafka import COMPONENT_TYPE as KAFKA_TYPE
 from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY
 
 __all__ = ["add_routes"]
@@ -25,10 +22,6 @@ try:
     RUNTIME_VERSION = importlib.metadata.version("tidings")
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
     RUNTIME_VERSION = "edge"
-
-# Each broker's ``features`` (brokers/base.py FEATURES); the in-memory broker has none.
-CAPABILITIES = {KAFKA_TYPE: sorted(KafkaBroker.features),
-                JETSTREAM_TYPE: sorted(JetStreamBroker.features)}
 
 
 async def get_metadata(request: web.Request) -> web.Response:
@@ -48,7 +41,7 @@ async def get_metadata(request: web.Request) -> web.Response:
         "actors": [],
         "components": [
             {"name": c.name, "type": c.type, "version": c.component.spec.version,
-             "capabilities": list(CAPABILITIES.get(c.type, []))}
+             "capabilities": runtime.capabilities(c.name)}
             for c in runtime.components()
         ],
         "subscriptions": [s.to_metadata_json() for s in runtime.subscriptions()],

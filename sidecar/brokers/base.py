@@ -21,15 +21,21 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-__all__ = ["FEATURES", "Broker", "BrokerError", "Handler", "Header", "PublishRecord", "Record"]
+__all__ = ["BULK_PUBLISH", "FEATURES", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY",
+           "PARTITION_NUMBER", "Broker", "BrokerError", "Handler", "Header", "PublishRecord",
+           "Record"]
 
 Header = tuple[str, bytes | None]
 
-FEATURES = frozenset({"BULK_PUBLISH", "PARTITION_KEY", "PARTITION_NUMBER"})
-"""Capabilities a broker may have beyond the contract below, each in ``Broker.features``:
-``BULK_PUBLISH`` (a batch is produced natively, Dapr's feature name), ``PARTITION_KEY``
-(``partitionKey`` orders the records sharing it), ``PARTITION_NUMBER`` (``partitionNumber`` is
-honoured). The runner logs at start-up which a component has and lacks."""
+# What a broker can do of what the sidecar offers: ``Broker.features``, logged at start-up and
+# listed in ``GET /v1.0/metadata`` ``components[].capabilities``. A broker without a feature
+# refuses the request that needs it (a publish error) or says at start-up what it does instead.
+BULK_PUBLISH = "BULK_PUBLISH"  # publish_many is batched on the wire (Dapr's capability name)
+MESSAGE_HEADERS = "MESSAGE_HEADERS"  # publish metadata travels with the message (HTTP headers)
+PARTITION_KEY = "PARTITION_KEY"  # partitionKey picks the partition: one key, one order
+PARTITION_NUMBER = "PARTITION_NUMBER"  # partitionNumber picks the partition
+ORDERED = "ORDERED"  # in order per partition (Kafka) or stream (Redis with concurrency 1)
+FEATURES = (BULK_PUBLISH, MESSAGE_HEADERS, PARTITION_KEY, PARTITION_NUMBER, ORDERED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +75,11 @@ class BrokerError(Exception):
 
 
 class Broker(Protocol):
-    """A started pub/sub component. Implementations: ``KafkaBroker``, ``MemoryBroker``,
-    ``JetStreamBroker``."""
+    """A started pub/sub component. Implementations: ``KafkaBroker``, ``MemoryBroker``."""
 
     name: str
     features: frozenset[str]
-    """The :data:`FEATURES` this broker has; reported at start-up."""
+    """Which of :data:`FEATURES` this broker provides."""
 
     async def start(self) -> None:
         """Connect the producer side. Raises :class:`BrokerError` if the broker is unreachable."""

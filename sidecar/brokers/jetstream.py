@@ -55,9 +55,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from ..resources.jetstream import FEATURES, JetStreamMetadata, consumer_name, subject_problem
+from ..resources.jetstream import JetStreamMetadata, consumer_name, subject_problem
 from ..resources.loading import LoadedComponent
-from .base import BrokerError, Handler, Header, PublishRecord, Record
+from .base import MESSAGE_HEADERS, ORDERED, BrokerError, Handler, Header, PublishRecord, Record
 
 __all__ = ["KEY_HEADER", "JetStreamBroker"]
 
@@ -301,10 +301,10 @@ class _TopicConsumer:
 class JetStreamBroker:
     """The ``pubsub.jetstream`` component ``component`` as used by the sidecar of ``app_id``.
 
-    Raises ``ValueError`` for a component that is not JetStream.
+    ``features``: ``MESSAGE_HEADERS``, and ``ORDERED`` in ``single`` mode (one replica sees a
+    topic in stream order). No partitions (``partitionNumber`` refused, ``partitionKey`` orders
+    nothing), no batch publish. Raises ``ValueError`` for a component that is not JetStream.
     """
-
-    features = FEATURES
 
     def __init__(self, component: LoadedComponent, *, app_id: str) -> None:
         if component.jetstream is None:
@@ -312,6 +312,8 @@ class JetStreamBroker:
         self.name = component.name
         self.app_id = app_id
         self.meta: JetStreamMetadata = component.jetstream
+        self.features = frozenset({MESSAGE_HEADERS} | ({ORDERED} if self.meta.max_in_flight == 1
+                                                       else set()))
         self.handler: Handler | None = None
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None

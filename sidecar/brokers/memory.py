@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Sequence
 
-from .base import BrokerError, Handler, PublishRecord, Record
+from .base import MESSAGE_HEADERS, ORDERED, BrokerError, Handler, PublishRecord, Record
 
 __all__ = ["MemoryBroker"]
 
@@ -43,9 +43,11 @@ class _Topic:
 
 
 class MemoryBroker:
-    """An in-process broker named ``name`` (the component name)."""
+    """An in-process broker named ``name`` (the component name). One partition per topic:
+    ``partitionKey`` is kept as the record key, ``partitionNumber`` is ignored (as Dapr's
+    in-memory component does), which the runner's start-up log says."""
 
-    features: frozenset[str] = frozenset()  # one partition; partitionNumber is ignored
+    features = frozenset({MESSAGE_HEADERS, ORDERED})
 
     def __init__(self, name: str) -> None:
         self.name = name

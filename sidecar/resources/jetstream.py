@@ -44,21 +44,16 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .durations import parse_duration_seconds
-from .kafka import RetryPolicy
+from .kafka import RetryPolicy, parse_retry_policy
 from .models import ResourceError
 
-__all__ = ["COMPONENT_TYPE", "FEATURES", "JetStreamMetadata", "consumer_name",
-           "parse_jetstream_metadata", "subject_problem"]
+__all__ = ["COMPONENT_TYPE", "JetStreamMetadata", "consumer_name", "parse_jetstream_metadata",
+           "subject_problem"]
 
 COMPONENT_TYPE = "pubsub.jetstream"
-
-FEATURES: frozenset[str] = frozenset()
-"""What ``pubsub.jetstream`` offers of ``brokers/base.py`` ``FEATURES``: none of them. A stream
-has no partitions (``partitionNumber`` is refused at publish, ``partitionKey`` travels as a header
-and orders nothing) and there is no native batch publish (bulk entries are pipelined singles)."""
 
 DELIVER_POLICIES = ("all", "new", "last", "sequence", "time")
 CONCURRENCY_MODES = ("single", "parallel")
@@ -237,7 +232,7 @@ def parse_jetstream_metadata(
                             source=source, field=field("concurrencyMode"))
     max_in_flight = 1 if mode == "single" else (max_ack_pending or DEFAULT_PARALLEL_IN_FLIGHT)
 
-    retry = _retry_policy(get, seconds, integer, source, field)
+    retry = _retry_policy(values, source=source)
     unused = tuple(name for name in PUSH_ONLY_FIELDS if get(name) is not None)
     if get("queueGroupName"):
         unused += ("queueGroupName",)
@@ -268,35 +263,30 @@ def parse_jetstream_metadata(
     )
 
 
-def _retry_policy(  # type: ignore[no-untyped-def]
-        get, seconds, integer, source, field) -> RetryPolicy:
-    """The engine's retry policy from ``backOff``/``maxDeliver`` and Dapr's ``backOff*`` names."""
-    max_retries = integer("backOffMaxRetries", minimum=-1)
-    if max_retries is None:
-        max_deliver = integer("maxDeliver", minimum=-1)
-        max_retries = max_deliver - 1 if max_deliver and max_deliver > 0 else -1
-    schedule = get("backOff")
-    if schedule is not None:
+def _retry_policy(values: dict[str, str], *, source: str) -> RetryPolicy:
+    """The engine's retry policy: Dapr's ``backOff*`` fields (shared with every component), then
+    ``maxDeliver`` as the attempt limit unless ``backOffMaxRetries`` is given, and ``backOff``
+    as an explicit schedule."""
+    lower = {k.lower(): v.strip() for k, v in values.items()}
+    retry = parse_retry_policy(values, source=source)
+    if not lower.get("backoffmaxretries"):
+        raw = lower.get("maxdeliver") or "-1"
+        try:
+            max_deliver = int(raw)
+        except ValueError:
+            raise ResourceError(f"{raw!r} is not an integer", source=source,
+                                field="spec.metadata.maxDeliver") from None
+        retry = replace(retry, max_retries=max_deliver - 1 if max_deliver > 0 else -1)
+    schedule = lower.get("backoff")
+    if schedule:
         try:
             delays = tuple(parse_duration_seconds(part) for part in schedule.split(",")
                            if part.strip())
         except ValueError as exc:
-            raise ResourceError(str(exc), source=source, field=field("backOff")) from None
+            raise ResourceError(str(exc), source=source, field="spec.metadata.backOff") from None
         if not delays or any(d < 0 for d in delays):
             raise ResourceError("backOff must list non-negative durations, e.g. '50ms, 1s, 10s'",
-                                source=source, field=field("backOff"))
-        return RetryPolicy("schedule", delays[0], max(delays), 1.0, max_retries, delays)
-    policy = (get("backOffPolicy", "exponential") or "exponential").lower()
-    if policy not in ("exponential", "constant"):
-        raise ResourceError(f"backOffPolicy {policy!r} must be exponential or constant",
-                            source=source, field=field("backOffPolicy"))
-    if policy == "constant":
-        interval = seconds("backOffDuration", "5s")
-        return RetryPolicy("constant", interval, interval, 1.0, max_retries)
-    try:
-        multiplier = float(get("backOffMultiplier", "1.5") or "1.5")
-    except ValueError:
-        raise ResourceError("backOffMultiplier must be a number", source=source,
-                            field=field("backOffMultiplier")) from None
-    return RetryPolicy("exponential", seconds("backOffInitialInterval", "500ms"),
-                       seconds("backOffMaxInterval", "60s"), multiplier, max_retries)
+                                source=source, field="spec.metadata.backOff")
+        retry = replace(retry, policy="schedule", initial_interval_s=delays[0],
+                        max_interval_s=max(delays), schedule_s=delays)
+    return retry

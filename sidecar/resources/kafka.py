@@ -87,6 +87,60 @@ def _bool(value: str, field: str, source: str) -> bool:
     raise ResourceError(f"{value!r} is not a boolean", source=source, field=field)
 
 
+def parse_retry_policy(values: dict[str, str], *, source: str = "") -> RetryPolicy:
+    """The delivery retry policy from ``backOffPolicy`` (``exponential``, default, or
+    ``constant``), ``backOffDuration`` (constant, default 5s), ``backOffInitialInterval``
+    (500ms), ``backOffMaxInterval`` (60s), ``backOffMultiplier`` (1.5) and
+    ``backOffMaxRetries`` (-1: forever); keys in any case (dapr-pubsub-contract.md §3.3).
+
+    Shared by every component type, so retries read the same whatever the broker. Raises
+    :class:`ResourceError` naming ``spec.metadata.<name>`` for a value that does not parse.
+    """
+    lower = {k.lower(): v for k, v in values.items()}
+
+    def get(name: str, default: str) -> str:
+        return lower.get(name.lower()) or default
+
+    def field(name: str) -> str:
+        return f"spec.metadata.{name}"
+
+    def seconds(name: str, default: str) -> float:
+        try:
+            return parse_duration_seconds(get(name, default))
+        except ValueError as exc:
+            raise ResourceError(str(exc), source=source, field=field(name)) from None
+
+    def integer(name: str, default: int) -> int:
+        raw = get(name, "")
+        if not raw:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ResourceError(f"{raw!r} is not an integer", source=source,
+                                field=field(name)) from None
+
+    policy = get("backOffPolicy", "exponential").lower()
+    if policy not in ("exponential", "constant"):
+        raise ResourceError(f"backOffPolicy {policy!r} must be exponential or constant",
+                            source=source, field=field("backOffPolicy"))
+    if policy == "constant":
+        interval = seconds("backOffDuration", "5s")
+        return RetryPolicy("constant", interval, interval, 1.0, integer("backOffMaxRetries", -1))
+    try:
+        multiplier = float(get("backOffMultiplier", "1.5"))
+    except ValueError:
+        raise ResourceError("backOffMultiplier must be a number", source=source,
+                            field=field("backOffMultiplier")) from None
+    return RetryPolicy(
+        "exponential",
+        seconds("backOffInitialInterval", "500ms"),
+        seconds("backOffMaxInterval", "60s"),
+        multiplier,
+        integer("backOffMaxRetries", -1),
+    )
+
+
 def parse_kafka_metadata(
     values: dict[str, str], *, app_id: str, source: str = ""
 ) -> KafkaMetadata:
@@ -147,26 +201,7 @@ def parse_kafka_metadata(
             raise ResourceError(f"{raw!r} is not an integer", source=source,
                                 field=field(name)) from None
 
-    policy = (get("backOffPolicy", "exponential") or "exponential").lower()
-    if policy not in ("exponential", "constant"):
-        raise ResourceError(f"backOffPolicy {policy!r} must be exponential or constant",
-                            source=source, field=field("backOffPolicy"))
-    if policy == "constant":
-        interval = seconds("backOffDuration", "5s")
-        retry = RetryPolicy("constant", interval, interval, 1.0, integer("backOffMaxRetries", -1))
-    else:
-        try:
-            multiplier = float(get("backOffMultiplier", "1.5") or "1.5")
-        except ValueError:
-            raise ResourceError("backOffMultiplier must be a number", source=source,
-                                field=field("backOffMultiplier")) from None
-        retry = RetryPolicy(
-            "exponential",
-            seconds("backOffInitialInterval", "500ms"),
-            seconds("backOffMaxInterval", "60s"),
-            multiplier,
-            integer("backOffMaxRetries", -1),
-        )
+    retry = parse_retry_policy(values, source=source)
 
     session_timeout_s = seconds("sessionTimeout", "10s")
     heartbeat_interval_s = seconds("heartbeatInterval", "3s")

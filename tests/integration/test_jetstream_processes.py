@@ -76,8 +76,8 @@ def test_publish_through_a_sidecar_reaches_the_app_of_another_app_id(
     status, meta = http_json(f"http://127.0.0.1:{publisher.port}/v1.0/metadata")
     assert status == 200
     assert {"name": "pubsub", "type": "pubsub.jetstream", "version": "v1",
-            "capabilities": []} in meta["components"]
-    assert "lacks: BULK_PUBLISH, PARTITION_KEY, PARTITION_NUMBER" in publisher.log()
+            "capabilities": ["MESSAGE_HEADERS", "ORDERED"]} in meta["components"]
+    assert "not supported: BULK_PUBLISH, PARTITION_KEY, PARTITION_NUMBER" in publisher.log()
     status, body = http_json(
         f"http://127.0.0.1:{publisher.port}/v1.0/publish/pubsub/{topic}"
         "?metadata.partitionNumber=1", method="POST", body=b'{"n": 1}',

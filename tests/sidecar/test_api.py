@@ -22,6 +22,7 @@ from yarl import URL
 
 from tidings.sidecar.api.app import create_app
 from tidings.sidecar.brokers.base import Broker, BrokerError
+from tidings.sidecar.brokers.kafka import KafkaBroker
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
 from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.publishing import Publisher
@@ -73,6 +74,12 @@ class FakeRuntime:
 
     def app_channel_ready(self) -> bool:
         return self.app_channel
+
+    def capabilities(self, pubsubname: str) -> list[str]:
+        # what the runner reports: the features of the component's broker class
+        brokers = {"pubsub.kafka": KafkaBroker, "pubsub.in-memory": MemoryBroker}
+        broker = brokers.get(self.comps[pubsubname].type)
+        return sorted(broker.features) if broker is not None else []
 
     def extended(self) -> dict[str, str]:
         return {"kafka.assignment.pubsub": "orders:0"}
@@ -456,11 +463,11 @@ async def test_metadata(api: Api) -> None:
     meta = orjson.loads(body)
     assert meta["id"] == APP_ID and meta["runtimeVersion"]
     assert meta["enabledFeatures"] == [] and meta["actors"] == [] and meta["httpEndpoints"] == []
-    assert ({"name": "kafka", "type": "pubsub.kafka", "version": "v1",
-             "capabilities": ["BULK_PUBLISH", "PARTITION_KEY", "PARTITION_NUMBER"]}
-            in meta["components"])
+    assert {"name": "kafka", "type": "pubsub.kafka", "version": "v1",
+            "capabilities": ["BULK_PUBLISH", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY",
+                             "PARTITION_NUMBER"]} in meta["components"]
     assert {"name": "mem", "type": "pubsub.in-memory", "version": "v1",
-            "capabilities": []} in meta["components"]
+            "capabilities": ["MESSAGE_HEADERS", "ORDERED"]} in meta["components"]
     assert meta["subscriptions"] == [
         {"pubsubname": "kafka", "topic": "orders", "metadata": {},
          "rules": [{"match": "event.x > 1", "path": "/big"}, {"path": "/orders"}],

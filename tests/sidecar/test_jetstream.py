@@ -410,3 +410,14 @@ async def test_close_lets_in_flight_deliveries_finish_and_acks_them(
         assert [r.value for r in again] == [b"b"]
     finally:
         await second.close(grace_s=1)
+
+
+async def test_features_say_ordered_only_in_single_mode(nats_url: str, unique: str) -> None:
+    single = await started(nats_url, f"app-{unique}")
+    parallel = await started(nats_url, f"app-{unique}", concurrencyMode="parallel")
+    try:
+        assert single.features == {"MESSAGE_HEADERS", "ORDERED"}
+        assert parallel.features == {"MESSAGE_HEADERS"}
+    finally:
+        await single.close(grace_s=0)
+        await parallel.close(grace_s=0)

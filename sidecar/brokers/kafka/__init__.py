@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from ...resources.loading import LoadedComponent
-from ..base import BrokerError, Handler, PublishRecord
+from ..base import (BULK_PUBLISH, MESSAGE_HEADERS, ORDERED, PARTITION_KEY, PARTITION_NUMBER,
+                    BrokerError, Handler, PublishRecord)
 from .consuming import ConsumerGroup
 from .producing import KafkaProducer
 
@@ -26,7 +27,7 @@ class KafkaBroker:
     every subscribed topic (§5.9). Raises ``ValueError`` for a component that is not Kafka.
     """
 
-    features = frozenset({"BULK_PUBLISH", "PARTITION_KEY", "PARTITION_NUMBER"})
+    features = frozenset({BULK_PUBLISH, MESSAGE_HEADERS, PARTITION_KEY, PARTITION_NUMBER, ORDERED})
 
     def __init__(self, component: LoadedComponent, *, app_id: str,
                  producer_stop_timeout_s: float = 5.0) -> None:

@@ -115,3 +115,12 @@ def test_consumer_names_are_valid_deterministic_and_distinct() -> None:
     assert dotted == consumer_name("orders", "a.b")
     long = consumer_name("d" * 100, "t" * 300)
     assert len(long) <= 200
+
+
+def test_backoff_max_retries_wins_over_max_deliver_and_bad_ones_name_their_field() -> None:
+    meta = parse_jetstream_metadata({**URL, "maxDeliver": "9", "backOffMaxRetries": "0"},
+                                    app_id="x")
+    assert meta.retry.max_retries == 0
+    with pytest.raises(ResourceError) as exc:
+        parse_jetstream_metadata({**URL, "backOffMaxRetries": "x"}, app_id="x")
+    assert exc.value.field == "spec.metadata.backOffMaxRetries"
