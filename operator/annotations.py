@@ -33,6 +33,7 @@ ENABLED = "dapr.io/enabled"
 APP_ID = "dapr.io/app-id"
 LEGACY_ID = "dapr.io/id"
 APP_PORT = "dapr.io/app-port"
+APP_PROTOCOL = "dapr.io/app-protocol"
 LOG_LEVEL = "dapr.io/log-level"
 LOG_AS_JSON = "dapr.io/log-as-json"
 ENABLE_METRICS = "dapr.io/enable-metrics"
@@ -46,6 +47,7 @@ LIVENESS_PREFIX = "dapr.io/sidecar-liveness-probe-"
 READINESS_PREFIX = "dapr.io/sidecar-readiness-probe-"
 
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")  # the sidecar's --log-level choices
+APP_PROTOCOLS = ("http", "grpc")  # the sidecar's --app-protocol choices
 
 # Kubernetes quantity syntax (k8s.io/apimachinery resource.Quantity): a signed decimal number,
 # optionally in exponent form, with a binary (Ki..Ei) or decimal (n u m k M G T P E) suffix.
@@ -96,6 +98,9 @@ class SidecarConfig:
     app_id: AppId
     app_id_source: str
     app_port: int | None = None
+    app_protocol: str | None = None
+    """``dapr.io/app-protocol`` (``http`` or ``grpc``); ``None`` when not set (the sidecar's
+    default, http)."""
     log_level: str = "info"
     log_as_json: bool = False
     enable_metrics: bool = True
@@ -249,6 +254,13 @@ def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
         raise AnnotationError(SIDECAR_IMAGE, image, "must not be empty")
 
     app_port = _port(annotations, APP_PORT)
+    app_protocol = None
+    if APP_PROTOCOL in annotations:
+        app_protocol = annotations[APP_PROTOCOL].strip().lower()
+        if app_protocol not in APP_PROTOCOLS:
+            raise AnnotationError(APP_PROTOCOL, annotations[APP_PROTOCOL],
+                                  "tidings speaks http or grpc to the app (not https, grpcs "
+                                  "or h2c)")
     metrics_port = _port(annotations, METRICS_PORT) or 9090
     # The sidecar serves its API on 3500 in the pod's network namespace: the app and the
     # metrics endpoint cannot share it.
@@ -263,6 +275,7 @@ def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
         app_id=AppId(app_id),
         app_id_source=source,
         app_port=app_port,
+        app_protocol=app_protocol,
         log_level=log_level,
         log_as_json=_bool(annotations, LOG_AS_JSON, False),
         enable_metrics=_bool(annotations, ENABLE_METRICS, True),

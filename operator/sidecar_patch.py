@@ -3,7 +3,8 @@
 Follows what Dapr's injector adds (dapr-pubsub-contract.md §6.3), reduced to what tidings runs:
 one ``daprd`` container (the name is kept for Dapr tooling) running ``tidings sidecar`` with the
 app's config Secret ``tidings-<app-id>`` mounted read-only as its resources folder (written by
-``appconfig.py``), ``DAPR_HTTP_PORT`` for app containers that lack it, and the
+``appconfig.py``), ``DAPR_HTTP_PORT`` (and ``APP_PROTOCOL`` when ``dapr.io/app-protocol`` is
+set) for app containers that lack it, and the
 ``dapr.io/sidecar-injected`` / ``dapr.io/app-id`` labels the operator watches.
 
 Idempotent by construction: an existing ``daprd`` container or config volume is overwritten in
@@ -53,6 +54,8 @@ def sidecar_args(config: SidecarConfig) -> list[str]:
     args = ["--app-id", config.app_id]
     if config.app_port is not None:
         args += ["--app-port", str(config.app_port)]
+    if config.app_protocol is not None:
+        args += ["--app-protocol", config.app_protocol]
     # 0.0.0.0: the kubelet probes the pod IP; daprd's default [::1],127.0.0.1 would fail them.
     args += ["--dapr-http-port", str(DAPR_HTTP_PORT), "--dapr-listen-addresses", "0.0.0.0",
              "--resources-path", RESOURCES_PATH, "--log-level", config.log_level]
@@ -167,6 +170,10 @@ def patch_pod(pod: Pod, config: SidecarConfig, *, image: str,
         env: list[dict[str, Any]] = container.get("env") or []
         if not any(e.get("name") == "DAPR_HTTP_PORT" for e in env):
             env.append({"name": "DAPR_HTTP_PORT", "value": str(DAPR_HTTP_PORT)})
+        # Dapr hands the app its protocol when the annotation is set (sidecar_patcher.go).
+        if config.app_protocol is not None and not any(
+                e.get("name") == "APP_PROTOCOL" for e in env):
+            env.append({"name": "APP_PROTOCOL", "value": config.app_protocol})
         container["env"] = env
     _upsert(containers, sidecar_container(config, image=image, pull_policy=pull_policy))
     volumes: list[dict[str, Any]] = spec.get("volumes") or []

@@ -1,5 +1,9 @@
 """The sidecar's HTTP client to the app: reachability, subscription discovery, event delivery.
 
+Also the app-channel interface (:class:`Channel`) the runner and the delivery engine use, and
+:func:`open_app_channel`, which picks this HTTP channel or the gRPC one
+(``appchannel_grpc.py``) by ``--app-protocol``.
+
 One :class:`aiohttp.ClientSession` per sidecar, so connections to the app are pooled and reused
 across deliveries. Behaviour follows Dapr's HTTP app channel (dapr-pubsub-contract.md §2.1, §2.3):
 
@@ -28,15 +32,21 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from .settings import SidecarSettings
+from .subscriptions import parse_programmatic
 
-__all__ = ["AppChannel", "AppResponse", "AppStatus", "classify"]
+if TYPE_CHECKING:
+    from .envelopes.reading import ReadEvent
+    from .resources.models import TopicSubscription
+
+__all__ = ["AppChannel", "AppResponse", "AppStatus", "Channel", "classify", "open_app_channel",
+           "wait_for_port"]
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +143,95 @@ def classify(http_status: int, body: bytes) -> AppResponse:
                        f"retriable error returned from app: status code {http_status}")
 
 
+class Channel(Protocol):
+    """What the runner and the delivery engine need of an app channel, whatever its protocol.
+
+    ``cleans_paths``: whether route paths are normalised like Go's ``path.Clean`` before
+    delivery (HTTP, dapr/dapr http_channel.go) or sent as the app listed them (gRPC, where the
+    path only selects a handler inside ``OnTopicEvent``).
+    """
+
+    cleans_paths: bool
+
+    async def wait_until_reachable(self, stop_event: asyncio.Event | None = None) -> bool: ...
+
+    async def discover(self) -> list[TopicSubscription]: ...
+
+    async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
+                      topic: str, pubsubname: str) -> AppResponse: ...
+
+    async def close(self) -> None: ...
+
+
+def open_app_channel(settings: SidecarSettings) -> Channel:
+    """The app channel ``settings.app_protocol`` asks for (``http`` or ``grpc``).
+
+    Raises ``ValueError`` for another protocol or when ``settings.app_port`` is ``None``. The
+    gRPC channel (and grpcio) is imported only when asked for.
+    """
+    if settings.app_protocol == "http":
+        return AppChannel(settings)
+    if settings.app_protocol == "grpc":
+        from .appchannel_grpc import GrpcAppChannel
+
+        return GrpcAppChannel(settings)
+    raise ValueError(f"unsupported app protocol {settings.app_protocol!r}: use http or grpc")
+
+
+async def _port_accepts(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), timeout=_POLL_MAX_S)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return True
+
+
+async def wait_for_port(host: str, port: int, settings: SidecarSettings,
+                        stop_event: asyncio.Event | None = None) -> bool:
+    """Wait until ``host:port`` accepts a TCP connection; ``True`` once it does.
+
+    Dapr waits for the app port the same way whatever the app protocol (dapr/dapr#7938). Polls
+    with exponential backoff (20 ms doubling to 1 s), waking early if ``stop_event`` is set.
+    Returns ``False`` if ``stop_event`` is set first, or after
+    ``settings.app_connect_timeout_s`` seconds when that is positive (0 waits forever).
+    """
+    extra = {"app_id": settings.app_id}
+    delay = _POLL_INITIAL_S
+    limit = settings.app_connect_timeout_s
+    deadline = time.monotonic() + limit if limit > 0 else None
+    announced = False
+    while True:
+        if stop_event is not None and stop_event.is_set():
+            return False
+        if await _port_accepts(host, port):
+            log.info("app is reachable on %s:%s", host, port, extra=extra)
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            log.error("app did not open port %s within %.1fs", port, limit, extra=extra)
+            return False
+        if not announced and delay >= _POLL_MAX_S / 4:
+            log.info("waiting for the app on %s:%s", host, port, extra=extra)
+            announced = True
+        if stop_event is None:
+            await asyncio.sleep(delay)  # backoff between connection attempts
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), delay)
+        delay = min(delay * 2, _POLL_MAX_S)
+
+
 class AppChannel:
     """HTTP client to the app at ``settings.app_channel_address:settings.app_port``.
 
     Create it anywhere; the session is opened on first use inside the running loop. Call
     :meth:`close` once at shutdown. Raises ``ValueError`` if ``settings.app_port`` is ``None``.
     """
+
+    cleans_paths = True
 
     def __init__(self, settings: SidecarSettings) -> None:
         if settings.app_port is None:
@@ -182,47 +275,9 @@ class AppChannel:
                 await self._session.close()
             self._session = None
 
-    async def _port_accepts(self) -> bool:
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), timeout=_POLL_MAX_S)
-        except (OSError, asyncio.TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-        return True
-
     async def wait_until_reachable(self, stop_event: asyncio.Event | None = None) -> bool:
-        """Wait until the app port accepts a TCP connection; ``True`` once it does.
-
-        Polls with exponential backoff (20 ms doubling to 1 s), waking early if ``stop_event`` is
-        set. Returns ``False`` if ``stop_event`` is set first, or after
-        ``settings.app_connect_timeout_s`` seconds when that is positive (0 waits forever).
-        """
-        delay = _POLL_INITIAL_S
-        limit = self.settings.app_connect_timeout_s
-        deadline = time.monotonic() + limit if limit > 0 else None
-        announced = False
-        while True:
-            if stop_event is not None and stop_event.is_set():
-                return False
-            if await self._port_accepts():
-                log.info("app is reachable on %s:%s", self.host, self.port, extra=self._extra)
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                log.error("app did not open port %s within %.1fs", self.port, limit,
-                          extra=self._extra)
-                return False
-            if not announced and delay >= _POLL_MAX_S / 4:
-                log.info("waiting for the app on %s:%s", self.host, self.port, extra=self._extra)
-                announced = True
-            if stop_event is None:
-                await asyncio.sleep(delay)  # backoff between connection attempts
-            else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop_event.wait(), delay)
-            delay = min(delay * 2, _POLL_MAX_S)
+        """Wait until the app port accepts a TCP connection; see :func:`wait_for_port`."""
+        return await wait_for_port(self.host, self.port, self.settings, stop_event)
 
     async def get_subscriptions(self) -> list[dict[str, Any]]:
         """``GET /dapr/subscribe``: the app's programmatic subscriptions as raw JSON objects.
@@ -275,6 +330,17 @@ class AppChannel:
                 log.error("subscription %d from the app is not a JSON object, skipped: %r",
                           index, item, extra=self._extra)
         return items
+
+    async def discover(self) -> list[TopicSubscription]:
+        """The app's programmatic subscriptions: :meth:`get_subscriptions` parsed by
+        ``subscriptions.parse_programmatic`` (bad entries logged and skipped). Never raises
+        (except ``CancelledError``)."""
+        return parse_programmatic(await self.get_subscriptions())
+
+    async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
+                      topic: str, pubsubname: str) -> AppResponse:
+        """Deliver one read event: :meth:`post_event` of its body (the :class:`Channel` call)."""
+        return await self.post_event(path, read.body, headers)
 
     async def post_event(self, path: str, body: bytes, headers: Mapping[str, str]) -> AppResponse:
         """POST ``body`` to ``path`` (already cleaned, leading ``/``) with ``headers``.

@@ -3,8 +3,9 @@
 - ``tidings sidecar [daprd flags]``: run one sidecar (what the operator injects as ``daprd``).
 - ``tidings init``: start the local Kafka-compatible broker and write the default ``pubsub``
   Component (like ``dapr init``); ``tidings uninstall`` stops it.
-- ``tidings run --app-id ID [--app-port N] [--resources-path DIR] [--dapr-http-port N] -- CMD``:
-  start a sidecar, then the app with ``DAPR_HTTP_PORT`` set; Ctrl-C stops both (like ``dapr run``).
+- ``tidings run --app-id ID [--app-port N] [--app-protocol http|grpc] [--resources-path DIR]
+  [--dapr-http-port N] -- CMD``: start a sidecar, then the app with ``DAPR_HTTP_PORT`` (and
+  ``APP_PROTOCOL``) set; Ctrl-C stops both (like ``dapr run``).
 - ``tidings publish --app-id ID --pubsub NAME --topic T --data JSON``: publish through the
   running sidecar of ``ID``.
 - ``tidings operator [...]``: the Kubernetes operator (``tidings.operator``).
@@ -27,7 +28,14 @@ from collections.abc import Callable, Sequence
 from .localbroker import free_port
 from .localdev import home, sidecar_command
 from .logs import configure_logging
-from .settings import LOG_LEVELS, add_sidecar_arguments, app_id_arg, port_arg, settings_from_args
+from .settings import (
+    APP_PROTOCOLS,
+    LOG_LEVELS,
+    add_sidecar_arguments,
+    app_id_arg,
+    port_arg,
+    settings_from_args,
+)
 
 __all__ = ["main"]
 
@@ -106,6 +114,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sidecar_argv += ["--resources-path", path]
     if args.app_port:
         sidecar_argv += ["--app-port", str(args.app_port)]
+    if args.app_protocol != "http":
+        sidecar_argv += ["--app-protocol", args.app_protocol]
     if args.log_as_json:
         sidecar_argv.append("--log-as-json")
     stop_requested = False
@@ -135,6 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             env = {**os.environ, "DAPR_HTTP_PORT": str(http_port), "APP_ID": args.app_id}
             if args.app_port:
                 env["APP_PORT"] = str(args.app_port)
+            env["APP_PROTOCOL"] = args.app_protocol  # as `dapr run` hands it to the app
             try:
                 app = subprocess.Popen(command, env=env, start_new_session=True)
             except OSError as exc:
@@ -228,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an app with its sidecar")
     p.add_argument("--app-id", required=True, type=app_id_arg)
     p.add_argument("--app-port", type=port_arg, default=None)
+    p.add_argument("--app-protocol", default="http", choices=APP_PROTOCOLS,
+                   help="how the sidecar calls the app: http, or grpc (Dapr's AppCallback)")
     p.add_argument("--resources-path", action="append", default=[])
     p.add_argument("--dapr-http-port", type=port_arg, default=None)
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)

@@ -11,7 +11,8 @@ purpose), so the broker may then commit its offset.
 Steps per attempt: read the value (``envelopes/reading.py``) → expiry (``expiration`` in the past)
 → route (``routing.py``, CEL rules compiled once in :meth:`Dispatcher.set_subscriptions`) → POST
 to the app (``appchannel.py``) with ``Content-Type: application/cloudevents+json`` and the record's
-metadata as HTTP headers.
+metadata as HTTP headers, or ``OnTopicEvent`` with them as gRPC metadata (``appchannel_grpc.py``,
+``--app-protocol grpc``); the answer is classified by the channel into the same statuses.
 
 The policy (:func:`decide`), following Dapr HEAD (§2.2, §2.3, §5.3, §9):
 
@@ -65,7 +66,7 @@ from urllib.parse import quote, quote_from_bytes, quote_plus
 
 from multidict import CIMultiDict
 
-from .appchannel import AppChannel, AppStatus
+from .appchannel import AppStatus, Channel
 from .brokers.base import Record
 from .envelopes.reading import CloudEventError, expired, read_event
 from .metrics import record_ingress
@@ -265,7 +266,7 @@ class Dispatcher:
     """
 
     def __init__(
-        self, *, app_id: str, pubsubname: str, channel: AppChannel, retry: RetryPolicy,
+        self, *, app_id: str, pubsubname: str, channel: Channel, retry: RetryPolicy,
         dead_letter: DeadLetter, escape_headers: bool = False,
     ) -> None:
         self.app_id = app_id
@@ -284,7 +285,8 @@ class Dispatcher:
         stays in effect. ``subscriptions.effective_subscriptions`` never yields such a rule.
         """
         targets = {
-            topic: _Target(sub, Routes.compile(sub), sub.raw_payload, sub.dead_letter_topic)
+            topic: _Target(sub, Routes.compile(sub, clean_paths=self._channel.cleans_paths),
+                           sub.raw_payload, sub.dead_letter_topic)
             for topic, sub in subscriptions.items()
         }
         self._targets = targets
@@ -349,7 +351,8 @@ class Dispatcher:
         headers = http_headers(record, event, pubsubname=self.pubsubname,
                                escape_all=self._escape_headers)
         started = time.perf_counter()
-        response = await self._channel.post_event(path, read.body, headers)
+        response = await self._channel.deliver(path, read, headers, topic=record.topic,
+                                               pubsubname=self.pubsubname)
         if response.status is AppStatus.SUCCESS:
             verdict = Verdict.DELIVERED
         elif response.status is AppStatus.DROP:

@@ -138,16 +138,21 @@ class Routes:
     """Event fields the rules read (see :func:`field_paths`); ``None``: the whole event."""
 
     @classmethod
-    def compile(cls, subscription: TopicSubscription) -> Routes:
+    def compile(cls, subscription: TopicSubscription, *, clean_paths: bool = True) -> Routes:
         """Compile every ``match`` of ``subscription`` once.
+
+        ``clean_paths=False`` keeps each path as listed: the gRPC app channel sends it in
+        ``TopicEventRequest.path``, where SDKs look handlers up by the exact string
+        (``appchannel_grpc.py``).
 
         Raises ``ResourceError`` (``resources/rules.py``) naming the subscription and the rule for
         a CEL expression that does not compile (Dapr fails the subscription, §2.1).
         """
-        compiled = [CompiledRule(rule.match, clean_path(rule.path), program)
+        clean = clean_path if clean_paths else str
+        compiled = [CompiledRule(rule.match, clean(rule.path), program)
                     for rule, program in zip(subscription.rules, compile_rules(subscription))]
         if subscription.default_path:
-            compiled.append(CompiledRule("", clean_path(subscription.default_path), None))
+            compiled.append(CompiledRule("", clean(subscription.default_path), None))
         paths = field_paths(r.match for r in compiled if r.program is not None)
         return cls(tuple(compiled), paths)
 

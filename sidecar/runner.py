@@ -28,7 +28,7 @@ from aiohttp import web
 
 from . import metrics
 from .api.app import create_app
-from .appchannel import AppChannel
+from .appchannel import open_app_channel
 from .brokers.base import FEATURES, Broker, BrokerError
 from .brokers.jetstream import JetStreamBroker
 from .brokers.kafka import KafkaBroker
@@ -39,7 +39,7 @@ from .resources import LoadedComponent, ResourceError, Resources, TopicSubscript
 from .resources.kafka import RetryPolicy
 from .resources.loading import resource_files
 from .settings import SidecarSettings
-from .subscriptions import effective_subscriptions, parse_programmatic
+from .subscriptions import effective_subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Sidecar:
         self._started: dict[str, _Started] = {}
         self.publisher = Publisher(app_id=self.app_id, brokers=self._brokers,
                                    components=self._components)
-        self.channel = AppChannel(settings) if settings.app_port else None
+        self.channel = open_app_channel(settings) if settings.app_port else None
         self._declarative: tuple[TopicSubscription, ...] = ()
         self._programmatic: list[TopicSubscription] = []
         self._effective: list[TopicSubscription] = []
@@ -244,7 +244,7 @@ class Sidecar:
         # The app channel is ready once the port accepts connections (§1.5); a /dapr/subscribe
         # that keeps failing is retried and logged but does not keep healthz at 500.
         self._app_ready = True
-        self._programmatic = parse_programmatic(await self.channel.get_subscriptions())
+        self._programmatic = await self.channel.discover()
         async with self._reload_lock:
             self._discovered = True
             await self._apply_subscriptions()

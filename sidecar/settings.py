@@ -32,6 +32,10 @@ class SidecarSettings:
     app_channel_address: str = "127.0.0.1"
     """Host of the app's HTTP server (``dapr.io/app-channel-address``)."""
 
+    app_protocol: str = "http"
+    """How the sidecar talks to the app (``--app-protocol``, ``dapr.io/app-protocol``): ``http``
+    (``/dapr/subscribe`` and POSTs) or ``grpc`` (Dapr's ``AppCallback`` service)."""
+
     dapr_http_port: int = 3500
     """Port of the sidecar's HTTP API."""
 
@@ -74,6 +78,8 @@ class SidecarSettings:
 
 _APP_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+APP_PROTOCOLS = ("http", "grpc")
+"""The app protocols tidings speaks; daprd's https, grpcs and h2c are not served."""
 
 
 def app_id_arg(text: str) -> str:
@@ -116,6 +122,9 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: b
     parser.add_argument("--app-port", type=port_arg, default=None,
                         help="port the app listens on")
     parser.add_argument("--app-channel-address", default="127.0.0.1")
+    parser.add_argument("--app-protocol", default="http", choices=APP_PROTOCOLS,
+                        help="protocol of the app channel: http, or grpc for Dapr's AppCallback "
+                             "service (default http)")
     parser.add_argument("--dapr-http-port", type=port_arg, default=3500)
     parser.add_argument("--dapr-listen-addresses", default="127.0.0.1",
                         help="address the HTTP API binds (daprd's name)")
@@ -156,6 +165,7 @@ def settings_from_args(
         app_id=args.app_id,
         app_port=args.app_port,
         app_channel_address=args.app_channel_address,
+        app_protocol=getattr(args, "app_protocol", "http"),
         dapr_http_port=args.dapr_http_port,
         dapr_listen_address=args.dapr_listen_addresses.split(",")[0].strip("[]") or "127.0.0.1",
         resources_paths=tuple(Path(p) for p in paths),

@@ -28,7 +28,7 @@ async def get_metadata(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     settings = request.app[SETTINGS_KEY]
     connection: dict[str, object] = {
-        "protocol": "http",
+        "protocol": settings.app_protocol,
         "channelAddress": settings.app_channel_address,
         "maxConcurrency": -1,
     }

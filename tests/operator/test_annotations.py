@@ -133,3 +133,18 @@ def test_ports_and_probe_numbers_found_on_a_real_cluster(annotations: dict[str, 
     with pytest.raises(AnnotationError) as err:
         parse_sidecar_config(pod({"dapr.io/app-id": "orders", **annotations}))
     assert err.value.key == key
+
+
+@pytest.mark.parametrize(("value", "expected"), [("grpc", "grpc"), (" HTTP ", "http")])
+def test_app_protocol(value: str, expected: str) -> None:
+    config = parse_sidecar_config(pod({"dapr.io/app-id": "orders", "dapr.io/app-protocol": value}))
+    assert config.app_protocol == expected
+    assert parse_sidecar_config(pod({"dapr.io/app-id": "orders"})).app_protocol is None
+
+
+@pytest.mark.parametrize("value", ["https", "grpcs", "h2c", ""])
+def test_app_protocol_tidings_does_not_speak_is_refused(value: str) -> None:
+    with pytest.raises(AnnotationError) as caught:
+        parse_sidecar_config(pod({"dapr.io/app-id": "orders", "dapr.io/app-protocol": value}))
+    assert caught.value.key == "dapr.io/app-protocol"
+    assert "http or grpc" in str(caught.value)

@@ -134,3 +134,21 @@ def test_a_pod_with_its_own_daprd_is_not_injected() -> None:
     injected = patch_pod(make_pod(), parse_sidecar_config(make_pod()), image=IMAGE)
     again, _ = decide(injected, InjectorSettings(sidecar_image=IMAGE))  # re-invocation
     assert again == injected
+
+
+def test_app_protocol_annotation_reaches_the_sidecar_and_the_app() -> None:
+    pod = make_pod(**{"dapr.io/app-port": "50051", "dapr.io/app-protocol": "gRPC"})
+    pod["spec"]["containers"][1]["env"].append({"name": "APP_PROTOCOL", "value": "mine"})
+    patched = patch_pod(pod, parse_sidecar_config(pod), image=IMAGE)
+    args = daprd(patched)["args"]
+    assert args[args.index("--app-protocol") + 1] == "grpc"
+    app, helper = patched["spec"]["containers"][:2]
+    assert {"name": "APP_PROTOCOL", "value": "grpc"} in app["env"]
+    assert {"name": "APP_PROTOCOL", "value": "mine"} in helper["env"]
+    assert {"name": "APP_PROTOCOL", "value": "grpc"} not in helper["env"]
+    assert patch_pod(patched, parse_sidecar_config(patched), image=IMAGE) == patched
+
+    plain = make_pod()
+    patched = patch_pod(plain, parse_sidecar_config(plain), image=IMAGE)
+    assert "--app-protocol" not in daprd(patched)["args"]
+    assert all(e["name"] != "APP_PROTOCOL" for e in patched["spec"]["containers"][0]["env"])

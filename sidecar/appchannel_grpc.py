@@ -1,0 +1,420 @@
+"""The sidecar's gRPC client to the app (``--app-protocol grpc``): Dapr's ``AppCallback`` service.
+
+The second implementation of ``appchannel.Channel``; the delivery engine (``delivery.py``) is the
+same for both. Behaviour follows Dapr's gRPC app channel (dapr-pubsub-contract.md §2.5 with the
+semantics of §2.1-§2.3; dapr/dapr ``pkg/runtime/subscription/postman/grpc``):
+
+- reachability: the same TCP poll of the app port as HTTP (``appchannel.wait_for_port``);
+- discovery: ``ListTopicSubscriptions``, retried with backoff while the app does not answer
+  (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``), like ``GET /dapr/subscribe``. ``UNIMPLEMENTED`` means
+  no subscriptions; any other error is logged and means none. Each ``TopicSubscription`` maps to
+  the runtime's model by :func:`subscriptions_from_response`;
+- delivery: ``OnTopicEvent(TopicEventRequest)`` built from the CloudEvent by
+  :func:`topic_event_request`; the record's metadata (the HTTP channel's headers: Kafka headers,
+  ``__key``, ``__offset``, ``__partition``, ``__topic``, ``__timestamp``, ``pubsubname``,
+  ``traceparent``) travels as gRPC metadata (:func:`grpc_metadata`), as Dapr's
+  ``WithCustomGRPCMetadata`` does. The answer is classified by :func:`classify_status` /
+  :func:`classify_rpc_error` into the same :class:`AppStatus` values as HTTP answers.
+
+Route paths are sent as the app listed them (no ``path.Clean``): SDKs look the handler up by the
+exact ``path`` string. Bulk subscriptions are delivered one event at a time through
+``OnTopicEvent``, as the engine delivers HTTP bulk subscriptions (``OnBulkTopicEvent`` is not
+called).
+
+The generated stubs come from the PyPI package ``dapr`` (``dapr.proto.runtime.v1``); nothing is
+vendored. The client is grpcio's asyncio API, one channel per sidecar, opened on first use inside
+the running loop.
+
+Neighbours: ``appchannel.py`` (the interface and the HTTP channel), ``delivery.py`` (the only
+caller of :meth:`GrpcAppChannel.deliver`), ``runner.py`` (lifetime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+import orjson
+from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
+from google.protobuf import empty_pb2
+
+from .appchannel import AppResponse, AppStatus, wait_for_port
+from .envelopes.reading import ReadEvent
+from .resources.models import Route, SubscriptionType, TopicSubscription
+from .settings import SidecarSettings
+
+__all__ = [
+    "EnvelopeDataError",
+    "GrpcAppChannel",
+    "classify_rpc_error",
+    "classify_status",
+    "grpc_metadata",
+    "subscriptions_from_response",
+    "topic_event_request",
+]
+
+log = logging.getLogger(__name__)
+
+_SUCCESS = appcallback_pb2.TopicEventResponse.SUCCESS
+_RETRY = appcallback_pb2.TopicEventResponse.RETRY
+_DROP = appcallback_pb2.TopicEventResponse.DROP
+
+# Same discovery pacing as the HTTP channel: a hung ListTopicSubscriptions is retried and logged.
+_DISCOVERY_TIMEOUT_S = 5.0
+_DISCOVERY_INITIAL_S = 0.1
+_DISCOVERY_MAX_S = 5.0
+# The app has not started serving yet (or restarts): retry discovery, as for HTTP transport errors.
+_DISCOVERY_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+# CloudEvent attributes that have their own TopicEventRequest field; every other attribute is an
+# extension (dapr/dapr ``cloudEventDuplicateKeys``).
+_OWN_FIELDS = frozenset({"id", "source", "datacontenttype", "type", "specversion", "data",
+                         "data_base64"})
+
+
+class EnvelopeDataError(ValueError):
+    """The CloudEvent's ``data``/``data_base64`` cannot become ``TopicEventRequest.data``.
+
+    Dapr answers the same case with a retriable error (``unexpected data type encountered in
+    envelope``); the engine then retries it or sends it to the dead-letter topic.
+    """
+
+
+# --- the request ---------------------------------------------------------------------------------
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _is_string_type(media_type: str) -> bool:
+    # dapr/dapr pkg/runtime/pubsub contenttype.IsStringContentType
+    return media_type.startswith("text/") or media_type == "application/xml"
+
+
+def _json_bytes(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits (read by the json fallback): json writes it
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_data(event: Mapping[str, Any]) -> bytes:
+    """``TopicEventRequest.data`` for ``event`` (dapr/dapr ``GRPCEnvelopeFromSubscriptionMessage``).
+
+    - ``data_base64`` (a string): its decoded bytes (what binary publishes and ``rawPayload``
+      subscriptions carry);
+    - ``data`` with a ``text/*`` or ``application/xml`` content type: the string's UTF-8 bytes;
+    - ``data`` with a JSON or CloudEvents content type, or none (CloudEvents: JSON implied): its
+      compact JSON;
+    - ``data`` with another content type: a string's bytes, anything else as JSON (Dapr sends no
+      data at all here; sending it is what an app expects);
+    - no data: ``b""``.
+
+    Raises :class:`EnvelopeDataError` for ``data_base64`` that is not base64 text, and for
+    ``data`` that is not a string under a string content type.
+    """
+    content_type = event.get("datacontenttype")
+    media_type = _media_type(content_type) if isinstance(content_type, str) else ""
+    encoded = event.get("data_base64")
+    if encoded is not None:
+        if not isinstance(encoded, str):
+            raise EnvelopeDataError("unexpected data type encountered in envelope: "
+                                    "data_base64 is not a string")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise EnvelopeDataError(f"unable to base64 decode cloudEvent field data_base64: "
+                                    f"{exc}") from None
+    data = event.get("data")
+    if data is None:
+        return b""
+    if _is_string_type(media_type):
+        if not isinstance(data, str):
+            raise EnvelopeDataError(
+                f"unexpected data type encountered in envelope: {type(data).__name__} data "
+                f"with content type {content_type!r}")
+        return data.encode("utf-8", "surrogatepass")
+    if media_type in ("", "application/json", "application/cloudevents+json") \
+            or media_type.endswith("+json"):
+        return _json_bytes(data)
+    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else _json_bytes(data)
+
+
+def _text(event: Mapping[str, Any], name: str) -> str:
+    value = event.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def topic_event_request(
+    event: Mapping[str, Any], *, topic: str, pubsubname: str, path: str,
+) -> appcallback_pb2.TopicEventRequest:
+    """The ``TopicEventRequest`` for one event. Pure.
+
+    ``id``, ``source``, ``type``, ``spec_version``, ``data_content_type`` from the CloudEvent
+    (a non-string attribute becomes ``""``, as in Dapr), ``data`` by :func:`event_data`,
+    ``topic``/``pubsub_name``/``path`` from the arguments, and every other attribute
+    (``traceparent``, ``time``, ``pubsubname``, custom extensions...) in ``extensions``.
+    Raises :class:`EnvelopeDataError` (see :func:`event_data`).
+    """
+    request = appcallback_pb2.TopicEventRequest(
+        id=_text(event, "id"),
+        source=_text(event, "source"),
+        type=_text(event, "type"),
+        spec_version=_text(event, "specversion"),
+        data_content_type=_text(event, "datacontenttype"),
+        data=event_data(event),
+        topic=topic,
+        pubsub_name=pubsubname,
+        path=path,
+    )
+    extensions = {k: v for k, v in event.items() if k not in _OWN_FIELDS}
+    if extensions:
+        try:
+            request.extensions.update(extensions)
+        except (TypeError, ValueError) as exc:
+            raise EnvelopeDataError(f"unable to carry the cloudEvent extensions: {exc}") from None
+    return request
+
+
+# --- metadata ------------------------------------------------------------------------------------
+
+_KEY = re.compile(r"[0-9a-z_.\-]+")
+# Framing and credentials belong to the channel, never to a record (grpcio refuses some outright).
+_RESERVED_KEYS = frozenset({"content-type", "te", "user-agent", "host", "connection",
+                            "dapr-api-token", "content-length", "transfer-encoding"})
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+_SAFE_VALUE = "".join(chr(c) for c in range(0x20, 0x7f) if chr(c) != "%")
+
+
+@functools.lru_cache(maxsize=1024)
+def _metadata_key(name: str) -> str | None:
+    """``name`` as a gRPC metadata key (lower case, ``[0-9a-z_.-]``), or ``None`` to skip it."""
+    key = name.lower()
+    if key in _RESERVED_KEYS or key.startswith("grpc-") or not _KEY.fullmatch(key):
+        if key not in _RESERVED_KEYS:
+            log.warning("record metadata %r is not a valid gRPC metadata key; not delivered", name)
+        return None
+    return key
+
+
+def grpc_metadata(headers: Mapping[str, str],
+                  token: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
+    """The delivery's gRPC metadata from the HTTP channel's headers (``delivery.http_headers``).
+
+    Keys are lower-cased (as grpc-go does with Dapr's metadata map); a key gRPC cannot carry
+    (``:`` or a space in it, ``grpc-*``) is skipped with a warning, and ``Content-Type`` is the
+    channel's own. A value outside printable ASCII is percent-encoded (UTF-8); a ``-bin`` key
+    carries its value's UTF-8 bytes. ``token`` (``APP_API_TOKEN``) is sent as
+    ``dapr-api-token``. Pure apart from the warning.
+    """
+    pairs: list[tuple[str, str | bytes]] = []
+    for name, value in headers.items():
+        key = _metadata_key(name)
+        if key is None:
+            continue
+        if key.endswith("-bin"):
+            pairs.append((key, value.encode("utf-8", "surrogatepass")))
+        elif _PRINTABLE.fullmatch(value):
+            pairs.append((key, value))
+        else:
+            pairs.append((key, quote(value.encode("utf-8", "surrogatepass"), safe=_SAFE_VALUE)))
+    if token:
+        pairs.append(("dapr-api-token", token))
+    return tuple(pairs)
+
+
+# --- the answer ----------------------------------------------------------------------------------
+
+def classify_status(status: int) -> AppResponse:
+    """``TopicEventResponse.status`` as an :class:`AppResponse` (§2.3 for gRPC). Pure.
+
+    SUCCESS (also an unset status, proto3's 0) acks; RETRY retries; DROP is acked and goes to the
+    dead-letter topic if one is set; an unknown enum value is retried ("unknown status").
+    """
+    if status == _SUCCESS:
+        return AppResponse(AppStatus.SUCCESS, None, "SUCCESS")
+    if status == _RETRY:
+        return AppResponse(AppStatus.RETRY, None, "RETRY status returned from app")
+    if status == _DROP:
+        return AppResponse(AppStatus.DROP, None, "DROP status returned from app")
+    return AppResponse(AppStatus.RETRY, None, f"unknown status returned from app: {status}")
+
+
+def classify_rpc_error(code: grpc.StatusCode, details: str | None,
+                       timeout_s: float | None = None) -> AppResponse:
+    """A failed ``OnTopicEvent`` call as an :class:`AppResponse`. Pure.
+
+    ``UNIMPLEMENTED`` (the app has no handler for this topic or path) is DROP, as in Dapr; every
+    other code (the app raised, is unreachable, timed out) is RETRY.
+    """
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return AppResponse(AppStatus.DROP, None,
+                           f"non-retriable error returned from app: UNIMPLEMENTED: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout_s:
+        return AppResponse(AppStatus.RETRY, None, f"app did not answer within {timeout_s}s")
+    return AppResponse(AppStatus.RETRY, None,
+                       f"error returned from app: {code.name}: {details}")
+
+
+# --- discovery -----------------------------------------------------------------------------------
+
+def _one_subscription(sub: appcallback_pb2.TopicSubscription) -> TopicSubscription:
+    rules = tuple(Route(match=r.match, path=r.path) for r in sub.routes.rules)
+    default = sub.routes.default
+    if not rules and not default:
+        # Dapr gives a gRPC subscription without routes one always-matching rule with the empty
+        # path (dapr/dapr pubsub ``toRoutes``); SDKs map path "" to the topic's handler.
+        rules = (Route(match="", path=""),)
+    return TopicSubscription(
+        pubsubname=sub.pubsub_name,
+        topic=sub.topic,
+        rules=rules,
+        default_path=default or None,
+        metadata=dict(sub.metadata),
+        dead_letter_topic=sub.dead_letter_topic or None,
+        type=SubscriptionType.PROGRAMMATIC,
+    )
+
+
+def subscriptions_from_response(
+    subscriptions: Iterable[appcallback_pb2.TopicSubscription], *, app_id: str = "",
+) -> list[TopicSubscription]:
+    """The app's ``ListTopicSubscriptionsResponse.subscriptions`` as runtime subscriptions.
+
+    Rule order is ``routes.rules`` as listed, then ``routes.default``; with neither, one rule
+    with the empty path. ``dead_letter_topic`` and ``metadata`` (``rawPayload``...) carry over.
+    An entry without ``pubsub_name`` or ``topic`` is logged and skipped; ``bulk_subscribe`` is
+    logged and delivered one event at a time. Never raises.
+    """
+    result: list[TopicSubscription] = []
+    for index, sub in enumerate(subscriptions):
+        extra = {"app_id": app_id, "pubsubname": sub.pubsub_name, "topic": sub.topic}
+        if not sub.pubsub_name or not sub.topic:
+            missing = "pubsub_name" if not sub.pubsub_name else "topic"
+            log.error("invalid subscription from the app, skipped: subscriptions[%d].%s is "
+                      "required", index, missing, extra=extra)
+            continue
+        if sub.HasField("bulk_subscribe") and sub.bulk_subscribe.enabled:
+            log.warning("bulk_subscribe is not supported yet; topic %s is delivered one event at "
+                        "a time through OnTopicEvent", sub.topic, extra=extra)
+        result.append(_one_subscription(sub))
+    return result
+
+
+# --- the channel ---------------------------------------------------------------------------------
+
+class GrpcAppChannel:
+    """gRPC client to the app's ``AppCallback`` service at
+    ``settings.app_channel_address:settings.app_port``.
+
+    Create it anywhere; the gRPC channel is opened on first use inside the running loop. Call
+    :meth:`close` once at shutdown. Raises ``ValueError`` if ``settings.app_port`` is ``None``.
+    """
+
+    cleans_paths = False
+
+    def __init__(self, settings: SidecarSettings) -> None:
+        if settings.app_port is None:
+            raise ValueError("an app channel needs settings.app_port")
+        self.settings = settings
+        self.host = settings.app_channel_address
+        self.port = settings.app_port
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.target = f"{host}:{self.port}"
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: appcallback_pb2_grpc.AppCallbackStub | None = None
+        self._timeout_s = settings.delivery_timeout_s or None
+        self._token = settings.app_api_token
+        self._token_metadata = (("dapr-api-token", self._token),) if self._token else ()
+        self._extra = {"app_id": settings.app_id}
+
+    def _client(self) -> appcallback_pb2_grpc.AppCallbackStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=[
+                # Sends stay unlimited (grpcio's default): an event as large as a publish may
+                # be, plus its envelope, must reach the app, whose server sets its own limit.
+                ("grpc.max_receive_message_length", self.settings.max_body_size),
+                # The app is next door: after it restarts, reconnect within a second instead of
+                # gRPC's default backoff of up to 120 s, during which every call would fail.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ])
+            self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        """Close the gRPC channel. Never raises."""
+        if self._channel is not None:
+            try:
+                await self._channel.close()
+            except Exception:  # closing must not fail a shutdown
+                log.debug("error closing the gRPC app channel", exc_info=True, extra=self._extra)
+            self._channel = None
+            self._stub = None
+
+    async def wait_until_reachable(self, stop_event: asyncio.Event | None = None) -> bool:
+        """Wait until the app port accepts a TCP connection; see ``appchannel.wait_for_port``."""
+        return await wait_for_port(self.host, self.port, self.settings, stop_event)
+
+    async def discover(self) -> list[TopicSubscription]:
+        """``ListTopicSubscriptions``: the app's programmatic subscriptions.
+
+        Retries ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` with backoff (capped at 5 s) until the
+        app answers; cancel the task to give up. ``UNIMPLEMENTED``: no subscriptions (debug log).
+        Any other error: error log and no subscriptions. Never raises (except
+        ``CancelledError``).
+        """
+        delay = _DISCOVERY_INITIAL_S
+        while True:
+            try:
+                response = await self._client().ListTopicSubscriptions(
+                    empty_pb2.Empty(), timeout=_DISCOVERY_TIMEOUT_S,
+                    metadata=self._token_metadata)
+                break
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    log.debug("the app does not implement ListTopicSubscriptions: no "
+                              "programmatic subscriptions", extra=self._extra)
+                    return []
+                if code not in _DISCOVERY_RETRY_CODES:
+                    log.error("error getting topics from app: ListTopicSubscriptions failed: "
+                              "%s: %s", code.name, exc.details(), extra=self._extra)
+                    return []
+                log.warning("app did not answer ListTopicSubscriptions, retrying in %.2fs: "
+                            "%s: %s", delay, code.name, exc.details(), extra=self._extra)
+            await asyncio.sleep(delay)  # backoff between discovery attempts
+            delay = min(delay * 2, _DISCOVERY_MAX_S)
+        return subscriptions_from_response(response.subscriptions, app_id=self.settings.app_id)
+
+    async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
+                      topic: str, pubsubname: str) -> AppResponse:
+        """``OnTopicEvent`` for one read event, classified (see the module docstring).
+
+        ``headers`` are the HTTP channel's delivery headers; they travel as gRPC metadata. An
+        event whose data cannot be carried, a gRPC error or a timeout of
+        ``settings.delivery_timeout_s`` is RETRY (``UNIMPLEMENTED``: DROP). Raises only
+        ``CancelledError``.
+        """
+        try:
+            request = topic_event_request(read.event, topic=topic, pubsubname=pubsubname,
+                                          path=path)
+        except EnvelopeDataError as exc:
+            return AppResponse(AppStatus.RETRY, None, str(exc))
+        metadata = grpc_metadata(headers, self._token)
+        try:
+            response = await self._client().OnTopicEvent(request, metadata=metadata,
+                                                         timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            return classify_rpc_error(exc.code(), exc.details(), self._timeout_s)
+        return classify_status(response.status)
