@@ -55,7 +55,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from ..resources.jetstream import JetStreamMetadata, consumer_name, subject_problem
+from ..resources.jetstream import (
+    JetStreamMetadata,
+    consumer_name,
+    filter_subject_problem,
+    subject_problem,
+)
 from ..resources.loading import LoadedComponent
 from .base import MESSAGE_HEADERS, ORDERED, BrokerError, Handler, Header, PublishRecord, Record
 
@@ -190,8 +195,8 @@ class _TopicConsumer:
         self._sub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
 
     async def _run(self) -> None:
-        problem = subject_problem(self.topic.replace("*", "x").replace(">", "x"))
-        if problem is not None:  # wildcards may filter a consumer; nothing else can help this
+        problem = filter_subject_problem(self.topic)
+        if problem is not None:  # subscriptions.py leaves these out; a retry cannot help
             log.error("topic %r is not a NATS subject (%s); it is not consumed", self.topic,
                       problem, extra=self._extra())
             self.ready.set()

@@ -50,8 +50,8 @@ from .durations import parse_duration_seconds
 from .kafka import RetryPolicy, parse_retry_policy
 from .models import ResourceError
 
-__all__ = ["COMPONENT_TYPE", "JetStreamMetadata", "consumer_name", "parse_jetstream_metadata",
-           "subject_problem"]
+__all__ = ["COMPONENT_TYPE", "JetStreamMetadata", "consumer_name", "filter_subject_problem",
+           "parse_jetstream_metadata", "subject_problem"]
 
 COMPONENT_TYPE = "pubsub.jetstream"
 
@@ -112,6 +112,26 @@ def subject_problem(subject: str) -> str | None:
             return "it has an empty token ('.' at the start, the end, or twice)"
         if not _SUBJECT_TOKEN.fullmatch(token):
             return "it contains whitespace or a wildcard ('*', '>')"
+    return None
+
+
+def filter_subject_problem(subject: str) -> str | None:
+    """Why ``subject`` cannot be subscribed to (a consumer's filter subject), or ``None``.
+
+    As :func:`subject_problem`, except that ``*`` may stand for one whole token and ``>`` for the
+    last one (a subscription to ``orders.*`` gets ``orders.eu`` and ``orders.us``).
+    """
+    if not subject:
+        return "it is empty"
+    tokens = subject.split(".")
+    for i, token in enumerate(tokens):
+        if token == "*" or (token == ">" and i == len(tokens) - 1):
+            continue
+        if not token:
+            return "it has an empty token ('.' at the start, the end, or twice)"
+        if not _SUBJECT_TOKEN.fullmatch(token):
+            return ("it contains whitespace, or a wildcard that is not a whole token ('*') or "
+                    "the last one ('>')")
     return None
 
 

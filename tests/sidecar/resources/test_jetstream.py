@@ -9,6 +9,7 @@ import pytest
 from tidings.sidecar.resources import ResourceError
 from tidings.sidecar.resources.jetstream import (
     consumer_name,
+    filter_subject_problem,
     parse_jetstream_metadata,
     subject_problem,
 )
@@ -124,3 +125,11 @@ def test_backoff_max_retries_wins_over_max_deliver_and_bad_ones_name_their_field
     with pytest.raises(ResourceError) as exc:
         parse_jetstream_metadata({**URL, "backOffMaxRetries": "x"}, app_id="x")
     assert exc.value.field == "spec.metadata.backOffMaxRetries"
+
+
+@pytest.mark.parametrize(("subject", "ok"), [
+    ("orders", True), ("orders.*", True), ("*.eu", True), ("orders.>", True), (">", True),
+    ("orders.>.eu", False), ("orders.e*", False), ("a..b", False), ("a b", False), ("", False),
+])
+def test_filter_subject_problem_allows_whole_token_wildcards(subject: str, ok: bool) -> None:
+    assert (filter_subject_problem(subject) is None) is ok
