@@ -421,3 +421,31 @@ async def test_features_say_ordered_only_in_single_mode(nats_url: str, unique: s
     finally:
         await single.close(grace_s=0)
         await parallel.close(grace_s=0)
+
+
+async def test_unsubscribed_topic_gives_its_in_flight_message_back_at_once(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    """Hot reload drops a topic: its in-flight delivery is cancelled and nak'ed, so subscribing
+    again gets the message now, not an ackWait (30 s) later."""
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.reload"
+    broker = await started(nats_url, f"app-{unique}", streamName=stream, ackWait="30s")
+    first_try = asyncio.Event()
+    got: list[bytes] = []
+
+    async def handler(record: Record) -> None:
+        if not first_try.is_set():
+            first_try.set()
+            await asyncio.Event().wait()  # stuck until cancelled
+        got.append(record.value)
+
+    try:
+        await broker.subscribe([topic], handler)
+        await broker.publish(topic, b"x")
+        await asyncio.wait_for(first_try.wait(), 20)
+        await broker.subscribe([], handler)
+        assert broker.consumers() == []
+        await broker.subscribe([topic], handler)
+        await until("the message again", lambda: got == [b"x"], 10)
+    finally:
+        await broker.close(grace_s=1)
