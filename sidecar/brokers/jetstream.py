@@ -230,7 +230,7 @@ class _TopicConsumer:
             try:
                 # Ask only for what can start now: a fetched message's AckWait is running.
                 msgs = await self._sub.fetch(batch=self.free, timeout=FETCH_WAIT_S)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise

@@ -219,7 +219,7 @@ def parse_jetstream_metadata(
 
     start_sequence = integer("startSequence", minimum=1)
     start_time_raw = integer("startTime", minimum=0)
-    start_time = (datetime.datetime.fromtimestamp(start_time_raw, datetime.timezone.utc)
+    start_time = (datetime.datetime.fromtimestamp(start_time_raw, datetime.UTC)
                   if start_time_raw is not None else None)
     default_policy = "sequence" if start_sequence else "time" if start_time else "all"
     deliver_policy = (get("deliverPolicy", default_policy) or default_policy).lower()

@@ -55,7 +55,7 @@ def test_deliver_policies_and_start_positions() -> None:
     meta = parse_jetstream_metadata({**URL, "startTime": "1630349391"}, app_id="x")
     assert meta.deliver_policy == "time"
     assert meta.start_time == datetime.datetime(2021, 8, 30, 18, 49, 51,
-                                                tzinfo=datetime.timezone.utc)
+                                                tzinfo=datetime.UTC)
     meta = parse_jetstream_metadata({**URL, "deliverPolicy": "all", "startSequence": "4"},
                                     app_id="x")
     assert meta.start_sequence is None  # only the sequence policy starts at a sequence
