@@ -72,7 +72,7 @@ async def test_publish_then_delivery_in_order_with_key_headers_and_sequence(
         assert broker.ready()
         for i in range(5):
             await broker.publish(topic, str(i).encode(), key=b"k1" if i == 0 else None,
-                                 headers=[("team", b"payments")])
+                                 headers=[("team", "paymënts".encode())])
         got, handler = collector()
         await broker.subscribe([topic], handler)
         await until("5 records", lambda: len(got) == 5)
@@ -80,7 +80,7 @@ async def test_publish_then_delivery_in_order_with_key_headers_and_sequence(
         assert [r.offset for r in got] == [1, 2, 3, 4, 5]  # the stream sequence
         assert got[0].key == b"k1" and got[1].key is None
         # JetStream's own headers (the expected stream) are not passed on; ours are.
-        assert got[0].headers == (("team", b"payments"),)
+        assert got[0].headers == (("team", "paymënts".encode()),)  # UTF-8 round trip
         assert all(r.partition == 0 and r.topic == topic for r in got)
         assert abs(got[0].timestamp_ms / 1000 - time.time()) < 60
         assert broker.consumers() == [f"{topic}={stream}/{consumer_name(f'app-{unique}', topic)}"]
