@@ -129,7 +129,10 @@ def _record(topic: str, msg: Msg) -> Record:
                   headers=tuple(headers), timestamp_ms=int(meta.timestamp.timestamp() * 1000))
 
 
-def _publish_error(topic: str, exc: Exception) -> BrokerError:
+def _publish_error(topic: str, exc: Exception, *, size: int, max_payload: int) -> BrokerError:
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return BrokerError(f"the message has {size} bytes; the NATS server takes at most "
+                           f"{max_payload} (its max_payload)")
     if isinstance(exc, nats.js.errors.NoStreamResponseError):
         return BrokerError(f"no JetStream stream takes subject {topic!r}: create one that does "
                            "(nats stream add)")
@@ -428,7 +431,9 @@ class JetStreamBroker:
         except BrokerError:
             raise
         except Exception as exc:
-            raise _publish_error(topic, exc) from None
+            max_payload = self._nc.max_payload if self._nc is not None else 0
+            raise _publish_error(topic, exc, size=len(value),
+                                 max_payload=max_payload) from None
 
     async def publish_many(self, records: Sequence[PublishRecord]) -> list[BrokerError | None]:
         """Store ``records``, pipelined over the connection; one outcome per record, in order."""

@@ -103,6 +103,9 @@ async def test_no_partitions_bad_subjects_and_missing_stream_are_publish_errors(
             await broker.publish(f"{prefix}.a", b"x", headers=[("h", b"a\r\nb")])
         with pytest.raises(BrokerError, match="header name"):
             await broker.publish(f"{prefix}.a", b"x", headers=[("a b", b"v")])
+        with pytest.raises(BrokerError, match="max_payload") as exc:
+            await broker.publish(f"{prefix}.a", b"x" * (broker._nc.max_payload + 1))
+        assert not exc.value.retriable
         # streamName is the expected stream: a subject outside it is refused, not stored elsewhere
         with pytest.raises(BrokerError, match="refused|no JetStream stream"):
             await broker.publish(f"elsewhere-{unique}.a", b"x")
