@@ -224,30 +224,68 @@ class _TopicConsumer:
         log.info("consuming topic %s from stream %s as durable consumer %s", self.topic,
                  self.stream, self.consumer, extra=self._extra())
         self.ready.set()
-        assert self._sub is not None
         delay = 0.2
+        idle = 0
         while True:
             while self.free < 1:
                 self.freed.clear()
                 await self.freed.wait()
+            sub = self._sub
+            assert sub is not None
             try:
                 # Ask only for what can start now: a fetched message's AckWait is running.
-                msgs = await self._sub.fetch(batch=self.free, timeout=FETCH_WAIT_S)
+                msgs = await sub.fetch(batch=self.free, timeout=FETCH_WAIT_S)
             except (TimeoutError, nats.errors.TimeoutError):
+                # A deleted consumer answers nothing at all: look every other idle fetch.
+                idle += 1
+                if idle % 2 == 0 and await self._consumer_gone():
+                    log.warning("durable consumer %s is gone (deleted?); creating it again",
+                                self.consumer, extra=self._extra())
+                    await self._resubscribe()
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # disconnected, server restarting: try again shortly
+            except Exception as exc:  # disconnected, server restarting, consumer deleted
                 log.warning("fetch from consumer %s failed (retrying in %.1fs): %r",
                             self.consumer, delay, exc, extra=self._extra())
                 await asyncio.sleep(delay)  # backoff while the server is unreachable
                 delay = min(delay * 2, SETUP_RETRY_MAX_S)
+                await self._resubscribe()
                 continue
-            delay = 0.2
+            delay, idle = 0.2, 0
             self.free -= len(msgs)
             for msg in msgs:
                 task = asyncio.create_task(self._deliver(msg))
                 self.in_flight[task] = msg
+
+    async def _consumer_gone(self) -> bool:
+        assert self.stream is not None
+        try:
+            await self.broker.js.consumer_info(self.stream, self.consumer)
+        except nats.js.errors.NotFoundError:
+            return True
+        except Exception:  # server unreachable: the fetch loop deals with that
+            return False
+        return False
+
+    async def _resubscribe(self) -> None:
+        """Create (if it went away: deleted, a server that lost its state) and bind the consumer
+        again; a server still down just fails here and the fetch loop tries later."""
+        old, self._sub = self._sub, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        try:
+            await self._setup()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("cannot set up consumer %s again yet: %r", self.consumer, exc,
+                        extra=self._extra())
+            self._sub = old
+            return
+        log.info("consuming topic %s again as durable consumer %s", self.topic, self.consumer,
+                 extra=self._extra())
 
     async def _deliver(self, msg: Msg) -> None:
         task = asyncio.current_task()

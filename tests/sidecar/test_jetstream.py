@@ -452,3 +452,25 @@ async def test_unsubscribed_topic_gives_its_in_flight_message_back_at_once(
         await until("the message again", lambda: got == [b"x"], 10)
     finally:
         await broker.close(grace_s=1)
+
+
+async def test_a_deleted_consumer_is_created_again(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    """Someone runs ``nats consumer rm`` (or the server lost its state): the broker notices on
+    its next fetch, creates the consumer again and goes on delivering."""
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.gone"
+    broker = await started(nats_url, f"app-{unique}", streamName=stream)
+    nc = await nats.connect(nats_url)
+    try:
+        got, handler = collector()
+        await broker.subscribe([topic], handler)
+        await broker.publish(topic, b"1")
+        await until("the first record", lambda: len(got) == 1)
+        await nc.jetstream().delete_consumer(stream, consumer_name(f"app-{unique}", topic))
+        await broker.publish(topic, b"2")
+        await until("delivery after the consumer came back", lambda: b"2" in
+                    [r.value for r in got], 30)
+    finally:
+        await broker.close(grace_s=0)
+        await nc.close()
