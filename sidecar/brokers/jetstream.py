@@ -14,7 +14,9 @@ contract of ``base.py``:
   explicit acks, ``MaxDeliver`` unlimited) and one fetch loop that asks only for as many
   messages as it can start now (``max_in_flight``: 1 in ``single`` mode), so no message waits in
   a client buffer while its AckWait runs. Replicas of one app-id pull from the same consumer and
-  share its messages; other app-ids have their own consumers and get every message.
+  share its messages; other app-ids have their own consumers and get every message. A stream
+  that does not exist yet, a server that is down and a consumer that was deleted are retried
+  (with backoff, logged), never given up on.
 - **ack**: ``msg.ack()`` only after ``await handler(record)`` returned (the record is finished).
   While the handler runs, and that includes every engine retry with its backoff, one ticker per
   broker sends ``+WPI`` (in progress) for every unfinished message each ``ackWait / 3``: the
@@ -23,7 +25,8 @@ contract of ``base.py``:
   replica pulls next. We chose in-progress acks over a long ``ackWait`` because a long one would
   delay exactly that redelivery, and the engine's retries may run forever.
 - **close**: stop fetching, give in-flight handlers ``grace_s``, cancel the rest and ``nak`` them
-  (immediate redelivery to another replica instead of waiting for AckWait), flush, close.
+  (immediate redelivery to another replica instead of waiting for AckWait), flush, close. A topic
+  dropped by a hot reload is stopped the same way without grace.
 
 Ordering (what JetStream gives): a stream keeps one sequence, and a consumer hands messages out in
 that order. In ``single`` mode a lone replica therefore sees each topic in publish order; replicas
