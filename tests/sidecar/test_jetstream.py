@@ -479,7 +479,7 @@ async def test_a_deleted_consumer_is_created_again(
 def test_seed_key_signs_the_server_nonce_as_nats_expects() -> None:
     """``jwt``/``seedKey``: the nonce signature must verify against the seed's public key
     (base64 of the raw ed25519 signature). No server here: decentralised auth needs an operator
-    set-up this machine does not have; the example seed is the NATS docs' public one."""
+    set-up this machine does not have. The seed is a well-known example, not a secret."""
     import base64
 
     import nkeys
