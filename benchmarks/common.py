@@ -119,9 +119,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], first_width: int
             return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
 
-    lines = [f"{header[0]:<{first_width}}" + "".join(f"{h:>11}" for h in header[1:])]
+    lines = [f"{header[0]:<{first_width}}" + "".join(f"{h:>12}" for h in header[1:])]
     for row in rows:
-        lines.append(f"{cell(row[0]):<{first_width}}" + "".join(f"{cell(v):>11}" for v in row[1:]))
+        lines.append(f"{cell(row[0]):<{first_width}}" + "".join(f"{cell(v):>12}" for v in row[1:]))
     return "\n".join(lines)
 
 
