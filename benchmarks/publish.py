@@ -7,7 +7,12 @@ process:
 - ``sidecar``: ``POST /v1.0/publish/pubsub/<topic>`` to a sidecar running in its own process
   (``python -m tidings.sidecar``), Content-Type application/json, so every message is wrapped in
   a CloudEvent;
-- ``aiokafka``: ``await (await producer.send(...))`` straight to the broker.
+- ``aiokafka``: ``await (await producer.send(...))`` straight to the broker;
+- ``HTTP floor``: the same POSTs to a bare aiohttp server (``sink_app.py``) that reads the body
+  and answers 204 with no broker behind it: what any Python HTTP publish API costs here.
+
+HTTP requests go through ``leanhttp.py`` (a minimal keep-alive client, so the load generator's
+own CPU does not crowd out the sidecar on a small machine) unless ``--client aiohttp``.
 
 Loads, each round: closed loop (``--concurrency`` clients, each sending as soon as its last
 answer came) for maximum throughput, then open loops at fixed rates (500, 1,000, 2,000 req/s by
@@ -26,6 +31,7 @@ import argparse
 import asyncio
 import gc
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -38,10 +44,11 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    Sidecar, component_dir, describe_machine, machine_info, median_of, percentiles_ms, run, table,
-    write_json)
+    HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, percentiles_ms, run,
+    table, write_json)
+from leanhttp import LeanClient  # noqa: E402
 
-from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
+from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
 
 Send = Callable[[], Awaitable[None]]
 
@@ -101,25 +108,54 @@ async def measured(sidecar: Sidecar, fn: Callable[[], Awaitable[Any]]) -> tuple[
     return result, sidecar.proc.cpu_s() - cpu0
 
 
-async def one_round(sidecar: Sidecar, session: aiohttp.ClientSession,
+def http_sender(args: argparse.Namespace, port: int, path: str, payload: bytes,
+                session: aiohttp.ClientSession, clients: list[LeanClient]) -> Send:
+    """A ``send()`` that POSTs ``payload`` to ``path`` and checks for 204."""
+    if args.client == "aiohttp":
+        url = f"http://127.0.0.1:{port}{path}"
+        headers = {"Content-Type": "application/json"}
+
+        async def send_aiohttp() -> None:
+            async with session.post(url, data=payload, headers=headers) as r:
+                if r.status != 204:
+                    raise RuntimeError(f"publish failed: {r.status} {await r.text()}")
+        return send_aiohttp
+    client = LeanClient("127.0.0.1", port, size=512)
+    clients.append(client)
+    request = client.request_bytes(path, payload, "application/json")
+
+    async def send_lean() -> None:
+        status, body = await client.send(request)
+        if status != 204:
+            raise RuntimeError(f"publish failed: {status} {body[:200]!r}")
+    return send_lean
+
+
+async def one_round(sidecar: Sidecar, floor_port: int, session: aiohttp.ClientSession,
                     producer: AIOKafkaProducer, args: argparse.Namespace,
                     payload: bytes) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:6]
-    url = f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/bench-http-{suffix}"
     topic_raw = f"bench-raw-{suffix}"
-    headers = {"Content-Type": "application/json"}
-
-    async def send_http() -> None:
-        async with session.post(url, data=payload, headers=headers) as r:
-            if r.status != 204:
-                raise RuntimeError(f"publish failed: {r.status} {await r.text()}")
+    clients: list[LeanClient] = []
+    send_http = http_sender(args, sidecar.port, f"/v1.0/publish/pubsub/bench-http-{suffix}",
+                            payload, session, clients)
+    send_floor = http_sender(args, floor_port, "/v1.0/publish/floor", payload, session, clients)
 
     async def send_raw() -> None:
         await (await producer.send(topic_raw, payload))
 
+    try:
+        return await _measure_round(sidecar, args, send_http, send_floor, send_raw)
+    finally:
+        for client in clients:
+            client.close()
+
+
+async def _measure_round(sidecar: Sidecar, args: argparse.Namespace, send_http: Send,
+                         send_floor: Send, send_raw: Send) -> dict[str, Any]:
     # warm-up: topic creation, connections
-    await closed_loop(send_http, args.concurrency, 200)
-    await closed_loop(send_raw, args.concurrency, 200)
+    for send in (send_http, send_floor, send_raw):
+        await closed_loop(send, args.concurrency, 200)
 
     result: dict[str, Any] = {"closed": {}, "open": {}}
     (rate, lat), cpu = await measured(
@@ -129,16 +165,22 @@ async def one_round(sidecar: Sidecar, session: aiohttp.ClientSession,
     (rate, lat), _ = await measured(
         sidecar, lambda: closed_loop(send_raw, args.concurrency, args.messages))
     result["closed"]["aiokafka"] = {"msg_per_s": rate, **percentiles_ms(lat)}
+    (rate, lat), _ = await measured(
+        sidecar, lambda: closed_loop(send_floor, args.concurrency, args.messages))
+    result["closed"]["http_floor"] = {"msg_per_s": rate, **percentiles_ms(lat)}
     for target in args.rates:
         n = int(target * args.duration)
         (rate_s, lat_s), cpu = await measured(
             sidecar, lambda: open_loop(send_http, target, args.duration))
         (rate_r, lat_r), _ = await measured(
             sidecar, lambda: open_loop(send_raw, target, args.duration))
+        (rate_f, lat_f), _ = await measured(
+            sidecar, lambda: open_loop(send_floor, target, args.duration))
         side, raw = percentiles_ms(lat_s), percentiles_ms(lat_r)
         result["open"][str(int(target))] = {
             "sidecar": {"msg_per_s": rate_s, **side, "cpu_s_per_1000": cpu / n * 1000},
             "aiokafka": {"msg_per_s": rate_r, **raw},
+            "http_floor": {"msg_per_s": rate_f, **percentiles_ms(lat_f)},
             "added": {k: side[k] - raw[k] for k in side},
         }
     result["sidecar_rss_mb"] = sidecar.proc.rss_bytes() / 2**20
@@ -158,6 +200,8 @@ def report(summary: dict[str, Any], args: argparse.Namespace, info: dict[str, An
          c["sidecar"]["cpu_s_per_1000"]],
         ["raw aiokafka (baseline)", c["aiokafka"]["msg_per_s"], *(c["aiokafka"][k] for k in cols),
          None],
+        ["HTTP floor (aiohttp, no broker)", c["http_floor"]["msg_per_s"],
+         *(c["http_floor"][k] for k in cols), None],
     ]))
     print(f"throughput ratio sidecar/baseline: {summary['closed_ratio']:.2f} (target >= 0.50)")
     for rate, o in summary["open"].items():
@@ -167,6 +211,8 @@ def report(summary: dict[str, Any], args: argparse.Namespace, info: dict[str, An
              o["sidecar"]["cpu_s_per_1000"]],
             ["raw aiokafka (baseline)", o["aiokafka"]["msg_per_s"],
              *(o["aiokafka"][k] for k in cols), None],
+            ["HTTP floor (aiohttp, no broker)", o["http_floor"]["msg_per_s"],
+             *(o["http_floor"][k] for k in cols), None],
             ["added by the sidecar", None, *(o["added"][k] for k in cols), None],
         ]))
         if rate == "1000":
@@ -187,6 +233,8 @@ async def main() -> None:
     parser.add_argument("--rates", default="500,1000,2000", help="open-loop req/s, comma separated")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per open-loop rate")
     parser.add_argument("--size", type=int, default=1024, help="payload bytes")
+    parser.add_argument("--client", choices=("lean", "aiohttp"), default="lean",
+                        help="HTTP client of the load generator (see leanhttp.py)")
     parser.add_argument("--json", help="result file (default benchmarks/results/publish.json)")
     args = parser.parse_args()
     if args.quick:
@@ -198,22 +246,37 @@ async def main() -> None:
 
     broker = start_local_broker()
     sidecar = Sidecar(component_dir(broker.bootstrap), app_id="bench")
+    floor_port = free_port()
+    floor = subprocess.Popen([sys.executable, "-P", str(HERE / "sink_app.py")],
+                             env={**os.environ, "APP_PORT": str(floor_port)})
     try:
         await sidecar.wait_healthy()
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
+            deadline = time.monotonic() + 30
+            while True:  # the floor app is listening
+                try:
+                    async with session.get(f"http://127.0.0.1:{floor_port}/count"):
+                        break
+                except aiohttp.ClientError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)  # start-up poll
             producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
                                         enable_idempotence=False, linger_ms=0)
             await producer.start()
             try:
                 rounds = []
                 for i in range(args.rounds):
-                    rounds.append(await one_round(sidecar, session, producer, args, payload))
+                    rounds.append(await one_round(sidecar, floor_port, session, producer, args,
+                                                  payload))
                     print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
             finally:
                 await producer.stop()
     finally:
         sidecar.stop()
+        floor.terminate()
+        floor.wait()
         broker.stop()
     summary = median_of(rounds)
     summary["closed_ratio"] = (summary["closed"]["sidecar"]["msg_per_s"]

@@ -5,7 +5,7 @@ in-process (the raw consumer-group baseline calls :func:`handle` directly).
 ``sent_ns`` (``time.time_ns()`` at publish) records the delivery latency.
 
 Environment for the HTTP app: ``APP_PORT``, ``TOPIC`` (subscribed on pubsub ``pubsub``, route
-``/events``). ``GET /count`` answers :func:`snapshot`.
+``/events``; default ``unused``). ``GET /count`` answers :func:`snapshot`.
 """
 
 from __future__ import annotations
@@ -52,13 +52,20 @@ def reset() -> None:
 
 
 async def subscribe(request: web.Request) -> web.Response:
-    return web.json_response([{"pubsubname": "pubsub", "topic": os.environ["TOPIC"],
+    return web.json_response([{"pubsubname": "pubsub", "topic": os.environ.get("TOPIC", "unused"),
                                "route": "/events"}])
 
 
 async def on_event(request: web.Request) -> web.Response:
     handle(await request.read())
     return web.Response(status=200)
+
+
+async def publish_floor(request: web.Request) -> web.Response:
+    """Read the body and answer 204, as the sidecar's publish does, with no broker behind it: the
+    floor of any Python (aiohttp) publish API on this machine (benchmarks/publish.py)."""
+    await request.read()
+    return web.Response(status=204)
 
 
 async def count(request: web.Request) -> web.Response:
@@ -70,6 +77,7 @@ def make_app() -> web.Application:
     app.router.add_get("/dapr/subscribe", subscribe)
     app.router.add_post("/events", on_event)
     app.router.add_get("/count", count)
+    app.router.add_post("/v1.0/publish/floor", publish_floor)
     return app
 
 
