@@ -1,51 +1,118 @@
-"""Delivery benchmark: consume → deliver over HTTP → commit, tidings sidecar vs raw aiokafka.
+"""Delivery benchmark: consume → app → commit, tidings sidecar vs a raw aiokafka consumer group.
 
-Both sides drain the same backlog of ``--messages`` 1 KiB CloudEvents (4 partitions, local
-Tansu broker) into the same app process (``sink_app.py``), one in-order delivery at a time per
-partition, partitions in parallel, committing only what the app answered:
+A topic of 8 partitions on a local Tansu broker is pre-filled with ``--messages`` (100,000) 1 KiB
+CloudEvents; then, each round, with fresh consumer groups:
 
-- ``sidecar``: ``python -m tidings.sidecar`` with the app's programmatic subscription (routing,
-  header mapping, response classification, offset tracking: the whole delivery engine);
-- ``aiokafka``: the least a correct at-least-once consumer does: ``getmany``, one task per
-  partition POSTing each record in order, then ``commit`` of the last offset + 1 per batch.
+- ``sidecar``: ``python -m tidings.sidecar`` delivers to the app (``sink_app.py``) over HTTP with
+  the app's programmatic subscription: routing, header mapping, answer classification, offset
+  tracking and commits, the whole delivery engine;
+- ``aiokafka in-process`` (the baseline the targets refer to): an aiokafka consumer group that
+  calls the same app handler (``sink_app.handle``) in its own process, one record at a time in
+  partition order, committing ``offset + 1`` after each ``getmany`` batch: what an app without
+  a sidecar would run (``fetch_max_wait_ms`` as the sidecar's);
+- ``aiokafka + HTTP``: the same consumer POSTing each record to the app over HTTP, one task per
+  partition of a batch: isolates what HTTP to the app costs.
 
-Throughput is measured at the app, from its first to its last delivery, so group-join time is
-not counted. Usage: ``python benchmarks/delivery.py [--messages 10000]``.
+Time runs from the app's first delivery (group joins are not counted) until every offset is
+committed (polled from the broker), so the rates include committing. Then delivery latency,
+from publish to app receipt, at ``--rate`` (1,000) msg/s for ``--duration`` seconds, with the
+sidecar and with the in-process baseline. Medians over ``--rounds``; results also go to
+``benchmarks/results/delivery.json``.
+
+Usage: ``python -P benchmarks/delivery.py [--quick] [--messages 100000] [--rounds 3]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tidings.sidecar.localbroker import free_port, start_local_broker
-from tidings.sidecar.localdev import kafka_component_yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sink_app  # noqa: E402
+from common import (  # noqa: E402
+    HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, run, table,
+    write_json)
 
-HERE = Path(__file__).resolve().parent
+from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
+
+PARTITIONS = 8
+BLOB = "x" * 800
+# The sidecar's consumer setting (brokers/kafka/consuming.py): Tansu holds every fetch this long,
+# so the baselines use the same value, or the latency comparison would measure only this.
+FETCH_MAX_WAIT_MS = 100
 
 
-async def produce(bootstrap: str, topic: str, n: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+def event(topic: str, i: int, sent_ns: int | None = None) -> bytes:
+    data: dict[str, Any] = {"n": i, "blob": BLOB}
+    if sent_ns is not None:
+        data["sent_ns"] = sent_ns
+    return orjson.dumps({"specversion": "1.0", "id": str(i), "source": "bench", "type": "t",
+                         "topic": topic, "pubsubname": "pubsub",
+                         "datacontenttype": "application/json", "data": data})
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def prefill(bootstrap: str, topic: str, n: int) -> float:
+    """Produce ``n`` events round-robin over the partitions; returns seconds taken."""
+    started = time.monotonic()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+                                enable_idempotence=False, max_batch_size=262_144)
     await producer.start()
-    blob = "x" * 800
-    futures = [await producer.send(topic, json.dumps(
-        {"specversion": "1.0", "id": str(i), "source": "bench", "type": "t", "topic": topic,
-         "pubsubname": "pubsub", "datacontenttype": "application/json",
-         "data": {"n": i, "blob": blob}}).encode()) for i in range(n)]
-    await asyncio.gather(*futures)
-    await producer.stop()
+    try:
+        for chunk in range(0, n, 5000):
+            futures = [await producer.send(topic, event(topic, i), partition=i % PARTITIONS)
+                       for i in range(chunk, min(n, chunk + 5000))]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.monotonic() - started
+
+
+def end_offsets(topic: str, n: int) -> dict[TopicPartition, int]:
+    """The end offset of each partition after :func:`prefill` of ``n`` events (offsets start at
+    0). Computed, not asked: Tansu's ListOffsets answers short of the end after large batches,
+    while fetching returns every record."""
+    return {TopicPartition(topic, p): len(range(p, n, PARTITIONS)) for p in range(PARTITIONS)}
+
+
+async def wait_committed(bootstrap: str, group: str, ends: dict[TopicPartition, int],
+                         timeout_s: float = 600) -> float:
+    """Poll the group's committed offsets until they reach ``ends``; returns ``time.monotonic()``
+    when they did (within the 20 ms poll). Reads them with a consumer of that group that never
+    subscribes, so it does not join (Tansu drops the admin client's OffsetFetch)."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                              enable_auto_commit=False)
+    await reader.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            offsets = [await reader.committed(tp) for tp in ends]
+            if all(c is not None and c >= end for c, end in zip(offsets, ends.values())):
+                return time.monotonic()
+            await asyncio.sleep(0.02)  # progress poll of the benchmark driver
+    finally:
+        await reader.stop()
+    raise SystemExit(f"group {group} did not commit everything")
 
 
 def start_app(topic: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -55,97 +122,282 @@ def start_app(topic: str) -> tuple[subprocess.Popen[bytes], int]:
     return app, port
 
 
-async def wait_count(session: aiohttp.ClientSession, port: int, n: int) -> dict[str, float]:
-    deadline = time.monotonic() + 600
+async def app_state(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
+    async with session.get(f"http://127.0.0.1:{port}/count") as r:
+        return await r.json()  # type: ignore[no-any-return]
+
+
+async def wait_count(session: aiohttp.ClientSession, port: int, n: int,
+                     timeout_s: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            async with session.get(f"http://127.0.0.1:{port}/count") as r:
-                state = await r.json()
+            state = await app_state(session, port)
             if state["count"] >= n:
                 return state
         except aiohttp.ClientError:
             pass
-        await asyncio.sleep(0.1)  # progress poll of the benchmark driver
+        await asyncio.sleep(0.02)  # progress poll of the benchmark driver
     raise SystemExit("deliveries did not finish")
 
 
-async def run_sidecar(bootstrap: str, topic: str, n: int) -> float:
-    app, app_port = start_app(topic)
-    workdir = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
-    (workdir / "pubsub.yaml").write_text(kafka_component_yaml(bootstrap))
-    sidecar = subprocess.Popen(
-        [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", f"bench-{uuid.uuid4().hex[:6]}",
-         "--app-port", str(app_port), "--dapr-http-port", str(free_port()),
-         "--resources-path", str(workdir), "--log-level", "warn"])
-    try:
-        async with aiohttp.ClientSession() as session:
-            state = await wait_count(session, app_port, n)
-    finally:
-        sidecar.send_signal(signal.SIGTERM)
-        sidecar.wait(30)
-        app.terminate()
-        app.wait()
-    return n / (state["last"] - state["first"])
+async def wait_assigned(session: aiohttp.ClientSession, port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(f"http://127.0.0.1:{port}/v1.0/metadata") as r:
+                meta = await r.json()
+            if meta.get("extended", {}).get("kafka.assignment.pubsub"):
+                return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)  # start-up poll
+    raise SystemExit("the sidecar was not assigned partitions")
 
 
-async def run_raw(bootstrap: str, topic: str, n: int) -> float:
-    app, app_port = start_app(topic)
-    url = f"http://127.0.0.1:{app_port}/events"
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                group_id=f"raw-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_poll_records=500)
-    headers = {"Content-Type": "application/cloudevents+json"}
+class SidecarPair:
+    """The sink app and its sidecar (``app_id`` = consumer group) subscribed to ``topic``."""
+
+    def __init__(self, bootstrap: str, topic: str, app_id: str) -> None:
+        self.app_id = app_id
+        self.app, self.app_port = start_app(topic)
+        self.sidecar = Sidecar(component_dir(bootstrap), app_id=app_id, app_port=self.app_port)
+
+    def stop(self) -> None:
+        self.sidecar.stop()
+        self.app.terminate()
+        self.app.wait()
+
+
+async def drain_sidecar(bootstrap: str, topic: str, n: int,
+                        ends: dict[TopicPartition, int]) -> dict[str, Any]:
+    pair = SidecarPair(bootstrap, topic, f"bench-{uuid.uuid4().hex[:6]}")
     try:
         async with aiohttp.ClientSession() as session:
-            while True:  # wait for the app to listen
+            cpu0 = None
+            while cpu0 is None:  # CPU from the first delivery on, not the start-up
                 try:
-                    async with session.get(f"http://127.0.0.1:{app_port}/count"):
-                        break
+                    if (await app_state(session, pair.app_port))["count"]:
+                        cpu0 = pair.sidecar.proc.cpu_s()
                 except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)  # start-up poll
-            await consumer.start()
-            done = 0
+                    pass
+                await asyncio.sleep(0.02)  # start-up poll
+            state = await wait_count(session, pair.app_port, n)
+            committed_at = await wait_committed(bootstrap, pair.app_id, ends)
+            cpu = pair.sidecar.proc.cpu_s() - cpu0
+            rss = pair.sidecar.proc.peak_rss_bytes()
+    finally:
+        pair.stop()
+    return {"msg_per_s": n / (committed_at - state["first"]),
+            "delivered_per_s": n / (state["last"] - state["first"]),
+            "cpu_s_per_1000": cpu / n * 1000, "peak_rss_mb": rss / 2**20}
 
-            async def deliver(records: list) -> None:  # type: ignore[type-arg]
-                for record in records:
-                    async with session.post(url, data=record.value, headers=headers) as r:
-                        await r.read()
 
-            while done < n:
-                batch = await consumer.getmany(timeout_ms=500)
-                await asyncio.gather(*(deliver(records) for records in batch.values()))
-                if batch:
-                    await consumer.commit({tp: records[-1].offset + 1
-                                           for tp, records in batch.items()})
-                done += sum(len(records) for records in batch.values())
-            state = await wait_count(session, app_port, n)
+async def consume_group(bootstrap: str, topic: str, group: str, n: int | None,
+                        deliver: Any, stop: asyncio.Event | None = None,
+                        assigned: asyncio.Event | None = None) -> float:
+    """A raw aiokafka consumer group member: ``getmany``, ``await deliver(batch)``, commit
+    ``offset + 1`` per partition; until ``n`` records or ``stop``. Returns the monotonic time of
+    the last commit."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_poll_records=500, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+    await consumer.start()
+    done, last_commit = 0, time.monotonic()
+    try:
+        while (n is None or done < n) and not (stop is not None and stop.is_set()):
+            batch = await consumer.getmany(timeout_ms=100)
+            if assigned is not None and consumer.assignment():
+                assigned.set()
+            if not batch:
+                continue
+            await deliver(batch)
+            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+            last_commit = time.monotonic()
+            done += sum(len(records) for records in batch.values())
     finally:
         await consumer.stop()
+    return last_commit
+
+
+async def deliver_in_process(batch: dict[TopicPartition, list[Any]]) -> None:
+    handle = sink_app.handle
+    for records in batch.values():
+        for record in records:
+            handle(record.value)
+
+
+async def drain_in_process(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    sink_app.reset()
+    cpu0 = time.process_time()
+    committed_at = await consume_group(bootstrap, topic, f"raw-{uuid.uuid4().hex[:6]}", n,
+                                       deliver_in_process)
+    state = sink_app.snapshot()
+    return {"msg_per_s": n / (committed_at - state["first"]),
+            "delivered_per_s": n / (state["last"] - state["first"]),
+            "cpu_s_per_1000": (time.process_time() - cpu0) / n * 1000}
+
+
+async def drain_http(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    app, app_port = start_app(topic)
+    url = f"http://127.0.0.1:{app_port}/events"
+    headers = {"Content-Type": "application/cloudevents+json"}
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            await wait_count(session, app_port, 0)
+
+            async def deliver(batch: dict[TopicPartition, list[Any]]) -> None:
+                async def partition(records: list[Any]) -> None:
+                    for record in records:
+                        async with session.post(url, data=record.value, headers=headers) as r:
+                            await r.read()
+                await asyncio.gather(*(partition(records) for records in batch.values()))
+
+            committed_at = await consume_group(bootstrap, topic, f"http-{uuid.uuid4().hex[:6]}",
+                                               n, deliver)
+            state = await app_state(session, app_port)
+    finally:
         app.terminate()
         app.wait()
-    return n / (state["last"] - state["first"])
+    return {"msg_per_s": n / (committed_at - state["first"]),
+            "delivered_per_s": n / (state["last"] - state["first"])}
+
+
+async def paced_produce(bootstrap: str, topic: str, rate: float, duration_s: float) -> int:
+    """Publish at ``rate`` msg/s for ``duration_s``, each event carrying its send time."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
+                                enable_idempotence=False)
+    await producer.start()
+    n = int(rate * duration_s)
+    futures = []
+    try:
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing of the open-loop load generator
+            futures.append(await producer.send(topic, event(topic, i, time.time_ns()),
+                                               partition=i % PARTITIONS))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return n
+
+
+async def latency_sidecar(bootstrap: str, rate: float, duration_s: float) -> dict[str, Any]:
+    topic = f"lat-{uuid.uuid4().hex[:6]}"
+    await create_topic(bootstrap, topic)
+    pair = SidecarPair(bootstrap, topic, f"lat-{uuid.uuid4().hex[:6]}")
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_assigned(session, pair.sidecar.port)
+            n = await paced_produce(bootstrap, topic, rate, duration_s)
+            state = await wait_count(session, pair.app_port, n)
+    finally:
+        pair.stop()
+    return state["latency"]  # type: ignore[no-any-return]
+
+
+async def latency_in_process(bootstrap: str, rate: float, duration_s: float) -> dict[str, Any]:
+    topic = f"lat-{uuid.uuid4().hex[:6]}"
+    await create_topic(bootstrap, topic)
+    sink_app.reset()
+    stop, assigned = asyncio.Event(), asyncio.Event()
+    member = asyncio.create_task(consume_group(
+        bootstrap, topic, f"lat-{uuid.uuid4().hex[:6]}", None, deliver_in_process, stop,
+        assigned))
+    await asyncio.wait_for(assigned.wait(), 60)
+    n = await paced_produce(bootstrap, topic, rate, duration_s)
+    deadline = time.monotonic() + 60
+    while sink_app.state["count"] < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)  # progress poll of the benchmark driver
+    stop.set()
+    await member
+    return sink_app.snapshot()["latency"]  # type: ignore[no-any-return]
+
+
+def report(summary: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]) -> None:
+    d = summary["drain"]
+    print(f"\ndelivery: {args.messages} CloudEvents of ~1 KiB on {PARTITIONS} partitions, local "
+          f"Tansu; medians of {args.rounds} round(s)\n{describe_machine(info)}")
+    print("\ndrain the backlog, commits included (from the app's first delivery)")
+    print(table(["", "msg/s", "delivered/s", "CPU s/1k", "peak RSS MB"], [
+        ["tidings sidecar -> app over HTTP", d["sidecar"]["msg_per_s"],
+         d["sidecar"]["delivered_per_s"], d["sidecar"]["cpu_s_per_1000"],
+         d["sidecar"]["peak_rss_mb"]],
+        ["aiokafka, handler in-process (baseline)", d["in_process"]["msg_per_s"],
+         d["in_process"]["delivered_per_s"], d["in_process"]["cpu_s_per_1000"], None],
+        ["aiokafka -> app over HTTP", d["http"]["msg_per_s"], d["http"]["delivered_per_s"],
+         None, None] if "http" in d else ["aiokafka -> app over HTTP (skipped)"] + [None] * 4,
+    ], first_width=42))
+    print(f"ratio sidecar/in-process baseline: {summary['drain_ratio']:.2f} (target >= 0.50)")
+    if "http" in d:
+        print(f"ratio sidecar/aiokafka -> HTTP: {d['sidecar']['msg_per_s'] / d['http']['msg_per_s']:.2f}")
+    lat = summary["latency"]
+    cols = ("p50", "p90", "p99", "p99.9")
+    print(f"\ndelivery latency, publish -> app receipt, at {args.rate:g} msg/s for "
+          f"{args.duration:g} s")
+    print(table(["", *(f"{k} ms" for k in cols)], [
+        ["tidings sidecar -> app over HTTP", *(lat["sidecar"].get(k) for k in cols)],
+        ["aiokafka, handler in-process", *(lat["in_process"].get(k) for k in cols)],
+        ["added by the sidecar and HTTP", *(
+            lat["sidecar"][k] - lat["in_process"][k]
+            if k in lat["sidecar"] and k in lat["in_process"] else None for k in cols)],
+    ], first_width=42))
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round of 20,000 messages, 3 s of latency, no HTTP baseline")
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=1000.0, help="latency phase msg/s")
+    parser.add_argument("--duration", type=float, default=5.0, help="latency phase seconds")
+    parser.add_argument("--no-http-baseline", action="store_true")
+    parser.add_argument("--json", help="result file (default benchmarks/results/delivery.json)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.messages, args.duration = 1, 20_000, 3.0
+        args.no_http_baseline = True
+    info = machine_info()
     broker = start_local_broker()
     try:
-        topic_sidecar, topic_raw = (f"bench-{uuid.uuid4().hex[:6]}" for _ in range(2))
-        await produce(broker.bootstrap, topic_sidecar, args.messages)
-        await produce(broker.bootstrap, topic_raw, args.messages)
-        sidecar_rate = await run_sidecar(broker.bootstrap, topic_sidecar, args.messages)
-        raw_rate = await run_raw(broker.bootstrap, topic_raw, args.messages)
+        topic = f"backlog-{uuid.uuid4().hex[:6]}"
+        await create_topic(broker.bootstrap, topic)
+        took = await prefill(broker.bootstrap, topic, args.messages)
+        print(f"pre-filled {args.messages} messages in {took:.1f} s", file=sys.stderr)
+        ends = end_offsets(topic, args.messages)
+        rounds = []
+        for i in range(args.rounds):
+            r: dict[str, Any] = {"drain": {}, "latency": {}}
+            r["drain"]["sidecar"] = await drain_sidecar(broker.bootstrap, topic, args.messages,
+                                                        ends)
+            r["drain"]["in_process"] = await drain_in_process(broker.bootstrap, topic,
+                                                              args.messages)
+            if not args.no_http_baseline:
+                r["drain"]["http"] = await drain_http(broker.bootstrap, topic, args.messages)
+            r["latency"]["sidecar"] = await latency_sidecar(broker.bootstrap, args.rate,
+                                                            args.duration)
+            r["latency"]["in_process"] = await latency_in_process(broker.bootstrap, args.rate,
+                                                                  args.duration)
+            rounds.append(r)
+            print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         broker.stop()
-    print(f"\n{args.messages} CloudEvents of ~1 KiB, 4 partitions, local Tansu, "
-          f"{os.cpu_count()} cores; app, consumer and broker share the machine")
-    print(f"{'':<34}{'deliveries/s':>14}")
-    print(f"{'tidings sidecar (full engine)':<34}{sidecar_rate:14.0f}")
-    print(f"{'raw aiokafka + aiohttp (baseline)':<34}{raw_rate:14.0f}")
-    print(f"ratio sidecar/baseline: {sidecar_rate / raw_rate:.2f}")
+    summary = median_of(rounds)
+    summary["drain_ratio"] = (summary["drain"]["sidecar"]["msg_per_s"]
+                              / summary["drain"]["in_process"]["msg_per_s"])
+    info["loadavg_1m_at_end"] = os.getloadavg()[0]
+    report(summary, args, info)
+    targets = {"delivery_ratio_at_least_0.5": summary["drain_ratio"] >= 0.5}
+    print(f"targets: {targets}")
+    path = write_json("delivery", args.json, {
+        "benchmark": "delivery", "machine": info,
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "median": summary, "targets": targets, "rounds": rounds})
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main)

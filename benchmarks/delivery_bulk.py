@@ -25,7 +25,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling delivery.py (python -P leaves this folder out)
 
-from delivery import produce, wait_count  # noqa: E402
+from delivery import create_topic, prefill, wait_count  # noqa: E402
 
 from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
 from tidings.sidecar.localdev import kafka_component_yaml  # noqa: E402
@@ -62,8 +62,9 @@ async def main() -> None:
     broker = start_local_broker()
     try:
         single_topic, bulk_topic = (f"bench-{uuid.uuid4().hex[:6]}" for _ in range(2))
-        await produce(broker.bootstrap, single_topic, args.messages)
-        await produce(broker.bootstrap, bulk_topic, args.messages)
+        for topic in (single_topic, bulk_topic):
+            await create_topic(broker.bootstrap, topic)
+            await prefill(broker.bootstrap, topic, args.messages)
         single = await run(broker.bootstrap, single_topic, args.messages, None)
         bulk = await run(broker.bootstrap, bulk_topic, args.messages, args.bulk)
     finally:

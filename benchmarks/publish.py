@@ -1,19 +1,29 @@
 """Publish benchmark: HTTP publishes through a tidings sidecar vs raw aiokafka, in one run.
 
 Both sides publish 1 KiB messages to the same local broker (Tansu, started here) with
-``acks=all`` and wait for the broker's acknowledgement of every message:
+``acks=all`` and wait for the broker's acknowledgement of every message, from the same client
+process:
 
-- ``sidecar``: N concurrent HTTP clients ``POST /v1.0/publish/pubsub/<topic>`` to a sidecar
-  running in its own process (``python -m tidings.sidecar``), Content-Type application/json, so
-  every message is wrapped in a CloudEvent;
-- ``aiokafka``: N concurrent tasks ``await (await producer.send(...))`` straight to the broker.
+- ``sidecar``: ``POST /v1.0/publish/pubsub/<topic>`` to a sidecar running in its own process
+  (``python -m tidings.sidecar``), Content-Type application/json, so every message is wrapped in
+  a CloudEvent;
+- ``aiokafka``: ``await (await producer.send(...))`` straight to the broker;
+- ``HTTP floor``: the same POSTs to a bare aiohttp server (``sink_app.py``) that reads the body
+  and answers 204 with no broker behind it: what any Python HTTP publish API costs here.
 
-Two loads: closed loop (each client sends as fast as answers come back) for throughput, and an
-open loop at a fixed rate (default 1,000 req/s) for latency, the condition of Dapr 1.12's
-published figures (added latency p90 0.49 ms, p99 1.21 ms over HTTP). Prints throughput and
-p50/p90/p99 for both, the ratio, and the latency the sidecar adds.
+HTTP requests go through ``leanhttp.py`` (a minimal keep-alive client, so the load generator's
+own CPU does not crowd out the sidecar on a small machine) unless ``--client aiohttp``.
 
-Usage: ``python benchmarks/publish.py [--concurrency 16] [--messages 20000] [--rate 1000]``
+Loads, each round, every side run in alternating slices (``--slices``) so that bursts of
+other load on a shared machine hit all sides alike: closed loop (``--concurrency`` clients, each sending as soon as its last
+answer came) for maximum throughput, then open loops at fixed rates (500, 1,000, 2,000 req/s by
+default) for latency, measured from each request's *scheduled* start so queueing counts. 1,000
+req/s is the condition of Dapr 1.12's published figures (added latency p90 0.49 ms, p99 1.21 ms
+over publishing straight to the broker). Reports medians over ``--rounds``: throughput,
+p50/p90/p99/p99.9, the latency the sidecar adds, the sidecar's CPU seconds per 1,000 messages
+and its RSS. Results also go to ``benchmarks/results/publish.json``.
+
+Usage: ``python -P benchmarks/publish.py [--quick] [--rounds 3] [--rates 500,1000,2000]``
 """
 
 from __future__ import annotations
@@ -22,33 +32,30 @@ import argparse
 import asyncio
 import gc
 import os
-import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from tidings.sidecar.localbroker import free_port, start_local_broker
-from tidings.sidecar.localdev import kafka_component_yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, percentiles_ms, run,
+    table, write_json)
+from leanhttp import LeanClient  # noqa: E402
+
+from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
+
+Send = Callable[[], Awaitable[None]]
 
 
-
-def percentiles(samples_s: list[float]) -> tuple[float, float, float]:
-    """p50, p90, p99 in milliseconds."""
-    qs = statistics.quantiles(samples_s, n=100, method="inclusive")
-    return qs[49] * 1000, qs[89] * 1000, qs[98] * 1000
-
-
-async def closed_loop(send: Callable[[], Awaitable[None]], concurrency: int,
-                      total: int) -> tuple[float, list[float]]:
-    """Run ``total`` sends over ``concurrency`` workers; returns (messages/s, latencies in s)."""
+async def closed_loop(send: Send, concurrency: int, total: int) -> tuple[float, list[float]]:
+    """``total`` sends over ``concurrency`` workers; returns (messages/s, latencies in s)."""
     latencies: list[float] = []
     remaining = total
 
@@ -65,20 +72,19 @@ async def closed_loop(send: Callable[[], Awaitable[None]], concurrency: int,
     return total / (time.perf_counter() - start), latencies
 
 
-async def open_loop(send: Callable[[], Awaitable[None]], rate: float,
-                    duration_s: float) -> list[float]:
-    """Start one send every 1/rate seconds for ``duration_s``; latencies in s (from the
-    scheduled start, so queueing behind a slow answer counts)."""
+async def open_loop(send: Send, rate: float, duration_s: float) -> tuple[float, list[float]]:
+    """One send every 1/rate seconds for ``duration_s``; returns (achieved messages/s,
+    latencies in s from each send's scheduled start)."""
     latencies: list[float] = []
     tasks: list[asyncio.Task[None]] = []
     interval = 1.0 / rate
-    start = time.perf_counter()
 
     async def one(scheduled: float) -> None:
         await send()
         latencies.append(time.perf_counter() - scheduled)
 
     n = int(rate * duration_s)
+    start = time.perf_counter()
     for i in range(n):
         scheduled = start + i * interval
         delay = scheduled - time.perf_counter()
@@ -86,110 +92,223 @@ async def open_loop(send: Callable[[], Awaitable[None]], rate: float,
             await asyncio.sleep(delay)  # pacing of the open-loop load generator
         tasks.append(asyncio.create_task(one(scheduled)))
     await asyncio.gather(*tasks)
-    return latencies
+    return n / (time.perf_counter() - start), latencies
 
 
-async def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit("sidecar exited during start-up")
+def http_sender(args: argparse.Namespace, port: int, path: str, payload: bytes,
+                session: aiohttp.ClientSession, clients: list[LeanClient]) -> Send:
+    """A ``send()`` that POSTs ``payload`` to ``path`` and checks for 204."""
+    if args.client == "aiohttp":
+        url = f"http://127.0.0.1:{port}{path}"
+        headers = {"Content-Type": "application/json"}
+
+        async def send_aiohttp() -> None:
+            async with session.post(url, data=payload, headers=headers) as r:
+                if r.status != 204:
+                    raise RuntimeError(f"publish failed: {r.status} {await r.text()}")
+        return send_aiohttp
+    client = LeanClient("127.0.0.1", port, size=512)
+    clients.append(client)
+    request = client.request_bytes(path, payload, "application/json")
+
+    async def send_lean() -> None:
+        status, body = await client.send(request)
+        if status != 204:
+            raise RuntimeError(f"publish failed: {status} {body[:200]!r}")
+    return send_lean
+
+
+async def one_round(sidecar: Sidecar, floor_port: int, session: aiohttp.ClientSession,
+                    producer: AIOKafkaProducer, args: argparse.Namespace,
+                    payload: bytes) -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:6]
+    topic_raw = f"bench-raw-{suffix}"
+    clients: list[LeanClient] = []
+    send_http = http_sender(args, sidecar.port, f"/v1.0/publish/pubsub/bench-http-{suffix}",
+                            payload, session, clients)
+    send_floor = http_sender(args, floor_port, "/v1.0/publish/floor", payload, session, clients)
+
+    async def send_raw() -> None:
+        await (await producer.send(topic_raw, payload))
+
+    try:
+        return await _measure_round(sidecar, args, send_http, send_floor, send_raw)
+    finally:
+        for client in clients:
+            client.close()
+
+
+async def interleaved(sidecar: Sidecar, sides: dict[str, Send],
+                      run_slice: Callable[[Send], Awaitable[tuple[float, list[float]]]],
+                      slices: int) -> dict[str, dict[str, Any]]:
+    """Run ``slices`` slices of each side, alternating (order rotated every slice), so that the
+    load of other processes on a shared machine lands on every side alike. The load generator's
+    garbage collections run between slices, not inside them. Returns per side: messages/s over
+    its slices, latency percentiles (ms) of all its samples, and for ``sidecar`` its CPU seconds
+    per 1,000 messages."""
+    names = list(sides)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    elapsed = dict.fromkeys(names, 0.0)
+    sent = dict.fromkeys(names, 0)
+    sidecar_cpu = 0.0
+    for i in range(slices):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            gc.collect()
+            gc.disable()
+            cpu0 = sidecar.proc.cpu_s()
             try:
-                async with session.get(f"http://127.0.0.1:{port}/v1.0/healthz/outbound") as r:
-                    if r.status == 204:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)  # start-up poll interval
-    raise SystemExit("sidecar did not become ready")
+                rate, lat = await run_slice(sides[name])
+            finally:
+                gc.enable()
+            if name == "sidecar":
+                sidecar_cpu += sidecar.proc.cpu_s() - cpu0
+            latencies[name] += lat
+            elapsed[name] += len(lat) / rate
+            sent[name] += len(lat)
+    out = {name: {"msg_per_s": sent[name] / elapsed[name], **percentiles_ms(latencies[name])}
+           for name in names}
+    out["sidecar"]["cpu_s_per_1000"] = sidecar_cpu / sent["sidecar"] * 1000
+    return out
 
 
-def row(name: str, rate: float | None, lat: list[float]) -> str:
-    p50, p90, p99 = percentiles(lat)
-    rate_s = f"{rate:10.0f}" if rate is not None else f"{'-':>10}"
-    return f"{name:<28}{rate_s} {p50:9.3f} {p90:9.3f} {p99:9.3f}"
+async def _measure_round(sidecar: Sidecar, args: argparse.Namespace, send_http: Send,
+                         send_floor: Send, send_raw: Send) -> dict[str, Any]:
+    # warm-up: topic creation, connections
+    for send in (send_http, send_floor, send_raw):
+        await closed_loop(send, args.concurrency, 200)
+    sides = {"sidecar": send_http, "aiokafka": send_raw, "http_floor": send_floor}
+    result: dict[str, Any] = {}
+    chunk = max(1, args.messages // args.slices)
+    result["closed"] = await interleaved(
+        sidecar, sides, lambda send: closed_loop(send, args.concurrency, chunk), args.slices)
+    result["open"] = {}
+    slice_s = args.duration / args.slices
+    for target in args.rates:
+        o = await interleaved(sidecar, sides, lambda send: open_loop(send, target, slice_s),
+                              args.slices)
+        o["added"] = {k: o["sidecar"][k] - o["aiokafka"][k]
+                      for k in ("p50", "p90", "p99", "p99.9")}
+        result["open"][str(int(target))] = o
+    result["sidecar_rss_mb"] = sidecar.proc.rss_bytes() / 2**20
+    result["sidecar_peak_rss_mb"] = sidecar.proc.peak_rss_bytes() / 2**20
+    return result
+
+
+def report(summary: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]) -> None:
+    print(f"\npublish: {args.size} B messages, acks=all, local Tansu broker; medians of "
+          f"{args.rounds} round(s)\n{describe_machine(info)}")
+    c = summary["closed"]
+    print(f"\nclosed loop: {args.concurrency} concurrent publishers, {args.messages} messages "
+          "per side per round")
+    cols = ("p50", "p90", "p99", "p99.9")
+    print(table(["", "msg/s", *(f"{k} ms" for k in cols), "CPU s/1k"], [
+        ["tidings sidecar (HTTP)", c["sidecar"]["msg_per_s"], *(c["sidecar"][k] for k in cols),
+         c["sidecar"]["cpu_s_per_1000"]],
+        ["raw aiokafka (baseline)", c["aiokafka"]["msg_per_s"], *(c["aiokafka"][k] for k in cols),
+         None],
+        ["HTTP floor (aiohttp, no broker)", c["http_floor"]["msg_per_s"],
+         *(c["http_floor"][k] for k in cols), None],
+    ]))
+    print(f"throughput ratio sidecar/baseline: {summary['closed_ratio']:.2f} (target >= 0.50)")
+    for rate, o in summary["open"].items():
+        print(f"\nopen loop: {rate} req/s for {args.duration:g} s")
+        print(table(["", "msg/s", *(f"{k} ms" for k in cols), "CPU s/1k"], [
+            ["tidings sidecar (HTTP)", o["sidecar"]["msg_per_s"], *(o["sidecar"][k] for k in cols),
+             o["sidecar"]["cpu_s_per_1000"]],
+            ["raw aiokafka (baseline)", o["aiokafka"]["msg_per_s"],
+             *(o["aiokafka"][k] for k in cols), None],
+            ["HTTP floor (aiohttp, no broker)", o["http_floor"]["msg_per_s"],
+             *(o["http_floor"][k] for k in cols), None],
+            ["added by the sidecar", None, *(o["added"][k] for k in cols), None],
+        ]))
+        if rate == "1000":
+            print(f"Dapr 1.12 published (HTTP, 1,000 req/s): added p90 0.49 ms, p99 1.21 ms; "
+                  f"target: added p99 < 1.2 ms")
+    print(f"\nsidecar RSS after the run: {summary['sidecar_rss_mb']:.1f} MB "
+          f"(peak {summary['sidecar_peak_rss_mb']:.1f} MB)")
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round, 3,000 messages, 2 s per rate (about a minute)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--rate", type=float, default=1000.0, help="open-loop requests per second")
-    parser.add_argument("--duration", type=float, default=5.0, help="open-loop seconds")
+    parser.add_argument("--messages", type=int, default=10_000,
+                        help="closed-loop messages per side per round")
+    parser.add_argument("--rates", default="500,1000,2000", help="open-loop req/s, comma separated")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per open-loop rate")
     parser.add_argument("--size", type=int, default=1024, help="payload bytes")
+    parser.add_argument("--slices", type=int, default=5,
+                        help="alternating slices per load and side (see interleaved())")
+    parser.add_argument("--client", choices=("lean", "aiohttp"), default="lean",
+                        help="HTTP client of the load generator (see leanhttp.py)")
+    parser.add_argument("--json", help="result file (default benchmarks/results/publish.json)")
     args = parser.parse_args()
-
-    broker = start_local_broker()
-    workdir = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
-    (workdir / "pubsub.yaml").write_text(kafka_component_yaml(broker.bootstrap))
-    port = free_port()
-    sidecar = subprocess.Popen(
-        [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", "bench", "--dapr-http-port",
-         str(port), "--resources-path", str(workdir), "--log-level", "warn"],
-        env={**os.environ})
+    if args.quick:
+        args.rounds, args.messages, args.duration, args.slices = 1, 3000, 2.0, 2
+    args.rates = [float(r) for r in args.rates.split(",") if r]
+    info = machine_info()
     payload = b'{"blob":"' + b"x" * (args.size - 11) + b'"}'
     assert len(payload) == args.size
+
+    broker = start_local_broker()
+    sidecar = Sidecar(component_dir(broker.bootstrap), app_id="bench")
+    floor_port = free_port()
+    floor = subprocess.Popen([sys.executable, "-P", str(HERE / "sink_app.py")],
+                             env={**os.environ, "APP_PORT": str(floor_port)})
     try:
-        await wait_healthy(port, sidecar)
-        topic_http, topic_raw = f"bench-http-{uuid.uuid4().hex[:6]}", f"bench-raw-{uuid.uuid4().hex[:6]}"
-        connector = aiohttp.TCPConnector(limit=args.concurrency * 2)
+        await sidecar.wait_healthy()
+        connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            url = f"http://127.0.0.1:{port}/v1.0/publish/pubsub/{topic_http}"
-            headers = {"Content-Type": "application/json"}
-
-            async def send_http() -> None:
-                async with session.post(url, data=payload, headers=headers) as r:
-                    if r.status != 204:
-                        raise RuntimeError(f"publish failed: {r.status} {await r.text()}")
-
+            deadline = time.monotonic() + 30
+            while True:  # the floor app is listening
+                try:
+                    async with session.get(f"http://127.0.0.1:{floor_port}/count"):
+                        break
+                except aiohttp.ClientError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)  # start-up poll
             producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
-                                        linger_ms=0)
+                                        enable_idempotence=False, linger_ms=0)
             await producer.start()
-
-            async def send_raw() -> None:
-                await (await producer.send(topic_raw, payload))
-
-            # warm-up: topic creation, connections, JIT-free but cache-warm paths
-            await closed_loop(send_http, args.concurrency, 500)
-            await closed_loop(send_raw, args.concurrency, 500)
-
-            # The load generator's own garbage collections stalled it for ~45 ms at a time and
-            # showed up as p99 of whichever side was running; collect between runs instead.
-            gc.collect()
-            gc.disable()
-            http_rate, http_lat = await closed_loop(send_http, args.concurrency, args.messages)
-            gc.collect()
-            raw_rate, raw_lat = await closed_loop(send_raw, args.concurrency, args.messages)
-            gc.collect()
-            http_open = await open_loop(send_http, args.rate, args.duration)
-            gc.collect()
-            raw_open = await open_loop(send_raw, args.rate, args.duration)
-            gc.enable()
-            await producer.stop()
-
-        print(f"\n{args.size} B messages, acks=all, local Tansu broker, {os.cpu_count()} cores")
-        print(f"\nclosed loop: {args.concurrency} concurrent publishers, {args.messages} messages each side")
-        print(f"{'':<28}{'msg/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9}")
-        print(row("tidings sidecar (HTTP)", http_rate, http_lat))
-        print(row("raw aiokafka (baseline)", raw_rate, raw_lat))
-        print(f"throughput ratio sidecar/baseline: {http_rate / raw_rate:.2f}")
-
-        print(f"\nopen loop: {args.rate:.0f} req/s for {args.duration:.0f} s")
-        print(f"{'':<28}{'':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9}")
-        print(row("tidings sidecar (HTTP)", None, http_open))
-        print(row("raw aiokafka (baseline)", None, raw_open))
-        s, r = percentiles(http_open), percentiles(raw_open)
-        print(f"{'added by the sidecar':<28}{'':>10} {s[0]-r[0]:9.3f} {s[1]-r[1]:9.3f} {s[2]-r[2]:9.3f}")
-        print(f"{'Dapr 1.12 published (HTTP)':<28}{'':>10} {'':>9} {0.49:9.3f} {1.21:9.3f}")
+            try:
+                rounds = []
+                for i in range(args.rounds):
+                    rounds.append(await one_round(sidecar, floor_port, session, producer, args,
+                                                  payload))
+                    print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
+            finally:
+                await producer.stop()
     finally:
-        sidecar.send_signal(signal.SIGTERM)
-        try:
-            sidecar.wait(15)
-        except subprocess.TimeoutExpired:
-            sidecar.kill()
+        sidecar.stop()
+        floor.terminate()
+        floor.wait()
         broker.stop()
+    summary = median_of(rounds)
+    summary["closed_ratio"] = (summary["closed"]["sidecar"]["msg_per_s"]
+                               / summary["closed"]["aiokafka"]["msg_per_s"])
+    info["loadavg_1m_at_end"] = os.getloadavg()[0]
+    report(summary, args, info)
+    at_1000 = summary["open"].get("1000")
+    targets = {
+        "closed_loop_ratio_at_least_0.5": summary["closed_ratio"] >= 0.5,
+        "added_p99_at_1000_under_1.2_ms": (at_1000["added"]["p99"] < 1.2) if at_1000 else None,
+    }
+    if at_1000:
+        per_round = [r["open"]["1000"]["added"]["p99"] for r in rounds]
+        met = sum(v < 1.2 for v in per_round)
+        print(f"added p99 at 1,000 req/s per round (ms): "
+              f"{', '.join(f'{v:.2f}' for v in per_round)}; under 1.2 ms in {met} of "
+              f"{len(per_round)}")
+    print(f"targets: {targets}")
+    path = write_json("publish", args.json, {
+        "benchmark": "publish", "machine": info,
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "median": summary, "targets": targets, "rounds": rounds})
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main)

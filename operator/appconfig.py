@@ -31,6 +31,8 @@ from tidings.sidecar.resources import (
     check_component,
     parse_resource,
 )
+from tidings.sidecar.resources.jetstream import COMPONENT_TYPE as JETSTREAM_TYPE
+from tidings.sidecar.resources.jetstream import filter_subject_problem, subject_problem
 from tidings.sidecar.resources.kafka import COMPONENT_TYPE as KAFKA_TYPE
 from tidings.sidecar.resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from tidings.sidecar.resources.rules import compile_rules
@@ -171,11 +173,14 @@ def check_for_sidecar(component: Component, *, app_id: str, source: str) -> None
             values[name] = "1"
 
 
-def check_subscription(subscription: TopicSubscription, *, kafka: bool, source: str) -> None:
+def check_subscription(subscription: TopicSubscription, *, kafka: bool, source: str,
+                       jetstream: bool = False) -> None:
     """Raise :class:`ResourceError` (naming the field) for what makes the sidecar drop a
     subscription by itself (``tidings.sidecar.subscriptions.effective_subscriptions``): a CEL
     rule that does not compile, no route at all (``routes: {}``: "empty routes") and, when its
-    pubsub is a Kafka component (``kafka``), a topic or ``deadLetterTopic`` Kafka cannot hold.
+    pubsub is a Kafka component (``kafka``), a topic or ``deadLetterTopic`` Kafka cannot hold;
+    on a JetStream component (``jetstream``), a topic that is no NATS subject filter or a
+    ``deadLetterTopic`` one cannot publish to.
 
     The sidecar keeps one subscription per (pubsubname, topic) *before* dropping these, so one
     left in the config would displace a valid one for the same topic.
@@ -191,11 +196,26 @@ def check_subscription(subscription: TopicSubscription, *, kafka: bool, source: 
             if problem is not None:
                 raise ResourceError(invalid_topic_message(topic, problem), source=source,
                                     field=field_name)
+    if jetstream:
+        problem = filter_subject_problem(subscription.topic)
+        if problem is not None:
+            raise ResourceError(f"topic {subscription.topic!r} is not a NATS subject: {problem}",
+                                source=source, field="topic")
+        dlt = subscription.dead_letter_topic
+        problem = subject_problem(dlt) if dlt else None
+        if problem is not None:
+            raise ResourceError(f"{dlt!r} is not a NATS subject one can publish to: {problem}",
+                                source=source, field="deadLetterTopic")
 
 
 def is_kafka(body: Mapping[str, Any]) -> bool:
     """Whether a Component body is of type ``pubsub.kafka``."""
     return (body.get("spec") or {}).get("type") == KAFKA_TYPE
+
+
+def is_jetstream(body: Mapping[str, Any]) -> bool:
+    """Whether a Component body is of type ``pubsub.jetstream``."""
+    return (body.get("spec") or {}).get("type") == JETSTREAM_TYPE
 
 
 def subscription_file(name: str) -> str:
@@ -237,6 +257,7 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
     included_s: list[str] = []
     problems: list[str] = []
     kafka_pubsubs: set[str] = set()
+    jetstream_pubsubs: set[str] = set()
     for body in sorted(components, key=lambda b: str((b.get("metadata") or {}).get("name"))):
         if not in_scope(body, app_id):
             continue
@@ -256,6 +277,8 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
         included_c.append(component.name)
         if plain.spec.type == KAFKA_TYPE:
             kafka_pubsubs.add(component.name)
+        if plain.spec.type == JETSTREAM_TYPE:
+            jetstream_pubsubs.add(component.name)
     for body in sorted(subscriptions, key=lambda b: str((b.get("metadata") or {}).get("name"))):
         if not in_scope(body, app_id):
             continue
@@ -268,7 +291,8 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
             # What the sidecar would drop would also displace a valid subscription for the same
             # topic; leave it out here instead.
             ts = subscription.to_topic_subscription()
-            check_subscription(ts, kafka=ts.pubsubname in kafka_pubsubs, source=source)
+            check_subscription(ts, kafka=ts.pubsubname in kafka_pubsubs, source=source,
+                               jetstream=ts.pubsubname in jetstream_pubsubs)
         except ResourceError as exc:
             problems.append(f"Subscription {exc}")
             continue

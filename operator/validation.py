@@ -20,6 +20,7 @@ from .appconfig import (
     SecretData,
     check_for_sidecar,
     check_subscription,
+    is_jetstream,
     is_kafka,
     normalise_subscription,
     resolve_secret_refs,
@@ -107,7 +108,7 @@ def validate_subscription(body: Mapping[str, Any], *,
         ts = _subscription(body)
     except ResourceError as exc:
         return Verdict(False, "InvalidSpec", str(exc))
-    kafka = False
+    kafka = jetstream = False
     if components is not None:
         pubsub = next((c for c in components
                        if (c.get("metadata") or {}).get("name") == ts.pubsubname), None)
@@ -115,20 +116,21 @@ def validate_subscription(body: Mapping[str, Any], *,
             return Verdict(False, "PubsubNotFound",
                            f"subscription {source}: no Component {ts.pubsubname!r} in the "
                            f"namespace; the sidecar ignores it until there is one")
-        kafka = is_kafka(pubsub)
+        kafka, jetstream = is_kafka(pubsub), is_jetstream(pubsub)
     try:
-        check_subscription(ts, kafka=kafka, source=source)
+        check_subscription(ts, kafka=kafka, source=source, jetstream=jetstream)
     except ResourceError as exc:
         return Verdict(False, "InvalidSpec", str(exc))
     if subscriptions is not None:
-        conflict = _conflict(body, ts, subscriptions, kafka=kafka)
+        conflict = _conflict(body, ts, subscriptions, kafka=kafka, jetstream=jetstream)
         if conflict is not None:
             return Verdict(False, "Conflict", conflict)
     return Verdict(True, "Valid", f"subscribes {ts.pubsubname}/{ts.topic}")
 
 
 def _conflict(body: Mapping[str, Any], ts: TopicSubscription,
-              subscriptions: Iterable[Mapping[str, Any]], *, kafka: bool) -> str | None:
+              subscriptions: Iterable[Mapping[str, Any]], *, kafka: bool,
+              jetstream: bool = False) -> str | None:
     name = (body.get("metadata") or {}).get("name", "")
     mine = _apps(body.get("scopes") or [])
     for other in sorted(subscriptions, key=lambda b: subscription_file(
@@ -138,7 +140,7 @@ def _conflict(body: Mapping[str, Any], ts: TopicSubscription,
             break  # only a later file wins over this one
         try:
             theirs = _subscription(other)
-            check_subscription(theirs, kafka=kafka, source=_source(other))
+            check_subscription(theirs, kafka=kafka, source=_source(other), jetstream=jetstream)
         except ResourceError:
             continue  # left out of every config: it displaces nothing
         if (theirs.pubsubname, theirs.topic) != (ts.pubsubname, ts.topic):

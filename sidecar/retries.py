@@ -3,8 +3,9 @@
 Follows the Kafka component's ``backOff*`` settings (dapr-pubsub-contract.md §3.3, §5.9):
 ``constant`` waits ``initial_interval_s`` between attempts; ``exponential`` waits
 ``initial_interval_s * multiplier ** (n - 1)`` before retry ``n``, capped at ``max_interval_s``.
-No jitter: one consumer retries one record at a time per partition, so there is no herd to
-spread, and a deterministic schedule is testable by tables. All values are seconds.
+A ``schedule_s`` list (JetStream's ``backOff``) gives the wait before each retry explicitly, the
+last one repeating. No jitter: one consumer retries one record at a time per partition, so there is
+no herd to spread, and a deterministic schedule is testable by tables. All values are seconds.
 
 Neighbours: ``resources/kafka.py`` parses the policy; ``delivery.py`` is the only caller.
 """
@@ -27,6 +28,8 @@ def delay_s(policy: RetryPolicy, retry: int) -> float:
     """
     if retry < 1:
         raise ValueError(f"retry numbers start at 1, got {retry}")
+    if policy.schedule_s:  # JetStream's backOff list: one wait per retry, the last repeats
+        return max(policy.schedule_s[min(retry, len(policy.schedule_s)) - 1], 0.0)
     initial = max(policy.initial_interval_s, 0.0)
     if policy.policy == "constant":
         return initial

@@ -36,10 +36,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import cel
-
 from .resources.models import TopicSubscription
-from .resources.rules import compile_rules
+from .resources.rules import compile_rules, new_context
 
 __all__ = ["CompiledRule", "Routes", "RoutingError", "clean_path", "field_paths", "prune"]
 
@@ -170,7 +168,7 @@ class Routes:
                 return rule.path
             if activation is None:
                 # One context for all rules: the event is converted to CEL values once.
-                activation = cel.Context()
+                activation = new_context()
                 activation.add_variable(
                     "event", event if self.paths is None else prune(event, self.paths))
             try:

@@ -31,6 +31,7 @@ from . import metrics, tracing
 from .api.app import EXTENDED_KEY, create_app
 from .appchannel import open_app_channel
 from .brokers.base import FEATURES, Broker, BrokerError, Handler, Record
+from .brokers.jetstream import JetStreamBroker
 from .brokers.kafka import KafkaBroker
 from .brokers.memory import MemoryBroker
 from .brokers.redis import RedisBroker
@@ -56,11 +57,13 @@ def _broker_for(component: LoadedComponent, app_id: str, max_body_size: int) -> 
         return KafkaBroker(component, app_id=app_id, max_body_size=max_body_size)
     if component.redis is not None:
         return RedisBroker(component, app_id=app_id)
+    if component.jetstream is not None:
+        return JetStreamBroker(component, app_id=app_id)
     return MemoryBroker(component.name)
 
 
 def _retry_policy(component: LoadedComponent) -> RetryPolicy:
-    for meta in (component.kafka, component.redis):
+    for meta in (component.kafka, component.redis, component.jetstream):
         if meta is not None:
             return meta.retry
     return RetryPolicy()
@@ -146,6 +149,8 @@ class Sidecar:
                 extended[f"kafka.assignment.{name}"] = ",".join(broker.assignment())
             elif isinstance(broker, RedisBroker):
                 extended[f"redis.streams.{name}"] = ",".join(broker.streams())
+            elif isinstance(broker, JetStreamBroker):
+                extended[f"jetstream.consumers.{name}"] = ",".join(broker.consumers())
         return extended
 
     # --- lifecycle ---------------------------------------------------------------------------

@@ -19,6 +19,8 @@ case-insensitively when there is no exact match (``pubsubName`` works like ``pub
 - on a Kafka component, a subscription whose topic or ``deadLetterTopic`` Kafka cannot hold
   (``resources/kafka_topics.py``: ``a/b``, ``a b``, over 249 characters...) is left out with an
   error naming the topic; subscribing aiokafka to it would only fail forever;
+- on a JetStream component, likewise a topic that is no NATS subject filter or a
+  ``deadLetterTopic`` that is no subject one can publish to (``resources/jetstream.py``);
 - a subscription with no route at all is dropped (``topic X has an empty routes``), and one whose
   CEL rule does not compile is dropped with the compile error (Dapr fails the whole discovery
   call; we keep the app's other subscriptions).
@@ -33,6 +35,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .resources.jetstream import filter_subject_problem, subject_problem
 from .resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from .resources.loading import LoadedComponent
 from .resources.models import (
@@ -176,6 +179,18 @@ def _unfit_kafka_topic(sub: TopicSubscription) -> str | None:
     return None
 
 
+def _unfit_subject(sub: TopicSubscription) -> str | None:
+    problem = filter_subject_problem(sub.topic)
+    if problem is not None:
+        return f"topic {sub.topic!r} is not a NATS subject: {problem}"
+    if sub.dead_letter_topic:
+        problem = subject_problem(sub.dead_letter_topic)
+        if problem is not None:
+            return (f"deadLetterTopic {sub.dead_letter_topic!r} is not a NATS subject one can "
+                    f"publish to: {problem}")
+    return None
+
+
 def effective_subscriptions(
     *,
     declarative: Iterable[TopicSubscription],
@@ -223,6 +238,11 @@ def effective_subscriptions(
             continue
         if component.kafka is not None:
             unfit = _unfit_kafka_topic(sub)
+            if unfit is not None:
+                log.error("subscription %s is ignored: %s", _describe(sub), unfit, extra=extra)
+                continue
+        if component.jetstream is not None:
+            unfit = _unfit_subject(sub)
             if unfit is not None:
                 log.error("subscription %s is ignored: %s", _describe(sub), unfit, extra=extra)
                 continue

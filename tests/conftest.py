@@ -53,3 +53,56 @@ def redis_host() -> str:
     if not answer.startswith((b"+PONG", b"-NOAUTH")):
         pytest.fail(f"{address} does not answer PING like Redis: {answer!r}")
     return address
+
+
+NATS_URL = os.environ.get("TIDINGS_TEST_NATS", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """URL of the machine's NATS server with JetStream (``.ci/run`` starts it). Fails, never
+    skips, when it does not answer: a JetStream test that cannot run must not pass."""
+    import asyncio
+
+    import nats
+
+    async def check() -> None:
+        nc = await asyncio.wait_for(nats.connect(NATS_URL, max_reconnect_attempts=0), 10)
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(check())
+    except Exception as exc:
+        pytest.fail(f"NATS with JetStream is not reachable at {NATS_URL} (bash .ci/run starts "
+                    f"it): {exc!r}", pytrace=False)
+    return NATS_URL
+
+
+@pytest.fixture
+def jetstream_stream(nats_url: str, unique: str) -> Iterator[tuple[str, str]]:
+    """A fresh JetStream stream for one test: ``(stream name, subject prefix)``; the stream takes
+    every subject under ``<prefix>.`` and is deleted after the test."""
+    import asyncio
+
+    import nats
+
+    stream, prefix = f"T{unique}", f"t{unique}"
+
+    async def run(create: bool) -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            if create:
+                await nc.jetstream().add_stream(name=stream, subjects=[f"{prefix}.>"])
+            else:
+                await nc.jetstream().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    asyncio.run(run(True))
+    try:
+        yield stream, prefix
+    finally:
+        asyncio.run(run(False))

@@ -30,6 +30,8 @@ class RetryPolicy:
 
     ``initial_interval_s`` and ``max_interval_s`` are seconds; ``max_retries`` counts retries after
     the first attempt, ``-1`` meaning forever (Dapr's ``backOffMaxRetries`` default).
+    ``schedule_s``, when not empty, gives the wait before each retry explicitly (seconds; the
+    last one repeats) and overrides ``policy``: JetStream's ``backOff`` list.
     """
 
     policy: str = "exponential"
@@ -37,6 +39,7 @@ class RetryPolicy:
     max_interval_s: float = 60.0
     multiplier: float = 1.5
     max_retries: int = -1
+    schedule_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ import yaml
 
 from .kafka import COMPONENT_TYPE as KAFKA_TYPE
 from .kafka import KafkaMetadata, parse_kafka_metadata
+from .jetstream import COMPONENT_TYPE as JETSTREAM_TYPE
+from .jetstream import JetStreamMetadata, parse_jetstream_metadata
 from .models import Component, ResourceError, TopicSubscription, parse_resource
 from .redis import COMPONENT_TYPE as REDIS_TYPE
 from .redis import RedisMetadata, parse_redis_metadata
@@ -31,7 +33,7 @@ from .redis import RedisMetadata, parse_redis_metadata
 log = logging.getLogger(__name__)
 
 IN_MEMORY_TYPE = "pubsub.in-memory"
-SUPPORTED_TYPES = (KAFKA_TYPE, REDIS_TYPE, IN_MEMORY_TYPE)
+SUPPORTED_TYPES = (KAFKA_TYPE, REDIS_TYPE, JETSTREAM_TYPE, IN_MEMORY_TYPE)
 RESOURCE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -39,8 +41,8 @@ RESOURCE_SUFFIXES = (".yaml", ".yml", ".json")
 class LoadedComponent:
     """A pub/sub component ready to start: its resource, resolved metadata and checked settings.
 
-    ``kafka`` is set for ``pubsub.kafka``, ``redis`` for ``pubsub.redis``; both are ``None`` for
-    ``pubsub.in-memory``.
+    ``kafka`` is set for ``pubsub.kafka``, ``redis`` for ``pubsub.redis``, ``jetstream`` for
+    ``pubsub.jetstream``; all are ``None`` for ``pubsub.in-memory``.
     """
 
     component: Component
@@ -48,6 +50,7 @@ class LoadedComponent:
     metadata: dict[str, str]
     kafka: KafkaMetadata | None = None
     redis: RedisMetadata | None = None
+    jetstream: JetStreamMetadata | None = None
 
     @property
     def name(self) -> str:
@@ -123,8 +126,10 @@ def check_component(
     kafka = parse_kafka_metadata(values, app_id=app_id, source=source) if ctype == KAFKA_TYPE else None
     redis = (parse_redis_metadata(values, app_id=app_id, source=source)
              if ctype == REDIS_TYPE else None)
+    jetstream = (parse_jetstream_metadata(values, app_id=app_id, source=source)
+                 if ctype == JETSTREAM_TYPE else None)
     return LoadedComponent(component=component, source=source, metadata=values, kafka=kafka,
-                           redis=redis)
+                           redis=redis, jetstream=jetstream)
 
 
 def resource_files(paths: Iterable[Path | str]) -> list[Path]:

@@ -178,3 +178,32 @@ def publish(sidecar: Proc, topic: str, data: Any, *, pubsub: str = "pubsub") -> 
         f"http://127.0.0.1:{sidecar.port}/v1.0/publish/{pubsub}/{topic}", method="POST",
         body=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
     assert status == 204, (status, body)
+
+
+# Short ackWait: a killed sidecar's messages come back to the next replica within seconds.
+TEST_JETSTREAM_METADATA = {
+    "ackWait": "2s",
+    "backOffInitialInterval": "50ms",
+    "backOffMaxInterval": "500ms",
+}
+
+
+def write_jetstream_component(folder: Path, nats_url: str, stream: str,
+                              **metadata: str) -> Path:
+    """A ``pubsub.jetstream`` Component named ``pubsub`` on ``stream`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {"natsURL": nats_url, "streamName": stream, **TEST_JETSTREAM_METADATA, **metadata}
+    items = "".join(f"  - name: {key}\n    value: {json.dumps(value)}\n"
+                    for key, value in values.items())
+    (folder / "pubsub.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\n"
+        f"spec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n{items}")
+    return folder
+
+
+def jetstream_consumers(sidecar: Proc, pubsub: str = "pubsub") -> set[str]:
+    """The sidecar's durable consumers (``topic=stream/consumer``) from ``/v1.0/metadata``;
+    the stream part is empty until the consumer exists."""
+    _, body = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/metadata")
+    value = (body.get("extended") or {}).get(f"jetstream.consumers.{pubsub}", "")
+    return {c for c in value.split(",") if c and "=/" not in c}

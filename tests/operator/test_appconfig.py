@@ -212,3 +212,18 @@ def test_subscription_the_sidecar_drops_is_left_out(tmp_path: Path, spec: dict) 
                                  subscriptions=[good, bad], secrets={})
     assert rendered.subscriptions == ("a-good",)
     assert len(rendered.problems) == 1 and "z-bad" in rendered.problems[0]
+
+
+def test_subscription_a_jetstream_sidecar_drops_is_left_out(tmp_path: Path) -> None:
+    jetstream = component("pubsub", metadata=[{"name": "natsURL", "value": "nats://n:4222"}])
+    jetstream["spec"]["type"] = "pubsub.jetstream"
+    good, bad = v2_subscription("a-good"), v2_subscription("z-bad")
+    good["spec"]["topic"] = "orders.*"
+    bad["spec"]["topic"] = "orders.*"
+    bad["spec"]["deadLetterTopic"] = "dead letters"
+    rendered = render_app_config(app_id="orders", components=[jetstream],
+                                 subscriptions=[good, bad], secrets={})
+    assert rendered.components == ("pubsub",) and rendered.subscriptions == ("a-good",)
+    assert len(rendered.problems) == 1 and "not a NATS subject" in rendered.problems[0]
+    loaded = load_resources([write(tmp_path, rendered.files)], app_id="orders")
+    assert loaded.components["pubsub"].jetstream is not None

@@ -108,6 +108,16 @@ def test_kafka_topic_names_are_checked_only_for_kafka_components() -> None:
     assert not validate_subscription(sub("s", "a b"), components=[comp()]).ok
 
 
+def test_nats_subjects_are_checked_for_jetstream_components() -> None:
+    jetstream = comp(type="pubsub.jetstream", metadata=[{"name": "natsURL", "value": "nats://n"}])
+    assert validate_component(jetstream, {}).ok
+    assert validate_subscription(sub("s", "orders.*"), components=[jetstream]).ok
+    v = validate_subscription(sub("s", "a b"), components=[jetstream])
+    assert not v.ok and v.reason == "InvalidSpec" and "not a NATS subject" in v.message
+    v = validate_subscription(sub("s", "ok", deadLetterTopic="dead.>"), components=[jetstream])
+    assert not v.ok and "deadLetterTopic" in v.message
+
+
 def test_subscription_naming_a_missing_pubsub() -> None:
     v = validate_subscription(sub("s", pubsub="other"), components=[comp()])
     assert not v.ok and v.reason == "PubsubNotFound" and "'other'" in v.message

@@ -14,6 +14,7 @@ from tidings.sidecar.resources import (
     SubscriptionType,
     TopicSubscription,
 )
+from tidings.sidecar.resources.jetstream import parse_jetstream_metadata
 from tidings.sidecar.resources.kafka import parse_kafka_metadata
 from tidings.sidecar.resources.models import BulkOptions, parse_resource
 from tidings.sidecar.subscriptions import effective_subscriptions, parse_programmatic
@@ -215,3 +216,28 @@ def test_topics_kafka_cannot_hold_are_left_out_on_kafka_only(
     assert any('deadLetterTopic: topic "dead/letters" is not a valid Kafka topic name' in e
                for e in errors)
     assert any("decl-x y is ignored" in e for e in errors)
+
+
+def test_topics_that_are_no_nats_subject_are_left_out_on_jetstream(
+        caplog: pytest.LogCaptureFixture) -> None:
+    metadata = {"natsURL": "nats://localhost:4222"}
+    resource = Component.model_validate({
+        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": "js"},
+        "spec": {"type": "pubsub.jetstream", "version": "v1",
+                 "metadata": [{"name": k, "value": v} for k, v in metadata.items()]},
+    })
+    js = LoadedComponent(component=resource, source="test", metadata=metadata,
+                         jetstream=parse_jetstream_metadata(metadata, app_id="app"))
+    caplog.set_level(logging.ERROR)
+    subs = [programmatic("a b", "/x", "js"), programmatic("a..b", "/x", "js"),
+            programmatic("a.>.b", "/x", "js"),
+            programmatic("ok", "/ok", "js", dead_letter_topic="dead.*"),
+            programmatic("orders.*", "/o", "js", dead_letter_topic="dead.orders"),
+            programmatic("all.>", "/a", "js")]
+    result = effective_subscriptions(declarative=[], programmatic=subs, components={"js": js},
+                                     app_id="app")
+    assert [s.topic for s in result] == ["orders.*", "all.>"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 4
+    assert any("deadLetterTopic 'dead.*' is not a NATS subject one can publish to" in e
+               for e in errors)
