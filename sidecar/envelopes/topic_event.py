@@ -87,7 +87,9 @@ def _is_json_type(media_type: str) -> bool:
 def _valid_text(value: str) -> str:
     # A lone surrogate (only the json fallback of reading.py yields one) cannot be UTF-8 in a
     # protobuf string; Go decodes it as U+FFFD, and so does this.
-    return _LONE_SURROGATE.sub("\ufffd", value) if _LONE_SURROGATE.search(value) else value
+    if value.isascii() or _LONE_SURROGATE.search(value) is None:
+        return value
+    return _LONE_SURROGATE.sub("\ufffd", value)
 
 
 def _numbers_as_read(value: Any, body: bytes) -> bool:
@@ -174,22 +176,20 @@ def _text(event: dict[str, Any], name: str) -> str:
     return _valid_text(value) if isinstance(value, str) else ""
 
 
-def _extensions(event: dict[str, Any]) -> struct_pb2.Struct:
+def _set_extensions(extensions: struct_pb2.Struct, event: dict[str, Any]) -> None:
     rest = {k: v for k, v in event.items() if k not in _OWN_FIELDS}
-    extensions = struct_pb2.Struct()
     if not rest:
-        return extensions
+        return
     try:
-        extensions.update(rest)
+        extensions.update(rest)  # in place: a Struct passed to the constructor would be copied
     except (TypeError, ValueError):
         # A lone surrogate in a key or string (reading's json fallback): dumps_exact writes it
         # as U+FFFD, as Go reads it. Struct numbers are doubles either way.
-        extensions = struct_pb2.Struct()
+        extensions.Clear()
         try:
             extensions.update(json.loads(dumps_exact(rest)))
         except (TypeError, ValueError) as exc:
             raise EnvelopeDataError(f"unable to carry the cloudEvent extensions: {exc}") from None
-    return extensions
 
 
 def topic_event_request(
@@ -207,7 +207,7 @@ def topic_event_request(
     Raises :class:`EnvelopeDataError` (see :func:`event_data`).
     """
     event = read.event
-    return appcallback_pb2.TopicEventRequest(
+    request = appcallback_pb2.TopicEventRequest(
         id=_text(event, "id"),
         source=_text(event, "source"),
         type=_text(event, "type"),
@@ -217,5 +217,6 @@ def topic_event_request(
         topic=topic,
         pubsub_name=pubsubname,
         path=path,
-        extensions=_extensions(event),
     )
+    _set_extensions(request.extensions, event)
+    return request
