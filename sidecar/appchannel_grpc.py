@@ -9,10 +9,11 @@ semantics of §2.1-§2.3; dapr/dapr ``pkg/runtime/subscription/postman/grpc``):
   (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``), like ``GET /dapr/subscribe``. ``UNIMPLEMENTED`` means
   no subscriptions; any other error is logged and means none. Each ``TopicSubscription`` maps to
   the runtime's model by :func:`subscriptions_from_response`;
-- delivery: ``OnTopicEvent(TopicEventRequest)`` built from the CloudEvent by
-  :func:`topic_event_request`; the record's metadata (the HTTP channel's headers: Kafka headers,
-  ``__key``, ``__offset``, ``__partition``, ``__topic``, ``__timestamp``, ``pubsubname``,
-  ``traceparent``) travels as gRPC metadata (:func:`grpc_metadata`), as Dapr's
+- delivery: ``OnTopicEvent(TopicEventRequest)`` built from the read event by
+  ``envelopes.topic_event.topic_event_request`` (shared with streaming subscriptions; JSON
+  numbers in ``data`` byte-exact); the record's metadata (the HTTP channel's headers: Kafka
+  headers, ``__key``, ``__offset``, ``__partition``, ``__topic``, ``__timestamp``,
+  ``pubsubname``, ``traceparent``) travels as gRPC metadata (:func:`grpc_metadata`), as Dapr's
   ``WithCustomGRPCMetadata`` does. The answer is classified by :func:`classify_status` /
   :func:`classify_rpc_error` into the same :class:`AppStatus` values as HTTP answers.
 
@@ -32,30 +33,25 @@ caller of :meth:`GrpcAppChannel.deliver`), ``runner.py`` (lifetime).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
-import json
 import logging
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 from urllib.parse import quote
 
 import grpc
-import orjson
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from google.protobuf import empty_pb2
 
 from .appchannel import AppResponse, AppStatus, wait_for_port
 from .bulkformat import BulkEvent
 from .envelopes.reading import ReadEvent
+from .envelopes.topic_event import EnvelopeDataError, topic_event_request
 from .resources.models import BulkOptions, Route, SubscriptionType, TopicSubscription
 from .settings import SidecarSettings
 
 __all__ = [
-    "EnvelopeDataError",
     "GrpcAppChannel",
     "bulk_request_entry",
     "classify_bulk_response",
@@ -63,7 +59,6 @@ __all__ = [
     "classify_status",
     "grpc_metadata",
     "subscriptions_from_response",
-    "topic_event_request",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,115 +74,6 @@ _DISCOVERY_MAX_S = 5.0
 # The app has not started serving yet (or restarts): retry discovery, as for HTTP transport errors.
 _DISCOVERY_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
-# CloudEvent attributes that have their own TopicEventRequest field; every other attribute is an
-# extension (dapr/dapr ``cloudEventDuplicateKeys``).
-_OWN_FIELDS = frozenset({"id", "source", "datacontenttype", "type", "specversion", "data",
-                         "data_base64"})
-
-
-class EnvelopeDataError(ValueError):
-    """The CloudEvent's ``data``/``data_base64`` cannot become ``TopicEventRequest.data``.
-
-    Dapr answers the same case with a retriable error (``unexpected data type encountered in
-    envelope``); the engine then retries it or sends it to the dead-letter topic.
-    """
-
-
-# --- the request ---------------------------------------------------------------------------------
-
-def _media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
-
-
-def _is_string_type(media_type: str) -> bool:
-    # dapr/dapr pkg/runtime/pubsub contenttype.IsStringContentType
-    return media_type.startswith("text/") or media_type == "application/xml"
-
-
-def _json_bytes(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # an integer beyond 64 bits (read by the json fallback): json writes it
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def event_data(event: Mapping[str, Any]) -> bytes:
-    """``TopicEventRequest.data`` for ``event`` (dapr/dapr ``GRPCEnvelopeFromSubscriptionMessage``).
-
-    - ``data_base64`` (a string): its decoded bytes (what binary publishes and ``rawPayload``
-      subscriptions carry);
-    - ``data`` with a ``text/*`` or ``application/xml`` content type: the string's UTF-8 bytes;
-    - ``data`` with a JSON or CloudEvents content type, or none (CloudEvents: JSON implied): its
-      compact JSON;
-    - ``data`` with another content type: a string's bytes, anything else as JSON (Dapr sends no
-      data at all here; sending it is what an app expects);
-    - no data: ``b""``.
-
-    Raises :class:`EnvelopeDataError` for ``data_base64`` that is not base64 text, and for
-    ``data`` that is not a string under a string content type.
-    """
-    content_type = event.get("datacontenttype")
-    media_type = _media_type(content_type) if isinstance(content_type, str) else ""
-    encoded = event.get("data_base64")
-    if encoded is not None:
-        if not isinstance(encoded, str):
-            raise EnvelopeDataError("unexpected data type encountered in envelope: "
-                                    "data_base64 is not a string")
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise EnvelopeDataError(f"unable to base64 decode cloudEvent field data_base64: "
-                                    f"{exc}") from None
-    data = event.get("data")
-    if data is None:
-        return b""
-    if _is_string_type(media_type):
-        if not isinstance(data, str):
-            raise EnvelopeDataError(
-                f"unexpected data type encountered in envelope: {type(data).__name__} data "
-                f"with content type {content_type!r}")
-        return data.encode("utf-8", "surrogatepass")
-    if media_type in ("", "application/json", "application/cloudevents+json") \
-            or media_type.endswith("+json"):
-        return _json_bytes(data)
-    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else _json_bytes(data)
-
-
-def _text(event: Mapping[str, Any], name: str) -> str:
-    value = event.get(name)
-    return value if isinstance(value, str) else ""
-
-
-def topic_event_request(
-    event: Mapping[str, Any], *, topic: str, pubsubname: str, path: str,
-) -> appcallback_pb2.TopicEventRequest:
-    """The ``TopicEventRequest`` for one event. Pure.
-
-    ``id``, ``source``, ``type``, ``spec_version``, ``data_content_type`` from the CloudEvent
-    (a non-string attribute becomes ``""``, as in Dapr), ``data`` by :func:`event_data`,
-    ``topic``/``pubsub_name``/``path`` from the arguments, and every other attribute
-    (``traceparent``, ``time``, ``pubsubname``, custom extensions...) in ``extensions``.
-    Raises :class:`EnvelopeDataError` (see :func:`event_data`).
-    """
-    request = appcallback_pb2.TopicEventRequest(
-        id=_text(event, "id"),
-        source=_text(event, "source"),
-        type=_text(event, "type"),
-        spec_version=_text(event, "specversion"),
-        data_content_type=_text(event, "datacontenttype"),
-        data=event_data(event),
-        topic=topic,
-        pubsub_name=pubsubname,
-        path=path,
-    )
-    extensions = {k: v for k, v in event.items() if k not in _OWN_FIELDS}
-    if extensions:
-        try:
-            request.extensions.update(extensions)
-        except (TypeError, ValueError) as exc:
-            raise EnvelopeDataError(f"unable to carry the cloudEvent extensions: {exc}") from None
-    return request
-
 
 def bulk_request_entry(
     event: BulkEvent, *, topic: str, pubsubname: str, path: str,
@@ -195,8 +81,8 @@ def bulk_request_entry(
     """One ``TopicEventBulkRequestEntry`` (§2.4 over gRPC): ``entry_id``, the CloudEvent as a
     ``TopicEventCERequest`` (fields as :func:`topic_event_request`), ``content_type``
     ``application/cloudevents+json`` and the entry's metadata. Raises
-    :class:`EnvelopeDataError` (see :func:`event_data`)."""
-    single = topic_event_request(event.read.event, topic=topic, pubsubname=pubsubname, path=path)
+    :class:`EnvelopeDataError` (``envelopes/topic_event.py``)."""
+    single = topic_event_request(event.read, topic=topic, pubsubname=pubsubname, path=path)
     cloud_event = appcallback_pb2.TopicEventCERequest(
         id=single.id, source=single.source, type=single.type, spec_version=single.spec_version,
         data_content_type=single.data_content_type, data=single.data)
@@ -450,8 +336,7 @@ class GrpcAppChannel:
         ``CancelledError``.
         """
         try:
-            request = topic_event_request(read.event, topic=topic, pubsubname=pubsubname,
-                                          path=path)
+            request = topic_event_request(read, topic=topic, pubsubname=pubsubname, path=path)
         except EnvelopeDataError as exc:
             return AppResponse(AppStatus.RETRY, None, str(exc))
         metadata = grpc_metadata(headers, self._token)

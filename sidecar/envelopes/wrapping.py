@@ -318,7 +318,7 @@ _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 def _exact_int(text: str) -> Any:
     value = int(text)
-    if _INT64_MIN <= value <= _INT64_MAX:
+    if _INT64_MIN <= value <= _INT64_MAX and text != "-0":  # -0 would come back as 0
         return value
     return orjson.Fragment(text.encode())  # orjson cannot encode ints beyond 64 bits
 

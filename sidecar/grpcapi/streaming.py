@@ -29,37 +29,27 @@ ALREADY_EXISTS. The subscriptions are listed by ``GetMetadata`` / ``GET /v1.0/me
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
-import orjson
 from dapr.proto.runtime.v1 import appcallback_pb2, pubsub_pb2
-from google.protobuf import struct_pb2
 
 from ..appchannel import AppResponse, AppStatus
 from ..delivery import Dispatcher
-from ..envelopes.wrapping import dumps_exact, loads_exact
+from ..envelopes.reading import ReadEvent
+from ..envelopes.topic_event import EnvelopeDataError, topic_event_request
 from ..resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from ..resources.loading import LoadedComponent
 from ..resources.models import SubscriptionType, TopicSubscription
 from ..scoping import subscribe_allowed
 
-__all__ = ["StreamChannel", "StreamingSubscriptions", "topic_event_request"]
+__all__ = ["StreamChannel", "StreamingSubscriptions"]
 
 log = logging.getLogger(__name__)
-
-# TopicEventRequest has a field of its own for these CloudEvent attributes; every other
-# attribute of the event travels in ``extensions`` (as in Dapr's gRPC delivery).
-_OWN_FIELDS = frozenset(("id", "source", "type", "specversion", "datacontenttype", "data",
-                         "data_base64", "topic", "pubsubname"))
 
 _STATUS = {
     appcallback_pb2.TopicEventResponse.SUCCESS: AppStatus.SUCCESS,
@@ -69,63 +59,6 @@ _STATUS = {
 
 _INITIAL_RESPONSE = pubsub_pb2.SubscribeTopicEventsResponseAlpha1(
     initial_response=pubsub_pb2.SubscribeTopicEventsResponseInitialAlpha1())
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media in ("application/json", "application/cloudevents+json") or (
-        media.startswith("application/") and media.endswith("+json"))
-
-
-def _plain(value: Any) -> Any:
-    """A ``loads_exact`` value as plain JSON types (``Struct`` holds numbers as doubles)."""
-    text = dumps_exact(value)
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:  # nested beyond orjson's depth, or an integer over 64 bits
-        return json.loads(text)
-
-
-def topic_event_request(body: bytes, *, pubsubname: str,
-                        topic: str) -> appcallback_pb2.TopicEventRequest:
-    """The ``TopicEventRequest`` for a delivery whose CloudEvent JSON is ``body`` (what
-    ``envelopes.reading.read_event`` hands the app channel; a JSON object).
-
-    ``data`` holds the event's data as bytes: ``data_base64`` decoded; a string as its UTF-8
-    bytes unless the content type is JSON; any other JSON value encoded as JSON (numbers exact).
-    Raises ``ValueError`` for a body that is not a JSON object or an invalid ``data_base64``.
-    """
-    event = loads_exact(body)
-    if not isinstance(event, dict):
-        raise ValueError("the event is not a JSON object")
-    content_type = event.get("datacontenttype")
-    content_type = content_type if isinstance(content_type, str) else ""
-    data = b""
-    raw64 = event.get("data_base64")
-    if isinstance(raw64, str):
-        try:
-            data = base64.b64decode(raw64, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("data_base64 is not valid base64") from None
-    elif event.get("data") is not None:
-        value = event["data"]
-        if isinstance(value, str) and not _is_json(content_type):
-            data = value.encode()
-        else:
-            data = dumps_exact(value)
-    extensions = struct_pb2.Struct()
-    rest = {k: v for k, v in event.items() if k not in _OWN_FIELDS}
-    if rest:
-        extensions.update(_plain(rest))
-
-    def text(name: str) -> str:
-        value = event.get(name)
-        return value if isinstance(value, str) else ("" if value is None else str(value))
-
-    return appcallback_pb2.TopicEventRequest(
-        id=text("id"), source=text("source"), type=text("type"),
-        spec_version=text("specversion"), data_content_type=content_type, data=data,
-        topic=topic, pubsub_name=pubsubname, path="", extensions=extensions)
 
 
 class StreamClosed(Exception):
@@ -184,12 +117,13 @@ class _Stream:
 class StreamChannel:
     """The app channel of one streamed (pubsub, topic): what ``Dispatcher`` posts events to.
 
-    Duck-types ``AppChannel.post_event``. It outlives single streams: a delivery whose stream
-    ended unanswered waits for the next stream of this (pubsub, topic) and is sent again there;
-    cancellation (the runner unsubscribed the topic) ends the wait, the record stays unacked.
+    Has what ``Dispatcher`` needs of an ``appchannel.Channel``: ``cleans_paths`` and
+    :meth:`deliver`. It outlives single streams: a delivery whose stream ended unanswered waits
+    for the next stream of this (pubsub, topic) and is sent again there; cancellation (the
+    runner unsubscribed the topic) ends the wait, the record stays unacked.
     """
 
-    cleans_paths = True  # the path is not sent; only the channel protocol of issue 7b asks
+    cleans_paths = True  # the one route is "/" (as in Dapr), the same cleaned or not
 
     def __init__(self, pubsubname: str, topic: str) -> None:
         self.pubsubname = pubsubname
@@ -214,13 +148,20 @@ class StreamChannel:
             self._stream = None
             self._attached.clear()
 
-    async def post_event(self, path: str, body: bytes, headers: Mapping[str, str]) -> AppResponse:
-        """Send the CloudEvent ``body`` to the app over its stream and return its answer
-        classified like an HTTP one. ``path`` and ``headers`` (HTTP delivery details) are not
-        used. Raises only ``CancelledError``."""
+    async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
+                      topic: str, pubsubname: str) -> AppResponse:
+        """Send the read event to the app over its stream as an ``event_message`` and return
+        its answer classified like an HTTP one (the :class:`~..appchannel.Channel` call).
+
+        The message is built as for the gRPC app channel
+        (``envelopes.topic_event.topic_event_request``: Dapr's content-type rules, JSON numbers
+        byte-exact); ``path`` is the subscription's (``/``, as in Dapr). ``headers`` are not
+        sent: the stream has no per-event metadata. An event whose data cannot be carried is
+        RETRY. Raises only ``CancelledError``.
+        """
         try:
-            request = topic_event_request(body, pubsubname=self.pubsubname, topic=self.topic)
-        except ValueError as exc:
+            request = topic_event_request(read, topic=topic, pubsubname=pubsubname, path=path)
+        except EnvelopeDataError as exc:
             return AppResponse(AppStatus.RETRY, None, f"cannot build the event message: {exc}")
         while True:
             while self._stream is None:
@@ -237,12 +178,6 @@ class StreamChannel:
             if app_status is None:
                 return AppResponse(AppStatus.RETRY, None, f"unknown status {status} from the app")
             return AppResponse(app_status, None, f"app answered {app_status.value} over the stream")
-
-    async def deliver(self, path: str, read: Any, headers: Mapping[str, str], *, topic: str,
-                      pubsubname: str) -> AppResponse:
-        """The same as :meth:`post_event`, for a ``Dispatcher`` that hands the channel the read
-        event (``envelopes.reading.ReadEvent``) instead of its body."""
-        return await self.post_event(path, read.body, headers)
 
 
 @dataclass(eq=False)

@@ -23,7 +23,7 @@ import pytest
 
 from tidings.sidecar.localbroker import free_port
 
-from .processes import HERE, Proc, http_json, poll, publish, start_sidecar, write_component
+from .processes import HERE, Proc, http_json, poll, start_sidecar, write_component
 
 
 @pytest.fixture

@@ -111,10 +111,18 @@ def test_sdk_grpc_app_receives_through_on_topic_event(
     for event_id, wanted in (("ok", "SUCCESS"), ("again", "RETRY_ONCE"), ("boom", "RAISE_ONCE"),
                              ("dropped", "DROP")):
         publish(sidecar, topic, {"id": event_id, "answer": wanted, "text": "grüße"})
+    # JSON numbers reach OnTopicEvent as published, as they reach an HTTP app.
+    exact = b'{"id":"exact","price":1.10,"big":%d,"e":1e2}' % 2**70
+    status, body = http_json(
+        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}", method="POST",
+        body=exact, headers={"Content-Type": "application/json"})
+    assert status == 204, (status, body)
     poll("RETRY to be redelivered and then succeed",
          lambda: len(of(record, "orders", "again")) >= 2, 60)
     poll("the failed handler to be redelivered", lambda: len(of(record, "orders", "boom")) >= 2, 60)
     poll("the drop to arrive", lambda: of(record, "orders", "dropped"), 60)
+    assert poll("the exact numbers", lambda: of(record, "orders", "exact"), 60)[0]["raw"] == (
+        exact.decode())
 
     # DROP on a subscription with a dead-letter topic: the original event goes there, once.
     publish(sidecar, f"{topic}-dl", {"id": "to-dlt", "answer": "DROP"})

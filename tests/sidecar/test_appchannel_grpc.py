@@ -1,6 +1,7 @@
 """Tests of the gRPC app channel (``sidecar/appchannel_grpc.py``).
 
-The mapping functions are pure and tested as such. The channel itself talks over real TCP to a
+The mapping functions are pure and tested as such; the ``TopicEventRequest`` itself is built by
+``envelopes/topic_event.py`` (``test_topic_event.py``). The channel itself talks over real TCP to a
 real grpcio asyncio server on 127.0.0.1 implementing Dapr's ``AppCallback`` service from the
 ``dapr`` package's generated modules; nothing is mocked.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -22,14 +22,11 @@ from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from multidict import CIMultiDict
 from tidings.sidecar.appchannel import AppChannel, AppStatus, open_app_channel
 from tidings.sidecar.appchannel_grpc import (
-    EnvelopeDataError,
     GrpcAppChannel,
     classify_rpc_error,
     classify_status,
-    event_data,
     grpc_metadata,
     subscriptions_from_response,
-    topic_event_request,
 )
 from tidings.sidecar.envelopes.reading import read_event
 from tidings.sidecar.resources.models import BulkOptions, Route, TopicSubscription
@@ -43,70 +40,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-# --- TopicEventRequest ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("event", "expected"), [
-    ({"datacontenttype": "application/json", "data": {"a": 1, "b": [True, None]}},
-     b'{"a":1,"b":[true,null]}'),
-    ({"datacontenttype": "application/json; charset=utf-8", "data": "hello"}, b'"hello"'),
-    ({"datacontenttype": "application/cloudevents+json", "data": {"x": 1}}, b'{"x":1}'),
-    ({"datacontenttype": "application/vnd.api+json", "data": [1, 2]}, b"[1,2]"),
-    ({"data": {"implied": "json"}}, b'{"implied":"json"}'),
-    ({"datacontenttype": "text/plain", "data": "grüße"}, "grüße".encode()),
-    ({"datacontenttype": "Text/CSV", "data": "a,b"}, b"a,b"),
-    ({"datacontenttype": "application/xml", "data": "<a/>"}, b"<a/>"),
-    ({"datacontenttype": "application/octet-stream",
-      "data_base64": base64.b64encode(b"\x00\xffbin").decode()}, b"\x00\xffbin"),
-    ({"datacontenttype": "application/x-custom", "data": "as is"}, b"as is"),
-    ({"datacontenttype": "application/json"}, b""),
-    ({"datacontenttype": "application/json", "data": None}, b""),
-    ({"datacontenttype": "application/json", "data": 2**70}, str(2**70).encode()),
-])
-def test_event_data(event: dict[str, Any], expected: bytes) -> None:
-    assert event_data(event) == expected
-
-
-@pytest.mark.parametrize("event", [
-    {"datacontenttype": "text/plain", "data": {"not": "a string"}},
-    {"datacontenttype": "application/octet-stream", "data_base64": "!!not base64!!"},
-    {"datacontenttype": "application/octet-stream", "data_base64": 12},
-])
-def test_event_data_that_cannot_be_carried_is_an_envelope_error(event: dict[str, Any]) -> None:
-    with pytest.raises(EnvelopeDataError):
-        event_data(event)
-
-
-def test_topic_event_request_fields_and_extensions() -> None:
-    event = {"specversion": "1.0", "id": "e-1", "source": "orders-app", "type": "order.created",
-             "datacontenttype": "application/json", "data": {"n": 1}, "topic": "orders",
-             "pubsubname": "pubsub", "traceparent": "00-abc-def-01", "custom": {"deep": [1, "x"]},
-             "time": "2024-01-01T00:00:00Z"}
-    request = topic_event_request(event, topic="orders", pubsubname="pubsub", path="widgets")
-    assert (request.id, request.source, request.type, request.spec_version) == (
-        "e-1", "orders-app", "order.created", "1.0")
-    assert request.data_content_type == "application/json"
-    assert request.data == b'{"n":1}'
-    assert (request.topic, request.pubsub_name, request.path) == ("orders", "pubsub", "widgets")
-    extensions = dict(request.extensions)
-    assert set(extensions) == {"topic", "pubsubname", "traceparent", "custom", "time"}
-    assert extensions["traceparent"] == "00-abc-def-01"
-    assert extensions["custom"]["deep"][1] == "x"
-
-
-def test_non_string_attributes_become_empty_like_dapr() -> None:
-    request = topic_event_request({"id": 7, "source": None, "data": "x"}, topic="t",
-                                  pubsubname="p", path="")
-    assert request.id == "" and request.source == ""
-    assert "id" not in request.extensions and "source" not in request.extensions
-
-
-def test_raw_payload_event_carries_the_original_bytes() -> None:
-    read = read_event(b"\x00not json", topic="t", pubsubname="p", raw_payload=True)
-    request = topic_event_request(read.event, topic="t", pubsubname="p", path="")
-    assert request.data == b"\x00not json"
-    assert request.data_content_type == "application/octet-stream"
 
 
 # --- metadata ------------------------------------------------------------------------------------
@@ -291,6 +224,25 @@ async def test_deliver_sends_the_request_metadata_and_token(grpc_app, channels) 
         "e-1", "widgets", "orders", b'{"n":1}')
     assert metadata["__offset"] == "5" and metadata["pubsubname"] == "pubsub"
     assert metadata["dapr-api-token"] == "app-secret"
+
+
+async def test_deliver_keeps_json_numbers_as_published(grpc_app, channels) -> None:
+    """The record's number spellings reach the app's ``OnTopicEvent`` unchanged, as the HTTP
+    channel's POST of the record bytes does (``read.event`` alone holds them as doubles)."""
+    app = App()
+    port = await grpc_app(app)
+    big = 2**70
+    data = (b'{"price":1.10,"big":%d,"neg":-0,"e":1e2,"n":[0.1000000000000000055511151231257827]}'
+            % big)
+    value = (b'{"specversion":"1.0","id":"e-1","source":"pub","type":"t",'
+             b'"datacontenttype":"application/json","data":' + data + b',"ratio":2.50}')
+    readout = read_event(value, topic="orders", pubsubname="pubsub", raw_payload=False)
+    assert readout.event["data"]["big"] == float(big)  # what orjson read: not the digits
+    result = await channels(port).deliver("", readout, {}, topic="orders", pubsubname="pubsub")
+    assert result.status is AppStatus.SUCCESS
+    (request, _), = app.requests
+    assert request.data == data
+    assert request.extensions["ratio"] == 2.5
 
 
 @pytest.mark.parametrize(("answer", "expected"), [

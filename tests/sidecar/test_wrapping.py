@@ -205,7 +205,7 @@ def test_user_cloudevent_must_be_a_json_object(body: bytes) -> None:
 
 
 def test_loads_exact_round_trips() -> None:
-    text = b'{"a":[' + BIG + b"," + DECIMAL + b',-3,true,null,"s"]}'
+    text = b'{"a":[' + BIG + b"," + DECIMAL + b',-3,-0,0,true,null,"s"]}'
     assert orjson.dumps(loads_exact(text)) == text
 
 
