@@ -200,7 +200,7 @@ async def test_partition_number_is_refused_not_ignored(
     broker = await make()
     with pytest.raises(BrokerError, match="partitionNumber") as err:
         await broker.publish(topic, b"x", partition=1)
-    assert not err.value.retriable
+    assert not err.value.retriable and err.value.refused == "request"
     outcomes = await broker.publish_many([PublishRecord(topic, b"a"),
                                           PublishRecord(topic, b"b", partition=2),
                                           PublishRecord(topic, b"c", b"k", [("h", b"v")])])
@@ -217,6 +217,7 @@ async def test_a_key_that_is_not_a_stream_fails_that_entry_only(
     with pytest.raises(BrokerError) as err:
         await broker.publish(wrong, b"x")
     assert not err.value.retriable and "WRONGTYPE" in str(err.value)
+    assert err.value.refused == "request"  # the caller's mistake: the API answers 400
     outcomes = await broker.publish_many([PublishRecord(wrong, b"x"), PublishRecord(right, b"y")])
     assert isinstance(outcomes[0], BrokerError) and outcomes[1] is None
 
