@@ -1,5 +1,8 @@
 """End to end on NATS JetStream: real sidecar processes, real app processes, the machine's real
-NATS server. Each test has its own stream (deleted afterwards) and app-ids. Nothing is mocked."""
+NATS server. What is JetStream's own: replicas sharing one durable consumer, SIGKILL mid-stream
+with AckWait redelivery. The delivery cases every broker shares (publish → delivery, retry,
+dead-letter, rawPayload, routing, TTL) run on JetStream in ``test_broker_delivery.py``. Each test
+has its own stream (deleted afterwards) and app-ids. Nothing is mocked."""
 
 from __future__ import annotations
 
@@ -16,23 +19,13 @@ from tidings.sidecar.resources.jetstream import consumer_name
 
 from .processes import (
     Proc,
-    http_json,
     jetstream_consumers,
     poll,
-    publish,
     received,
     start_app,
     start_sidecar,
     write_jetstream_component,
 )
-
-
-@pytest.fixture
-def procs():  # type: ignore[no-untyped-def]
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 @pytest.fixture
@@ -56,36 +49,6 @@ def produce_events(nats_url: str, subject: str, ids: list[str]) -> None:
             await nc.close()
 
     asyncio.run(run())
-
-
-def test_publish_through_a_sidecar_reaches_the_app_of_another_app_id(
-        tmp_path: Path, resources: Path, jetstream_stream: tuple[str, str], procs: list[Proc],
-        unique: str) -> None:
-    topic = f"{jetstream_stream[1]}.orders"
-    app = start_app(tmp_path, "sub", topics=[topic])
-    procs.append(app)
-    subscriber = start_sidecar(tmp_path, "sub", app_id=f"sub-{unique}", resources=resources,
-                               app_port=app.port)
-    publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=resources)
-    procs += [subscriber, publisher]
-    poll("the subscriber's durable consumer", lambda: jetstream_consumers(subscriber), 30)
-
-    for n in range(5):
-        publish(publisher, topic, {"n": n})
-    got = poll("5 deliveries", lambda: len(received(app)["finished"]) >= 5 and received(app), 30)
-    assert len(set(got["finished"])) == 5
-
-    status, meta = http_json(f"http://127.0.0.1:{publisher.port}/v1.0/metadata")
-    assert status == 200
-    assert {"name": "pubsub", "type": "pubsub.jetstream", "version": "v1",
-            "capabilities": ["MESSAGE_HEADERS", "ORDERED"]} in meta["components"]
-    assert "not supported: BULK_PUBLISH, PARTITION_KEY, PARTITION_NUMBER" in publisher.log()
-    status, body = http_json(
-        f"http://127.0.0.1:{publisher.port}/v1.0/publish/pubsub/{topic}"
-        "?metadata.partitionNumber=1", method="POST", body=b'{"n": 1}',
-        headers={"Content-Type": "application/json"})
-    assert status == 500 and body["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE", body
-    assert "no partitions" in body["message"]
 
 
 def test_app_ids_each_get_all_and_replicas_share(tmp_path: Path, resources: Path, nats_url: str,
@@ -180,49 +143,3 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, nats_url: str,
               f"{held_at_kill} held unacked by the dead sidecar: lost={len(lost)} "
               f"duplicates={duplicates} of {len(ids)}")
     assert not lost
-
-
-def test_dropped_event_goes_to_the_dead_letter_subject_unchanged(
-        tmp_path: Path, resources: Path, nats_url: str, jetstream_stream: tuple[str, str],
-        procs: list[Proc], unique: str) -> None:
-    """The app answers DROP; the original message (data, key, headers) is stored on the
-    subscription's deadLetterTopic, a subject of the same stream, and only then acked."""
-    stream, prefix = jetstream_stream
-    topic, dlt = f"{prefix}.orders", f"{prefix}.poison"
-    (resources / "subscription.yaml").write_text(f"""\
-apiVersion: dapr.io/v2alpha1
-kind: Subscription
-metadata:
-  name: with-dlt
-spec:
-  pubsubname: pubsub
-  topic: {topic}
-  routes:
-    default: /events
-  deadLetterTopic: {dlt}
-""")
-    app = start_app(tmp_path, "app", topics=[], answer="DROP")
-    procs.append(app)
-    sidecar = start_sidecar(tmp_path, "sub", app_id=f"dlt-{unique}", resources=resources,
-                            app_port=app.port)
-    procs.append(sidecar)
-    status, body = http_json(
-        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}"
-        "?metadata.partitionKey=k1&metadata.team=payments", method="POST", body=b'{"n": 5}',
-        headers={"Content-Type": "application/json"})
-    assert status == 204, body
-
-    async def dead_letter() -> tuple[dict[str, str], bytes] | None:
-        nc = await nats.connect(nats_url)
-        try:
-            msg = await nc.jetstream().get_last_msg(stream, dlt)
-            return dict(msg.headers or {}), msg.data
-        except nats.js.errors.NotFoundError:
-            return None
-        finally:
-            await nc.close()
-
-    headers, data = poll("the dead-letter copy", lambda: asyncio.run(dead_letter()), 30, 0.2)
-    assert headers["Tidings-Partition-Key"] == "k1" and headers["team"] == "payments"
-    assert json.loads(data)["data"] == {"n": 5}
-    assert len(received(app)["finished"]) == 1

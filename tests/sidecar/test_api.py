@@ -120,8 +120,9 @@ async def start_api(components: dict[str, LoadedComponent], brokers: dict[str, B
                     memory: MemoryBroker, **settings: object) -> AsyncIterator[Api]:
     runtime = FakeRuntime(components)
     publisher = Publisher(app_id=APP_ID, brokers=brokers, components=components)
+    settings = {"max_body_size": MAX_BODY, **settings}
     app = create_app(SidecarSettings(app_id=APP_ID, app_port=6000,
-                                     **{"max_body_size": MAX_BODY, **settings}),  # type: ignore[arg-type]
+                                     **settings),  # type: ignore[arg-type]
                      publisher, runtime)
     async with TestServer(app, host="127.0.0.1") as server, ClientSession() as session:
         yield Api(server, session, runtime, memory, components, brokers)

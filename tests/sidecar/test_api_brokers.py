@@ -12,34 +12,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import nats
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from tidings.sidecar.brokers.base import Broker
-from tidings.sidecar.brokers.jetstream import KEY_HEADER, JetStreamBroker
+from tidings.sidecar.brokers.jetstream import JetStreamBroker
 from tidings.sidecar.brokers.kafka import KafkaBroker
 from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.brokers.redis import RedisBroker
 from tidings.sidecar.resources.loading import LoadedComponent
 
-from .records import read_records
+from .records import Stored, stored_jetstream, stored_kafka, stored_redis
 from .test_api import BIG, DECIMAL, Api, component, dapr_error, start_api
 
 # Above NATS's default max_payload (1 MiB), so a message too large for the server reaches it.
 API_MAX_BODY = 2 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Stored:
-    """One stored message, whatever the broker: value, key and metadata headers."""
-
-    value: bytes
-    key: bytes | None
-    headers: dict[str, bytes]
 
 
 @dataclass
@@ -70,15 +61,11 @@ async def kafka_backend(servers: dict[str, Any], unique: str, stack: AsyncExitSt
     bootstrap = servers["kafka_bootstrap"]
     loaded = component("bus", "pubsub.kafka", brokers=bootstrap, authType="none")
 
-    async def read(topic: str, n: int) -> list[Stored]:
-        return [Stored(r.value, r.key, {k: v for k, v in r.headers})
-                for r in await read_records(bootstrap, topic, n)]
-
     async def unusable() -> tuple[str, str]:
         return "bad+name", "is not a valid Kafka topic name"  # '+' in a path is a space
 
     return Backend(loaded, KafkaBroker(loaded, app_id="orders"), lambda n: f"api-{n}-{unique}",
-                   read, unusable)
+                   partial(stored_kafka, bootstrap), unusable)
 
 
 async def redis_backend(servers: dict[str, Any], unique: str, stack: AsyncExitStack) -> Backend:
@@ -99,20 +86,13 @@ async def redis_backend(servers: dict[str, Any], unique: str, stack: AsyncExitSt
         keys.append(f"api-{name}-{unique}")
         return keys[-1]
 
-    async def read(name: str, n: int) -> list[Stored]:
-        out = []
-        for _, fields in await client.xrange(name, count=n):
-            meta = orjson.loads(fields[b"metadata"]) if b"metadata" in fields else {}
-            out.append(Stored(fields[b"data"], fields.get(b"key"),
-                              {k: v.encode() for k, v in meta.items()}))
-        return out
-
     async def unusable() -> tuple[str, str]:
         name = topic("string")
         await client.set(name, "a key that holds no stream")
         return name, "key is not a stream"
 
-    return Backend(loaded, RedisBroker(loaded, app_id="orders"), topic, read, unusable)
+    return Backend(loaded, RedisBroker(loaded, app_id="orders"), topic,
+                   partial(stored_redis, host), unusable)
 
 
 async def jetstream_backend(servers: dict[str, Any], unique: str,
@@ -121,28 +101,11 @@ async def jetstream_backend(servers: dict[str, Any], unique: str,
     stream, prefix = servers["jetstream_stream"]
     loaded = component("bus", "pubsub.jetstream", natsURL=url, streamName=stream)
 
-    async def read(subject: str, n: int) -> list[Stored]:
-        """Through an ephemeral pull consumer, as a subscriber reads them; JetStream's own
-        headers are left out."""
-        nc = await nats.connect(url)
-        try:
-            sub = await nc.jetstream().pull_subscribe(subject, stream=stream)
-            out: list[Stored] = []
-            for msg in await sub.fetch(n, timeout=5):
-                headers = {k: v.encode() for k, v in (msg.headers or {}).items()
-                           if not k.startswith("Nats-") and k != KEY_HEADER}
-                key = (msg.headers or {}).get(KEY_HEADER)
-                out.append(Stored(msg.data, key.encode() if key is not None else None,
-                                  headers))
-            return out
-        finally:
-            await nc.close()
-
     async def unusable() -> tuple[str, str]:
         return f"{prefix}.*", "is not a NATS subject"  # a wildcard: subscribe only
 
     return Backend(loaded, JetStreamBroker(loaded, app_id="orders"), lambda n: f"{prefix}.{n}",
-                   read, unusable)
+                   partial(stored_jetstream, url, stream), unusable)
 
 
 BACKENDS = {"kafka": kafka_backend, "redis": redis_backend, "jetstream": jetstream_backend}
