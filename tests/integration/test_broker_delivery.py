@@ -5,8 +5,9 @@ HTTP API do not change with the broker; nothing is mocked.
 
 Each case runs on all three: publish → delivery of a CloudEvent across app-ids, RETRY then
 success, DROP to the ``deadLetterTopic``, ``rawPayload``, a CEL routing rule choosing the path,
-an expired TTL not delivered. What only one broker has (partitions and rebalances, pending-entry
-reclaim, AckWait redelivery) stays in ``test_processes.py``, ``test_redis_processes.py`` and
+an expired TTL not delivered, two app-ids fanning out while two replicas of one share. What only
+one broker has (SIGKILL hand-over through a rebalance, pending-entry reclaim or AckWait
+redelivery) stays in ``test_processes.py``, ``test_redis_processes.py`` and
 ``test_jetstream_processes.py``. Topics, groups and app-ids are unique per test; Redis streams
 and JetStream streams are deleted afterwards.
 """
@@ -20,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ from .processes import (
     http_json,
     jetstream_consumers,
     poll,
+    produce_jetstream,
+    produce_kafka,
+    produce_redis,
     publish,
     received,
     redis_streams,
@@ -52,14 +57,21 @@ class Bus:
     """One real broker as component ``pubsub`` in ``resources``. ``topic(name)`` is this test's
     topic for ``name`` (JetStream: a subject of the test stream); ``consuming(sidecar)`` says
     whether a sidecar reads its topics now; ``read(topic, n)`` reads up to ``n`` messages of a
-    topic straight from the broker; ``capabilities`` what ``/v1.0/metadata`` lists for it."""
+    topic straight from the broker; ``produce(topic, ids)`` stores CloudEvents with those ids
+    straight on it; ``sharing(replicas)`` says whether every replica of one app-id holds a share
+    of its topic (Kafka: partitions split between them); ``capabilities`` what
+    ``/v1.0/metadata`` lists for it; ``total_order``: a lone consumer sees a topic in publish
+    order (Kafka: only per partition; Redis with concurrency 10: no order)."""
 
     kind: str
     resources: Path
     topic: Callable[[str], str]
     consuming: Callable[[Proc], bool]
     read: Callable[[str, int], list[Stored]]
+    produce: Callable[[str, list[str]], None]
+    sharing: Callable[[list[Proc]], bool]
     capabilities: list[str]
+    total_order: bool
 
 
 def kafka_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> Iterator[Bus]:
@@ -67,7 +79,15 @@ def kafka_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> Iter
     yield Bus("kafka", write_component(folder, bootstrap), lambda name: f"{name}-{unique}",
               lambda sidecar: bool(assignment(sidecar)),
               lambda topic, n: asyncio.run(stored_kafka(bootstrap, topic, n)),
-              ["BULK_PUBLISH", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY", "PARTITION_NUMBER"])
+              partial(produce_kafka, bootstrap), split_partitions,
+              ["BULK_PUBLISH", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY", "PARTITION_NUMBER"],
+              total_order=False)
+
+
+def split_partitions(replicas: list[Proc]) -> bool:
+    """The topic's 4 partitions (Tansu's default) are split between the replicas, none twice."""
+    owned = [assignment(r) for r in replicas]
+    return all(owned) and sum(map(len, owned)) == len(set().union(*owned)) == 4
 
 
 def redis_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> Iterator[Bus]:
@@ -82,7 +102,9 @@ def redis_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> Iter
         yield Bus("redis", write_redis_component(folder, address), topic,
                   lambda sidecar: bool(redis_streams(sidecar)),
                   lambda stream, n: asyncio.run(stored_redis(address, stream, n, wait_s=30)),
-                  ["BULK_PUBLISH", "MESSAGE_HEADERS"])  # concurrency 10: no order
+                  partial(produce_redis, address),
+                  lambda replicas: all(redis_streams(r) for r in replicas),
+                  ["BULK_PUBLISH", "MESSAGE_HEADERS"], total_order=False)  # concurrency 10
     finally:
         if created:
             host, _, port = address.rpartition(":")
@@ -97,7 +119,9 @@ def jetstream_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> 
               lambda name: f"{prefix}.{name}", lambda sidecar: bool(jetstream_consumers(sidecar)),
               lambda subject, n: asyncio.run(stored_jetstream(url, stream, subject, n,
                                                               wait_s=30)),
-              ["MESSAGE_HEADERS", "ORDERED"])
+              partial(produce_jetstream, url),
+              lambda replicas: all(jetstream_consumers(r) for r in replicas),
+              ["MESSAGE_HEADERS", "ORDERED"], total_order=True)
 
 
 BUSES = {"kafka": kafka_bus, "redis": redis_bus, "jetstream": jetstream_bus}
@@ -281,3 +305,33 @@ def test_expired_event_is_not_delivered(tmp_path: Path, bus: Bus, procs: list[Pr
     assert json.loads(dead.value)["id"] == f"old-{unique}"
     poll("the event without TTL", lambda: f"new-{unique}" in received(app)["finished"], 30)
     assert received(app)["started"] == [f"new-{unique}"]
+
+
+def test_app_ids_each_get_all_and_replicas_share(tmp_path: Path, bus: Bus, procs: list[Proc],
+                                                 unique: str) -> None:
+    """Two app-ids fan out: each gets every event. Two replicas of one app-id share: each event
+    reaches one of them, and both get some."""
+    topic = bus.topic("fan")
+    apps = [start_app(tmp_path, name, topics=[topic], delay_s=0.002)
+            for name in ("orders-1", "orders-2", "audit")]
+    procs += apps
+    sidecars = [start_sidecar(tmp_path, app.name, app_id=f"{app.name[:6]}-{unique}",
+                              resources=bus.resources, app_port=app.port) for app in apps]
+    procs += sidecars
+    poll("both orders replicas to hold a share", lambda: bus.sharing(sidecars[:2]), 60)
+    poll("audit to consume", lambda: bus.consuming(sidecars[2]), 60)
+
+    ids = [f"{unique}-{n:03d}" for n in range(200)]
+    for chunk in range(0, len(ids), 20):  # in bursts, so both replicas are reading
+        bus.produce(topic, ids[chunk:chunk + 20])
+    poll("orders to receive 200",
+         lambda: sum(len(set(received(a)["finished"])) for a in apps[:2]) >= 200, 60)
+    poll("audit to receive 200", lambda: len(set(received(apps[2])["finished"])) >= 200, 60)
+    o1, o2 = (set(received(a)["finished"]) for a in apps[:2])
+    assert o1 and o2, "both replicas of one app-id get a share"
+    assert not (o1 & o2), "no event is delivered to both replicas of one app-id"
+    assert o1 | o2 == set(ids)
+    audit = received(apps[2])["finished"]
+    assert set(audit) == set(ids)
+    if bus.total_order:
+        assert audit == ids, "one replica alone sees the topic in publish order"

@@ -1,85 +1,30 @@
 """End to end on NATS JetStream: real sidecar processes, real app processes, the machine's real
-NATS server. What is JetStream's own: replicas sharing one durable consumer, SIGKILL mid-stream
-with AckWait redelivery. The delivery cases every broker shares (publish → delivery, retry,
-dead-letter, rawPayload, routing, TTL) run on JetStream in ``test_broker_delivery.py``. Each test
+NATS server. What is JetStream's own: SIGKILL mid-stream with AckWait redelivery, in
+single and parallel mode. The delivery cases every broker shares (publish → delivery, retry,
+dead-letter, rawPayload, routing, TTL, fan-out and sharing) run on JetStream in
+``test_broker_delivery.py``. Each test
 has its own stream (deleted afterwards) and app-ids. Nothing is mocked."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
 import nats
-import nats.js.errors
 import pytest
 
 from tidings.sidecar.resources.jetstream import consumer_name
 
 from .processes import (
     Proc,
-    jetstream_consumers,
     poll,
+    produce_jetstream,
     received,
     start_app,
     start_sidecar,
     write_jetstream_component,
 )
-
-
-@pytest.fixture
-def resources(tmp_path: Path, nats_url: str, jetstream_stream: tuple[str, str]) -> Path:
-    return write_jetstream_component(tmp_path / "resources", nats_url, jetstream_stream[0])
-
-
-def produce_events(nats_url: str, subject: str, ids: list[str]) -> None:
-    """Store CloudEvents straight on the stream (faster than HTTP for a thousand)."""
-
-    async def run() -> None:
-        nc = await nats.connect(nats_url)
-        js = nc.jetstream()
-        try:
-            for start in range(0, len(ids), 100):
-                await asyncio.gather(*(js.publish(subject, json.dumps(
-                    {"specversion": "1.0", "id": i, "source": "test", "type": "t",
-                     "datacontenttype": "application/json", "data": {"n": i}}).encode())
-                    for i in ids[start:start + 100]))
-        finally:
-            await nc.close()
-
-    asyncio.run(run())
-
-
-def test_app_ids_each_get_all_and_replicas_share(tmp_path: Path, resources: Path, nats_url: str,
-                                                 jetstream_stream: tuple[str, str],
-                                                 procs: list[Proc], unique: str) -> None:
-    topic = f"{jetstream_stream[1]}.fan"
-    apps = [start_app(tmp_path, name, topics=[topic], delay_s=0.002)
-            for name in ("orders-1", "orders-2", "audit")]
-    procs += apps
-    sidecars = [
-        start_sidecar(tmp_path, "orders-1", app_id=f"orders-{unique}", resources=resources,
-                      app_port=apps[0].port),
-        start_sidecar(tmp_path, "orders-2", app_id=f"orders-{unique}", resources=resources,
-                      app_port=apps[1].port),
-        start_sidecar(tmp_path, "audit", app_id=f"audit-{unique}", resources=resources,
-                      app_port=apps[2].port),
-    ]
-    procs += sidecars
-    for sidecar in sidecars:
-        poll(f"{sidecar.name}'s durable consumer", lambda s=sidecar: jetstream_consumers(s), 30)
-
-    ids = [f"{unique}-{n}" for n in range(200)]
-    produce_events(nats_url, topic, ids)
-    poll("orders to receive 200",
-         lambda: sum(len(set(received(a)["finished"])) for a in apps[:2]) >= 200, 60)
-    poll("audit to receive 200", lambda: len(set(received(apps[2])["finished"])) >= 200, 60)
-    o1, o2 = (set(received(a)["finished"]) for a in apps[:2])
-    assert o1 and o2, "both replicas of one app-id get a share"
-    assert not (o1 & o2), "no event is delivered to both replicas of one app-id"
-    assert o1 | o2 == set(ids)
-    assert received(apps[2])["finished"] == ids, "one replica alone sees the stream in order"
 
 
 def consumer_counts(nats_url: str, stream: str, consumer: str) -> tuple[int, int]:
@@ -117,7 +62,7 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, nats_url: str,
     app = start_app(tmp_path, "app", topics=[topic], delay_s=delay_s)
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
-    produce_events(nats_url, topic, ids)
+    produce_jetstream(nats_url, topic, ids)
     first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources, app_port=app.port)
     procs.append(first)
     poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)

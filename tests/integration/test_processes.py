@@ -2,15 +2,13 @@
 
 Each sidecar is ``python -m tidings.sidecar``; each app is ``recorder_app.py`` (plain aiohttp);
 the broker is the session's Tansu. Nothing here is mocked. The delivery cases every broker
-shares (publish → delivery, retry, dead-letter, rawPayload, routing, TTL) run on Kafka in
-``test_broker_delivery.py``; here is what is Kafka's or the sidecar's own (partitions split over
-a group, SIGKILL and SIGTERM hand-over, hot reload, health, start-up errors).
+shares (publish → delivery, retry, dead-letter, rawPayload, routing, TTL, fan-out and sharing)
+run on Kafka in ``test_broker_delivery.py``; here is what is Kafka's or the sidecar's own
+(SIGKILL and SIGTERM hand-over through a rebalance, hot reload, health, start-up errors).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import signal
 import subprocess
 import sys
@@ -18,8 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
-
 from tidings.sidecar.localbroker import free_port
 
 from .processes import (
@@ -27,6 +23,7 @@ from .processes import (
     assignment,
     http_json,
     poll,
+    produce_kafka,
     received,
     start_app,
     start_sidecar,
@@ -39,58 +36,6 @@ def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
     return write_component(tmp_path / "resources", kafka_bootstrap)
 
 
-def produce_events(bootstrap: str, topic: str, ids: list[str]) -> None:
-    """Produce CloudEvents straight to the broker (faster than HTTP for a thousand)."""
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
-            futures = [await producer.send(topic, json.dumps(
-                {"specversion": "1.0", "id": i, "source": "test", "type": "t",
-                 "datacontenttype": "application/json", "data": {"n": i}}).encode())
-                for i in ids]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
-
-
-def test_app_ids_each_get_all_and_replicas_split(tmp_path: Path, resources: Path,
-                                                 kafka_bootstrap: str, procs: list[Proc],
-                                                 unique: str) -> None:
-    topic = f"orders-{unique}"
-    apps = [start_app(tmp_path, name, topics=[topic]) for name in ("orders-1", "orders-2", "audit")]
-    procs += apps
-    sidecars = [
-        start_sidecar(tmp_path, "orders-1", app_id=f"orders-{unique}", resources=resources,
-                      app_port=apps[0].port),
-        start_sidecar(tmp_path, "orders-2", app_id=f"orders-{unique}", resources=resources,
-                      app_port=apps[1].port),
-        start_sidecar(tmp_path, "audit", app_id=f"audit-{unique}", resources=resources,
-                      app_port=apps[2].port),
-    ]
-    procs += sidecars
-
-    def orders_split() -> bool:
-        a, b = assignment(sidecars[0]), assignment(sidecars[1])
-        return bool(a) and bool(b) and not (a & b) and len(a | b) == 4
-
-    poll("the orders group to split 4 partitions over 2 members", orders_split, 60)
-    poll("the audit group to own all partitions", lambda: len(assignment(sidecars[2])) == 4, 60)
-
-    ids = [f"{unique}-{n}" for n in range(100)]
-    produce_events(kafka_bootstrap, topic, ids)
-    poll("orders to receive 100", lambda: sum(len(set(received(a)["finished"])) for a in apps[:2]) >= 100)
-    poll("audit to receive 100", lambda: len(set(received(apps[2])["finished"])) >= 100)
-    o1, o2 = (set(received(a)["finished"]) for a in apps[:2])
-    assert o1 and o2, "both replicas of one app-id get a share"
-    assert not (o1 & o2), "no event is delivered to both replicas of one app-id"
-    assert o1 | o2 == set(ids)
-    assert set(received(apps[2])["finished"]) == set(ids)
-
-
 def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, kafka_bootstrap: str,
                                           procs: list[Proc], unique: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,7 +46,7 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, kafka
     app = start_app(tmp_path, "app", topics=[topic], delay_s=0.004)
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
-    produce_events(kafka_bootstrap, topic, ids)
+    produce_kafka(kafka_bootstrap, topic, ids)
     first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources, app_port=app.port)
     procs.append(first)
     poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)
@@ -131,7 +76,7 @@ def test_sigterm_finishes_in_flight_and_commits(tmp_path: Path, resources: Path,
     app = start_app(tmp_path, "app", topics=[topic], delay_s=1.0)
     procs.append(app)
     ids = [f"{unique}-{n}" for n in range(12)]
-    produce_events(kafka_bootstrap, topic, ids)
+    produce_kafka(kafka_bootstrap, topic, ids)
     first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources,
                           app_port=app.port, grace_s=8)
     procs.append(first)
@@ -174,7 +119,7 @@ spec:
 """)
     poll("the new subscription to be assigned", lambda: assignment(sidecar), 30)
     event_id = str(uuid.uuid4())
-    produce_events(kafka_bootstrap, topic, [event_id])
+    produce_kafka(kafka_bootstrap, topic, [event_id])
     poll("the event to arrive", lambda: event_id in received(app)["finished"], 30)
 
 
