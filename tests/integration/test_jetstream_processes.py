@@ -1,9 +1,8 @@
 """End to end on NATS JetStream: real sidecar processes, real app processes, the machine's real
-NATS server. What is JetStream's own: SIGKILL mid-stream with AckWait redelivery, in
-single and parallel mode. The delivery cases every broker shares (publish → delivery, retry,
-dead-letter, rawPayload, routing, TTL, fan-out and sharing) run on JetStream in
-``test_broker_delivery.py``. Each test
-has its own stream (deleted afterwards) and app-ids. Nothing is mocked."""
+NATS server. What is JetStream's own: SIGKILL mid-stream with AckWait redelivery, in single and
+parallel mode. The delivery cases every broker shares (publish → delivery, retry, dead-letter,
+rawPayload, routing, TTL, fan-out and sharing) run on JetStream in ``test_broker_delivery.py``.
+Each test has its own stream (deleted afterwards) and app-ids. Nothing is mocked."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 What is Redis's own: SIGKILL mid-stream with pending-entry reclaim (``XAUTOCLAIM``). The
 delivery cases every broker shares (publish → delivery, retry, dead-letter, rawPayload, routing,
-TTL, fan-out and sharing) run on Redis in ``test_broker_delivery.py``. Nothing here is mocked. Stream and group names are unique per test;
-streams are deleted afterwards.
+TTL, fan-out and sharing) run on Redis in ``test_broker_delivery.py``. Nothing here is mocked.
+Stream and group names are unique per test; streams are deleted afterwards.
 """
 
 from __future__ import annotations
