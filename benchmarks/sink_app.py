@@ -5,7 +5,9 @@ in-process (the raw consumer-group baseline calls :func:`handle` directly).
 ``sent_ns`` (``time.time_ns()`` at publish) records the delivery latency.
 
 Environment for the HTTP app: ``APP_PORT``, ``TOPIC`` (subscribed on pubsub ``pubsub``, route
-``/events``; default ``unused``). ``GET /count`` answers :func:`snapshot`.
+``/events``; default ``unused``); ``BULK_MAX_COUNT`` (optional: the subscription is a bulk one of
+that ``maxMessagesCount`` and 100 ms ``maxAwaitDurationMs``, every entry answered SUCCESS;
+``delivery_bulk.py``). ``GET /count`` answers :func:`snapshot`.
 """
 
 from __future__ import annotations
@@ -51,12 +53,25 @@ def reset() -> None:
     latencies_ns.clear()
 
 
+BULK_MAX_COUNT = os.environ.get("BULK_MAX_COUNT")
+
+
 async def subscribe(request: web.Request) -> web.Response:
-    return web.json_response([{"pubsubname": "pubsub", "topic": os.environ.get("TOPIC", "unused"),
-                               "route": "/events"}])
+    sub: dict[str, Any] = {"pubsubname": "pubsub", "topic": os.environ.get("TOPIC", "unused"),
+                           "route": "/events"}
+    if BULK_MAX_COUNT:
+        sub["bulkSubscribe"] = {"enabled": True, "maxMessagesCount": int(BULK_MAX_COUNT),
+                                "maxAwaitDurationMs": 100}
+    return web.json_response([sub])
 
 
 async def on_event(request: web.Request) -> web.Response:
+    if BULK_MAX_COUNT:  # a bulk request (dapr-pubsub-contract.md §2.4)
+        entries = json.loads(await request.read())["entries"]
+        for entry in entries:
+            handle(json.dumps(entry["event"]).encode())
+        return web.json_response({"statuses": [{"entryId": e["entryId"], "status": "SUCCESS"}
+                                               for e in entries]})
     handle(await request.read())
     return web.Response(status=200)
 

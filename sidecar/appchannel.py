@@ -13,7 +13,9 @@ across deliveries. Behaviour follows Dapr's HTTP app channel (dapr-pubsub-contra
   errors are retried with backoff until the app answers; 404 or an empty body means no
   subscriptions; any other status or a body that is not a JSON array is logged and means none;
 - :meth:`AppChannel.post_event` POSTs one event and classifies the answer into
-  :class:`AppStatus` by the §2.3 table; it never raises for an app-side failure.
+  :class:`AppStatus` by the §2.3 table; it never raises for an app-side failure;
+- :meth:`AppChannel.deliver_bulk` POSTs one bulk request (§2.4) and classifies the answer per
+  entry (``bulkformat.py``).
 
 If ``APP_API_TOKEN`` is set, every request carries it as ``dapr-api-token``.
 Redirects are not followed: a 3xx answer is "another status" and is retried.
@@ -30,7 +32,8 @@ import enum
 import json
 import logging
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +45,7 @@ from .settings import SidecarSettings
 from .subscriptions import parse_programmatic
 
 if TYPE_CHECKING:
+    from .bulkformat import BulkEvent
     from .envelopes.reading import ReadEvent
     from .resources.models import TopicSubscription
 
@@ -59,6 +63,7 @@ _POLL_MAX_S = 1.0
 _DISCOVERY_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 _DISCOVERY_MAX_S = 5.0
 _URL_CACHE_MAX = 1024
+_BULK_HEADERS = {"Content-Type": "application/json"}  # §2.4
 
 
 class AppStatus(str, enum.Enum):
@@ -162,6 +167,9 @@ class Channel(Protocol):
 
     async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
                       topic: str, pubsubname: str) -> AppResponse: ...
+
+    async def deliver_bulk(self, path: str, events: Sequence[BulkEvent], *, topic: str,
+                           pubsubname: str) -> list[AppResponse]: ...
 
     async def close(self) -> None: ...
 
@@ -345,12 +353,29 @@ class AppChannel:
         """Deliver one read event: :meth:`post_event` of its body (the :class:`Channel` call)."""
         return await self.post_event(path, read.body, headers)
 
-    async def post_event(self, path: str, body: bytes, headers: Mapping[str, str]) -> AppResponse:
+    async def deliver_bulk(self, path: str, events: Sequence[BulkEvent], *, topic: str,
+                           pubsubname: str) -> list[AppResponse]:
+        """One bulk POST of ``events`` to ``path`` (dapr-pubsub-contract.md §2.4,
+        ``bulkformat.py``): one answer per event, in order. A transport error or a timeout
+        retries every event. Raises only ``CancelledError``."""
+        from .bulkformat import bulk_request_body, classify_bulk  # it imports this module
+
+        body = bulk_request_body(events, request_id=str(uuid.uuid4()), topic=topic,
+                                 pubsubname=pubsubname)
+        answer = await self.post_event(path, body, _BULK_HEADERS, raw_answer=True)
+        if isinstance(answer, AppResponse):  # no HTTP answer
+            return [answer] * len(events)
+        status, raw = answer
+        return classify_bulk(status, raw, [e.entry_id for e in events])
+
+    async def post_event(self, path: str, body: bytes, headers: Mapping[str, str], *,
+                         raw_answer: bool = False) -> Any:
         """POST ``body`` to ``path`` (already cleaned, leading ``/``) with ``headers``.
 
         Returns the classified answer (see :func:`classify`); a transport error or a timeout of
-        ``settings.delivery_timeout_s`` is RETRY with ``http_status`` ``None``. Raises only
-        ``CancelledError``.
+        ``settings.delivery_timeout_s`` is RETRY with ``http_status`` ``None``. With
+        ``raw_answer`` an HTTP answer is returned as ``(status, body)`` instead (bulk
+        delivery classifies it per entry). Raises only ``CancelledError``.
         """
         try:
             async with self._client().post(self._url(path), data=body, headers=headers,
@@ -363,4 +388,6 @@ class AppChannel:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             return AppResponse(AppStatus.RETRY, None,
                                f"error delivering to the app: {type(exc).__name__}: {exc}")
+        if raw_answer:
+            return status, answer
         return classify(status, answer)

@@ -17,9 +17,9 @@ semantics of §2.1-§2.3; dapr/dapr ``pkg/runtime/subscription/postman/grpc``):
   :func:`classify_rpc_error` into the same :class:`AppStatus` values as HTTP answers.
 
 Route paths are sent as the app listed them (no ``path.Clean``): SDKs look the handler up by the
-exact ``path`` string. Bulk subscriptions are delivered one event at a time through
-``OnTopicEvent``, as the engine delivers HTTP bulk subscriptions (``OnBulkTopicEvent`` is not
-called).
+exact ``path`` string. Bulk subscriptions (§2.4) are delivered with ``OnBulkTopicEvent``
+(:meth:`GrpcAppChannel.deliver_bulk`), each entry's metadata in the entry rather than in gRPC
+metadata; the batching is ``bulkdelivery.py``'s.
 
 The generated stubs come from the PyPI package ``dapr`` (``dapr.proto.runtime.v1``); nothing is
 vendored. The client is grpcio's asyncio API, one channel per sidecar, opened on first use inside
@@ -38,7 +38,8 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -48,13 +49,16 @@ from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from google.protobuf import empty_pb2
 
 from .appchannel import AppResponse, AppStatus, wait_for_port
+from .bulkformat import BulkEvent
 from .envelopes.reading import ReadEvent
-from .resources.models import Route, SubscriptionType, TopicSubscription
+from .resources.models import BulkOptions, Route, SubscriptionType, TopicSubscription
 from .settings import SidecarSettings
 
 __all__ = [
     "EnvelopeDataError",
     "GrpcAppChannel",
+    "bulk_request_entry",
+    "classify_bulk_response",
     "classify_rpc_error",
     "classify_status",
     "grpc_metadata",
@@ -185,6 +189,42 @@ def topic_event_request(
     return request
 
 
+def bulk_request_entry(
+    event: BulkEvent, *, topic: str, pubsubname: str, path: str,
+) -> appcallback_pb2.TopicEventBulkRequestEntry:
+    """One ``TopicEventBulkRequestEntry`` (§2.4 over gRPC): ``entry_id``, the CloudEvent as a
+    ``TopicEventCERequest`` (fields as :func:`topic_event_request`), ``content_type``
+    ``application/cloudevents+json`` and the entry's metadata. Raises
+    :class:`EnvelopeDataError` (see :func:`event_data`)."""
+    single = topic_event_request(event.read.event, topic=topic, pubsubname=pubsubname, path=path)
+    cloud_event = appcallback_pb2.TopicEventCERequest(
+        id=single.id, source=single.source, type=single.type, spec_version=single.spec_version,
+        data_content_type=single.data_content_type, data=single.data)
+    if single.HasField("extensions"):
+        cloud_event.extensions.CopyFrom(single.extensions)
+    return appcallback_pb2.TopicEventBulkRequestEntry(
+        entry_id=event.entry_id, cloud_event=cloud_event,
+        content_type="application/cloudevents+json", metadata=dict(event.metadata))
+
+
+def classify_bulk_response(response: appcallback_pb2.TopicEventBulkResponse,
+                           entry_ids: Sequence[str]) -> list[AppResponse]:
+    """``TopicEventBulkResponse.statuses`` as one :class:`AppResponse` per entry of
+    ``entry_ids``, in order. Statuses as :func:`classify_status`; an entry the app did not
+    answer is retried, an unknown ``entry_id`` ignored with a warning (Dapr's rules). Pure
+    apart from the warning."""
+    wanted = set(entry_ids)
+    answered: dict[str, int] = {}
+    for item in response.statuses:
+        if item.entry_id not in wanted:
+            log.warning("bulk response from app names an unknown entry_id %r; ignored",
+                        item.entry_id)
+            continue
+        answered[item.entry_id] = item.status
+    missing = AppResponse(AppStatus.RETRY, None, "app returned no status for the entry")
+    return [classify_status(answered[e]) if e in answered else missing for e in entry_ids]
+
+
 # --- metadata ------------------------------------------------------------------------------------
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")
@@ -282,6 +322,9 @@ def _one_subscription(sub: appcallback_pb2.TopicSubscription) -> TopicSubscripti
         metadata=dict(sub.metadata),
         dead_letter_topic=sub.dead_letter_topic or None,
         type=SubscriptionType.PROGRAMMATIC,
+        bulk=(BulkOptions.of(sub.bulk_subscribe.max_messages_count,
+                             sub.bulk_subscribe.max_await_duration_ms)
+              if sub.HasField("bulk_subscribe") and sub.bulk_subscribe.enabled else None),
     )
 
 
@@ -291,9 +334,9 @@ def subscriptions_from_response(
     """The app's ``ListTopicSubscriptionsResponse.subscriptions`` as runtime subscriptions.
 
     Rule order is ``routes.rules`` as listed, then ``routes.default``; with neither, one rule
-    with the empty path. ``dead_letter_topic`` and ``metadata`` (``rawPayload``...) carry over.
-    An entry without ``pubsub_name`` or ``topic`` is logged and skipped; ``bulk_subscribe`` is
-    logged and delivered one event at a time. Never raises.
+    with the empty path. ``dead_letter_topic``, ``metadata`` (``rawPayload``...) and an enabled
+    ``bulk_subscribe`` carry over. An entry without ``pubsub_name`` or ``topic`` is logged and
+    skipped. Never raises.
     """
     result: list[TopicSubscription] = []
     for index, sub in enumerate(subscriptions):
@@ -303,9 +346,6 @@ def subscriptions_from_response(
             log.error("invalid subscription from the app, skipped: subscriptions[%d].%s is "
                       "required", index, missing, extra=extra)
             continue
-        if sub.HasField("bulk_subscribe") and sub.bulk_subscribe.enabled:
-            log.warning("bulk_subscribe is not supported yet; topic %s is delivered one event at "
-                        "a time through OnTopicEvent", sub.topic, extra=extra)
         result.append(_one_subscription(sub))
     return result
 
@@ -335,6 +375,8 @@ class GrpcAppChannel:
         self._timeout_s = settings.delivery_timeout_s or None
         self._token = settings.app_api_token
         self._token_metadata = (("dapr-api-token", self._token),) if self._token else ()
+        self._bulk_alpha = False  # the app answered OnBulkTopicEventAlpha1, not OnBulkTopicEvent
+        self._bulk_alpha_stub: appcallback_pb2_grpc.AppCallbackAlphaStub | None = None
         self._extra = {"app_id": settings.app_id}
 
     def _client(self) -> appcallback_pb2_grpc.AppCallbackStub:
@@ -361,6 +403,7 @@ class GrpcAppChannel:
                 log.debug("error closing the gRPC app channel", exc_info=True, extra=self._extra)
             self._channel = None
             self._stub = None
+            self._bulk_alpha_stub = None
 
     async def wait_until_reachable(self, stop_event: asyncio.Event | None = None) -> bool:
         """Wait until the app port accepts a TCP connection; see ``appchannel.wait_for_port``."""
@@ -418,3 +461,57 @@ class GrpcAppChannel:
         except grpc.aio.AioRpcError as exc:
             return classify_rpc_error(exc.code(), exc.details(), self._timeout_s)
         return classify_status(response.status)
+
+    async def deliver_bulk(self, path: str, events: Sequence[BulkEvent], *, topic: str,
+                           pubsubname: str) -> list[AppResponse]:
+        """``OnBulkTopicEvent`` for ``events`` (§2.4), one answer per event, in order.
+
+        Dapr itself calls the older ``AppCallbackAlpha.OnBulkTopicEventAlpha1`` (same messages);
+        an app that answers ``UNIMPLEMENTED`` to one is asked with the other, and the one that
+        worked is asked first from then on. If both are unimplemented every event is dropped (as
+        for ``OnTopicEvent``). An event whose data cannot be carried is retried alone; any other
+        gRPC error or a timeout retries all. Raises only ``CancelledError``.
+        """
+        answers: list[AppResponse | None] = [None] * len(events)
+        request = appcallback_pb2.TopicEventBulkRequest(
+            id=str(uuid.uuid4()), topic=topic, pubsub_name=pubsubname, path=path,
+            type="com.dapr.event.sent.bulk")
+        sent: list[int] = []
+        for i, event in enumerate(events):
+            try:
+                request.entries.append(bulk_request_entry(event, topic=topic,
+                                                          pubsubname=pubsubname, path=path))
+                sent.append(i)
+            except EnvelopeDataError as exc:
+                answers[i] = AppResponse(AppStatus.RETRY, None, str(exc))
+        if sent:
+            try:
+                response = await self._on_bulk_topic_event(request)
+            except grpc.aio.AioRpcError as exc:
+                failed = classify_rpc_error(exc.code(), exc.details(), self._timeout_s)
+                for i in sent:
+                    answers[i] = failed
+            else:
+                classified = classify_bulk_response(response, [events[i].entry_id for i in sent])
+                for i, answer in zip(sent, classified):
+                    answers[i] = answer
+        return [a for a in answers if a is not None]
+
+    async def _on_bulk_topic_event(
+        self, request: appcallback_pb2.TopicEventBulkRequest,
+    ) -> appcallback_pb2.TopicEventBulkResponse:
+        stub = self._client()
+        if self._bulk_alpha_stub is None:
+            self._bulk_alpha_stub = appcallback_pb2_grpc.AppCallbackAlphaStub(self._channel)
+        calls = [stub.OnBulkTopicEvent, self._bulk_alpha_stub.OnBulkTopicEventAlpha1]
+        if self._bulk_alpha:
+            calls.reverse()
+        try:
+            return await calls[0](request, metadata=self._token_metadata,
+                                  timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        response = await calls[1](request, metadata=self._token_metadata, timeout=self._timeout_s)
+        self._bulk_alpha = not self._bulk_alpha
+        return response

@@ -35,6 +35,7 @@ from .brokers.jetstream import JetStreamBroker
 from .brokers.kafka import KafkaBroker
 from .brokers.memory import MemoryBroker
 from .brokers.redis import RedisBroker
+from .bulkdelivery import BatchingHandler, BulkDispatcher
 from .delivery import Dispatcher
 from .grpcapi.server import DaprServicer, start_grpc_server
 from .grpcapi.streaming import StreamChannel, StreamingSubscriptions
@@ -278,9 +279,10 @@ class Sidecar:
         """The delivery engine of one component towards ``channel`` (the app's HTTP or gRPC
         channel, or a streaming subscription): the component's retry policy and dead-letter path."""
         escape = component.kafka.escape_headers if component.kafka is not None else False
-        return Dispatcher(app_id=self.app_id, pubsubname=component.name, channel=channel,
-                          retry=_retry_policy(component),
-                          dead_letter=self._dead_letter_for(component.name), escape_headers=escape)
+        return BulkDispatcher(app_id=self.app_id, pubsubname=component.name, channel=channel,
+                              retry=_retry_policy(component),
+                              dead_letter=self._dead_letter_for(component.name),
+                              escape_headers=escape)
 
     async def _streams_changed(self) -> None:
         if self._stopping.is_set():
@@ -305,6 +307,10 @@ class Sidecar:
                                  "topic": record.topic, "partition": record.partition,
                                  "offset": record.offset})
                 await asyncio.Event().wait()  # until the partition is revoked
+        if isinstance(dispatcher, BulkDispatcher):
+            # bulk subscriptions: brokers that batch also use the dispatcher's BatchHandler side
+            return BatchingHandler(handle, dispatcher,
+                                   lambda topic: streams.dispatcher(name, topic) is None)
         return handle
 
     async def _deliveries_when_app_ready(self) -> None:

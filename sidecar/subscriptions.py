@@ -38,7 +38,13 @@ from typing import Any
 from .resources.jetstream import filter_subject_problem, subject_problem
 from .resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from .resources.loading import LoadedComponent
-from .resources.models import ResourceError, Route, SubscriptionType, TopicSubscription
+from .resources.models import (
+    BulkOptions,
+    ResourceError,
+    Route,
+    SubscriptionType,
+    TopicSubscription,
+)
 from .routing import Routes
 from .scoping import subscribe_allowed
 
@@ -107,10 +113,7 @@ def _parse_one(item: Any, where: str) -> TopicSubscription:
                                 field=f"{where}.metadata")
         metadata = {str(k): v for k, v in metadata_raw.items()}
     dead_letter_topic = _optional_str(item, "deadLetterTopic", where)
-    bulk = _get(item, "bulkSubscribe")
-    if isinstance(bulk, Mapping) and _get(bulk, "enabled") is True:
-        log.warning("bulkSubscribe is not supported yet; topic %s is delivered one event at a "
-                    "time", topic, extra={"pubsubname": pubsubname, "topic": topic})
+    bulk = _bulk_options(_get(item, "bulkSubscribe"), f"{where}.bulkSubscribe")
     return TopicSubscription(
         pubsubname=pubsubname,
         topic=topic,
@@ -120,7 +123,32 @@ def _parse_one(item: Any, where: str) -> TopicSubscription:
         metadata=metadata,
         dead_letter_topic=dead_letter_topic or None,
         type=SubscriptionType.PROGRAMMATIC,
+        bulk=bulk,
     )
+
+
+def _bulk_options(bulk: Any, where: str) -> BulkOptions | None:
+    """``bulkSubscribe`` (§2.1, §2.4): options when ``enabled`` is true, else ``None``."""
+    if bulk is None:
+        return None
+    if not isinstance(bulk, Mapping):
+        raise ResourceError("bulkSubscribe must be an object with enabled, maxMessagesCount and "
+                            "maxAwaitDurationMs", source=SOURCE, field=where)
+    enabled = _get(bulk, "enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ResourceError("enabled must be true or false", source=SOURCE,
+                            field=f"{where}.enabled")
+    counts: list[int | None] = []
+    for key in ("maxMessagesCount", "maxAwaitDurationMs"):
+        value = _get(bulk, key)
+        # JSON numbers decode to int or float; Go's int32 field refuses fractions
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ResourceError(f"{key} must be an integer", source=SOURCE,
+                                field=f"{where}.{key}")
+        counts.append(value)
+    if not enabled:
+        return None
+    return BulkOptions.of(counts[0], counts[1])
 
 
 def parse_programmatic(items: Iterable[Any]) -> list[TopicSubscription]:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 __all__ = ["BULK_PUBLISH", "FEATURES", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY",
-           "PARTITION_NUMBER", "Broker", "BrokerError", "Handler", "Header", "PublishRecord",
-           "Record"]
+           "PARTITION_NUMBER", "BatchHandler", "BatchPolicy", "Broker", "BrokerError", "Handler",
+           "Header", "PublishRecord", "Record"]
 
 Header = tuple[str, bytes | None]
 
@@ -52,6 +52,34 @@ class Record:
 
 
 Handler = Callable[[Record], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How a broker may batch one topic's records for a :class:`BatchHandler` (bulk subscribe,
+    dapr-pubsub-contract.md §2.4): up to ``max_records`` records of one partition, waiting at
+    most ``max_await_s`` seconds after the first for the batch to fill. ``None``: the broker's
+    own default (Kafka: 80 records, 10 s, as Dapr's Kafka component)."""
+
+    max_records: int | None = None
+    max_await_s: float | None = None
+
+
+class BatchHandler(Protocol):
+    """A :data:`Handler` that can also take several records of one partition at once.
+
+    ``batch_policy(topic)`` says whether (and how) records of ``topic`` may be batched; ``None``
+    means one at a time. ``await handle_batch(records)`` (consecutive records of one partition,
+    in offset order) returns only when every one of them is finished, with the same
+    cancellation rule as a single record. Brokers that do not batch call it as a plain
+    :data:`Handler`, which stays correct.
+    """
+
+    def __call__(self, record: Record) -> Awaitable[None]: ...
+
+    def batch_policy(self, topic: str) -> BatchPolicy | None: ...
+
+    def handle_batch(self, records: Sequence[Record]) -> Awaitable[None]: ...
 
 
 class PublishRecord(NamedTuple):

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
+    "BulkOptions",
     "Component",
     "MetadataItem",
     "ResourceError",
@@ -186,6 +187,9 @@ class _SubscriptionBase(_Model):
             dead_letter_topic=spec.deadLetterTopic or None,
             type=SubscriptionType.DECLARATIVE,
             name=self.name,
+            bulk=(BulkOptions.of(spec.bulkSubscribe.maxMessagesCount,
+                                 spec.bulkSubscribe.maxAwaitDurationMs)
+                  if spec.bulkSubscribe is not None and spec.bulkSubscribe.enabled else None),
         )
 
 
@@ -223,11 +227,30 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkOptions:
+    """An enabled ``bulkSubscribe`` (dapr-pubsub-contract.md §2.4): deliver up to
+    ``max_messages_count`` events per request, waiting at most ``max_await_duration_ms``
+    milliseconds for a batch to fill. ``None`` means the broker's default (Kafka: 80 and
+    10000 ms, as Dapr's Kafka component)."""
+
+    max_messages_count: int | None = None
+    max_await_duration_ms: int | None = None
+
+    @classmethod
+    def of(cls, max_messages_count: int | None, max_await_duration_ms: int | None) -> BulkOptions:
+        """Options with values that are not positive read as unset (Dapr's rule)."""
+        return cls(max_messages_count if max_messages_count and max_messages_count > 0 else None,
+                   max_await_duration_ms if max_await_duration_ms and max_await_duration_ms > 0
+                   else None)
+
+
+@dataclass(frozen=True, slots=True)
 class TopicSubscription:
     """The runtime's view of one subscription, whatever declared it.
 
     Rule order is ``rules`` as listed, then ``default_path`` (§2.1: ``routes.default`` wins over
     the v1 ``route``). ``metadata`` holds per-subscription options such as ``rawPayload``.
+    ``bulk`` is set when ``bulkSubscribe.enabled`` is true (§2.4).
     """
 
     pubsubname: str
@@ -238,6 +261,7 @@ class TopicSubscription:
     dead_letter_topic: str | None = None
     type: SubscriptionType = SubscriptionType.PROGRAMMATIC
     name: str = ""
+    bulk: BulkOptions | None = None
 
     @property
     def raw_payload(self) -> bool:

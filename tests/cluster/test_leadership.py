@@ -33,6 +33,7 @@ def start(kube: Kube, tmp: Path, namespace: str, identity: str) -> tuple[subproc
     proc = subprocess.Popen(
         [tidings, "operator", "--kubeconfig", str(kube.kubeconfig), "--namespace", namespace,
          "--webhook-addr", "127.0.0.1", "--webhook-port", str(free_port()),
+         "--metrics-port", str(free_port()),  # two operators on one host: not both on 9090
          "--webhook-cert-file", str(cert), "--webhook-key-file", str(key),
          "--lease-namespace", namespace, "--lease-name", "tidings-test", "--identity", identity,
          "--lease-duration-seconds", str(LEASE_S), "--lease-renew-interval-seconds", "0.5"],

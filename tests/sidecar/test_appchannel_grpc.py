@@ -32,7 +32,7 @@ from tidings.sidecar.appchannel_grpc import (
     topic_event_request,
 )
 from tidings.sidecar.envelopes.reading import read_event
-from tidings.sidecar.resources.models import Route, TopicSubscription
+from tidings.sidecar.resources.models import BulkOptions, Route, TopicSubscription
 from tidings.sidecar.routing import Routes
 from tidings.sidecar.settings import SidecarSettings, add_sidecar_arguments, settings_from_args
 
@@ -170,13 +170,18 @@ def test_subscriptions_from_response_map_to_the_routing_model(
         _sub(pubsub_name="pubsub", topic="plain", routes=appcallback_pb2.TopicRoutes()),
         _sub(pubsub_name="pubsub", topic="bare"),
         _sub(pubsub_name="pubsub", topic="bulk",
+             bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(
+                 enabled=True, max_messages_count=10, max_await_duration_ms=250)),
+        _sub(pubsub_name="pubsub", topic="bulk-defaults",
              bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(enabled=True)),
+        _sub(pubsub_name="pubsub", topic="bulk-off",
+             bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(max_messages_count=10)),
         _sub(pubsub_name="", topic="nameless"),
         _sub(pubsub_name="pubsub", topic=""),
     ]
     with caplog.at_level(logging.WARNING):
         subs = subscriptions_from_response(response, app_id="a")
-    orders, plain, bare, bulk = subs
+    orders, plain, bare, bulk, bulk_defaults, bulk_off = subs
     assert orders == TopicSubscription(
         pubsubname="pubsub", topic="orders",
         rules=(Route('event.type == "widget"', "widgets"),), default_path="products",
@@ -185,9 +190,11 @@ def test_subscriptions_from_response_map_to_the_routing_model(
     # Dapr: a gRPC subscription without routes gets one rule with the empty path.
     for sub in (plain, bare, bulk):
         assert sub.rules == (Route("", ""),) and sub.default_path is None
-    assert "subscriptions[4].pubsub_name is required" in caplog.text
-    assert "subscriptions[5].topic is required" in caplog.text
-    assert "bulk_subscribe is not supported yet" in caplog.text
+    assert "subscriptions[6].pubsub_name is required" in caplog.text
+    assert "subscriptions[7].topic is required" in caplog.text
+    assert bulk.bulk == BulkOptions(10, 250)
+    assert bulk_defaults.bulk == BulkOptions(None, None)  # unset (0): the broker's defaults
+    assert bulk_off.bulk is None and orders.bulk is None
 
 
 def test_grpc_routes_keep_the_path_as_listed() -> None:

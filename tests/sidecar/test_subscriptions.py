@@ -16,6 +16,7 @@ from tidings.sidecar.resources import (
 )
 from tidings.sidecar.resources.jetstream import parse_jetstream_metadata
 from tidings.sidecar.resources.kafka import parse_kafka_metadata
+from tidings.sidecar.resources.models import BulkOptions, parse_resource
 from tidings.sidecar.subscriptions import effective_subscriptions, parse_programmatic
 
 
@@ -45,6 +46,36 @@ def test_full_shape_of_section_2_1() -> None:
     assert sub.raw_payload
 
 
+@pytest.mark.parametrize(("bulk", "expected"), [
+    ({"enabled": True, "maxMessagesCount": 10, "maxAwaitDurationMs": 250}, BulkOptions(10, 250)),
+    ({"enabled": True}, BulkOptions(None, None)),
+    # not positive: the broker's default, as Dapr
+    ({"enabled": True, "maxMessagesCount": 0, "maxAwaitDurationMs": -1}, BulkOptions(None, None)),
+    ({"Enabled": True, "MaxMessagesCount": 3}, BulkOptions(3, None)),
+    ({"enabled": False, "maxMessagesCount": 10}, None),
+    ({"maxMessagesCount": 10}, None),
+    (None, None),
+])
+def test_bulk_subscribe(bulk: object, expected: BulkOptions | None) -> None:
+    [sub] = parse_programmatic([{"pubsubname": "p", "topic": "t", "route": "/r",
+                                 "bulkSubscribe": bulk}])
+    assert sub.bulk == expected
+
+
+def test_declarative_bulk_subscribe() -> None:
+    def declared(bulk: dict[str, object]) -> BulkOptions | None:
+        resource = parse_resource({
+            "apiVersion": "dapr.io/v2alpha1", "kind": "Subscription", "metadata": {"name": "s"},
+            "spec": {"pubsubname": "p", "topic": "t", "routes": {"default": "/r"},
+                     "bulkSubscribe": bulk}}, source="test")
+        return resource.to_topic_subscription().bulk  # type: ignore[union-attr]
+
+    assert declared({"enabled": True, "maxMessagesCount": 5, "maxAwaitDurationMs": 40}) == \
+        BulkOptions(5, 40)
+    assert declared({"enabled": True}) == BulkOptions(None, None)
+    assert declared({"enabled": False, "maxMessagesCount": 5}) is None
+
+
 def test_v1_route_is_the_default_without_routes_default() -> None:
     [sub] = parse_programmatic([{"pubsubname": "p", "topic": "t", "route": "/orders"}])
     assert sub.default_path == "/orders"
@@ -70,6 +101,12 @@ def test_keys_match_case_insensitively_like_go() -> None:
     {"pubsubname": "p", "topic": "t", "routes": {"rules": [{"match": 1, "path": "/x"}]}},
     {"pubsubname": "p", "topic": "t", "route": "/r", "metadata": {"rawPayload": True}},
     {"pubsubname": "p", "topic": "t", "route": "/r", "deadLetterTopic": ["x"]},
+    {"pubsubname": "p", "topic": "t", "route": "/r", "bulkSubscribe": True},
+    {"pubsubname": "p", "topic": "t", "route": "/r", "bulkSubscribe": {"enabled": "yes"}},
+    {"pubsubname": "p", "topic": "t", "route": "/r",
+     "bulkSubscribe": {"enabled": True, "maxMessagesCount": 2.5}},
+    {"pubsubname": "p", "topic": "t", "route": "/r",
+     "bulkSubscribe": {"enabled": True, "maxAwaitDurationMs": "100"}},
 ])
 def test_bad_entries_are_logged_and_skipped(bad: object,
                                             caplog: pytest.LogCaptureFixture) -> None:

@@ -6,7 +6,9 @@ What this module guarantees (issue 2 "Delivery engine"; dapr-pubsub-contract.md 
   app-id unless ``consumerGroup``/``consumerID`` says otherwise), subscribed to every topic of
   the component's subscriptions;
 - records of one partition go to the handler strictly in order, one at a time, by that
-  partition's worker task; partitions run concurrently;
+  partition's worker task; partitions run concurrently. For a topic the handler's
+  ``batch_policy`` says may be batched (bulk subscriptions, ``brokers/base.py``
+  ``BatchHandler``) the worker hands consecutive records to ``handle_batch`` at once instead;
 - only offsets of *finished* records are committed (the handler returned,
   ``brokers/base.py``), as explicit ``{tp: offset + 1}`` of the highest contiguous finished
   record (``offsets.py``), batched: every ``commit_interval_s`` or after ``commit_every``
@@ -40,12 +42,17 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from ... import metrics
 from ...offsets import PartitionOffsets
 from ...resources.kafka import KafkaMetadata
-from ..base import Handler, Record
+from ..base import BatchPolicy, Handler, Record
 from .clients import client_kwargs
 
 __all__ = ["ConsumerGroup"]
 
 log = logging.getLogger(__name__)
+
+# Dapr's Kafka component defaults for bulk subscriptions that leave them unset
+# (components-contrib common/component/kafka/utils.go; dapr-pubsub-contract.md §2.4).
+BULK_MAX_RECORDS = 80
+BULK_MAX_AWAIT_S = 10.0
 
 
 @dataclass(eq=False, slots=True)
@@ -373,6 +380,10 @@ class ConsumerGroup:
             r = queue.popleft()
             if st.paused and len(queue) <= self._resume_at:
                 self._resume(st)
+            policy = self._batch_policy(r.topic)
+            if policy is not None:
+                await self._work_batch(st, r, policy)
+                continue
             record = Record(r.topic, r.partition, r.offset, r.key,
                             r.value if r.value is not None else b"", r.headers, r.timestamp)
             st.current = r.offset
@@ -387,6 +398,63 @@ class ConsumerGroup:
             self._finished_since_commit += 1
             if self._finished_since_commit >= self._commit_every:
                 self._commit_wakeup.set()
+
+    def _batch_policy(self, topic: str) -> BatchPolicy | None:
+        batch_policy = getattr(self.handler, "batch_policy", None)  # a BatchHandler
+        return None if batch_policy is None else batch_policy(topic)
+
+    async def _work_batch(self, st: _Partition, first: Any, policy: BatchPolicy) -> None:
+        """Bulk subscribe (dapr-pubsub-contract.md §2.4): take ``first`` and the records that
+        follow it, up to ``policy.max_records``, waiting at most ``policy.max_await_s`` after
+        ``first`` for more, and hand them to ``handler.handle_batch`` at once. Every one is
+        marked finished when it returns. If the partition closes while the batch fills, none of
+        them is finished: the next owner fetches them again."""
+        limit = policy.max_records or BULK_MAX_RECORDS
+        wait_s = BULK_MAX_AWAIT_S if policy.max_await_s is None else policy.max_await_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        queue = st.queue
+        batch = [first]
+        while len(batch) < limit and not st.closing:
+            if queue:
+                batch.append(queue.popleft())
+                if st.paused and len(queue) <= self._resume_at:
+                    self._resume(st)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            st.wakeup.clear()
+            try:
+                await asyncio.wait_for(st.wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        if st.closing:
+            return
+        records = [Record(r.topic, r.partition, r.offset, r.key,
+                          r.value if r.value is not None else b"", r.headers, r.timestamp)
+                   for r in batch]
+        st.current = first.offset
+        backoff = 0.5
+        while True:
+            try:
+                await self.handler.handle_batch(records)  # type: ignore[attr-defined]
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a handler bug: retry, never skip
+                log.error("batch handler raised; retrying %d records in %.1f s", len(records),
+                          backoff, exc_info=exc,
+                          extra={**self._log, "topic": first.topic,
+                                 "partition": first.partition, "offset": first.offset})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        st.current = None
+        for r in batch:
+            st.offsets.finished(r.offset)
+        self._finished_since_commit += len(batch)
+        if self._finished_since_commit >= self._commit_every:
+            self._commit_wakeup.set()
 
     async def _retry(self, record: Record, error: Exception) -> None:
         """The handler raised: it broke its contract. Retry the record with back-off until it

@@ -1,0 +1,81 @@
+"""Bulk subscribe benchmark: the same backlog delivered one event per request and in bulk.
+
+Drains ``--messages`` ~1 KiB CloudEvents (4 partitions, local Tansu broker) through a
+``python -m tidings.sidecar`` into ``sink_app.py``, committing only what the app answered: once
+with a plain subscription (one POST per event) and once with ``bulkSubscribe``
+(``maxMessagesCount`` ``--bulk``, ``maxAwaitDurationMs`` 100; one POST per batch of a
+partition, every entry answered SUCCESS). Throughput is measured at the app, first to last
+delivery. Usage: ``python -P benchmarks/delivery_bulk.py [--messages 10000] [--bulk 100]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the sibling delivery.py (python -P leaves this folder out)
+
+from delivery import create_topic, prefill, wait_count  # noqa: E402
+
+from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
+from tidings.sidecar.localdev import kafka_component_yaml  # noqa: E402
+
+
+async def run(bootstrap: str, topic: str, n: int, bulk: int | None) -> float:
+    port = free_port()
+    env = {**os.environ, "APP_PORT": str(port), "TOPIC": topic}
+    if bulk:
+        env["BULK_MAX_COUNT"] = str(bulk)
+    app = subprocess.Popen([sys.executable, "-P", str(HERE / "sink_app.py")], env=env)
+    workdir = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
+    (workdir / "pubsub.yaml").write_text(kafka_component_yaml(bootstrap))
+    sidecar = subprocess.Popen(
+        [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", f"bench-{uuid.uuid4().hex[:6]}",
+         "--app-port", str(port), "--dapr-http-port", str(free_port()),
+         "--resources-path", str(workdir), "--log-level", "warn"])
+    try:
+        async with aiohttp.ClientSession() as session:
+            state = await wait_count(session, port, n)
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        sidecar.wait(30)
+        app.terminate()
+        app.wait()
+    return n / (state["last"] - state["first"])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--bulk", type=int, default=100)
+    args = parser.parse_args()
+    broker = start_local_broker()
+    try:
+        single_topic, bulk_topic = (f"bench-{uuid.uuid4().hex[:6]}" for _ in range(2))
+        for topic in (single_topic, bulk_topic):
+            await create_topic(broker.bootstrap, topic)
+            await prefill(broker.bootstrap, topic, args.messages)
+        single = await run(broker.bootstrap, single_topic, args.messages, None)
+        bulk = await run(broker.bootstrap, bulk_topic, args.messages, args.bulk)
+    finally:
+        broker.stop()
+    print(f"\n{args.messages} CloudEvents of ~1 KiB, 4 partitions, local Tansu, "
+          f"{os.cpu_count()} cores; app, sidecar and broker share the machine")
+    print(f"{'':<40}{'events/s':>10}")
+    print(f"{'one event per request':<40}{single:10.0f}")
+    print(f"{f'bulkSubscribe, maxMessagesCount {args.bulk}':<40}{bulk:10.0f}")
+    print(f"ratio bulk/single: {bulk / single:.1f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
