@@ -9,10 +9,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tidings.sidecar.localbroker import start_local_broker
+
+if TYPE_CHECKING:
+    from .integration.processes import Proc
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +38,16 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def unique() -> str:
     """A short unique suffix for topic and consumer-group names, so tests never share state."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """The sidecar and app processes a test started (it appends them); stopped in reverse order
+    afterwards."""
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
 
 
 @pytest.fixture(scope="session")

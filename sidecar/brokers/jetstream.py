@@ -94,27 +94,31 @@ _BAD_VALUE = re.compile(r"[\r\n]")
 
 
 def _nats_headers(headers: Sequence[tuple[str, bytes]], key: bytes | None) -> dict[str, str]:
-    """Record headers and key as NATS headers. Raises :class:`BrokerError` (not retriable) for a
-    name or value NATS headers cannot hold."""
+    """Record headers and key as NATS headers. Raises :class:`BrokerError` (refused
+    ``"request"``: the caller's mistake) for a name or value NATS headers cannot hold."""
     out: dict[str, str] = {}
     for name, raw in headers:
         if not _HEADER_NAME.fullmatch(name):
-            raise BrokerError(f"metadata name {name!r} cannot be a NATS header name")
+            raise BrokerError(f"metadata name {name!r} cannot be a NATS header name",
+                              refused="request")
         try:
             value = raw.decode("utf-8") if raw is not None else ""
         except UnicodeDecodeError:
-            raise BrokerError(f"metadata {name!r} is not UTF-8 text, which NATS headers need") \
-                from None
+            raise BrokerError(f"metadata {name!r} is not UTF-8 text, which NATS headers need",
+                              refused="request") from None
         if _BAD_VALUE.search(value):
-            raise BrokerError(f"metadata {name!r} holds a line break, which NATS headers cannot")
+            raise BrokerError(f"metadata {name!r} holds a line break, which NATS headers cannot",
+                              refused="request")
         out[name] = value
     if key is not None:
         try:
             text = key.decode("utf-8")
         except UnicodeDecodeError:
-            raise BrokerError("partitionKey is not UTF-8 text, which NATS headers need") from None
+            raise BrokerError("partitionKey is not UTF-8 text, which NATS headers need",
+                              refused="request") from None
         if _BAD_VALUE.search(text):
-            raise BrokerError("partitionKey holds a line break, which NATS headers cannot")
+            raise BrokerError("partitionKey holds a line break, which NATS headers cannot",
+                              refused="request")
         out[KEY_HEADER] = text
     return out
 
@@ -135,7 +139,7 @@ def _record(topic: str, msg: Msg) -> Record:
 def _publish_error(topic: str, exc: Exception, *, size: int, max_payload: int) -> BrokerError:
     if isinstance(exc, nats.errors.MaxPayloadError):
         return BrokerError(f"the message has {size} bytes; the NATS server takes at most "
-                           f"{max_payload} (its max_payload)")
+                           f"{max_payload} (its max_payload)", refused="size")
     if isinstance(exc, nats.js.errors.NoStreamResponseError):
         return BrokerError(f"no JetStream stream takes subject {topic!r}: create one that does "
                            "(nats stream add)")
@@ -447,11 +451,11 @@ class JetStreamBroker:
     def _check(self, topic: str, partition: int | None) -> None:
         if partition is not None:
             raise BrokerError("pubsub.jetstream has no partitions: metadata.partitionNumber is "
-                              "not supported")
+                              "not supported", refused="request")
         problem = subject_problem(topic)
         if problem is not None:
             raise BrokerError(f"topic {topic!r} is not a NATS subject one can publish to: "
-                              f"{problem}")
+                              f"{problem}", refused="request")
         if self._closing:
             raise BrokerError(f"pubsub {self.name} is closing", retriable=True)
 
@@ -460,9 +464,12 @@ class JetStreamBroker:
                       partition: int | None = None) -> None:
         """Store one message on subject ``topic``; return after the stream's acknowledgement.
 
-        Raises :class:`BrokerError`: not retriable for a ``partition`` (JetStream has none), a
-        topic that is not a publishable subject, a header NATS cannot hold, a subject no stream
-        (or not ``streamName``) takes; retriable when not connected or on timeout.
+        Raises :class:`BrokerError`: refused (``BrokerError.refused``, the caller's mistake, never
+        stored as it is) for a ``partition`` (JetStream has none), a topic that is not a
+        publishable subject, a header NATS cannot hold (``"request"``) or a message over the
+        server's ``max_payload`` (``"size"``); not retriable, not refused, for a subject no stream
+        (or not ``streamName``) takes (an operator may still create that stream); retriable when
+        not connected or on timeout.
         """
         self._check(topic, partition)
         nats_headers = _nats_headers(headers, key)

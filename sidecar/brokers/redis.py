@@ -117,7 +117,7 @@ def _fields(value: bytes, key: bytes | None,
             meta = {name: (v.decode() if v is not None else None) for name, v in headers}
         except UnicodeDecodeError:
             raise BrokerError("pubsub.redis keeps metadata as JSON strings; a metadata value is "
-                              "not UTF-8") from None
+                              "not UTF-8", refused="request") from None
         fields[METADATA_FIELD] = orjson.dumps(meta)
     if key is not None:
         fields[KEY_FIELD] = key
@@ -145,6 +145,11 @@ def _record(topic: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Record:
 
 
 def _error(exc: RedisError) -> BrokerError:
+    """The :class:`BrokerError` of a Redis error: retriable when Redis is unreachable; refused
+    (the caller's mistake, ``BrokerError.refused``) when the topic names a key that holds no
+    stream, which no retry can change."""
+    if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
+        return BrokerError(f"redis: key is not a stream: {exc}", refused="request")
     retriable = isinstance(exc, (RedisConnectionError, RedisTimeoutError))
     return BrokerError(f"redis: {exc}", retriable=retriable)
 
@@ -257,7 +262,7 @@ class RedisBroker:
                    partition: int | None) -> dict[str, Any]:
         if partition is not None:
             raise BrokerError("pubsub.redis has no partitions: metadata partitionNumber is not "
-                              "supported")
+                              "supported", refused="request")
         kwargs: dict[str, Any] = {"fields": _fields(value, key, headers)}
         if self.meta.max_len_approx is not None:
             kwargs.update(maxlen=self.meta.max_len_approx, approximate=True)
@@ -270,9 +275,9 @@ class RedisBroker:
     async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
                       headers: Sequence[tuple[str, bytes]] = (),
                       partition: int | None = None) -> None:
-        """``XADD`` one entry; returns once Redis stored it. Raises :class:`BrokerError`: not
-        retriable for ``partition`` (Redis has none) or a key that is not a stream; retriable
-        when Redis is unreachable."""
+        """``XADD`` one entry; returns once Redis stored it. Raises :class:`BrokerError`: refused
+        (``"request"``, the caller's mistake) for ``partition`` (Redis has none), a key that is not
+        a stream or metadata that is not UTF-8; retriable when Redis is unreachable."""
         kwargs = self._xadd_args(value, key, headers, partition)
         try:
             await self._redis().xadd(topic, **kwargs)

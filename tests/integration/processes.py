@@ -6,6 +6,7 @@ stopped by the fixture that started it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -207,3 +208,80 @@ def jetstream_consumers(sidecar: Proc, pubsub: str = "pubsub") -> set[str]:
     _, body = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/metadata")
     value = (body.get("extended") or {}).get(f"jetstream.consumers.{pubsub}", "")
     return {c for c in value.split(",") if c and "=/" not in c}
+
+
+# Fast reclaim so a crashed member's entries move on within seconds; short delivery back-off.
+TEST_REDIS_METADATA = {
+    "processingTimeout": "2s",
+    "redeliverInterval": "200ms",
+    "backOffInitialInterval": "50ms",
+    "backOffMaxInterval": "500ms",
+}
+
+
+def write_redis_component(folder: Path, host: str, **metadata: str) -> Path:
+    """A ``pubsub.redis`` Component named ``pubsub`` on Redis at ``host`` (``host:port``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {"redisHost": host, **TEST_REDIS_METADATA, **metadata}
+    items = "".join(f"  - name: {k}\n    value: {json.dumps(v)}\n" for k, v in values.items())
+    (folder / "pubsub.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\n"
+        f"spec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n{items}")
+    return folder
+
+
+def redis_streams(sidecar: Proc, pubsub: str = "pubsub") -> set[str]:
+    """Streams the sidecar's Redis consumer reads now (its group exists there)."""
+    _, body = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/metadata")
+    value = (body.get("extended") or {}).get(f"redis.streams.{pubsub}", "")
+    return {s for s in value.split(",") if s}
+
+
+def event_bytes(event_id: str) -> bytes:
+    """A CloudEvent with id ``event_id``, as a publisher sidecar stores it."""
+    return json.dumps({"specversion": "1.0", "id": event_id, "source": "test", "type": "t",
+                       "datacontenttype": "application/json", "data": {"n": event_id}}).encode()
+
+
+def produce_kafka(bootstrap: str, topic: str, ids: list[str]) -> None:
+    """Produce CloudEvents straight to Kafka (faster than HTTP for a thousand)."""
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            await asyncio.gather(*[await producer.send(topic, event_bytes(i)) for i in ids])
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def produce_redis(address: str, topic: str, ids: list[str]) -> None:
+    """``XADD`` CloudEvents straight into the stream on Redis at ``address`` (``host:port``)."""
+    import redis
+
+    host, _, port = address.rpartition(":")
+    with redis.Redis(host=host, port=int(port)) as client:
+        pipe = client.pipeline(transaction=False)
+        for i in ids:
+            pipe.xadd(topic, {"data": event_bytes(i)})
+        pipe.execute()
+
+
+def produce_jetstream(nats_url: str, subject: str, ids: list[str]) -> None:
+    """Store CloudEvents straight on the JetStream stream of ``subject``, in order."""
+    import nats
+
+    async def run() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        try:
+            for start in range(0, len(ids), 100):
+                await asyncio.gather(*(js.publish(subject, event_bytes(i))
+                                       for i in ids[start:start + 100]))
+        finally:
+            await nc.close()
+
+    asyncio.run(run())

@@ -7,14 +7,14 @@ append ``started <id>`` / ``finished <id>`` lines there, readable after the app 
 ``STARTUP_DELAY_S`` (seconds before the port opens, an app slow to start).
 
 - ``GET /dapr/subscribe``: one programmatic subscription per topic, route ``/events``;
-- ``POST /events``: records the CloudEvent id as *started*, waits ``DELAY_S``, records it as
-  *finished*, answers SUCCESS;
+- ``POST /events`` (and ``/events/<anything>``, for routing rules): records the CloudEvent id as
+  *started*, waits ``DELAY_S``, records it as *finished*, answers SUCCESS;
 - ``GET /received``: ``{"started": [ids...], "finished": [ids...]}`` in arrival order;
 - ``POST /mode`` ``{"retry": [ids], "hang": [ids]}``: from now on answer RETRY to those ids, or
   hold their requests unanswered until the id leaves ``hang`` (the fault tests);
 - ``GET /attempts``: every delivery attempt ``{"id", "t0", "t1", "answer"}`` (``time.monotonic``,
   comparable between processes of one machine; ``t1`` null while unanswered);
-- ``GET /event?id=X``: the last body (text) and headers delivered for ``X``.
+- ``GET /event?id=X``: the last body (text), headers and path delivered for ``X``.
 
 An event's id is its ``id`` field, or ``<partition>:<offset>`` for a body without one.
 """
@@ -66,7 +66,7 @@ async def on_event(request: web.Request) -> web.Response:
     attempt = {"id": event_id, "t0": time.monotonic(), "t1": None, "answer": None}
     app[attempts].append(attempt)
     app[events][event_id] = {"body": body.decode("utf-8", "replace"),
-                             "headers": dict(request.headers)}
+                             "headers": dict(request.headers), "path": request.path}
     app[started].append(event_id)
     record("started", event_id)
     if DELAY_S:
@@ -113,6 +113,7 @@ def make_app() -> web.Application:
     app[mode] = {"retry": set(), "hang": set()}
     app.router.add_get("/dapr/subscribe", subscribe)
     app.router.add_post("/events", on_event)
+    app.router.add_post("/events/{route}", on_event)
     app.router.add_get("/received", received)
     app.router.add_post("/mode", set_mode)
     app.router.add_get("/attempts", get_attempts)

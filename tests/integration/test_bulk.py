@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -51,14 +50,6 @@ def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
     (folder / "pubsub.yaml").write_text(kafka_component_yaml(kafka_bootstrap,
                                                              metadata=BULK_KAFKA_METADATA))
     return folder
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def start_bulk_app(tmp: Path, *, topic: str, max_count: int, max_await_ms: int,

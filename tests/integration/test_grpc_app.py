@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +51,6 @@ def grpc_app_python() -> Path:
     assert result.returncode == 0, f"cannot install {APP_REQUIREMENT}:\n{result.stderr[-3000:]}"
     marker.write_text(APP_REQUIREMENT)
     return python
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def start_grpc_app(python: Path, tmp: Path, topic: str) -> tuple[Proc, Path]:

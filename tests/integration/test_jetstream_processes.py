@@ -1,122 +1,29 @@
 """End to end on NATS JetStream: real sidecar processes, real app processes, the machine's real
-NATS server. Each test has its own stream (deleted afterwards) and app-ids. Nothing is mocked."""
+NATS server. What is JetStream's own: SIGKILL mid-stream with AckWait redelivery, in single and
+parallel mode. The delivery cases every broker shares (publish → delivery, retry, dead-letter,
+rawPayload, routing, TTL, fan-out and sharing) run on JetStream in ``test_broker_delivery.py``.
+Each test has its own stream (deleted afterwards) and app-ids. Nothing is mocked."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
 import nats
-import nats.js.errors
 import pytest
 
 from tidings.sidecar.resources.jetstream import consumer_name
 
 from .processes import (
     Proc,
-    http_json,
-    jetstream_consumers,
     poll,
-    publish,
+    produce_jetstream,
     received,
     start_app,
     start_sidecar,
     write_jetstream_component,
 )
-
-
-@pytest.fixture
-def procs():  # type: ignore[no-untyped-def]
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
-
-
-@pytest.fixture
-def resources(tmp_path: Path, nats_url: str, jetstream_stream: tuple[str, str]) -> Path:
-    return write_jetstream_component(tmp_path / "resources", nats_url, jetstream_stream[0])
-
-
-def produce_events(nats_url: str, subject: str, ids: list[str]) -> None:
-    """Store CloudEvents straight on the stream (faster than HTTP for a thousand)."""
-
-    async def run() -> None:
-        nc = await nats.connect(nats_url)
-        js = nc.jetstream()
-        try:
-            for start in range(0, len(ids), 100):
-                await asyncio.gather(*(js.publish(subject, json.dumps(
-                    {"specversion": "1.0", "id": i, "source": "test", "type": "t",
-                     "datacontenttype": "application/json", "data": {"n": i}}).encode())
-                    for i in ids[start:start + 100]))
-        finally:
-            await nc.close()
-
-    asyncio.run(run())
-
-
-def test_publish_through_a_sidecar_reaches_the_app_of_another_app_id(
-        tmp_path: Path, resources: Path, jetstream_stream: tuple[str, str], procs: list[Proc],
-        unique: str) -> None:
-    topic = f"{jetstream_stream[1]}.orders"
-    app = start_app(tmp_path, "sub", topics=[topic])
-    procs.append(app)
-    subscriber = start_sidecar(tmp_path, "sub", app_id=f"sub-{unique}", resources=resources,
-                               app_port=app.port)
-    publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=resources)
-    procs += [subscriber, publisher]
-    poll("the subscriber's durable consumer", lambda: jetstream_consumers(subscriber), 30)
-
-    for n in range(5):
-        publish(publisher, topic, {"n": n})
-    got = poll("5 deliveries", lambda: len(received(app)["finished"]) >= 5 and received(app), 30)
-    assert len(set(got["finished"])) == 5
-
-    status, meta = http_json(f"http://127.0.0.1:{publisher.port}/v1.0/metadata")
-    assert status == 200
-    assert {"name": "pubsub", "type": "pubsub.jetstream", "version": "v1",
-            "capabilities": ["MESSAGE_HEADERS", "ORDERED"]} in meta["components"]
-    assert "not supported: BULK_PUBLISH, PARTITION_KEY, PARTITION_NUMBER" in publisher.log()
-    status, body = http_json(
-        f"http://127.0.0.1:{publisher.port}/v1.0/publish/pubsub/{topic}"
-        "?metadata.partitionNumber=1", method="POST", body=b'{"n": 1}',
-        headers={"Content-Type": "application/json"})
-    assert status == 500 and body["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE", body
-    assert "no partitions" in body["message"]
-
-
-def test_app_ids_each_get_all_and_replicas_share(tmp_path: Path, resources: Path, nats_url: str,
-                                                 jetstream_stream: tuple[str, str],
-                                                 procs: list[Proc], unique: str) -> None:
-    topic = f"{jetstream_stream[1]}.fan"
-    apps = [start_app(tmp_path, name, topics=[topic], delay_s=0.002)
-            for name in ("orders-1", "orders-2", "audit")]
-    procs += apps
-    sidecars = [
-        start_sidecar(tmp_path, "orders-1", app_id=f"orders-{unique}", resources=resources,
-                      app_port=apps[0].port),
-        start_sidecar(tmp_path, "orders-2", app_id=f"orders-{unique}", resources=resources,
-                      app_port=apps[1].port),
-        start_sidecar(tmp_path, "audit", app_id=f"audit-{unique}", resources=resources,
-                      app_port=apps[2].port),
-    ]
-    procs += sidecars
-    for sidecar in sidecars:
-        poll(f"{sidecar.name}'s durable consumer", lambda s=sidecar: jetstream_consumers(s), 30)
-
-    ids = [f"{unique}-{n}" for n in range(200)]
-    produce_events(nats_url, topic, ids)
-    poll("orders to receive 200",
-         lambda: sum(len(set(received(a)["finished"])) for a in apps[:2]) >= 200, 60)
-    poll("audit to receive 200", lambda: len(set(received(apps[2])["finished"])) >= 200, 60)
-    o1, o2 = (set(received(a)["finished"]) for a in apps[:2])
-    assert o1 and o2, "both replicas of one app-id get a share"
-    assert not (o1 & o2), "no event is delivered to both replicas of one app-id"
-    assert o1 | o2 == set(ids)
-    assert received(apps[2])["finished"] == ids, "one replica alone sees the stream in order"
 
 
 def consumer_counts(nats_url: str, stream: str, consumer: str) -> tuple[int, int]:
@@ -154,7 +61,7 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, nats_url: str,
     app = start_app(tmp_path, "app", topics=[topic], delay_s=delay_s)
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
-    produce_events(nats_url, topic, ids)
+    produce_jetstream(nats_url, topic, ids)
     first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources, app_port=app.port)
     procs.append(first)
     poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)
@@ -180,49 +87,3 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, nats_url: str,
               f"{held_at_kill} held unacked by the dead sidecar: lost={len(lost)} "
               f"duplicates={duplicates} of {len(ids)}")
     assert not lost
-
-
-def test_dropped_event_goes_to_the_dead_letter_subject_unchanged(
-        tmp_path: Path, resources: Path, nats_url: str, jetstream_stream: tuple[str, str],
-        procs: list[Proc], unique: str) -> None:
-    """The app answers DROP; the original message (data, key, headers) is stored on the
-    subscription's deadLetterTopic, a subject of the same stream, and only then acked."""
-    stream, prefix = jetstream_stream
-    topic, dlt = f"{prefix}.orders", f"{prefix}.poison"
-    (resources / "subscription.yaml").write_text(f"""\
-apiVersion: dapr.io/v2alpha1
-kind: Subscription
-metadata:
-  name: with-dlt
-spec:
-  pubsubname: pubsub
-  topic: {topic}
-  routes:
-    default: /events
-  deadLetterTopic: {dlt}
-""")
-    app = start_app(tmp_path, "app", topics=[], answer="DROP")
-    procs.append(app)
-    sidecar = start_sidecar(tmp_path, "sub", app_id=f"dlt-{unique}", resources=resources,
-                            app_port=app.port)
-    procs.append(sidecar)
-    status, body = http_json(
-        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}"
-        "?metadata.partitionKey=k1&metadata.team=payments", method="POST", body=b'{"n": 5}',
-        headers={"Content-Type": "application/json"})
-    assert status == 204, body
-
-    async def dead_letter() -> tuple[dict[str, str], bytes] | None:
-        nc = await nats.connect(nats_url)
-        try:
-            msg = await nc.jetstream().get_last_msg(stream, dlt)
-            return dict(msg.headers or {}), msg.data
-        except nats.js.errors.NotFoundError:
-            return None
-        finally:
-            await nc.close()
-
-    headers, data = poll("the dead-letter copy", lambda: asyncio.run(dead_letter()), 30, 0.2)
-    assert headers["Tidings-Partition-Key"] == "k1" and headers["team"] == "payments"
-    assert json.loads(data)["data"] == {"n": 5}
-    assert len(received(app)["finished"]) == 1

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,14 +41,6 @@ def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
     (folder / "pubsub.yaml").write_text(kafka_component_yaml(
         kafka_bootstrap, metadata={**TEST_KAFKA_METADATA, "backOffMaxRetries": "3"}))
     return folder
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def start_app(tmp: Path, *, topic: str, dead_letter_topic: str = "") -> Proc:

@@ -1,23 +1,21 @@
 """End to end with real processes: sidecar processes, real app processes, a real broker.
 
 Each sidecar is ``python -m tidings.sidecar``; each app is ``recorder_app.py`` (plain aiohttp);
-the broker is the session's Tansu. Nothing here is mocked.
+the broker is the session's Tansu. Nothing here is mocked. The delivery cases every broker
+shares (publish → delivery, retry, dead-letter, rawPayload, routing, TTL, fan-out and sharing)
+run on Kafka in ``test_broker_delivery.py``; here is what is Kafka's or the sidecar's own
+(SIGKILL and SIGTERM hand-over through a rebalance, hot reload, health, start-up errors).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-
 from tidings.sidecar.localbroker import free_port
 
 from .processes import (
@@ -25,7 +23,7 @@ from .processes import (
     assignment,
     http_json,
     poll,
-    publish,
+    produce_kafka,
     received,
     start_app,
     start_sidecar,
@@ -38,91 +36,6 @@ def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
     return write_component(tmp_path / "resources", kafka_bootstrap)
 
 
-@pytest.fixture
-def procs():  # type: ignore[no-untyped-def]
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
-
-
-def produce_events(bootstrap: str, topic: str, ids: list[str]) -> None:
-    """Produce CloudEvents straight to the broker (faster than HTTP for a thousand)."""
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
-            futures = [await producer.send(topic, json.dumps(
-                {"specversion": "1.0", "id": i, "source": "test", "type": "t",
-                 "datacontenttype": "application/json", "data": {"n": i}}).encode())
-                for i in ids]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
-
-
-def test_published_event_reaches_app_of_another_app_id(tmp_path: Path, resources: Path,
-                                                       procs: list[Proc], unique: str) -> None:
-    topic = f"orders-{unique}"
-    app = start_app(tmp_path, "sub", topics=[topic])
-    procs.append(app)
-    metrics_port = free_port()
-    subscriber = start_sidecar(tmp_path, "sub", app_id=f"sub-{unique}", resources=resources,
-                               app_port=app.port,
-                               extra=["--enable-metrics", "--metrics-port", str(metrics_port)])
-    publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=resources)
-    procs += [subscriber, publisher]
-    poll("the subscriber to be assigned partitions", lambda: assignment(subscriber), 30)
-
-    for n in range(5):
-        publish(publisher, topic, {"n": n, "big": 12345678901234567890123})
-    got = poll("5 deliveries", lambda: len(received(app)["finished"]) >= 5 and received(app), 30)
-    assert len(set(got["finished"])) == 5
-    assert "12345678901234567890123" not in subscriber.log()  # payloads are not logged
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-        exposition = r.read().decode()
-    assert (f'dapr_component_pubsub_ingress_count{{app_id="sub-{unique}",component="pubsub",'
-            f'namespace="",process_status="success",topic="{topic}"}} 5.0') in exposition
-
-
-def test_app_ids_each_get_all_and_replicas_split(tmp_path: Path, resources: Path,
-                                                 kafka_bootstrap: str, procs: list[Proc],
-                                                 unique: str) -> None:
-    topic = f"orders-{unique}"
-    apps = [start_app(tmp_path, name, topics=[topic]) for name in ("orders-1", "orders-2", "audit")]
-    procs += apps
-    sidecars = [
-        start_sidecar(tmp_path, "orders-1", app_id=f"orders-{unique}", resources=resources,
-                      app_port=apps[0].port),
-        start_sidecar(tmp_path, "orders-2", app_id=f"orders-{unique}", resources=resources,
-                      app_port=apps[1].port),
-        start_sidecar(tmp_path, "audit", app_id=f"audit-{unique}", resources=resources,
-                      app_port=apps[2].port),
-    ]
-    procs += sidecars
-
-    def orders_split() -> bool:
-        a, b = assignment(sidecars[0]), assignment(sidecars[1])
-        return bool(a) and bool(b) and not (a & b) and len(a | b) == 4
-
-    poll("the orders group to split 4 partitions over 2 members", orders_split, 60)
-    poll("the audit group to own all partitions", lambda: len(assignment(sidecars[2])) == 4, 60)
-
-    ids = [f"{unique}-{n}" for n in range(100)]
-    produce_events(kafka_bootstrap, topic, ids)
-    poll("orders to receive 100", lambda: sum(len(set(received(a)["finished"])) for a in apps[:2]) >= 100)
-    poll("audit to receive 100", lambda: len(set(received(apps[2])["finished"])) >= 100)
-    o1, o2 = (set(received(a)["finished"]) for a in apps[:2])
-    assert o1 and o2, "both replicas of one app-id get a share"
-    assert not (o1 & o2), "no event is delivered to both replicas of one app-id"
-    assert o1 | o2 == set(ids)
-    assert set(received(apps[2])["finished"]) == set(ids)
-
-
 def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, kafka_bootstrap: str,
                                           procs: list[Proc], unique: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,7 +46,7 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, kafka
     app = start_app(tmp_path, "app", topics=[topic], delay_s=0.004)
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
-    produce_events(kafka_bootstrap, topic, ids)
+    produce_kafka(kafka_bootstrap, topic, ids)
     first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources, app_port=app.port)
     procs.append(first)
     poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)
@@ -163,7 +76,7 @@ def test_sigterm_finishes_in_flight_and_commits(tmp_path: Path, resources: Path,
     app = start_app(tmp_path, "app", topics=[topic], delay_s=1.0)
     procs.append(app)
     ids = [f"{unique}-{n}" for n in range(12)]
-    produce_events(kafka_bootstrap, topic, ids)
+    produce_kafka(kafka_bootstrap, topic, ids)
     first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources,
                           app_port=app.port, grace_s=8)
     procs.append(first)
@@ -206,75 +119,8 @@ spec:
 """)
     poll("the new subscription to be assigned", lambda: assignment(sidecar), 30)
     event_id = str(uuid.uuid4())
-    produce_events(kafka_bootstrap, topic, [event_id])
+    produce_kafka(kafka_bootstrap, topic, [event_id])
     poll("the event to arrive", lambda: event_id in received(app)["finished"], 30)
-
-
-def test_dropped_event_goes_to_the_dead_letter_topic_unchanged(
-        tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc],
-        unique: str) -> None:
-    """The app answers DROP; the original record (value, key, headers) is produced to the
-    subscription's deadLetterTopic on the real broker, and only then acked (§2.3, §5.3)."""
-    topic, dlt = f"orders-{unique}", f"poison-{unique}"
-    (resources / "subscription.yaml").write_text(f"""\
-apiVersion: dapr.io/v2alpha1
-kind: Subscription
-metadata:
-  name: with-dlt
-spec:
-  pubsubname: pubsub
-  topic: {topic}
-  routes:
-    rules:
-    - match: event.type == "widget" && int(event.data.n) > 1
-      path: /events
-  deadLetterTopic: {dlt}
-""")
-    app = start_app(tmp_path, "app", topics=[], answer="DROP")
-    procs.append(app)
-    sidecar = start_sidecar(tmp_path, "sub", app_id=f"dlt-{unique}", resources=resources,
-                            app_port=app.port)
-    publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=resources)
-    procs += [sidecar, publisher]
-    poll("the subscriber to be assigned partitions", lambda: assignment(sidecar), 30)
-
-    status, body = http_json(
-        f"http://127.0.0.1:{publisher.port}/v1.0/publish/pubsub/{topic}"
-        "?metadata.partitionKey=k1&metadata.team=payments&metadata.cloudevent.type=widget",
-        method="POST", body=b'{"n": 5}', headers={"Content-Type": "application/json"})
-    assert status == 204, body
-    status, body = http_json(  # no rule matches: unmatched goes to the DLT as well (Dapr HEAD)
-        f"http://127.0.0.1:{publisher.port}/v1.0/publish/pubsub/{topic}"
-        "?metadata.cloudevent.type=gadget", method="POST", body=b'{"n": 5}',
-        headers={"Content-Type": "application/json"})
-    assert status == 204, body
-
-    dead = consume(kafka_bootstrap, dlt, 2)
-    assert len(received(app)["finished"]) == 1, "only the matching event reached the app"
-    by_type = {json.loads(r.value)["type"]: r for r in dead}
-    widget = by_type["widget"]
-    assert widget.key == b"k1" and ("team", b"payments") in widget.headers
-    assert json.loads(widget.value)["data"] == {"n": 5} and "gadget" in by_type
-
-
-def consume(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[ConsumerRecord]:
-    """The first ``n`` records of ``topic``, read with a plain aiokafka consumer."""
-
-    async def run() -> list[ConsumerRecord]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
-        await consumer.start()
-        records: list[ConsumerRecord] = []
-        try:
-            async with asyncio.timeout(timeout_s):
-                while len(records) < n:
-                    for batch in (await consumer.getmany(timeout_ms=500)).values():
-                        records.extend(batch)
-        finally:
-            await consumer.stop()
-        return records
-
-    return asyncio.run(run())
 
 
 def test_api_serves_before_the_app_is_reachable(tmp_path: Path, resources: Path,

@@ -120,7 +120,8 @@ async def start_api(components: dict[str, LoadedComponent], brokers: dict[str, B
                     memory: MemoryBroker, **settings: object) -> AsyncIterator[Api]:
     runtime = FakeRuntime(components)
     publisher = Publisher(app_id=APP_ID, brokers=brokers, components=components)
-    app = create_app(SidecarSettings(app_id=APP_ID, max_body_size=MAX_BODY, app_port=6000,
+    settings = {"max_body_size": MAX_BODY, **settings}
+    app = create_app(SidecarSettings(app_id=APP_ID, app_port=6000,
                                      **settings),  # type: ignore[arg-type]
                      publisher, runtime)
     async with TestServer(app, host="127.0.0.1") as server, ClientSession() as session:

@@ -95,20 +95,25 @@ async def test_no_partitions_bad_subjects_and_missing_stream_are_publish_errors(
     try:
         with pytest.raises(BrokerError, match="no partitions") as exc:
             await broker.publish(f"{prefix}.a", b"x", partition=1)
-        assert not exc.value.retriable
+        # the caller's mistakes (the API answers 400): never stored as they are
+        assert not exc.value.retriable and exc.value.refused == "request"
         for bad in ("", f"{prefix}..a", f"{prefix}.*", f"{prefix}.a b", f"{prefix}.>"):
-            with pytest.raises(BrokerError, match="not a NATS subject"):
+            with pytest.raises(BrokerError, match="not a NATS subject") as exc:
                 await broker.publish(bad, b"x")
-        with pytest.raises(BrokerError, match="line break"):
+            assert exc.value.refused == "request"
+        with pytest.raises(BrokerError, match="line break") as exc:
             await broker.publish(f"{prefix}.a", b"x", headers=[("h", b"a\r\nb")])
-        with pytest.raises(BrokerError, match="header name"):
+        assert exc.value.refused == "request"
+        with pytest.raises(BrokerError, match="header name") as exc:
             await broker.publish(f"{prefix}.a", b"x", headers=[("a b", b"v")])
+        assert exc.value.refused == "request"
         with pytest.raises(BrokerError, match="max_payload") as exc:
             await broker.publish(f"{prefix}.a", b"x" * (broker._nc.max_payload + 1))
-        assert not exc.value.retriable
+        assert not exc.value.retriable and exc.value.refused == "size"  # the API answers 413
         # streamName is the expected stream: a subject outside it is refused, not stored elsewhere
-        with pytest.raises(BrokerError, match="refused|no JetStream stream"):
+        with pytest.raises(BrokerError, match="refused|no JetStream stream") as exc:
             await broker.publish(f"elsewhere-{unique}.a", b"x")
+        assert exc.value.refused is None  # an operator may still create that stream: a 500
         outcomes = await broker.publish_many([
             PublishRecord(f"{prefix}.a", b"1"), PublishRecord(f"{prefix}.a", b"2", partition=0),
             PublishRecord(f"{prefix}.a", b"3", key=b"k")])

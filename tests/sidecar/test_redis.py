@@ -200,7 +200,7 @@ async def test_partition_number_is_refused_not_ignored(
     broker = await make()
     with pytest.raises(BrokerError, match="partitionNumber") as err:
         await broker.publish(topic, b"x", partition=1)
-    assert not err.value.retriable
+    assert not err.value.retriable and err.value.refused == "request"
     outcomes = await broker.publish_many([PublishRecord(topic, b"a"),
                                           PublishRecord(topic, b"b", partition=2),
                                           PublishRecord(topic, b"c", b"k", [("h", b"v")])])
@@ -217,8 +217,21 @@ async def test_a_key_that_is_not_a_stream_fails_that_entry_only(
     with pytest.raises(BrokerError) as err:
         await broker.publish(wrong, b"x")
     assert not err.value.retriable and "WRONGTYPE" in str(err.value)
+    assert err.value.refused == "request"  # the caller's mistake: the API answers 400
     outcomes = await broker.publish_many([PublishRecord(wrong, b"x"), PublishRecord(right, b"y")])
     assert isinstance(outcomes[0], BrokerError) and outcomes[1] is None
+
+
+async def test_metadata_that_is_not_utf8_is_refused(
+        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    """Dapr's ``metadata`` field is a JSON object of strings: a header value that is not UTF-8
+    (a dead-letter copy of a Kafka record can carry one) is refused, nothing stored."""
+    topic = stream(raw, f"utf8-{unique}")
+    broker = await make()
+    with pytest.raises(BrokerError, match="not UTF-8") as err:
+        await broker.publish(topic, b"x", headers=[("h", b"\xff")])
+    assert not err.value.retriable and err.value.refused == "request"
+    assert await raw.xlen(topic) == 0
 
 
 async def test_ack_only_after_the_handler_finished(
