@@ -114,6 +114,45 @@ def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0,
     return proc
 
 
+@dataclass(frozen=True)
+class Finished:
+    """What a command run to its end left: exit code and its whole stdout/stderr (text)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_to_end(cmd: list[str], *, tmp: Path, name: str, env: dict[str, str] | None = None,
+               timeout_s: float = 180.0) -> Finished:
+    """Run ``cmd`` (e.g. ``tidings run ... -- app``) until it exits, its output in files.
+
+    Unlike ``subprocess.run(capture_output=True, timeout=...)`` this cannot hang: a command
+    whose children outlive it keeps no pipe open, so a timeout does not wait for those
+    children to close it. On timeout the command gets SIGINT (``tidings run`` stops its
+    sidecar and app on Ctrl-C), then SIGKILL after 30 s, and the test fails with its output.
+    """
+    out_path, err_path = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=err,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise AssertionError(
+            f"{name} did not finish within {timeout_s:.0f} s\n--- stdout\n"
+            f"{out_path.read_text(errors='replace')[-3000:]}\n--- stderr\n"
+            f"{err_path.read_text(errors='replace')[-5000:]}") from None
+    return Finished(process.returncode, out_path.read_text(errors="replace"),
+                    err_path.read_text(errors="replace"))
+
+
 def _died(proc: Proc) -> bool:
     raise AssertionError(f"{proc.name} exited early:\n{proc.log()}")
 

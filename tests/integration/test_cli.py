@@ -17,7 +17,7 @@ import pytest
 
 from tidings.sidecar.localbroker import free_port
 
-from .processes import HERE, http_json, poll, write_component
+from .processes import HERE, http_json, poll, run_to_end, write_component
 
 ROOT = HERE.parent.parent
 
@@ -151,9 +151,9 @@ def test_ctrl_c_in_a_terminal_stops_the_sidecar_before_the_app(tmp_path: Path, u
 
 def test_demo_from_readme(tmp_path: Path) -> None:
     """The README's first command runs examples/demo.py; this runs it with fewer orders."""
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py"), "--count", "40"],
-                            capture_output=True, text=True, timeout=240,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    result = run_to_end([sys.executable, str(ROOT / "examples" / "demo.py"), "--count", "40"],
+                        tmp=tmp_path, name="demo", env={**os.environ, "TMPDIR": str(tmp_path)},
+                        timeout_s=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "orders replicas split the messages (no order at both, none missing): True" in result.stdout
     assert "audit got every message: True" in result.stdout

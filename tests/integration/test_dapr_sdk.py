@@ -23,7 +23,7 @@ import pytest
 
 from tidings.sidecar.localbroker import free_port
 
-from .processes import HERE, Proc, http_json, poll, start_sidecar, write_component
+from .processes import HERE, Proc, http_json, poll, run_to_end, start_sidecar, write_component
 
 
 @pytest.fixture
@@ -64,12 +64,12 @@ def run_publisher(tmp: Path, resources: Path, ops: list[dict[str, Any]]) -> list
     ops_path.write_text(json.dumps(ops))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAPR_")}
     env["TIDINGS_HOME"] = str(tmp / "home")
-    done = subprocess.run(
+    done = run_to_end(
         [tidings(), "run", "--app-id", "checkout", "--resources-path", str(resources), "--",
          sys.executable, "-P", str(HERE / "sdk_publisher.py"), str(ops_path)],
-        env=env, capture_output=True, timeout=180)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return json.loads(done.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+        tmp=tmp, name="publisher", env=env, timeout_s=180)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_sdk_publisher_and_fastapi_subscriber_exchange_events_unchanged(
