@@ -761,3 +761,26 @@ async def test_bulk_entry_raw_payload_must_be_a_boolean(api: Api) -> None:
     assert error["message"] == ("failed deserializing metadata. Error: rawPayload value must be a "
                                 "valid boolean: actual is 'maybe'")
     assert "entrymeta" not in api.memory._topics  # nothing of the request was published
+
+
+# -- unknown paths and methods answer in Dapr's JSON shape ---------------------------------------
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/v1.0/nothing", 404, "ERR_NOT_FOUND"),
+    ("POST", "/v2/publish/mem/t", 404, "ERR_NOT_FOUND"),
+    ("GET", "/v1.0/publish/mem/orders", 405, "ERR_METHOD_NOT_ALLOWED"),
+    ("DELETE", "/v1.0/publish/mem/orders", 405, "ERR_METHOD_NOT_ALLOWED"),
+])
+async def test_unknown_route_or_method_is_a_dapr_json_error(api: Api, method: str, path: str,
+                                                            status: int, code: str) -> None:
+    """Regression: aiohttp's own text/plain ``404: Not Found`` / ``405: Method Not Allowed``."""
+    async with api.session.request(method, api.url(path)) as r:
+        got_status, ctype, body = r.status, r.headers.get("Content-Type", ""), await r.read()
+        allow = r.headers.get("Allow")
+    error = dapr_error(got_status, ctype, body)
+    assert (got_status, error["errorCode"]) == (status, code)
+    assert method in error["message"] and path in error["message"]
+    if status == 405:
+        assert allow is not None and {"POST", "PUT"} <= set(allow.replace(" ", "").split(","))
+    assert "orders" not in api.memory._topics
+
