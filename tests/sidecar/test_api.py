@@ -784,3 +784,23 @@ async def test_unknown_route_or_method_is_a_dapr_json_error(api: Api, method: st
         assert allow is not None and {"POST", "PUT"} <= set(allow.replace(" ", "").split(","))
     assert "orders" not in api.memory._topics
 
+
+# -- ttlInSeconds that is not a TTL: ignored as Dapr does (§1.2, §5.2, §9) -----------------------
+
+@pytest.mark.parametrize("ttl", ["abc", "-5"])
+async def test_invalid_ttl_is_ignored_and_travels_as_a_header_like_dapr(api: Api,
+                                                                        ttl: str) -> None:
+    """The newcomer's report: ``?metadata.ttlInSeconds=abc`` / ``=-5`` answer 204 without
+    ``expiration``. That is Dapr's behaviour (components-contrib ``TryGetTTL`` ignores values it
+    cannot read, and the Kafka component copies every metadata key to a header), pinned in the
+    contract §9: a publisher relying on it is not refused. Single and bulk take one code path."""
+    status, _, _ = await api.post(f"/v1.0/publish/mem/badttl?metadata.ttlInSeconds={ttl}", b"x")
+    assert status == 204
+    record = api.memory._topics["badttl"].log[0]
+    assert "expiration" not in orjson.loads(record.value)
+    assert ("ttlInSeconds", ttl.encode()) in record.headers
+    status, _, _ = await api.post("/v1.0/publish/bulk/mem/badttlbulk", bulk(
+        {"entryId": "1", "event": "x", "contentType": "text/plain",
+         "metadata": {"ttlInSeconds": ttl}}), "application/json")
+    assert status == 204
+    assert "expiration" not in orjson.loads(api.memory_values("badttlbulk")[0])
