@@ -157,3 +157,23 @@ def test_demo_from_readme(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "orders replicas split the messages (no order at both, none missing): True" in result.stdout
     assert "audit got every message: True" in result.stdout
+
+
+def test_run_reports_an_app_that_exits_non_zero(tmp_path: Path, home_env: dict[str, str]) -> None:
+    """Regression: ``tidings run --app-id x -- false`` stopped its sidecar and exited 1 without a
+    word. The code is passed through and said on stderr; an app exiting 0 says nothing."""
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    (resources / "memory.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec:\n  type: pubsub.in-memory\n  version: v1\n")
+    run = [tidings(), "run", "--app-id", "x", "--resources-path", str(resources), "--"]
+    failed = run_to_end([*run, sys.executable, "-c", "raise SystemExit(3)"], tmp=tmp_path,
+                        name="exit3", env=home_env)
+    assert failed.returncode == 3, failed.stderr
+    assert "tidings run: app exited with code 3" in failed.stderr
+    false = run_to_end([*run, "false"], tmp=tmp_path, name="false", env=home_env)
+    assert false.returncode == 1 and "tidings run: app exited with code 1" in false.stderr
+    fine = run_to_end([*run, "true"], tmp=tmp_path, name="true", env=home_env)
+    assert fine.returncode == 0, fine.stderr
+    assert "app exited" not in fine.stderr
