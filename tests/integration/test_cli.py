@@ -177,3 +177,50 @@ def test_run_reports_an_app_that_exits_non_zero(tmp_path: Path, home_env: dict[s
     fine = run_to_end([*run, "true"], tmp=tmp_path, name="true", env=home_env)
     assert fine.returncode == 0, fine.stderr
     assert "app exited" not in fine.stderr
+
+
+def test_example_subscriber_takes_the_largest_event_the_sidecar_accepts(
+        tmp_path: Path, unique: str, home_env: dict[str, str]) -> None:
+    """Regression: examples/subscriber.py (aiohttp's default 1 MiB ``client_max_size``) answered
+    413 to a 3 MB event the sidecar had accepted (its --max-body-size is 4 MiB), which the
+    sidecar retries forever. Also a body of exactly 4 MiB of control characters, whose JSON
+    escaping makes the delivery about 24 MiB (the in-memory broker has no record limit)."""
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    (resources / "memory.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec:\n  type: pubsub.in-memory\n  version: v1\n")
+    topic, app_port, http_port = f"big-{unique}", free_port(), free_port()
+    log = (tmp_path / "run.log").open("wb")
+    run = subprocess.Popen(
+        [tidings(), "run", "--app-id", "orders", "--app-port", str(app_port),
+         "--dapr-http-port", str(http_port), "--resources-path", str(resources), "--",
+         sys.executable, str(ROOT / "examples" / "subscriber.py")],
+        env={**home_env, "APP_PORT": str(app_port), "TOPIC": topic}, stdout=log,
+        stderr=subprocess.STDOUT)
+    try:
+        def subscribed() -> bool:
+            try:
+                _, meta = http_json(f"http://127.0.0.1:{http_port}/v1.0/metadata")
+            except OSError:
+                return False
+            return any(s.get("topic") == topic for s in meta.get("subscriptions") or [])
+
+        poll("the example's subscription", subscribed, 60)
+        bodies = [(b"x" * 3_000_000, "text/plain"), (b"\x01" * 4 * 1024 * 1024, "text/plain"),
+                  (os.urandom(4 * 1024 * 1024), "application/octet-stream")]
+        for body, content_type in bodies:
+            status, _ = http_json(f"http://127.0.0.1:{http_port}/v1.0/publish/pubsub/{topic}",
+                                  method="POST", body=body, headers={"Content-Type": content_type})
+            assert status == 204
+
+        def received() -> list[str] | None:
+            _, ids = http_json(f"http://127.0.0.1:{app_port}/received")
+            return ids if len(ids) >= len(bodies) else None
+
+        assert len(poll("the three large events at the app", received, 60)) == len(bodies)
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(30)
+        log.close()
+    assert b" 413 " not in (tmp_path / "run.log").read_bytes()
