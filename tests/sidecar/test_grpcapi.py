@@ -233,6 +233,24 @@ async def test_message_over_max_body_size_is_resource_exhausted(
     assert error_info(caught.value).reason == "DAPR_PUBSUB_PUBLISH_MESSAGE"
 
 
+@pytest.mark.parametrize("ttl", ["abc", "-5"])
+async def test_invalid_ttl_is_ignored_as_over_http(memory_sidecar: Sidecar,
+                                                   stub: dapr_pb2_grpc.DaprStub, ttl: str) -> None:
+    """The newcomer's ``ttlInSeconds=abc``/``-5``: no error, no ``expiration``, as Dapr does
+    (contract §1.2, §9) and as the HTTP API does (test_api); the value travels as a header."""
+    topic = f"ttl{ttl}"
+    await stub.PublishEvent(publish_request("memory", topic, ttlInSeconds=ttl))
+    entry = pubsub_pb2.BulkPublishRequestEntry(entry_id="1", event=b"x", content_type="text/plain",
+                                               metadata={"ttlInSeconds": ttl})
+    response = await stub.BulkPublishEvent(pubsub_pb2.BulkPublishRequest(
+        pubsub_name="memory", topic=topic, entries=[entry]))
+    assert not response.failedEntries
+    records = memory_sidecar._brokers["memory"]._topics[topic].log  # type: ignore[attr-defined]
+    assert len(records) == 2
+    assert all("expiration" not in orjson.loads(r.value) for r in records)
+    assert all(("ttlInSeconds", ttl.encode()) in r.headers for r in records)
+
+
 @pytest.mark.parametrize("rpc", ["BulkPublishEvent", "BulkPublishEventAlpha1"])
 async def test_bulk_publish_returns_failed_entries(kafka_sidecar: Sidecar, kafka_bootstrap: str,
                                                    unique: str, rpc: str) -> None:
