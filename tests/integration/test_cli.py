@@ -224,3 +224,14 @@ def test_example_subscriber_takes_the_largest_event_the_sidecar_accepts(
         run.wait(30)
         log.close()
     assert b" 413 " not in (tmp_path / "run.log").read_bytes()
+
+
+@pytest.mark.parametrize("flags", [("--delivery-timeout-seconds", "-3"),
+                                   ("--dapr-graceful-shutdown-seconds", "nan")])
+def test_sidecar_refuses_nonsense_numbers(tmp_path: Path, home_env: dict[str, str],
+                                          flags: tuple[str, str]) -> None:
+    """Regression: both started a sidecar without complaint; now argparse's exit 2."""
+    done = run_to_end([tidings(), "sidecar", "--app-id", "x", "--dapr-http-port", str(free_port()),
+                       "--dapr-grpc-port", str(free_port()), *flags],
+                      tmp=tmp_path, name="sidecar", env=home_env, timeout_s=60)
+    assert done.returncode == 2 and flags[0] in done.stderr, done.stderr
