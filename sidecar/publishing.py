@@ -104,8 +104,8 @@ def body_too_large(pubsubname: str, topic: str, limit: int) -> DaprError:
     error = f"request body exceeds the maximum of {limit} bytes (--max-body-size)"
     return DaprError(413, "ERR_PUBSUB_PUBLISH_MESSAGE",
                      f"error when publishing to topic {topic} in pubsub {pubsubname}: {error}",
-                     reason="DAPR_PUBSUB_PUBLISH_MESSAGE", metadata={"topic": topic, "error": error},
-                     resource=pubsubname)
+                     reason="DAPR_PUBSUB_PUBLISH_MESSAGE",
+                     metadata={"topic": topic, "error": error}, resource=pubsubname)
 
 
 def _key_and_headers(metadata: Mapping[str, str]) -> tuple[bytes | None, list[tuple[str, bytes]]]:
