@@ -170,9 +170,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 break
             if app is not None and app.poll() is not None:
                 code = app.returncode
-                if code:
-                    # A signal's death is a negative returncode; a shell would report 128+N.
+                if code > 0:
                     print(f"tidings run: app exited with code {code}", file=sys.stderr)
+                elif code < 0:  # Popen's returncode for a death by signal N is -N
+                    print(f"tidings run: app was killed by signal {-code}", file=sys.stderr)
                 break
             time.sleep(0.1)  # supervision tick: check both children
     finally:
