@@ -9,10 +9,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tidings.sidecar.localbroker import start_local_broker
+
+if TYPE_CHECKING:
+    from .integration.processes import Proc
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +110,13 @@ def jetstream_stream(nats_url: str, unique: str) -> Iterator[tuple[str, str]]:
         yield stream, prefix
     finally:
         asyncio.run(run(False))
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Processes a test started (``tests/integration/processes.py``); append each one, and they
+    are stopped in reverse order at the end of the test."""
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()

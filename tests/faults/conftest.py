@@ -8,13 +8,13 @@ beyond the first of an event). ``pytest_terminal_summary`` prints the rows of th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ..integration.processes import Proc, write_component
+from ..integration.processes import write_component
 
 
 @dataclass
@@ -59,14 +59,6 @@ def counts(request: pytest.FixtureRequest) -> CountSheet:
 @pytest.fixture
 def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
     return write_component(tmp_path / "resources", kafka_bootstrap)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -34,10 +34,12 @@ TEST_KAFKA_METADATA = {
 }
 
 
-def write_component(folder: Path, bootstrap: str) -> Path:
+def write_component(folder: Path, bootstrap: str, **metadata: str) -> Path:
+    """A resources folder with the test Kafka component ``pubsub`` (:data:`TEST_KAFKA_METADATA`,
+    then ``metadata``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pubsub.yaml").write_text(kafka_component_yaml(bootstrap,
-                                                             metadata=TEST_KAFKA_METADATA))
+    (folder / "pubsub.yaml").write_text(kafka_component_yaml(
+        bootstrap, metadata={**TEST_KAFKA_METADATA, **metadata}))
     return folder
 
 
@@ -55,10 +57,12 @@ def poll(what: str, check: Callable[[], T | None], timeout_s: float = 60.0,
 
 
 def http_json(url: str, *, method: str = "GET", body: bytes | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+              headers: dict[str, str] | None = None, timeout_s: float = 10) -> tuple[int, Any]:
+    """``(status, parsed JSON body)`` of one request; a body that is not JSON comes as text,
+    an empty one as ``None``."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             raw = response.read()
             return response.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:
@@ -101,10 +105,18 @@ def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0,
               startup_delay_s: float = 0.0, wait: bool = True) -> Proc:
     """Start ``recorder_app.py``; with ``wait`` return once its port accepts connections."""
     port = port or free_port()
+    return start_app_script(tmp, name, "recorder_app.py", port=port, wait=wait, env={
+        **os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
+        "ANSWER": answer, "STARTUP_DELAY_S": str(startup_delay_s)})
+
+
+def start_app_script(tmp: Path, name: str, script: str, *, port: int, env: dict[str, str],
+                     python: Path | str = sys.executable, wait: bool = True) -> Proc:
+    """Start the app ``script`` (a file next to this module) with ``python`` and exactly ``env``
+    (which names ``port``), logging to ``<tmp>/<name>.app.log``; with ``wait`` return once
+    ``port`` accepts connections, failing with the app's log if it exits first."""
     log_path = tmp / f"{name}.app.log"
-    env = {**os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
-           "ANSWER": answer, "STARTUP_DELAY_S": str(startup_delay_s)}
-    process = subprocess.Popen([sys.executable, str(HERE / "recorder_app.py")], env=env,
+    process = subprocess.Popen([str(python), str(HERE / script)], env=env,
                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc = Proc(name, process, log_path, port)
     if wait:

@@ -9,11 +9,8 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -23,55 +20,35 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from tidings.sidecar.localbroker import free_port
-from tidings.sidecar.localdev import kafka_component_yaml
 
 from .processes import (
-    HERE,
-    TEST_KAFKA_METADATA,
     Proc,
-    _died,
-    _listening,
     assignment,
     http_json,
     poll,
+    start_app_script,
     start_sidecar,
+    write_component,
 )
 
 pytestmark = pytest.mark.timeout(180)
 
 PARTITIONS = 4
-# Bounded retries: with the unbounded default a deadLetterTopic takes every first failure (§5.3).
-BULK_KAFKA_METADATA = {**TEST_KAFKA_METADATA, "backOffMaxRetries": "5"}
 
 
 @pytest.fixture
 def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
-    folder = tmp_path / "resources"
-    folder.mkdir()
-    (folder / "pubsub.yaml").write_text(kafka_component_yaml(kafka_bootstrap,
-                                                             metadata=BULK_KAFKA_METADATA))
-    return folder
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
+    # Bounded retries: with the unbounded default a deadLetterTopic takes every first failure
+    # (§5.3).
+    return write_component(tmp_path / "resources", kafka_bootstrap, backOffMaxRetries="5")
 
 
 def start_bulk_app(tmp: Path, *, topic: str, max_count: int, max_await_ms: int,
                    dead_letter: str = "") -> Proc:
     port = free_port()
-    log_path = tmp / "bulk.app.log"
-    env = {**os.environ, "APP_PORT": str(port), "TOPIC": topic, "MAX_COUNT": str(max_count),
-           "MAX_AWAIT_MS": str(max_await_ms), "DEAD_LETTER": dead_letter}
-    process = subprocess.Popen([sys.executable, str(HERE / "bulk_app.py")], env=env,
-                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    proc = Proc("bulk-app", process, log_path, port)
-    poll("the bulk app to listen", lambda: _listening(port) or (not proc.alive() and _died(proc)))
-    return proc
+    return start_app_script(tmp, "bulk", "bulk_app.py", port=port, env={
+        **os.environ, "APP_PORT": str(port), "TOPIC": topic, "MAX_COUNT": str(max_count),
+        "MAX_AWAIT_MS": str(max_await_ms), "DEAD_LETTER": dead_letter})
 
 
 def produce(bootstrap: str, topic: str, events: list[tuple[str, str]]) -> None:

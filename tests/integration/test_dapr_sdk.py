@@ -31,14 +31,6 @@ def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
     return write_component(tmp_path / "resources", kafka_bootstrap)
 
 
-@pytest.fixture
-def procs():  # type: ignore[no-untyped-def]
-    started: list[Proc] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
