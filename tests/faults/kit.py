@@ -1,6 +1,6 @@
-"""Helpers of the fault suite on top of ``tests/integration/processes.py``: a foreign producer,
-a subscribed app with its sidecar, the app's control endpoints and publishing through a
-sidecar."""
+"""Helpers of the fault suite on top of ``tests/integration/processes.py``: CloudEvents from a
+foreign producer, a subscribed app with its sidecar, the app's control endpoints, publishing
+through a sidecar and counting a topic's records."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ..integration.processes import Proc, assignment, http_json, poll, start_app, start_sidecar
+from ..integration.processes import (
+    Proc,
+    assignment,
+    http_json,
+    poll,
+    produce,
+    start_app,
+    start_sidecar,
+)
 
 
 def start_subscriber(tmp: Path, procs: list[Proc], *, app_id: str, resources: Path,
@@ -32,23 +40,6 @@ def start_subscriber(tmp: Path, procs: list[Proc], *, app_id: str, resources: Pa
 def cloudevent(event_id: str, data: Any = None) -> bytes:
     return json.dumps({"specversion": "1.0", "id": event_id, "source": "faults", "type": "t",
                        "datacontenttype": "application/json", "data": data}).encode()
-
-
-def produce(bootstrap: str, topic: str, records: Sequence[dict[str, Any]]) -> None:
-    """Produce ``records`` (``value`` bytes, optional ``key``, ``headers``, ``partition``) with a
-    plain aiokafka producer, ``acks=all``, in order; returns once every one is acknowledged."""
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                    max_request_size=8 * 1024 * 1024)
-        await producer.start()
-        try:
-            futures = [await producer.send(topic, **r) for r in records]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
 
 
 def produce_events(bootstrap: str, topic: str, ids: Sequence[str],
@@ -101,26 +92,5 @@ def record_count(bootstrap: str, topic: str) -> int:
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer.stop()
-
-    return asyncio.run(run())
-
-
-def consumed(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[Any]:
-    """The first ``n`` records of ``topic`` (ConsumerRecords), read by a plain consumer."""
-
-    async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    max_partition_fetch_bytes=8 * 1024 * 1024)
-        await consumer.start()
-        records: list[Any] = []
-        try:
-            async with asyncio.timeout(timeout_s):
-                while len(records) < n:
-                    for batch in (await consumer.getmany(timeout_ms=500)).values():
-                        records.extend(batch)
-        finally:
-            await consumer.stop()
-        return records
 
     return asyncio.run(run())

@@ -11,7 +11,9 @@ from pathlib import Path
 from ..integration.processes import (
     Proc,
     assignment,
+    consumed,
     poll,
+    produce,
     received,
     start_app,
     start_sidecar,
@@ -21,9 +23,7 @@ from .conftest import CountSheet
 from .kit import (
     attempts,
     cloudevent,
-    consumed,
     delivered_event,
-    produce,
     publish_raw,
     start_subscriber,
 )

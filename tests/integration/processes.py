@@ -1,4 +1,5 @@
-"""Real processes for the integration tests: sidecars (``python -m tidings.sidecar``) and apps.
+"""Real processes for the integration tests: sidecars (``python -m tidings.sidecar``) and apps,
+and a plain aiokafka producer and consumer to write and read topics around them.
 
 Every process logs to a file in the test's tmp folder (named in assertion messages) and is
 stopped by the fixture that started it.
@@ -6,6 +7,7 @@ stopped by the fixture that started it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,11 +16,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tidings.sidecar.localbroker import free_port
 from tidings.sidecar.localdev import kafka_component_yaml
 
@@ -219,3 +222,41 @@ def jetstream_consumers(sidecar: Proc, pubsub: str = "pubsub") -> set[str]:
     _, body = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/metadata")
     value = (body.get("extended") or {}).get(f"jetstream.consumers.{pubsub}", "")
     return {c for c in value.split(",") if c and "=/" not in c}
+
+
+def produce(bootstrap: str, topic: str, records: Sequence[dict[str, Any]]) -> None:
+    """Produce ``records`` (``value`` bytes, optional ``key``, ``headers``, ``partition``) with a
+    plain aiokafka producer, ``acks=all``, in order; returns once every one is acknowledged."""
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                    max_request_size=8 * 1024 * 1024)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, **r) for r in records]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def consumed(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[Any]:
+    """The first ``n`` records of ``topic`` (ConsumerRecords), read by a plain consumer."""
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        records: list[Any] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(records) < n:
+                    for batch in (await consumer.getmany(timeout_ms=500)).values():
+                        records.extend(batch)
+        finally:
+            await consumer.stop()
+        return records
+
+    return asyncio.run(run())

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from tidings.sidecar.localbroker import free_port
 
@@ -26,6 +26,7 @@ from .processes import (
     assignment,
     http_json,
     poll,
+    produce,
     start_app_script,
     start_sidecar,
     write_component,
@@ -51,22 +52,12 @@ def start_bulk_app(tmp: Path, *, topic: str, max_count: int, max_await_ms: int,
         "MAX_AWAIT_MS": str(max_await_ms), "DEAD_LETTER": dead_letter})
 
 
-def produce(bootstrap: str, topic: str, events: list[tuple[str, str]]) -> None:
+def produce_events(bootstrap: str, topic: str, events: list[tuple[str, str]]) -> None:
     """CloudEvents ``(id, answer)`` straight to the broker, spread over the partitions."""
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
-            sent = [await producer.send(topic, json.dumps(
-                {"specversion": "1.0", "id": i, "source": "test", "type": "t",
-                 "datacontenttype": "application/json", "data": {"answer": a}}).encode(),
-                partition=n % PARTITIONS) for n, (i, a) in enumerate(events)]
-            await asyncio.gather(*sent)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
+    produce(bootstrap, topic, [{"value": json.dumps(
+        {"specversion": "1.0", "id": i, "source": "test", "type": "t",
+         "datacontenttype": "application/json", "data": {"answer": a}}).encode(),
+        "partition": n % PARTITIONS} for n, (i, a) in enumerate(events)])
 
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
@@ -86,7 +77,8 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
 
 
 def per_partition(events: list[tuple[str, str]]) -> dict[int, int]:
-    """How many of ``events`` :func:`produce` wrote to each partition (the offsets to commit)."""
+    """How many of ``events`` :func:`produce_events` wrote to each partition (the offsets to
+    commit)."""
     counts = Counter(n % PARTITIONS for n in range(len(events)))
     return {p: counts[p] for p in range(PARTITIONS)}
 
@@ -104,7 +96,7 @@ def test_http_bulk_subscription_batches_retries_dead_letters_and_commits(
 
     plan = ["SUCCESS"] * 4 + ["RETRY_ONCE", "DROP", "OMIT_ONCE"]
     events = [(f"{unique}-{n}", plan[n % len(plan)]) for n in range(140)]
-    produce(kafka_bootstrap, topic, events)
+    produce_events(kafka_bootstrap, topic, events)
     wanted = {i for i, a in events if a != "DROP"}
     dropped = {i for i, a in events if a == "DROP"}
 
@@ -154,7 +146,7 @@ def test_a_batch_in_flight_when_the_sidecar_dies_is_delivered_again(
     procs.append(first)
     poll("the first sidecar to be assigned partitions", lambda: assignment(first), 60)
     events = [(f"{unique}-{n}", "HANG_ONCE" if n == 42 else "SUCCESS") for n in range(80)]
-    produce(kafka_bootstrap, topic, events)
+    produce_events(kafka_bootstrap, topic, events)
 
     def hung_batch() -> list[str] | None:
         _, got = http_json(f"http://127.0.0.1:{app.port}/received")
@@ -245,7 +237,7 @@ def test_grpc_app_receives_bulk_through_on_bulk_topic_event(
 
         plan = ["SUCCESS"] * 3 + ["RETRY_ONCE", "DROP", "OMIT_ONCE"]
         events = [(f"{unique}-{n}", plan[n % len(plan)]) for n in range(60)]
-        produce(kafka_bootstrap, topic, events)
+        produce_events(kafka_bootstrap, topic, events)
         wanted = {i for i, a in events if a != "DROP"}
         dropped = {i for i, a in events if a == "DROP"}
 
