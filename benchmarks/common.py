@@ -8,6 +8,7 @@ numbers move with the load, the ratios much less.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -131,6 +132,18 @@ def write_json(name: str, path: str | None, result: Mapping[str, Any]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
     return target
+
+
+def save_results(name: str, args: argparse.Namespace, info: Mapping[str, Any],
+                 **figures: Any) -> Path:
+    """Write one run's JSON (``benchmark``, ``machine``, ``settings``: the arguments but
+    ``--json``, then ``figures`` in order) with :func:`write_json` to ``--json`` or the default
+    path, print where, and return the path."""
+    path = write_json(name, args.json, {
+        "benchmark": name, "machine": info,
+        "settings": {k: v for k, v in vars(args).items() if k != "json"}, **figures})
+    print(f"results: {path}")
+    return path
 
 
 def component_dir(bootstrap: str, metadata: Mapping[str, str] | None = None) -> Path:

@@ -42,8 +42,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sink_app  # noqa: E402
 from common import (  # noqa: E402
-    HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, run, table,
-    write_json)
+    HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, run, save_results,
+    table)
 
 from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
 
@@ -115,10 +115,12 @@ async def wait_committed(bootstrap: str, group: str, ends: dict[TopicPartition, 
     raise SystemExit(f"group {group} did not commit everything")
 
 
-def start_app(topic: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_app(topic: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``sink_app.py`` subscribed to ``topic`` on a free port (``env`` added to its
+    environment, e.g. ``BULK_MAX_COUNT``); the process and the port."""
     port = free_port()
     app = subprocess.Popen([sys.executable, "-P", str(HERE / "sink_app.py")],
-                           env={**os.environ, "APP_PORT": str(port), "TOPIC": topic})
+                           env={**os.environ, "APP_PORT": str(port), "TOPIC": topic, **env})
     return app, port
 
 
@@ -153,6 +155,22 @@ async def wait_assigned(session: aiohttp.ClientSession, port: int, timeout_s: fl
             pass
         await asyncio.sleep(0.05)  # start-up poll
     raise SystemExit("the sidecar was not assigned partitions")
+
+
+async def delivered_rate(resources: Path, topic: str, n: int, **app_env: str) -> float:
+    """Deliveries per second, first to last at the app, of ``n`` events of ``topic`` drained by a
+    sidecar on ``resources`` (any component type) into a fresh sink app (``app_env`` added to its
+    environment)."""
+    app, app_port = start_app(topic, **app_env)
+    sidecar = Sidecar(resources, app_id=f"bench-{uuid.uuid4().hex[:6]}", app_port=app_port)
+    try:
+        async with aiohttp.ClientSession() as session:
+            state = await wait_count(session, app_port, n)
+    finally:
+        sidecar.stop()
+        app.terminate()
+        app.wait()
+    return n / (state["last"] - state["first"])
 
 
 class SidecarPair:
@@ -392,11 +410,7 @@ async def main() -> None:
     report(summary, args, info)
     targets = {"delivery_ratio_at_least_0.5": summary["drain_ratio"] >= 0.5}
     print(f"targets: {targets}")
-    path = write_json("delivery", args.json, {
-        "benchmark": "delivery", "machine": info,
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "median": summary, "targets": targets, "rounds": rounds})
-    print(f"results: {path}")
+    save_results("delivery", args, info, median=summary, targets=targets, rounds=rounds)
 
 
 if __name__ == "__main__":

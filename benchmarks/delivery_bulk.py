@@ -13,45 +13,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
-import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling delivery.py (python -P leaves this folder out)
 
-from delivery import create_topic, prefill, wait_count  # noqa: E402
+from common import component_dir  # noqa: E402
+from delivery import create_topic, delivered_rate, prefill  # noqa: E402
 
-from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
-from tidings.sidecar.localdev import kafka_component_yaml  # noqa: E402
+from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
 
 
 async def run(bootstrap: str, topic: str, n: int, bulk: int | None) -> float:
-    port = free_port()
-    env = {**os.environ, "APP_PORT": str(port), "TOPIC": topic}
-    if bulk:
-        env["BULK_MAX_COUNT"] = str(bulk)
-    app = subprocess.Popen([sys.executable, "-P", str(HERE / "sink_app.py")], env=env)
-    workdir = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
-    (workdir / "pubsub.yaml").write_text(kafka_component_yaml(bootstrap))
-    sidecar = subprocess.Popen(
-        [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", f"bench-{uuid.uuid4().hex[:6]}",
-         "--app-port", str(port), "--dapr-http-port", str(free_port()),
-         "--resources-path", str(workdir), "--log-level", "warn"])
-    try:
-        async with aiohttp.ClientSession() as session:
-            state = await wait_count(session, port, n)
-    finally:
-        sidecar.send_signal(signal.SIGTERM)
-        sidecar.wait(30)
-        app.terminate()
-        app.wait()
-    return n / (state["last"] - state["first"])
+    return await delivered_rate(component_dir(bootstrap), topic, n,
+                                **({"BULK_MAX_COUNT": str(bulk)} if bulk else {}))
 
 
 async def main() -> None:

@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -33,9 +31,7 @@ import redis.asyncio as aioredis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling delivery.py (python -P leaves this folder out)
 
-from delivery import start_app, wait_count  # noqa: E402
-
-from tidings.sidecar.localbroker import free_port  # noqa: E402
+from delivery import delivered_rate, start_app, wait_count  # noqa: E402
 
 
 async def produce(client: aioredis.Redis, topic: str, n: int) -> None:
@@ -51,26 +47,13 @@ async def produce(client: aioredis.Redis, topic: str, n: int) -> None:
 
 
 async def run_sidecar(redis_host: str, topic: str, n: int, concurrency: int) -> float:
-    app, app_port = start_app(topic)
     workdir = Path(tempfile.mkdtemp(prefix="tidings-bench-"))
     (workdir / "pubsub.yaml").write_text(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
         "spec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n"
         f"  - {{name: redisHost, value: \"{redis_host}\"}}\n"
         f"  - {{name: concurrency, value: \"{concurrency}\"}}\n")
-    sidecar = subprocess.Popen(
-        [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", f"bench-{uuid.uuid4().hex[:6]}",
-         "--app-port", str(app_port), "--dapr-http-port", str(free_port()),
-         "--resources-path", str(workdir), "--log-level", "warn"])
-    try:
-        async with aiohttp.ClientSession() as session:
-            state = await wait_count(session, app_port, n)
-    finally:
-        sidecar.send_signal(signal.SIGTERM)
-        sidecar.wait(30)
-        app.terminate()
-        app.wait()
-    return n / (state["last"] - state["first"])
+    return await delivered_rate(workdir, topic, n)
 
 
 async def run_raw(client: aioredis.Redis, topic: str, n: int, parallel: int = 10) -> float:

@@ -32,7 +32,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     Sidecar, component_dir, describe_machine, machine_info, percentiles_ms, run, table,
-    write_json)
+    save_results)
 
 from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
 
@@ -185,11 +185,7 @@ async def main() -> None:
     ], first_width=48))
     targets = {"cold_start_under_1_s": cold < 1.0, "idle_rss_under_60_mb": mem["idle_rss_mb"] < 60}
     print(f"targets: {targets}")
-    path = write_json("footprint", args.json, {
-        "benchmark": "footprint", "machine": info,
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "result": result, "targets": targets})
-    print(f"results: {path}")
+    save_results("footprint", args, info, result=result, targets=targets)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, percentiles_ms, run,
-    table, write_json)
+    save_results, table)
 from leanhttp import LeanClient  # noqa: E402
 
 from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
@@ -303,11 +303,7 @@ async def main() -> None:
               f"{', '.join(f'{v:.2f}' for v in per_round)}; under 1.2 ms in {met} of "
               f"{len(per_round)}")
     print(f"targets: {targets}")
-    path = write_json("publish", args.json, {
-        "benchmark": "publish", "machine": info,
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "median": summary, "targets": targets, "rounds": rounds})
-    print(f"results: {path}")
+    save_results("publish", args, info, median=summary, targets=targets, rounds=rounds)
 
 
 if __name__ == "__main__":

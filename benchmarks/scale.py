@@ -34,7 +34,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    describe_machine, machine_info, median_of, run, table, write_json)
+    describe_machine, machine_info, median_of, run, save_results, table)
 from delivery import (  # noqa: E402
     PARTITIONS, SidecarPair, app_state, create_topic, end_offsets, prefill, wait_committed)
 
@@ -124,11 +124,7 @@ async def main() -> None:
         [name, len(ids), summary[name]["deliveries"], summary[name]["deliveries_per_s"],
          summary[name]["deliveries_per_s"] / base, summary[name]["sidecar_cpu_s_per_1000"]]
         for name, ids in scenarios.items()]))
-    path = write_json("scale", args.json, {
-        "benchmark": "scale", "machine": info,
-        "settings": {k: v for k, v in vars(args).items() if k != "json"},
-        "median": summary, "rounds": rounds})
-    print(f"results: {path}")
+    save_results("scale", args, info, median=summary, rounds=rounds)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from .jsonfields import json_field
 from .settings import SidecarSettings
 from .subscriptions import parse_programmatic
 
@@ -87,17 +88,6 @@ class AppResponse:
     reason: str
 
 
-def _status_field(body: Any) -> Any:
-    # Go's encoding/json matches struct fields case-insensitively (exact match preferred), so
-    # {"Status": "RETRY"} is a RETRY in Dapr too.
-    if "status" in body:
-        return body["status"]
-    for key, value in body.items():
-        if isinstance(key, str) and key.lower() == "status":
-            return value
-    return None
-
-
 def _first_json_value(body: bytes) -> Any:
     """Decode the first JSON value of ``body`` like Go's ``json.Decoder.Decode``.
 
@@ -135,7 +125,8 @@ def classify(http_status: int, body: bytes) -> AppResponse:
             return AppResponse(AppStatus.SUCCESS, http_status, "body is not JSON")
         if not isinstance(parsed, dict):
             return AppResponse(AppStatus.SUCCESS, http_status, "no status")
-        status = _status_field(parsed)
+        # Go's encoding/json: {"Status": "RETRY"} is a RETRY in Dapr too.
+        status = json_field(parsed, "status")
         if not isinstance(status, str) or status in ("", "SUCCESS"):
             return AppResponse(AppStatus.SUCCESS, http_status, "SUCCESS")
         if status == "RETRY":

@@ -36,24 +36,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .appchannel import AppStatus
 from .brokers.base import BatchPolicy, Record
 from .bulkformat import BulkEvent
 from .delivery import (
     _NO_SUBSCRIPTION,
-    _PROCESS_STATUS,
     Action,
     Dispatcher,
     Verdict,
     _Attempt,
-    decide,
     http_headers,
 )
-from .envelopes.reading import CloudEventError, expired, read_event
-from .metrics import TopicDeliveries, record_ingress, topic_deliveries
+from .metrics import TopicDeliveries, topic_deliveries
 from .resources.models import TopicSubscription
-from .routing import RoutingError
-from .tracing import end_span, start_delivery
+from .tracing import start_delivery
 
 __all__ = ["BatchingHandler", "BulkDispatcher"]
 
@@ -139,12 +134,7 @@ class BulkDispatcher(Dispatcher):
             delay_s = 0.0
             dead_letters = []
             for entry, attempt in zip(pending, attempts):
-                outcome = decide(attempt.verdict, dead_letter_topic=attempt.dead_letter_topic,
-                                 retry=self._retry, retries_done=retries_done)
-                self._report(entry.record, attempt, outcome, retries_done)
-                if attempt.verdict is not Verdict.DELIVERED:
-                    state.failed(f"{attempt.verdict.value}: {attempt.reason}" if attempt.reason
-                                 else attempt.verdict.value)
+                outcome = self._conclude(entry.record, attempt, state, retries_done)
                 if outcome.action is Action.RETRY:
                     again.append(entry)
                     delay_s = max(delay_s, outcome.delay_s)
@@ -174,32 +164,12 @@ class BulkDispatcher(Dispatcher):
             if target.subscription.bulk is None:  # no longer bulk (hot reload): one at a time
                 attempts[index] = await self._attempt(record)
                 continue
-            dlt = target.dead_letter_topic
-            # The checks of Dispatcher._attempt, per entry (§2.4: rules are evaluated per event)
-            try:
-                read = read_event(record.value, topic=record.topic, pubsubname=self.pubsubname,
-                                  raw_payload=target.raw_payload, headers=record.headers)
-            except CloudEventError as exc:
-                attempts[index] = _Attempt(Verdict.POISON, str(exc), dead_letter_topic=dlt)
+            checked = self._checked(record, target)  # per entry (§2.4: rules are per event)
+            if isinstance(checked, _Attempt):
+                attempts[index] = checked
                 continue
-            event = read.event
-            ce_id = read.cloudevent_id
-            if expired(event, time.time()):
-                attempts[index] = _Attempt(Verdict.EXPIRED, f"expired at {event.get('expiration')}",
-                                           ce_id, dead_letter_topic=dlt)
-                continue
-            try:
-                path = target.routes.select(event)
-            except RoutingError as exc:
-                attempts[index] = _Attempt(Verdict.ROUTING_ERROR, str(exc), ce_id,
-                                           dead_letter_topic=dlt)
-                continue
-            if path is None:
-                attempts[index] = _Attempt(Verdict.UNMATCHED,
-                                           "no route matched and there is no default", ce_id,
-                                           dead_letter_topic=dlt)
-                continue
-            metadata = http_headers(record, event, pubsubname=self.pubsubname,
+            read, path = checked
+            metadata = http_headers(record, read.event, pubsubname=self.pubsubname,
                                     escape_all=self._escape_headers)
             metadata.popall("Content-Type", None)
             # one span per entry, as single delivery; the entry carries its context to the app
@@ -208,23 +178,15 @@ class BulkDispatcher(Dispatcher):
                                   offset=record.offset)
             # str(): CIMultiDict keys are istr, which orjson refuses as keys
             groups.setdefault((record.topic, path), []).append(_Ready(index, BulkEvent(
-                entry.entry_id, read, {str(k): v for k, v in metadata.items()}), dlt, span))
+                entry.entry_id, read, {str(k): v for k, v in metadata.items()}),
+                target.dead_letter_topic, span))
         for (topic, path), ready in groups.items():
             started = time.perf_counter()
             responses = await self._channel.deliver_bulk(
                 path, [r.event for r in ready], topic=topic, pubsubname=self.pubsubname)
             elapsed_s = time.perf_counter() - started
             for item, response in zip(ready, responses):
-                if response.status is AppStatus.SUCCESS:
-                    verdict = Verdict.DELIVERED
-                elif response.status is AppStatus.DROP:
-                    verdict = Verdict.DROPPED
-                else:
-                    verdict = Verdict.FAILED
-                end_span(item.span, None if verdict is Verdict.DELIVERED else response.reason,
-                         {"tidings.process_status": _PROCESS_STATUS[verdict]})
-                record_ingress(self.app_id, self.pubsubname, topic,
-                               process_status=_PROCESS_STATUS[verdict], elapsed_s=elapsed_s)
+                verdict = self._answered(topic, item.span, response, elapsed_s)
                 attempts[item.index] = _Attempt(verdict, response.reason,
                                                 item.event.read.cloudevent_id, path,
                                                 response.http_status, item.dead_letter_topic)

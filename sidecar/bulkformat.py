@@ -31,6 +31,7 @@ import orjson
 
 from .appchannel import AppResponse, AppStatus
 from .envelopes.reading import ReadEvent
+from .jsonfields import json_field as _get
 
 __all__ = ["BULK_EVENT_TYPE", "BulkEvent", "bulk_request_body", "classify_bulk"]
 
@@ -63,17 +64,6 @@ def bulk_request_body(events: Sequence[BulkEvent], *, request_id: str, topic: st
                      "metadata": dict(e.metadata), "contentType": CLOUDEVENTS_CONTENT_TYPE}
                     for e in events],
     })
-
-
-def _get(obj: Mapping[str, Any], key: str) -> Any:
-    # Go's encoding/json matches field names case-insensitively, exact match first.
-    if key in obj:
-        return obj[key]
-    lowered = key.lower()
-    for k, v in obj.items():
-        if isinstance(k, str) and k.lower() == lowered:
-            return v
-    return None
 
 
 def _all(entry_ids: Sequence[str], status: AppStatus, http_status: int | None,

@@ -66,9 +66,9 @@ from urllib.parse import quote, quote_from_bytes, quote_plus
 
 from multidict import CIMultiDict
 
-from .appchannel import AppStatus, Channel
+from .appchannel import AppResponse, AppStatus, Channel
 from .brokers.base import Record
-from .envelopes.reading import CloudEventError, expired, read_event
+from .envelopes.reading import CloudEventError, ReadEvent, expired, read_event
 from .metrics import TopicDeliveries, record_ingress, topic_deliveries
 from .resources.kafka import RetryPolicy
 from .resources.models import TopicSubscription
@@ -98,6 +98,8 @@ class Verdict(enum.Enum):
 
 # Dapr's ingress metric ``process_status`` of an app answer (metrics.py).
 _PROCESS_STATUS = {Verdict.DELIVERED: "success", Verdict.DROPPED: "drop", Verdict.FAILED: "retry"}
+# The app's answer as a verdict: anything but SUCCESS and DROP (RETRY, no answer) is a failure.
+_VERDICT_OF = {AppStatus.SUCCESS: Verdict.DELIVERED, AppStatus.DROP: Verdict.DROPPED}
 
 
 class Action(enum.Enum):
@@ -322,12 +324,7 @@ class Dispatcher:
                 log.exception("unexpected error delivering a record",
                               extra=self._extra(record, _Attempt(Verdict.FAILED), retries_done))
                 attempt = _Attempt(Verdict.FAILED, f"unexpected error: {exc!r}")
-            outcome = decide(attempt.verdict, dead_letter_topic=attempt.dead_letter_topic,
-                             retry=self._retry, retries_done=retries_done)
-            self._report(record, attempt, outcome, retries_done)
-            if attempt.verdict is not Verdict.DELIVERED:
-                state.failed(f"{attempt.verdict.value}: {attempt.reason}" if attempt.reason
-                             else attempt.verdict.value)
+            outcome = self._conclude(record, attempt, state, retries_done)
             if outcome.action is Action.RETRY:
                 state.retries += 1
                 await asyncio.sleep(outcome.delay_s)  # backoff; cancellation stops it at once
@@ -340,10 +337,22 @@ class Dispatcher:
                 state.dead_lettered += 1
             return
 
-    async def _attempt(self, record: Record) -> _Attempt:
-        target = self._targets.get(record.topic)
-        if target is None:
-            return _NO_SUBSCRIPTION
+    def _conclude(self, record: Record, attempt: _Attempt, state: TopicDeliveries,
+                  retries_done: int) -> Outcome:
+        """What follows ``attempt`` of ``record`` (:func:`decide`), logged, and a failure
+        counted in the topic's ``state``."""
+        outcome = decide(attempt.verdict, dead_letter_topic=attempt.dead_letter_topic,
+                         retry=self._retry, retries_done=retries_done)
+        self._report(record, attempt, outcome, retries_done)
+        if attempt.verdict is not Verdict.DELIVERED:
+            state.failed(f"{attempt.verdict.value}: {attempt.reason}" if attempt.reason
+                         else attempt.verdict.value)
+        return outcome
+
+    def _checked(self, record: Record, target: _Target) -> tuple[ReadEvent, str] | _Attempt:
+        """The checks before ``record`` may go to the app: it reads as an event (§4.4), has not
+        expired and matches a route (§2.4: per event in a bulk delivery too). Returns the event
+        and its route's path, or the attempt that ends here."""
         dlt = target.dead_letter_topic
         try:
             read = read_event(record.value, topic=record.topic, pubsubname=self.pubsubname,
@@ -362,7 +371,28 @@ class Dispatcher:
         if path is None:
             return _Attempt(Verdict.UNMATCHED, "no route matched and there is no default", ce_id,
                             dead_letter_topic=dlt)
-        headers = http_headers(record, event, pubsubname=self.pubsubname,
+        return read, path
+
+    def _answered(self, topic: str, span: Any, response: AppResponse,
+                  elapsed_s: float) -> Verdict:
+        """The verdict of the app's ``response`` to one event of ``topic``; ends its ``span``
+        and counts it in the ingress metrics."""
+        verdict = _VERDICT_OF.get(response.status, Verdict.FAILED)
+        end_span(span, None if verdict is Verdict.DELIVERED else response.reason,
+                 {"tidings.process_status": _PROCESS_STATUS[verdict]})
+        record_ingress(self.app_id, self.pubsubname, topic,
+                       process_status=_PROCESS_STATUS[verdict], elapsed_s=elapsed_s)
+        return verdict
+
+    async def _attempt(self, record: Record) -> _Attempt:
+        target = self._targets.get(record.topic)
+        if target is None:
+            return _NO_SUBSCRIPTION
+        checked = self._checked(record, target)
+        if isinstance(checked, _Attempt):
+            return checked
+        read, path = checked
+        headers = http_headers(record, read.event, pubsubname=self.pubsubname,
                                escape_all=self._escape_headers)
         span = start_delivery(headers, app_id=self.app_id, pubsubname=self.pubsubname,
                               topic=record.topic, partition=record.partition,
@@ -370,19 +400,9 @@ class Dispatcher:
         started = time.perf_counter()
         response = await self._channel.deliver(path, read, headers, topic=record.topic,
                                                pubsubname=self.pubsubname)
-        if response.status is AppStatus.SUCCESS:
-            verdict = Verdict.DELIVERED
-        elif response.status is AppStatus.DROP:
-            verdict = Verdict.DROPPED
-        else:
-            verdict = Verdict.FAILED
-        if span is not None:
-            end_span(span, None if verdict is Verdict.DELIVERED else response.reason,
-                     {"tidings.process_status": _PROCESS_STATUS[verdict]})
-        record_ingress(self.app_id, self.pubsubname, record.topic,
-                       process_status=_PROCESS_STATUS[verdict],
-                       elapsed_s=time.perf_counter() - started)
-        return _Attempt(verdict, response.reason, ce_id, path, response.http_status, dlt)
+        verdict = self._answered(record.topic, span, response, time.perf_counter() - started)
+        return _Attempt(verdict, response.reason, read.cloudevent_id, path,
+                        response.http_status, target.dead_letter_topic)
 
     def _report(self, record: Record, attempt: _Attempt, outcome: Outcome,
                 retries_done: int) -> None:

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .jsonfields import json_field as _get
 from .resources.jetstream import filter_subject_problem, subject_problem
 from .resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from .resources.loading import LoadedComponent
@@ -53,16 +54,6 @@ __all__ = ["effective_subscriptions", "parse_programmatic"]
 log = logging.getLogger(__name__)
 
 SOURCE = "/dapr/subscribe"
-
-
-def _get(obj: Mapping[str, Any], key: str) -> Any:
-    if key in obj:
-        return obj[key]
-    lowered = key.lower()
-    for k, v in obj.items():
-        if isinstance(k, str) and k.lower() == lowered:
-            return v
-    return None
 
 
 def _optional_str(obj: Mapping[str, Any], key: str, where: str) -> str:

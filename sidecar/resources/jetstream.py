@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 
 from .durations import parse_duration_seconds
 from .kafka import RetryPolicy, parse_retry_policy
+from .metadata_values import MetadataValues
 from .models import ResourceError
 
 __all__ = ["COMPONENT_TYPE", "JetStreamMetadata", "consumer_name", "filter_subject_problem",
@@ -149,15 +150,6 @@ def consumer_name(durable: str, topic: str) -> str:
     return f"{durable}__{safe}"[: _MAX_NAME - 9] + f"_{digest}"
 
 
-def _bool(value: str, field: str, source: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "t", "true", "yes", "on"):
-        return True
-    if v in ("0", "f", "false", "no", "off", ""):
-        return False
-    raise ResourceError(f"{value!r} is not a boolean", source=source, field=field)
-
-
 def parse_jetstream_metadata(
     values: dict[str, str], *, app_id: str, source: str = ""
 ) -> JetStreamMetadata:
@@ -167,34 +159,13 @@ def parse_jetstream_metadata(
     Raises :class:`ResourceError` naming ``spec.metadata.<name>`` for a missing ``natsURL``, a
     half-given credential pair, or a value the runtime would refuse.
     """
-    lower = {k.lower(): v for k, v in values.items()}
-
-    def get(name: str, default: str | None = None) -> str | None:
-        v = lower.get(name.lower())
-        return default if v is None or v.strip() == "" else v.strip()
-
-    def field(name: str) -> str:
-        return f"spec.metadata.{name}"
-
-    def seconds(name: str, default: str) -> float:
-        raw = get(name, default) or default
-        try:
-            return parse_duration_seconds(raw)
-        except ValueError as exc:
-            raise ResourceError(str(exc), source=source, field=field(name)) from None
+    meta = MetadataValues(values, source=source, strip=True)
+    get, field = meta.get, meta.field
 
     def integer(name: str, *, minimum: int) -> int | None:
-        raw = get(name)
-        if raw is None:
-            return None
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ResourceError(f"{raw!r} is not an integer", source=source,
-                                field=field(name)) from None
-        if value < minimum:
-            raise ResourceError(f"{value} is below the minimum {minimum}", source=source,
-                                field=field(name))
+        value = meta.integer(name, None)
+        if value is not None and value < minimum:
+            raise meta.error(name, f"{value} is below the minimum {minimum}")
         return value
 
     url = get("natsURL")
@@ -242,7 +213,7 @@ def parse_jetstream_metadata(
     if ack_policy != "explicit":
         raise ResourceError(f"ackPolicy {ack_policy!r} is not supported: only explicit acks keep "
                             "delivery at-least-once", source=source, field=field("ackPolicy"))
-    ack_wait_s = seconds("ackWait", "30s")
+    ack_wait_s = meta.seconds("ackWait", "30s")
     if ack_wait_s <= 0:
         raise ResourceError("ackWait must be positive", source=source, field=field("ackWait"))
     max_ack_pending = integer("maxAckPending", minimum=1)
@@ -252,7 +223,7 @@ def parse_jetstream_metadata(
                             source=source, field=field("concurrencyMode"))
     max_in_flight = 1 if mode == "single" else (max_ack_pending or DEFAULT_PARALLEL_IN_FLIGHT)
 
-    retry = _retry_policy(values, source=source)
+    retry = _retry_policy(values, meta)
     unused = tuple(name for name in PUSH_ONLY_FIELDS if get(name) is not None)
     if get("queueGroupName"):
         unused += ("queueGroupName",)
@@ -276,37 +247,30 @@ def parse_jetstream_metadata(
         max_ack_pending=max_ack_pending,
         max_in_flight=max_in_flight,
         replicas=integer("replicas", minimum=1),
-        memory_storage=_bool(get("memoryStorage", "false") or "false", field("memoryStorage"),
-                             source),
+        memory_storage=meta.boolean("memoryStorage"),
         retry=retry,
         unused=unused,
     )
 
 
-def _retry_policy(values: dict[str, str], *, source: str) -> RetryPolicy:
+def _retry_policy(values: dict[str, str], meta: MetadataValues) -> RetryPolicy:
     """The engine's retry policy: Dapr's ``backOff*`` fields (shared with every component), then
     ``maxDeliver`` as the attempt limit unless ``backOffMaxRetries`` is given, and ``backOff``
-    as an explicit schedule."""
-    lower = {k.lower(): v.strip() for k, v in values.items()}
-    retry = parse_retry_policy(values, source=source)
-    if not lower.get("backoffmaxretries"):
-        raw = lower.get("maxdeliver") or "-1"
-        try:
-            max_deliver = int(raw)
-        except ValueError:
-            raise ResourceError(f"{raw!r} is not an integer", source=source,
-                                field="spec.metadata.maxDeliver") from None
+    as an explicit schedule. ``meta`` reads the same ``values``, stripped."""
+    retry = parse_retry_policy(values, source=meta.source)
+    if not meta.get("backOffMaxRetries"):
+        max_deliver = meta.integer("maxDeliver", -1)
         retry = replace(retry, max_retries=max_deliver - 1 if max_deliver > 0 else -1)
-    schedule = lower.get("backoff")
+    schedule = meta.get("backOff")
     if schedule:
         try:
             delays = tuple(parse_duration_seconds(part) for part in schedule.split(",")
                            if part.strip())
         except ValueError as exc:
-            raise ResourceError(str(exc), source=source, field="spec.metadata.backOff") from None
+            raise meta.error("backOff", str(exc)) from None
         if not delays or any(d < 0 for d in delays):
-            raise ResourceError("backOff must list non-negative durations, e.g. '50ms, 1s, 10s'",
-                                source=source, field="spec.metadata.backOff")
+            raise meta.error("backOff",
+                             "backOff must list non-negative durations, e.g. '50ms, 1s, 10s'")
         retry = replace(retry, policy="schedule", initial_interval_s=delays[0],
                         max_interval_s=max(delays), schedule_s=delays)
     return retry

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .durations import parse_duration_seconds
+from .metadata_values import MetadataValues
 from .models import Component, ResourceError
 
 COMPONENT_TYPE = "pubsub.kafka"
@@ -78,15 +78,6 @@ class KafkaMetadata:
         return self.auth_type == "mtls" or bool(self.ca_cert or self.client_cert)
 
 
-def _bool(value: str, field: str, source: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "t", "true", "yes", "on"):
-        return True
-    if v in ("0", "f", "false", "no", "off", ""):
-        return False
-    raise ResourceError(f"{value!r} is not a boolean", source=source, field=field)
-
-
 def parse_retry_policy(values: dict[str, str], *, source: str = "") -> RetryPolicy:
     """The delivery retry policy from ``backOffPolicy`` (``exponential``, default, or
     ``constant``), ``backOffDuration`` (constant, default 5s), ``backOffInitialInterval``
@@ -96,48 +87,25 @@ def parse_retry_policy(values: dict[str, str], *, source: str = "") -> RetryPoli
     Shared by every component type, so retries read the same whatever the broker. Raises
     :class:`ResourceError` naming ``spec.metadata.<name>`` for a value that does not parse.
     """
-    lower = {k.lower(): v for k, v in values.items()}
-
-    def get(name: str, default: str) -> str:
-        return lower.get(name.lower()) or default
-
-    def field(name: str) -> str:
-        return f"spec.metadata.{name}"
-
-    def seconds(name: str, default: str) -> float:
-        try:
-            return parse_duration_seconds(get(name, default))
-        except ValueError as exc:
-            raise ResourceError(str(exc), source=source, field=field(name)) from None
-
-    def integer(name: str, default: int) -> int:
-        raw = get(name, "")
-        if not raw:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise ResourceError(f"{raw!r} is not an integer", source=source,
-                                field=field(name)) from None
-
-    policy = get("backOffPolicy", "exponential").lower()
+    meta = MetadataValues(values, source=source)
+    policy = (meta.get("backOffPolicy") or "exponential").lower()
     if policy not in ("exponential", "constant"):
-        raise ResourceError(f"backOffPolicy {policy!r} must be exponential or constant",
-                            source=source, field=field("backOffPolicy"))
+        raise meta.error("backOffPolicy", f"backOffPolicy {policy!r} must be exponential or "
+                         "constant")
     if policy == "constant":
-        interval = seconds("backOffDuration", "5s")
-        return RetryPolicy("constant", interval, interval, 1.0, integer("backOffMaxRetries", -1))
+        interval = meta.seconds("backOffDuration", "5s")
+        return RetryPolicy("constant", interval, interval, 1.0,
+                           meta.integer("backOffMaxRetries", -1))
     try:
-        multiplier = float(get("backOffMultiplier", "1.5"))
+        multiplier = float(meta.get("backOffMultiplier") or "1.5")
     except ValueError:
-        raise ResourceError("backOffMultiplier must be a number", source=source,
-                            field=field("backOffMultiplier")) from None
+        raise meta.error("backOffMultiplier", "backOffMultiplier must be a number") from None
     return RetryPolicy(
         "exponential",
-        seconds("backOffInitialInterval", "500ms"),
-        seconds("backOffMaxInterval", "60s"),
+        meta.seconds("backOffInitialInterval", "500ms"),
+        meta.seconds("backOffMaxInterval", "60s"),
         multiplier,
-        integer("backOffMaxRetries", -1),
+        meta.integer("backOffMaxRetries", -1),
     )
 
 
@@ -150,14 +118,8 @@ def parse_kafka_metadata(
     Raises :class:`ResourceError` naming ``spec.metadata.<name>`` for a missing required field
     (``brokers``, ``authType``) or a value the runtime would refuse.
     """
-    lower = {k.lower(): v for k, v in values.items()}
-
-    def get(name: str, default: str | None = None) -> str | None:
-        v = lower.get(name.lower())
-        return default if v is None or v == "" else v
-
-    def field(name: str) -> str:
-        return f"spec.metadata.{name}"
+    meta = MetadataValues(values, source=source)
+    get, field = meta.get, meta.field
 
     brokers = get("brokers")
     if not brokers:
@@ -183,28 +145,10 @@ def parse_kafka_metadata(
         raise ResourceError(f"authType password requires {missing}", source=source,
                             field=field(missing))
 
-    def seconds(name: str, default: str) -> float:
-        raw = get(name, default) or default
-        try:
-            value = parse_duration_seconds(raw)
-        except ValueError as exc:
-            raise ResourceError(str(exc), source=source, field=field(name)) from None
-        return value
-
-    def integer(name: str, default: int) -> int:
-        raw = get(name)
-        if raw is None:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise ResourceError(f"{raw!r} is not an integer", source=source,
-                                field=field(name)) from None
-
     retry = parse_retry_policy(values, source=source)
 
-    session_timeout_s = seconds("sessionTimeout", "10s")
-    heartbeat_interval_s = seconds("heartbeatInterval", "3s")
+    session_timeout_s = meta.seconds("sessionTimeout", "10s")
+    heartbeat_interval_s = meta.seconds("heartbeatInterval", "3s")
     if heartbeat_interval_s >= session_timeout_s:
         raise ResourceError("heartbeatInterval must be shorter than sessionTimeout",
                             source=source, field=field("heartbeatInterval"))
@@ -216,7 +160,7 @@ def parse_kafka_metadata(
         consumer_group=consumer_group,
         client_id=get("clientID") or get("clientId") or f"tidings-{app_id}",
         initial_offset=initial_offset,
-        max_message_bytes=integer("maxMessageBytes", 0),
+        max_message_bytes=meta.integer("maxMessageBytes", 0),
         session_timeout_s=session_timeout_s,
         heartbeat_interval_s=heartbeat_interval_s,
         sasl_username=get("saslUsername"),
@@ -225,11 +169,10 @@ def parse_kafka_metadata(
         ca_cert=get("caCert"),
         client_cert=get("clientCert"),
         client_key=get("clientKey"),
-        skip_verify=_bool(get("skipVerify", "false") or "false", field("skipVerify"), source),
-        disable_tls=_bool(get("disableTls", "false") or "false", field("disableTls"), source),
+        skip_verify=meta.boolean("skipVerify"),
+        disable_tls=meta.boolean("disableTls"),
         retry=retry,
-        escape_headers=_bool(get("escapeHeaders", "false") or "false", field("escapeHeaders"),
-                             source),
+        escape_headers=meta.boolean("escapeHeaders"),
     )
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .durations import parse_duration_seconds
 from .kafka import RetryPolicy, parse_retry_policy
+from .metadata_values import MetadataValues
 from .models import Component, ResourceError
 
 __all__ = ["COMPONENT_TYPE", "RedisMetadata", "parse_redis_metadata", "redis_metadata_of"]
@@ -69,15 +69,6 @@ class RedisMetadata:
         return self.processing_timeout_s > 0 and self.redeliver_interval_s > 0
 
 
-def _bool(value: str, field: str, source: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "t", "true", "yes", "on"):
-        return True
-    if v in ("0", "f", "false", "no", "off", ""):
-        return False
-    raise ResourceError(f"{value!r} is not a boolean", source=source, field=field)
-
-
 def parse_redis_metadata(
     values: dict[str, str], *, app_id: str, source: str = ""
 ) -> RedisMetadata:
@@ -88,36 +79,19 @@ def parse_redis_metadata(
     value that does not parse, or an option this component cannot honour (``redisType:
     cluster``, ``failover: true``).
     """
-    lower = {k.lower(): v for k, v in values.items()}
-
-    def get(name: str) -> str | None:
-        v = lower.get(name.lower())
-        return None if v is None or v == "" else v
-
-    def field(name: str) -> str:
-        return f"spec.metadata.{name}"
+    meta = MetadataValues(values, source=source)
+    get, field = meta.get, meta.field
 
     def seconds(name: str, default: str) -> float:
-        try:
-            value = parse_duration_seconds(get(name) or default)
-        except ValueError as exc:
-            raise ResourceError(str(exc), source=source, field=field(name)) from None
+        value = meta.seconds(name, default)
         if value < 0:
-            raise ResourceError(f"{name} must not be negative", source=source, field=field(name))
+            raise meta.error(name, f"{name} must not be negative")
         return value
 
     def integer(name: str, default: int | None, minimum: int) -> int | None:
-        raw = get(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ResourceError(f"{raw!r} is not an integer", source=source,
-                                field=field(name)) from None
-        if value < minimum:
-            raise ResourceError(f"{name} must be at least {minimum}", source=source,
-                                field=field(name))
+        value = meta.integer(name, default)
+        if value is not None and value < minimum:
+            raise meta.error(name, f"{name} must be at least {minimum}")
         return value
 
     host_port = get("redisHost")
@@ -133,14 +107,14 @@ def parse_redis_metadata(
     if (get("redisType") or "node").lower() != "node":
         raise ResourceError("redisType cluster is not supported by pubsub.redis here (use node)",
                             source=source, field=field("redisType"))
-    if _bool(get("failover") or "false", field("failover"), source):
+    if meta.boolean("failover"):
         raise ResourceError("failover (Redis Sentinel) is not supported by pubsub.redis here",
                             source=source, field=field("failover"))
     for name in ("clientCert", "clientKey"):
         if get(name):
             raise ResourceError(f"{name} (TLS client certificates) is not supported by "
                                 "pubsub.redis here", source=source, field=field(name))
-    if _bool(get("useEntraID") or "false", field("useEntraID"), source):
+    if meta.boolean("useEntraID"):
         raise ResourceError("useEntraID is not supported by pubsub.redis here", source=source,
                             field=field("useEntraID"))
     queue_depth = integer("queueDepth", 100, 1)
@@ -159,7 +133,7 @@ def parse_redis_metadata(
         username=get("redisUsername"),
         password=get("redisPassword"),
         db=db,
-        enable_tls=_bool(get("enableTLS") or "false", field("enableTLS"), source),
+        enable_tls=meta.boolean("enableTLS"),
         consumer_group=get("consumerID") or app_id,
         queue_depth=queue_depth,
         concurrency=concurrency,

@@ -69,3 +69,19 @@ def test_proc_reads_this_process() -> None:
     me = Proc(os.getpid())
     assert me.cpu_s() > 0
     assert 10 * 2**20 < me.rss_bytes() <= me.peak_rss_bytes()
+
+
+def test_save_results_writes_settings_without_the_json_path_then_the_figures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import json
+
+    from common import save_results
+
+    target = tmp_path / "out.json"
+    args = argparse.Namespace(messages=10, json=str(target))
+    assert save_results("demo", args, {"cores": 2}, median={"x": 1.0}, rounds=[]) == target
+    saved = json.loads(target.read_text())
+    assert list(saved) == ["benchmark", "machine", "settings", "median", "rounds"]
+    assert saved["benchmark"] == "demo" and saved["settings"] == {"messages": 10}
+    assert f"results: {target}" in capsys.readouterr().out

@@ -1,5 +1,6 @@
-"""Helpers of the fault suite on top of ``tests/integration/processes.py``: a foreign producer,
-the app's control endpoints and publishing through a sidecar."""
+"""Helpers of the fault suite on top of ``tests/integration/processes.py``: CloudEvents from a
+foreign producer, a subscribed app with its sidecar, the app's control endpoints, publishing
+through a sidecar and counting a topic's records."""
 
 from __future__ import annotations
 
@@ -7,45 +8,38 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pathlib import Path
+from ..integration.processes import (
+    Proc,
+    assignment,
+    http_json,
+    poll,
+    produce,
+    start_app,
+    start_sidecar,
+)
 
-from tidings.sidecar.localdev import kafka_component_yaml
 
-from ..integration.processes import TEST_KAFKA_METADATA, Proc, http_json
-
-
-def component(folder: Path, bootstrap: str, **metadata: str) -> Path:
-    """A resources folder with the test Kafka component ``pubsub``, ``metadata`` added."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pubsub.yaml").write_text(kafka_component_yaml(
-        bootstrap, metadata={**TEST_KAFKA_METADATA, **metadata}))
-    return folder
+def start_subscriber(tmp: Path, procs: list[Proc], *, app_id: str, resources: Path,
+                     topics: list[str]) -> tuple[Proc, Proc]:
+    """``recorder_app.py`` subscribed to ``topics`` (named ``app``) and its sidecar of ``app_id``
+    (named ``sub``), both added to ``procs``; returns them once the sidecar's consumer group
+    member owns the 4 partitions of the topics."""
+    app = start_app(tmp, "app", topics=topics)
+    procs.append(app)
+    sidecar = start_sidecar(tmp, "sub", app_id=app_id, resources=resources, app_port=app.port)
+    procs.append(sidecar)
+    poll("the member to be assigned", lambda: len(assignment(sidecar)) == 4, 60)
+    return app, sidecar
 
 
 def cloudevent(event_id: str, data: Any = None) -> bytes:
     return json.dumps({"specversion": "1.0", "id": event_id, "source": "faults", "type": "t",
                        "datacontenttype": "application/json", "data": data}).encode()
-
-
-def produce(bootstrap: str, topic: str, records: Sequence[dict[str, Any]]) -> None:
-    """Produce ``records`` (``value`` bytes, optional ``key``, ``headers``, ``partition``) with a
-    plain aiokafka producer, ``acks=all``, in order; returns once every one is acknowledged."""
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                    max_request_size=8 * 1024 * 1024)
-        await producer.start()
-        try:
-            futures = [await producer.send(topic, **r) for r in records]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
 
 
 def produce_events(bootstrap: str, topic: str, ids: Sequence[str],
@@ -74,22 +68,9 @@ def delivered_event(app: Proc, event_id: str) -> dict[str, Any] | None:
 def publish_raw(sidecar: Proc, topic: str, body: bytes, *, content_type: str = "application/json",
                 query: str = "", timeout_s: float = 10) -> tuple[int, Any]:
     """POST to the sidecar's publish API; ``(status, parsed body)``."""
-    import urllib.error
-    import urllib.request
-
-    url = f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}{query}"
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, raw.decode(errors="replace")
+    return http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}{query}",
+                     method="POST", body=body, headers={"Content-Type": content_type},
+                     timeout_s=timeout_s)
 
 
 def record_count(bootstrap: str, topic: str) -> int:
@@ -111,26 +92,5 @@ def record_count(bootstrap: str, topic: str) -> int:
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer.stop()
-
-    return asyncio.run(run())
-
-
-def consumed(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[Any]:
-    """The first ``n`` records of ``topic`` (ConsumerRecords), read by a plain consumer."""
-
-    async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    max_partition_fetch_bytes=8 * 1024 * 1024)
-        await consumer.start()
-        records: list[Any] = []
-        try:
-            async with asyncio.timeout(timeout_s):
-                while len(records) < n:
-                    for batch in (await consumer.getmany(timeout_ms=500)).values():
-                        records.extend(batch)
-        finally:
-            await consumer.stop()
-        return records
 
     return asyncio.run(run())

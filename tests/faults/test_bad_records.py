@@ -8,16 +8,24 @@ import json
 import os
 from pathlib import Path
 
-from ..integration.processes import Proc, assignment, poll, received, start_app, start_sidecar
+from ..integration.processes import (
+    Proc,
+    assignment,
+    consumed,
+    poll,
+    produce,
+    received,
+    start_app,
+    start_sidecar,
+    write_component,
+)
 from .conftest import CountSheet
 from .kit import (
     attempts,
     cloudevent,
-    component,
-    consumed,
     delivered_event,
-    produce,
     publish_raw,
+    start_subscriber,
 )
 
 NOT_JSON = b"{not json at all \xff"
@@ -46,12 +54,8 @@ def test_poison_goes_to_the_dead_letter_topic(
         "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: poison}\n"
         f"spec: {{pubsubname: pubsub, topic: {topic}, routes: {{default: /events}}, "
         f"deadLetterTopic: {dlt}}}\n")
-    app = start_app(tmp_path, "app", topics=[])
-    procs.append(app)
-    sidecar = start_sidecar(tmp_path, "sub", app_id=f"poison-{unique}", resources=resources,
-                            app_port=app.port)
-    procs.append(sidecar)
-    poll("the member to be assigned", lambda: len(assignment(sidecar)) == 4, 60)
+    app, sidecar = start_subscriber(tmp_path, procs, app_id=f"poison-{unique}",
+                                    resources=resources, topics=[])
     records, good = _poison_records(unique)
     produce(kafka_bootstrap, topic, records)
     poll("the good records to be delivered", lambda: set(received(app)["finished"]) >= set(good),
@@ -73,13 +77,9 @@ def test_poison_without_dead_letter_topic_is_retried_then_given_up(
     topic, partition and offset; with a bounded backOffMaxRetries it is then given up, so the
     partition does not stall forever (with the default -1 it is retried for ever, as in Dapr)."""
     topic = f"poison-nodlt-{unique}"
-    resources = component(tmp_path / "res", kafka_bootstrap, backOffMaxRetries="3")
-    app = start_app(tmp_path, "app", topics=[topic])
-    procs.append(app)
-    sidecar = start_sidecar(tmp_path, "sub", app_id=f"poison2-{unique}", resources=resources,
-                            app_port=app.port)
-    procs.append(sidecar)
-    poll("the member to be assigned", lambda: len(assignment(sidecar)) == 4, 60)
+    resources = write_component(tmp_path / "res", kafka_bootstrap, backOffMaxRetries="3")
+    app, sidecar = start_subscriber(tmp_path, procs, app_id=f"poison2-{unique}",
+                                    resources=resources, topics=[topic])
     records, good = _poison_records(unique)
     produce(kafka_bootstrap, topic, records)
     poll("the good records to be delivered", lambda: set(received(app)["finished"]) >= set(good),
@@ -101,12 +101,8 @@ def test_odd_headers_are_escaped_and_delivered(
     """8. Kafka headers with control bytes and values that are not UTF-8: the record is
     delivered with those headers percent-escaped, and the partition is not stalled."""
     topic = f"headers-{unique}"
-    app = start_app(tmp_path, "app", topics=[topic])
-    procs.append(app)
-    sidecar = start_sidecar(tmp_path, "sub", app_id=f"headers-{unique}", resources=resources,
-                            app_port=app.port)
-    procs.append(sidecar)
-    poll("the member to be assigned", lambda: len(assignment(sidecar)) == 4, 60)
+    app, sidecar = start_subscriber(tmp_path, procs, app_id=f"headers-{unique}",
+                                    resources=resources, topics=[topic])
     odd = f"{unique}-odd"
     after = [f"{unique}-after-{n}" for n in range(3)]
     headers = [("x-ctl", b"a\x01b\r\nInjected: yes"), ("x-bin", b"\xff\xfe\x00\x80"),
@@ -135,7 +131,7 @@ def test_payload_sizes_round_trip_byte_exact(
     through data_base64 byte-exact; one byte over the maximum gets 413 at publish."""
     topic = f"sizes-{unique}"
     max_body = 3 * 1024 * 1024
-    resources = component(tmp_path / "res", kafka_bootstrap)
+    resources = write_component(tmp_path / "res", kafka_bootstrap)
     app = start_app(tmp_path, "app", topics=[topic])
     procs.append(app)
     sub = start_sidecar(tmp_path, "sub", app_id=f"sizes-{unique}", resources=resources,

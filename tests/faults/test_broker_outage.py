@@ -23,9 +23,10 @@ from ..integration.processes import (
     received,
     start_app,
     start_sidecar,
+    write_component,
 )
 from .conftest import CountSheet
-from .kit import component, publish_raw
+from .kit import publish_raw
 
 OUTAGE_S = 10.0
 
@@ -82,7 +83,7 @@ def test_broker_frozen_for_ten_seconds(tmp_path: Path, own_broker: LocalBroker,
     ERR_PUBSUB_PUBLISH_MESSAGE; none answered 204 is lost; delivery resumes by itself; healthz
     reports the outage."""
     topic = f"outage-{unique}"
-    resources = component(tmp_path / "res", own_broker.bootstrap)
+    resources = write_component(tmp_path / "res", own_broker.bootstrap)
     app = start_app(tmp_path, "app", topics=[topic])
     procs.append(app)
     sub = start_sidecar(tmp_path, "sub", app_id=f"outage-{unique}", resources=resources,

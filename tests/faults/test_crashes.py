@@ -15,9 +15,10 @@ from ..integration.processes import (
     received,
     start_app,
     start_sidecar,
+    write_component,
 )
 from .conftest import CountSheet
-from .kit import attempts, component, produce_events, record_count, set_mode
+from .kit import attempts, produce_events, record_count, set_mode
 
 
 def _split(a: Proc, b: Proc, partitions: int = 4) -> bool:
@@ -194,7 +195,7 @@ def test_restart_every_sidecar_resumes_from_commits(
     ``initialOffset`` (newest here: messages published while all were down still arrive); a
     brand-new app-id follows ``initialOffset`` (newest: none of the old ones; oldest: all)."""
     topic, app_id = f"resume-{unique}", f"resume-{unique}"
-    resources = component(tmp_path / "newest", kafka_bootstrap, initialOffset="newest")
+    resources = write_component(tmp_path / "newest", kafka_bootstrap, initialOffset="newest")
     apps = [start_app(tmp_path, f"r{n}", topics=[topic]) for n in (1, 2)]
     procs += apps
 
@@ -233,7 +234,7 @@ def test_restart_every_sidecar_resumes_from_commits(
         produce_events(kafka_bootstrap, topic, [fence], partition=p)
     poll("the fences at the restarted app-id", lambda: set(_finished(*apps)) >= set(fences), 60)
     all_ids += fences
-    oldest = component(tmp_path / "oldest", kafka_bootstrap, initialOffset="oldest")
+    oldest = write_component(tmp_path / "oldest", kafka_bootstrap, initialOffset="oldest")
     fresh_new = start_app(tmp_path, "fresh-newest", topics=[topic])
     fresh_old = start_app(tmp_path, "fresh-oldest", topics=[topic])
     procs += [fresh_new, fresh_old]

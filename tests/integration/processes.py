@@ -1,4 +1,5 @@
-"""Real processes for the integration tests: sidecars (``python -m tidings.sidecar``) and apps.
+"""Real processes for the integration tests: sidecars (``python -m tidings.sidecar``) and apps,
+and a plain aiokafka producer and consumer to write and read topics around them.
 
 Every process logs to a file in the test's tmp folder (named in assertion messages) and is
 stopped by the fixture that started it.
@@ -15,11 +16,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tidings.sidecar.localbroker import free_port
 from tidings.sidecar.localdev import kafka_component_yaml
 
@@ -35,10 +37,12 @@ TEST_KAFKA_METADATA = {
 }
 
 
-def write_component(folder: Path, bootstrap: str) -> Path:
+def write_component(folder: Path, bootstrap: str, **metadata: str) -> Path:
+    """A resources folder with the test Kafka component ``pubsub`` (:data:`TEST_KAFKA_METADATA`,
+    then ``metadata``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pubsub.yaml").write_text(kafka_component_yaml(bootstrap,
-                                                             metadata=TEST_KAFKA_METADATA))
+    (folder / "pubsub.yaml").write_text(kafka_component_yaml(
+        bootstrap, metadata={**TEST_KAFKA_METADATA, **metadata}))
     return folder
 
 
@@ -56,10 +60,12 @@ def poll(what: str, check: Callable[[], T | None], timeout_s: float = 60.0,
 
 
 def http_json(url: str, *, method: str = "GET", body: bytes | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+              headers: dict[str, str] | None = None, timeout_s: float = 10) -> tuple[int, Any]:
+    """``(status, parsed JSON body)`` of one request; a body that is not JSON comes as text,
+    an empty one as ``None``."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             raw = response.read()
             return response.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:
@@ -102,10 +108,18 @@ def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0,
               startup_delay_s: float = 0.0, wait: bool = True) -> Proc:
     """Start ``recorder_app.py``; with ``wait`` return once its port accepts connections."""
     port = port or free_port()
+    return start_app_script(tmp, name, "recorder_app.py", port=port, wait=wait, env={
+        **os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
+        "ANSWER": answer, "STARTUP_DELAY_S": str(startup_delay_s)})
+
+
+def start_app_script(tmp: Path, name: str, script: str, *, port: int, env: dict[str, str],
+                     python: Path | str = sys.executable, wait: bool = True) -> Proc:
+    """Start the app ``script`` (a file next to this module) with ``python`` and exactly ``env``
+    (which names ``port``), logging to ``<tmp>/<name>.app.log``; with ``wait`` return once
+    ``port`` accepts connections, failing with the app's log if it exits first."""
     log_path = tmp / f"{name}.app.log"
-    env = {**os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
-           "ANSWER": answer, "STARTUP_DELAY_S": str(startup_delay_s)}
-    process = subprocess.Popen([sys.executable, str(HERE / "recorder_app.py")], env=env,
+    process = subprocess.Popen([str(python), str(HERE / script)], env=env,
                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     proc = Proc(name, process, log_path, port)
     if wait:
@@ -282,19 +296,26 @@ def event_bytes(event_id: str) -> bytes:
                        "datacontenttype": "application/json", "data": {"n": event_id}}).encode()
 
 
-def produce_kafka(bootstrap: str, topic: str, ids: list[str]) -> None:
-    """Produce CloudEvents straight to Kafka (faster than HTTP for a thousand)."""
-    from aiokafka import AIOKafkaProducer
+def produce(bootstrap: str, topic: str, records: Sequence[dict[str, Any]]) -> None:
+    """Produce ``records`` (``value`` bytes, optional ``key``, ``headers``, ``partition``) with a
+    plain aiokafka producer, ``acks=all``, in order; returns once every one is acknowledged."""
 
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                    max_request_size=8 * 1024 * 1024)
         await producer.start()
         try:
-            await asyncio.gather(*[await producer.send(topic, event_bytes(i)) for i in ids])
+            futures = [await producer.send(topic, **r) for r in records]
+            await asyncio.gather(*futures)
         finally:
             await producer.stop()
 
     asyncio.run(run())
+
+
+def produce_kafka(bootstrap: str, topic: str, ids: list[str]) -> None:
+    """Produce CloudEvents with ids ``ids`` straight to Kafka (faster than HTTP for a thousand)."""
+    produce(bootstrap, topic, [{"value": event_bytes(i)} for i in ids])
 
 
 def produce_redis(address: str, topic: str, ids: list[str]) -> None:
@@ -324,3 +345,24 @@ def produce_jetstream(nats_url: str, subject: str, ids: list[str]) -> None:
             await nc.close()
 
     asyncio.run(run())
+
+
+def consumed(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[Any]:
+    """The first ``n`` records of ``topic`` (ConsumerRecords), read by a plain consumer."""
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        records: list[Any] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(records) < n:
+                    for batch in (await consumer.getmany(timeout_ms=500)).values():
+                        records.extend(batch)
+        finally:
+            await consumer.stop()
+        return records
+
+    return asyncio.run(run())

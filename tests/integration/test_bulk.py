@@ -9,8 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from concurrent import futures
@@ -19,68 +17,47 @@ from typing import Any
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from tidings.sidecar.localbroker import free_port
-from tidings.sidecar.localdev import kafka_component_yaml
 
 from .processes import (
-    HERE,
-    TEST_KAFKA_METADATA,
     Proc,
-    _died,
-    _listening,
     assignment,
     http_json,
     poll,
+    produce,
+    start_app_script,
     start_sidecar,
+    write_component,
 )
 
 pytestmark = pytest.mark.timeout(180)
 
 PARTITIONS = 4
-# Bounded retries: with the unbounded default a deadLetterTopic takes every first failure (§5.3).
-BULK_KAFKA_METADATA = {**TEST_KAFKA_METADATA, "backOffMaxRetries": "5"}
 
 
 @pytest.fixture
 def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
-    folder = tmp_path / "resources"
-    folder.mkdir()
-    (folder / "pubsub.yaml").write_text(kafka_component_yaml(kafka_bootstrap,
-                                                             metadata=BULK_KAFKA_METADATA))
-    return folder
+    # Bounded retries: with the unbounded default a deadLetterTopic takes every first failure
+    # (§5.3).
+    return write_component(tmp_path / "resources", kafka_bootstrap, backOffMaxRetries="5")
 
 
 def start_bulk_app(tmp: Path, *, topic: str, max_count: int, max_await_ms: int,
                    dead_letter: str = "") -> Proc:
     port = free_port()
-    log_path = tmp / "bulk.app.log"
-    env = {**os.environ, "APP_PORT": str(port), "TOPIC": topic, "MAX_COUNT": str(max_count),
-           "MAX_AWAIT_MS": str(max_await_ms), "DEAD_LETTER": dead_letter}
-    process = subprocess.Popen([sys.executable, str(HERE / "bulk_app.py")], env=env,
-                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    proc = Proc("bulk-app", process, log_path, port)
-    poll("the bulk app to listen", lambda: _listening(port) or (not proc.alive() and _died(proc)))
-    return proc
+    return start_app_script(tmp, "bulk", "bulk_app.py", port=port, env={
+        **os.environ, "APP_PORT": str(port), "TOPIC": topic, "MAX_COUNT": str(max_count),
+        "MAX_AWAIT_MS": str(max_await_ms), "DEAD_LETTER": dead_letter})
 
 
-def produce(bootstrap: str, topic: str, events: list[tuple[str, str]]) -> None:
+def produce_events(bootstrap: str, topic: str, events: list[tuple[str, str]]) -> None:
     """CloudEvents ``(id, answer)`` straight to the broker, spread over the partitions."""
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
-        try:
-            sent = [await producer.send(topic, json.dumps(
-                {"specversion": "1.0", "id": i, "source": "test", "type": "t",
-                 "datacontenttype": "application/json", "data": {"answer": a}}).encode(),
-                partition=n % PARTITIONS) for n, (i, a) in enumerate(events)]
-            await asyncio.gather(*sent)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
+    produce(bootstrap, topic, [{"value": json.dumps(
+        {"specversion": "1.0", "id": i, "source": "test", "type": "t",
+         "datacontenttype": "application/json", "data": {"answer": a}}).encode(),
+        "partition": n % PARTITIONS} for n, (i, a) in enumerate(events)])
 
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
@@ -100,7 +77,8 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
 
 
 def per_partition(events: list[tuple[str, str]]) -> dict[int, int]:
-    """How many of ``events`` :func:`produce` wrote to each partition (the offsets to commit)."""
+    """How many of ``events`` :func:`produce_events` wrote to each partition (the offsets to
+    commit)."""
     counts = Counter(n % PARTITIONS for n in range(len(events)))
     return {p: counts[p] for p in range(PARTITIONS)}
 
@@ -118,7 +96,7 @@ def test_http_bulk_subscription_batches_retries_dead_letters_and_commits(
 
     plan = ["SUCCESS"] * 4 + ["RETRY_ONCE", "DROP", "OMIT_ONCE"]
     events = [(f"{unique}-{n}", plan[n % len(plan)]) for n in range(140)]
-    produce(kafka_bootstrap, topic, events)
+    produce_events(kafka_bootstrap, topic, events)
     wanted = {i for i, a in events if a != "DROP"}
     dropped = {i for i, a in events if a == "DROP"}
 
@@ -168,7 +146,7 @@ def test_a_batch_in_flight_when_the_sidecar_dies_is_delivered_again(
     procs.append(first)
     poll("the first sidecar to be assigned partitions", lambda: assignment(first), 60)
     events = [(f"{unique}-{n}", "HANG_ONCE" if n == 42 else "SUCCESS") for n in range(80)]
-    produce(kafka_bootstrap, topic, events)
+    produce_events(kafka_bootstrap, topic, events)
 
     def hung_batch() -> list[str] | None:
         _, got = http_json(f"http://127.0.0.1:{app.port}/received")
@@ -259,7 +237,7 @@ def test_grpc_app_receives_bulk_through_on_bulk_topic_event(
 
         plan = ["SUCCESS"] * 3 + ["RETRY_ONCE", "DROP", "OMIT_ONCE"]
         events = [(f"{unique}-{n}", plan[n % len(plan)]) for n in range(60)]
-        produce(kafka_bootstrap, topic, events)
+        produce_events(kafka_bootstrap, topic, events)
         wanted = {i for i, a in events if a != "DROP"}
         dropped = {i for i, a in events if a == "DROP"}
 

@@ -23,12 +23,11 @@ from tidings.sidecar.localbroker import free_port
 from .processes import (
     HERE,
     Proc,
-    _died,
-    _listening,
     assignment,
     http_json,
     poll,
     publish,
+    start_app_script,
     start_sidecar,
     write_component,
 )
@@ -55,16 +54,11 @@ def grpc_app_python() -> Path:
 
 def start_grpc_app(python: Path, tmp: Path, topic: str) -> tuple[Proc, Path]:
     port = free_port()
-    log_path = tmp / "grpc.app.log"
     record = tmp / "grpc.app.calls.jsonl"
     record.touch()
     env = {"PATH": os.environ.get("PATH", ""), "APP_PORT": str(port), "TOPIC": topic,
            "RECORD_FILE": str(record), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([str(python), str(HERE / "grpc_app.py")], env=env,
-                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    proc = Proc("grpc-app", process, log_path, port)
-    poll("the gRPC app to listen", lambda: _listening(port) or (not proc.alive() and _died(proc)))
-    return proc, record
+    return start_app_script(tmp, "grpc", "grpc_app.py", port=port, env=env, python=python), record
 
 
 def calls(record: Path) -> list[dict[str, Any]]:

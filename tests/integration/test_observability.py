@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,9 +20,15 @@ from typing import Any
 import pytest
 
 from tidings.sidecar.localbroker import free_port
-from tidings.sidecar.localdev import kafka_component_yaml
 
-from .processes import HERE, TEST_KAFKA_METADATA, Proc, http_json, poll, start_sidecar
+from .processes import (
+    Proc,
+    http_json,
+    poll,
+    start_app_script,
+    start_sidecar,
+    write_component,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,33 +39,15 @@ CALLER_TRACEPARENT = f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"
 
 @pytest.fixture
 def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
-    folder = tmp_path / "resources"
-    folder.mkdir()
     # Bounded retries: with a deadLetterTopic and -1 a failed delivery is dead-lettered at once.
-    (folder / "pubsub.yaml").write_text(kafka_component_yaml(
-        kafka_bootstrap, metadata={**TEST_KAFKA_METADATA, "backOffMaxRetries": "3"}))
-    return folder
+    return write_component(tmp_path / "resources", kafka_bootstrap, backOffMaxRetries="3")
 
 
 def start_app(tmp: Path, *, topic: str, dead_letter_topic: str = "") -> Proc:
     port = free_port()
-    log_path = tmp / "observed.app.log"
-    env = {**os.environ, "APP_PORT": str(port), "TOPIC": topic,
-           "DEAD_LETTER_TOPIC": dead_letter_topic}
-    process = subprocess.Popen([sys.executable, str(HERE / "observed_app.py")], env=env,
-                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    proc = Proc("observed", process, log_path, port)
-
-    def listening() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"the app exited early:\n{proc.log()}")
-        try:
-            return http_json(f"http://127.0.0.1:{port}/received")[0] == 200
-        except OSError:
-            return False
-
-    poll("the app to listen", listening)
-    return proc
+    return start_app_script(tmp, "observed", "observed_app.py", port=port, env={
+        **os.environ, "APP_PORT": str(port), "TOPIC": topic,
+        "DEAD_LETTER_TOPIC": dead_letter_topic})
 
 
 def received(app: Proc) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -29,17 +28,12 @@ from tidings.sidecar.appchannel_grpc import (
     subscriptions_from_response,
 )
 from tidings.sidecar.envelopes.reading import read_event
+from tidings.sidecar.localbroker import free_port
 from tidings.sidecar.resources.models import BulkOptions, Route, TopicSubscription
 from tidings.sidecar.routing import Routes
 from tidings.sidecar.settings import SidecarSettings, add_sidecar_arguments, settings_from_args
 
 Status = appcallback_pb2.TopicEventResponse
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- metadata ------------------------------------------------------------------------------------
@@ -183,22 +177,6 @@ async def grpc_app() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in servers:
         await server.stop(None)
-
-
-@pytest.fixture
-async def channels() -> AsyncIterator[Callable[..., GrpcAppChannel]]:
-    made: list[GrpcAppChannel] = []
-
-    def make(port: int, **kw: Any) -> GrpcAppChannel:
-        channel = open_app_channel(SidecarSettings(app_id="orders-app", app_port=port,
-                                                   app_protocol="grpc", **kw))
-        assert isinstance(channel, GrpcAppChannel)
-        made.append(channel)
-        return channel
-
-    yield make
-    for channel in made:
-        await channel.close()
 
 
 def _read(value: dict[str, Any]) -> Any:

@@ -7,7 +7,6 @@ mocked.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,15 +14,14 @@ import grpc
 import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-from tidings.sidecar.appchannel import AppStatus, open_app_channel
+from tidings.sidecar.appchannel import AppStatus
 from tidings.sidecar.appchannel_grpc import (
-    GrpcAppChannel,
     bulk_request_entry,
     classify_bulk_response,
 )
 from tidings.sidecar.bulkformat import BulkEvent
 from tidings.sidecar.envelopes.reading import read_event
-from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.localbroker import free_port
 
 Status = appcallback_pb2.TopicEventResponse
 
@@ -113,22 +111,6 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
         await server.stop(None)
 
 
-@pytest.fixture
-async def channels() -> AsyncIterator[Callable[..., GrpcAppChannel]]:
-    made: list[GrpcAppChannel] = []
-
-    def make(port: int, **kw: Any) -> GrpcAppChannel:
-        channel = open_app_channel(SidecarSettings(app_id="orders-app", app_port=port,
-                                                   app_protocol="grpc", **kw))
-        assert isinstance(channel, GrpcAppChannel)
-        made.append(channel)
-        return channel
-
-    yield make
-    for channel in made:
-        await channel.close()
-
-
 async def test_on_bulk_topic_event_one_answer_per_entry(serve, channels) -> None:
     app = Stable()
     channel = channels(await serve(stable=app), app_api_token="app-secret")
@@ -162,10 +144,7 @@ async def test_no_bulk_callback_at_all_drops_every_entry(serve, channels) -> Non
 
 
 async def test_an_unreachable_app_retries_every_entry(channels) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    channel = channels(port, delivery_timeout_s=2)
+    channel = channels(free_port(), delivery_timeout_s=2)
     answers = await channel.deliver_bulk("", [event("a"), event("b")], topic="orders",
                                          pubsubname="pubsub")
     assert [a.status for a in answers] == [AppStatus.RETRY, AppStatus.RETRY]

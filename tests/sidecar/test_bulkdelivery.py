@@ -30,6 +30,8 @@ from tidings.sidecar.resources.kafka import RetryPolicy
 from tidings.sidecar.resources.models import BulkOptions
 from tidings.sidecar.settings import SidecarSettings
 
+from .apps import DeadLetters, serving
+
 FOREVER = RetryPolicy("constant", 0.001, 0.001, 1.0, -1)
 IDS = ["a", "b", "c"]
 
@@ -118,26 +120,11 @@ class BulkApp:
         return [e["event"]["id"] for e in self.requests[index][2]["entries"]]
 
 
-@dataclass
-class DeadLetters:
-    calls: list[tuple[str, Record]] = field(default_factory=list)
-
-    async def __call__(self, topic: str, rec: Record) -> None:
-        self.calls.append((topic, rec))
-
-
 @pytest.fixture
 async def bulk_app() -> AsyncIterator[tuple[BulkApp, int]]:
     app = BulkApp()
-    web_app = web.Application()
-    web_app.router.add_route("POST", "/{tail:.*}", app.handler)
-    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-    yield app, port
-    await runner.cleanup()
+    async with serving(app.handler) as port:
+        yield app, port
 
 
 @pytest.fixture

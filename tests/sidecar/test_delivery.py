@@ -23,12 +23,14 @@ import pytest
 from aiohttp import web
 
 from tidings.sidecar.appchannel import AppChannel
-from tidings.sidecar.brokers.base import BrokerError, Record
+from tidings.sidecar.brokers.base import Record
 from tidings.sidecar.delivery import Action, Dispatcher, Outcome, Verdict, decide, http_headers
 from tidings.sidecar.metrics import topic_deliveries
 from tidings.sidecar.resources import ResourceError, Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
 from tidings.sidecar.settings import SidecarSettings
+
+from .apps import DeadLetters, serving
 
 FOREVER = RetryPolicy("constant", 0.001, 0.001, 1.0, -1)
 
@@ -180,38 +182,13 @@ class ScriptedApp:
         return [d.path for d in self.deliveries]
 
 
-@dataclass
-class DeadLetters:
-    """In-test stand-in for ``Publisher.dead_letter``: records calls; can fail the first ones."""
-
-    calls: list[tuple[str, Record]] = field(default_factory=list)
-    fail_first: int = 0
-    attempts: int = 0
-    block: asyncio.Event | None = None
-
-    async def __call__(self, topic: str, rec: Record) -> None:
-        self.attempts += 1
-        if self.block is not None:
-            await self.block.wait()
-        if self.attempts <= self.fail_first:
-            raise BrokerError("broker unavailable", retriable=True)
-        self.calls.append((topic, rec))
-
-
 @pytest.fixture
 async def app() -> AsyncIterator[tuple[ScriptedApp, int]]:
     scripted = ScriptedApp()
-    web_app = web.Application()
-    web_app.router.add_route("POST", "/{tail:.*}", scripted.handler)
-    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-    yield scripted, port
-    if scripted.block is not None:
-        scripted.block.set()
-    await runner.cleanup()
+    async with serving(scripted.handler) as port:
+        yield scripted, port
+        if scripted.block is not None:
+            scripted.block.set()
 
 
 @pytest.fixture
