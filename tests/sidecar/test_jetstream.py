@@ -7,6 +7,7 @@ durable names, so tests never share state.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from tidings.sidecar import metrics
 from tidings.sidecar.brokers.base import BrokerError, PublishRecord, Record
 from tidings.sidecar.brokers.jetstream import KEY_HEADER, JetStreamBroker
 from tidings.sidecar.resources import check_component
@@ -246,16 +248,33 @@ async def test_key_header_round_trips_through_a_dead_letter_publish(
 
 async def test_missing_stream_is_logged_and_retried_until_it_exists(
         nats_url: str, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The newcomer's report: a missing stream was logged at ERROR on every retry while the
+    sidecar said "subscribed". Now: one WARNING "waiting for ...", the topic is listed by
+    ``waiting()`` (the runner does not call it subscribed), the status's lastError says it,
+    and consumption begins once the stream exists."""
     topic = f"late{unique}.x"
-    broker = await started(nats_url, f"app-{unique}")
+    app_id = f"app-{unique}"
+    broker = await started(nats_url, app_id)
     nc = await nats.connect(nats_url)
     try:
         got, handler = collector()
+        caplog.set_level(logging.DEBUG, logger="tidings.sidecar.brokers.jetstream")
         await broker.subscribe([topic], handler)  # returns after the first failed attempt
-        assert "no JetStream stream takes this subject" in caplog.text
+        why = f"waiting for a stream: no JetStream stream takes subject {topic}"
+        assert broker.waiting() == {topic: why}
+        await until("a second attempt", lambda: f"still {why}" in caplog.text, 30)
+        warned = [r for r in caplog.records if why in r.getMessage()
+                  and r.levelno == logging.WARNING]
+        assert len(warned) == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        status = metrics.subscription_status(app_id, "js", topic)
+        assert status["lastError"]["message"] == why
+        assert status["consumerGroup"] == consumer_name(broker.meta.durable_name, topic)
         await nc.jetstream().add_stream(name=f"LATE{unique}", subjects=[f"late{unique}.>"])
         await broker.publish(topic, b"late")
         await until("the consumer to be created and deliver", lambda: len(got) == 1, 30)
+        assert broker.waiting() == {}
+        assert f"(was: {why})" in caplog.text
     finally:
         await broker.close(grace_s=1)
         await nc.jetstream().delete_stream(f"LATE{unique}")
@@ -495,3 +514,52 @@ def test_seed_key_signs_the_server_nonce_as_nats_expects() -> None:
     signature = base64.b64decode(_signature_callback(seed)("a-nonce"))
     assert nkeys.from_seed(bytearray(seed.encode())).verify(b"a-nonce", signature)
     assert _jwt_callback("eyJ0eXAi")() == bytearray(b"eyJ0eXAi")
+
+
+async def test_named_stream_missing_says_which(nats_url: str, unique: str) -> None:
+    broker = await started(nats_url, f"app-{unique}", streamName=f"NOPE{unique}")
+    try:
+        got, handler = collector()
+        await broker.subscribe([f"nope{unique}.x"], handler)
+        assert broker.waiting() == {
+            f"nope{unique}.x": f"waiting for stream NOPE{unique}: it does not exist"}
+    finally:
+        await broker.close(grace_s=1)
+
+
+async def test_status_shows_durable_consumer_stream_and_lag(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    """``tidings status`` showed ``-`` for JetStream: no group, no partitions, no lag."""
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.orders"
+    app_id = f"app-{unique}"
+    broker = await started(nats_url, app_id, streamName=stream)
+    release = asyncio.Event()
+    got: list[Record] = []
+
+    async def slow(record: Record) -> None:
+        got.append(record)
+        await release.wait()
+
+    try:
+        for i in range(5):
+            await broker.publish(topic, str(i).encode())
+        await broker.subscribe([topic], slow)
+        consumer = consumer_name(broker.meta.durable_name, topic)
+
+        def status() -> dict:
+            return metrics.subscription_status(app_id, "js", topic)
+
+        await until("a polled status", lambda: status()["partitions"], 30)
+        assert status()["consumerGroup"] == consumer
+        [entry] = status()["partitions"]
+        assert entry["partition"] == stream
+        assert entry["lag"] == 5 and status()["lag"] == 5  # polled before the first fetch
+        release.set()
+        await until("all delivered", lambda: len(got) == 5, 30)
+        await until("the lag polled again", lambda: status()["lag"] == 0, 30)
+        assert (0, 0) == await consumer_pending(nats_url, stream, consumer)
+    finally:
+        release.set()
+        await broker.close(grace_s=1)
+    assert metrics.subscription_status(app_id, "js", topic)["consumerGroup"] is None
