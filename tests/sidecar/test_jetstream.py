@@ -563,3 +563,49 @@ async def test_status_shows_durable_consumer_stream_and_lag(
         release.set()
         await broker.close(grace_s=1)
     assert metrics.subscription_status(app_id, "js", topic)["consumerGroup"] is None
+
+
+async def test_sidecar_does_not_call_a_topic_without_stream_subscribed(
+        nats_url: str, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The newcomer's report, end to end: a sidecar (real app over HTTP, real NATS) whose
+    JetStream stream is missing logged "subscribed to [...]". Now it says the topic is not
+    consumed yet, and ``GET /v1.0/metadata`` shows why as the subscription's lastError."""
+    import orjson
+    from aiohttp import ClientSession, web
+
+    from tidings.sidecar.localbroker import free_port
+    from tidings.sidecar.runner import Sidecar
+    from tidings.sidecar.settings import SidecarSettings
+
+    topic, stream = f"wait{unique}.x", f"WAIT{unique}"
+
+    async def subscribe(_: web.Request) -> web.Response:
+        return web.json_response([{"pubsubname": "js", "topic": topic, "route": "/x"}])
+
+    app = web.Application()
+    app.router.add_get("/dapr/subscribe", subscribe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    app_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", app_port).start()
+    (tmp_path / "js.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: js}\n"
+        "spec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n"
+        f"  - {{name: natsURL, value: '{nats_url}'}}\n  - {{name: streamName, value: {stream}}}\n")
+    sidecar = Sidecar(SidecarSettings(app_id=f"app-{unique}", dapr_http_port=0,
+                                      app_port=app_port, resources_paths=(tmp_path,),
+                                      resources_poll_interval_s=60))
+    caplog.set_level(logging.INFO, logger="tidings.sidecar")
+    await sidecar.start()
+    try:
+        await until("the subscribe log line", lambda: "subscribed to" in caplog.text, 30)
+        assert (f"subscribed to []; not consuming yet: ['{topic}']" in caplog.text), caplog.text
+        async with ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{sidecar.bound_port}/v1.0/metadata") as r:
+                meta = orjson.loads(await r.read())
+        [sub] = [s for s in meta["subscriptions"] if s["topic"] == topic]
+        assert sub["status"]["lastError"]["message"] == (
+            f"waiting for stream {stream}: it does not exist")
+    finally:
+        await sidecar.stop()
+        await runner.cleanup()
