@@ -6,7 +6,8 @@
 - ``GET /received`` lists the CloudEvent ids received so far (the demo reads it).
 
 Environment: ``APP_PORT`` (port to listen on), ``APP_ID`` (set by ``tidings run``), optional
-``PUBSUB_NAME`` and ``TOPIC``.
+``PUBSUB_NAME``, ``TOPIC`` and ``SIDECAR_MAX_BODY_SIZE`` (bytes, the sidecar's
+``--max-body-size``, default 4 MiB).
 """
 
 import json
@@ -17,6 +18,14 @@ from aiohttp import web
 PUBSUB = os.environ.get("PUBSUB_NAME", "pubsub")
 TOPIC = os.environ.get("TOPIC", "orders")
 received = web.AppKey("received", list)
+
+# Every event the sidecar accepted is delivered, and an answer of 413 is retried forever, which
+# stalls the partition behind it: accept the largest delivery a body of the sidecar's
+# --max-body-size can become. That is the body in a CloudEvent: base64 (4/3) when binary, JSON
+# string escaping (up to 6 bytes per control character) when text, plus the envelope.
+# aiohttp's default client_max_size (1 MiB) is smaller than the sidecar's default 4 MiB.
+SIDECAR_MAX_BODY_SIZE = int(os.environ.get("SIDECAR_MAX_BODY_SIZE", 4 * 1024 * 1024))
+CLIENT_MAX_SIZE = 6 * SIDECAR_MAX_BODY_SIZE + 64 * 1024
 
 
 async def subscribe(request: web.Request) -> web.Response:
@@ -35,7 +44,7 @@ async def list_received(request: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[received] = []
     app.router.add_get("/dapr/subscribe", subscribe)
     app.router.add_post("/orders", on_order)

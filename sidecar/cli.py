@@ -39,6 +39,7 @@ from .settings import (
     add_sidecar_arguments,
     app_id_arg,
     port_arg,
+    seconds_arg,
     settings_from_args,
 )
 
@@ -177,6 +178,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 break
             if app is not None and app.poll() is not None:
                 code = app.returncode
+                if code > 0:
+                    print(f"tidings run: app exited with code {code}", file=sys.stderr)
+                elif code < 0:  # Popen's returncode for a death by signal N is -N
+                    print(f"tidings run: app was killed by signal {-code}", file=sys.stderr)
                 break
             time.sleep(0.1)  # supervision tick: check both children
     finally:
@@ -333,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port of the sidecar's Dapr gRPC API (default: a free port)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--log-as-json", action="store_true")
-    p.add_argument("--graceful-shutdown-seconds", type=float, default=5.0)
+    p.add_argument("--graceful-shutdown-seconds", type=seconds_arg(positive=False), default=5.0)
     p.add_argument("--metrics-port", type=port_arg, default=None,
                    help="serve the sidecar's Prometheus /metrics on this port (default: none)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD... (the app)")

@@ -8,16 +8,19 @@ the sidecar receives a :class:`SidecarSettings` explicitly.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SidecarSettings", "add_sidecar_arguments", "settings_from_args"]
+__all__ = ["SidecarSettings", "add_sidecar_arguments", "seconds_arg", "settings_from_args"]
 
 MIB = 1024 * 1024
 DEFAULT_GRPC_PORT = 50001
+MAX_BODY_SIZE_LIMIT = 2047 * MIB
+"""Largest ``--max-body-size``: a gRPC message (the body plus its envelope) cannot reach 2 GiB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +123,32 @@ def size_arg(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid size {text!r}: use bytes or a Ki/Mi/Gi suffix, e.g. 4Mi") from None
+    except OverflowError:  # "infMi"
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: not a finite number") from None
     if size <= 0:
         raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    if size > MAX_BODY_SIZE_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"size {text!r} is over the largest body a gRPC message can carry (2047Mi)")
     return size
+
+
+def seconds_arg(*, positive: bool) -> Callable[[str], float]:
+    """An argparse type for a duration in seconds: a finite number, ``> 0`` when ``positive``,
+    else ``>= 0``. ``nan``, ``inf`` and negative numbers are refused (argparse exits 2)."""
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+        if value < 0 or (positive and value == 0):
+            bound = "greater than 0" if positive else "0 or more"
+            raise argparse.ArgumentTypeError(f"{text!r} seconds: must be {bound}")
+        return value
+
+    return seconds
 
 
 def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: bool = True) -> None:
@@ -146,10 +172,12 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: b
     parser.add_argument("--max-body-size", type=size_arg, default=4 * MIB,
                         help="largest request body: bytes, or with Ki/Mi/Gi suffix (default 4Mi)")
     parser.add_argument("--dapr-graceful-shutdown-seconds", "--graceful-shutdown-seconds",
-                        dest="graceful_shutdown_seconds", type=float, default=5.0)
+                        dest="graceful_shutdown_seconds", type=seconds_arg(positive=False),
+                        default=5.0)
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     parser.add_argument("--log-as-json", action="store_true")
-    parser.add_argument("--delivery-timeout-seconds", type=float, default=60.0)
+    parser.add_argument("--delivery-timeout-seconds", type=seconds_arg(positive=True),
+                        default=60.0)
     parser.add_argument("--enable-metrics", action="store_true",
                         help="serve Prometheus metrics on --metrics-port")
     parser.add_argument("--metrics-port", type=port_arg, default=9090)

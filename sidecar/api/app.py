@@ -8,7 +8,10 @@ an unexpected exception: a logged 500 with a Dapr-style body, never a traceback.
 API token (§1.1): when ``settings.api_token`` is set, every request except the health endpoints
 needs header ``dapr-api-token`` with that value; otherwise 401 text/plain ``invalid api token``.
 Body limit: ``settings.max_body_size`` bytes (aiohttp's ``client_max_size``); a larger body gets
-413 with a Dapr-style body (stricter than Dapr, which answers 500).
+413 with a Dapr-style body (stricter than Dapr, which answers 500). A path no route serves is 404
+``ERR_NOT_FOUND`` and a method a route does not take 405 ``ERR_METHOD_NOT_ALLOWED`` (with the
+``Allow`` header), in the same Dapr-style JSON body (Dapr's router answers plain text here; the
+contract does not pin it, and a client parsing Dapr errors should get one shape everywhere).
 
 The server is started by the runner with ``AppRunner``/``TCPSite``; this module only builds the
 application.
@@ -130,8 +133,18 @@ def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
                 413, "ERR_BODY_TOO_LARGE",
                 f"request body exceeds the maximum of {settings.max_body_size} bytes "
                 f"(--max-body-size): {exc.text}"))
+        except web.HTTPMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            response = dapr_error_response(DaprError(
+                405, "ERR_METHOD_NOT_ALLOWED",
+                f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"))
+            response.headers["Allow"] = exc.headers.get("Allow", allowed)
+            return response
+        except web.HTTPNotFound:
+            return dapr_error_response(DaprError(
+                404, "ERR_NOT_FOUND", f"no endpoint serves {request.method} {request.path}"))
         except web.HTTPException:
-            raise  # routing answers such as 404/405 for unknown paths
+            raise  # other routing answers (redirects...) stay aiohttp's
         except Exception as exc:
             log.exception("unexpected error answering %s %s", request.method, request.path,
                           extra={"app_id": settings.app_id})

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ..envelopes.wrapping import loads_exact
 from ..errors import DaprError
-from ..publishing import BulkEntry
+from ..publishing import BulkEntry, body_too_large
 from .app import PUBLISHER_KEY, SETTINGS_KEY
 
 __all__ = ["QueryUnescapeError", "add_routes", "header_text", "metadata_from_query",
@@ -107,11 +107,7 @@ async def _body(request: web.Request, pubsubname: str, topic: str) -> bytes:
         except web.HTTPRequestEntityTooLarge:
             pass
     # Stricter than Dapr (which answers 500): a body over --max-body-size is 413 (issue 2).
-    error = f"request body exceeds the maximum of {limit} bytes (--max-body-size)"
-    raise DaprError(413, "ERR_PUBSUB_PUBLISH_MESSAGE",
-                    f"error when publishing to topic {topic} in pubsub {pubsubname}: {error}",
-                    reason="DAPR_PUBSUB_PUBLISH_MESSAGE", metadata={"topic": topic, "error": error},
-                    resource=pubsubname)
+    raise body_too_large(pubsubname, topic, limit)
 
 
 async def publish(request: web.Request) -> web.Response:

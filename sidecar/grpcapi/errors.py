@@ -6,7 +6,12 @@ the status message is the error's message and the ``grpc-status-details-bin`` tr
 ``DAPR_PUBSUB_NOT_FOUND``, ``domain`` ``dapr.io``, the error's metadata) and, when a pubsub is
 named, ``google.rpc.ResourceInfo``. The Dapr SDKs read these (Python: ``DaprGrpcError``).
 
-The gRPC code follows the error's ``reason`` (Dapr's pairing), else its HTTP status.
+The gRPC code follows the error's ``reason`` (Dapr's pairing), else its HTTP status. A client
+mistake (a 4xx status) is never ``INTERNAL``: where Dapr pairs a reason with ``INTERNAL``
+(``DAPR_PUBSUB_PUBLISH_MESSAGE``) but the HTTP API answers 400/413 (a topic name or
+``partitionNumber`` the broker can never take, a message over the size limit; README "Where we
+differ from Dapr on purpose"), the code follows the HTTP status: ``INVALID_ARGUMENT``,
+``RESOURCE_EXHAUSTED``. ``INTERNAL`` stays for broker failures (500).
 """
 
 from __future__ import annotations
@@ -49,11 +54,12 @@ _BY_HTTP: dict[int, grpc.StatusCode] = {
 
 
 def grpc_code(error: DaprError) -> grpc.StatusCode:
-    """The gRPC code Dapr answers for ``error``: by reason, else by HTTP status (5xx INTERNAL)."""
+    """The gRPC code Dapr answers for ``error``: by reason, else by HTTP status (5xx INTERNAL);
+    a 4xx error whose reason Dapr pairs with ``INTERNAL`` by its HTTP status (issue 5)."""
     if error.status == 413:  # a body over --max-body-size, whatever the reason says
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     code = _BY_REASON.get(error.reason)
-    if code is not None:
+    if code is not None and not (code == grpc.StatusCode.INTERNAL and error.status < 500):
         return code
     return _BY_HTTP.get(error.status, grpc.StatusCode.INTERNAL if error.status >= 500
                         else grpc.StatusCode.UNKNOWN)

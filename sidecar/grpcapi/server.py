@@ -13,9 +13,14 @@ Pub/sub rpcs (dapr-pubsub-contract.md §1.2, §1.3, §1.4, §1.6):
 
 Every other rpc of the service (state, actors, workflows...) answers UNIMPLEMENTED naming the
 rpc. With ``DAPR_API_TOKEN`` set, every call needs metadata ``dapr-api-token`` with that value
-(UNAUTHENTICATED otherwise, Dapr's messages). The largest request is ``--max-body-size``
-(RESOURCE_EXHAUSTED beyond it, from grpcio); events sent to a stream have no limit of their own
-(the broker's record size bounds them).
+(UNAUTHENTICATED otherwise, Dapr's messages). The largest ``PublishEvent`` data (and the largest
+sum of ``BulkPublishEvent`` events) is ``--max-body-size``: beyond it the answer is
+RESOURCE_EXHAUSTED with Dapr's ErrorInfo (``DAPR_PUBSUB_PUBLISH_MESSAGE``), the HTTP API's 413.
+grpcio's own receive limit (:func:`receive_limit`) is twice that plus :data:`ENVELOPE_ALLOWANCE`
+so that such a request reaches that check; only a request beyond it gets grpcio's bare
+RESOURCE_EXHAUSTED (grpcio reads a message whole before a handler sees it, so an unbounded limit
+would let one call hold any amount of memory). Events sent to a stream have no limit of their
+own (the broker's record size bounds them).
 """
 
 from __future__ import annotations
@@ -32,18 +37,31 @@ from google.protobuf import empty_pb2
 from ..api.app import RuntimeView
 from ..api.metadata import metadata_body
 from ..errors import DaprError
-from ..publishing import BulkEntry, Publisher
+from ..publishing import BulkEntry, Publisher, body_too_large
 from ..settings import SidecarSettings
 from .errors import grpc_status
 from .metadata import metadata_response
 from .streaming import StreamingSubscriptions
 
-__all__ = ["DaprServicer", "start_grpc_server"]
+__all__ = ["DaprServicer", "receive_limit", "start_grpc_server"]
 
 log = logging.getLogger(__name__)
 
 SERVICE = dapr_pb2.DESCRIPTOR.services_by_name["Dapr"]
 TOKEN_METADATA = "dapr-api-token"
+# Bytes a publish request may hold beyond its data: pubsub and topic names, content types,
+# metadata, bulk entry ids and protobuf framing (HTTP carries those in a URL aiohttp caps at 8 KiB).
+ENVELOPE_ALLOWANCE = 64 * 1024
+_GRPC_MAX_MESSAGE = 2**31 - 1  # grpcio's limits are C ints
+
+
+def receive_limit(max_body_size: int) -> int:
+    """grpcio's ``max_receive_message_length`` (bytes) for ``--max-body-size``: a request up to
+    twice the body limit, plus its envelope, is read and answered by tidings' own check with
+    Dapr's ErrorInfo (e.g. a 5 MB event against the default 4 MiB)."""
+    return min(2 * max_body_size + ENVELOPE_ALLOWANCE, _GRPC_MAX_MESSAGE)
+
+
 IMPLEMENTED = frozenset(("PublishEvent", "BulkPublishEvent", "BulkPublishEventAlpha1",
                          "GetMetadata", "SetMetadata", "SubscribeTopicEventsAlpha1"))
 
@@ -83,6 +101,9 @@ class DaprServicer(dapr_pb2_grpc.DaprServicer):
     async def PublishEvent(self, request: pubsub_pb2.PublishEventRequest,
                            context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         try:
+            if len(request.data) > self._settings.max_body_size:
+                raise body_too_large(request.pubsub_name, request.topic,
+                                     self._settings.max_body_size)
             await self._publisher.publish(
                 request.pubsub_name, request.topic, request.data,
                 content_type=request.data_content_type or None, metadata=dict(request.metadata))
@@ -96,6 +117,9 @@ class DaprServicer(dapr_pb2_grpc.DaprServicer):
                              metadata=dict(e.metadata) if e.metadata else None)
                    for e in request.entries]
         try:
+            if sum(len(e.event) for e in request.entries) > self._settings.max_body_size:
+                raise body_too_large(request.pubsub_name, request.topic,
+                                     self._settings.max_body_size)
             failures = await self._publisher.publish_bulk(
                 request.pubsub_name, request.topic, entries, dict(request.metadata))
         except Exception as exc:
@@ -173,7 +197,7 @@ async def start_grpc_server(settings: SidecarSettings, servicer: DaprServicer,
     interceptors = [_ApiTokenInterceptor(settings.api_token)] if settings.api_token else []
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", settings.max_body_size),
+        ("grpc.max_receive_message_length", receive_limit(settings.max_body_size)),
     ])
     dapr_pb2_grpc.add_DaprServicer_to_server(servicer, server)
     address = settings.dapr_listen_address

@@ -161,6 +161,84 @@ def test_demo_from_readme(tmp_path: Path) -> None:
     assert "audit got every message: True" in result.stdout
 
 
+def test_run_reports_an_app_that_exits_non_zero(tmp_path: Path, home_env: dict[str, str]) -> None:
+    """Regression: ``tidings run --app-id x -- false`` stopped its sidecar and exited 1 without a
+    word. The code is passed through and said on stderr; an app exiting 0 says nothing."""
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    (resources / "memory.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec:\n  type: pubsub.in-memory\n  version: v1\n")
+    run = [tidings(), "run", "--app-id", "x", "--resources-path", str(resources), "--"]
+    failed = run_to_end([*run, sys.executable, "-c", "raise SystemExit(3)"], tmp=tmp_path,
+                        name="exit3", env=home_env)
+    assert failed.returncode == 3, failed.stderr
+    assert "tidings run: app exited with code 3" in failed.stderr
+    false = run_to_end([*run, "false"], tmp=tmp_path, name="false", env=home_env)
+    assert false.returncode == 1 and "tidings run: app exited with code 1" in false.stderr
+    fine = run_to_end([*run, "true"], tmp=tmp_path, name="true", env=home_env)
+    assert fine.returncode == 0, fine.stderr
+    assert "app exited" not in fine.stderr
+
+
+def test_example_subscriber_takes_the_largest_event_the_sidecar_accepts(
+        tmp_path: Path, unique: str, home_env: dict[str, str]) -> None:
+    """Regression: examples/subscriber.py (aiohttp's default 1 MiB ``client_max_size``) answered
+    413 to a 3 MB event the sidecar had accepted (its --max-body-size is 4 MiB), which the
+    sidecar retries forever. Also a body of exactly 4 MiB of control characters, whose JSON
+    escaping makes the delivery about 24 MiB (the in-memory broker has no record limit)."""
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    (resources / "memory.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
+        "spec:\n  type: pubsub.in-memory\n  version: v1\n")
+    topic, app_port, http_port = f"big-{unique}", free_port(), free_port()
+    log = (tmp_path / "run.log").open("wb")
+    run = subprocess.Popen(
+        [tidings(), "run", "--app-id", "orders", "--app-port", str(app_port),
+         "--dapr-http-port", str(http_port), "--resources-path", str(resources), "--",
+         sys.executable, str(ROOT / "examples" / "subscriber.py")],
+        env={**home_env, "APP_PORT": str(app_port), "TOPIC": topic}, stdout=log,
+        stderr=subprocess.STDOUT)
+    try:
+        def subscribed() -> bool:
+            try:
+                _, meta = http_json(f"http://127.0.0.1:{http_port}/v1.0/metadata")
+            except OSError:
+                return False
+            return any(s.get("topic") == topic for s in meta.get("subscriptions") or [])
+
+        poll("the example's subscription", subscribed, 60)
+        bodies = [(b"x" * 3_000_000, "text/plain"), (b"\x01" * 4 * 1024 * 1024, "text/plain"),
+                  (os.urandom(4 * 1024 * 1024), "application/octet-stream")]
+        for body, content_type in bodies:
+            status, _ = http_json(f"http://127.0.0.1:{http_port}/v1.0/publish/pubsub/{topic}",
+                                  method="POST", body=body, headers={"Content-Type": content_type})
+            assert status == 204
+
+        def received() -> list[str] | None:
+            _, ids = http_json(f"http://127.0.0.1:{app_port}/received")
+            return ids if len(ids) >= len(bodies) else None
+
+        assert len(poll("the three large events at the app", received, 60)) == len(bodies)
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(30)
+        log.close()
+    assert b" 413 " not in (tmp_path / "run.log").read_bytes()
+
+
+@pytest.mark.parametrize("flags", [("--delivery-timeout-seconds", "-3"),
+                                   ("--dapr-graceful-shutdown-seconds", "nan")])
+def test_sidecar_refuses_nonsense_numbers(tmp_path: Path, home_env: dict[str, str],
+                                          flags: tuple[str, str]) -> None:
+    """Regression: both started a sidecar without complaint; now argparse's exit 2."""
+    done = run_to_end([tidings(), "sidecar", "--app-id", "x", "--dapr-http-port", str(free_port()),
+                       "--dapr-grpc-port", str(free_port()), *flags],
+                      tmp=tmp_path, name="sidecar", env=home_env, timeout_s=60)
+    assert done.returncode == 2 and flags[0] in done.stderr, done.stderr
+
+
 def test_uninstall_with_a_sidecar_running_warns_and_publish_says_unreachable(
         tmp_path: Path, home_env: dict[str, str]) -> None:
     """The newcomer's report: `tidings uninstall` stopped the broker under a running sidecar

@@ -204,3 +204,24 @@ def test_sdk_streaming_subscriber_killed_mid_stream_gets_the_unanswered_again(
     again = [h for h in handled() if h["pid"] == second.process.pid]
     assert again[0]["id"] == hang_id and again[0]["data"] == "hang"
     assert "after" not in [h["data"] for h in handled() if h["pid"] == first.process.pid]
+
+
+def test_sdk_sees_client_mistakes_as_invalid_argument_and_size_with_error_info(
+        tmp_path: Path, resources: Path, unique: str) -> None:
+    """Regression (newcomer's report): with the SDK, ``publish_event("pubsub", "bad topic", "x")``
+    and ``partitionNumber=99`` were INTERNAL (HTTP answers 400), and a 5 MB event ended in
+    grpcio's own RESOURCE_EXHAUSTED without Dapr's ErrorInfo (``error_code()`` unknown)."""
+    topic = f"sdk-mistakes-{unique}"
+    results = run_publisher(tmp_path, resources, [
+        {"op": "event", "pubsub": "pubsub", "topic": "bad topic", "data": "x"},
+        {"op": "event", "pubsub": "pubsub", "topic": topic, "data": "x",
+         "metadata": {"partitionNumber": "99"}},
+        {"op": "event", "pubsub": "pubsub", "topic": topic, "data": "a" * 5_000_000},
+    ])
+    assert [(r.get("code"), r.get("error_code")) for r in results] == [
+        ("INVALID_ARGUMENT", "DAPR_PUBSUB_PUBLISH_MESSAGE"),
+        ("INVALID_ARGUMENT", "DAPR_PUBSUB_PUBLISH_MESSAGE"),
+        ("RESOURCE_EXHAUSTED", "DAPR_PUBSUB_PUBLISH_MESSAGE"),
+    ], results
+    assert "out of range" in results[1]["message"]
+    assert "--max-body-size" in results[2]["message"]

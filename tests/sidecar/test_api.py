@@ -761,3 +761,46 @@ async def test_bulk_entry_raw_payload_must_be_a_boolean(api: Api) -> None:
     assert error["message"] == ("failed deserializing metadata. Error: rawPayload value must be a "
                                 "valid boolean: actual is 'maybe'")
     assert "entrymeta" not in api.memory._topics  # nothing of the request was published
+
+
+# -- unknown paths and methods answer in Dapr's JSON shape ---------------------------------------
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/v1.0/nothing", 404, "ERR_NOT_FOUND"),
+    ("POST", "/v2/publish/mem/t", 404, "ERR_NOT_FOUND"),
+    ("GET", "/v1.0/publish/mem/orders", 405, "ERR_METHOD_NOT_ALLOWED"),
+    ("DELETE", "/v1.0/publish/mem/orders", 405, "ERR_METHOD_NOT_ALLOWED"),
+])
+async def test_unknown_route_or_method_is_a_dapr_json_error(api: Api, method: str, path: str,
+                                                            status: int, code: str) -> None:
+    """Regression: aiohttp's own text/plain ``404: Not Found`` / ``405: Method Not Allowed``."""
+    async with api.session.request(method, api.url(path)) as r:
+        got_status, ctype, body = r.status, r.headers.get("Content-Type", ""), await r.read()
+        allow = r.headers.get("Allow")
+    error = dapr_error(got_status, ctype, body)
+    assert (got_status, error["errorCode"]) == (status, code)
+    assert method in error["message"] and path in error["message"]
+    if status == 405:
+        assert allow is not None and {"POST", "PUT"} <= set(allow.replace(" ", "").split(","))
+    assert "orders" not in api.memory._topics
+
+
+# -- ttlInSeconds that is not a TTL: ignored as Dapr does (§1.2, §5.2, §9) -----------------------
+
+@pytest.mark.parametrize("ttl", ["abc", "-5"])
+async def test_invalid_ttl_is_ignored_and_travels_as_a_header_like_dapr(api: Api,
+                                                                        ttl: str) -> None:
+    """The newcomer's report: ``?metadata.ttlInSeconds=abc`` / ``=-5`` answer 204 without
+    ``expiration``. That is Dapr's behaviour (components-contrib ``TryGetTTL`` ignores values it
+    cannot read, and the Kafka component copies every metadata key to a header), pinned in the
+    contract §9: a publisher relying on it is not refused. Single and bulk take one code path."""
+    status, _, _ = await api.post(f"/v1.0/publish/mem/badttl?metadata.ttlInSeconds={ttl}", b"x")
+    assert status == 204
+    record = api.memory._topics["badttl"].log[0]
+    assert "expiration" not in orjson.loads(record.value)
+    assert ("ttlInSeconds", ttl.encode()) in record.headers
+    status, _, _ = await api.post("/v1.0/publish/bulk/mem/badttlbulk", bulk(
+        {"entryId": "1", "event": "x", "contentType": "text/plain",
+         "metadata": {"ttlInSeconds": ttl}}), "application/json")
+    assert status == 204
+    assert "expiration" not in orjson.loads(api.memory_values("badttlbulk")[0])

@@ -168,24 +168,87 @@ async def test_publish_errors_are_grpc_codes_with_error_info(
     assert (info.reason, info.domain) == (reason, "dapr.io")
 
 
-async def test_broker_failure_is_internal_with_publish_reason(kafka_sidecar: Sidecar,
-                                                              unique: str) -> None:
+@pytest.mark.parametrize(("topic", "metadata", "problem"), [
+    ("bad topic", {}, "bad topic"),
+    ("t-{unique}", {"partitionNumber": "99"}, "out of range"),
+    ("t-{unique}", {"partitionNumber": "99999999999"}, "out of range"),
+], ids=["topic-kafka-cannot-hold", "partition-out-of-range", "partition-beyond-int32"])
+async def test_client_mistake_is_invalid_argument_as_http_400(
+        kafka_sidecar: Sidecar, unique: str, topic: str, metadata: dict[str, str],
+        problem: str) -> None:
+    """Regression: the SDK's ``publish_event("pubsub", "bad topic", "x")`` and
+    ``partitionNumber=99`` got INTERNAL, while HTTP answers 400 (issue 5); the Dapr reason
+    stays."""
     channel, stub = stub_of(kafka_sidecar)
     async with channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.PublishEvent(publish_request("pubsub", f"t-{unique}",
-                                                    partitionNumber="99999999999"))
+            await stub.PublishEvent(publish_request("pubsub", topic.format(unique=unique),
+                                                    **metadata))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.domain) == ("DAPR_PUBSUB_PUBLISH_MESSAGE", "dapr.io")
+    assert problem in (caught.value.details() or "")
+
+
+async def test_broker_failure_is_internal_with_publish_reason(tmp_path: Path, nats_url: str,
+                                                              unique: str) -> None:
+    """A real broker failure stays INTERNAL (HTTP 500): JetStream has no stream for the
+    subject, which an operator may still create."""
+    sidecar = await started_sidecar(tmp_path / "res", {"bus.yaml": (
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: bus}\n"
+        "spec:\n  type: pubsub.jetstream\n  version: v1\n"
+        f"  metadata:\n  - {{name: natsURL, value: '{nats_url}'}}\n")})
+    try:
+        await until("the JetStream connection", sidecar.outbound_ready)
+        channel, stub = stub_of(sidecar)
+        async with channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.PublishEvent(publish_request("bus", f"nostream-{unique}"))
+    finally:
+        await sidecar.stop()
     assert caught.value.code() is grpc.StatusCode.INTERNAL
     assert error_info(caught.value).reason == "DAPR_PUBSUB_PUBLISH_MESSAGE"
-    assert "out of range" in (caught.value.details() or "")
 
 
 async def test_message_over_max_body_size_is_resource_exhausted(
         stub: dapr_pb2_grpc.DaprStub) -> None:
+    """Regression: grpcio's own ``Received message larger than max`` answered, without Dapr's
+    ErrorInfo; tidings' check now answers as HTTP's 413 does. Exactly the limit is stored."""
+    limit = 4 * 1024 * 1024
+    for size in (limit + 1, 5_000_000):  # the newcomer's publish_event(..., b"a" * 5_000_000)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PublishEvent(publish_request("memory", "t", b"x" * size, "text/plain"))
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["topic"]) == ("DAPR_PUBSUB_PUBLISH_MESSAGE", "t")
+        assert str(limit) in (caught.value.details() or "")
+    await stub.PublishEvent(publish_request("memory", "t", b"x" * limit, "text/plain"))
+    entry = pubsub_pb2.BulkPublishRequestEntry
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.PublishEvent(publish_request("memory", "t", b"x" * (4 * 1024 * 1024 + 1),
-                                                "text/plain"))
+        await stub.BulkPublishEvent(pubsub_pb2.BulkPublishRequest(
+            pubsub_name="memory", topic="t", entries=[
+                entry(entry_id="1", event=b"x" * (limit // 2), content_type="text/plain"),
+                entry(entry_id="2", event=b"x" * (limit // 2 + 1), content_type="text/plain")]))
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(caught.value).reason == "DAPR_PUBSUB_PUBLISH_MESSAGE"
+
+
+@pytest.mark.parametrize("ttl", ["abc", "-5"])
+async def test_invalid_ttl_is_ignored_as_over_http(memory_sidecar: Sidecar,
+                                                   stub: dapr_pb2_grpc.DaprStub, ttl: str) -> None:
+    """The newcomer's ``ttlInSeconds=abc``/``-5``: no error, no ``expiration``, as Dapr does
+    (contract §1.2, §9) and as the HTTP API does (test_api); the value travels as a header."""
+    topic = f"ttl{ttl}"
+    await stub.PublishEvent(publish_request("memory", topic, ttlInSeconds=ttl))
+    entry = pubsub_pb2.BulkPublishRequestEntry(entry_id="1", event=b"x", content_type="text/plain",
+                                               metadata={"ttlInSeconds": ttl})
+    response = await stub.BulkPublishEvent(pubsub_pb2.BulkPublishRequest(
+        pubsub_name="memory", topic=topic, entries=[entry]))
+    assert not response.failedEntries
+    records = memory_sidecar._brokers["memory"]._topics[topic].log  # type: ignore[attr-defined]
+    assert len(records) == 2
+    assert all("expiration" not in orjson.loads(r.value) for r in records)
+    assert all(("ttlInSeconds", ttl.encode()) in r.headers for r in records)
 
 
 @pytest.mark.parametrize("rpc", ["BulkPublishEvent", "BulkPublishEventAlpha1"])

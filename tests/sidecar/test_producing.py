@@ -13,6 +13,8 @@ from tidings.sidecar.brokers.kafka.clients import client_kwargs
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
 from tidings.sidecar.resources.kafka import KafkaMetadata, parse_kafka_metadata
 
+from tidings.sidecar.envelopes.wrapping import wrap
+
 from .records import read_records
 
 
@@ -198,6 +200,23 @@ async def test_records_from_any_accepted_body_fit_the_producer(
             await explicit.publish(f"big-{unique}", b"y" * 3000)  # maxMessageBytes still rules
     finally:
         await explicit.stop(5)
+
+
+async def test_a_text_body_of_control_characters_fits_the_producer(
+        kafka_bootstrap: str, unique: str) -> None:
+    """Regression: a text/plain body of control characters within --max-body-size grows six-fold
+    in the envelope (each one a \\u00XX escape in ``data``); the producer limit took only the
+    4/3 of base64 into account and the publish failed as too large."""
+    body_limit = 256 * 1024
+    body = b"\x01" * body_limit
+    record = wrap(body, content_type="text/plain", app_id="a", topic="t", pubsubname="ps")
+    assert len(record) > body_limit * 6
+    producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps", max_body_size=body_limit)
+    await producer.start()
+    try:
+        await producer.publish(f"ctl-{unique}", record)
+    finally:
+        await producer.stop(5)
 
 
 async def test_ready_turns_false_while_the_broker_does_not_answer(tmp_path, unique: str) -> None:

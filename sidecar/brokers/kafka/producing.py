@@ -58,9 +58,11 @@ _ENVELOPE_OVERHEAD = 64 * 1024
 
 
 def record_size_bound(max_body_size: int) -> int:
-    """Bytes of the largest record a publish body of ``max_body_size`` bytes can become: a binary
-    body travels base64-encoded in ``data_base64`` (4/3), plus the envelope around it."""
-    return (max_body_size + 2) // 3 * 4 + _ENVELOPE_OVERHEAD
+    """Bytes of the largest record a publish body of ``max_body_size`` bytes can become, plus the
+    envelope around it: a text body becomes a JSON string in ``data``, where each control
+    character is escaped to six bytes (``\\u0001``); that bounds binary bodies too, which travel
+    base64-encoded in ``data_base64`` (4/3)."""
+    return max_body_size * 6 + _ENVELOPE_OVERHEAD
 
 
 def _broker_error(exc: BaseException) -> BrokerError:
