@@ -68,8 +68,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_uninstall(_: argparse.Namespace) -> int:
-    stopped = home().uninstall()
+    # Like `dapr uninstall`, stop the broker even while sidecars run, but say which ones lose it.
+    state = home()
+    using = state.running_sidecars() if state.broker() is not None else []
+    stopped = state.uninstall()
     print("local broker stopped" if stopped else "no local broker was running")
+    if stopped and using:
+        names = ", ".join(f"{s['app_id']} (pid {s['pid']})" for s in using)
+        print(f"tidings uninstall: warning: {len(using)} sidecar(s) started by `tidings run` are "
+              f"still running and cannot publish or consume through the local broker until "
+              f"`tidings init`: {names}", file=sys.stderr)
     return 0
 
 
@@ -315,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-port", type=port_arg, default=9092)
     p.set_defaults(func=_cmd_init)
 
-    p = sub.add_parser("uninstall", help="stop the local broker started by `tidings init`")
+    p = sub.add_parser("uninstall", help="stop the local broker started by `tidings init` "
+                       "(warns about sidecars still running)")
     p.set_defaults(func=_cmd_uninstall)
 
     p = sub.add_parser("run", help="run an app with its sidecar")

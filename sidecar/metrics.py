@@ -187,8 +187,50 @@ class ConsumerProgress:
         return max(0, p[0] - p[1])
 
 
+@dataclass(eq=False, slots=True)
+class PolledConsumer:
+    """State of a consumer without Kafka partitions, as its broker last polled it: a Redis
+    consumer group (``brokers/redis.py``) or a JetStream durable consumer
+    (``brokers/jetstream.py``).
+
+    ``group`` is the consumer group or durable consumer name. ``topics`` maps a subscribed topic
+    to its status entries, shaped like a Kafka partition's in :func:`subscription_status`:
+    ``{partition, logEndOffset, committedOffset, lag, pending}`` where ``partition`` names what
+    is read (the Redis stream, the JetStream stream), ``lag`` counts messages the group has not
+    acknowledged yet (``None`` while unknown) and ``pending`` those delivered but not
+    acknowledged.
+    """
+
+    group: str
+    topics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)  # topic -> its own consumer name
+
+    def name_group(self, topic: str, group: str) -> None:
+        """``topic`` is read by a consumer of its own (JetStream: one durable per topic)."""
+        self.groups[topic] = group
+
+    def group_of(self, topic: str) -> str:
+        return self.groups.get(topic, self.group)
+
+    def polled(self, topic: str, source: str, *, lag: int | None, pending: int | None,
+               log_end: int | None = None, committed: int | None = None) -> None:
+        """The broker polled ``topic``, read from ``source`` (stream name); counts are
+        messages."""
+        self.topics[topic] = [{"partition": source, "logEndOffset": log_end,
+                               "committedOffset": committed, "lag": lag, "pending": pending}]
+
+    def forget(self, topics: Iterable[str]) -> None:
+        """Drop the status of topics no longer consumed."""
+        keep = set(topics)
+        for topic in [t for t in self.topics if t not in keep]:
+            del self.topics[topic]
+        for topic in [t for t in self.groups if t not in keep]:
+            del self.groups[topic]
+
+
 _deliveries: dict[tuple[str, str, str], TopicDeliveries] = {}
 _consumers: dict[tuple[str, str], ConsumerProgress] = {}
+_polled: dict[tuple[str, str], PolledConsumer] = {}
 
 
 def topic_deliveries(app_id: str, component: str, topic: str) -> TopicDeliveries:
@@ -207,10 +249,20 @@ def consumer_progress(app_id: str, component: str, group: str) -> ConsumerProgre
     return progress
 
 
-def drop_consumer(app_id: str, component: str, progress: ConsumerProgress) -> None:
+def polled_consumer(app_id: str, component: str, group: str) -> PolledConsumer:
+    """A fresh polled state for the Redis or JetStream consumer of ``component``; replaces the
+    one of a previous consumer of the same component (hot reload)."""
+    consumer = _polled[(app_id, component)] = PolledConsumer(group)
+    return consumer
+
+
+def drop_consumer(app_id: str, component: str,
+                  progress: ConsumerProgress | PolledConsumer) -> None:
     """The consumer of ``component`` stopped; its lag series disappear."""
     if _consumers.get((app_id, component)) is progress:
         del _consumers[(app_id, component)]
+    if _polled.get((app_id, component)) is progress:
+        del _polled[(app_id, component)]
 
 
 def consumer_group(app_id: str, component: str) -> str | None:
@@ -222,12 +274,19 @@ def consumer_group(app_id: str, component: str) -> str | None:
 def subscription_status(app_id: str, component: str, topic: str) -> dict[str, Any]:
     """What ``GET /v1.0/metadata`` shows per subscription (JSON-ready): ``consumerGroup``
     (``None`` when the component has no consumer group, e.g. in-memory), ``partitions`` (the
-    assigned ones of ``topic``, each ``{partition, logEndOffset, committedOffset, lag}``),
+    assigned ones of ``topic``, each ``{partition, logEndOffset, committedOffset, lag}``; for
+    Redis and JetStream one entry naming the stream, see :class:`PolledConsumer`),
     ``lag`` (sum of the known lags), ``inFlight``, ``retries``, ``deadLettered`` and
     ``lastError`` (``{message, time}`` RFC 3339 UTC, or ``None``)."""
     progress = _consumers.get((app_id, component))
+    polled = _polled.get((app_id, component))
     partitions: list[dict[str, Any]] = []
     total = 0
+    group = progress.group if progress is not None else None
+    if progress is None and polled is not None:
+        group = polled.group_of(topic)
+        partitions = [dict(entry) for entry in polled.topics.get(topic, ())]
+        total = sum(entry["lag"] or 0 for entry in partitions)
     if progress is not None:
         for t, p in sorted(progress.assigned):
             if t != topic:
@@ -243,8 +302,7 @@ def subscription_status(app_id: str, component: str, topic: str) -> dict[str, An
         error = {"message": deliveries.last_error,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                        time.gmtime(deliveries.last_error_time))}
-    return {"consumerGroup": progress.group if progress is not None else None,
-            "partitions": partitions, "lag": total, "inFlight": deliveries.in_flight,
+    return {"consumerGroup": group, "partitions": partitions, "lag": total, "inFlight": deliveries.in_flight,
             "retries": deliveries.retries, "deadLettered": deliveries.dead_lettered,
             "lastError": error}
 
@@ -347,6 +405,12 @@ class _Collector(Collector):
                 value = progress.lag(topic, partition)
                 if value is not None:
                     lag.add_metric([app_id, component, topic, str(partition)], value)
+        for (app_id, component), polled in list(_polled.items()):
+            for topic, entries in list(polled.topics.items()):
+                for entry in entries:
+                    if entry["lag"] is not None:
+                        lag.add_metric([app_id, component, topic, entry["partition"]],
+                                       entry["lag"])
         yield lag
         yield _counter("tidings_pubsub_rebalances",
                        "Partition assignments this consumer group member received",

@@ -350,8 +350,11 @@ class Sidecar:
                 started.dispatcher.set_subscriptions(
                     {t: s for t, s in topics.items() if s.type is not SubscriptionType.STREAMING})
             await started.broker.subscribe(set(topics), self._handler_for(name, started.dispatcher))
-            if topics:
-                log.info("subscribed to %s", sorted(topics),
+            waiting = (started.broker.waiting() if isinstance(started.broker, JetStreamBroker)
+                       else {})
+            if topics:  # a topic whose stream is missing is not called subscribed (logged apart)
+                log.info("subscribed to %s%s", sorted(set(topics) - set(waiting)),
+                         f"; not consuming yet: {sorted(waiting)}" if waiting else "",
                          extra={"app_id": self.app_id, "pubsubname": name})
         self.streams.end_streams_of_removed(self._started)
         self.streams.prune({(name, topic) for name, topics in by_pubsub.items()

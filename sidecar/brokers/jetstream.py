@@ -16,7 +16,16 @@ contract of ``base.py``:
   a client buffer while its AckWait runs. Replicas of one app-id pull from the same consumer and
   share its messages; other app-ids have their own consumers and get every message. A stream
   that does not exist yet, a server that is down and a consumer that was deleted are retried
-  (with backoff, logged), never given up on.
+  (with backoff, logged), never given up on. A missing stream is logged once at WARNING
+  ("waiting for stream X"), reported as the subscription's ``lastError`` and by
+  :meth:`JetStreamBroker.waiting` (the runner does not call such a topic subscribed), and
+  logged at INFO when consumption begins.
+- **status** (``tidings status``, ``GET /v1.0/metadata``; ``metrics.PolledConsumer``): each
+  fetch loop asks ``consumer_info`` at most every :data:`STATUS_INTERVAL_S`. The consumer
+  group shown is the topic's durable consumer, the "partition" its stream, and the lag the
+  messages the consumer has not had acknowledged: ``num_pending`` (not delivered yet) plus
+  ``num_ack_pending`` (delivered, not acknowledged), like Kafka's log end minus committed
+  offset.
 - **ack**: ``msg.ack()`` only after ``await handler(record)`` returned (the record is finished).
   While the handler runs, and that includes every engine retry with its backoff, one ticker per
   broker sends ``+WPI`` (in progress) for every unfinished message each ``ackWait / 3``: the
@@ -58,6 +67,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from .. import metrics
 from ..resources.jetstream import (
     JetStreamMetadata,
     consumer_name,
@@ -82,6 +92,8 @@ FETCH_WAIT_S = 5.0
 """Long-poll of one fetch request: how long the server holds it when the consumer is empty."""
 SETUP_RETRY_MAX_S = 10.0
 """Longest pause between attempts to create a topic's consumer (stream missing, server down)."""
+STATUS_INTERVAL_S = 5.0
+"""Least time between two ``consumer_info`` requests of one topic for its status and lag."""
 HANDLER_ERROR_RETRY_S = 0.1
 """Pause before handing a record again to a handler that raised (a handler bug, not an outcome)."""
 
@@ -166,6 +178,10 @@ class _TopicConsumer:
         self.ready = asyncio.Event()  # set once the consumer exists (or setup gave up for now)
         self.fetcher: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self.waiting_for: str | None = None  # why the consumer is not set up yet, or None
+        self._next_status = 0.0  # loop time of the next consumer_info for the status
+        if broker.status is not None:
+            broker.status.name_group(topic, self.consumer)
 
     def _extra(self, **more: Any) -> dict[str, Any]:
         return {"app_id": self.broker.app_id, "pubsubname": self.broker.name, "topic": self.topic,
@@ -219,17 +235,14 @@ class _TopicConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # A missing stream may be created later; keep trying, loudly.
-                why = (f"stream {self.stream} not found" if self.broker.meta.stream_name
-                       else "no JetStream stream takes this subject") \
-                    if isinstance(exc, nats.js.errors.NotFoundError) else repr(exc)
-                log.error("cannot consume topic %s (retrying in %.1fs): %s", self.topic, delay,
-                          why, extra=self._extra())
+                self._setup_failed(exc, delay)
                 self.ready.set()
                 await asyncio.sleep(delay)  # backoff between setup attempts
                 delay = min(delay * 2, SETUP_RETRY_MAX_S)
-        log.info("consuming topic %s from stream %s as durable consumer %s", self.topic,
-                 self.stream, self.consumer, extra=self._extra())
+        log.info("consuming topic %s from stream %s as durable consumer %s%s", self.topic,
+                 self.stream, self.consumer,
+                 f" (was: {self.waiting_for})" if self.waiting_for else "", extra=self._extra())
+        self.waiting_for = None
         self.ready.set()
         delay = 0.2
         idle = 0
@@ -237,6 +250,7 @@ class _TopicConsumer:
             while self.free < 1:
                 self.freed.clear()
                 await self.freed.wait()
+            await self._poll_status()
             sub = self._sub
             assert sub is not None
             try:
@@ -264,6 +278,46 @@ class _TopicConsumer:
             for msg in msgs:
                 task = asyncio.create_task(self._deliver(msg))
                 self.in_flight[task] = msg
+
+    def _setup_failed(self, exc: Exception, delay: float) -> None:
+        """Log why the consumer cannot be set up (a missing stream once, at WARNING, as it is
+        an expected state until someone creates the stream) and show it as the subscription's
+        ``lastError``."""
+        if isinstance(exc, nats.js.errors.NotFoundError):
+            why = (f"waiting for stream {self.broker.meta.stream_name}: it does not exist"
+                   if self.broker.meta.stream_name
+                   else f"waiting for a stream: no JetStream stream takes subject {self.topic}")
+            if why != self.waiting_for:
+                log.warning("topic %s is not consumed yet, %s (retrying every %.0fs at most)",
+                            self.topic, why, SETUP_RETRY_MAX_S, extra=self._extra())
+            else:
+                log.debug("still %s", why, extra=self._extra())
+        else:
+            why = f"cannot set up consumer {self.consumer}: {exc!r}"
+            log.error("cannot consume topic %s (retrying in %.1fs): %r", self.topic, delay, exc,
+                      extra=self._extra())
+        if why != self.waiting_for:
+            metrics.topic_deliveries(self.broker.app_id, self.broker.name, self.topic).failed(why)
+        self.waiting_for = why
+
+    async def _poll_status(self) -> None:
+        """Record the consumer's lag for the status, at most every :data:`STATUS_INTERVAL_S`
+        (see the module docstring); a failure is left to the fetch loop to notice."""
+        status = self.broker.status
+        now = asyncio.get_running_loop().time()
+        if status is None or self.stream is None or now < self._next_status:
+            return
+        self._next_status = now + STATUS_INTERVAL_S
+        try:
+            info = await self.broker.js.consumer_info(self.stream, self.consumer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # server down or consumer gone: the fetch loop handles both
+            log.debug("consumer_info for the status failed: %r", exc, extra=self._extra())
+            return
+        pending = info.num_ack_pending or 0
+        status.polled(self.topic, self.stream, lag=(info.num_pending or 0) + pending,
+                      pending=pending)
 
     async def _consumer_gone(self) -> bool:
         assert self.stream is not None
@@ -374,6 +428,7 @@ class JetStreamBroker:
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
         self._last_error: Exception | None = None
+        self.status: metrics.PolledConsumer | None = None
 
     def _extra(self, **more: Any) -> dict[str, Any]:
         return {"app_id": self.app_id, "pubsubname": self.name, **more}
@@ -506,8 +561,12 @@ class JetStreamBroker:
         wanted = set(topics)
         for name in [t for t in self._topics if t not in wanted]:
             await self._topics.pop(name).stop(0.0)
+        if self.status is not None:
+            self.status.forget(wanted)
         if self._closing:
             return
+        if self.status is None and wanted:
+            self.status = metrics.polled_consumer(self.app_id, self.name, self.meta.durable_name)
         started = []
         for name in wanted - set(self._topics):
             consumer = self._topics[name] = _TopicConsumer(self, name)
@@ -526,6 +585,11 @@ class JetStreamBroker:
                     with contextlib.suppress(Exception):  # disconnected: the server redelivers
                         await msg.in_progress()
 
+    def waiting(self) -> dict[str, str]:
+        """Subscribed topics whose consumer is not set up yet, each with the reason (e.g.
+        ``waiting for stream X: it does not exist``); set up again, they leave this dict."""
+        return {t: c.waiting_for for t, c in self._topics.items() if c.waiting_for}
+
     def consumers(self) -> list[str]:
         """The durable consumers in use, as ``topic=stream/consumer`` (stream empty until
         found)."""
@@ -535,6 +599,9 @@ class JetStreamBroker:
         """Stop fetching, give in-flight deliveries ``grace_s`` seconds, nak the rest, flush
         the acks and close the connection. Never raises."""
         self._closing = True
+        if self.status is not None:
+            metrics.drop_consumer(self.app_id, self.name, self.status)
+            self.status = None
         try:
             await asyncio.gather(*(c.stop(grace_s) for c in self._topics.values()),
                                  return_exceptions=True)

@@ -20,7 +20,13 @@ Mapping (Dapr's Redis Streams component; ``resources/redis.py`` for the metadata
   deliveries (a retrying app) are not taken from it, every entry it holds is touched (``XCLAIM``
   to itself, only while it still owns the entry) every third of ``processingTimeout``;
 - on close, entries not finished within the grace period are made reclaimable at once (their idle
-  time is set to ``processingTimeout``) so another replica takes them at its next reclaim.
+  time is set to ``processingTimeout``) so another replica takes them at its next reclaim;
+- what ``tidings status`` and ``GET /v1.0/metadata`` show (``metrics.PolledConsumer``): each
+  reader asks ``XINFO GROUPS`` at most every ``STATUS_INTERVAL_S``. The lag is the group's
+  entries not acknowledged yet, like Kafka's log end minus committed offset: ``lag`` (entries
+  not delivered to the group, Redis >= 7) plus ``pending`` (delivered, not acknowledged). Where
+  Redis cannot say ``lag`` (before 7.0, or ``nil`` after ``XDEL`` or trimming past the group)
+  the lag shown is ``pending`` alone, a lower bound.
 
 Ordering: entries of one stream reach the handler in stream order when ``concurrency`` is 1 (the
 only configuration that reports ``ORDERED``), except entries reclaimed from a failed consumer,
@@ -48,6 +54,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import metrics
 from ..resources.loading import LoadedComponent
 from ..resources.redis import RedisMetadata
 from .base import (BULK_PUBLISH, MESSAGE_HEADERS, ORDERED, BrokerError, Handler, PublishRecord,
@@ -62,6 +69,7 @@ METADATA_FIELD = b"metadata"
 KEY_FIELD = b"key"
 
 HANDLER_ERROR_RETRY_S = 0.1
+STATUS_INTERVAL_S = 5.0  # seconds between XINFO GROUPS of one stream (status, lag gauge)
 """Pause before handing an entry again to a handler that raised (a handler bug, not an outcome)."""
 
 # Touch the entries we hold, but only those still ours: a consumer that was paused longer than
@@ -208,6 +216,7 @@ class RedisBroker:
         self._busy: dict[asyncio.Task[None], tuple[str, bytes]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._log = {"app_id": app_id, "pubsubname": self.name}
+        self._status: metrics.PolledConsumer | None = None
 
     # ------------------------------------------------------------------------- producer side
 
@@ -332,8 +341,13 @@ class RedisBroker:
                 await task
             self._reading.discard(topic)
         self._topics = wanted
+        if self._status is not None:
+            self._status.forget(wanted)
         if self._closing or not wanted:
             return
+        if self._status is None:
+            self._status = metrics.polled_consumer(self.app_id, self.name,
+                                                   self.meta.consumer_group)
         if not self._workers:
             self._workers = [asyncio.create_task(self._work(), name=f"redis:{self.name}:worker")
                              for _ in range(self.meta.concurrency)]
@@ -369,6 +383,8 @@ class RedisBroker:
         extra = {**self._log, "topic": topic}
         group = self.meta.consumer_group
         have_group = False
+        loop = asyncio.get_running_loop()
+        next_status = 0.0
         await self._connected.wait()  # subscribed before start() connected (the runner does)
         while True:
             try:
@@ -382,6 +398,9 @@ class RedisBroker:
                 # read no more than the queue takes, so a consumer holds at most about
                 # queueDepth + concurrency entries (what a crash leaves to be reclaimed)
                 room = max(1, self._queue.maxsize - self._queue.qsize())
+                if loop.time() >= next_status:
+                    next_status = loop.time() + STATUS_INTERVAL_S
+                    await self._poll_status(client, topic)
                 batches = await client.xreadgroup(group, self.consumer, {topic: ">"},
                                                   count=room, block=self._block_ms)
                 backoff = self._error_backoff_s
@@ -396,6 +415,27 @@ class RedisBroker:
                 continue
             for _stream, entries in batches or ():
                 await self._enqueue(topic, entries)
+
+    async def _poll_status(self, client: aioredis.Redis, topic: str) -> None:
+        """Record the group's lag on ``topic`` (see the module docstring). Raises RedisError
+        when Redis is unreachable (the reader backs off)."""
+        if self._status is None:
+            return
+        try:
+            groups = await client.xinfo_groups(topic)
+        except ResponseError as exc:  # the stream was deleted: XREADGROUP's NOGROUP handles it
+            log.debug("XINFO GROUPS %s: %s", topic, exc, extra={**self._log, "topic": topic})
+            return
+        for info in groups:
+            name = info.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) != self.meta.consumer_group:
+                continue
+            pending = int(info.get("pending") or 0)
+            undelivered = info.get("lag")
+            self._status.polled(topic, topic, pending=pending,
+                                lag=pending + int(undelivered) if undelivered is not None
+                                else pending)
+            return
 
     async def _enqueue(self, topic: str, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
                        ) -> None:
@@ -559,6 +599,9 @@ class RedisBroker:
                 await client.aclose()
 
     async def _stop_consuming(self, grace_s: float) -> None:
+        if self._status is not None:
+            metrics.drop_consumer(self.app_id, self.name, self._status)
+            self._status = None
         streams = sorted(self._reading)
         for task in [*self._readers.values(), *self._loops]:
             task.cancel()

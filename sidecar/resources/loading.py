@@ -8,8 +8,12 @@ Rules (dapr-pubsub-contract.md §3.1-§3.3):
 - files ``*.yaml``, ``*.yml`` and ``*.json`` directly in each folder, in name order;
 - documents of other kinds (``Configuration``, ``Resiliency``...) are ignored;
 - a Component or Subscription whose non-empty ``scopes`` lacks the app-id is skipped;
-- an unknown component type, a duplicate component name or a missing required field raises
-  :class:`ResourceError` naming the file and field: the sidecar refuses to start.
+- an unknown component type, a duplicate component name, a missing required field or a
+  Subscription routing rule whose CEL ``match`` does not compile raises :class:`ResourceError`
+  naming the file and field: the sidecar refuses to start, and a hot reload keeps the running
+  configuration. Dapr only logs a bad declarative Subscription and runs without it; here a
+  resource file is checked as a whole, as for Components, so the mistake is seen at once rather
+  than as a topic that silently is not consumed.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .jetstream import JetStreamMetadata, parse_jetstream_metadata
 from .models import Component, ResourceError, TopicSubscription, parse_resource
 from .redis import COMPONENT_TYPE as REDIS_TYPE
 from .redis import RedisMetadata, parse_redis_metadata
+from .rules import compile_rules
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +152,20 @@ def resource_files(paths: Iterable[Path | str]) -> list[Path]:
     return files
 
 
+def _check_rules(subscription: TopicSubscription, *, source: str) -> None:
+    """Compile the subscription's CEL rules once here so a bad ``match`` names its file.
+
+    Raises :class:`ResourceError` with ``source`` = the file and ``field`` =
+    ``spec.routes.rules[i].match``. Compiling imports the CEL library, so only files with rules
+    pay for it.
+    """
+    try:
+        compile_rules(subscription)
+    except ResourceError as exc:
+        raise ResourceError(f"subscription {subscription.name!r}: {exc.message}",
+                            source=source, field=f"spec.{exc.field}") from None
+
+
 def load_resources(paths: Iterable[Path | str], *, app_id: str) -> Resources:
     """Load every Component and Subscription in ``paths`` that is in scope for ``app_id``.
 
@@ -154,6 +173,7 @@ def load_resources(paths: Iterable[Path | str], *, app_id: str) -> Resources:
     resource the runtime would refuse, or two components with the same name.
     """
     components: dict[str, LoadedComponent] = {}
+    defined_at: dict[str, str] = {}  # component name -> "file" or "file (document i)"
     subscriptions: list[TopicSubscription] = []
     for path in resource_files(paths):
         source = str(path)
@@ -161,18 +181,24 @@ def load_resources(paths: Iterable[Path | str], *, app_id: str) -> Resources:
             docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ResourceError(f"cannot parse: {exc}", source=source) from None
-        for doc in docs:
+        for index, doc in enumerate(docs):
             resource = parse_resource(doc, source=source)
             if resource is None or not _in_scope(resource.scopes, app_id):
                 continue
+            # Documents are counted from 0 like ``yq``'s documentIndex; named only in files with
+            # several, where the file alone does not say which one is meant.
+            where = f"{source} (document {index})" if len(docs) > 1 else source
             if isinstance(resource, Component):
                 if resource.name in components:
                     raise ResourceError(
                         f"component {resource.name!r} is also defined in "
-                        f"{components[resource.name].source}", source=source, field="metadata.name")
+                        f"{defined_at[resource.name]}", source=where, field="metadata.name")
                 components[resource.name] = check_component(resource, app_id=app_id, source=source)
+                defined_at[resource.name] = where
             else:
-                subscriptions.append(resource.to_topic_subscription())
+                subscription = resource.to_topic_subscription()
+                _check_rules(subscription, source=where)
+                subscriptions.append(subscription)
     for sub in subscriptions:
         if sub.pubsubname not in components:
             log.warning("subscription %r names pubsub %r, which is not configured; it is ignored "

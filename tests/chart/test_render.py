@@ -56,6 +56,8 @@ def test_rendered_builtin_objects_pass_kubernetes_validate_strict(
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "webhook.failurPolicy=Ignore"], "Additional property failurPolicy is not allowed"),
     (["--set", "sidecar.imag.tag=1"], "Additional property imag is not allowed"),
+    # accepted once through the operator's image definition, and silently without effect
+    (["--set", "sidecar.image.pullPolicy=Always"], "Additional property pullPolicy is not allowed"),
     (["--set", "webhook.failurePolicy=Never"], 'must be one of the following: "Fail", "Ignore"'),
     (["--set", "kafka.brokers=kafka"], "kafka.brokers: Does not match pattern"),
     (["--set", "sidecar.resources.limits.memory=lots"], "sidecar.resources.limits.memory"),

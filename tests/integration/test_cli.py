@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.localdev import Home
 
 from .processes import HERE, http_json, poll, run_to_end, write_component
 
@@ -235,3 +237,49 @@ def test_sidecar_refuses_nonsense_numbers(tmp_path: Path, home_env: dict[str, st
                        "--dapr-grpc-port", str(free_port()), *flags],
                       tmp=tmp_path, name="sidecar", env=home_env, timeout_s=60)
     assert done.returncode == 2 and flags[0] in done.stderr, done.stderr
+
+
+def test_uninstall_with_a_sidecar_running_warns_and_publish_says_unreachable(
+        tmp_path: Path, home_env: dict[str, str]) -> None:
+    """The newcomer's report: `tidings uninstall` stopped the broker under a running sidecar
+    without a word, and the next publish answered aiokafka internals. Like `dapr uninstall` the
+    broker is stopped anyway; the running sidecars are named, and a publish says the broker is
+    unreachable."""
+    env = home_env
+    subprocess.run([tidings(), "init", "--broker-port", str(free_port())], env=env,
+                   capture_output=True, text=True, check=True)
+    log = (tmp_path / "run.log").open("wb")
+    run = subprocess.Popen(
+        [tidings(), "run", "--app-id", "lonely", "--", sys.executable, "-c",
+         "import time; time.sleep(300)"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def published() -> bool:
+            sent = subprocess.run([tidings(), "publish", "--app-id", "lonely", "--pubsub",
+                                   "pubsub", "--topic", "t", "--data", "{}"], env=env,
+                                  capture_output=True, text=True)
+            return sent.returncode == 0
+
+        poll("the sidecar to publish", published, 60, interval_s=0.5)
+        out = subprocess.run([tidings(), "uninstall"], env=env, capture_output=True, text=True,
+                             check=True)
+        assert "local broker stopped" in out.stdout
+        assert f"lonely (pid {run.pid})" not in out.stderr  # the sidecar's pid, not tidings run's
+        assert "warning: 1 sidecar(s)" in out.stderr and "lonely (pid " in out.stderr
+        # straight to the sidecar: the producer's request timeout (30 s) is `tidings publish`'s
+        port = Home(Path(env["TIDINGS_HOME"])).app_http_port("lonely")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1.0/publish/pubsub/t", data=b"{}", method="POST",
+            headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=120)
+        assert answer.value.code == 500
+        body = json.loads(answer.value.read())
+        assert body["errorCode"] == "ERR_PUBSUB_PUBLISH_MESSAGE"
+        assert "are unreachable (" in body["message"], body
+        quiet = subprocess.run([tidings(), "uninstall"], env=env, capture_output=True,
+                               text=True, check=True)
+        assert "no local broker was running" in quiet.stdout and not quiet.stderr
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(60)
+        log.close()

@@ -7,6 +7,7 @@ durable names, so tests never share state.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from tidings.sidecar import metrics
 from tidings.sidecar.brokers.base import BrokerError, PublishRecord, Record
 from tidings.sidecar.brokers.jetstream import KEY_HEADER, JetStreamBroker
 from tidings.sidecar.resources import check_component
@@ -246,16 +248,33 @@ async def test_key_header_round_trips_through_a_dead_letter_publish(
 
 async def test_missing_stream_is_logged_and_retried_until_it_exists(
         nats_url: str, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The newcomer's report: a missing stream was logged at ERROR on every retry while the
+    sidecar said "subscribed". Now: one WARNING "waiting for ...", the topic is listed by
+    ``waiting()`` (the runner does not call it subscribed), the status's lastError says it,
+    and consumption begins once the stream exists."""
     topic = f"late{unique}.x"
-    broker = await started(nats_url, f"app-{unique}")
+    app_id = f"app-{unique}"
+    broker = await started(nats_url, app_id)
     nc = await nats.connect(nats_url)
     try:
         got, handler = collector()
+        caplog.set_level(logging.DEBUG, logger="tidings.sidecar.brokers.jetstream")
         await broker.subscribe([topic], handler)  # returns after the first failed attempt
-        assert "no JetStream stream takes this subject" in caplog.text
+        why = f"waiting for a stream: no JetStream stream takes subject {topic}"
+        assert broker.waiting() == {topic: why}
+        await until("a second attempt", lambda: f"still {why}" in caplog.text, 30)
+        warned = [r for r in caplog.records if why in r.getMessage()
+                  and r.levelno == logging.WARNING]
+        assert len(warned) == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        status = metrics.subscription_status(app_id, "js", topic)
+        assert status["lastError"]["message"] == why
+        assert status["consumerGroup"] == consumer_name(broker.meta.durable_name, topic)
         await nc.jetstream().add_stream(name=f"LATE{unique}", subjects=[f"late{unique}.>"])
         await broker.publish(topic, b"late")
         await until("the consumer to be created and deliver", lambda: len(got) == 1, 30)
+        assert broker.waiting() == {}
+        assert f"(was: {why})" in caplog.text
     finally:
         await broker.close(grace_s=1)
         await nc.jetstream().delete_stream(f"LATE{unique}")
@@ -495,3 +514,98 @@ def test_seed_key_signs_the_server_nonce_as_nats_expects() -> None:
     signature = base64.b64decode(_signature_callback(seed)("a-nonce"))
     assert nkeys.from_seed(bytearray(seed.encode())).verify(b"a-nonce", signature)
     assert _jwt_callback("eyJ0eXAi")() == bytearray(b"eyJ0eXAi")
+
+
+async def test_named_stream_missing_says_which(nats_url: str, unique: str) -> None:
+    broker = await started(nats_url, f"app-{unique}", streamName=f"NOPE{unique}")
+    try:
+        got, handler = collector()
+        await broker.subscribe([f"nope{unique}.x"], handler)
+        assert broker.waiting() == {
+            f"nope{unique}.x": f"waiting for stream NOPE{unique}: it does not exist"}
+    finally:
+        await broker.close(grace_s=1)
+
+
+async def test_status_shows_durable_consumer_stream_and_lag(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    """``tidings status`` showed ``-`` for JetStream: no group, no partitions, no lag."""
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.orders"
+    app_id = f"app-{unique}"
+    broker = await started(nats_url, app_id, streamName=stream)
+    release = asyncio.Event()
+    got: list[Record] = []
+
+    async def slow(record: Record) -> None:
+        got.append(record)
+        await release.wait()
+
+    try:
+        for i in range(5):
+            await broker.publish(topic, str(i).encode())
+        await broker.subscribe([topic], slow)
+        consumer = consumer_name(broker.meta.durable_name, topic)
+
+        def status() -> dict:
+            return metrics.subscription_status(app_id, "js", topic)
+
+        await until("a polled status", lambda: status()["partitions"], 30)
+        assert status()["consumerGroup"] == consumer
+        [entry] = status()["partitions"]
+        assert entry["partition"] == stream
+        assert entry["lag"] == 5 and status()["lag"] == 5  # polled before the first fetch
+        release.set()
+        await until("all delivered", lambda: len(got) == 5, 30)
+        await until("the lag polled again", lambda: status()["lag"] == 0, 30)
+        assert (0, 0) == await consumer_pending(nats_url, stream, consumer)
+    finally:
+        release.set()
+        await broker.close(grace_s=1)
+    assert metrics.subscription_status(app_id, "js", topic)["consumerGroup"] is None
+
+
+async def test_sidecar_does_not_call_a_topic_without_stream_subscribed(
+        nats_url: str, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The newcomer's report, end to end: a sidecar (real app over HTTP, real NATS) whose
+    JetStream stream is missing logged "subscribed to [...]". Now it says the topic is not
+    consumed yet, and ``GET /v1.0/metadata`` shows why as the subscription's lastError."""
+    import orjson
+    from aiohttp import ClientSession, web
+
+    from tidings.sidecar.localbroker import free_port
+    from tidings.sidecar.runner import Sidecar
+    from tidings.sidecar.settings import SidecarSettings
+
+    topic, stream = f"wait{unique}.x", f"WAIT{unique}"
+
+    async def subscribe(_: web.Request) -> web.Response:
+        return web.json_response([{"pubsubname": "js", "topic": topic, "route": "/x"}])
+
+    app = web.Application()
+    app.router.add_get("/dapr/subscribe", subscribe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    app_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", app_port).start()
+    (tmp_path / "js.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: js}\n"
+        "spec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n"
+        f"  - {{name: natsURL, value: '{nats_url}'}}\n  - {{name: streamName, value: {stream}}}\n")
+    sidecar = Sidecar(SidecarSettings(app_id=f"app-{unique}", dapr_http_port=0,
+                                      app_port=app_port, resources_paths=(tmp_path,),
+                                      resources_poll_interval_s=60))
+    caplog.set_level(logging.INFO, logger="tidings.sidecar")
+    await sidecar.start()
+    try:
+        await until("the subscribe log line", lambda: "subscribed to" in caplog.text, 30)
+        assert (f"subscribed to []; not consuming yet: ['{topic}']" in caplog.text), caplog.text
+        async with ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{sidecar.bound_port}/v1.0/metadata") as r:
+                meta = orjson.loads(await r.read())
+        [sub] = [s for s in meta["subscriptions"] if s["topic"] == topic]
+        assert sub["status"]["lastError"]["message"] == (
+            f"waiting for stream {stream}: it does not exist")
+    finally:
+        await sidecar.stop()
+        await runner.cleanup()

@@ -81,3 +81,27 @@ def test_subscription_status() -> None:
         {"partition": 1, "logEndOffset": 9, "committedOffset": 4, "lag": 5}]
     assert status["lastError"]["message"] == "failed: RETRY status returned from app"
     assert status["lastError"]["time"].endswith("Z")
+
+
+def test_polled_consumer_status_and_lag_gauge() -> None:
+    """Redis and JetStream consumers (no Kafka partitions) feed the same status and gauge;
+    they never pose as a Kafka group for tracing (``consumer_group``)."""
+    app = app_id()
+    polled = metrics.polled_consumer(app, "js", "app-durable")
+    polled.name_group("orders", "app-durable-orders")
+    assert metrics.subscription_status(app, "js", "orders")["consumerGroup"] == "app-durable-orders"
+    assert metrics.subscription_status(app, "js", "orders")["partitions"] == []
+    polled.polled("orders", "ORDERS", lag=7, pending=2)
+    status = metrics.subscription_status(app, "js", "orders")
+    assert status["partitions"] == [{"partition": "ORDERS", "logEndOffset": None,
+                                     "committedOffset": None, "lag": 7, "pending": 2}]
+    assert status["lag"] == 7
+    assert metrics.consumer_group(app, "js") is None
+    assert lines("tidings_pubsub_consumer_lag", app) == [
+        f'tidings_pubsub_consumer_lag{{app_id="{app}",component="js",partition="ORDERS",'
+        'topic="orders"} 7.0']
+    polled.forget([])
+    assert metrics.subscription_status(app, "js", "orders")["consumerGroup"] == "app-durable"
+    assert lines("tidings_pubsub_consumer_lag", app) == []
+    metrics.drop_consumer(app, "js", polled)
+    assert metrics.subscription_status(app, "js", "orders")["consumerGroup"] is None

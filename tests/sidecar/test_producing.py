@@ -246,3 +246,33 @@ async def test_ready_turns_false_while_the_broker_does_not_answer(tmp_path, uniq
         os.kill(broker.process.pid, signal.SIGCONT)
         await producer.stop(5)
         broker.stop()
+
+
+async def test_publish_after_the_broker_stopped_says_it_is_unreachable(
+        tmp_path, unique: str) -> None:
+    """The newcomer's report: after ``tidings uninstall`` a publish answered 500 with aiokafka
+    internals only ("NodeNotReadyError: Attempt to send a request to node which is not ready").
+    The message now says the brokers are unreachable first and keeps aiokafka's text."""
+    from tidings.sidecar.localbroker import start_local_broker
+
+    broker = start_local_broker(log_path=tmp_path / "tansu.log")
+    producer = KafkaProducer(meta(broker.bootstrap), pubsubname="ps", request_timeout_s=3)
+    try:
+        await producer.start()
+        await producer.publish(f"gone-{unique}", b"stored")
+        broker.stop()
+        with pytest.raises(BrokerError) as err:
+            await producer.publish(f"gone-{unique}", b"lost")
+        message = str(err.value)
+        assert message.startswith(f"kafka brokers {broker.bootstrap} are unreachable (")
+        detail = message.partition(" are unreachable (")[2]
+        # aiokafka's error kept as detail (NodeNotReadyError here; the exact class depends on
+        # timing), its class name said once
+        name = detail.partition(":")[0]
+        assert name.endswith(("Error", "NoBrokersAvailable")) and detail.count(name) == 1, detail
+        assert err.value.retriable and err.value.refused is None
+        [outcome] = await producer.publish_many([PublishRecord(f"gone-{unique}", b"lost")])
+        assert outcome is not None and "are unreachable" in str(outcome)
+    finally:
+        await producer.stop(5)
+        broker.stop()

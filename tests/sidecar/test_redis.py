@@ -628,3 +628,41 @@ async def until_acked_by(raw: aioredis.Redis, topic: str, group: str, consumer: 
     while await raw.xpending_range(topic, group, "-", "+", 10, consumername=consumer):
         assert time.monotonic() < deadline, f"{consumer} keeps unacknowledged entries"
         await asyncio.sleep(0.01)
+
+
+async def test_status_shows_group_stream_and_lag(
+        make: Make, raw: aioredis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tidings status`` showed ``-`` for Redis: no consumer group, no partitions, no lag.
+    The lag is the group's entries not acknowledged: XINFO GROUPS ``lag`` (undelivered, Redis
+    >= 7) plus ``pending``. The poll period is shortened so the phases can be seen."""
+    from tidings.sidecar import metrics
+    from tidings.sidecar.brokers import redis as redis_broker
+
+    monkeypatch.setattr(redis_broker, "STATUS_INTERVAL_S", 0.05)
+    topic, group = stream(raw, f"status-{unique}"), f"group-{unique}"
+    broker = await make(concurrency="1")
+    release = asyncio.Event()
+    seen: list[bytes] = []
+
+    async def slow(record: Record) -> None:
+        seen.append(record.value)
+        await release.wait()
+
+    def status() -> dict:
+        return metrics.subscription_status("app", "pubsub", topic)
+
+    for i in range(5):
+        await broker.publish(topic, str(i).encode())
+    await broker.subscribe([topic], slow)
+    await until(lambda: status()["partitions"], 30)
+    assert status()["consumerGroup"] == group
+    assert status()["partitions"][0]["partition"] == topic
+    # read by this consumer (pending) or not yet: five entries not acknowledged either way
+    await until(lambda: status()["partitions"][0]["pending"] == 5, 30)
+    assert status()["lag"] == 5 and status()["partitions"][0]["lag"] == 5
+    release.set()
+    await until(lambda: len(seen) == 5, 30)
+    await until(lambda: status()["lag"] == 0, 30)
+    assert status()["partitions"][0]["pending"] == 0
+    await broker.close(grace_s=0)
+    assert status()["consumerGroup"] is None  # the consumer stopped: nothing to show

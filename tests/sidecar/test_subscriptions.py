@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +242,46 @@ def test_topics_that_are_no_nats_subject_are_left_out_on_jetstream(
     assert len(errors) == 4
     assert any("deadLetterTopic 'dead.*' is not a NATS subject one can publish to" in e
                for e in errors)
+
+
+MEMORY = ("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: memory}\n"
+          "spec: {type: pubsub.in-memory, version: v1}\n")
+BAD_RULE = ("apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: s}\n"
+            "spec:\n  pubsubname: memory\n  topic: orders\n  routes:\n"
+            "    rules: [{match: 'event.type ==', path: /widgets}]\n    default: /orders\n")
+GOOD = BAD_RULE.replace("event.type ==", 'event.type == "widget"')
+
+
+async def test_bad_declarative_rule_refuses_start_and_a_reload_alike(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Subscription whose CEL rule does not compile is treated like a bad Component: the
+    sidecar does not start (before the app is reached), and a hot reload bringing one keeps the
+    running subscriptions; both messages name the file and the field."""
+    from tidings.sidecar.resources import ResourceError
+    from tidings.sidecar.runner import Sidecar
+    from tidings.sidecar.settings import SidecarSettings
+
+    (tmp_path / "memory.yaml").write_text(MEMORY)
+    (tmp_path / "subs.yaml").write_text(BAD_RULE)
+    settings = SidecarSettings(app_id="orders", dapr_http_port=0, resources_paths=(tmp_path,),
+                               resources_poll_interval_s=60)
+    refused = Sidecar(settings)
+    with pytest.raises(ResourceError) as err:
+        await refused.start()
+    await refused.stop()
+    assert err.value.source == str(tmp_path / "subs.yaml")
+    assert err.value.field == "spec.routes.rules[0].match"
+
+    (tmp_path / "subs.yaml").write_text(GOOD)
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    try:
+        assert [s.name for s in sidecar._declarative] == ["s"]
+        (tmp_path / "subs.yaml").write_text(BAD_RULE.replace("topic: orders", "topic: other"))
+        with caplog.at_level(logging.ERROR, logger="tidings.sidecar.runner"):
+            await sidecar.reload()
+        assert f"{tmp_path / 'subs.yaml'}, field spec.routes.rules[0].match" in caplog.text
+        assert "keeping the running configuration" in caplog.text
+        assert [s.topic for s in sidecar._declarative] == ["orders"]
+    finally:
+        await sidecar.stop()

@@ -33,7 +33,13 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    NoBrokersAvailable,
+    NodeNotReadyError,
+)
 from aiokafka.protocol.metadata import MetadataRequest
 
 from ...resources.kafka import KafkaMetadata
@@ -63,10 +69,16 @@ def _broker_error(exc: BaseException) -> BrokerError:
     if isinstance(exc, BrokerError):
         return exc
     retriable = bool(getattr(exc, "retriable", False))
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    name, said = type(exc).__name__, str(exc)
+    # aiokafka's errors often start with their own class name already
+    text = said if said.startswith(name) else f"{name}: {said}" if said else name
     # item 22: too large for max_request_size (client side) or the broker's limit: never retried
     refused = "size" if isinstance(exc, MessageSizeTooLargeError) else None
     return BrokerError(text, retriable=retriable, refused=refused)
+
+
+# aiokafka's ways of saying no connection to a broker could be used (stopped, crashed, network).
+_UNREACHABLE = (NodeNotReadyError, KafkaConnectionError, NoBrokersAvailable)
 
 
 def _check_topic(topic: str) -> None:
@@ -186,6 +198,17 @@ class KafkaProducer:
                 log.info("kafka brokers answer again; reporting ready", extra=extra)
             self._unanswered = 0
 
+    def _error(self, exc: BaseException) -> BrokerError:
+        """``exc`` of a publish as a :class:`BrokerError`. When the broker cannot be reached (a
+        connection error, or any error while the probes get no answer) the message says so
+        first, for the publisher's 500, and keeps aiokafka's text as detail: "kafka brokers
+        127.0.0.1:9092 are unreachable (NodeNotReadyError: ...)"."""
+        error = _broker_error(exc)
+        if error.refused is None and (isinstance(exc, _UNREACHABLE) or not self.ready()):
+            return BrokerError(f"kafka brokers {','.join(self.meta.brokers)} are unreachable "
+                               f"({error})", retriable=True)
+        return error
+
     def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
             raise BrokerError(f"the kafka producer of pubsub {self.pubsubname} is not connected",
@@ -212,7 +235,7 @@ class KafkaProducer:
                                          headers=[(k, v) for k, v in headers])
             await future
         except KafkaError as exc:
-            raise _broker_error(exc) from exc
+            raise self._error(exc) from exc
 
     async def publish_many(self, records: Sequence[PublishRecord]) -> list[BrokerError | None]:
         """Produce ``records`` together; one outcome per record in order (``None`` =
@@ -235,7 +258,7 @@ class KafkaProducer:
                 outcomes[i] = exc
                 continue
             except KafkaError as exc:
-                outcomes[i] = _broker_error(exc)
+                outcomes[i] = self._error(exc)
                 continue
             futures.append((i, fut))
         results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
@@ -243,7 +266,7 @@ class KafkaProducer:
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
-                outcomes[i] = _broker_error(result)
+                outcomes[i] = self._error(result)
         return outcomes
 
     async def stop(self, timeout_s: float = 5.0) -> None:

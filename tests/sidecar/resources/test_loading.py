@@ -73,7 +73,7 @@ def test_missing_required_kafka_field_refused(tmp_path: Path) -> None:
 def test_duplicate_component_names_refused(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(KAFKA)
     (tmp_path / "b.yaml").write_text(KAFKA)
-    with pytest.raises(ResourceError, match="also defined"):
+    with pytest.raises(ResourceError, match=f"also defined in {tmp_path / 'a.yaml'}$"):
         load_resources([tmp_path], app_id="x")
 
 
@@ -102,3 +102,48 @@ def test_in_memory_component(tmp_path: Path) -> None:
         "spec: {type: pubsub.in-memory, version: v1}\n")
     loaded = load_resources([tmp_path], app_id="x").components["mem"]
     assert loaded.kafka is None and loaded.type == "pubsub.in-memory"
+
+
+BAD_RULE = """\
+apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata: {name: s}
+spec:
+  pubsubname: pubsub
+  topic: orders
+  routes:
+    rules:
+    - {match: 'event.type ==', path: /widgets}
+    default: /orders
+"""
+
+
+def test_subscription_with_a_rule_that_is_not_cel_refused_naming_file_and_field(
+        tmp_path: Path) -> None:
+    """The newcomer's report: the error came only after the app was up, without the file."""
+    (tmp_path / "pubsub.yaml").write_text(KAFKA)
+    (tmp_path / "subs.yaml").write_text(BAD_RULE)
+    with pytest.raises(ResourceError) as err:
+        load_resources([tmp_path], app_id="x")
+    assert err.value.source == str(tmp_path / "subs.yaml")
+    assert err.value.field == "spec.routes.rules[0].match"
+    assert "subscription 's'" in str(err.value) and "'event.type =='" in str(err.value)
+    (tmp_path / "subs.yaml").write_text(KAFKA + "---\n" + BAD_RULE)
+    (tmp_path / "pubsub.yaml").unlink()
+    with pytest.raises(ResourceError) as err:
+        load_resources([tmp_path], app_id="x")
+    assert err.value.source == f"{tmp_path / 'subs.yaml'} (document 1)"
+
+
+def test_subscription_out_of_scope_is_not_compiled(tmp_path: Path) -> None:
+    (tmp_path / "subs.yaml").write_text(BAD_RULE + "scopes: [other]\n")
+    assert load_resources([tmp_path], app_id="x").subscriptions == ()
+
+
+def test_duplicate_component_in_one_file_names_both_documents(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(KAFKA + "---\n" + KAFKA)
+    with pytest.raises(ResourceError) as err:
+        load_resources([tmp_path], app_id="x")
+    path = tmp_path / "c.yaml"
+    assert str(err.value) == (f"{path} (document 1), field metadata.name: component 'pubsub' is "
+                              f"also defined in {path} (document 0)")
