@@ -31,10 +31,8 @@ from . import metrics, tracing
 from .api.app import EXTENDED_KEY, create_app
 from .appchannel import open_app_channel
 from .brokers.base import FEATURES, Broker, BrokerError, Handler, Record
-from .brokers.jetstream import JetStreamBroker
 from .brokers.kafka import KafkaBroker
 from .brokers.memory import MemoryBroker
-from .brokers.redis import RedisBroker
 from .bulkdelivery import BatchingHandler, BulkDispatcher
 from .delivery import Dispatcher
 from .grpcapi.server import DaprServicer, start_grpc_server
@@ -55,9 +53,13 @@ __all__ = ["Sidecar", "run_sidecar"]
 def _broker_for(component: LoadedComponent, app_id: str, max_body_size: int) -> Broker:
     if component.kafka is not None:
         return KafkaBroker(component, app_id=app_id, max_body_size=max_body_size)
+    # Imported on first use: a sidecar without such a component does not pay for redis-py or
+    # nats-py in start-up time and resident memory (benchmarks/footprint.py).
     if component.redis is not None:
+        from .brokers.redis import RedisBroker
         return RedisBroker(component, app_id=app_id)
     if component.jetstream is not None:
+        from .brokers.jetstream import JetStreamBroker
         return JetStreamBroker(component, app_id=app_id)
     return MemoryBroker(component.name)
 
@@ -145,12 +147,14 @@ class Sidecar:
     def extended(self) -> dict[str, str]:
         extended: dict[str, str] = {}
         for name, broker in self._brokers.items():
+            component = self._components.get(name)
             if isinstance(broker, KafkaBroker):
                 extended[f"kafka.assignment.{name}"] = ",".join(broker.assignment())
-            elif isinstance(broker, RedisBroker):
-                extended[f"redis.streams.{name}"] = ",".join(broker.streams())
-            elif isinstance(broker, JetStreamBroker):
-                extended[f"jetstream.consumers.{name}"] = ",".join(broker.consumers())
+            elif component is not None and component.redis is not None:
+                extended[f"redis.streams.{name}"] = ",".join(broker.streams())  # type: ignore[attr-defined]
+            elif component is not None and component.jetstream is not None:
+                extended[f"jetstream.consumers.{name}"] = ",".join(
+                    broker.consumers())  # type: ignore[attr-defined]
         return extended
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -350,8 +354,8 @@ class Sidecar:
                 started.dispatcher.set_subscriptions(
                     {t: s for t, s in topics.items() if s.type is not SubscriptionType.STREAMING})
             await started.broker.subscribe(set(topics), self._handler_for(name, started.dispatcher))
-            waiting = (started.broker.waiting() if isinstance(started.broker, JetStreamBroker)
-                       else {})
+            waiting = (started.broker.waiting()  # type: ignore[attr-defined]
+                       if self._components[name].jetstream is not None else {})
             if topics:  # a topic whose stream is missing is not called subscribed (logged apart)
                 log.info("subscribed to %s%s", sorted(set(topics) - set(waiting)),
                          f"; not consuming yet: {sorted(waiting)}" if waiting else "",
