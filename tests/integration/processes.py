@@ -220,6 +220,21 @@ def received(app: Proc) -> dict[str, list[str]]:
     return body  # type: ignore[no-any-return]
 
 
+def kill_sidecar_mid_stream(tmp: Path, procs: list[Proc], app: Proc, *, app_id: str,
+                            resources: Path, total: int) -> int:
+    """Start a sidecar of ``app_id`` delivering to ``app``, SIGKILL it once the app finished 250
+    events and return how many distinct events the app had finished by then (fewer than
+    ``total``: the kill lands mid-stream)."""
+    first = start_sidecar(tmp, "first", app_id=app_id, resources=resources, app_port=app.port)
+    procs.append(first)
+    poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)
+    first.signal(signal.SIGKILL)
+    first.process.wait(10)
+    acked_before_kill = len(set(received(app)["finished"]))
+    assert acked_before_kill < total, "the kill must land mid-stream"
+    return acked_before_kill
+
+
 def assignment(sidecar: Proc, pubsub: str = "pubsub") -> set[str]:
     """Partitions (``topic:partition``) the sidecar's consumer group member owns now."""
     _, body = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/metadata")

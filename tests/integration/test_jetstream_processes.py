@@ -7,7 +7,6 @@ Each test has its own stream (deleted afterwards) and app-ids. Nothing is mocked
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 
 import nats
@@ -17,6 +16,7 @@ from tidings.sidecar.resources.jetstream import consumer_name
 
 from .processes import (
     Proc,
+    kill_sidecar_mid_stream,
     poll,
     produce_jetstream,
     received,
@@ -62,13 +62,8 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, nats_url: str,
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
     produce_jetstream(nats_url, topic, ids)
-    first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources, app_port=app.port)
-    procs.append(first)
-    poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)
-    first.signal(signal.SIGKILL)
-    first.process.wait(10)
-    acked_before_kill = len(set(received(app)["finished"]))
-    assert acked_before_kill < len(ids), "the kill must land mid-stream"
+    acked_before_kill = kill_sidecar_mid_stream(tmp_path, procs, app, app_id=app_id,
+                                                resources=resources, total=len(ids))
     held_at_kill, _ = consumer_counts(nats_url, stream, consumer)
     if mode == "parallel":
         assert held_at_kill >= 1, "20 deliveries of 50 ms each are in flight at any time"

@@ -22,6 +22,7 @@ from .processes import (
     Proc,
     assignment,
     http_json,
+    kill_sidecar_mid_stream,
     poll,
     produce_kafka,
     received,
@@ -47,13 +48,8 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, resources: Path, kafka
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
     produce_kafka(kafka_bootstrap, topic, ids)
-    first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources, app_port=app.port)
-    procs.append(first)
-    poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)
-    first.signal(signal.SIGKILL)
-    first.process.wait(10)
-    acked_before_kill = len(set(received(app)["finished"]))
-    assert acked_before_kill < len(ids), "the kill must land mid-stream"
+    acked_before_kill = kill_sidecar_mid_stream(tmp_path, procs, app, app_id=app_id,
+                                                resources=resources, total=len(ids))
 
     second = start_sidecar(tmp_path, "second", app_id=app_id, resources=resources,
                            app_port=app.port)

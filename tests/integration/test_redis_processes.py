@@ -8,7 +8,6 @@ Stream and group names are unique per test; streams are deleted afterwards.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import redis
 
 from .processes import (
     Proc,
+    kill_sidecar_mid_stream,
     poll,
     produce_redis,
     received,
@@ -55,13 +55,8 @@ def test_redis_sigkill_mid_stream_loses_nothing(
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
     produce_redis(redis_host, topic, ids)
-    first = start_sidecar(tmp_path, "first", app_id=app_id, resources=folder, app_port=app.port)
-    procs.append(first)
-    poll("deliveries to be under way", lambda: len(received(app)["finished"]) >= 250, 60, 0.01)
-    first.signal(signal.SIGKILL)
-    first.process.wait(10)
-    acked_before_kill = len(set(received(app)["finished"]))
-    assert acked_before_kill < len(ids), "the kill must land mid-stream"
+    acked_before_kill = kill_sidecar_mid_stream(tmp_path, procs, app, app_id=app_id,
+                                                resources=folder, total=len(ids))
     pending_at_kill = client.xpending(topic, app_id)["pending"]
     assert pending_at_kill > 0, "the killed consumer held unacknowledged entries"
 

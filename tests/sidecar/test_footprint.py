@@ -5,23 +5,21 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
-def test_sidecar_without_rules_does_not_load_cel() -> None:
+
+@pytest.mark.parametrize("modules", [
     # `import cel` also loads its interactive CLI (prompt_toolkit): 14 MB of RSS and ~75 ms of
-    # cold start for a sidecar whose subscriptions have no routing rules (benchmarks/footprint.py).
+    # cold start for a sidecar whose subscriptions have no routing rules.
+    ("cel", "prompt_toolkit"),
+    # redis-py and nats-py: ~16 MB of RSS in a sidecar without such a component (found when the
+    # footprint benchmark went from 56 to 88 MB idle after the two brokers landed).
+    ("redis", "nats"),
+], ids=["cel", "broker-clients"])
+def test_sidecar_start_up_does_not_load(modules: tuple[str, ...]) -> None:
+    """What benchmarks/footprint.py measures stays small: these load only when needed."""
     code = ("import sys, tidings.sidecar.runner, tidings.sidecar.cli\n"
-            "loaded = sorted(m for m in ('cel', 'prompt_toolkit') if m in sys.modules)\n"
-            "print(','.join(loaded))")
-    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
-    assert out.stdout.strip() == ""
-
-
-def test_sidecar_loads_broker_clients_only_for_their_components() -> None:
-    # redis-py and nats-py cost ~16 MB of RSS together in a sidecar that has no such component
-    # (found when the footprint benchmark went from 56 to 88 MB idle after the brokers landed).
-    code = ("import sys, tidings.sidecar.runner, tidings.sidecar.cli\n"
-            "loaded = sorted(m for m in ('redis', 'nats') if m in sys.modules)\n"
+            f"loaded = sorted(m for m in {modules!r} if m in sys.modules)\n"
             "print(','.join(loaded))")
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
