@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import socket
@@ -189,18 +190,29 @@ def add_operator_arguments(
     a("--lease-name", default=env.get("TIDINGS_LEASE_NAME", "tidings-operator"))
     a("--lease-namespace", default=env.get("POD_NAMESPACE", "default"))
     a("--identity", default=env.get("POD_NAME") or socket.gethostname())
-    a("--lease-duration-seconds", type=float,
-      default=float(env.get("TIDINGS_LEASE_DURATION_SECONDS", "15")))
-    a("--lease-renew-interval-seconds", type=float,
-      default=float(env.get("TIDINGS_LEASE_RENEW_INTERVAL_SECONDS", "5")))
+    # Seconds are read as text and checked in settings_from_args, so a bad flag or environment
+    # value is a SettingsError naming it (nan, inf, "abc"), never a traceback at parser set-up.
+    a("--lease-duration-seconds", default=env.get("TIDINGS_LEASE_DURATION_SECONDS", "15"))
+    a("--lease-renew-interval-seconds",
+      default=env.get("TIDINGS_LEASE_RENEW_INTERVAL_SECONDS", "5"))
     a("--kubeconfig", default=env.get("KUBECONFIG") or None)
-    a("--resync-interval-seconds", type=float,
-      default=float(env.get("TIDINGS_RESYNC_INTERVAL_SECONDS", "60")))
+    a("--resync-interval-seconds", default=env.get("TIDINGS_RESYNC_INTERVAL_SECONDS", "60"))
     a("--log-level", default=env.get("TIDINGS_LOG_LEVEL", "info"),
       choices=("debug", "info", "warning", "error"))
     a("--log-format", default=env.get("TIDINGS_LOG_FORMAT", "json"), choices=("json", "text"))
     a("--metrics-port", type=int, default=int(env.get("TIDINGS_METRICS_PORT", "9090")),
       help="port of the Prometheus /metrics endpoint; 0 serves none")
+
+
+def _seconds(flag: str, text: str) -> float:
+    """``text`` as a finite number of seconds greater than 0; else :class:`SettingsError`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{flag} {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{flag} {text!r}: must be a finite number of seconds greater than 0")
+    return value
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -209,13 +221,15 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         raise SettingsError("--webhook-cert-file and --webhook-key-file go together")
     if not 0 < args.webhook_port < 65536:
         raise SettingsError(f"--webhook-port {args.webhook_port} is not a TCP port")
-    if not 0 < args.lease_renew_interval_seconds < args.lease_duration_seconds:
+    lease_duration_s = _seconds("--lease-duration-seconds", args.lease_duration_seconds)
+    renew_interval_s = _seconds("--lease-renew-interval-seconds",
+                                args.lease_renew_interval_seconds)
+    resync_interval_s = _seconds("--resync-interval-seconds", args.resync_interval_seconds)
+    if not renew_interval_s < lease_duration_s:
         raise SettingsError("--lease-renew-interval-seconds must be positive and shorter than "
                             "--lease-duration-seconds")
     if not 0 <= args.metrics_port < 65536:
         raise SettingsError(f"--metrics-port {args.metrics_port} is not a TCP port (0: none)")
-    if args.resync_interval_seconds <= 0:
-        raise SettingsError("--resync-interval-seconds must be positive")
     return OperatorSettings(
         injector=InjectorSettings(
             sidecar_image=args.sidecar_image,
@@ -233,11 +247,10 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         leader_election=LeaderElectionSettings(
             standalone=args.standalone, lease_name=args.lease_name,
             lease_namespace=args.lease_namespace, identity=args.identity,
-            lease_duration_s=args.lease_duration_seconds,
-            renew_interval_s=args.lease_renew_interval_seconds),
+            lease_duration_s=lease_duration_s, renew_interval_s=renew_interval_s),
         namespaces=tuple(dict.fromkeys(n.strip() for n in args.namespaces if n.strip())),
         kubeconfig=args.kubeconfig,
-        resync_interval_s=args.resync_interval_seconds,
+        resync_interval_s=resync_interval_s,
         log_level=args.log_level,
         log_format=args.log_format,
         metrics_port=args.metrics_port,
