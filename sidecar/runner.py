@@ -44,10 +44,15 @@ from .resources.kafka import RetryPolicy
 from .resources.loading import resource_files
 from .settings import SidecarSettings
 from .subscriptions import effective_subscriptions
+from .tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Sidecar", "run_sidecar"]
+__all__ = ["BROKER_CLOSE_MARGIN_S", "Sidecar", "run_sidecar"]
+
+BROKER_CLOSE_MARGIN_S = 15.0
+"""Seconds a broker's close may take beyond ``graceful_shutdown_seconds`` (leaving the group,
+the last commits, closing connections) before the sidecar exits without it."""
 
 
 def _broker_for(component: LoadedComponent, app_id: str, max_body_size: int) -> Broker:
@@ -93,6 +98,9 @@ class _Started:
     broker: Broker
     dispatcher: Dispatcher | None
     fingerprint: tuple[str, str, tuple[tuple[str, str], ...]]
+    connected: bool = False
+    """``broker.start()`` succeeded: only then is the broker given its subscriptions, so no
+    consumer tries a connection that is not up yet (a spurious error and ``lastError``)."""
 
 
 class Sidecar:
@@ -192,14 +200,20 @@ class Sidecar:
     async def stop(self) -> None:
         """Ordered shutdown; bounded by ``graceful_shutdown_seconds`` plus a small margin."""
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._tasks, what="sidecar background tasks",
+                         extra={"app_id": self.app_id})
         grace = self.settings.graceful_shutdown_seconds
-        await asyncio.gather(*(s.broker.close(grace_s=grace) for s in self._started.values()),
-                             return_exceptions=True)
+        closing = [asyncio.ensure_future(s.broker.close(grace_s=grace))
+                   for s in self._started.values()]
+        if closing:
+            # close() is bounded by grace_s plus each broker's own short steps; this deadline
+            # is the net under a broker whose client hangs anyway, so SIGTERM always ends.
+            _, late = await asyncio.wait(closing, timeout=grace + BROKER_CLOSE_MARGIN_S)
+            if late:
+                log.error("%d broker(s) did not close within %.1f s; exiting anyway", len(late),
+                          grace + BROKER_CLOSE_MARGIN_S, extra={"app_id": self.app_id})
+                for task in late:
+                    task.cancel()
         # The gRPC API stops after the brokers: in-flight stream deliveries need their streams.
         if self._grpc_server is not None:
             await self._grpc_server.stop(1.0)
@@ -266,6 +280,11 @@ class Sidecar:
                 log.info("component ready; features: %s; not supported: %s",
                          ", ".join(sorted(broker.features)) or "-", ", ".join(lacks) or "-",
                          extra={"app_id": self.app_id, "pubsubname": name})
+                async with self._reload_lock:
+                    started = self._started.get(name)
+                    if started is not None and started.broker is broker:
+                        started.connected = True
+                        await self._apply_subscriptions()
                 return
             except BrokerError as exc:
                 log.warning("component %s not ready, retrying in %.1fs: %s", name, delay, exc,
@@ -350,6 +369,8 @@ class Sidecar:
                 by_pubsub[sub.pubsubname][sub.topic] = sub
         for name, topics in by_pubsub.items():
             started = self._started[name]
+            if not started.connected:
+                continue  # subscribed by _start_broker once the broker is connected
             if started.dispatcher is not None:
                 started.dispatcher.set_subscriptions(
                     {t: s for t, s in topics.items() if s.type is not SubscriptionType.STREAMING})

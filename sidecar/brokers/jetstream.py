@@ -68,6 +68,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .. import metrics
+from ..tasks import stop_tasks
 from ..resources.jetstream import (
     JetStreamMetadata,
     consumer_name,
@@ -387,21 +388,17 @@ class _TopicConsumer:
         """Stop fetching; wait up to ``grace_s`` for in-flight deliveries, cancel and nak the
         rest, unsubscribe (the durable consumer stays, like a Kafka group's offsets)."""
         if self.fetcher is not None:
-            self.fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.fetcher
+            await stop_tasks([self.fetcher], what="jetstream fetch loop", extra=self._extra())
         pending = dict(self.in_flight)
         if pending:
             _, late = await asyncio.wait(pending, timeout=max(grace_s, 0.0))
+            await stop_tasks(late, what="jetstream deliveries", extra=self._extra())
             for task in late:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            for task in late:
-                with contextlib.suppress(Exception):
-                    await pending[task].nak()  # redeliver now, not after AckWait
+                with contextlib.suppress(Exception):  # redeliver now, not after AckWait
+                    await asyncio.wait_for(pending[task].nak(), CONNECT_TIMEOUT_S)
         if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await asyncio.wait_for(self._sub.unsubscribe(), CONNECT_TIMEOUT_S)
             self._sub = None
 
 
@@ -445,6 +442,7 @@ class JetStreamBroker:
         :data:`CONNECT_TIMEOUT_S`. Logs, once, the metadata given that has no effect here."""
         if self._nc is not None and self._nc.is_connected:
             return
+        self._last_error = None
         meta = self.meta
         options: dict[str, Any] = {
             "servers": list(meta.servers), "name": meta.connection_name,
@@ -488,7 +486,11 @@ class JetStreamBroker:
                  "single messages, pipelined", KEY_HEADER, extra=self._extra())
 
     async def _on_error(self, exc: Exception) -> None:
-        self._last_error = exc
+        # The server's own verdict (e.g. "Authorization Violation") is followed by the reset of
+        # the connection it closes; keep the verdict as the cause a failed start() reports.
+        if not (isinstance(exc, OSError) and self._last_error is not None
+                and not isinstance(self._last_error, OSError)):
+            self._last_error = exc
         log.warning("NATS connection error: %r", exc, extra=self._extra())
 
     async def _on_disconnected(self) -> None:
@@ -560,7 +562,7 @@ class JetStreamBroker:
         self.handler = handler
         wanted = set(topics)
         for name in [t for t in self._topics if t not in wanted]:
-            await self._topics.pop(name).stop(0.0)
+            await self._topics.pop(name).stop(0.0)  # bounded: see _TopicConsumer.stop
         if self.status is not None:
             self.status.forget(wanted)
         if self._closing:
@@ -578,7 +580,7 @@ class JetStreamBroker:
     async def _tick_in_progress(self) -> None:
         """Every ``ackWait / 3``: tell the server each unfinished message is still worked on."""
         interval = self.meta.in_progress_interval_s
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)  # the period of the in-progress heartbeat
             for consumer in list(self._topics.values()):
                 for msg in list(consumer.in_flight.values()):
@@ -607,9 +609,8 @@ class JetStreamBroker:
                                  return_exceptions=True)
             self._topics.clear()
             if self._ticker is not None:
-                self._ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._ticker
+                await stop_tasks([self._ticker], what="jetstream in-progress ticker",
+                                 extra=self._extra())
             if self._nc is not None and not self._nc.is_closed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._nc.flush(), CONNECT_TIMEOUT_S)

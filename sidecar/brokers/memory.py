@@ -14,12 +14,12 @@ Kafka topic with ``initialOffset: oldest``); the log lives only as long as the p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Collection, Sequence
 
+from ..tasks import stop_tasks
 from .base import MESSAGE_HEADERS, ORDERED, BrokerError, Handler, PublishRecord, Record
 
 __all__ = ["MemoryBroker"]
@@ -103,13 +103,9 @@ class MemoryBroker:
         self._handler = handler
         wanted = set(topics)
         stopping = [t for t in self._topics.values() if t.worker and t.name not in wanted]
+        await stop_tasks([t.worker for t in stopping if t.worker is not None],
+                         what="in-memory topic workers", extra={"pubsubname": self.name})
         for t in stopping:
-            assert t.worker is not None
-            t.worker.cancel()
-        for t in stopping:
-            assert t.worker is not None
-            with contextlib.suppress(asyncio.CancelledError):
-                await t.worker
             t.worker = None
         if self._closing:
             return
@@ -155,10 +151,9 @@ class MemoryBroker:
                 t.worker.cancel()
             t.arrived.set()
         if workers:
-            _, pending = await asyncio.wait(workers, timeout=max(grace_s, 0.0))
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.wait(workers, timeout=max(grace_s, 0.0))
+            await stop_tasks(workers, what="in-memory topic workers",
+                             extra={"pubsubname": self.name})
         for t in self._topics.values():
             t.worker = None
 

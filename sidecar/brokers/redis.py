@@ -55,6 +55,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import metrics
+from ..tasks import stop_tasks
 from ..resources.loading import LoadedComponent
 from ..resources.redis import RedisMetadata
 from .base import (BULK_PUBLISH, MESSAGE_HEADERS, ORDERED, BrokerError, Handler, PublishRecord,
@@ -334,12 +335,10 @@ class RedisBroker:
         reclaimable; one in flight finishes."""
         self._handler = handler
         wanted = set(topics)
-        for topic in [t for t in self._readers if t not in wanted]:
-            task = self._readers.pop(topic)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._reading.discard(topic)
+        dropped = [t for t in self._readers if t not in wanted]
+        await stop_tasks([self._readers.pop(t) for t in dropped], what="redis readers",
+                         extra=self._log)
+        self._reading.difference_update(dropped)
         self._topics = wanted
         if self._status is not None:
             self._status.forget(wanted)
@@ -386,7 +385,7 @@ class RedisBroker:
         loop = asyncio.get_running_loop()
         next_status = 0.0
         await self._connected.wait()  # subscribed before start() connected (the runner does)
-        while True:
+        while not self._closing:
             try:
                 client = self._redis()
                 if not have_group:
@@ -488,7 +487,9 @@ class RedisBroker:
                 await asyncio.sleep(HANDLER_ERROR_RETRY_S)
 
     async def _ack_loop(self) -> None:
-        while True:
+        # ``_closing`` ends the loop even when a cancellation was swallowed inside redis-py (it
+        # has done so at a connection reset during ``pipeline.execute``); close() flushes last.
+        while not self._closing:
             await self._ack_wakeup.wait()
             await asyncio.sleep(self._ack_interval_s)  # gather a batch of finished entries
             self._ack_wakeup.clear()
@@ -518,7 +519,7 @@ class RedisBroker:
         """Reset the idle time of every entry this consumer holds, every third of
         ``processingTimeout``, so no other consumer reclaims what is merely slow."""
         interval = self.meta.processing_timeout_s / 3
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)  # period of the keep-alive, not an event
             for topic, held in list(self._held.items()):
                 if not held:
@@ -541,7 +542,7 @@ class RedisBroker:
         (their consumer died, or this one dropped them) and queue them for delivery."""
         meta = self.meta
         idle_ms = int(meta.processing_timeout_s * 1000)
-        while True:
+        while not self._closing:
             for topic in sorted(self._reading):
                 try:
                     await self._reclaim(topic, idle_ms)
@@ -596,30 +597,26 @@ class RedisBroker:
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await asyncio.wait_for(client.aclose(), self.meta.dial_timeout_s)
 
     async def _stop_consuming(self, grace_s: float) -> None:
         if self._status is not None:
             metrics.drop_consumer(self.app_id, self.name, self._status)
             self._status = None
         streams = sorted(self._reading)
-        for task in [*self._readers.values(), *self._loops]:
-            task.cancel()
-        await asyncio.gather(*self._readers.values(), *self._loops, return_exceptions=True)
+        await stop_tasks([*self._readers.values(), *self._loops], what="redis readers",
+                         extra=self._log)
         self._readers.clear()
         self._reading.clear()
-        for task in self._workers:
-            if task not in self._busy:
-                task.cancel()
         busy = [t for t in self._workers if t in self._busy]
         if busy:
             _, pending = await asyncio.wait(busy, timeout=max(grace_s, 0.0))
             for task in pending:
-                log.info("stopping: cancelling the handler in flight",
-                         extra={**self._log, "topic": self._busy[task][0],
-                                "offset": self._busy[task][1].decode()})
-                task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+                if task in self._busy:
+                    log.info("stopping: cancelling the handler in flight",
+                             extra={**self._log, "topic": self._busy[task][0],
+                                    "offset": self._busy[task][1].decode()})
+        await stop_tasks(self._workers, what="redis delivery workers", extra=self._log)
         self._workers.clear()
         await self._flush_acks()
         await self._release_held()

@@ -609,3 +609,81 @@ async def test_sidecar_does_not_call_a_topic_without_stream_subscribed(
     finally:
         await sidecar.stop()
         await runner.cleanup()
+
+
+async def test_subscriptions_wait_for_the_nats_connection(
+        nats_url: str, jetstream_stream: tuple[str, str], unique: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The start-up race behind a flaky CI: the app was discovered before the NATS connection
+    was up, the consumer's set-up failed with "not connected", logged an ERROR and left a
+    misleading ``lastError``. A TCP relay in front of the real NATS server holds the connection
+    back for a second (a slow network or a busy node) so the race is won by discovery every
+    time; now the subscriptions are applied only once the broker is connected."""
+    from aiohttp import ClientSession, web
+
+    from tidings.sidecar.localbroker import free_port
+    from tidings.sidecar.runner import Sidecar
+    from tidings.sidecar.settings import SidecarSettings
+
+    stream, prefix = jetstream_stream
+    topic = f"{prefix}.slow"
+    host, _, port = nats_url.removeprefix("nats://").rpartition(":")
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(1.0)  # the slow connection
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    got: list[bytes] = []
+
+    async def subscribe(_: web.Request) -> web.Response:
+        return web.json_response([{"pubsubname": "js", "topic": topic, "route": "/x"}])
+
+    async def deliver(request: web.Request) -> web.Response:
+        got.append(await request.read())
+        return web.json_response({"status": "SUCCESS"})
+
+    app = web.Application()
+    app.router.add_get("/dapr/subscribe", subscribe)
+    app.router.add_post("/x", deliver)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    app_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", app_port).start()
+    (tmp_path / "js.yaml").write_text(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: js}\n"
+        "spec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n"
+        f"  - {{name: natsURL, value: 'nats://127.0.0.1:{proxy_port}'}}\n"
+        f"  - {{name: streamName, value: {stream}}}\n")
+    sidecar = Sidecar(SidecarSettings(app_id=f"app-{unique}", dapr_http_port=0,
+                                      app_port=app_port, resources_paths=(tmp_path,),
+                                      resources_poll_interval_s=60))
+    caplog.set_level(logging.INFO, logger="tidings.sidecar")
+    await sidecar.start()
+    try:
+        await until("the subscribe log line", lambda: "subscribed to" in caplog.text, 30)
+        async with ClientSession() as http:
+            url = f"http://127.0.0.1:{sidecar.bound_port}/v1.0/publish/js/{topic}"
+            async with http.post(url, json={"n": 1}) as r:
+                assert r.status == 204, await r.text()
+        await until("the delivery", lambda: bool(got), 30)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage() for r in errors]
+        assert f"subscribed to ['{topic}']" in caplog.text
+    finally:
+        await sidecar.stop()
+        await runner.cleanup()
+        proxy.close()

@@ -666,3 +666,47 @@ async def test_status_shows_group_stream_and_lag(
     assert status()["partitions"][0]["pending"] == 0
     await broker.close(grace_s=0)
     assert status()["consumerGroup"] is None  # the consumer stopped: nothing to show
+
+
+async def test_close_is_bounded_when_redis_py_swallows_the_cancellation(
+        make: Make, raw: aioredis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CI hang: the ack loop was cancelled while redis-py's ``pipeline.execute`` ran, the
+    library swallowed the CancelledError (a known redis-py class of bug at connection resets)
+    and the loop went back to waiting for the next batch, so ``close()`` waited for ever.
+
+    The swallowing is simulated (it depends on a connection reset landing at the exact moment
+    of the cancel, which a real Redis cannot be made to do on cue): ``execute`` of the broker's
+    pipelines turns a cancellation into a normal return. Everything else is the real Redis.
+    """
+    topic = stream(raw, f"swallow-{unique}")
+    broker = await make()
+    done = asyncio.Event()
+
+    async def handler(record: Record) -> None:
+        done.set()
+
+    await broker.publish(topic, b"a")
+    await broker.subscribe([topic], handler)
+    await done.wait()
+    await until_acked(raw, topic, f"group-{unique}")
+    real_pipeline = broker._redis().pipeline
+
+    def swallowing_pipeline(*args: object, **kwargs: object) -> object:
+        pipe = real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
+        real_execute = pipe.execute
+
+        async def execute(*a: object, **k: object) -> object:
+            try:
+                await asyncio.sleep(0.5)  # the round trip the cancel lands in
+                return await real_execute(*a, **k)
+            except asyncio.CancelledError:
+                return []  # what redis-py did: the cancellation is lost
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+    monkeypatch.setattr(broker._redis(), "pipeline", swallowing_pipeline)
+    broker._to_ack[topic] = [b"0-1"]  # an ack batch in flight when close() cancels the loop
+    broker._ack_wakeup.set()
+    await asyncio.sleep(broker._ack_interval_s + 0.1)  # the loop is inside execute() now
+    await asyncio.wait_for(broker.close(grace_s=0), 20)  # hung for ever before the fix
