@@ -1,4 +1,5 @@
-"""Start the operator: ``tidings operator [flags]`` → :func:`main`, or ``kopf run -m tidings.operator``.
+"""Start the operator: ``tidings operator [flags]`` → :func:`main`, or
+``kopf run -m tidings.operator.kopf_entry`` (``kopf_entry.py``).
 
 Wiring only: settings (``settings.py``) → API clients and kopf login → the injector
 (``injection.py``), the watch handlers and the writing worker (``handlers.py``), leader election
