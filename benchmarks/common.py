@@ -159,7 +159,7 @@ class Sidecar:
     def __init__(self, resources: Path, *, app_id: str, app_port: int | None = None,
                  extra_args: Sequence[str] = ()) -> None:
         self.port = free_port()
-        args = [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", app_id,
+        args = [sys.executable, "-m", "tidings.sidecar", "--app-id", app_id,
                 "--dapr-http-port", str(self.port), "--resources-path", str(resources),
                 "--log-level", "warn", *extra_args]
         if app_port is not None:

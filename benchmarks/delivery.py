@@ -19,7 +19,7 @@ from publish to app receipt, at ``--rate`` (1,000) msg/s for ``--duration`` seco
 sidecar and with the in-process baseline. Medians over ``--rounds``; results also go to
 ``benchmarks/results/delivery.json``.
 
-Usage: ``python -P benchmarks/delivery.py [--quick] [--messages 100000] [--rounds 3]``
+Usage: ``python benchmarks/delivery.py [--quick] [--messages 100000] [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -39,13 +39,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sink_app  # noqa: E402
-from common import (  # noqa: E402
+import sink_app
+from common import (
     HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, run, save_results,
     table)
 
-from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
+from tidings.sidecar.localbroker import free_port, start_local_broker
 
 PARTITIONS = 8
 BLOB = "x" * 800
@@ -119,7 +118,7 @@ def start_app(topic: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
     """``sink_app.py`` subscribed to ``topic`` on a free port (``env`` added to its
     environment, e.g. ``BULK_MAX_COUNT``); the process and the port."""
     port = free_port()
-    app = subprocess.Popen([sys.executable, "-P", str(HERE / "sink_app.py")],
+    app = subprocess.Popen([sys.executable, str(HERE / "sink_app.py")],
                            env={**os.environ, "APP_PORT": str(port), "TOPIC": topic, **env})
     return app, port
 

@@ -5,7 +5,7 @@ Drains ``--messages`` ~1 KiB CloudEvents (4 partitions, local Tansu broker) thro
 with a plain subscription (one POST per event) and once with ``bulkSubscribe``
 (``maxMessagesCount`` ``--bulk``, ``maxAwaitDurationMs`` 100; one POST per batch of a
 partition, every entry answered SUCCESS). Throughput is measured at the app, first to last
-delivery. Usage: ``python -P benchmarks/delivery_bulk.py [--messages 10000] [--bulk 100]``.
+delivery. Usage: ``python benchmarks/delivery_bulk.py [--messages 10000] [--bulk 100]``.
 """
 
 from __future__ import annotations
@@ -13,18 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import uuid
-from pathlib import Path
 
+from common import component_dir
+from delivery import create_topic, delivered_rate, prefill
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the sibling delivery.py (python -P leaves this folder out)
-
-from common import component_dir  # noqa: E402
-from delivery import create_topic, delivered_rate, prefill  # noqa: E402
-
-from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
+from tidings.sidecar.localbroker import start_local_broker
 
 
 async def run(bootstrap: str, topic: str, n: int, bulk: int | None) -> float:

@@ -11,7 +11,7 @@ what the app answered:
   batch POSTed by 10 parallel deliveries, then one ``XACK`` of the batch.
 
 Throughput is measured at the app, first to last delivery. The benchmark's streams are deleted
-at the end. Usage: ``python -P benchmarks/delivery_redis.py [--messages 10000]``.
+at the end. Usage: ``python benchmarks/delivery_redis.py [--messages 10000]``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -28,10 +27,7 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the sibling delivery.py (python -P leaves this folder out)
-
-from delivery import delivered_rate, start_app, wait_count  # noqa: E402
+from delivery import delivered_rate, start_app, wait_count
 
 
 async def produce(client: aioredis.Redis, topic: str, n: int) -> None:

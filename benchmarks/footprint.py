@@ -10,7 +10,7 @@
   to the operator's real admission server (``operator/injection.py``'s ``AdmissionServer``, kopf's
   webhook machinery, served over plain HTTP here instead of TLS), p50/p99 in ms, after a warm-up.
 
-Usage: ``python -P benchmarks/footprint.py [--quick]``; results also go to
+Usage: ``python benchmarks/footprint.py [--quick]``; results also go to
 ``benchmarks/results/footprint.json``.
 """
 
@@ -29,12 +29,11 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     Sidecar, component_dir, describe_machine, machine_info, percentiles_ms, run, table,
     save_results)
 
-from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
+from tidings.sidecar.localbroker import start_local_broker
 
 
 async def cold_starts(resources: Path, n: int) -> list[float]:
@@ -52,7 +51,7 @@ def import_floor(n: int) -> list[float]:
     seconds = []
     for _ in range(n):
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-P", "-c", "import aiohttp, aiokafka"], check=True)
+        subprocess.run([sys.executable, "-c", "import aiohttp, aiokafka"], check=True)
         seconds.append(time.monotonic() - t0)
     return seconds
 

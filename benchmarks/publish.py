@@ -23,7 +23,7 @@ over publishing straight to the broker). Reports medians over ``--rounds``: thro
 p50/p90/p99/p99.9, the latency the sidecar adds, the sidecar's CPU seconds per 1,000 messages
 and its RSS. Results also go to ``benchmarks/results/publish.json``.
 
-Usage: ``python -P benchmarks/publish.py [--quick] [--rounds 3] [--rates 500,1000,2000]``
+Usage: ``python benchmarks/publish.py [--quick] [--rounds 3] [--rates 500,1000,2000]``
 """
 
 from __future__ import annotations
@@ -37,19 +37,17 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, percentiles_ms, run,
     save_results, table)
-from leanhttp import LeanClient  # noqa: E402
+from leanhttp import LeanClient
 
-from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
+from tidings.sidecar.localbroker import free_port, start_local_broker
 
 Send = Callable[[], Awaitable[None]]
 
@@ -255,7 +253,7 @@ async def main() -> None:
     broker = start_local_broker()
     sidecar = Sidecar(component_dir(broker.bootstrap), app_id="bench")
     floor_port = free_port()
-    floor = subprocess.Popen([sys.executable, "-P", str(HERE / "sink_app.py")],
+    floor = subprocess.Popen([sys.executable, str(HERE / "sink_app.py")],
                              env={**os.environ, "APP_PORT": str(floor_port)})
     try:
         await sidecar.wait_healthy()

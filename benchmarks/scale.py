@@ -16,7 +16,7 @@ On a machine with fewer cores than processes the replicas share the same CPUs, s
 read is whether throughput holds as work is spread, not whether it multiplies. Medians over
 ``--rounds``; results also go to ``benchmarks/results/scale.json``.
 
-Usage: ``python -P benchmarks/scale.py [--quick] [--messages 20000]``
+Usage: ``python benchmarks/scale.py [--quick] [--messages 20000]``
 """
 
 from __future__ import annotations
@@ -27,18 +27,16 @@ import os
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     describe_machine, machine_info, median_of, run, save_results, table)
-from delivery import (  # noqa: E402
+from delivery import (
     PARTITIONS, SidecarPair, app_state, create_topic, end_offsets, prefill, wait_committed)
 
-from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
+from tidings.sidecar.localbroker import start_local_broker
 
 
 async def assigned_count(session: aiohttp.ClientSession, port: int) -> int:

@@ -187,8 +187,9 @@ def home() -> Home:
 def sidecar_command(*args: str) -> list[str]:
     """argv that runs a sidecar with this interpreter (what ``tidings sidecar`` does).
 
-    ``-P`` keeps the working directory off ``sys.path``: in a checkout, the top-level
-    ``operator/`` folder would otherwise shadow the standard library's ``operator``.
+    ``-P`` keeps the working directory off ``sys.path``: ``tidings run`` starts the sidecar in
+    the app's folder, whose own modules (an ``app.py`` is harmless, a ``redis.py`` or
+    ``types.py`` is not) would otherwise shadow what the sidecar imports.
     """
     return [sys.executable, "-P", "-m", "tidings.sidecar", *args]
 

@@ -178,7 +178,7 @@ class LocalKubelet:
         fields = {"metadata.name": name, "metadata.namespace": namespace,
                   "spec.nodeName": self.node, "status.podIP": self.ip, "status.hostIP": self.ip,
                   "spec.serviceAccountName": pod.spec.service_account_name}
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(root), "PYTHONSAFEPATH": "1",
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(root),
                # in-cluster credentials, as a kubeconfig: the pod's ServiceAccount token
                "KUBECONFIG": str(self._service_account_kubeconfig(
                    namespace, pod.spec.service_account_name))}

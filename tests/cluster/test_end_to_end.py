@@ -124,7 +124,7 @@ def test_injected_pods_talk_through_the_broker(kube: Kube, operator: Operator, n
         poll("the receiver's sidecar to hold the declarative subscription", subscribed)
 
         publisher = subprocess.run(
-            [sys.executable, "-P", str(REPO / "examples" / "publisher.py"), "--count", "5",
+            [sys.executable, str(REPO / "examples" / "publisher.py"), "--count", "5",
              "--topic", topic],
             env={**os.environ, "DAPR_HTTP_PORT": str(checkout.port)},
             capture_output=True, text=True, timeout=60)

@@ -186,7 +186,7 @@ def start_sidecar(tmp: Path, name: str, *, app_id: str, resources: Path,
     # Its own gRPC port: Dapr's default 50001 would be shared by every sidecar of the host.
     grpc_port = free_port()
     log_path = tmp / f"{name}.sidecar.log"
-    argv = [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", app_id, "--dapr-http-port",
+    argv = [sys.executable, "-m", "tidings.sidecar", "--app-id", app_id, "--dapr-http-port",
             str(port), "--dapr-grpc-port", str(grpc_port), "--resources-path", str(resources),
             "--log-level", "info", "--dapr-graceful-shutdown-seconds", str(grace_s),
             *(extra or [])]

@@ -40,7 +40,7 @@ def _listening(port: int) -> bool:
 def start_python(tmp: Path, name: str, script: str, env: dict[str, str],
                  port: int = 0) -> Proc:
     log_path = tmp / f"{name}.log"
-    process = subprocess.Popen([sys.executable, "-P", str(HERE / script)],
+    process = subprocess.Popen([sys.executable, str(HERE / script)],
                                env={**os.environ, **env}, stdout=log_path.open("wb"),
                                stderr=subprocess.STDOUT)
     return Proc(name, process, log_path, port)
@@ -66,7 +66,7 @@ def run_publisher(tmp: Path, resources: Path, ops: list[dict[str, Any]]) -> list
     env["TIDINGS_HOME"] = str(tmp / "home")
     done = run_to_end(
         [tidings(), "run", "--app-id", "checkout", "--resources-path", str(resources), "--",
-         sys.executable, "-P", str(HERE / "sdk_publisher.py"), str(ops_path)],
+         sys.executable, str(HERE / "sdk_publisher.py"), str(ops_path)],
         tmp=tmp, name="publisher", env=env, timeout_s=180)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -164,7 +164,7 @@ def test_sdk_streaming_subscriber_killed_mid_stream_gets_the_unanswered_again(
             return []
         return [json.loads(line) for line in out.read_text().splitlines() if line]
 
-    refused = subprocess.run([sys.executable, "-P", "-c", (
+    refused = subprocess.run([sys.executable, "-c", (
         "from dapr.clients import DaprClient\n"
         "try:\n"
         "    DaprClient().subscribe('nope', 'orders')\n"

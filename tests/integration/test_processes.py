@@ -146,7 +146,7 @@ def test_bad_component_refuses_to_start_naming_file_and_field(tmp_path: Path,
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
         "spec: {type: pubsub.kafka, version: v1, metadata: [{name: authType, value: none}]}\n")
     result = subprocess.run(
-        [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", f"bad-{unique}",
+        [sys.executable, "-m", "tidings.sidecar", "--app-id", f"bad-{unique}",
          "--dapr-http-port", str(free_port()), "--resources-path", str(folder)],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

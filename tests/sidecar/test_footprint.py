@@ -21,7 +21,7 @@ def test_sidecar_start_up_does_not_load(modules: tuple[str, ...]) -> None:
     code = ("import sys, tidings.sidecar.runner, tidings.sidecar.cli\n"
             f"loaded = sorted(m for m in {modules!r} if m in sys.modules)\n"
             "print(','.join(loaded))")
-    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == ""
 
@@ -33,6 +33,6 @@ def test_rules_still_compile_and_route_after_the_lazy_import() -> None:
             " default_path='/d')\n"
             "r = Routes.compile(sub)\n"
             "print(r.select({'type': 'a'}), r.select({'type': 'b'}))")
-    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.split() == ["/a", "/d"], out.stderr
