@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import site
 import subprocess
 import sys
@@ -45,10 +46,25 @@ def entrypoint(dockerfile: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``pip wheel --no-deps .``: the wheel the images' build stage installs."""
+    """``pip wheel --no-deps .``: the wheel the images' build stage installs, built from a copy
+    of what the Dockerfiles COPY (so a stale ``build/`` folder of the checkout, which setuptools
+    reuses, cannot leak modules that no longer exist into it)."""
+    src = tmp_path_factory.mktemp("src")
+    copied = set()
+    for dockerfile in DOCKERFILES:
+        for keyword, args in instructions(dockerfile):
+            if keyword == "COPY":
+                *sources, _ = args.split()
+                copied.update(source.rstrip("/") for source in sources)
+    for name in sorted(copied):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                          "--wheel-dir", str(out), str(REPO)], capture_output=True, text=True,
+                          "--wheel-dir", str(out), str(src)], capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr
     (built,) = out.glob("tidings-*.whl")
