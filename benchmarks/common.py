@@ -26,8 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from tidings.sidecar.localbroker import free_port
-from tidings.sidecar.localdev import kafka_component_yaml
+from tidings.sidecar.cli.localbroker import free_port
+from tidings.sidecar.cli.localdev import kafka_component_yaml
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -44,7 +44,7 @@ from common import (
     HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, run, save_results,
     table)
 
-from tidings.sidecar.localbroker import free_port, start_local_broker
+from tidings.sidecar.cli.localbroker import free_port, start_local_broker
 
 PARTITIONS = 8
 BLOB = "x" * 800

@@ -18,7 +18,7 @@ import uuid
 from common import component_dir
 from delivery import create_topic, delivered_rate, prefill
 
-from tidings.sidecar.localbroker import start_local_broker
+from tidings.sidecar.cli.localbroker import start_local_broker
 
 
 async def run(bootstrap: str, topic: str, n: int, bulk: int | None) -> float:

@@ -33,7 +33,7 @@ from common import (
     Sidecar, component_dir, describe_machine, machine_info, percentiles_ms, run, table,
     save_results)
 
-from tidings.sidecar.localbroker import start_local_broker
+from tidings.sidecar.cli.localbroker import start_local_broker
 
 
 async def cold_starts(resources: Path, n: int) -> list[float]:

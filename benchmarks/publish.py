@@ -47,7 +47,7 @@ from common import (
     save_results, table)
 from leanhttp import LeanClient
 
-from tidings.sidecar.localbroker import free_port, start_local_broker
+from tidings.sidecar.cli.localbroker import free_port, start_local_broker
 
 Send = Callable[[], Awaitable[None]]
 

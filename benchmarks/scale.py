@@ -36,7 +36,7 @@ from common import (
 from delivery import (
     PARTITIONS, SidecarPair, app_state, create_topic, end_offsets, prefill, wait_committed)
 
-from tidings.sidecar.localbroker import start_local_broker
+from tidings.sidecar.cli.localbroker import start_local_broker
 
 
 async def assigned_count(session: aiohttp.ClientSession, port: int) -> int:

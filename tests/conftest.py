@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tidings.sidecar.localbroker import start_local_broker
+from tidings.sidecar.cli.localbroker import start_local_broker
 
 if TYPE_CHECKING:
     from .integration.processes import Proc

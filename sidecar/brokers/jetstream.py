@@ -67,8 +67,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from .. import metrics
-from ..tasks import stop_tasks
+from ..runtime import metrics
+from ..runtime.tasks import stop_tasks
 from ..resources.jetstream import (
     JetStreamMetadata,
     consumer_name,

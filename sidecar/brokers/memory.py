@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Sequence
 
-from ..tasks import stop_tasks
+from ..runtime.tasks import stop_tasks
 from .base import MESSAGE_HEADERS, ORDERED, BrokerError, Handler, PublishRecord, Record
 
 __all__ = ["MemoryBroker"]

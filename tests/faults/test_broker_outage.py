@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.sidecar.localbroker import LocalBroker, start_local_broker
+from tidings.sidecar.cli.localbroker import LocalBroker, start_local_broker
 
 from ..integration.processes import (
     Proc,

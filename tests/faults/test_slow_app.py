@@ -6,7 +6,7 @@ import json
 import signal
 from pathlib import Path
 
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 
 from ..integration.processes import (
     Proc,

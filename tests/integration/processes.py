@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tidings.sidecar.localbroker import free_port
-from tidings.sidecar.localdev import kafka_component_yaml
+from tidings.sidecar.cli.localbroker import free_port
+from tidings.sidecar.cli.localdev import kafka_component_yaml
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")

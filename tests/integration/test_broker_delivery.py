@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from tidings.sidecar.brokers.base import FEATURES
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 
 from ..sidecar.records import Stored, stored_jetstream, stored_kafka, stored_redis
 from .processes import (

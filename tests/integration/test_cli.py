@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tidings.sidecar.localbroker import free_port
-from tidings.sidecar.localdev import Home
+from tidings.sidecar.cli.localbroker import free_port
+from tidings.sidecar.cli.localdev import Home
 
 from .processes import HERE, http_json, poll, run_to_end, write_component
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 
 from .processes import HERE, Proc, http_json, poll, run_to_end, start_sidecar, write_component
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 
 from .processes import (
     Proc,

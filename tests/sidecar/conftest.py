@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tidings.sidecar.appchannel import open_app_channel
-from tidings.sidecar.appchannel_grpc import GrpcAppChannel
-from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.delivery.channel.http import open_app_channel
+from tidings.sidecar.delivery.channel.grpc import GrpcAppChannel
+from tidings.sidecar.runtime.settings import SidecarSettings
 
 
 @pytest.fixture

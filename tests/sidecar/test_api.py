@@ -20,16 +20,16 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from tidings.sidecar.api.app import create_app
+from tidings.sidecar.inbound.http.app import create_app
 from tidings.sidecar.brokers.base import Broker, BrokerError
 from tidings.sidecar.brokers.kafka import KafkaBroker
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
 from tidings.sidecar.brokers.memory import MemoryBroker
-from tidings.sidecar.publishing import Publisher
+from tidings.sidecar.publishing.publisher import Publisher
 from tidings.sidecar.resources.loading import LoadedComponent, check_component
 from tidings.sidecar.resources.models import Component, SubscriptionType, TopicSubscription, Route
-from tidings.sidecar.settings import SidecarSettings
-from tidings.sidecar.tracing import valid_traceparent
+from tidings.sidecar.runtime.settings import SidecarSettings
+from tidings.sidecar.runtime.tracing import valid_traceparent
 
 from .records import read_records
 

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from tidings.sidecar.appchannel import AppChannel, AppStatus, classify
-from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.delivery.channel.http import AppChannel, AppStatus, classify
+from tidings.sidecar.runtime.settings import SidecarSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -254,7 +254,7 @@ async def test_get_subscriptions(server: AppServer, channel_factory: Callable[..
 async def test_get_subscriptions_retries_until_the_app_listens(
         server: AppServer, channel_factory: Callable[..., AppChannel],
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="tidings.sidecar.appchannel")
+    caplog.set_level(logging.WARNING, logger="tidings.sidecar.delivery.channel.http")
     port = free_port()
     task = asyncio.create_task(channel_factory(port).get_subscriptions())
     deadline = asyncio.get_running_loop().time() + 5

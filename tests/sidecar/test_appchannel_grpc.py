@@ -19,8 +19,8 @@ import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from multidict import CIMultiDict
-from tidings.sidecar.appchannel import AppChannel, AppStatus, open_app_channel
-from tidings.sidecar.appchannel_grpc import (
+from tidings.sidecar.delivery.channel.http import AppChannel, AppStatus, open_app_channel
+from tidings.sidecar.delivery.channel.grpc import (
     GrpcAppChannel,
     classify_rpc_error,
     classify_status,
@@ -28,10 +28,10 @@ from tidings.sidecar.appchannel_grpc import (
     subscriptions_from_response,
 )
 from tidings.sidecar.envelopes.reading import read_event
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 from tidings.sidecar.resources.models import BulkOptions, Route, TopicSubscription
-from tidings.sidecar.routing import Routes
-from tidings.sidecar.settings import SidecarSettings, add_sidecar_arguments, settings_from_args
+from tidings.sidecar.delivery.routing import Routes
+from tidings.sidecar.runtime.settings import SidecarSettings, add_sidecar_arguments, settings_from_args
 
 Status = appcallback_pb2.TopicEventResponse
 

@@ -14,14 +14,14 @@ import grpc
 import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-from tidings.sidecar.appchannel import AppStatus
-from tidings.sidecar.appchannel_grpc import (
+from tidings.sidecar.delivery.channel.http import AppStatus
+from tidings.sidecar.delivery.channel.grpc import (
     bulk_request_entry,
     classify_bulk_response,
 )
-from tidings.sidecar.bulkformat import BulkEvent
+from tidings.sidecar.delivery.channel.bulk_format import BulkEvent
 from tidings.sidecar.envelopes.reading import read_event
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 
 Status = appcallback_pb2.TopicEventResponse
 

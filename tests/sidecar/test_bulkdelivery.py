@@ -19,16 +19,16 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from tidings.sidecar.appchannel import AppChannel, AppStatus
+from tidings.sidecar.delivery.channel.http import AppChannel, AppStatus
 from tidings.sidecar.brokers.base import BatchPolicy, Record
-from tidings.sidecar.bulkdelivery import BatchingHandler, BulkDispatcher
-from tidings.sidecar.bulkformat import BulkEvent, bulk_request_body, classify_bulk
+from tidings.sidecar.delivery.bulk import BatchingHandler, BulkDispatcher
+from tidings.sidecar.delivery.channel.bulk_format import BulkEvent, bulk_request_body, classify_bulk
 from tidings.sidecar.envelopes.reading import read_event
-from tidings.sidecar.metrics import topic_deliveries
+from tidings.sidecar.runtime.metrics import topic_deliveries
 from tidings.sidecar.resources import Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
 from tidings.sidecar.resources.models import BulkOptions
-from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.runtime.settings import SidecarSettings
 
 from .apps import DeadLetters, serving
 

@@ -322,7 +322,7 @@ async def test_a_handler_that_raises_gets_the_record_again_never_skipped(
 async def test_start_is_retried_with_new_consumers_until_the_broker_is_up(
         tmp_path, unique: str) -> None:
     """aiokafka's start() tries once (pitfall 18): the group keeps retrying in the background."""
-    from tidings.sidecar.localbroker import free_port, start_local_broker
+    from tidings.sidecar.cli.localbroker import free_port, start_local_broker
 
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
@@ -424,7 +424,7 @@ async def test_commits_resume_after_the_broker_restarts_with_its_topics_and_offs
     topics and the group's offsets. A record of a topic that does not come back finishes during
     the outage, so a commit for it is pending across the restart; the other topic comes back
     (produced to) and its records finished after the restart must be committed."""
-    from tidings.sidecar.localbroker import free_port, start_local_broker
+    from tidings.sidecar.cli.localbroker import free_port, start_local_broker
 
     caplog.set_level(logging.INFO, logger=CONSUMING_LOGGER)
     port = free_port()

@@ -22,13 +22,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tidings.sidecar.appchannel import AppChannel
+from tidings.sidecar.delivery.channel.http import AppChannel
 from tidings.sidecar.brokers.base import Record
-from tidings.sidecar.delivery import Action, Dispatcher, Outcome, Verdict, decide, http_headers
-from tidings.sidecar.metrics import topic_deliveries
+from tidings.sidecar.delivery.engine import Action, Dispatcher, Outcome, Verdict, decide, http_headers
+from tidings.sidecar.runtime.metrics import topic_deliveries
 from tidings.sidecar.resources import ResourceError, Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
-from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.runtime.settings import SidecarSettings
 
 from .apps import DeadLetters, serving
 
@@ -300,7 +300,7 @@ async def test_drop_rows_without_dlt_are_acked(app, make_dispatcher, status, bod
     await handle(dispatcher, record())
     assert scripted.paths() == ["/orders"]
     assert dl.calls == []
-    [line] = [r for r in caplog.records if r.name == "tidings.sidecar.delivery"]
+    [line] = [r for r in caplog.records if r.name == "tidings.sidecar.delivery.engine"]
     assert (line.app_id, line.pubsubname, line.topic, line.partition, line.offset,
             line.cloudevent_id) == ("orders-app", "pubsub", "orders", 2, 41, "ce-1")
     assert line.levelno == (logging.ERROR if status == 404 else logging.WARNING)
@@ -587,5 +587,5 @@ async def test_delivery_state_counts_retries_dead_letters_and_the_last_error(
     await task
     assert (state.in_flight, state.retries, state.dead_lettered) == (0, 2, 1)
     assert state.last_error is not None and "failed" in state.last_error
-    outcomes = [r.outcome for r in caplog.records if r.name == "tidings.sidecar.delivery"]
+    outcomes = [r.outcome for r in caplog.records if r.name == "tidings.sidecar.delivery.engine"]
     assert outcomes == ["retry", "retry", "dead-letter"]

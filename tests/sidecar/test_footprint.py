@@ -18,7 +18,7 @@ import pytest
 ], ids=["cel", "broker-clients"])
 def test_sidecar_start_up_does_not_load(modules: tuple[str, ...]) -> None:
     """What benchmarks/footprint.py measures stays small: these load only when needed."""
-    code = ("import sys, tidings.sidecar.runner, tidings.sidecar.cli\n"
+    code = ("import sys, tidings.sidecar.runtime.runner, tidings.sidecar.cli.main\n"
             f"loaded = sorted(m for m in {modules!r} if m in sys.modules)\n"
             "print(','.join(loaded))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -28,7 +28,7 @@ def test_sidecar_start_up_does_not_load(modules: tuple[str, ...]) -> None:
 
 def test_rules_still_compile_and_route_after_the_lazy_import() -> None:
     code = ("from tidings.sidecar.resources.models import Route, TopicSubscription\n"
-            "from tidings.sidecar.routing import Routes\n"
+            "from tidings.sidecar.delivery.routing import Routes\n"
             "sub = TopicSubscription('p', 't', rules=(Route('event.type == \"a\"', '/a'),),"
             " default_path='/d')\n"
             "r = Routes.compile(sub)\n"

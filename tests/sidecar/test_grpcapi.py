@@ -26,9 +26,9 @@ from dapr.proto.runtime.v1 import (
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tidings.sidecar.localdev import kafka_component_yaml
-from tidings.sidecar.runner import Sidecar
-from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.cli.localdev import kafka_component_yaml
+from tidings.sidecar.runtime.runner import Sidecar
+from tidings.sidecar.runtime.settings import SidecarSettings
 
 from .records import read_records
 
@@ -512,7 +512,7 @@ async def test_stream_on_a_topic_the_app_subscribed_to_is_refused(tmp_path: Path
     by a real aiohttp app on 127.0.0.1) cannot also be streamed."""
     from aiohttp import web
 
-    from tidings.sidecar.localbroker import free_port
+    from tidings.sidecar.cli.localbroker import free_port
 
     async def subscribe(_: web.Request) -> web.Response:
         return web.json_response([{"pubsubname": "memory", "topic": "taken", "route": "/taken"}])

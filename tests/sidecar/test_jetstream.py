@@ -16,7 +16,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from tidings.sidecar import metrics
+from tidings.sidecar.runtime import metrics
 from tidings.sidecar.brokers.base import BrokerError, PublishRecord, Record
 from tidings.sidecar.brokers.jetstream import KEY_HEADER, JetStreamBroker
 from tidings.sidecar.resources import check_component
@@ -329,7 +329,7 @@ async def start_when_listening(url: str, app_id: str, **metadata: str) -> JetStr
 async def test_token_auth_on_a_server_that_requires_it(tmp_path: Path, unique: str) -> None:
     """The component's ``token`` gets into a server started with ``--auth``; a wrong one is
     refused naming the reason."""
-    from tidings.sidecar.localbroker import free_port
+    from tidings.sidecar.cli.localbroker import free_port
 
     port = free_port()
     server = own_server(tmp_path, port, "--auth", f"s{unique}")
@@ -349,7 +349,7 @@ async def test_token_auth_on_a_server_that_requires_it(tmp_path: Path, unique: s
 async def test_reconnects_after_the_server_restarts(tmp_path: Path, unique: str) -> None:
     """A restarted server (same port, same store) gets the same broker publishing and consuming
     again: the connection retries forever, the fetch loop waits it out."""
-    from tidings.sidecar.localbroker import free_port
+    from tidings.sidecar.cli.localbroker import free_port
 
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
@@ -573,9 +573,9 @@ async def test_sidecar_does_not_call_a_topic_without_stream_subscribed(
     import orjson
     from aiohttp import ClientSession, web
 
-    from tidings.sidecar.localbroker import free_port
-    from tidings.sidecar.runner import Sidecar
-    from tidings.sidecar.settings import SidecarSettings
+    from tidings.sidecar.cli.localbroker import free_port
+    from tidings.sidecar.runtime.runner import Sidecar
+    from tidings.sidecar.runtime.settings import SidecarSettings
 
     topic, stream = f"wait{unique}.x", f"WAIT{unique}"
 
@@ -621,9 +621,9 @@ async def test_subscriptions_wait_for_the_nats_connection(
     time; now the subscriptions are applied only once the broker is connected."""
     from aiohttp import ClientSession, web
 
-    from tidings.sidecar.localbroker import free_port
-    from tidings.sidecar.runner import Sidecar
-    from tidings.sidecar.settings import SidecarSettings
+    from tidings.sidecar.cli.localbroker import free_port
+    from tidings.sidecar.runtime.runner import Sidecar
+    from tidings.sidecar.runtime.settings import SidecarSettings
 
     stream, prefix = jetstream_stream
     topic = f"{prefix}.slow"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.sidecar.localdev import Home, kafka_component_yaml
+from tidings.sidecar.cli.localdev import Home, kafka_component_yaml
 from tidings.sidecar.resources import load_resources
 
 

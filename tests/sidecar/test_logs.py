@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tidings.sidecar.logs import RepeatFilter, configure_logging
+from tidings.sidecar.runtime.logs import RepeatFilter, configure_logging
 
 
 class Clock:
@@ -77,7 +77,7 @@ def test_kinds_are_logger_plus_template() -> None:
 def test_other_loggers_and_low_levels_always_pass() -> None:
     f = RepeatFilter(clock=Clock())
     for _ in range(3):
-        for name in ("tidings.sidecar.delivery", "aiokafkax", "aiohttp.access", "root"):
+        for name in ("tidings.sidecar.delivery.engine", "aiokafkax", "aiohttp.access", "root"):
             assert f.filter(record(name, "same %s", 1))
         assert f.filter(record("aiokafka.conn", "debug detail", level=logging.INFO))
 
@@ -119,7 +119,7 @@ def test_configure_logging_installs_the_filter(
     configure_logging("info")
     for node in range(100):
         logging.getLogger("aiokafka.conn").error("Unable connect to node with id %s", node)
-        logging.getLogger("tidings.sidecar.runner").warning("ours %s", node)
+        logging.getLogger("tidings.sidecar.runtime.runner").warning("ours %s", node)
     err = capsys.readouterr().err
     assert err.count("Unable connect to node with id") == 1
     assert err.count("ours") == 100
@@ -130,10 +130,10 @@ def test_json_lines_carry_the_fixed_vocabulary() -> None:
     nothing else from ``extra``."""
     import orjson
 
-    from tidings.sidecar.logs import JsonFormatter
+    from tidings.sidecar.runtime.logs import JsonFormatter
 
-    rec = logging.getLogger("tidings.sidecar.delivery").makeRecord(
-        "tidings.sidecar.delivery", logging.WARNING, __file__, 1, "delivery of event %s failed",
+    rec = logging.getLogger("tidings.sidecar.delivery.engine").makeRecord(
+        "tidings.sidecar.delivery.engine", logging.WARNING, __file__, 1, "delivery of event %s failed",
         ("ce-1",), None, extra={
             "app_id": "orders", "pubsubname": "pubsub", "topic": "t", "partition": 2,
             "offset": 41, "cloudevent_id": "ce-1", "attempt": 3, "outcome": "retry",

@@ -8,7 +8,7 @@ import uuid
 
 from prometheus_client import generate_latest
 
-from tidings.sidecar import metrics
+from tidings.sidecar.runtime import metrics
 
 
 def app_id() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.sidecar.offsets import PartitionOffsets
+from tidings.sidecar.brokers.kafka.offsets import PartitionOffsets
 
 # (handed out, finished in this order, expected committable after each finish)
 CASES = [

@@ -226,7 +226,7 @@ async def test_ready_turns_false_while_the_broker_does_not_answer(tmp_path, uniq
     import os
     import signal
 
-    from tidings.sidecar.localbroker import start_local_broker
+    from tidings.sidecar.cli.localbroker import start_local_broker
 
     broker = start_local_broker(log_path=tmp_path / "tansu.log")
     producer = KafkaProducer(meta(broker.bootstrap), pubsubname="ps", probe_interval_s=0.2,
@@ -253,7 +253,7 @@ async def test_publish_after_the_broker_stopped_says_it_is_unreachable(
     """The newcomer's report: after ``tidings uninstall`` a publish answered 500 with aiokafka
     internals only ("NodeNotReadyError: Attempt to send a request to node which is not ready").
     The message now says the brokers are unreachable first and keeps aiokafka's text."""
-    from tidings.sidecar.localbroker import start_local_broker
+    from tidings.sidecar.cli.localbroker import start_local_broker
 
     broker = start_local_broker(log_path=tmp_path / "tansu.log")
     producer = KafkaProducer(meta(broker.bootstrap), pubsubname="ps", request_timeout_s=3)

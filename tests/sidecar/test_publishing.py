@@ -14,7 +14,7 @@ from tidings.sidecar.brokers.base import Broker, BrokerError, Record
 from tidings.sidecar.brokers.kafka import KafkaBroker
 from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.errors import DaprError
-from tidings.sidecar.publishing import (
+from tidings.sidecar.publishing.publisher import (
     BulkEntry,
     Publisher,
     event_bytes,

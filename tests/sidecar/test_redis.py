@@ -143,7 +143,7 @@ def test_entry_offset() -> None:
 # ----------------------------------------------------------------------------------- broker
 
 async def test_unreachable_redis_is_a_retriable_start_error(unique: str) -> None:
-    from tidings.sidecar.localbroker import free_port
+    from tidings.sidecar.cli.localbroker import free_port
 
     broker = RedisBroker(component(f"127.0.0.1:{free_port()}", dialTimeout="1s"), app_id="app")
     with pytest.raises(BrokerError) as err:
@@ -500,7 +500,7 @@ async def test_a_redis_restart_is_survived(tmp_path: Path, unique: str) -> None:
     import shutil
     import subprocess
 
-    from tidings.sidecar.localbroker import free_port
+    from tidings.sidecar.cli.localbroker import free_port
 
     server = shutil.which("redis-server")
     assert server, "redis-server is not installed"
@@ -635,7 +635,7 @@ async def test_status_shows_group_stream_and_lag(
     """``tidings status`` showed ``-`` for Redis: no consumer group, no partitions, no lag.
     The lag is the group's entries not acknowledged: XINFO GROUPS ``lag`` (undelivered, Redis
     >= 7) plus ``pending``. The poll period is shortened so the phases can be seen."""
-    from tidings.sidecar import metrics
+    from tidings.sidecar.runtime import metrics
     from tidings.sidecar.brokers import redis as redis_broker
 
     monkeypatch.setattr(redis_broker, "STATUS_INTERVAL_S", 0.05)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from tidings.sidecar.resources.models import ResourceError, Route, TopicSubscription
-from tidings.sidecar.routing import Routes, RoutingError, clean_path, field_paths, prune
+from tidings.sidecar.delivery.routing import Routes, RoutingError, clean_path, field_paths, prune
 
 
 def sub(*rules: tuple[str, str], default: str | None = None, name: str = "") -> TopicSubscription:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.sidecar.scoping import TopicScopes, publish_allowed, scopes_of, subscribe_allowed
+from tidings.sidecar.publishing.scoping import TopicScopes, publish_allowed, scopes_of, subscribe_allowed
 
 CASES = [
     # (metadata, app, topic, allowed)

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from tidings.sidecar.settings import (
+from tidings.sidecar.runtime.settings import (
     MAX_BODY_SIZE_LIMIT,
     add_sidecar_arguments,
     settings_from_args,

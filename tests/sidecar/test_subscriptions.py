@@ -18,7 +18,7 @@ from tidings.sidecar.resources import (
 from tidings.sidecar.resources.jetstream import parse_jetstream_metadata
 from tidings.sidecar.resources.kafka import parse_kafka_metadata
 from tidings.sidecar.resources.models import BulkOptions, parse_resource
-from tidings.sidecar.subscriptions import effective_subscriptions, parse_programmatic
+from tidings.sidecar.delivery.subscriptions import effective_subscriptions, parse_programmatic
 
 
 def component(name: str = "pubsub", **metadata: str) -> LoadedComponent:
@@ -258,8 +258,8 @@ async def test_bad_declarative_rule_refuses_start_and_a_reload_alike(
     sidecar does not start (before the app is reached), and a hot reload bringing one keeps the
     running subscriptions; both messages name the file and the field."""
     from tidings.sidecar.resources import ResourceError
-    from tidings.sidecar.runner import Sidecar
-    from tidings.sidecar.settings import SidecarSettings
+    from tidings.sidecar.runtime.runner import Sidecar
+    from tidings.sidecar.runtime.settings import SidecarSettings
 
     (tmp_path / "memory.yaml").write_text(MEMORY)
     (tmp_path / "subs.yaml").write_text(BAD_RULE)
@@ -278,7 +278,7 @@ async def test_bad_declarative_rule_refuses_start_and_a_reload_alike(
     try:
         assert [s.name for s in sidecar._declarative] == ["s"]
         (tmp_path / "subs.yaml").write_text(BAD_RULE.replace("topic: orders", "topic: other"))
-        with caplog.at_level(logging.ERROR, logger="tidings.sidecar.runner"):
+        with caplog.at_level(logging.ERROR, logger="tidings.sidecar.runtime.runner"):
             await sidecar.reload()
         assert f"{tmp_path / 'subs.yaml'}, field spec.routes.rules[0].match" in caplog.text
         assert "keeping the running configuration" in caplog.text

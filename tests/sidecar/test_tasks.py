@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tidings.sidecar.tasks import stop_tasks
+from tidings.sidecar.runtime.tasks import stop_tasks
 
 
 async def test_cancels_and_waits_for_tasks_that_end() -> None:
@@ -44,6 +44,6 @@ async def test_an_exception_a_task_ended_with_is_read(caplog: pytest.LogCaptureF
 
     task = asyncio.create_task(fails())
     await asyncio.sleep(0)
-    caplog.set_level(logging.DEBUG, logger="tidings.sidecar.tasks")
+    caplog.set_level(logging.DEBUG, logger="tidings.sidecar.runtime.tasks")
     assert await stop_tasks([task], what="failing") == set()
     assert "boom" in caplog.text

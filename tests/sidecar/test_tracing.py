@@ -7,10 +7,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tidings.sidecar import tracing
+from tidings.sidecar.runtime import tracing
 from tidings.sidecar.brokers.memory import MemoryBroker
-from tidings.sidecar.publishing import Publisher
-from tidings.sidecar.tracing import valid_traceparent
+from tidings.sidecar.publishing.publisher import Publisher
+from tidings.sidecar.runtime.tracing import valid_traceparent
 
 from .test_publishing import component, records
 
@@ -100,7 +100,7 @@ def test_configure_without_an_endpoint_exports_nothing() -> None:
 
 
 async def test_bulk_entries_carry_the_requests_trace_context() -> None:
-    from tidings.sidecar.publishing import BulkEntry
+    from tidings.sidecar.publishing.publisher import BulkEntry
 
     pub, broker = await publisher()
     entries = [BulkEntry("1", {"n": 1}, "application/json"),

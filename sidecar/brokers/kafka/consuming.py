@@ -39,8 +39,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from ... import metrics
-from ...offsets import PartitionOffsets
+from ...runtime import metrics
+from .offsets import PartitionOffsets
 from ...resources.kafka import KafkaMetadata
 from ..base import BatchPolicy, Handler, Record
 from .clients import client_kwargs

@@ -13,7 +13,7 @@ from tidings.sidecar.resources.jetstream import (
     parse_jetstream_metadata,
     subject_problem,
 )
-from tidings.sidecar.retries import delay_s
+from tidings.sidecar.delivery.retries import delay_s
 
 URL = {"natsURL": "nats://a:4222, nats://b:4222"}
 

@@ -12,7 +12,7 @@ Neighbours: ``resources/kafka.py`` parses the policy; ``delivery.py`` is the onl
 
 from __future__ import annotations
 
-from .resources.kafka import RetryPolicy
+from ..resources.kafka import RetryPolicy
 
 __all__ = ["FOREVER", "delay_s", "may_retry"]
 

@@ -36,10 +36,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .jsonfields import json_field as _get
-from .resources.jetstream import filter_subject_problem, subject_problem
-from .resources.kafka_topics import invalid_topic_message, kafka_topic_problem
-from .resources.loading import LoadedComponent
-from .resources.models import (
+from ..resources.jetstream import filter_subject_problem, subject_problem
+from ..resources.kafka_topics import invalid_topic_message, kafka_topic_problem
+from ..resources.loading import LoadedComponent
+from ..resources.models import (
     BulkOptions,
     ResourceError,
     Route,
@@ -47,7 +47,7 @@ from .resources.models import (
     TopicSubscription,
 )
 from .routing import Routes
-from .scoping import subscribe_allowed
+from ..publishing.scoping import subscribe_allowed
 
 __all__ = ["effective_subscriptions", "parse_programmatic"]
 

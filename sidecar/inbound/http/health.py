@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..errors import DaprError
+from ...errors import DaprError
 from .app import RUNTIME_KEY
 
 __all__ = ["add_routes"]

@@ -38,14 +38,14 @@ from dataclasses import dataclass
 import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2, pubsub_pb2
 
-from ..appchannel import AppResponse, AppStatus
-from ..delivery import Dispatcher
-from ..envelopes.reading import ReadEvent
-from ..envelopes.topic_event import EnvelopeDataError, topic_event_request
-from ..resources.kafka_topics import invalid_topic_message, kafka_topic_problem
-from ..resources.loading import LoadedComponent
-from ..resources.models import SubscriptionType, TopicSubscription
-from ..scoping import subscribe_allowed
+from ...delivery.channel.http import AppResponse, AppStatus
+from ...delivery.engine import Dispatcher
+from ...envelopes.reading import ReadEvent
+from ...envelopes.topic_event import EnvelopeDataError, topic_event_request
+from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
+from ...resources.loading import LoadedComponent
+from ...resources.models import SubscriptionType, TopicSubscription
+from ...publishing.scoping import subscribe_allowed
 
 __all__ = ["StreamChannel", "StreamingSubscriptions"]
 

@@ -36,9 +36,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .brokers.base import BatchPolicy, Record
-from .bulkformat import BulkEvent
-from .delivery import (
+from ..brokers.base import BatchPolicy, Record
+from .channel.bulk_format import BulkEvent
+from .engine import (
     _NO_SUBSCRIPTION,
     Action,
     Dispatcher,
@@ -46,9 +46,9 @@ from .delivery import (
     _Attempt,
     http_headers,
 )
-from .metrics import TopicDeliveries, topic_deliveries
-from .resources.models import TopicSubscription
-from .tracing import start_delivery
+from ..runtime.metrics import TopicDeliveries, topic_deliveries
+from ..resources.models import TopicSubscription
+from ..runtime.tracing import start_delivery
 
 __all__ = ["BatchingHandler", "BulkDispatcher"]
 

@@ -28,22 +28,22 @@ from typing import Any
 from aiohttp import web
 
 from . import metrics, tracing
-from .api.app import EXTENDED_KEY, create_app
-from .appchannel import open_app_channel
-from .brokers.base import FEATURES, Broker, BrokerError, Handler, Record
-from .brokers.kafka import KafkaBroker
-from .brokers.memory import MemoryBroker
-from .bulkdelivery import BatchingHandler, BulkDispatcher
-from .delivery import Dispatcher
-from .grpcapi.server import DaprServicer, start_grpc_server
-from .grpcapi.streaming import StreamChannel, StreamingSubscriptions
-from .publishing import Publisher
-from .resources import LoadedComponent, ResourceError, Resources, TopicSubscription, load_resources
-from .resources.models import SubscriptionType
-from .resources.kafka import RetryPolicy
-from .resources.loading import resource_files
+from ..inbound.http.app import EXTENDED_KEY, create_app
+from ..delivery.channel.http import open_app_channel
+from ..brokers.base import FEATURES, Broker, BrokerError, Handler, Record
+from ..brokers.kafka import KafkaBroker
+from ..brokers.memory import MemoryBroker
+from ..delivery.bulk import BatchingHandler, BulkDispatcher
+from ..delivery.engine import Dispatcher
+from ..inbound.grpc.server import DaprServicer, start_grpc_server
+from ..inbound.grpc.streaming import StreamChannel, StreamingSubscriptions
+from ..publishing.publisher import Publisher
+from ..resources import LoadedComponent, ResourceError, Resources, TopicSubscription, load_resources
+from ..resources.models import SubscriptionType
+from ..resources.kafka import RetryPolicy
+from ..resources.loading import resource_files
 from .settings import SidecarSettings
-from .subscriptions import effective_subscriptions
+from ..delivery.subscriptions import effective_subscriptions
 from .tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,10 @@ def _broker_for(component: LoadedComponent, app_id: str, max_body_size: int) -> 
     # Imported on first use: a sidecar without such a component does not pay for redis-py or
     # nats-py in start-up time and resident memory (benchmarks/footprint.py).
     if component.redis is not None:
-        from .brokers.redis import RedisBroker
+        from ..brokers.redis import RedisBroker
         return RedisBroker(component, app_id=app_id)
     if component.jetstream is not None:
-        from .brokers.jetstream import JetStreamBroker
+        from ..brokers.jetstream import JetStreamBroker
         return JetStreamBroker(component, app_id=app_id)
     return MemoryBroker(component.name)
 

@@ -41,14 +41,14 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from .jsonfields import json_field
-from .settings import SidecarSettings
-from .subscriptions import parse_programmatic
+from ..jsonfields import json_field
+from ...runtime.settings import SidecarSettings
+from ..subscriptions import parse_programmatic
 
 if TYPE_CHECKING:
-    from .bulkformat import BulkEvent
-    from .envelopes.reading import ReadEvent
-    from .resources.models import TopicSubscription
+    from .bulk_format import BulkEvent
+    from ...envelopes.reading import ReadEvent
+    from ...resources.models import TopicSubscription
 
 __all__ = ["AppChannel", "AppResponse", "AppStatus", "Channel", "classify", "open_app_channel",
            "wait_for_port"]
@@ -174,7 +174,7 @@ def open_app_channel(settings: SidecarSettings) -> Channel:
     if settings.app_protocol == "http":
         return AppChannel(settings)
     if settings.app_protocol == "grpc":
-        from .appchannel_grpc import GrpcAppChannel
+        from .grpc import GrpcAppChannel
 
         return GrpcAppChannel(settings)
     raise ValueError(f"unsupported app protocol {settings.app_protocol!r}: use http or grpc")
@@ -349,7 +349,7 @@ class AppChannel:
         """One bulk POST of ``events`` to ``path`` (dapr-pubsub-contract.md §2.4,
         ``bulkformat.py``): one answer per event, in order. A transport error or a timeout
         retries every event. Raises only ``CancelledError``."""
-        from .bulkformat import bulk_request_body, classify_bulk  # it imports this module
+        from .bulk_format import bulk_request_body, classify_bulk  # it imports this module
 
         body = bulk_request_body(events, request_id=str(uuid.uuid4()), topic=topic,
                                  pubsubname=pubsubname)

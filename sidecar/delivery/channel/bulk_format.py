@@ -29,9 +29,9 @@ from typing import Any
 
 import orjson
 
-from .appchannel import AppResponse, AppStatus
-from .envelopes.reading import ReadEvent
-from .jsonfields import json_field as _get
+from .http import AppResponse, AppStatus
+from ...envelopes.reading import ReadEvent
+from ..jsonfields import json_field as _get
 
 __all__ = ["BULK_EVENT_TYPE", "BulkEvent", "bulk_request_body", "classify_bulk"]
 

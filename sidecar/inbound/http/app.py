@@ -28,12 +28,12 @@ from typing import Protocol
 import orjson
 from aiohttp import web
 
-from ..errors import DaprError
-from ..metrics import record_http
-from ..publishing import Publisher
-from ..resources.loading import LoadedComponent
-from ..resources.models import TopicSubscription
-from ..settings import SidecarSettings
+from ...errors import DaprError
+from ...runtime.metrics import record_http
+from ...publishing.publisher import Publisher
+from ...resources.loading import LoadedComponent
+from ...resources.models import TopicSubscription
+from ...runtime.settings import SidecarSettings
 
 __all__ = [
     "PUBLISHER_KEY",

@@ -21,7 +21,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..errors import DaprError
+from ...errors import DaprError
 
 __all__ = ["grpc_code", "grpc_status"]
 

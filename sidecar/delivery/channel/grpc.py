@@ -44,12 +44,12 @@ import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from google.protobuf import empty_pb2
 
-from .appchannel import AppResponse, AppStatus, wait_for_port
-from .bulkformat import BulkEvent
-from .envelopes.reading import ReadEvent
-from .envelopes.topic_event import EnvelopeDataError, topic_event_request
-from .resources.models import BulkOptions, Route, SubscriptionType, TopicSubscription
-from .settings import SidecarSettings
+from .http import AppResponse, AppStatus, wait_for_port
+from .bulk_format import BulkEvent
+from ...envelopes.reading import ReadEvent
+from ...envelopes.topic_event import EnvelopeDataError, topic_event_request
+from ...resources.models import BulkOptions, Route, SubscriptionType, TopicSubscription
+from ...runtime.settings import SidecarSettings
 
 __all__ = [
     "GrpcAppChannel",

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .brokers.base import Broker, BrokerError, PublishRecord, Record
-from .envelopes.wrapping import (
+from ..brokers.base import Broker, BrokerError, PublishRecord, Record
+from ..envelopes.wrapping import (
     CloudEventOverrides,
     InvalidCloudEvent,
     NotACloudEvent,
@@ -33,11 +33,11 @@ from .envelopes.wrapping import (
     wrap,
     wrap_user_cloudevent,
 )
-from .errors import DaprError
-from .metrics import record_egress
-from .resources.loading import LoadedComponent
+from ..errors import DaprError
+from ..runtime.metrics import record_egress
+from ..resources.loading import LoadedComponent
 from .scoping import scopes_of
-from .tracing import end_span, start_publish
+from ..runtime.tracing import end_span, start_publish
 
 __all__ = ["BulkEntry", "BulkFailure", "Publisher", "body_too_large", "event_bytes",
            "parse_bool", "partition_number"]

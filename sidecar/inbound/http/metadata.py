@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..metrics import subscription_status
-from ..settings import SidecarSettings
+from ...runtime.metrics import subscription_status
+from ...runtime.settings import SidecarSettings
 from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY, RuntimeView
 
 __all__ = ["add_routes", "metadata_body"]

@@ -32,8 +32,8 @@ from typing import Any
 
 from .localbroker import free_port
 from .localdev import home, sidecar_command
-from .logs import configure_logging
-from .settings import (
+from ..runtime.logs import configure_logging
+from ..runtime.settings import (
     APP_PROTOCOLS,
     LOG_LEVELS,
     add_sidecar_arguments,
@@ -47,7 +47,7 @@ __all__ = ["main"]
 
 
 def _cmd_sidecar(args: argparse.Namespace) -> int:
-    from .runner import run_sidecar
+    from ..runtime.runner import run_sidecar
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, as_json=settings.log_as_json)

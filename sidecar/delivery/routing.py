@@ -36,8 +36,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .resources.models import TopicSubscription
-from .resources.rules import compile_rules, new_context
+from ..resources.models import TopicSubscription
+from ..resources.rules import compile_rules, new_context
 
 __all__ = ["CompiledRule", "Routes", "RoutingError", "clean_path", "field_paths", "prune"]
 
