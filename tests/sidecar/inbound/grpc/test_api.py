@@ -30,7 +30,7 @@ from tidings.sidecar.cli.localdev import kafka_component_yaml
 from tidings.sidecar.runtime.runner import Sidecar
 from tidings.sidecar.runtime.settings import SidecarSettings
 
-from .records import read_records
+from ...records import read_records
 
 APP_ID = "orders"
 SUCCESS = appcallback_pb2.TopicEventResponse.SUCCESS

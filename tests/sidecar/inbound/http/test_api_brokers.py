@@ -26,7 +26,7 @@ from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.brokers.redis import RedisBroker
 from tidings.sidecar.resources.loading import LoadedComponent
 
-from .records import Stored, stored_jetstream, stored_kafka, stored_redis
+from ...records import Stored, stored_jetstream, stored_kafka, stored_redis
 from .test_api import BIG, DECIMAL, Api, component, dapr_error, start_api
 
 # Above NATS's default max_payload (1 MiB), so a message too large for the server reaches it.

@@ -12,7 +12,7 @@ from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.publishing.publisher import Publisher
 from tidings.sidecar.runtime.tracing import valid_traceparent
 
-from .test_publishing import component, records
+from ..publishing.test_publisher import component, records
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -31,7 +31,7 @@ from tidings.sidecar.resources.models import Component, SubscriptionType, TopicS
 from tidings.sidecar.runtime.settings import SidecarSettings
 from tidings.sidecar.runtime.tracing import valid_traceparent
 
-from .records import read_records
+from ...records import read_records
 
 APP_ID = "orders"
 MAX_BODY = 64 * 1024

@@ -30,7 +30,7 @@ from tidings.sidecar.resources import ResourceError, Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
 from tidings.sidecar.runtime.settings import SidecarSettings
 
-from .apps import DeadLetters, serving
+from ..apps import DeadLetters, serving
 
 FOREVER = RetryPolicy("constant", 0.001, 0.001, 1.0, -1)
 

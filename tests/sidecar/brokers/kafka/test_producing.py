@@ -15,7 +15,7 @@ from tidings.sidecar.resources.kafka import KafkaMetadata, parse_kafka_metadata
 
 from tidings.sidecar.envelopes.wrapping import wrap
 
-from .records import read_records
+from ...records import read_records
 
 
 def meta(bootstrap: str, **extra: str) -> KafkaMetadata:
