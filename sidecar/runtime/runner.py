@@ -28,7 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from . import metrics, tracing
-from ..inbound.http.app import EXTENDED_KEY, create_app
+from ..inbound.http.app import create_app
+from ..inbound.http.keys import EXTENDED_KEY
 from ..delivery.channel.http import open_app_channel
 from ..brokers.base import FEATURES, Broker, BrokerError, Handler, Record
 from ..brokers.kafka import KafkaBroker

@@ -23,63 +23,23 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 import orjson
 from aiohttp import web
 
 from ...errors import DaprError
-from ...runtime.metrics import record_http
 from ...publishing.publisher import Publisher
-from ...resources.loading import LoadedComponent
-from ...resources.models import TopicSubscription
+from ...runtime.metrics import record_http
 from ...runtime.settings import SidecarSettings
+from . import health, metadata, publish
+from .keys import EXTENDED_KEY, PUBLISHER_KEY, RUNTIME_KEY, SETTINGS_KEY, RuntimeView
 
-__all__ = [
-    "PUBLISHER_KEY",
-    "RUNTIME_KEY",
-    "RuntimeView",
-    "SETTINGS_KEY",
-    "create_app",
-    "dapr_error_response",
-]
+__all__ = ["create_app", "dapr_error_response"]
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "dapr-api-token"
 TOKEN_EXEMPT_PREFIX = "/v1.0/healthz"
-
-
-class RuntimeView(Protocol):
-    """What the API reads from the running sidecar (implemented by the runner)."""
-
-    app_id: str
-
-    def components(self) -> list[LoadedComponent]:
-        """The loaded pub/sub components."""
-
-    def subscriptions(self) -> list[TopicSubscription]:
-        """Every active subscription, declarative and programmatic."""
-
-    def capabilities(self, pubsubname: str) -> list[str]:
-        """The features of the component's broker (``brokers/base.py`` ``FEATURES``), sorted;
-        empty while it is not started."""
-
-    def outbound_ready(self) -> bool:
-        """Components initialised and the API up (§1.5 ``/healthz/outbound``)."""
-
-    def app_channel_ready(self) -> bool:
-        """The app is reachable, or there is no app port (§1.5 ``/healthz``)."""
-
-    def extended(self) -> dict[str, str]:
-        """Runtime attributes for ``extended`` in ``GET /v1.0/metadata``, e.g.
-        ``kafka.assignment.<pubsub>``: the partitions this member owns, ``topic:partition,...``."""
-
-
-SETTINGS_KEY = web.AppKey("settings", SidecarSettings)
-PUBLISHER_KEY = web.AppKey("publisher", Publisher)
-RUNTIME_KEY = web.AppKey("runtime", RuntimeView)
-EXTENDED_KEY = web.AppKey("extended_metadata", dict)
 
 
 def dapr_error_response(error: DaprError) -> web.Response:
@@ -157,8 +117,6 @@ def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
 def create_app(settings: SidecarSettings, publisher: Publisher,
                runtime: RuntimeView) -> web.Application:
     """Build the sidecar API application (routes of §1.2-§1.5)."""
-    from . import health, metadata, publish
-
     app = web.Application(middlewares=_middlewares(settings),
                           client_max_size=settings.max_body_size)
     app[SETTINGS_KEY] = settings

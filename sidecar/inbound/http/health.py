@@ -14,7 +14,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ...errors import DaprError
-from .app import RUNTIME_KEY
+from .keys import RUNTIME_KEY
 
 __all__ = ["add_routes"]
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ...runtime.metrics import subscription_status
 from ...runtime.settings import SidecarSettings
-from .app import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY, RuntimeView
+from .keys import EXTENDED_KEY, RUNTIME_KEY, SETTINGS_KEY, RuntimeView
 
 __all__ = ["add_routes", "metadata_body"]
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from ...envelopes.wrapping import loads_exact
 from ...errors import DaprError
 from ...publishing.publisher import BulkEntry, body_too_large
-from .app import PUBLISHER_KEY, SETTINGS_KEY
+from .keys import PUBLISHER_KEY, SETTINGS_KEY
 
 __all__ = ["QueryUnescapeError", "add_routes", "header_text", "metadata_from_query",
            "query_unescape"]
