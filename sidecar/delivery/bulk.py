@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..brokers.base import BatchPolicy, Record
-from .channel.bulk_format import BulkEvent
+from .channel.types import BulkEvent
 from .engine import (
     _NO_SUBSCRIPTION,
     Action,

@@ -66,7 +66,7 @@ from urllib.parse import quote, quote_from_bytes, quote_plus
 
 from multidict import CIMultiDict
 
-from .channel.http import AppResponse, AppStatus, Channel
+from .channel.types import AppResponse, AppStatus, Channel
 from ..brokers.base import Record
 from ..envelopes.reading import CloudEventError, ReadEvent, expired, read_event
 from ..runtime.metrics import TopicDeliveries, record_ingress, topic_deliveries

@@ -30,7 +30,7 @@ from aiohttp import web
 from . import metrics, tracing
 from ..inbound.http.app import create_app
 from ..inbound.http.keys import EXTENDED_KEY
-from ..delivery.channel.http import open_app_channel
+from ..delivery.channel import open_app_channel
 from ..brokers.base import FEATURES, Broker, BrokerError, Handler, Record
 from ..brokers.kafka import KafkaBroker
 from ..brokers.memory import MemoryBroker

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tidings.sidecar.delivery.channel.http import open_app_channel
+from tidings.sidecar.delivery.channel import open_app_channel
 from tidings.sidecar.delivery.channel.grpc import GrpcAppChannel
 from tidings.sidecar.runtime.settings import SidecarSettings
 

@@ -23,32 +23,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from .http import AppResponse, AppStatus
-from ...envelopes.reading import ReadEvent
 from ..jsonfields import json_field as _get
+from .types import AppResponse, AppStatus, BulkEvent
 
-__all__ = ["BULK_EVENT_TYPE", "BulkEvent", "bulk_request_body", "classify_bulk"]
+__all__ = ["BULK_EVENT_TYPE", "bulk_request_body", "classify_bulk"]
 
 log = logging.getLogger(__name__)
 
 BULK_EVENT_TYPE = "com.dapr.event.sent.bulk"
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
-
-
-@dataclass(frozen=True, slots=True)
-class BulkEvent:
-    """One entry of a bulk delivery: its ``entry_id`` (unique within the request), the read
-    event, and its metadata (single delivery's headers, without ``Content-Type``)."""
-
-    entry_id: str
-    read: ReadEvent
-    metadata: Mapping[str, str]
 
 
 def bulk_request_body(events: Sequence[BulkEvent], *, request_id: str, topic: str,

@@ -44,8 +44,8 @@ import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from google.protobuf import empty_pb2
 
-from .http import AppResponse, AppStatus, wait_for_port
-from .bulk_format import BulkEvent
+from .http import wait_for_port
+from .types import AppResponse, AppStatus, BulkEvent
 from ...envelopes.reading import ReadEvent
 from ...envelopes.topic_event import EnvelopeDataError, topic_event_request
 from ...resources.models import BulkOptions, Route, SubscriptionType, TopicSubscription

@@ -1,8 +1,8 @@
 """The sidecar's HTTP client to the app: reachability, subscription discovery, event delivery.
 
-Also the app-channel interface (:class:`Channel`) the runner and the delivery engine use, and
-:func:`open_app_channel`, which picks this HTTP channel or the gRPC one
-(``appchannel_grpc.py``) by ``--app-protocol``.
+The app-channel interface the runner and the delivery engine use (``Channel``, with the
+answer types, in ``types.py``) and ``open_app_channel``, which picks this HTTP channel or the
+gRPC one (``grpc.py``) by ``--app-protocol``, are the package's (``__init__.py``).
 
 One :class:`aiohttp.ClientSession` per sidecar, so connections to the app are pooled and reused
 across deliveries. Behaviour follows Dapr's HTTP app channel (dapr-pubsub-contract.md §2.1, §2.3):
@@ -28,30 +28,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 from yarl import URL
 
-from ..jsonfields import json_field
 from ...runtime.settings import SidecarSettings
+from ..jsonfields import json_field
 from ..subscriptions import parse_programmatic
+from .bulk_format import bulk_request_body, classify_bulk
+from .types import AppResponse, AppStatus, BulkEvent
 
 if TYPE_CHECKING:
-    from .bulk_format import BulkEvent
     from ...envelopes.reading import ReadEvent
     from ...resources.models import TopicSubscription
 
-__all__ = ["AppChannel", "AppResponse", "AppStatus", "Channel", "classify", "open_app_channel",
-           "wait_for_port"]
+__all__ = ["AppChannel", "classify", "wait_for_port"]
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +63,6 @@ _DISCOVERY_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 _DISCOVERY_MAX_S = 5.0
 _URL_CACHE_MAX = 1024
 _BULK_HEADERS = {"Content-Type": "application/json"}  # §2.4
-
-
-class AppStatus(str, enum.Enum):
-    """What a delivery attempt asks the engine to do (Dapr's ``AppResponseStatus``)."""
-
-    SUCCESS = "SUCCESS"
-    RETRY = "RETRY"
-    DROP = "DROP"
-
-
-@dataclass(frozen=True, slots=True)
-class AppResponse:
-    """The classified answer to one delivery.
-
-    ``http_status`` is ``None`` when no HTTP answer arrived (connection refused, timeout);
-    ``reason`` is a short human text for logs.
-    """
-
-    status: AppStatus
-    http_status: int | None
-    reason: str
 
 
 def _first_json_value(body: bytes) -> Any:
@@ -140,44 +117,6 @@ def classify(http_status: int, body: bytes) -> AppResponse:
                            "non-retriable error returned from app: status code 404")
     return AppResponse(AppStatus.RETRY, http_status,
                        f"retriable error returned from app: status code {http_status}")
-
-
-class Channel(Protocol):
-    """What the runner and the delivery engine need of an app channel, whatever its protocol.
-
-    ``cleans_paths``: whether route paths are normalised like Go's ``path.Clean`` before
-    delivery (HTTP, dapr/dapr http_channel.go) or sent as the app listed them (gRPC, where the
-    path only selects a handler inside ``OnTopicEvent``).
-    """
-
-    cleans_paths: bool
-
-    async def wait_until_reachable(self, stop_event: asyncio.Event | None = None) -> bool: ...
-
-    async def discover(self) -> list[TopicSubscription]: ...
-
-    async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
-                      topic: str, pubsubname: str) -> AppResponse: ...
-
-    async def deliver_bulk(self, path: str, events: Sequence[BulkEvent], *, topic: str,
-                           pubsubname: str) -> list[AppResponse]: ...
-
-    async def close(self) -> None: ...
-
-
-def open_app_channel(settings: SidecarSettings) -> Channel:
-    """The app channel ``settings.app_protocol`` asks for (``http`` or ``grpc``).
-
-    Raises ``ValueError`` for another protocol or when ``settings.app_port`` is ``None``. The
-    gRPC channel (and grpcio) is imported only when asked for.
-    """
-    if settings.app_protocol == "http":
-        return AppChannel(settings)
-    if settings.app_protocol == "grpc":
-        from .grpc import GrpcAppChannel
-
-        return GrpcAppChannel(settings)
-    raise ValueError(f"unsupported app protocol {settings.app_protocol!r}: use http or grpc")
 
 
 async def _port_accepts(host: str, port: int) -> bool:
@@ -349,8 +288,6 @@ class AppChannel:
         """One bulk POST of ``events`` to ``path`` (dapr-pubsub-contract.md §2.4,
         ``bulkformat.py``): one answer per event, in order. A transport error or a timeout
         retries every event. Raises only ``CancelledError``."""
-        from .bulk_format import bulk_request_body, classify_bulk  # it imports this module
-
         body = bulk_request_body(events, request_id=str(uuid.uuid4()), topic=topic,
                                  pubsubname=pubsubname)
         answer = await self.post_event(path, body, _BULK_HEADERS, raw_answer=True)

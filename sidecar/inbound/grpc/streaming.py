@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2, pubsub_pb2
 
-from ...delivery.channel.http import AppResponse, AppStatus
+from ...delivery.channel.types import AppResponse, AppStatus
 from ...delivery.engine import Dispatcher
 from ...envelopes.reading import ReadEvent
 from ...envelopes.topic_event import EnvelopeDataError, topic_event_request

@@ -19,7 +19,9 @@ import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from multidict import CIMultiDict
-from tidings.sidecar.delivery.channel.http import AppChannel, AppStatus, open_app_channel
+from tidings.sidecar.delivery.channel import open_app_channel
+from tidings.sidecar.delivery.channel.http import AppChannel
+from tidings.sidecar.delivery.channel.types import AppStatus
 from tidings.sidecar.delivery.channel.grpc import (
     GrpcAppChannel,
     classify_rpc_error,

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from tidings.sidecar.delivery.channel.http import AppChannel, AppStatus, classify
+from tidings.sidecar.delivery.channel.http import AppChannel, classify
+from tidings.sidecar.delivery.channel.types import AppStatus
 from tidings.sidecar.runtime.settings import SidecarSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
