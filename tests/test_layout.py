@@ -1,5 +1,6 @@
-"""The repository's layout: nothing in the checkout shadows the standard library, and the
-package list in pyproject.toml covers every folder of ``sidecar/`` and ``operator/``.
+"""The repository's layout: nothing in the checkout shadows the standard library, the package
+list in pyproject.toml covers every folder of ``sidecar/`` and ``operator/``, and no module of
+``tidings.sidecar`` or ``tidings.operator`` imports itself through others (no import cycle).
 
 ``python -m`` and ``pytest`` put the working directory first on ``sys.path``; from the
 repository root, a regular ``operator`` package there once replaced the standard library's
@@ -9,6 +10,7 @@ from the root, without ``PYTHONSAFEPATH``, as a developer would.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -59,3 +61,96 @@ def test_pyproject_lists_every_package_folder() -> None:
             relative = module.parent.relative_to(REPO / folder)
             folders.add(".".join([package, *relative.parts]))
     assert set(setuptools["packages"]) == folders
+
+
+def tidings_modules() -> dict[str, tuple[Path, bool]]:
+    """Every module of the package folders: dotted name -> (file, is a package's __init__)."""
+    modules = {}
+    for folder, package in PACKAGE_ROOTS.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            if is_package:
+                parts.pop()
+            modules[".".join([package, *parts])] = (path, is_package)
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the tidings modules it imports anywhere in its file: at module level, under
+    ``if TYPE_CHECKING``, inside functions. Relative imports are resolved; ``from pkg import x``
+    counts as importing ``pkg.x`` when that is a module."""
+    modules = tidings_modules()
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    source = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    source = node.module or ""
+                for alias in node.names:
+                    submodule = f"{source}.{alias.name}"
+                    targets.add(submodule if submodule in modules else source)
+        edges = set()
+        for target in targets:
+            while target and target not in modules:  # a name inside a module: the module
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_import_graph_sees_relative_and_function_level_imports() -> None:
+    graph = import_graph()
+    assert "tidings.sidecar.inbound.http.keys" in graph["tidings.sidecar.inbound.http.app"]
+    # imported inside open_app_channel only, and through `from . import x` of a module
+    assert "tidings.sidecar.delivery.channel.grpc" in graph["tidings.sidecar.delivery.channel"]
+    assert "tidings.sidecar.runtime.metrics" in graph["tidings.sidecar.brokers.redis"]
+    assert "tidings.sidecar.resources" in graph["tidings.operator.validation"]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles(import_graph()) == []
