@@ -176,8 +176,8 @@ def check_for_sidecar(component: Component, *, app_id: str, source: str) -> None
 def check_subscription(subscription: TopicSubscription, *, kafka: bool, source: str,
                        jetstream: bool = False) -> None:
     """Raise :class:`ResourceError` (naming the field) for what makes the sidecar drop a
-    subscription by itself (``tidings.sidecar.subscriptions.effective_subscriptions``): a CEL
-    rule that does not compile, no route at all (``routes: {}``: "empty routes") and, when its
+    subscription by itself (``tidings.sidecar.delivery.subscriptions.effective_subscriptions``): a
+    CEL rule that does not compile, no route at all (``routes: {}``: "empty routes") and, when its
     pubsub is a Kafka component (``kafka``), a topic or ``deadLetterTopic`` Kafka cannot hold;
     on a JetStream component (``jetstream``), a topic that is no NATS subject filter or a
     ``deadLetterTopic`` one cannot publish to.

@@ -70,7 +70,7 @@ def sidecar_args(config: SidecarConfig) -> list[str]:
 def sidecar_container(config: SidecarConfig, *, image: str, pull_policy: str,
                       otlp_endpoint: str | None = None) -> dict[str, Any]:
     """The ``daprd`` container for ``config`` running ``image``; with ``otlp_endpoint`` the
-    sidecar exports spans there (``OTEL_EXPORTER_OTLP_ENDPOINT``, sidecar ``tracing.py``)."""
+    sidecar exports spans there (``OTEL_EXPORTER_OTLP_ENDPOINT``, sidecar ``runtime/tracing.py``)."""
     ports: list[dict[str, Any]] = [
         {"name": "dapr-http", "containerPort": DAPR_HTTP_PORT, "protocol": "TCP"},
         {"name": "dapr-grpc", "containerPort": DAPR_GRPC_PORT, "protocol": "TCP"}]

@@ -100,8 +100,8 @@ def validate_subscription(body: Mapping[str, Any], *,
     component, its topic and ``deadLetterTopic`` must be Kafka topic names. With
     ``subscriptions`` (the namespace's Subscription bodies, itself included or not): of two
     valid ones for the same (pubsubname, topic) reaching the same app, the sidecar keeps the
-    one whose file comes last (``tidings.sidecar.subscriptions.effective_subscriptions``, files
-    read in name order); the other gets ``Conflict``.
+    one whose file comes last (``tidings.sidecar.delivery.subscriptions.effective_subscriptions``,
+    files read in name order); the other gets ``Conflict``.
     """
     source = _source(body)
     try:

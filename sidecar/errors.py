@@ -2,8 +2,8 @@
 
 The body is Dapr's ``{"errorCode", "message", "details": [ErrorInfo, ResourceInfo?]}``
 (dapr-pubsub-contract.md §1.2, dapr/kit ``errors.JSONErrorValue``). Handlers raise
-:class:`DaprError`; the one error middleware in ``api/app.py`` turns it into a response, so no
-handler builds error bodies itself.
+:class:`DaprError`; the one error middleware in ``inbound/http/app.py`` turns it into a response, so
+no handler builds error bodies itself.
 """
 
 from __future__ import annotations

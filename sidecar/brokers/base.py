@@ -11,7 +11,7 @@ The handler contract is what makes delivery at-least-once: ``await handler(recor
 only when the record is *finished* (delivered and acknowledged by the app, or dead-lettered). Only
 then may the broker commit its offset. If the handler is cancelled (partition revoked, shutdown
 grace exhausted) the record is not finished and must be delivered again by whoever next owns the
-partition. Neighbours: ``delivery.py`` provides the handler; ``brokers/kafka/``,
+partition. Neighbours: ``delivery/engine.py`` provides the handler; ``brokers/kafka/``,
 ``brokers/redis.py`` and ``brokers/memory.py`` implement this.
 """
 

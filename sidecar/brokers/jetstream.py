@@ -223,7 +223,7 @@ class _TopicConsumer:
 
     async def _run(self) -> None:
         problem = filter_subject_problem(self.topic)
-        if problem is not None:  # subscriptions.py leaves these out; a retry cannot help
+        if problem is not None:  # delivery/subscriptions.py leaves these out; a retry cannot help
             log.error("topic %r is not a NATS subject (%s); it is not consumed", self.topic,
                       problem, extra=self._extra())
             self.ready.set()

@@ -2,28 +2,29 @@
 
 A subscription with ``bulkSubscribe.enabled`` (declarative, ``/dapr/subscribe``, or gRPC
 ``ListTopicSubscriptions``; ``TopicSubscription.bulk``) is delivered by :class:`BulkDispatcher`,
-the single-record :class:`~.delivery.Dispatcher` extended with the broker's
+the single-record :class:`~.engine.Dispatcher` extended with the broker's
 :class:`~.brokers.base.BatchHandler` side:
 
 - the Kafka partition worker (``brokers/kafka/consuming.py``) asks :meth:`BulkDispatcher.
   batch_policy` per topic and hands up to ``maxMessagesCount`` consecutive records of one
   partition (waiting at most ``maxAwaitDurationMs`` for the batch to fill) to
   :meth:`BulkDispatcher.handle_batch`, which returns only when every record is finished; the
-  worker then marks them finished, so at-least-once and the commit rule (``offsets.py``) are
-  those of single delivery. A broker that does not batch (the in-memory one) calls the plain
-  handler: a bulk topic's record is then delivered as a batch of one, still in the bulk format;
+  worker then marks them finished, so at-least-once and the commit rule
+  (``brokers/kafka/offsets.py``) are those of single delivery. A broker that does not batch (the
+  in-memory one) calls the plain handler: a bulk topic's record is then delivered as a batch of one,
+  still in the bulk format;
 - every attempt reads, checks expiry and routes each entry on its own (same steps as
   ``Dispatcher._attempt``), then sends one request per route path with the entries routed
-  there, in order: an HTTP POST with the §2.4 body (``bulkformat.py``) or ``OnBulkTopicEvent``
-  (``appchannel_grpc.py``);
-- each entry's answer becomes a :class:`~.delivery.Verdict` and goes through the same
-  :func:`~.delivery.decide` table as single delivery: SUCCESS acks, DROP (or 404) acks or
+  there, in order: an HTTP POST with the §2.4 body (``delivery/channel/bulk_format.py``) or
+  ``OnBulkTopicEvent`` (``delivery/channel/grpc.py``);
+- each entry's answer becomes a :class:`~.engine.Verdict` and goes through the same
+  :func:`~.engine.decide` table as single delivery: SUCCESS acks, DROP (or 404) acks or
   dead-letters, RETRY (also a missing or unknown status, a failed request) retries. Entries to
   retry are sent again together, in a new bulk request holding only them, after the
   component's back-off; their retry count is the batch's round (they all entered together).
 
-Neighbours: ``delivery.py`` (the policy and the single path), ``bulkformat.py`` (HTTP body and
-answer), ``runner.py`` (creates one per pubsub component).
+Neighbours: ``engine.py`` (the policy and the single path), ``delivery/channel/bulk_format.py``
+(HTTP body and answer), ``runtime/runner.py`` (creates one per pubsub component).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class _Ready:
 
 
 class BulkDispatcher(Dispatcher):
-    """A :class:`~.delivery.Dispatcher` that also delivers bulk subscriptions in batches; the
+    """A :class:`~.engine.Dispatcher` that also delivers bulk subscriptions in batches; the
     broker's ``BatchHandler`` (``brokers/base.py``). Call it like a handler:
     ``await dispatcher(record)``. Constructor arguments are the ``Dispatcher``'s."""
 
@@ -107,7 +108,7 @@ class BulkDispatcher(Dispatcher):
 
     async def handle_batch(self, records: Sequence[Record]) -> None:
         """Deliver ``records`` (of one partition, in offset order) until every one is finished:
-        acked, dead-lettered or given up on, per the ``delivery.py`` table. Raises only
+        acked, dead-lettered or given up on, per the ``engine.py`` table. Raises only
         ``CancelledError`` (then none of them counts as finished)."""
         if not records:
             return

@@ -10,9 +10,10 @@ purpose), so the broker may then commit its offset.
 
 Steps per attempt: read the value (``envelopes/reading.py``) → expiry (``expiration`` in the past)
 → route (``routing.py``, CEL rules compiled once in :meth:`Dispatcher.set_subscriptions`) → POST
-to the app (``appchannel.py``) with ``Content-Type: application/cloudevents+json`` and the record's
-metadata as HTTP headers, or ``OnTopicEvent`` with them as gRPC metadata (``appchannel_grpc.py``,
-``--app-protocol grpc``); the answer is classified by the channel into the same statuses.
+to the app (``delivery/channel/http.py``) with ``Content-Type: application/cloudevents+json`` and
+the record's metadata as HTTP headers, or ``OnTopicEvent`` with them as gRPC metadata
+(``delivery/channel/grpc.py``, ``--app-protocol grpc``); the answer is classified by the channel
+into the same statuses.
 
 The policy (:func:`decide`), following Dapr HEAD (§2.2, §2.3, §5.3, §9):
 
@@ -48,7 +49,7 @@ Cancellation (partition revoked, shutdown grace exhausted) propagates immediatel
 sleep, a POST or a dead-letter publish; the record is then not finished and is not dead-lettered.
 
 Every give-up, drop and poison path logs one line with ``app_id``, ``pubsubname``, ``topic``,
-``partition``, ``offset`` and ``cloudevent_id`` (``logs.py`` field names).
+``partition``, ``offset`` and ``cloudevent_id`` (``runtime/logs.py`` field names).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Verdict(enum.Enum):
     NO_SUBSCRIPTION = "no subscription"
 
 
-# Dapr's ingress metric ``process_status`` of an app answer (metrics.py).
+# Dapr's ingress metric ``process_status`` of an app answer (runtime/metrics.py).
 _PROCESS_STATUS = {Verdict.DELIVERED: "success", Verdict.DROPPED: "drop", Verdict.FAILED: "retry"}
 # The app's answer as a verdict: anything but SUCCESS and DROP (RETRY, no answer) is a failure.
 _VERDICT_OF = {AppStatus.SUCCESS: Verdict.DELIVERED, AppStatus.DROP: Verdict.DROPPED}

@@ -2,8 +2,8 @@
 
 Go matches a JSON object's keys to struct fields case-insensitively, an exact match first, so
 ``{"Status": "RETRY"}`` and ``{"pubsubName": ...}`` mean to Dapr what ``status`` and ``pubsubname``
-do. Used for the app's delivery answers (``appchannel.py``, ``bulkformat.py``) and its
-``/dapr/subscribe`` list (``subscriptions.py``).
+do. Used for the app's delivery answers (``delivery/channel/http.py``,
+``delivery/channel/bulk_format.py``) and its ``/dapr/subscribe`` list (``subscriptions.py``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ A ``schedule_s`` list (JetStream's ``backOff``) gives the wait before each retry
 last one repeating. No jitter: one consumer retries one record at a time per partition, so there is
 no herd to spread, and a deterministic schedule is testable by tables. All values are seconds.
 
-Neighbours: ``resources/kafka.py`` parses the policy; ``delivery.py`` is the only caller.
+Neighbours: ``resources/kafka.py`` parses the policy; ``engine.py`` is the only caller.
 """
 
 from __future__ import annotations

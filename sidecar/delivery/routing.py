@@ -26,7 +26,7 @@ rules (one ``cel.Context``), and when every use of ``event`` in the rules is a p
 those fields are handed to CEL. Any other use (``event[...]``, bare ``event``, backquoted names)
 falls back to the whole event, so results are always identical.
 
-Neighbours: ``subscriptions.py`` validates with it, ``delivery.py`` selects.
+Neighbours: ``subscriptions.py`` validates with it, ``engine.py`` selects.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Routes:
 
         ``clean_paths=False`` keeps each path as listed: the gRPC app channel sends it in
         ``TopicEventRequest.path``, where SDKs look handlers up by the exact string
-        (``appchannel_grpc.py``).
+        (``delivery/channel/grpc.py``).
 
         Raises ``ResourceError`` (``resources/rules.py``) naming the subscription and the rule for
         a CEL expression that does not compile (Dapr fails the subscription, §2.1).

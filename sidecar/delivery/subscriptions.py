@@ -14,8 +14,9 @@ case-insensitively when there is no exact match (``pubsubName`` works like ``pub
   ``two identical subscriptions found (sources: declarative, app endpoint)``. Two of the same
   kind for one topic: the last listed wins (Dapr's route map keeps the last), with a warning;
 - a subscription naming a pubsub that is not configured is left out (warning);
-- a subscription the component's topic scoping forbids (§5.1, ``scoping.subscribe_allowed``) is
-  refused: ``subscription to topic '<t>' on pubsub '<p>' is not allowed``;
+- a subscription the component's topic scoping forbids (§5.1,
+  ``publishing.scoping.subscribe_allowed``) is refused:
+  ``subscription to topic '<t>' on pubsub '<p>' is not allowed``;
 - on a Kafka component, a subscription whose topic or ``deadLetterTopic`` Kafka cannot hold
   (``resources/kafka_topics.py``: ``a/b``, ``a b``, over 249 characters...) is left out with an
   error naming the topic; subscribing aiokafka to it would only fail forever;
@@ -25,8 +26,8 @@ case-insensitively when there is no exact match (``pubsubName`` works like ``pub
   CEL rule does not compile is dropped with the compile error (Dapr fails the whole discovery
   call; we keep the app's other subscriptions).
 
-Neighbours: ``appchannel.py`` fetches the JSON, ``routing.py`` compiles rules, ``delivery.py``
-receives the result per pubsub, ``runner.py`` calls both functions.
+Neighbours: ``delivery/channel/http.py`` fetches the JSON, ``routing.py`` compiles rules,
+``engine.py`` receives the result per pubsub, ``runtime/runner.py`` calls both functions.
 """
 
 from __future__ import annotations

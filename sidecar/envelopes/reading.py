@@ -24,7 +24,7 @@ decoder does for routing (§2.2: numbers are doubles in CEL). Values orjson refu
 (a number out of double range, a lone UTF-16 surrogate) are re-read with the standard ``json``
 module; ``NaN``/``Infinity`` literals are refused by both Go and us.
 
-Neighbours: ``wrapping.py`` builds envelopes on publish; ``delivery.py`` calls this module.
+Neighbours: ``wrapping.py`` builds envelopes on publish; ``delivery/engine.py`` calls this module.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A read event as Dapr's gRPC ``TopicEventRequest`` (dapr-pubsub-contract.md §2.5, §1.6). Pure.
 
 The one builder for both gRPC deliveries: ``OnTopicEvent`` of the gRPC app channel
-(``appchannel_grpc.py``, ``--app-protocol grpc``) and the ``event_message`` of a streaming
-subscription (``grpcapi/streaming.py``, ``SubscribeTopicEventsAlpha1``). Dapr too builds both with
-one function (dapr/dapr ``pkg/runtime/pubsub`` ``GRPCEnvelopeFromSubscriptionMessage``), whose
+(``delivery/channel/grpc.py``, ``--app-protocol grpc``) and the ``event_message`` of a streaming
+subscription (``inbound/grpc/streaming.py``, ``SubscribeTopicEventsAlpha1``). Dapr too builds both
+with one function (dapr/dapr ``pkg/runtime/pubsub`` ``GRPCEnvelopeFromSubscriptionMessage``), whose
 rules this follows:
 
 - ``id``, ``source``, ``type``, ``specversion``, ``datacontenttype`` go to their own fields; an

@@ -273,8 +273,8 @@ def wrap(
 
     ``content_type`` is the request's Content-Type (``None``/``""`` means ``text/plain``);
     ``ttl_s`` seconds from ``now`` (UTC, default the current time) set ``expiration``.
-    ``traceparent``/``tracestate`` are the publish's W3C trace context (``tracing.py``), used
-    unless ``overrides`` name one; without either a new trace starts. Never raises for any
+    ``traceparent``/``tracestate`` are the publish's W3C trace context (``runtime/tracing.py``),
+    used unless ``overrides`` name one; without either a new trace starts. Never raises for any
     body: JSON that does not parse travels as a string.
     """
     now_s = _epoch_s(now)

@@ -2,8 +2,8 @@
 
 The one place that turns a publish request into a broker record and every failure into the
 Dapr error of the §1.2 matrix (dapr-pubsub-contract.md §1.2, §1.3, §4, §5.1, §5.9). The HTTP layer
-(``api/publish.py``) only decodes the request; the delivery engine (``delivery.py``) uses
-:meth:`Publisher.dead_letter`.
+(``inbound/http/publish.py``) only decodes the request; the delivery engine (``delivery/engine.py``)
+uses :meth:`Publisher.dead_letter`.
 
 Record mapping (Kafka, §5.9): ``partitionKey`` (or ``__key``) becomes the record key,
 ``partitionNumber`` the record's explicit partition, every other metadata key a record header
@@ -287,7 +287,7 @@ class Publisher:
 
         ``metadata`` is the request's ``metadata.*`` with the prefix stripped.
         ``traceparent``/``tracestate`` are the request's W3C trace headers: the event and the
-        record's ``traceparent``/``tracestate`` headers carry them on (``tracing.py``; with
+        record's ``traceparent``/``tracestate`` headers carry them on (``runtime/tracing.py``; with
         spans exported, a publish span's context instead). Raises
         :class:`DaprError` for every row of the §1.2 error matrix: 400 not configured / bad
         ``rawPayload`` / user CloudEvent without ``id`` (ours) / broker missing (race), 404 empty

@@ -12,7 +12,7 @@ unprotected topic when the app has no scope entry; otherwise allow iff the app's
 
 A component's metadata is parsed once and cached by identity (components are immutable once
 loaded; hot reload builds new ones), so the per-message cost is a dict lookup and a set test.
-Neighbours: ``publishing.py`` (publish and dead-letter checks), ``subscriptions.py``.
+Neighbours: ``publisher.py`` (publish and dead-letter checks), ``delivery/subscriptions.py``.
 """
 
 from __future__ import annotations

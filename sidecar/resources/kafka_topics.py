@@ -5,8 +5,8 @@ Kafka (``org.apache.kafka.common.internals.Topic.validate``) allows 1 to 249 cha
 name waits for metadata that never comes (``request_timeout_ms``), logs an error every
 ``retry_backoff_ms`` and keeps the name in its metadata for good. So the producer
 (``brokers/kafka/producing.py``) checks every topic before aiokafka sees it,
-``subscriptions.py`` leaves out subscriptions (and dead-letter topics) a Kafka component cannot
-hold, and the operator reports them in the Subscription's status. Dapr's in-memory component
+``delivery/subscriptions.py`` leaves out subscriptions (and dead-letter topics) a Kafka component
+cannot hold, and the operator reports them in the Subscription's status. Dapr's in-memory component
 takes any name, so this applies to Kafka components only.
 """
 

@@ -113,7 +113,8 @@ def record_http(app_id: str, method: str, path: str, status: int, elapsed_s: flo
 
 @dataclass(eq=False, slots=True)
 class TopicDeliveries:
-    """Delivery state of one subscribed topic of one component, updated by ``delivery.py``."""
+    """Delivery state of one subscribed topic of one component, updated by
+    ``delivery/engine.py``."""
 
     in_flight: int = 0
     retries: int = 0

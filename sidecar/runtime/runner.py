@@ -11,8 +11,8 @@ subscriptions without a restart (the operator rewrites the mounted Secret, §5.8
 Stop (SIGTERM): stop fetching, let in-flight deliveries finish within
 ``graceful_shutdown_seconds``, commit, leave the groups, stop the API, close the app channel.
 
-Neighbours: ``publishing.py`` (publish path), ``delivery.py`` (one ``Dispatcher`` per pubsub),
-``brokers/`` (one broker per component), ``api/app.py`` (HTTP API).
+Neighbours: ``publishing/publisher.py`` (publish path), ``delivery/engine.py`` (one ``Dispatcher``
+per pubsub), ``brokers/`` (one broker per component), ``inbound/http/app.py`` (HTTP API).
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ class Sidecar:
     # --- subscriptions -----------------------------------------------------------------------
     def _stream_dispatcher(self, pubsubname: str, channel: StreamChannel) -> Dispatcher:
         """The delivery engine of one streaming subscription: the component's retry policy and
-        dead-letter path, the stream as app channel (``grpcapi/streaming.py``)."""
+        dead-letter path, the stream as app channel (``inbound/grpc/streaming.py``)."""
         return self._dispatcher(self._components[pubsubname], channel)
 
     def _dispatcher(self, component: LoadedComponent, channel: Any) -> Dispatcher:

@@ -4,12 +4,12 @@ Propagation (always on; W3C Trace Context, ``traceparent``/``tracestate``):
 
 - publish: the request's ``traceparent``/``tracestate`` headers become the CloudEvent's
   ``traceparent``, ``traceid`` (Dapr's legacy copy of ``traceparent``) and ``tracestate``, and
-  the record's Kafka headers of the same names (``publishing.py``). ``metadata.cloudevent.
+  the record's Kafka headers of the same names (``publishing/publisher.py``). ``metadata.cloudevent.
   traceparent`` and a user CloudEvent's own ``traceparent`` still win inside the event, as in
   Dapr; a request without a (valid) ``traceparent`` starts a new trace;
 - delivery: the event's ``traceparent``/``tracestate`` (filled from the record's headers when the
   event has none, ``envelopes/reading.py``) become the delivery request's headers
-  (``delivery.http_headers``).
+  (``delivery.engine.http_headers``).
 
 Spans (only with ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` set,
 and the ``otel`` extra installed): :func:`configure` builds an SDK tracer provider with a batching
@@ -157,7 +157,7 @@ def start_delivery(headers: MutableMapping[str, str], *, app_id: str, pubsubname
                    topic: str, partition: int, offset: int) -> Any:
     """Without spans: ``None`` and ``headers`` untouched. With spans: a started CONSUMER span for
     one delivery attempt, child of the context in ``headers`` (the event's, from
-    ``delivery.http_headers``), whose context then replaces ``headers``' ``traceparent`` and
+    ``delivery.engine.http_headers``), whose context then replaces ``headers``' ``traceparent`` and
     ``tracestate``, so the app's spans are its children. End it with :func:`end_span`."""
     if _tracer is None:
         return None

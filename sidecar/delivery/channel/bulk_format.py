@@ -15,8 +15,8 @@ as HTTP headers (Kafka headers, ``__key``, ``__offset``, ``__partition``, ``__to
 
 The app answers ``{"statuses": [{"entryId": "...", "status": "SUCCESS|RETRY|DROP"}]}``;
 :func:`classify_bulk` turns that into one :class:`AppResponse` per entry, following Dapr's
-``DeliverBulk``. The gRPC form (``OnBulkTopicEvent``) lives in ``appchannel_grpc.py``; the
-engine that batches, retries and dead-letters is ``bulkdelivery.py``.
+``DeliverBulk``. The gRPC form (``OnBulkTopicEvent``) lives in ``grpc.py``; the engine
+that batches, retries and dead-letters is ``delivery/bulk.py``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The sidecar's gRPC client to the app (``--app-protocol grpc``): Dapr's ``AppCallback`` service.
 
-The second implementation of ``appchannel.Channel``; the delivery engine (``delivery.py``) is the
-same for both. Behaviour follows Dapr's gRPC app channel (dapr-pubsub-contract.md §2.5 with the
+The second implementation of ``types.Channel``; the delivery engine (``delivery/engine.py``) is
+the same for both. Behaviour follows Dapr's gRPC app channel (dapr-pubsub-contract.md §2.5 with the
 semantics of §2.1-§2.3; dapr/dapr ``pkg/runtime/subscription/postman/grpc``):
 
-- reachability: the same TCP poll of the app port as HTTP (``appchannel.wait_for_port``);
+- reachability: the same TCP poll of the app port as HTTP (``http.wait_for_port``);
 - discovery: ``ListTopicSubscriptions``, retried with backoff while the app does not answer
   (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``), like ``GET /dapr/subscribe``. ``UNIMPLEMENTED`` means
   no subscriptions; any other error is logged and means none. Each ``TopicSubscription`` maps to
@@ -20,14 +20,14 @@ semantics of §2.1-§2.3; dapr/dapr ``pkg/runtime/subscription/postman/grpc``):
 Route paths are sent as the app listed them (no ``path.Clean``): SDKs look the handler up by the
 exact ``path`` string. Bulk subscriptions (§2.4) are delivered with ``OnBulkTopicEvent``
 (:meth:`GrpcAppChannel.deliver_bulk`), each entry's metadata in the entry rather than in gRPC
-metadata; the batching is ``bulkdelivery.py``'s.
+metadata; the batching is ``delivery/bulk.py``'s.
 
 The generated stubs come from the PyPI package ``dapr`` (``dapr.proto.runtime.v1``); nothing is
 vendored. The client is grpcio's asyncio API, one channel per sidecar, opened on first use inside
 the running loop.
 
-Neighbours: ``appchannel.py`` (the interface and the HTTP channel), ``delivery.py`` (the only
-caller of :meth:`GrpcAppChannel.deliver`), ``runner.py`` (lifetime).
+Neighbours: ``types.py`` (the interface), ``http.py`` (the HTTP channel), ``delivery/engine.py``
+(the only caller of :meth:`GrpcAppChannel.deliver`), ``runtime/runner.py`` (lifetime).
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def _metadata_key(name: str) -> str | None:
 
 def grpc_metadata(headers: Mapping[str, str],
                   token: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
-    """The delivery's gRPC metadata from the HTTP channel's headers (``delivery.http_headers``).
+    """The delivery's gRPC metadata from the HTTP channel's headers
+    (``delivery.engine.http_headers``).
 
     Keys are lower-cased (as grpc-go does with Dapr's metadata map); a key gRPC cannot carry
     (``:`` or a space in it, ``grpc-*``) is skipped with a warning, and ``Content-Type`` is the
@@ -292,7 +293,7 @@ class GrpcAppChannel:
             self._bulk_alpha_stub = None
 
     async def wait_until_reachable(self, stop_event: asyncio.Event | None = None) -> bool:
-        """Wait until the app port accepts a TCP connection; see ``appchannel.wait_for_port``."""
+        """Wait until the app port accepts a TCP connection; see ``http.wait_for_port``."""
         return await wait_for_port(self.host, self.port, self.settings, stop_event)
 
     async def discover(self) -> list[TopicSubscription]:

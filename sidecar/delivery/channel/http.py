@@ -15,13 +15,14 @@ across deliveries. Behaviour follows Dapr's HTTP app channel (dapr-pubsub-contra
 - :meth:`AppChannel.post_event` POSTs one event and classifies the answer into
   :class:`AppStatus` by the §2.3 table; it never raises for an app-side failure;
 - :meth:`AppChannel.deliver_bulk` POSTs one bulk request (§2.4) and classifies the answer per
-  entry (``bulkformat.py``).
+  entry (``bulk_format.py``).
 
 If ``APP_API_TOKEN`` is set, every request carries it as ``dapr-api-token``.
 Redirects are not followed: a 3xx answer is "another status" and is retried.
 
-Neighbours: ``delivery.py`` (the only caller of ``post_event``), ``subscriptions.py`` (parses what
-``get_subscriptions`` returns), ``runner.py`` (owns the channel's lifetime).
+Neighbours: ``delivery/engine.py`` (the only caller of ``post_event``),
+``delivery/subscriptions.py`` (parses what ``get_subscriptions`` returns), ``runtime/runner.py``
+(owns the channel's lifetime).
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ class AppChannel:
 
     async def discover(self) -> list[TopicSubscription]:
         """The app's programmatic subscriptions: :meth:`get_subscriptions` parsed by
-        ``subscriptions.parse_programmatic`` (bad entries logged and skipped). Never raises
+        ``delivery.subscriptions.parse_programmatic`` (bad entries logged and skipped). Never raises
         (except ``CancelledError``)."""
         return parse_programmatic(await self.get_subscriptions())
 
@@ -286,7 +287,7 @@ class AppChannel:
     async def deliver_bulk(self, path: str, events: Sequence[BulkEvent], *, topic: str,
                            pubsubname: str) -> list[AppResponse]:
         """One bulk POST of ``events`` to ``path`` (dapr-pubsub-contract.md §2.4,
-        ``bulkformat.py``): one answer per event, in order. A transport error or a timeout
+        ``bulk_format.py``): one answer per event, in order. A transport error or a timeout
         retries every event. Raises only ``CancelledError``."""
         body = bulk_request_body(events, request_id=str(uuid.uuid4()), topic=topic,
                                  pubsubname=pubsubname)

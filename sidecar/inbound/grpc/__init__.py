@@ -6,8 +6,8 @@
   ``google.rpc.ErrorInfo``/``ResourceInfo`` details;
 - ``metadata.py``: ``GetMetadata`` from the same view as ``GET /v1.0/metadata``;
 - ``streaming.py``: ``SubscribeTopicEventsAlpha1`` streams, delivered by the one delivery engine
-  (``delivery.Dispatcher``).
+  (``delivery.engine.Dispatcher``).
 
 The generated ``*_pb2`` modules come from the Dapr Python SDK (PyPI ``dapr``); nothing is
-vendored. Publishing goes through ``publishing.Publisher`` exactly like the HTTP API.
+vendored. Publishing goes through ``publishing.publisher.Publisher`` exactly like the HTTP API.
 """

@@ -1,7 +1,7 @@
 """``GetMetadata``/``SetMetadata`` over gRPC: the same answer as ``GET /v1.0/metadata`` (§1.4).
 
-The HTTP handler's JSON object (``api/metadata.metadata_body``) is translated field by field into
-``GetMetadataResponse``, so both APIs can never disagree.
+The HTTP handler's JSON object (``inbound/http/metadata.metadata_body``) is translated field by
+field into ``GetMetadataResponse``, so both APIs can never disagree.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ metadata, dead_letter_topic}``, gets ``initial_response{}``, then receives one
 ``event_processed{id, status: SUCCESS|RETRY|DROP}``.
 
 Delivery is the one delivery engine: every (pubsub, topic) with a stream gets a
-:class:`~tidings.sidecar.delivery.Dispatcher` whose app channel is a :class:`StreamChannel`, so
-expiry, dead-letter topics, retries with backoff and the at-least-once commit rule are those of
-HTTP deliveries (``delivery.decide``). The answers map like the HTTP ``status`` field: SUCCESS
-acks, RETRY retries, DROP acks (to the dead-letter topic if one is set); an unknown status
+:class:`~tidings.sidecar.delivery.engine.Dispatcher` whose app channel is a :class:`StreamChannel`,
+so expiry, dead-letter topics, retries with backoff and the at-least-once commit rule are those of
+HTTP deliveries (``delivery.engine.decide``). The answers map like the HTTP ``status`` field:
+SUCCESS acks, RETRY retries, DROP acks (to the dead-letter topic if one is set); an unknown status
 retries.
 
 At-least-once across streams: an event sent on a stream that ends before answering it is *not*
@@ -117,7 +117,7 @@ class _Stream:
 class StreamChannel:
     """The app channel of one streamed (pubsub, topic): what ``Dispatcher`` posts events to.
 
-    Has what ``Dispatcher`` needs of an ``appchannel.Channel``: ``cleans_paths`` and
+    Has what ``Dispatcher`` needs of a ``delivery.channel.types.Channel``: ``cleans_paths`` and
     :meth:`deliver`. It outlives single streams: a delivery whose stream ended unanswered waits
     for the next stream of this (pubsub, topic) and is sent again there; cancellation (the
     runner unsubscribed the topic) ends the wait, the record stays unacked.
@@ -151,7 +151,8 @@ class StreamChannel:
     async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
                       topic: str, pubsubname: str) -> AppResponse:
         """Send the read event to the app over its stream as an ``event_message`` and return
-        its answer classified like an HTTP one (the :class:`~..appchannel.Channel` call).
+        its answer classified like an HTTP one (the
+        :class:`~tidings.sidecar.delivery.channel.types.Channel` call).
 
         The message is built as for the gRPC app channel
         (``envelopes.topic_event.topic_event_request``: Dapr's content-type rules, JSON numbers

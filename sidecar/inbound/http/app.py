@@ -1,6 +1,6 @@
 """The sidecar's HTTP API: app factory, the one error middleware, API token and body limit.
 
-Handlers (``api/publish.py``, ``api/metadata.py``, ``api/health.py``) raise
+Handlers (``publish.py``, ``metadata.py``, ``health.py``) raise
 :class:`~tidings.sidecar.errors.DaprError`; the middleware here is the only place that turns an
 error into a response (dapr-pubsub-contract.md §1.2 body shape), and the only place that answers
 an unexpected exception: a logged 500 with a Dapr-style body, never a traceback.
@@ -60,7 +60,7 @@ def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
 
     @web.middleware
     async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # dapr_http_server_request_count / _latency (metrics.py); the route, not the URL, so
+        # dapr_http_server_request_count / _latency (runtime/metrics.py); the route, not the URL, so
         # every topic shares one series.
         started = time.perf_counter()
         status = 500

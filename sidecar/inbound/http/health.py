@@ -6,7 +6,7 @@
 - ``/healthz/outbound``: 204 once components are ready and the API is up (before the app is
   reachable; SDKs' ``waitForSidecar``); else 500 ``ERR_OUTBOUND_HEALTH_NOT_READY``.
 
-Both are exempt from the API token (``api/app.py``).
+Both are exempt from the API token (``app.py``).
 """
 
 from __future__ import annotations

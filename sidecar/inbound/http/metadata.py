@@ -5,8 +5,8 @@ The response has Dapr's shape: ``id``, ``runtimeVersion``, ``enabledFeatures``, 
 ``brokers/base.py``), ``subscriptions`` (each with its
 ``type`` DECLARATIVE or PROGRAMMATIC, from ``TopicSubscription.to_metadata_json``; ours add
 ``status``: consumer group, assigned partitions with their lag, in-flight deliveries, retries,
-dead-lettered records and the last error, from ``metrics.subscription_status``), ``extended``
-(attributes set with PUT), ``httpEndpoints`` and ``appConnectionProperties``.
+dead-lettered records and the last error, from ``runtime.metrics.subscription_status``),
+``extended`` (attributes set with PUT), ``httpEndpoints`` and ``appConnectionProperties``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def metadata_body(runtime: RuntimeView, settings: SidecarSettings,
                   extended: Mapping[str, str]) -> dict[str, Any]:
     """The ``GET /v1.0/metadata`` JSON object (§1.4); ``extended`` holds the attributes set with
     ``PUT /v1.0/metadata/{name}`` (or gRPC ``SetMetadata``). The gRPC ``GetMetadata`` answers
-    the same object (``grpcapi/metadata.py``)."""
+    the same object (``inbound/grpc/metadata.py``)."""
     connection: dict[str, object] = {
         "protocol": settings.app_protocol,
         "channelAddress": settings.app_channel_address,

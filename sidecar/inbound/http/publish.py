@@ -7,11 +7,11 @@
 - ``POST|PUT /v1.0-alpha1/publish/bulk/{pubsubname}/{topic}`` (also ``/v1.0/publish/bulk/...``).
 
 Query ``metadata.<key>=<value>``: the prefix is stripped and the first value of a key kept.
-Headers ``traceparent``/``tracestate`` (W3C) are the publish's trace context (``tracing.py``).
-Header values are text: aiohttp keeps bytes that are not UTF-8 as surrogate escapes, which are
-replaced by U+FFFD here (``header_text``), so ``datacontenttype`` is the Content-Type as sent with
-only its invalid bytes replaced. Everything else (validation, envelopes, scoping, the broker) is
-``publishing.py``'s job.
+Headers ``traceparent``/``tracestate`` (W3C) are the publish's trace context
+(``runtime/tracing.py``). Header values are text: aiohttp keeps bytes that are not UTF-8 as
+surrogate escapes, which are replaced by U+FFFD here (``header_text``), so ``datacontenttype`` is
+the Content-Type as sent with only its invalid bytes replaced. Everything else (validation,
+envelopes, scoping, the broker) is ``publishing/publisher.py``'s job.
 """
 
 from __future__ import annotations

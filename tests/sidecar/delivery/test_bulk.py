@@ -1,10 +1,11 @@
-"""Tests of bulk subscribe delivery (``sidecar/bulkdelivery.py``, ``sidecar/bulkformat.py``, §2.4).
+"""Tests of bulk subscribe delivery (``sidecar/delivery/bulk.py``,
+``sidecar/delivery/channel/bulk_format.py``, §2.4).
 
 The wire format functions are pure and tested as tables. :class:`BulkDispatcher` runs against a
 real aiohttp app on 127.0.0.1 that answers per entry as each event's ``data.answer`` says; the
 records are hand-made and the dead-letter publisher is an in-test recorder, as in
-``test_delivery.py`` (the Kafka side is ``test_consuming.py``; end to end with processes is
-``tests/integration/test_bulk.py``).
+``test_engine.py`` (the Kafka side is ``brokers/kafka/test_consuming.py``; end to end with processes
+is ``tests/integration/test_bulk.py``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Tests of the delivery engine (``sidecar/delivery.py``): the outcome table, HTTP headers, and
-``Dispatcher.handle`` end to end against a real aiohttp app on 127.0.0.1.
+"""Tests of the delivery engine (``sidecar/delivery/engine.py``): the outcome table, HTTP headers,
+and ``Dispatcher.handle`` end to end against a real aiohttp app on 127.0.0.1.
 
 The broker is replaced at this layer: records are hand-made :class:`Record` values and the
 dead-letter publisher is an in-test recorder function, because the Kafka side (fetching,
-per-partition order, commits, revocation) is tested separately in ``test_consuming.py`` and the
-dead-letter produce in ``test_publishing.py``. The app side is real HTTP.
+per-partition order, commits, revocation) is tested separately in
+``brokers/kafka/test_consuming.py`` and the dead-letter produce in ``publishing/test_publisher.py``.
+The app side is real HTTP.
 """
 
 from __future__ import annotations

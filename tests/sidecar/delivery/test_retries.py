@@ -1,4 +1,4 @@
-"""Table tests of the pure backoff arithmetic (``sidecar/retries.py``)."""
+"""Table tests of the pure backoff arithmetic (``sidecar/delivery/retries.py``)."""
 
 from __future__ import annotations
 

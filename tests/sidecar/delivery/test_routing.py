@@ -1,4 +1,4 @@
-"""Tests of CEL routing (``sidecar/routing.py``, §2.1, §2.2)."""
+"""Tests of CEL routing (``sidecar/delivery/routing.py``, §2.1, §2.2)."""
 
 from __future__ import annotations
 

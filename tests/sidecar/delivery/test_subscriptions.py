@@ -1,5 +1,5 @@
 """Tests of programmatic subscription parsing and the merge with declarative ones
-(``sidecar/subscriptions.py``, §2.1, §5.1)."""
+(``sidecar/delivery/subscriptions.py``, §2.1, §5.1)."""
 
 from __future__ import annotations
 

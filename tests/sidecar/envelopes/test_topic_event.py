@@ -2,8 +2,9 @@
 gRPC app channel's ``OnTopicEvent`` and a streaming subscription's ``event_message``). Pure
 functions, fed with what ``envelopes.reading.read_event`` makes of a record value.
 
-End to end over real gRPC: ``test_appchannel_grpc.py`` (app channel), ``test_grpcapi.py``
-(streams), ``tests/integration/test_grpc_app.py`` (an SDK app behind a sidecar process).
+End to end over real gRPC: ``delivery/channel/test_grpc.py`` (app channel),
+``inbound/grpc/test_api.py`` (streams), ``tests/integration/test_grpc_app.py`` (an SDK app behind a
+sidecar process).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""publishing.py: the Publisher over a real in-memory broker (§1.2 matrix at the Python level,
-bulk entries, dead-letter; the dead-letter row for a Kafka topic name uses the real Tansu broker).
-The HTTP rows are in test_api.py."""
+"""publishing/publisher.py: the Publisher over a real in-memory broker (§1.2 matrix at the Python
+level, bulk entries, dead-letter; the dead-letter row for a Kafka topic name uses the real Tansu
+broker). The HTTP rows are in inbound/http/test_api.py."""
 
 from __future__ import annotations
 

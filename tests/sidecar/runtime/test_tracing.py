@@ -1,5 +1,5 @@
 """tracing.py and the trace context of a publish: request headers → CloudEvent → record headers
-(the delivery side is in test_delivery.py and, end to end with spans, in
+(the delivery side is in delivery/test_engine.py and, end to end with spans, in
 tests/integration/test_observability.py)."""
 
 from __future__ import annotations

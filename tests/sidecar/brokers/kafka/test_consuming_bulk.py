@@ -1,7 +1,7 @@
 """The Kafka partition worker's batching for bulk subscriptions (``brokers/kafka/consuming.py``
 ``_work_batch``, §2.4) against the real broker (Tansu via ``kafka_bootstrap``), with an in-test
-``BatchHandler`` instead of the HTTP path (that is ``test_bulkdelivery.py``, and end to end
-``tests/integration/test_bulk.py``).
+``BatchHandler`` instead of the HTTP path (that is ``tests/sidecar/delivery/test_bulk.py``, and end
+to end ``tests/integration/test_bulk.py``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Tests of the gRPC app channel (``sidecar/appchannel_grpc.py``).
+"""Tests of the gRPC app channel (``sidecar/delivery/channel/grpc.py``).
 
 The mapping functions are pure and tested as such; the ``TopicEventRequest`` itself is built by
-``envelopes/topic_event.py`` (``test_topic_event.py``). The channel itself talks over real TCP to a
-real grpcio asyncio server on 127.0.0.1 implementing Dapr's ``AppCallback`` service from the
-``dapr`` package's generated modules; nothing is mocked.
+``envelopes/topic_event.py`` (``envelopes/test_topic_event.py``). The channel itself talks over real
+TCP to a real grpcio asyncio server on 127.0.0.1 implementing Dapr's ``AppCallback`` service from
+the ``dapr`` package's generated modules; nothing is mocked.
 """
 
 from __future__ import annotations

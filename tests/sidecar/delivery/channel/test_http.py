@@ -1,4 +1,5 @@
-"""Tests of the app channel (``sidecar/appchannel.py``) against a real aiohttp app on 127.0.0.1.
+"""Tests of the app channel (``sidecar/delivery/channel/http.py``) against a real aiohttp app on
+127.0.0.1.
 
 Nothing is mocked: each test serves a small aiohttp app on a free port and the channel talks to
 it over real TCP.

@@ -1,7 +1,7 @@
-"""grpcapi/: the Dapr gRPC API of a whole in-process sidecar (``runner.Sidecar``) over real gRPC
-on 127.0.0.1, with real brokers (in-memory, and Kafka on the session's Tansu, read back with a
-plain aiokafka consumer). Clients are the generated stubs the Dapr SDK ships; the SDK itself is
-exercised with real processes in ``tests/integration/test_dapr_sdk.py``.
+"""inbound/grpc/: the Dapr gRPC API of a whole in-process sidecar (``runtime.runner.Sidecar``) over
+real gRPC on 127.0.0.1, with real brokers (in-memory, and Kafka on the session's Tansu, read back
+with a plain aiokafka consumer). Clients are the generated stubs the Dapr SDK ships; the SDK itself
+is exercised with real processes in ``tests/integration/test_dapr_sdk.py``.
 """
 
 from __future__ import annotations
@@ -432,9 +432,9 @@ async def test_stream_receives_events_and_is_listed_as_streaming(memory_sidecar:
 async def test_retry_is_redelivered_and_drop_goes_to_dead_letter(kafka_sidecar: Sidecar,
                                                                  kafka_bootstrap: str,
                                                                  unique: str) -> None:
-    """The answers are read by the one policy table (``delivery.decide``): RETRY redelivers (no
-    dead-letter topic), DROP and RETRY with a dead-letter topic and unbounded retries go there
-    (Dapr's rule, delivery.py)."""
+    """The answers are read by the one policy table (``delivery.engine.decide``): RETRY redelivers
+    (no dead-letter topic), DROP and RETRY with a dead-letter topic and unbounded retries go there
+    (Dapr's rule, delivery/engine.py)."""
     topic, dropped, dead = f"s-{unique}", f"d-{unique}", f"dead-{unique}"
     channel, stub = stub_of(kafka_sidecar)
     async with channel:

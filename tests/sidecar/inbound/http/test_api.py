@@ -1,5 +1,5 @@
-"""api/: the sidecar HTTP API over real HTTP (aiohttp TestServer on a 127.0.0.1 port) with real
-brokers: the in-memory broker and, for Kafka rows, a KafkaProducer against the Tansu broker of
+"""inbound/http/: the sidecar HTTP API over real HTTP (aiohttp TestServer on a 127.0.0.1 port) with
+real brokers: the in-memory broker and, for Kafka rows, a KafkaProducer against the Tansu broker of
 ``kafka_bootstrap`` (read back with a plain aiokafka consumer).
 
 ``FakeRuntime`` stands in for the runner's RuntimeView (the runner is not part of this module);
@@ -306,7 +306,7 @@ async def test_metadata_becomes_key_and_headers_on_kafka(
     [record] = await read_records(kafka_bootstrap, topic, 1)
     assert record.key == b"order-1"
     headers = dict(record.headers)
-    assert valid_traceparent(headers.pop("traceparent").decode())  # tracing.py
+    assert valid_traceparent(headers.pop("traceparent").decode())  # runtime/tracing.py
     assert headers == {"custom": "vé".encode(), "cloudevent.ID": b"my-id",
                        "cloudevent.subject": b"subj"}  # first value kept; key not a header
     event = orjson.loads(record.value)
@@ -323,7 +323,7 @@ async def test_raw_payload_on_kafka(api: Api, kafka_bootstrap: str, unique: str)
     [record] = await read_records(kafka_bootstrap, topic, 1)
     assert record.value == payload
     headers = dict(record.headers)
-    assert valid_traceparent(headers.pop("traceparent").decode())  # tracing.py
+    assert valid_traceparent(headers.pop("traceparent").decode())  # runtime/tracing.py
     assert headers == {"rawPayload": b"true"}
 
 
