@@ -22,8 +22,9 @@ from tidings.sidecar.cli.localbroker import start_local_broker
 
 
 async def run(bootstrap: str, topic: str, n: int, bulk: int | None) -> float:
-    return await delivered_rate(component_dir(bootstrap), topic, n,
-                                **({"BULK_MAX_COUNT": str(bulk)} if bulk else {}))
+    return await delivered_rate(
+        component_dir(bootstrap), topic, n, **({"BULK_MAX_COUNT": str(bulk)} if bulk else {})
+    )
 
 
 async def main() -> None:
@@ -41,8 +42,10 @@ async def main() -> None:
         bulk = await run(broker.bootstrap, bulk_topic, args.messages, args.bulk)
     finally:
         broker.stop()
-    print(f"\n{args.messages} CloudEvents of ~1 KiB, 4 partitions, local Tansu, "
-          f"{os.cpu_count()} cores; app, sidecar and broker share the machine")
+    print(
+        f"\n{args.messages} CloudEvents of ~1 KiB, 4 partitions, local Tansu, "
+        f"{os.cpu_count()} cores; app, sidecar and broker share the machine"
+    )
     print(f"{'':<40}{'events/s':>10}")
     print(f"{'one event per request':<40}{single:10.0f}")
     print(f"{f'bulkSubscribe, maxMessagesCount {args.bulk}':<40}{bulk:10.0f}")

@@ -31,10 +31,16 @@ from typing import Any
 
 import aiohttp
 
-from common import (
-    describe_machine, machine_info, median_of, run, save_results, table)
+from common import describe_machine, machine_info, median_of, run, save_results, table
 from delivery import (
-    PARTITIONS, SidecarPair, app_state, create_topic, end_offsets, prefill, wait_committed)
+    PARTITIONS,
+    SidecarPair,
+    app_state,
+    create_topic,
+    end_offsets,
+    prefill,
+    wait_committed,
+)
 
 from tidings.sidecar.cli.localbroker import start_local_broker
 
@@ -79,9 +85,12 @@ async def scenario(bootstrap: str, n: int, app_ids: list[str]) -> dict[str, Any]
     delivered = sum(s["count"] for s in states)
     first = min(s["first"] for s in states if s["count"])
     elapsed = max(committed) - first
-    return {"deliveries": delivered, "deliveries_per_s": delivered / elapsed,
-            "per_sidecar": [s["count"] for s in states],
-            "sidecar_cpu_s_per_1000": cpu / delivered * 1000}
+    return {
+        "deliveries": delivered,
+        "deliveries_per_s": delivered / elapsed,
+        "per_sidecar": [s["count"] for s in states],
+        "sidecar_cpu_s_per_1000": cpu / delivered * 1000,
+    }
 
 
 async def main() -> None:
@@ -107,8 +116,9 @@ async def main() -> None:
             r = {}
             for name, ids in scenarios.items():
                 suffix = uuid.uuid4().hex[:6]
-                r[name] = await scenario(broker.bootstrap, args.messages,
-                                         [f"{a}-{suffix}" for a in ids])
+                r[name] = await scenario(
+                    broker.bootstrap, args.messages, [f"{a}-{suffix}" for a in ids]
+                )
                 print(f"round {i + 1}: {name} done", file=sys.stderr)
             rounds.append(r)
     finally:
@@ -116,12 +126,26 @@ async def main() -> None:
     summary = median_of(rounds)
     info["loadavg_1m_at_end"] = os.getloadavg()[0]
     base = summary["1 replica"]["deliveries_per_s"]
-    print(f"\nscale: {args.messages} CloudEvents of ~1 KiB on {PARTITIONS} partitions, local Tansu; "
-          f"medians of {args.rounds} round(s)\n{describe_machine(info)}")
-    print(table(["", "sidecars", "deliveries", "deliv./s", "vs 1", "CPU s/1k"], [
-        [name, len(ids), summary[name]["deliveries"], summary[name]["deliveries_per_s"],
-         summary[name]["deliveries_per_s"] / base, summary[name]["sidecar_cpu_s_per_1000"]]
-        for name, ids in scenarios.items()]))
+    print(
+        f"\nscale: {args.messages} CloudEvents of ~1 KiB on {PARTITIONS} partitions, local Tansu; "
+        f"medians of {args.rounds} round(s)\n{describe_machine(info)}"
+    )
+    print(
+        table(
+            ["", "sidecars", "deliveries", "deliv./s", "vs 1", "CPU s/1k"],
+            [
+                [
+                    name,
+                    len(ids),
+                    summary[name]["deliveries"],
+                    summary[name]["deliveries_per_s"],
+                    summary[name]["deliveries_per_s"] / base,
+                    summary[name]["sidecar_cpu_s_per_1000"],
+                ]
+                for name, ids in scenarios.items()
+            ],
+        )
+    )
     save_results("scale", args, info, median=summary, rounds=rounds)
 
 

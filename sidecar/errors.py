@@ -36,20 +36,24 @@ class DaprError(Exception):
     def body(self) -> dict[str, Any]:
         details: list[dict[str, Any]] = []
         if self.reason:
-            details.append({
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": self.reason,
-                "domain": "dapr.io",
-                "metadata": dict(self.metadata),
-            })
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": self.reason,
+                    "domain": "dapr.io",
+                    "metadata": dict(self.metadata),
+                }
+            )
         if self.resource is not None:
-            details.append({
-                "@type": "type.googleapis.com/google.rpc.ResourceInfo",
-                "resource_type": "pubsub",
-                "resource_name": self.resource,
-                "owner": "",
-                "description": self.message,
-            })
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.ResourceInfo",
+                    "resource_type": "pubsub",
+                    "resource_name": self.resource,
+                    "owner": "",
+                    "description": self.message,
+                }
+            )
         body: dict[str, Any] = {"errorCode": self.error_code, "message": self.message}
         if details:
             body["details"] = details

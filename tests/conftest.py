@@ -90,8 +90,10 @@ def nats_url() -> str:
     try:
         asyncio.run(check())
     except Exception as exc:
-        pytest.fail(f"NATS with JetStream is not reachable at {NATS_URL} (bash .ci/run starts "
-                    f"it): {exc!r}", pytrace=False)
+        pytest.fail(
+            f"NATS with JetStream is not reachable at {NATS_URL} (bash .ci/run starts it): {exc!r}",
+            pytrace=False,
+        )
     return NATS_URL
 
 

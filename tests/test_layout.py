@@ -25,8 +25,9 @@ PACKAGE_ROOTS = {"sidecar": "tidings.sidecar", "operator": "tidings.operator"}
 
 def run_from_root(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_pip_runs_from_the_repository_root() -> None:
@@ -41,10 +42,12 @@ def test_pytest_collects_from_the_repository_root() -> None:
 
 
 def test_operator_is_the_standard_librarys_from_the_repository_root() -> None:
-    code = ("import operator, sys\n"
-            "print(operator.__file__)\n"
-            "import tidings.operator.main\n"
-            "print(tidings.operator.main.__file__)\n")
+    code = (
+        "import operator, sys\n"
+        "print(operator.__file__)\n"
+        "import tidings.operator.main\n"
+        "print(tidings.operator.main.__file__)\n"
+    )
     run = run_from_root("-c", code)
     assert run.returncode == 0, run.stdout + run.stderr
     stdlib_operator, operator_main = run.stdout.splitlines()
@@ -90,7 +93,7 @@ def import_graph() -> dict[str, set[str]]:
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
-                    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
                     source = ".".join([*base, *([node.module] if node.module else [])])
                 else:
                     source = node.module or ""

@@ -17,7 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LocalBroker", "broker_binary", "free_port", "kafka_api_versions_ok", "start_local_broker"]
+__all__ = [
+    "LocalBroker",
+    "broker_binary",
+    "free_port",
+    "kafka_api_versions_ok",
+    "start_local_broker",
+]
 
 
 def broker_binary() -> str:
@@ -94,7 +100,10 @@ class LocalBroker:
 
 
 def start_local_broker(
-    *, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    log_path: Path | None = None,
     ready_timeout_s: float = 20.0,
 ) -> LocalBroker:
     """Start Tansu on ``host:port`` (a free port when ``None``) and wait until it answers.
@@ -107,9 +116,20 @@ def start_local_broker(
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by Popen
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
     process = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
         start_new_session=True,
     )
     if log_path:
@@ -118,11 +138,15 @@ def start_local_broker(
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"local broker exited with {process.returncode}"
-                               + (f"; see {log_path}" if log_path else ""))
+            raise RuntimeError(
+                f"local broker exited with {process.returncode}"
+                + (f"; see {log_path}" if log_path else "")
+            )
         if kafka_api_versions_ok(host, port, timeout_s=0.5):
             return broker
         time.sleep(0.02)  # poll interval of the readiness loop, bounded by the deadline
     broker.stop()
-    raise RuntimeError(f"local broker on {host}:{port} did not answer within {ready_timeout_s}s"
-                       + (f"; see {log_path}" if log_path else ""))
+    raise RuntimeError(
+        f"local broker on {host}:{port} did not answer within {ready_timeout_s}s"
+        + (f"; see {log_path}" if log_path else "")
+    )

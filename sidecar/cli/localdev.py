@@ -40,17 +40,21 @@ LOCAL_KAFKA_METADATA = {
 }
 
 
-def kafka_component_yaml(bootstrap: str, *, name: str = "pubsub",
-                         metadata: Mapping[str, str] | None = None) -> str:
+def kafka_component_yaml(
+    bootstrap: str, *, name: str = "pubsub", metadata: Mapping[str, str] | None = None
+) -> str:
     """A ``pubsub.kafka`` Component for the broker at ``bootstrap`` (``host:port``), with
     :data:`LOCAL_KAFKA_METADATA` overridden by ``metadata``; what ``tidings init`` writes."""
     values = {"brokers": bootstrap, **LOCAL_KAFKA_METADATA, **(metadata or {})}
-    items = "".join(f"  - name: {key}\n    value: {json.dumps(value)}\n"
-                    for key, value in values.items())
-    return ("# Written by tidings: a pub/sub component on a Kafka-compatible broker.\n"
-            "apiVersion: dapr.io/v1alpha1\nkind: Component\n"
-            f"metadata:\n  name: {name}\nspec:\n  type: pubsub.kafka\n  version: v1\n"
-            f"  metadata:\n{items}")
+    items = "".join(
+        f"  - name: {key}\n    value: {json.dumps(value)}\n" for key, value in values.items()
+    )
+    return (
+        "# Written by tidings: a pub/sub component on a Kafka-compatible broker.\n"
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\n"
+        f"metadata:\n  name: {name}\nspec:\n  type: pubsub.kafka\n  version: v1\n"
+        f"  metadata:\n{items}"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -97,7 +101,9 @@ class Home:
             info = json.loads(self.broker_file.read_text())
         except (OSError, ValueError):
             return None
-        if _pid_alive(int(info["pid"])) and kafka_api_versions_ok(str(info["host"]), int(info["port"])):
+        if _pid_alive(int(info["pid"])) and kafka_api_versions_ok(
+            str(info["host"]), int(info["port"])
+        ):
             return dict(info)
         return None
 
@@ -117,8 +123,9 @@ class Home:
                 raise RuntimeError(f"port {port} is already in use; pass --broker-port")
             broker = start_local_broker(port=port, log_path=self.root / "broker.log")
             # The broker outlives this command, like `dapr init`'s containers.
-            self.broker_file.write_text(json.dumps(
-                {"pid": broker.process.pid, "host": broker.host, "port": broker.port}))
+            self.broker_file.write_text(
+                json.dumps({"pid": broker.process.pid, "host": broker.host, "port": broker.port})
+            )
             bootstrap, started = broker.bootstrap, True
         self.resources.mkdir(parents=True, exist_ok=True)
         component = self.resources / "pubsub.yaml"
@@ -160,7 +167,6 @@ class Home:
             path.unlink(missing_ok=True)
         return None
 
-
     def running_sidecars(self) -> list[dict[str, Any]]:
         """Every running sidecar ``tidings run`` started, as ``{"app_id", "http_port",
         "pid"}``, sorted by app-id then pid (``tidings status``). Files of sidecars that are
@@ -192,4 +198,3 @@ def sidecar_command(*args: str) -> list[str]:
     ``types.py`` is not) would otherwise shadow what the sidecar imports.
     """
     return [sys.executable, "-P", "-m", "tidings.sidecar", *args]
-

@@ -75,14 +75,18 @@ def _cmd_uninstall(_: argparse.Namespace) -> int:
     print("local broker stopped" if stopped else "no local broker was running")
     if stopped and using:
         names = ", ".join(f"{s['app_id']} (pid {s['pid']})" for s in using)
-        print(f"tidings uninstall: warning: {len(using)} sidecar(s) started by `tidings run` are "
-              f"still running and cannot publish or consume through the local broker until "
-              f"`tidings init`: {names}", file=sys.stderr)
+        print(
+            f"tidings uninstall: warning: {len(using)} sidecar(s) started by `tidings run` are "
+            f"still running and cannot publish or consume through the local broker until "
+            f"`tidings init`: {names}",
+            file=sys.stderr,
+        )
     return 0
 
 
-def _wait_serving(url: str, deadline_s: float, proc: subprocess.Popen[bytes],
-                  stop: Callable[[], bool]) -> bool:
+def _wait_serving(
+    url: str, deadline_s: float, proc: subprocess.Popen[bytes], stop: Callable[[], bool]
+) -> bool:
     """Poll ``url`` until the sidecar answers with any HTTP status (its API serves, even while
     a broker is still unreachable), the process exits, ``stop()`` turns true, or the deadline."""
     deadline = time.monotonic() + deadline_s
@@ -117,15 +121,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     state = home()
     http_port = args.dapr_http_port or free_port()
     grpc_port = args.dapr_grpc_port or free_port()
-    resources = list(args.resources_path) or ([str(state.resources)] if state.resources.is_dir() else [])
+    resources = list(args.resources_path) or (
+        [str(state.resources)] if state.resources.is_dir() else []
+    )
     if not resources:
-        print("tidings run: no --resources-path and no default components; run `tidings init` first",
-              file=sys.stderr)
+        print(
+            "tidings run: no --resources-path and no default components; run `tidings init` first",
+            file=sys.stderr,
+        )
         return 2
-    sidecar_argv = ["--app-id", args.app_id, "--dapr-http-port", str(http_port),
-                    "--dapr-grpc-port", str(grpc_port),
-                    "--log-level", args.log_level,
-                    "--dapr-graceful-shutdown-seconds", str(args.graceful_shutdown_seconds)]
+    sidecar_argv = [
+        "--app-id",
+        args.app_id,
+        "--dapr-http-port",
+        str(http_port),
+        "--dapr-grpc-port",
+        str(grpc_port),
+        "--log-level",
+        args.log_level,
+        "--dapr-graceful-shutdown-seconds",
+        str(args.graceful_shutdown_seconds),
+    ]
     for path in resources:
         sidecar_argv += ["--resources-path", path]
     if args.app_port:
@@ -150,19 +166,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     app: subprocess.Popen[bytes] | None = None
     code = 0
     try:
-        if not _wait_serving(f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound", 60, sidecar,
-                             lambda: stop_requested):
+        if not _wait_serving(
+            f"http://127.0.0.1:{http_port}/v1.0/healthz/outbound",
+            60,
+            sidecar,
+            lambda: stop_requested,
+        ):
             if not stop_requested:
                 print(f"tidings run: the sidecar of {args.app_id} did not start", file=sys.stderr)
                 code = 1
             return code
         state.register_app(args.app_id, http_port=http_port, pid=sidecar.pid)
-        print(f"tidings run: sidecar of {args.app_id} serving on port {http_port} "
-              f"(gRPC {grpc_port})",
-              file=sys.stderr, flush=True)
+        print(
+            f"tidings run: sidecar of {args.app_id} serving on port {http_port} (gRPC {grpc_port})",
+            file=sys.stderr,
+            flush=True,
+        )
         if command:
-            env = {**os.environ, "DAPR_HTTP_PORT": str(http_port),
-                   "DAPR_GRPC_PORT": str(grpc_port), "APP_ID": args.app_id}
+            env = {
+                **os.environ,
+                "DAPR_HTTP_PORT": str(http_port),
+                "DAPR_GRPC_PORT": str(grpc_port),
+                "APP_ID": args.app_id,
+            }
             if args.app_port:
                 env["APP_PORT"] = str(args.app_port)
             env["APP_PROTOCOL"] = args.app_protocol  # as `dapr run` hands it to the app
@@ -195,15 +221,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     port = args.dapr_http_port or home().app_http_port(args.app_id)
     if port is None:
-        print(f"tidings publish: no running sidecar for app-id {args.app_id!r} "
-              "(start it with `tidings run`, or pass --dapr-http-port)", file=sys.stderr)
+        print(
+            f"tidings publish: no running sidecar for app-id {args.app_id!r} "
+            "(start it with `tidings run`, or pass --dapr-http-port)",
+            file=sys.stderr,
+        )
         return 2
     bad = [m for m in args.metadata if "=" not in m]
     if bad:
         print(f"tidings publish: --metadata takes key=value, got {bad[0]!r}", file=sys.stderr)
         return 2
-    query = urllib.parse.urlencode({f"metadata.{k}": v for k, v in
-                                    (m.split("=", 1) for m in args.metadata)})
+    query = urllib.parse.urlencode(
+        {f"metadata.{k}": v for k, v in (m.split("=", 1) for m in args.metadata)}
+    )
     topic = urllib.parse.quote(args.topic, safe="/")
     url = f"http://127.0.0.1:{port}/v1.0/publish/{urllib.parse.quote(args.pubsub, safe='')}/{topic}"
     if query:
@@ -261,35 +291,64 @@ def _status_rows(sidecars: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not subscriptions:
             rows.append({**row, "error": "no subscriptions"})
         for sub in subscriptions:
-            rows.append({**row, "pubsubname": sub.get("pubsubname"), "topic": sub.get("topic"),
-                         "status": sub.get("status") or {}})
+            rows.append(
+                {
+                    **row,
+                    "pubsubname": sub.get("pubsubname"),
+                    "topic": sub.get("topic"),
+                    "status": sub.get("status") or {},
+                }
+            )
     return rows
 
 
 def _status_table(rows: list[dict[str, Any]]) -> str:
-    header = ("APP ID", "PID", "PUBSUB", "TOPIC", "CONSUMER GROUP", "PARTITIONS", "LAG",
-              "IN-FLIGHT", "LAST ERROR")
+    header = (
+        "APP ID",
+        "PID",
+        "PUBSUB",
+        "TOPIC",
+        "CONSUMER GROUP",
+        "PARTITIONS",
+        "LAG",
+        "IN-FLIGHT",
+        "LAST ERROR",
+    )
     lines: list[tuple[str, ...]] = [header]
     for row in rows:
         status = row.get("status") or {}
         partitions = ",".join(str(p["partition"]) for p in status.get("partitions") or [])
         error = row.get("error") or (status.get("lastError") or {}).get("message") or "-"
-        lines.append((str(row["appId"]), str(row["pid"]), str(row.get("pubsubname") or "-"),
-                      str(row.get("topic") or "-"), str(status.get("consumerGroup") or "-"),
-                      partitions or "-", str(status.get("lag", "-")),
-                      str(status.get("inFlight", "-")), str(error)))
+        lines.append(
+            (
+                str(row["appId"]),
+                str(row["pid"]),
+                str(row.get("pubsubname") or "-"),
+                str(row.get("topic") or "-"),
+                str(status.get("consumerGroup") or "-"),
+                partitions or "-",
+                str(status.get("lag", "-")),
+                str(status.get("inFlight", "-")),
+                str(error),
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
-                     for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
+        for line in lines
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    sidecars = [s for s in home().running_sidecars()
-                if args.app_id is None or s["app_id"] == args.app_id]
+    sidecars = [
+        s for s in home().running_sidecars() if args.app_id is None or s["app_id"] == args.app_id
+    ]
     if not sidecars:
         which = f" for app-id {args.app_id!r}" if args.app_id else ""
-        print(f"tidings status: no running sidecar{which} (start one with `tidings run`)",
-              file=sys.stderr)
+        print(
+            f"tidings status: no running sidecar{which} (start one with `tidings run`)",
+            file=sys.stderr,
+        )
         return 2
     rows = _status_rows(sidecars)
     if args.output == "json":
@@ -312,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidings",
         description="Dapr's publish/subscribe building block on Kafka: the sidecar, local "
-                    "development (init, run, publish) and the Kubernetes operator.")
+        "development (init, run, publish) and the Kubernetes operator.",
+    )
     sub = parser.add_subparsers(dest="command_name", required=True)
 
     p = sub.add_parser("sidecar", help="run one sidecar (daprd-compatible flags)")
@@ -323,24 +383,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-port", type=port_arg, default=9092)
     p.set_defaults(func=_cmd_init)
 
-    p = sub.add_parser("uninstall", help="stop the local broker started by `tidings init` "
-                       "(warns about sidecars still running)")
+    p = sub.add_parser(
+        "uninstall",
+        help="stop the local broker started by `tidings init` (warns about sidecars still running)",
+    )
     p.set_defaults(func=_cmd_uninstall)
 
     p = sub.add_parser("run", help="run an app with its sidecar")
     p.add_argument("--app-id", required=True, type=app_id_arg)
     p.add_argument("--app-port", type=port_arg, default=None)
-    p.add_argument("--app-protocol", default="http", choices=APP_PROTOCOLS,
-                   help="how the sidecar calls the app: http, or grpc (Dapr's AppCallback)")
+    p.add_argument(
+        "--app-protocol",
+        default="http",
+        choices=APP_PROTOCOLS,
+        help="how the sidecar calls the app: http, or grpc (Dapr's AppCallback)",
+    )
     p.add_argument("--resources-path", action="append", default=[])
     p.add_argument("--dapr-http-port", type=port_arg, default=None)
-    p.add_argument("--dapr-grpc-port", type=port_arg, default=None,
-                   help="port of the sidecar's Dapr gRPC API (default: a free port)")
+    p.add_argument(
+        "--dapr-grpc-port",
+        type=port_arg,
+        default=None,
+        help="port of the sidecar's Dapr gRPC API (default: a free port)",
+    )
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("--log-as-json", action="store_true")
     p.add_argument("--graceful-shutdown-seconds", type=seconds_arg(positive=False), default=5.0)
-    p.add_argument("--metrics-port", type=port_arg, default=None,
-                   help="serve the sidecar's Prometheus /metrics on this port (default: none)")
+    p.add_argument(
+        "--metrics-port",
+        type=port_arg,
+        default=None,
+        help="serve the sidecar's Prometheus /metrics on this port (default: none)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD... (the app)")
     p.set_defaults(func=_cmd_run)
 
@@ -354,8 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dapr-http-port", type=port_arg, default=None)
     p.set_defaults(func=_cmd_publish)
 
-    p = sub.add_parser("status", help="subscriptions of the running sidecars: consumer group, "
-                                      "partitions, lag, in-flight deliveries, last error")
+    p = sub.add_parser(
+        "status",
+        help="subscriptions of the running sidecars: consumer group, "
+        "partitions, lag, in-flight deliveries, last error",
+    )
     p.add_argument("--app-id", default=None, help="only the sidecars of this app-id")
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
     p.set_defaults(func=_cmd_status)

@@ -87,9 +87,12 @@ class BulkDispatcher(Dispatcher):
         self._policies = {
             topic: BatchPolicy(
                 sub.bulk.max_messages_count,
-                None if sub.bulk.max_await_duration_ms is None
-                else sub.bulk.max_await_duration_ms / 1000)
-            for topic, sub in subscriptions.items() if sub.bulk is not None
+                None
+                if sub.bulk.max_await_duration_ms is None
+                else sub.bulk.max_await_duration_ms / 1000,
+            )
+            for topic, sub in subscriptions.items()
+            if sub.bulk is not None
         }
 
     def batch_policy(self, topic: str) -> BatchPolicy | None:
@@ -128,8 +131,10 @@ class BulkDispatcher(Dispatcher):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not kill the partition worker: retry them
-                log.exception("unexpected error delivering a batch", extra=self._extra(
-                    pending[0].record, _Attempt(Verdict.FAILED), retries_done))
+                log.exception(
+                    "unexpected error delivering a batch",
+                    extra=self._extra(pending[0].record, _Attempt(Verdict.FAILED), retries_done),
+                )
                 attempts = [_Attempt(Verdict.FAILED, f"unexpected error: {exc!r}")] * len(pending)
             again: list[_Entry] = []
             delay_s = 0.0
@@ -141,8 +146,11 @@ class BulkDispatcher(Dispatcher):
                     delay_s = max(delay_s, outcome.delay_s)
                 elif outcome.action is Action.DEAD_LETTER:
                     assert attempt.dead_letter_topic is not None
-                    dead_letters.append(self._dead_letter_until_stored(
-                        attempt.dead_letter_topic, entry.record, attempt, retries_done))
+                    dead_letters.append(
+                        self._dead_letter_until_stored(
+                            attempt.dead_letter_topic, entry.record, attempt, retries_done
+                        )
+                    )
             if dead_letters:
                 await asyncio.gather(*dead_letters)
                 state.dead_lettered += len(dead_letters)
@@ -170,33 +178,57 @@ class BulkDispatcher(Dispatcher):
                 attempts[index] = checked
                 continue
             read, path = checked
-            metadata = http_headers(record, read.event, pubsubname=self.pubsubname,
-                                    escape_all=self._escape_headers)
+            metadata = http_headers(
+                record, read.event, pubsubname=self.pubsubname, escape_all=self._escape_headers
+            )
             metadata.popall("Content-Type", None)
             # one span per entry, as single delivery; the entry carries its context to the app
-            span = start_delivery(metadata, app_id=self.app_id, pubsubname=self.pubsubname,
-                                  topic=record.topic, partition=record.partition,
-                                  offset=record.offset)
+            span = start_delivery(
+                metadata,
+                app_id=self.app_id,
+                pubsubname=self.pubsubname,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
             # str(): CIMultiDict keys are istr, which orjson refuses as keys
-            groups.setdefault((record.topic, path), []).append(_Ready(index, BulkEvent(
-                entry.entry_id, read, {str(k): v for k, v in metadata.items()}),
-                target.dead_letter_topic, span))
+            groups.setdefault((record.topic, path), []).append(
+                _Ready(
+                    index,
+                    BulkEvent(entry.entry_id, read, {str(k): v for k, v in metadata.items()}),
+                    target.dead_letter_topic,
+                    span,
+                )
+            )
         for (topic, path), ready in groups.items():
             started = time.perf_counter()
             responses = await self._channel.deliver_bulk(
-                path, [r.event for r in ready], topic=topic, pubsubname=self.pubsubname)
+                path, [r.event for r in ready], topic=topic, pubsubname=self.pubsubname
+            )
             elapsed_s = time.perf_counter() - started
             for item, response in zip(ready, responses):
                 verdict = self._answered(topic, item.span, response, elapsed_s)
-                attempts[item.index] = _Attempt(verdict, response.reason,
-                                                item.event.read.cloudevent_id, path,
-                                                response.http_status, item.dead_letter_topic)
+                attempts[item.index] = _Attempt(
+                    verdict,
+                    response.reason,
+                    item.event.read.cloudevent_id,
+                    path,
+                    response.http_status,
+                    item.dead_letter_topic,
+                )
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("bulk delivery of %d events to %s", len(ready), path,
-                          extra={"app_id": self.app_id, "pubsubname": self.pubsubname,
-                                 "topic": topic, "path": path})
-        return [a if a is not None else _Attempt(Verdict.FAILED, "not attempted")
-                for a in attempts]
+                log.debug(
+                    "bulk delivery of %d events to %s",
+                    len(ready),
+                    path,
+                    extra={
+                        "app_id": self.app_id,
+                        "pubsubname": self.pubsubname,
+                        "topic": topic,
+                        "path": path,
+                    },
+                )
+        return [a if a is not None else _Attempt(Verdict.FAILED, "not attempted") for a in attempts]
 
 
 class BatchingHandler:
@@ -207,8 +239,12 @@ class BatchingHandler:
 
     __slots__ = ("_batched", "_dispatcher", "_handle")
 
-    def __init__(self, handle: Callable[[Record], Awaitable[None]], dispatcher: BulkDispatcher,
-                 batched: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        handle: Callable[[Record], Awaitable[None]],
+        dispatcher: BulkDispatcher,
+        batched: Callable[[str], bool],
+    ) -> None:
         self._handle = handle
         self._dispatcher = dispatcher
         self._batched = batched

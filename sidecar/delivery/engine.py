@@ -132,7 +132,11 @@ def _retry_or_give_up(retry: RetryPolicy, retries_done: int) -> Outcome:
 
 
 def decide(
-    verdict: Verdict, *, dead_letter_topic: str | None, retry: RetryPolicy, retries_done: int,
+    verdict: Verdict,
+    *,
+    dead_letter_topic: str | None,
+    retry: RetryPolicy,
+    retries_done: int,
 ) -> Outcome:
     """The policy table of this module's docstring. Pure.
 
@@ -160,10 +164,22 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN_SAFE = "!#$&'*+-.^_`|~"  # token characters quote() may keep ('%' is the escape itself)
 _INVALID_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Framing and credentials are the sidecar's, never a record's.
-_RESERVED = frozenset({
-    "content-length", "content-type", "transfer-encoding", "host", "connection", "keep-alive",
-    "upgrade", "te", "trailer", "expect", "proxy-connection", "dapr-api-token",
-})
+_RESERVED = frozenset(
+    {
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+        "proxy-connection",
+        "dapr-api-token",
+    }
+)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -175,8 +191,9 @@ def _header_name(name: str) -> str | None:
         log.warning("record header with an empty name is not delivered")
         return None
     escaped = quote(name, safe=_TOKEN_SAFE)
-    log.warning("record header name %r is not a valid HTTP header name; delivered as %r",
-                name, escaped)
+    log.warning(
+        "record header name %r is not a valid HTTP header name; delivered as %r", name, escaped
+    )
     return None if escaped.lower() in _RESERVED else escaped
 
 
@@ -203,7 +220,11 @@ def _text_value(text: str, escape_all: bool) -> str:
 
 
 def http_headers(
-    record: Record, event: Mapping[str, Any], *, pubsubname: str, escape_all: bool = False,
+    record: Record,
+    event: Mapping[str, Any],
+    *,
+    pubsubname: str,
+    escape_all: bool = False,
 ) -> CIMultiDict[str]:
     """The HTTP headers of one delivery (§2.3, §5.9). Pure.
 
@@ -236,6 +257,7 @@ def http_headers(
 
 
 # --- the dispatcher ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class _Target:
@@ -270,8 +292,14 @@ class Dispatcher:
     """
 
     def __init__(
-        self, *, app_id: str, pubsubname: str, channel: Channel, retry: RetryPolicy,
-        dead_letter: DeadLetter, escape_headers: bool = False,
+        self,
+        *,
+        app_id: str,
+        pubsubname: str,
+        channel: Channel,
+        retry: RetryPolicy,
+        dead_letter: DeadLetter,
+        escape_headers: bool = False,
     ) -> None:
         self.app_id = app_id
         self.pubsubname = pubsubname
@@ -289,17 +317,28 @@ class Dispatcher:
         stays in effect. ``subscriptions.effective_subscriptions`` never yields such a rule.
         """
         targets = {
-            topic: _Target(sub, Routes.compile(sub, clean_paths=self._channel.cleans_paths),
-                           sub.raw_payload, sub.dead_letter_topic)
+            topic: _Target(
+                sub,
+                Routes.compile(sub, clean_paths=self._channel.cleans_paths),
+                sub.raw_payload,
+                sub.dead_letter_topic,
+            )
             for topic, sub in subscriptions.items()
         }
         self._targets = targets
 
     def _extra(self, record: Record, attempt: _Attempt, retries_done: int) -> dict[str, Any]:
-        return {"app_id": self.app_id, "pubsubname": self.pubsubname, "topic": record.topic,
-                "partition": record.partition, "offset": record.offset,
-                "cloudevent_id": attempt.cloudevent_id, "attempt": retries_done + 1,
-                "path": attempt.path, "status": attempt.http_status}
+        return {
+            "app_id": self.app_id,
+            "pubsubname": self.pubsubname,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "cloudevent_id": attempt.cloudevent_id,
+            "attempt": retries_done + 1,
+            "path": attempt.path,
+            "status": attempt.http_status,
+        }
 
     async def handle(self, record: Record) -> None:
         """Deliver ``record`` until it is finished (see the module docstring).
@@ -322,8 +361,10 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not kill the partition worker: retry it
-                log.exception("unexpected error delivering a record",
-                              extra=self._extra(record, _Attempt(Verdict.FAILED), retries_done))
+                log.exception(
+                    "unexpected error delivering a record",
+                    extra=self._extra(record, _Attempt(Verdict.FAILED), retries_done),
+                )
                 attempt = _Attempt(Verdict.FAILED, f"unexpected error: {exc!r}")
             outcome = self._conclude(record, attempt, state, retries_done)
             if outcome.action is Action.RETRY:
@@ -333,21 +374,30 @@ class Dispatcher:
                 continue
             if outcome.action is Action.DEAD_LETTER:
                 assert attempt.dead_letter_topic is not None
-                await self._dead_letter_until_stored(attempt.dead_letter_topic, record, attempt,
-                                                     retries_done)
+                await self._dead_letter_until_stored(
+                    attempt.dead_letter_topic, record, attempt, retries_done
+                )
                 state.dead_lettered += 1
             return
 
-    def _conclude(self, record: Record, attempt: _Attempt, state: TopicDeliveries,
-                  retries_done: int) -> Outcome:
+    def _conclude(
+        self, record: Record, attempt: _Attempt, state: TopicDeliveries, retries_done: int
+    ) -> Outcome:
         """What follows ``attempt`` of ``record`` (:func:`decide`), logged, and a failure
         counted in the topic's ``state``."""
-        outcome = decide(attempt.verdict, dead_letter_topic=attempt.dead_letter_topic,
-                         retry=self._retry, retries_done=retries_done)
+        outcome = decide(
+            attempt.verdict,
+            dead_letter_topic=attempt.dead_letter_topic,
+            retry=self._retry,
+            retries_done=retries_done,
+        )
         self._report(record, attempt, outcome, retries_done)
         if attempt.verdict is not Verdict.DELIVERED:
-            state.failed(f"{attempt.verdict.value}: {attempt.reason}" if attempt.reason
-                         else attempt.verdict.value)
+            state.failed(
+                f"{attempt.verdict.value}: {attempt.reason}"
+                if attempt.reason
+                else attempt.verdict.value
+            )
         return outcome
 
     def _checked(self, record: Record, target: _Target) -> tuple[ReadEvent, str] | _Attempt:
@@ -356,33 +406,53 @@ class Dispatcher:
         and its route's path, or the attempt that ends here."""
         dlt = target.dead_letter_topic
         try:
-            read = read_event(record.value, topic=record.topic, pubsubname=self.pubsubname,
-                              raw_payload=target.raw_payload, headers=record.headers)
+            read = read_event(
+                record.value,
+                topic=record.topic,
+                pubsubname=self.pubsubname,
+                raw_payload=target.raw_payload,
+                headers=record.headers,
+            )
         except CloudEventError as exc:
             return _Attempt(Verdict.POISON, str(exc), dead_letter_topic=dlt)
         event = read.event
         ce_id = read.cloudevent_id
         if expired(event, time.time()):
-            return _Attempt(Verdict.EXPIRED, f"expired at {event.get('expiration')}", ce_id,
-                            dead_letter_topic=dlt)
+            return _Attempt(
+                Verdict.EXPIRED,
+                f"expired at {event.get('expiration')}",
+                ce_id,
+                dead_letter_topic=dlt,
+            )
         try:
             path = target.routes.select(event)
         except RoutingError as exc:
             return _Attempt(Verdict.ROUTING_ERROR, str(exc), ce_id, dead_letter_topic=dlt)
         if path is None:
-            return _Attempt(Verdict.UNMATCHED, "no route matched and there is no default", ce_id,
-                            dead_letter_topic=dlt)
+            return _Attempt(
+                Verdict.UNMATCHED,
+                "no route matched and there is no default",
+                ce_id,
+                dead_letter_topic=dlt,
+            )
         return read, path
 
-    def _answered(self, topic: str, span: Any, response: AppResponse,
-                  elapsed_s: float) -> Verdict:
+    def _answered(self, topic: str, span: Any, response: AppResponse, elapsed_s: float) -> Verdict:
         """The verdict of the app's ``response`` to one event of ``topic``; ends its ``span``
         and counts it in the ingress metrics."""
         verdict = _VERDICT_OF.get(response.status, Verdict.FAILED)
-        end_span(span, None if verdict is Verdict.DELIVERED else response.reason,
-                 {"tidings.process_status": _PROCESS_STATUS[verdict]})
-        record_ingress(self.app_id, self.pubsubname, topic,
-                       process_status=_PROCESS_STATUS[verdict], elapsed_s=elapsed_s)
+        end_span(
+            span,
+            None if verdict is Verdict.DELIVERED else response.reason,
+            {"tidings.process_status": _PROCESS_STATUS[verdict]},
+        )
+        record_ingress(
+            self.app_id,
+            self.pubsubname,
+            topic,
+            process_status=_PROCESS_STATUS[verdict],
+            elapsed_s=elapsed_s,
+        )
         return verdict
 
     async def _attempt(self, record: Record) -> _Attempt:
@@ -393,27 +463,43 @@ class Dispatcher:
         if isinstance(checked, _Attempt):
             return checked
         read, path = checked
-        headers = http_headers(record, read.event, pubsubname=self.pubsubname,
-                               escape_all=self._escape_headers)
-        span = start_delivery(headers, app_id=self.app_id, pubsubname=self.pubsubname,
-                              topic=record.topic, partition=record.partition,
-                              offset=record.offset)
+        headers = http_headers(
+            record, read.event, pubsubname=self.pubsubname, escape_all=self._escape_headers
+        )
+        span = start_delivery(
+            headers,
+            app_id=self.app_id,
+            pubsubname=self.pubsubname,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
         started = time.perf_counter()
-        response = await self._channel.deliver(path, read, headers, topic=record.topic,
-                                               pubsubname=self.pubsubname)
+        response = await self._channel.deliver(
+            path, read, headers, topic=record.topic, pubsubname=self.pubsubname
+        )
         verdict = self._answered(record.topic, span, response, time.perf_counter() - started)
-        return _Attempt(verdict, response.reason, read.cloudevent_id, path,
-                        response.http_status, target.dead_letter_topic)
+        return _Attempt(
+            verdict,
+            response.reason,
+            read.cloudevent_id,
+            path,
+            response.http_status,
+            target.dead_letter_topic,
+        )
 
-    def _report(self, record: Record, attempt: _Attempt, outcome: Outcome,
-                retries_done: int) -> None:
+    def _report(
+        self, record: Record, attempt: _Attempt, outcome: Outcome, retries_done: int
+    ) -> None:
         """The one log line per attempt that did not simply succeed."""
         verdict, action = attempt.verdict, outcome.action
         if verdict is Verdict.DELIVERED:
             if retries_done:
-                log.info("delivered after %d retries", retries_done,
-                         extra={**self._extra(record, attempt, retries_done),
-                                "outcome": action.value})
+                log.info(
+                    "delivered after %d retries",
+                    retries_done,
+                    extra={**self._extra(record, attempt, retries_done), "outcome": action.value},
+                )
             return
         extra = self._extra(record, attempt, retries_done)
         extra["outcome"] = action.value
@@ -421,32 +507,57 @@ class Dispatcher:
             Action.ACK: "acked",
             Action.RETRY: f"retrying in {outcome.delay_s:.3g}s",
             Action.DEAD_LETTER: f"sending it to dead-letter topic {attempt.dead_letter_topic}",
-            Action.GIVE_UP: (f"too many failed attempts ({retries_done + 1}); giving up and "
-                             "acking, no deadLetterTopic is set"),
+            Action.GIVE_UP: (
+                f"too many failed attempts ({retries_done + 1}); giving up and "
+                "acking, no deadLetterTopic is set"
+            ),
         }[action]
         if verdict is Verdict.EXPIRED:
-            log.warning("dropping expired pub/sub event %s (%s); %s", attempt.cloudevent_id,
-                        attempt.reason, then, extra=extra)
+            log.warning(
+                "dropping expired pub/sub event %s (%s); %s",
+                attempt.cloudevent_id,
+                attempt.reason,
+                then,
+                extra=extra,
+            )
         elif verdict is Verdict.UNMATCHED:
-            log.info("no matching route for event %s; %s", attempt.cloudevent_id, then,
-                     extra=extra)
+            log.info("no matching route for event %s; %s", attempt.cloudevent_id, then, extra=extra)
         elif verdict is Verdict.NO_SUBSCRIPTION:
-            log.warning("record of topic %s has no subscription any more (hot reload); %s",
-                        record.topic, then, extra=extra)
+            log.warning(
+                "record of topic %s has no subscription any more (hot reload); %s",
+                record.topic,
+                then,
+                extra=extra,
+            )
         elif verdict is Verdict.DROPPED:
             level = logging.ERROR if attempt.http_status == 404 else logging.WARNING
-            log.log(level, "%s for event %s; %s", attempt.reason, attempt.cloudevent_id, then,
-                    extra=extra)
+            log.log(
+                level,
+                "%s for event %s; %s",
+                attempt.reason,
+                attempt.cloudevent_id,
+                then,
+                extra=extra,
+            )
         elif action is Action.GIVE_UP:
             log.error("%s: %s", then, attempt.reason, extra=extra)
         elif verdict in (Verdict.POISON, Verdict.ROUTING_ERROR):
             log.error("%s; %s", attempt.reason, then, extra=extra)
         else:
-            log.warning("delivery of event %s failed: %s; %s", attempt.cloudevent_id,
-                        attempt.reason, then, extra=extra)
+            log.warning(
+                "delivery of event %s failed: %s; %s",
+                attempt.cloudevent_id,
+                attempt.reason,
+                then,
+                extra=extra,
+            )
 
     async def _dead_letter_until_stored(
-        self, topic: str, record: Record, attempt: _Attempt, retries_done: int,
+        self,
+        topic: str,
+        record: Record,
+        attempt: _Attempt,
+        retries_done: int,
     ) -> None:
         failures = 0
         while True:
@@ -458,7 +569,12 @@ class Dispatcher:
             except Exception as exc:  # BrokerError, DaprError (forbidden), anything: never ack
                 failures += 1
                 wait_s = delay_s(self._retry, failures)
-                log.error("could not produce to dead-letter topic %s, retrying in %.3gs "
-                          "(the record stays unacknowledged): %s", topic, wait_s, exc,
-                          extra=self._extra(record, attempt, retries_done))
+                log.error(
+                    "could not produce to dead-letter topic %s, retrying in %.3gs "
+                    "(the record stays unacknowledged): %s",
+                    topic,
+                    wait_s,
+                    exc,
+                    extra=self._extra(record, attempt, retries_done),
+                )
                 await asyncio.sleep(wait_s)  # backoff; cancellation stops it at once

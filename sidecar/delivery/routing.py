@@ -147,8 +147,10 @@ class Routes:
         a CEL expression that does not compile (Dapr fails the subscription, §2.1).
         """
         clean = clean_path if clean_paths else str
-        compiled = [CompiledRule(rule.match, clean(rule.path), program)
-                    for rule, program in zip(subscription.rules, compile_rules(subscription))]
+        compiled = [
+            CompiledRule(rule.match, clean(rule.path), program)
+            for rule, program in zip(subscription.rules, compile_rules(subscription))
+        ]
         if subscription.default_path:
             compiled.append(CompiledRule("", clean(subscription.default_path), None))
         paths = field_paths(r.match for r in compiled if r.program is not None)
@@ -170,7 +172,8 @@ class Routes:
                 # One context for all rules: the event is converted to CEL values once.
                 activation = new_context()
                 activation.add_variable(
-                    "event", event if self.paths is None else prune(event, self.paths))
+                    "event", event if self.paths is None else prune(event, self.paths)
+                )
             try:
                 result = rule.program.execute(activation)
             except Exception as exc:  # KeyError, TypeError, RuntimeError... from the bindings

@@ -62,8 +62,11 @@ def _optional_str(obj: Mapping[str, Any], key: str, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ResourceError(f"{key} must be a string, got {type(value).__name__}",
-                            source=SOURCE, field=f"{where}.{key}")
+        raise ResourceError(
+            f"{key} must be a string, got {type(value).__name__}",
+            source=SOURCE,
+            field=f"{where}.{key}",
+        )
     return value
 
 
@@ -82,27 +85,38 @@ def _parse_one(item: Any, where: str) -> TopicSubscription:
     routes = _get(item, "routes")
     if routes is not None:
         if not isinstance(routes, Mapping):
-            raise ResourceError("routes must be an object with rules and default",
-                                source=SOURCE, field=f"{where}.routes")
+            raise ResourceError(
+                "routes must be an object with rules and default",
+                source=SOURCE,
+                field=f"{where}.routes",
+            )
         default = _optional_str(routes, "default", f"{where}.routes")
         raw_rules = _get(routes, "rules")
         if raw_rules is not None and not isinstance(raw_rules, list):
-            raise ResourceError("routes.rules must be an array", source=SOURCE,
-                                field=f"{where}.routes.rules")
+            raise ResourceError(
+                "routes.rules must be an array", source=SOURCE, field=f"{where}.routes.rules"
+            )
         for i, rule in enumerate(raw_rules or ()):
             rule_where = f"{where}.routes.rules[{i}]"
             if not isinstance(rule, Mapping):
-                raise ResourceError("a rule must be an object with match and path",
-                                    source=SOURCE, field=rule_where)
-            rules.append(Route(match=_optional_str(rule, "match", rule_where),
-                               path=_optional_str(rule, "path", rule_where)))
+                raise ResourceError(
+                    "a rule must be an object with match and path", source=SOURCE, field=rule_where
+                )
+            rules.append(
+                Route(
+                    match=_optional_str(rule, "match", rule_where),
+                    path=_optional_str(rule, "path", rule_where),
+                )
+            )
     metadata_raw = _get(item, "metadata")
     metadata: dict[str, str] = {}
     if metadata_raw is not None:
         if not isinstance(metadata_raw, Mapping) or not all(
-                isinstance(v, str) for v in metadata_raw.values()):
-            raise ResourceError("metadata must be an object of strings", source=SOURCE,
-                                field=f"{where}.metadata")
+            isinstance(v, str) for v in metadata_raw.values()
+        ):
+            raise ResourceError(
+                "metadata must be an object of strings", source=SOURCE, field=f"{where}.metadata"
+            )
         metadata = {str(k): v for k, v in metadata_raw.items()}
     dead_letter_topic = _optional_str(item, "deadLetterTopic", where)
     bulk = _bulk_options(_get(item, "bulkSubscribe"), f"{where}.bulkSubscribe")
@@ -124,19 +138,22 @@ def _bulk_options(bulk: Any, where: str) -> BulkOptions | None:
     if bulk is None:
         return None
     if not isinstance(bulk, Mapping):
-        raise ResourceError("bulkSubscribe must be an object with enabled, maxMessagesCount and "
-                            "maxAwaitDurationMs", source=SOURCE, field=where)
+        raise ResourceError(
+            "bulkSubscribe must be an object with enabled, maxMessagesCount and maxAwaitDurationMs",
+            source=SOURCE,
+            field=where,
+        )
     enabled = _get(bulk, "enabled")
     if enabled is not None and not isinstance(enabled, bool):
-        raise ResourceError("enabled must be true or false", source=SOURCE,
-                            field=f"{where}.enabled")
+        raise ResourceError(
+            "enabled must be true or false", source=SOURCE, field=f"{where}.enabled"
+        )
     counts: list[int | None] = []
     for key in ("maxMessagesCount", "maxAwaitDurationMs"):
         value = _get(bulk, key)
         # JSON numbers decode to int or float; Go's int32 field refuses fractions
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ResourceError(f"{key} must be an integer", source=SOURCE,
-                                field=f"{where}.{key}")
+            raise ResourceError(f"{key} must be an integer", source=SOURCE, field=f"{where}.{key}")
         counts.append(value)
     if not enabled:
         return None
@@ -178,8 +195,10 @@ def _unfit_subject(sub: TopicSubscription) -> str | None:
     if sub.dead_letter_topic:
         problem = subject_problem(sub.dead_letter_topic)
         if problem is not None:
-            return (f"deadLetterTopic {sub.dead_letter_topic!r} is not a NATS subject one can "
-                    f"publish to: {problem}")
+            return (
+                f"deadLetterTopic {sub.dead_letter_topic!r} is not a NATS subject one can "
+                f"publish to: {problem}"
+            )
     return None
 
 
@@ -198,22 +217,36 @@ def effective_subscriptions(
     for sub in programmatic:
         key = (sub.pubsubname, sub.topic)
         if key in chosen:
-            log.warning("the app returned two subscriptions for pubsub %s topic %s; the last "
-                        "one is used", sub.pubsubname, sub.topic,
-                        extra={"app_id": app_id, "pubsubname": sub.pubsubname, "topic": sub.topic})
+            log.warning(
+                "the app returned two subscriptions for pubsub %s topic %s; the last one is used",
+                sub.pubsubname,
+                sub.topic,
+                extra={"app_id": app_id, "pubsubname": sub.pubsubname, "topic": sub.topic},
+            )
         chosen[key] = sub
     from_app = set(chosen)
     for sub in declarative:
         key = (sub.pubsubname, sub.topic)
         extra = {"app_id": app_id, "pubsubname": sub.pubsubname, "topic": sub.topic}
         if key in from_app:
-            log.warning("two identical subscriptions found (sources: declarative, app endpoint). "
-                        "pubsubname: %s, topic: %s; the app's subscription is used and %s is "
-                        "ignored", sub.pubsubname, sub.topic, _describe(sub), extra=extra)
+            log.warning(
+                "two identical subscriptions found (sources: declarative, app endpoint). "
+                "pubsubname: %s, topic: %s; the app's subscription is used and %s is "
+                "ignored",
+                sub.pubsubname,
+                sub.topic,
+                _describe(sub),
+                extra=extra,
+            )
             continue
         if key in chosen:
-            log.warning("two declarative subscriptions for pubsub %s topic %s; %s is used",
-                        sub.pubsubname, sub.topic, _describe(sub), extra=extra)
+            log.warning(
+                "two declarative subscriptions for pubsub %s topic %s; %s is used",
+                sub.pubsubname,
+                sub.topic,
+                _describe(sub),
+                extra=extra,
+            )
         chosen[key] = sub
 
     effective: list[TopicSubscription] = []
@@ -221,12 +254,20 @@ def effective_subscriptions(
         extra = {"app_id": app_id, "pubsubname": pubsubname, "topic": topic}
         component = components.get(pubsubname)
         if component is None:
-            log.warning("subscription %s names pubsub %r, which is not configured; ignored",
-                        _describe(sub), pubsubname, extra=extra)
+            log.warning(
+                "subscription %s names pubsub %r, which is not configured; ignored",
+                _describe(sub),
+                pubsubname,
+                extra=extra,
+            )
             continue
         if not subscribe_allowed(component.metadata, app_id, topic):
-            log.warning("subscription to topic '%s' on pubsub '%s' is not allowed", topic,
-                        pubsubname, extra=extra)
+            log.warning(
+                "subscription to topic '%s' on pubsub '%s' is not allowed",
+                topic,
+                pubsubname,
+                extra=extra,
+            )
             continue
         if component.kafka is not None:
             unfit = _unfit_kafka_topic(sub)
@@ -244,8 +285,9 @@ def effective_subscriptions(
             log.error("subscription %s is ignored: %s", _describe(sub), exc, extra=extra)
             continue
         if not routes:
-            log.warning("topic %s has an empty routes. removing from subscriptions list", topic,
-                        extra=extra)
+            log.warning(
+                "topic %s has an empty routes. removing from subscriptions list", topic, extra=extra
+            )
             continue
         effective.append(sub)
     return effective

@@ -108,7 +108,10 @@ def _header_text(headers: Sequence[tuple[str, bytes | None]], name: str) -> str 
 
 
 def synthesise_raw(
-    value: bytes, *, topic: str, pubsubname: str,
+    value: bytes,
+    *,
+    topic: str,
+    pubsubname: str,
     headers: Sequence[tuple[str, bytes | None]] = (),
 ) -> dict[str, Any]:
     """The CloudEvent Dapr builds for a ``rawPayload=true`` subscription (§4.4).
@@ -134,7 +137,11 @@ def synthesise_raw(
 
 
 def read_event(
-    value: bytes, *, topic: str, pubsubname: str, raw_payload: bool,
+    value: bytes,
+    *,
+    topic: str,
+    pubsubname: str,
+    raw_payload: bool,
     headers: Sequence[tuple[str, bytes | None]] = (),
 ) -> ReadEvent:
     """Read one consumed record ``value`` for delivery.

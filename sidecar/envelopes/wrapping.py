@@ -76,7 +76,8 @@ _SURROGATE_ESCAPE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE_ESCAPES = re.compile(
     rb"(\\\\)"  # an escaped backslash: kept
     rb"|(\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # a valid pair: kept
-    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # a lone surrogate: replaced
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)  # a lone surrogate: replaced
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -116,7 +117,8 @@ class CloudEventOverrides:
 
 
 _OVERRIDABLE = frozenset(
-    ("id", "source", "type", "subject", "traceid", "traceparent", "tracestate"))
+    ("id", "source", "type", "subject", "traceid", "traceparent", "tracestate")
+)
 _NO_OVERRIDES = CloudEventOverrides()
 
 
@@ -201,8 +203,10 @@ def _json_text(body: bytes) -> bytes | None:
         orjson.loads(body)
     except orjson.JSONDecodeError:
         return _json_text_slow(body)
-    if (len(body) >= 2 * _ORJSON_MAX_READ_DEPTH
-            and body.count(b"[") + body.count(b"{") >= _ORJSON_MAX_READ_DEPTH):
+    if (
+        len(body) >= 2 * _ORJSON_MAX_READ_DEPTH
+        and body.count(b"[") + body.count(b"{") >= _ORJSON_MAX_READ_DEPTH
+    ):
         # Possibly exactly at orjson's limit: the envelope adds one level.
         try:
             orjson.loads(b"[" + body + b"]")
@@ -265,9 +269,17 @@ def _epoch_s(now: datetime | None) -> float:
 
 
 def wrap(
-    body: bytes, *, content_type: str | None, app_id: str, topic: str, pubsubname: str,
-    overrides: CloudEventOverrides = _NO_OVERRIDES, ttl_s: float | None = None,
-    now: datetime | None = None, traceparent: str | None = None, tracestate: str | None = None,
+    body: bytes,
+    *,
+    content_type: str | None,
+    app_id: str,
+    topic: str,
+    pubsubname: str,
+    overrides: CloudEventOverrides = _NO_OVERRIDES,
+    ttl_s: float | None = None,
+    now: datetime | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> bytes:
     """Dapr's envelope around ``body`` (§4.1), serialised as JSON bytes (the record value).
 
@@ -279,8 +291,7 @@ def wrap(
     """
     now_s = _epoch_s(now)
     ctype = content_type or DEFAULT_CONTENT_TYPE
-    traceparent = (overrides.traceparent or overrides.traceid or traceparent
-                   or new_traceparent())
+    traceparent = overrides.traceparent or overrides.traceid or traceparent or new_traceparent()
     event: dict[str, Any] = {
         "id": overrides.id or _uuid4(),
         "source": overrides.source or app_id or USER_CE_DEFAULT_SOURCE,
@@ -337,8 +348,12 @@ def loads_exact(text: bytes | str) -> Any:
     if isinstance(text, str):
         text = text.encode("utf-8", "surrogatepass")
     try:
-        return json.loads(replace_lone_surrogate_escapes(text), parse_int=_exact_int,
-                          parse_float=_exact_float, parse_constant=_reject_constant)
+        return json.loads(
+            replace_lone_surrogate_escapes(text),
+            parse_int=_exact_int,
+            parse_float=_exact_float,
+            parse_constant=_reject_constant,
+        )
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -392,8 +407,14 @@ def _dumps_leaf(value: Any) -> bytes:
 
 
 def wrap_user_cloudevent(
-    body: bytes, *, topic: str, pubsubname: str, ttl_s: float | None = None,
-    now: datetime | None = None, traceparent: str | None = None, tracestate: str | None = None,
+    body: bytes,
+    *,
+    topic: str,
+    pubsubname: str,
+    ttl_s: float | None = None,
+    now: datetime | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> bytes:
     """Complete a user CloudEvent (§4.2) and serialise it as JSON bytes.
 

@@ -39,8 +39,15 @@ from ..resources.loading import LoadedComponent
 from .scoping import scopes_of
 from ..runtime.tracing import end_span, start_publish
 
-__all__ = ["BulkEntry", "BulkFailure", "Publisher", "body_too_large", "event_bytes",
-           "parse_bool", "partition_number"]
+__all__ = [
+    "BulkEntry",
+    "BulkFailure",
+    "Publisher",
+    "body_too_large",
+    "event_bytes",
+    "parse_bool",
+    "partition_number",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +78,18 @@ def _raw_payload(pubsubname: str, metadata: Mapping[str, str]) -> bool:
     try:
         return parse_bool(value)
     except ValueError:
-        message = ("failed deserializing metadata. Error: rawPayload value must be a valid "
-                   f"boolean: actual is '{value}'")
-        raise DaprError(400, "ERR_PUBSUB_REQUEST_METADATA", message,
-                        reason="DAPR_PUBSUB_METADATA_DESERIALIZATION", metadata=dict(metadata),
-                        resource=pubsubname) from None
+        message = (
+            "failed deserializing metadata. Error: rawPayload value must be a valid "
+            f"boolean: actual is '{value}'"
+        )
+        raise DaprError(
+            400,
+            "ERR_PUBSUB_REQUEST_METADATA",
+            message,
+            reason="DAPR_PUBSUB_METADATA_DESERIALIZATION",
+            metadata=dict(metadata),
+            resource=pubsubname,
+        ) from None
 
 
 def partition_number(metadata: Mapping[str, str]) -> int | None:
@@ -86,12 +100,16 @@ def partition_number(metadata: Mapping[str, str]) -> int | None:
     if not raw:
         return None
     if not _PARTITION_NUMBER.fullmatch(raw):
-        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'",
-                          refused="request")
+        raise BrokerError(
+            f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'",
+            refused="request",
+        )
     value = int(raw)
     if value < 0:
-        raise BrokerError(f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'",
-                          refused="request")
+        raise BrokerError(
+            f"{PARTITION_METADATA} must be a non-negative integer: actual is '{raw}'",
+            refused="request",
+        )
     if value > _INT32_MAX:
         raise BrokerError(f"partition number {value} is out of range", refused="request")
     return value
@@ -102,10 +120,14 @@ def body_too_large(pubsubname: str, topic: str, limit: int) -> DaprError:
     (``--max-body-size``), over HTTP and gRPC alike. Stricter than Dapr, which answers 500
     (README "Where we differ from Dapr on purpose")."""
     error = f"request body exceeds the maximum of {limit} bytes (--max-body-size)"
-    return DaprError(413, "ERR_PUBSUB_PUBLISH_MESSAGE",
-                     f"error when publishing to topic {topic} in pubsub {pubsubname}: {error}",
-                     reason="DAPR_PUBSUB_PUBLISH_MESSAGE",
-                     metadata={"topic": topic, "error": error}, resource=pubsubname)
+    return DaprError(
+        413,
+        "ERR_PUBSUB_PUBLISH_MESSAGE",
+        f"error when publishing to topic {topic} in pubsub {pubsubname}: {error}",
+        reason="DAPR_PUBSUB_PUBLISH_MESSAGE",
+        metadata={"topic": topic, "error": error},
+        resource=pubsubname,
+    )
 
 
 def _key_and_headers(metadata: Mapping[str, str]) -> tuple[bytes | None, list[tuple[str, bytes]]]:
@@ -127,8 +149,12 @@ def _system(component: LoadedComponent) -> str:
     return "kafka" if component.kafka is not None else component.type
 
 
-def _add_trace_headers(headers: list[tuple[str, bytes]], metadata: Mapping[str, str],
-                       traceparent: str, tracestate: str | None) -> None:
+def _add_trace_headers(
+    headers: list[tuple[str, bytes]],
+    metadata: Mapping[str, str],
+    traceparent: str,
+    tracestate: str | None,
+) -> None:
     # The record carries the trace context for consumers that read headers, not the event
     # (W3C trace context for Kafka); a publisher's own metadata.traceparent header wins.
     if "traceparent" not in metadata:
@@ -192,80 +218,146 @@ class Publisher:
     component present without a broker (being started or stopped) answers Dapr's race error.
     """
 
-    def __init__(self, *, app_id: str, brokers: dict[str, Broker],
-                 components: dict[str, LoadedComponent]) -> None:
+    def __init__(
+        self, *, app_id: str, brokers: dict[str, Broker], components: dict[str, LoadedComponent]
+    ) -> None:
         self.app_id = app_id
         self.brokers = brokers
         self.components = components
 
     # -- validation shared by every path ------------------------------------------------------
 
-    def validate_target(self, pubsubname: str, topic: str,
-                        metadata: Mapping[str, str]) -> LoadedComponent:
+    def validate_target(
+        self, pubsubname: str, topic: str, metadata: Mapping[str, str]
+    ) -> LoadedComponent:
         """The component for a publish to ``topic`` of ``pubsubname``, checked in Dapr's order
         (§1.2): no component at all (400), empty pubsub name (404), unknown pubsub (404), empty
         topic (404). Raises :class:`DaprError`."""
         if not self.components:
-            raise DaprError(400, "ERR_PUBSUB_NOT_CONFIGURED", f"pubsub {pubsubname} is not configured",
-                            reason="DAPR_PUBSUB_NOT_CONFIGURED", metadata=dict(metadata),
-                            resource=pubsubname)
+            raise DaprError(
+                400,
+                "ERR_PUBSUB_NOT_CONFIGURED",
+                f"pubsub {pubsubname} is not configured",
+                reason="DAPR_PUBSUB_NOT_CONFIGURED",
+                metadata=dict(metadata),
+                resource=pubsubname,
+            )
         if not pubsubname:
-            raise DaprError(404, "ERR_PUBSUB_EMPTY", "pubsub name is empty",
-                            reason="DAPR_PUBSUB_NAME_EMPTY", metadata=dict(metadata), resource="")
+            raise DaprError(
+                404,
+                "ERR_PUBSUB_EMPTY",
+                "pubsub name is empty",
+                reason="DAPR_PUBSUB_NAME_EMPTY",
+                metadata=dict(metadata),
+                resource="",
+            )
         component = self.components.get(pubsubname)
         if component is None:
-            raise DaprError(404, "ERR_PUBSUB_NOT_FOUND", f"pubsub {pubsubname} is not found",
-                            reason="DAPR_PUBSUB_NOT_FOUND", metadata=dict(metadata))
+            raise DaprError(
+                404,
+                "ERR_PUBSUB_NOT_FOUND",
+                f"pubsub {pubsubname} is not found",
+                reason="DAPR_PUBSUB_NOT_FOUND",
+                metadata=dict(metadata),
+            )
         if not topic:
-            raise DaprError(404, "ERR_TOPIC_NAME_EMPTY", f"topic is empty in pubsub {pubsubname}",
-                            reason="DAPR_PUBSUB_TOPIC_NAME_EMPTY", metadata=dict(metadata),
-                            resource=pubsubname)
+            raise DaprError(
+                404,
+                "ERR_TOPIC_NAME_EMPTY",
+                f"topic is empty in pubsub {pubsubname}",
+                reason="DAPR_PUBSUB_TOPIC_NAME_EMPTY",
+                metadata=dict(metadata),
+                resource=pubsubname,
+            )
         return component
 
     def _check_scope(self, component: LoadedComponent, topic: str) -> None:
         if not scopes_of(component.metadata).publish_allowed(self.app_id, topic):
             message = f"topic {topic} is not allowed for app id {self.app_id}"
-            raise DaprError(403, "ERR_PUBSUB_FORBIDDEN", message, reason="DAPR_PUBSUB_FORBIDDEN",
-                            metadata={"topic": topic, "error": message}, resource=component.name)
+            raise DaprError(
+                403,
+                "ERR_PUBSUB_FORBIDDEN",
+                message,
+                reason="DAPR_PUBSUB_FORBIDDEN",
+                metadata={"topic": topic, "error": message},
+                resource=component.name,
+            )
 
     def _broker(self, pubsubname: str, topic: str) -> Broker:
         broker = self.brokers.get(pubsubname)
         if broker is None:
             message = f"pubsub '{pubsubname}' not found"
-            raise DaprError(400, "ERR_PUBSUB_NOT_FOUND", message,
-                            reason="DAPR_PUBSUB_TEST_NOT_FOUND",
-                            metadata={"topic": topic, "error": message}, resource=pubsubname)
+            raise DaprError(
+                400,
+                "ERR_PUBSUB_NOT_FOUND",
+                message,
+                reason="DAPR_PUBSUB_TEST_NOT_FOUND",
+                metadata={"topic": topic, "error": message},
+                resource=pubsubname,
+            )
         return broker
 
-    def _envelope(self, pubsubname: str, topic: str, body: bytes, content_type: str | None,
-                  metadata: Mapping[str, str], traceparent: str | None = None,
-                  tracestate: str | None = None) -> bytes:
+    def _envelope(
+        self,
+        pubsubname: str,
+        topic: str,
+        body: bytes,
+        content_type: str | None,
+        metadata: Mapping[str, str],
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> bytes:
         ttl_s = ttl_seconds(metadata)
         if ttl_s is None and (metadata.get("ttlInSeconds") or metadata.get("ttl")):
             # Dapr ignores a TTL it cannot read (§1.2, §9) and so do we; the log says so.
-            log.warning("metadata.ttlInSeconds %r is not a TTL (seconds or a Go duration, "
-                        "not negative): published without expiration, as Dapr does",
-                        metadata.get("ttlInSeconds") or metadata.get("ttl"),
-                        extra={"app_id": self.app_id, "pubsubname": pubsubname, "topic": topic})
+            log.warning(
+                "metadata.ttlInSeconds %r is not a TTL (seconds or a Go duration, "
+                "not negative): published without expiration, as Dapr does",
+                metadata.get("ttlInSeconds") or metadata.get("ttl"),
+                extra={"app_id": self.app_id, "pubsubname": pubsubname, "topic": topic},
+            )
         if is_cloudevent_content_type(content_type):
             try:
-                return wrap_user_cloudevent(body, topic=topic, pubsubname=pubsubname, ttl_s=ttl_s,
-                                            traceparent=traceparent, tracestate=tracestate)
+                return wrap_user_cloudevent(
+                    body,
+                    topic=topic,
+                    pubsubname=pubsubname,
+                    ttl_s=ttl_s,
+                    traceparent=traceparent,
+                    tracestate=tracestate,
+                )
             except NotACloudEvent:
                 # Stricter than Dapr (500): a body that is not a JSON object is the client's
                 # mistake, and a client mistake is never a 500 (issue 5).
-                raise DaprError(400, "ERR_PUBSUB_CLOUD_EVENTS_SER", "cannot create cloudevent",
-                                reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
-                                metadata=dict(metadata), resource=pubsubname) from None
+                raise DaprError(
+                    400,
+                    "ERR_PUBSUB_CLOUD_EVENTS_SER",
+                    "cannot create cloudevent",
+                    reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+                    metadata=dict(metadata),
+                    resource=pubsubname,
+                ) from None
             except InvalidCloudEvent as exc:
                 # Stricter than Dapr (§9): the CloudEvents spec requires id/source/type/specversion.
-                raise DaprError(400, "ERR_PUBSUB_CLOUD_EVENTS_SER",
-                                f"cannot create cloudevent: {exc}",
-                                reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
-                                metadata=dict(metadata), resource=pubsubname) from None
-        return wrap(body, content_type=content_type, app_id=self.app_id, topic=topic,
-                    pubsubname=pubsubname, overrides=CloudEventOverrides.from_metadata(metadata),
-                    ttl_s=ttl_s, traceparent=traceparent, tracestate=tracestate)
+                raise DaprError(
+                    400,
+                    "ERR_PUBSUB_CLOUD_EVENTS_SER",
+                    f"cannot create cloudevent: {exc}",
+                    reason="DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+                    metadata=dict(metadata),
+                    resource=pubsubname,
+                ) from None
+        return wrap(
+            body,
+            content_type=content_type,
+            app_id=self.app_id,
+            topic=topic,
+            pubsubname=pubsubname,
+            overrides=CloudEventOverrides.from_metadata(metadata),
+            ttl_s=ttl_s,
+            traceparent=traceparent,
+            tracestate=tracestate,
+        )
 
     @staticmethod
     def _publish_error(pubsubname: str, topic: str, exc: BrokerError) -> DaprError:
@@ -273,15 +365,28 @@ class Publisher:
         # Stricter than Dapr (500 for all): a request the broker can never store as it is (topic
         # name, partition, size) is the client's mistake, and those are never a 500 (issue 5).
         status = {"request": 400, "size": 413}.get(exc.refused or "", 500)
-        return DaprError(status, "ERR_PUBSUB_PUBLISH_MESSAGE", message,
-                         reason="DAPR_PUBSUB_PUBLISH_MESSAGE",
-                         metadata={"topic": topic, "error": str(exc)}, resource=pubsubname)
+        return DaprError(
+            status,
+            "ERR_PUBSUB_PUBLISH_MESSAGE",
+            message,
+            reason="DAPR_PUBSUB_PUBLISH_MESSAGE",
+            metadata={"topic": topic, "error": str(exc)},
+            resource=pubsubname,
+        )
 
     # -- public API ---------------------------------------------------------------------------
 
-    async def publish(self, pubsubname: str, topic: str, body: bytes, *,
-                      content_type: str | None, metadata: dict[str, str],
-                      traceparent: str | None = None, tracestate: str | None = None) -> None:
+    async def publish(
+        self,
+        pubsubname: str,
+        topic: str,
+        body: bytes,
+        *,
+        content_type: str | None,
+        metadata: dict[str, str],
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> None:
         """Publish ``body`` to ``topic`` of ``pubsubname`` (§1.2) and return once the broker
         acknowledged it.
 
@@ -295,28 +400,45 @@ class Publisher:
         broker failure (the record was not, or may not have been, stored).
         """
         component = self.validate_target(pubsubname, topic, metadata)
-        traceparent, tracestate, span = start_publish(traceparent, tracestate,
-                                                      system=_system(component), topic=topic)
+        traceparent, tracestate, span = start_publish(
+            traceparent, tracestate, system=_system(component), topic=topic
+        )
         if span is None:
-            return await self._publish(component, topic, body, content_type, metadata,
-                                       traceparent or new_traceparent(), tracestate)
+            return await self._publish(
+                component,
+                topic,
+                body,
+                content_type,
+                metadata,
+                traceparent or new_traceparent(),
+                tracestate,
+            )
         try:
-            await self._publish(component, topic, body, content_type, metadata, traceparent,
-                                tracestate)
+            await self._publish(
+                component, topic, body, content_type, metadata, traceparent, tracestate
+            )
         except DaprError as exc:
             end_span(span, exc.message)
             raise
         end_span(span)
 
-    async def _publish(self, component: LoadedComponent, topic: str, body: bytes,
-                       content_type: str | None, metadata: dict[str, str], traceparent: str,
-                       tracestate: str | None) -> None:
+    async def _publish(
+        self,
+        component: LoadedComponent,
+        topic: str,
+        body: bytes,
+        content_type: str | None,
+        metadata: dict[str, str],
+        traceparent: str,
+        tracestate: str | None,
+    ) -> None:
         pubsubname = component.name
         if _raw_payload(pubsubname, metadata):
             value = body
         else:
-            value = self._envelope(pubsubname, topic, body, content_type, metadata,
-                                   traceparent, tracestate)
+            value = self._envelope(
+                pubsubname, topic, body, content_type, metadata, traceparent, tracestate
+            )
         self._check_scope(component, topic)
         broker = self._broker(pubsubname, topic)
         key, headers = _key_and_headers(metadata)
@@ -326,17 +448,33 @@ class Publisher:
             partition = partition_number(metadata)
             await broker.publish(topic, value, key=key, headers=headers, partition=partition)
         except BrokerError as exc:
-            record_egress(self.app_id, pubsubname, topic, success=False,
-                          elapsed_s=time.perf_counter() - started)
-            log.warning("publish failed: %s", exc, extra={
-                "app_id": self.app_id, "pubsubname": pubsubname, "topic": topic})
+            record_egress(
+                self.app_id,
+                pubsubname,
+                topic,
+                success=False,
+                elapsed_s=time.perf_counter() - started,
+            )
+            log.warning(
+                "publish failed: %s",
+                exc,
+                extra={"app_id": self.app_id, "pubsubname": pubsubname, "topic": topic},
+            )
             raise self._publish_error(pubsubname, topic, exc) from exc
-        record_egress(self.app_id, pubsubname, topic, success=True,
-                      elapsed_s=time.perf_counter() - started)
+        record_egress(
+            self.app_id, pubsubname, topic, success=True, elapsed_s=time.perf_counter() - started
+        )
 
-    async def publish_bulk(self, pubsubname: str, topic: str, entries: Sequence[BulkEntry],
-                           metadata: dict[str, str], *, traceparent: str | None = None,
-                           tracestate: str | None = None) -> list[BulkFailure]:
+    async def publish_bulk(
+        self,
+        pubsubname: str,
+        topic: str,
+        entries: Sequence[BulkEntry],
+        metadata: dict[str, str],
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> list[BulkFailure]:
         """Publish ``entries`` together (§1.3); returns the entries the broker did not store
         (empty: all acknowledged).
 
@@ -360,29 +498,37 @@ class Publisher:
         exported); without them each entry starts its own trace.
         """
         component = self.validate_target(pubsubname, topic, metadata)
-        traceparent, tracestate, span = start_publish(traceparent, tracestate,
-                                                      system=_system(component), topic=topic)
+        traceparent, tracestate, span = start_publish(
+            traceparent, tracestate, system=_system(component), topic=topic
+        )
         try:
-            failures = await self._publish_bulk(component, topic, entries, metadata,
-                                                traceparent, tracestate)
+            failures = await self._publish_bulk(
+                component, topic, entries, metadata, traceparent, tracestate
+            )
         except DaprError as exc:
             end_span(span, exc.message)
             raise
         end_span(span, f"{len(failures)} of {len(entries)} entries failed" if failures else None)
         return failures
 
-    async def _publish_bulk(self, component: LoadedComponent, topic: str,
-                            entries: Sequence[BulkEntry], metadata: dict[str, str],
-                            traceparent: str | None,
-                            tracestate: str | None) -> list[BulkFailure]:
+    async def _publish_bulk(
+        self,
+        component: LoadedComponent,
+        topic: str,
+        entries: Sequence[BulkEntry],
+        metadata: dict[str, str],
+        traceparent: str | None,
+        tracestate: str | None,
+    ) -> list[BulkFailure]:
         pubsubname = component.name
         raw = _raw_payload(pubsubname, metadata)
         seen: set[str] = set()
         records: list[PublishRecord | BrokerError] = []
         for entry in entries:
             if not entry.entry_id or entry.entry_id in seen:
-                raise self._events_error(pubsubname, topic,
-                                         "entryId is duplicated or not present for entry")
+                raise self._events_error(
+                    pubsubname, topic, "entryId is duplicated or not present for entry"
+                )
             seen.add(entry.entry_id)
             try:
                 data = event_bytes(entry.event, entry.content_type)
@@ -394,8 +540,13 @@ class Publisher:
                 entry_metadata = {**metadata, **entry.metadata}
                 _raw_payload(pubsubname, entry_metadata)
             trace = traceparent or new_traceparent()
-            value = data if raw else self._envelope(pubsubname, topic, data, entry.content_type,
-                                                    entry_metadata, trace, tracestate)
+            value = (
+                data
+                if raw
+                else self._envelope(
+                    pubsubname, topic, data, entry.content_type, entry_metadata, trace, tracestate
+                )
+            )
             key, headers = _key_and_headers(entry_metadata)
             _add_trace_headers(headers, entry_metadata, trace, tracestate)
             try:
@@ -409,20 +560,32 @@ class Publisher:
         to_send = [r for r in records if isinstance(r, PublishRecord)]
         sent = iter(await broker.publish_many(to_send) if to_send else ())
         outcomes = [next(sent) if isinstance(r, PublishRecord) else r for r in records]
-        failures = [BulkFailure(entry.entry_id, str(err), err.refused is not None)
-                    for entry, err in zip(entries, outcomes) if err is not None]
+        failures = [
+            BulkFailure(entry.entry_id, str(err), err.refused is not None)
+            for entry, err in zip(entries, outcomes)
+            if err is not None
+        ]
         if failures:
-            log.warning("bulk publish: %d of %d entries failed: %s", len(failures), len(entries),
-                        failures[0].error,
-                        extra={"app_id": self.app_id, "pubsubname": pubsubname, "topic": topic})
+            log.warning(
+                "bulk publish: %d of %d entries failed: %s",
+                len(failures),
+                len(entries),
+                failures[0].error,
+                extra={"app_id": self.app_id, "pubsubname": pubsubname, "topic": topic},
+            )
         return failures
 
     @staticmethod
     def _events_error(pubsubname: str, topic: str, error: str) -> DaprError:
         message = f"error marshaling events to bytes for topic {topic} pubsub {pubsubname}"
-        return DaprError(400, "ERR_PUBSUB_EVENTS_SER", f"{message}. error: {error}",
-                         reason="DAPR_PUBSUB_MARSHAL_EVENTS", metadata={"error": error},
-                         resource=pubsubname)
+        return DaprError(
+            400,
+            "ERR_PUBSUB_EVENTS_SER",
+            f"{message}. error: {error}",
+            reason="DAPR_PUBSUB_MARSHAL_EVENTS",
+            metadata={"error": error},
+            resource=pubsubname,
+        )
 
     async def dead_letter(self, pubsubname: str, topic: str, record: Record) -> None:
         """Produce the original ``record`` (value, key, headers) to ``topic`` through the broker of
@@ -440,5 +603,4 @@ class Publisher:
         if broker is None:
             raise BrokerError(f"pubsub {pubsubname} has no running broker", retriable=True)
         # Headers go out exactly as consumed; aiokafka accepts ``None`` header values.
-        await broker.publish(topic, record.value, key=record.key,
-                             headers=record.headers)  # type: ignore[arg-type]
+        await broker.publish(topic, record.value, key=record.key, headers=record.headers)  # type: ignore[arg-type]

@@ -37,9 +37,11 @@ def kafka_topic_problem(name: str) -> str | None:
     if len(name) > MAX_TOPIC_LENGTH and all(_LEGAL_CHAR.fullmatch(c) for c in name):
         return f"it has {len(name)} characters, at most {MAX_TOPIC_LENGTH} are allowed"
     bad = next(c for c in name if not _LEGAL_CHAR.fullmatch(c))
-    return (f"it contains {bad!r}; only ASCII letters, digits, '.', '_' and '-' are allowed"
-            + (f" (and at most {MAX_TOPIC_LENGTH} characters, it has {len(name)})"
-               if len(name) > MAX_TOPIC_LENGTH else ""))
+    return f"it contains {bad!r}; only ASCII letters, digits, '.', '_' and '-' are allowed" + (
+        f" (and at most {MAX_TOPIC_LENGTH} characters, it has {len(name)})"
+        if len(name) > MAX_TOPIC_LENGTH
+        else ""
+    )
 
 
 def invalid_topic_message(name: str, problem: str) -> str:

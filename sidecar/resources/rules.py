@@ -52,6 +52,7 @@ def compile_rules(subscription: TopicSubscription) -> tuple[cel.Program | None, 
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ResourceError(
                 f"rule {index} match {expression!r} is not a valid CEL expression: {detail}",
-                source=f"subscription {name}", field=f"routes.rules[{index}].match",
+                source=f"subscription {name}",
+                field=f"routes.rules[{index}].match",
             ) from None
     return tuple(programs)

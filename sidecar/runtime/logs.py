@@ -24,10 +24,25 @@ import orjson
 
 __all__ = ["JsonFormatter", "RepeatFilter", "TextFormatter", "configure_logging"]
 
-FIELDS = ("app_id", "pubsubname", "topic", "partition", "offset", "cloudevent_id", "attempt",
-          "outcome", "path", "status")
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-           "warning": logging.WARNING, "error": logging.ERROR}
+FIELDS = (
+    "app_id",
+    "pubsubname",
+    "topic",
+    "partition",
+    "offset",
+    "cloudevent_id",
+    "attempt",
+    "outcome",
+    "path",
+    "status",
+)
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class TextFormatter(logging.Formatter):
@@ -82,8 +97,14 @@ class RepeatFilter(logging.Filter):
     Repeats held back when the flood ends are not reported. Thread-safe.
     """
 
-    def __init__(self, loggers: Iterable[str] = REPEATING_LOGGERS, *, window_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, max_kinds: int = 1024) -> None:
+    def __init__(
+        self,
+        loggers: Iterable[str] = REPEATING_LOGGERS,
+        *,
+        window_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_kinds: int = 1024,
+    ) -> None:
         super().__init__()
         self._names = tuple(loggers)
         self._prefixes = tuple(f"{name}." for name in self._names)
@@ -95,7 +116,8 @@ class RepeatFilter(logging.Filter):
 
     def _applies(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING and (
-            record.name in self._names or record.name.startswith(self._prefixes))
+            record.name in self._names or record.name.startswith(self._prefixes)
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._applies(record):
@@ -113,8 +135,10 @@ class RepeatFilter(logging.Filter):
             if len(self._kinds) > self._max_kinds:
                 del self._kinds[next(iter(self._kinds))]
         if held_back:
-            record.msg = (f"{record.getMessage()} (held back {held_back} more like this in the "
-                          f"last {now - since:.0f} s)")
+            record.msg = (
+                f"{record.getMessage()} (held back {held_back} more like this in the "
+                f"last {now - since:.0f} s)"
+            )
             record.args = None
         return True
 
@@ -123,8 +147,11 @@ def configure_logging(level: str = "info", *, as_json: bool = False) -> None:
     """Send logs to stderr at ``level`` (debug|info|warn|error), text or JSON lines, with
     repeats from aiokafka and ``aiohttp.server`` held back (:class:`RepeatFilter`, 30 s)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else TextFormatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if as_json
+        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -46,8 +46,16 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 __all__ = [
-    "ConsumerProgress", "TopicDeliveries", "consumer_group", "consumer_progress", "drop_consumer",
-    "record_egress", "record_http", "record_ingress", "serve", "subscription_status",
+    "ConsumerProgress",
+    "TopicDeliveries",
+    "consumer_group",
+    "consumer_progress",
+    "drop_consumer",
+    "record_egress",
+    "record_http",
+    "record_ingress",
+    "serve",
+    "subscription_status",
     "topic_deliveries",
 ]
 
@@ -68,8 +76,12 @@ class _Buckets:
         self.total = 0.0
 
 
-def _observe(series: dict[tuple[str, ...], _Buckets], key: tuple[str, ...],
-             bounds: tuple[float, ...], value: float) -> None:
+def _observe(
+    series: dict[tuple[str, ...], _Buckets],
+    key: tuple[str, ...],
+    bounds: tuple[float, ...],
+    value: float,
+) -> None:
     b = series.get(key)
     if b is None:
         b = series[key] = _Buckets(len(bounds))
@@ -85,16 +97,18 @@ _http: dict[tuple[str, ...], int] = {}
 _http_ms: dict[tuple[str, ...], _Buckets] = {}
 
 
-def record_egress(app_id: str, component: str, topic: str, *, success: bool,
-                  elapsed_s: float) -> None:
+def record_egress(
+    app_id: str, component: str, topic: str, *, success: bool, elapsed_s: float
+) -> None:
     """One publish: ``elapsed_s`` seconds from request to broker acknowledgement (or failure)."""
     key = (app_id, component, _namespace, "true" if success else "false", topic)
     _egress[key] = _egress.get(key, 0) + 1
     _observe(_egress_ms, key, _BUCKETS_MS, elapsed_s * 1000)
 
 
-def record_ingress(app_id: str, component: str, topic: str, *, process_status: str,
-                   elapsed_s: float) -> None:
+def record_ingress(
+    app_id: str, component: str, topic: str, *, process_status: str, elapsed_s: float
+) -> None:
     """One delivery attempt's outcome (``success`` | ``retry`` | ``drop``) and the app's time
     (seconds)."""
     key = (app_id, component, _namespace, process_status, topic)
@@ -110,6 +124,7 @@ def record_http(app_id: str, method: str, path: str, status: int, elapsed_s: flo
 
 
 # --- deliveries and consumer groups ------------------------------------------------------------
+
 
 @dataclass(eq=False, slots=True)
 class TopicDeliveries:
@@ -156,8 +171,7 @@ class ConsumerProgress:
         stays until the next :meth:`assign`: a new owner reads from the committed offsets."""
         self.assigned = frozenset()
 
-    def fetched(self, topic: str, partition: int, first_offset: int,
-                log_end: int | None) -> None:
+    def fetched(self, topic: str, partition: int, first_offset: int, log_end: int | None) -> None:
         """A batch of one partition arrived; ``first_offset`` is its first record's offset,
         which is the committed offset when nothing was committed yet in this assignment."""
         p = self.partitions.get((topic, partition))
@@ -213,12 +227,27 @@ class PolledConsumer:
     def group_of(self, topic: str) -> str:
         return self.groups.get(topic, self.group)
 
-    def polled(self, topic: str, source: str, *, lag: int | None, pending: int | None,
-               log_end: int | None = None, committed: int | None = None) -> None:
+    def polled(
+        self,
+        topic: str,
+        source: str,
+        *,
+        lag: int | None,
+        pending: int | None,
+        log_end: int | None = None,
+        committed: int | None = None,
+    ) -> None:
         """The broker polled ``topic``, read from ``source`` (stream name); counts are
         messages."""
-        self.topics[topic] = [{"partition": source, "logEndOffset": log_end,
-                               "committedOffset": committed, "lag": lag, "pending": pending}]
+        self.topics[topic] = [
+            {
+                "partition": source,
+                "logEndOffset": log_end,
+                "committedOffset": committed,
+                "lag": lag,
+                "pending": pending,
+            }
+        ]
 
     def forget(self, topics: Iterable[str]) -> None:
         """Drop the status of topics no longer consumed."""
@@ -257,8 +286,7 @@ def polled_consumer(app_id: str, component: str, group: str) -> PolledConsumer:
     return consumer
 
 
-def drop_consumer(app_id: str, component: str,
-                  progress: ConsumerProgress | PolledConsumer) -> None:
+def drop_consumer(app_id: str, component: str, progress: ConsumerProgress | PolledConsumer) -> None:
     """The consumer of ``component`` stopped; its lag series disappear."""
     if _consumers.get((app_id, component)) is progress:
         del _consumers[(app_id, component)]
@@ -295,23 +323,33 @@ def subscription_status(app_id: str, component: str, topic: str) -> dict[str, An
             end, committed = progress.partitions.get((t, p), (None, None))
             lag = progress.lag(t, p)
             total += lag or 0
-            partitions.append({"partition": p, "logEndOffset": end, "committedOffset": committed,
-                               "lag": lag})
+            partitions.append(
+                {"partition": p, "logEndOffset": end, "committedOffset": committed, "lag": lag}
+            )
     deliveries = _deliveries.get((app_id, component, topic)) or TopicDeliveries()
     error = None
     if deliveries.last_error is not None and deliveries.last_error_time is not None:
-        error = {"message": deliveries.last_error,
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                       time.gmtime(deliveries.last_error_time))}
-    return {"consumerGroup": group, "partitions": partitions, "lag": total, "inFlight": deliveries.in_flight,
-            "retries": deliveries.retries, "deadLettered": deliveries.dead_lettered,
-            "lastError": error}
+        error = {
+            "message": deliveries.last_error,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deliveries.last_error_time)),
+        }
+    return {
+        "consumerGroup": group,
+        "partitions": partitions,
+        "lag": total,
+        "inFlight": deliveries.in_flight,
+        "retries": deliveries.retries,
+        "deadLettered": deliveries.dead_lettered,
+        "lastError": error,
+    }
 
 
 # --- exposition --------------------------------------------------------------------------------
 
-def _counter(name: str, doc: str, labels: tuple[str, ...],
-             values: dict[tuple[str, ...], int]) -> Metric:
+
+def _counter(
+    name: str, doc: str, labels: tuple[str, ...], values: dict[tuple[str, ...], int]
+) -> Metric:
     """A counter family exported as ``<name>_total`` (prometheus-client's rule)."""
     metric = Metric(name, doc, "counter")
     for key, value in list(values.items()):
@@ -319,8 +357,9 @@ def _counter(name: str, doc: str, labels: tuple[str, ...],
     return metric
 
 
-def _dapr_count(name: str, doc: str, labels: tuple[str, ...],
-                values: dict[tuple[str, ...], int]) -> Metric:
+def _dapr_count(
+    name: str, doc: str, labels: tuple[str, ...], values: dict[tuple[str, ...], int]
+) -> Metric:
     """One of Dapr's ``*_count`` counters under exactly its name. prometheus-client would add
     ``_total`` to a counter, so the family is typed ``untyped``; PromQL treats it alike."""
     metric = Metric(name, doc, "unknown")
@@ -329,8 +368,13 @@ def _dapr_count(name: str, doc: str, labels: tuple[str, ...],
     return metric
 
 
-def _histogram(name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...],
-               series: dict[tuple[str, ...], _Buckets]) -> HistogramMetricFamily:
+def _histogram(
+    name: str,
+    doc: str,
+    labels: tuple[str, ...],
+    bounds: tuple[float, ...],
+    series: dict[tuple[str, ...], _Buckets],
+) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for key, b in list(series.items()):
         counts = list(b.counts)
@@ -352,24 +396,45 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Metric]:
         egress = (*_DAPR_PUBSUB, "success", "topic")
         ingress = (*_DAPR_PUBSUB, "process_status", "topic")
-        yield _dapr_count("dapr_component_pubsub_egress_count",
-                       "The number of outgoing messages published to the pub/sub component",
-                       egress, _egress)
-        yield _histogram("dapr_component_pubsub_egress_latencies",
-                         "The latency of the response from the pub/sub component (ms)",
-                         egress, _BUCKETS_MS, _egress_ms)
-        yield _dapr_count("dapr_component_pubsub_ingress_count",
-                       "The number of incoming messages arriving from the pub/sub component",
-                       ingress, _ingress)
-        yield _histogram("dapr_component_pubsub_ingress_latencies",
-                         "The consuming app event processing latency (ms)",
-                         ingress, _BUCKETS_MS, _ingress_ms)
-        yield _dapr_count("dapr_http_server_request_count",
-                       "Number of HTTP requests started in server",
-                       ("app_id", "method", "path"), _http)
-        yield _histogram("dapr_http_server_latency",
-                         "HTTP request end to end latency in server (ms)",
-                         ("app_id", "method", "path", "status"), _BUCKETS_MS, _http_ms)
+        yield _dapr_count(
+            "dapr_component_pubsub_egress_count",
+            "The number of outgoing messages published to the pub/sub component",
+            egress,
+            _egress,
+        )
+        yield _histogram(
+            "dapr_component_pubsub_egress_latencies",
+            "The latency of the response from the pub/sub component (ms)",
+            egress,
+            _BUCKETS_MS,
+            _egress_ms,
+        )
+        yield _dapr_count(
+            "dapr_component_pubsub_ingress_count",
+            "The number of incoming messages arriving from the pub/sub component",
+            ingress,
+            _ingress,
+        )
+        yield _histogram(
+            "dapr_component_pubsub_ingress_latencies",
+            "The consuming app event processing latency (ms)",
+            ingress,
+            _BUCKETS_MS,
+            _ingress_ms,
+        )
+        yield _dapr_count(
+            "dapr_http_server_request_count",
+            "Number of HTTP requests started in server",
+            ("app_id", "method", "path"),
+            _http,
+        )
+        yield _histogram(
+            "dapr_http_server_latency",
+            "HTTP request end to end latency in server (ms)",
+            ("app_id", "method", "path", "status"),
+            _BUCKETS_MS,
+            _http_ms,
+        )
         yield from self._deliveries()
         yield from self._consumers()
 
@@ -378,16 +443,24 @@ class _Collector(Collector):
         labels = ("app_id", "component", "topic")
         retries: dict[tuple[str, ...], int] = {}
         dead: dict[tuple[str, ...], int] = {}
-        in_flight = GaugeMetricFamily("tidings_pubsub_deliveries_in_flight",
-                                      "Deliveries to the app not finished yet", labels=labels)
+        in_flight = GaugeMetricFamily(
+            "tidings_pubsub_deliveries_in_flight",
+            "Deliveries to the app not finished yet",
+            labels=labels,
+        )
         for key, state in list(_deliveries.items()):
             retries[key] = state.retries
             dead[key] = state.dead_lettered
             in_flight.add_metric(list(key), state.in_flight)
-        yield _counter("tidings_pubsub_retries",
-                       "Delivery attempts that will be retried", labels, retries)
-        yield _counter("tidings_pubsub_dead_lettered",
-                       "Records stored to their dead-letter topic", labels, dead)
+        yield _counter(
+            "tidings_pubsub_retries", "Delivery attempts that will be retried", labels, retries
+        )
+        yield _counter(
+            "tidings_pubsub_dead_lettered",
+            "Records stored to their dead-letter topic",
+            labels,
+            dead,
+        )
         yield in_flight
 
     @staticmethod
@@ -395,7 +468,8 @@ class _Collector(Collector):
         lag = GaugeMetricFamily(
             "tidings_pubsub_consumer_lag",
             "Records of a partition not committed yet: log end offset minus committed offset",
-            labels=("app_id", "component", "topic", "partition"))
+            labels=("app_id", "component", "topic", "partition"),
+        )
         rebalances: dict[tuple[str, ...], int] = {}
         commit: dict[tuple[str, ...], _Buckets] = {}
         for (app_id, component), progress in list(_consumers.items()):
@@ -410,15 +484,21 @@ class _Collector(Collector):
             for topic, entries in list(polled.topics.items()):
                 for entry in entries:
                     if entry["lag"] is not None:
-                        lag.add_metric([app_id, component, topic, entry["partition"]],
-                                       entry["lag"])
+                        lag.add_metric([app_id, component, topic, entry["partition"]], entry["lag"])
         yield lag
-        yield _counter("tidings_pubsub_rebalances",
-                       "Partition assignments this consumer group member received",
-                       ("app_id", "component", "consumer_group"), rebalances)
-        yield _histogram("tidings_pubsub_commit_latency_seconds",
-                         "Time until the broker confirmed an offset commit request (s)",
-                         ("app_id", "component", "success"), _BUCKETS_S, commit)
+        yield _counter(
+            "tidings_pubsub_rebalances",
+            "Partition assignments this consumer group member received",
+            ("app_id", "component", "consumer_group"),
+            rebalances,
+        )
+        yield _histogram(
+            "tidings_pubsub_commit_latency_seconds",
+            "Time until the broker confirmed an offset commit request (s)",
+            ("app_id", "component", "success"),
+            _BUCKETS_S,
+            commit,
+        )
 
 
 REGISTRY.register(_Collector())

@@ -63,9 +63,11 @@ def _broker_for(component: LoadedComponent, app_id: str, max_body_size: int) -> 
     # nats-py in start-up time and resident memory (benchmarks/footprint.py).
     if component.redis is not None:
         from ..brokers.redis import RedisBroker
+
         return RedisBroker(component, app_id=app_id)
     if component.jetstream is not None:
         from ..brokers.jetstream import JetStreamBroker
+
         return JetStreamBroker(component, app_id=app_id)
     return MemoryBroker(component.name)
 
@@ -77,9 +79,14 @@ def _retry_policy(component: LoadedComponent) -> RetryPolicy:
     return RetryPolicy()
 
 
-def _component_fingerprint(component: LoadedComponent) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    return (component.type, component.component.spec.version,
-            tuple(sorted(component.metadata.items())))
+def _component_fingerprint(
+    component: LoadedComponent,
+) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    return (
+        component.type,
+        component.component.spec.version,
+        tuple(sorted(component.metadata.items())),
+    )
 
 
 def _resources_fingerprint(settings: SidecarSettings) -> str:
@@ -113,8 +120,9 @@ class Sidecar:
         self._components: dict[str, LoadedComponent] = {}
         self._brokers: dict[str, Broker] = {}
         self._started: dict[str, _Started] = {}
-        self.publisher = Publisher(app_id=self.app_id, brokers=self._brokers,
-                                   components=self._components)
+        self.publisher = Publisher(
+            app_id=self.app_id, brokers=self._brokers, components=self._components
+        )
         self.channel = open_app_channel(settings) if settings.app_port else None
         self._declarative: tuple[TopicSubscription, ...] = ()
         self._programmatic: list[TopicSubscription] = []
@@ -131,10 +139,13 @@ class Sidecar:
         self.grpc_port: int | None = None
         self._grpc_server: Any = None
         self.streams = StreamingSubscriptions(
-            app_id=self.app_id, components=self._components,
-            make_dispatcher=self._stream_dispatcher, on_change=self._streams_changed,
+            app_id=self.app_id,
+            components=self._components,
+            make_dispatcher=self._stream_dispatcher,
+            on_change=self._streams_changed,
             # Without an app channel declarative subscriptions are not delivered: no conflict.
-            others=lambda: list(self._effective) if self.channel is not None else [])
+            others=lambda: list(self._effective) if self.channel is not None else [],
+        )
 
     # --- RuntimeView -------------------------------------------------------------------------
     def components(self) -> list[LoadedComponent]:
@@ -162,8 +173,7 @@ class Sidecar:
             elif component is not None and component.redis is not None:
                 extended[f"redis.streams.{name}"] = ",".join(broker.streams())  # type: ignore[attr-defined]
             elif component is not None and component.jetstream is not None:
-                extended[f"jetstream.consumers.{name}"] = ",".join(
-                    broker.consumers())  # type: ignore[attr-defined]
+                extended[f"jetstream.consumers.{name}"] = ",".join(broker.consumers())  # type: ignore[attr-defined]
         return extended
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -178,14 +188,22 @@ class Sidecar:
         app = create_app(self.settings, self.publisher, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.dapr_listen_address,
-                           self.settings.dapr_http_port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            self.settings.dapr_listen_address,
+            self.settings.dapr_http_port,
+            reuse_address=True,
+        )
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.settings.dapr_http_port
-        log.info("sidecar API listening on %s:%s", self.settings.dapr_listen_address,
-                 self.bound_port, extra={"app_id": self.app_id})
+        log.info(
+            "sidecar API listening on %s:%s",
+            self.settings.dapr_listen_address,
+            self.bound_port,
+            extra={"app_id": self.app_id},
+        )
         if self.settings.dapr_grpc_port is not None:
             await self._start_grpc(app[EXTENDED_KEY])
         self._tasks.append(asyncio.create_task(self._deliveries_when_app_ready()))
@@ -201,18 +219,24 @@ class Sidecar:
     async def stop(self) -> None:
         """Ordered shutdown; bounded by ``graceful_shutdown_seconds`` plus a small margin."""
         self._stopping.set()
-        await stop_tasks(self._tasks, what="sidecar background tasks",
-                         extra={"app_id": self.app_id})
+        await stop_tasks(
+            self._tasks, what="sidecar background tasks", extra={"app_id": self.app_id}
+        )
         grace = self.settings.graceful_shutdown_seconds
-        closing = [asyncio.ensure_future(s.broker.close(grace_s=grace))
-                   for s in self._started.values()]
+        closing = [
+            asyncio.ensure_future(s.broker.close(grace_s=grace)) for s in self._started.values()
+        ]
         if closing:
             # close() is bounded by grace_s plus each broker's own short steps; this deadline
             # is the net under a broker whose client hangs anyway, so SIGTERM always ends.
             _, late = await asyncio.wait(closing, timeout=grace + BROKER_CLOSE_MARGIN_S)
             if late:
-                log.error("%d broker(s) did not close within %.1f s; exiting anyway", len(late),
-                          grace + BROKER_CLOSE_MARGIN_S, extra={"app_id": self.app_id})
+                log.error(
+                    "%d broker(s) did not close within %.1f s; exiting anyway",
+                    len(late),
+                    grace + BROKER_CLOSE_MARGIN_S,
+                    extra={"app_id": self.app_id},
+                )
                 for task in late:
                     task.cancel()
         # The gRPC API stops after the brokers: in-flight stream deliveries need their streams.
@@ -227,20 +251,33 @@ class Sidecar:
     async def _start_grpc(self, extended: dict[str, str]) -> None:
         """Serve the Dapr gRPC API. Raises ``OSError`` when an asked-for port cannot be bound;
         Dapr's default port in use is logged and the sidecar runs on without gRPC."""
-        servicer = DaprServicer(settings=self.settings, publisher=self.publisher, runtime=self,
-                                extended=extended, streams=self.streams)
+        servicer = DaprServicer(
+            settings=self.settings,
+            publisher=self.publisher,
+            runtime=self,
+            extended=extended,
+            streams=self.streams,
+        )
         assert self.settings.dapr_grpc_port is not None
         try:
             self._grpc_server, self.grpc_port = await start_grpc_server(
-                self.settings, servicer, self.settings.dapr_grpc_port)
+                self.settings, servicer, self.settings.dapr_grpc_port
+            )
         except OSError as exc:
             if self.settings.dapr_grpc_port_explicit:
                 raise
-            log.error("the Dapr gRPC API is not served: %s; pass --dapr-grpc-port", exc,
-                      extra={"app_id": self.app_id})
+            log.error(
+                "the Dapr gRPC API is not served: %s; pass --dapr-grpc-port",
+                exc,
+                extra={"app_id": self.app_id},
+            )
             return
-        log.info("Dapr gRPC API listening on %s:%s", self.settings.dapr_listen_address,
-                 self.grpc_port, extra={"app_id": self.app_id})
+        log.info(
+            "Dapr gRPC API listening on %s:%s",
+            self.settings.dapr_listen_address,
+            self.grpc_port,
+            extra={"app_id": self.app_id},
+        )
 
     # --- components --------------------------------------------------------------------------
     async def _apply_components(self, resources: Resources) -> None:
@@ -248,7 +285,10 @@ class Sidecar:
         self._declarative = resources.subscriptions
         wanted = resources.components
         for name in list(self._started):
-            if name not in wanted or _component_fingerprint(wanted[name]) != self._started[name].fingerprint:
+            if (
+                name not in wanted
+                or _component_fingerprint(wanted[name]) != self._started[name].fingerprint
+            ):
                 started = self._started.pop(name)
                 self._brokers.pop(name, None)
                 self._components.pop(name, None)
@@ -269,6 +309,7 @@ class Sidecar:
     def _dead_letter_for(self, pubsubname: str):  # type: ignore[no-untyped-def]
         async def dead_letter(topic: str, record):  # type: ignore[no-untyped-def]
             await self.publisher.dead_letter(pubsubname, topic, record)
+
         return dead_letter
 
     async def _start_broker(self, name: str, broker: Broker) -> None:
@@ -278,9 +319,12 @@ class Sidecar:
             try:
                 await broker.start()
                 lacks = [f for f in FEATURES if f not in broker.features]
-                log.info("component ready; features: %s; not supported: %s",
-                         ", ".join(sorted(broker.features)) or "-", ", ".join(lacks) or "-",
-                         extra={"app_id": self.app_id, "pubsubname": name})
+                log.info(
+                    "component ready; features: %s; not supported: %s",
+                    ", ".join(sorted(broker.features)) or "-",
+                    ", ".join(lacks) or "-",
+                    extra={"app_id": self.app_id, "pubsubname": name},
+                )
                 async with self._reload_lock:
                     started = self._started.get(name)
                     if started is not None and started.broker is broker:
@@ -288,8 +332,13 @@ class Sidecar:
                         await self._apply_subscriptions()
                 return
             except BrokerError as exc:
-                log.warning("component %s not ready, retrying in %.1fs: %s", name, delay, exc,
-                            extra={"app_id": self.app_id, "pubsubname": name})
+                log.warning(
+                    "component %s not ready, retrying in %.1fs: %s",
+                    name,
+                    delay,
+                    exc,
+                    extra={"app_id": self.app_id, "pubsubname": name},
+                )
             await asyncio.sleep(delay)  # backoff between connection attempts
             delay = min(delay * 2, 10.0)
 
@@ -303,10 +352,14 @@ class Sidecar:
         """The delivery engine of one component towards ``channel`` (the app's HTTP or gRPC
         channel, or a streaming subscription): the component's retry policy and dead-letter path."""
         escape = component.kafka.escape_headers if component.kafka is not None else False
-        return BulkDispatcher(app_id=self.app_id, pubsubname=component.name, channel=channel,
-                              retry=_retry_policy(component),
-                              dead_letter=self._dead_letter_for(component.name),
-                              escape_headers=escape)
+        return BulkDispatcher(
+            app_id=self.app_id,
+            pubsubname=component.name,
+            channel=channel,
+            retry=_retry_policy(component),
+            dead_letter=self._dead_letter_for(component.name),
+            escape_headers=escape,
+        )
 
     async def _streams_changed(self) -> None:
         if self._stopping.is_set():
@@ -326,15 +379,24 @@ class Sidecar:
             elif dispatcher is not None:
                 await dispatcher.handle(record)
             else:  # unreachable: a topic is consumed only while a channel serves it
-                log.error("record of topic %s has no channel; left unacknowledged", record.topic,
-                          extra={"app_id": self.app_id, "pubsubname": name,
-                                 "topic": record.topic, "partition": record.partition,
-                                 "offset": record.offset})
+                log.error(
+                    "record of topic %s has no channel; left unacknowledged",
+                    record.topic,
+                    extra={
+                        "app_id": self.app_id,
+                        "pubsubname": name,
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    },
+                )
                 await asyncio.Event().wait()  # until the partition is revoked
+
         if isinstance(dispatcher, BulkDispatcher):
             # bulk subscriptions: brokers that batch also use the dispatcher's BatchHandler side
-            return BatchingHandler(handle, dispatcher,
-                                   lambda topic: streams.dispatcher(name, topic) is None)
+            return BatchingHandler(
+                handle, dispatcher, lambda topic: streams.dispatcher(name, topic) is None
+            )
         return handle
 
     async def _deliveries_when_app_ready(self) -> None:
@@ -355,14 +417,17 @@ class Sidecar:
 
     async def _apply_subscriptions(self) -> None:
         self._effective = effective_subscriptions(
-            declarative=self._declarative, programmatic=self._programmatic,
-            components=self._components, app_id=self.app_id)
+            declarative=self._declarative,
+            programmatic=self._programmatic,
+            components=self._components,
+            app_id=self.app_id,
+        )
         streamed = self.streams.consumed()
         if not self._discovered and not streamed and not self._streamed_before:
             return
         self._streamed_before = bool(streamed)
         by_pubsub: dict[str, dict[str, TopicSubscription]] = {name: {} for name in self._started}
-        for sub in (self._effective if self._discovered else ()):
+        for sub in self._effective if self._discovered else ():
             if sub.pubsubname in by_pubsub:
                 by_pubsub[sub.pubsubname][sub.topic] = sub
         for sub in streamed:
@@ -374,22 +439,32 @@ class Sidecar:
                 continue  # subscribed by _start_broker once the broker is connected
             if started.dispatcher is not None:
                 started.dispatcher.set_subscriptions(
-                    {t: s for t, s in topics.items() if s.type is not SubscriptionType.STREAMING})
+                    {t: s for t, s in topics.items() if s.type is not SubscriptionType.STREAMING}
+                )
             await started.broker.subscribe(set(topics), self._handler_for(name, started.dispatcher))
-            waiting = (started.broker.waiting()  # type: ignore[attr-defined]
-                       if self._components[name].jetstream is not None else {})
+            waiting = (
+                started.broker.waiting()  # type: ignore[attr-defined]
+                if self._components[name].jetstream is not None
+                else {}
+            )
             if topics:  # a topic whose stream is missing is not called subscribed (logged apart)
-                log.info("subscribed to %s%s", sorted(set(topics) - set(waiting)),
-                         f"; not consuming yet: {sorted(waiting)}" if waiting else "",
-                         extra={"app_id": self.app_id, "pubsubname": name})
+                log.info(
+                    "subscribed to %s%s",
+                    sorted(set(topics) - set(waiting)),
+                    f"; not consuming yet: {sorted(waiting)}" if waiting else "",
+                    extra={"app_id": self.app_id, "pubsubname": name},
+                )
         self.streams.end_streams_of_removed(self._started)
-        self.streams.prune({(name, topic) for name, topics in by_pubsub.items()
-                            for topic in topics})
+        self.streams.prune(
+            {(name, topic) for name, topics in by_pubsub.items() for topic in topics}
+        )
 
     # --- hot reload --------------------------------------------------------------------------
     async def _watch_resources(self) -> None:
         while not self._stopping.is_set():
-            await asyncio.sleep(self.settings.resources_poll_interval_s)  # poll period, not an event
+            await asyncio.sleep(
+                self.settings.resources_poll_interval_s
+            )  # poll period, not an event
             fingerprint = _resources_fingerprint(self.settings)
             if fingerprint == self._fingerprint:
                 continue
@@ -402,8 +477,11 @@ class Sidecar:
         try:
             resources = load_resources(self.settings.resources_paths, app_id=self.app_id)
         except ResourceError as exc:
-            log.error("resources changed but are invalid; keeping the running configuration: %s",
-                      exc, extra={"app_id": self.app_id})
+            log.error(
+                "resources changed but are invalid; keeping the running configuration: %s",
+                exc,
+                extra={"app_id": self.app_id},
+            )
             return
         async with self._reload_lock:
             await self._apply_components(resources)
@@ -421,8 +499,12 @@ async def _serve(settings: SidecarSettings) -> int:
         try:
             metrics.serve(settings.metrics_port, namespace=settings.namespace)
         except OSError as exc:
-            log.error("cannot serve metrics on port %s: %s", settings.metrics_port, exc,
-                      extra={"app_id": settings.app_id})
+            log.error(
+                "cannot serve metrics on port %s: %s",
+                settings.metrics_port,
+                exc,
+                extra={"app_id": settings.app_id},
+            )
             return 2
     tracing.configure(settings.app_id)  # spans only with OTEL_EXPORTER_OTLP_ENDPOINT set
     try:
@@ -432,8 +514,12 @@ async def _serve(settings: SidecarSettings) -> int:
         await sidecar.stop()
         return 2
     except OSError as exc:
-        log.error("cannot serve the API (HTTP port %s): %s", settings.dapr_http_port, exc,
-                  extra={"app_id": settings.app_id})
+        log.error(
+            "cannot serve the API (HTTP port %s): %s",
+            settings.dapr_http_port,
+            exc,
+            extra={"app_id": settings.app_id},
+        )
         await sidecar.stop()
         return 2
     await sidecar.wait_stopped()
@@ -449,4 +535,3 @@ def run_sidecar(settings: SidecarSettings) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(_serve(settings))
     return uvloop.run(_serve(settings))
-

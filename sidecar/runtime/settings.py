@@ -101,7 +101,8 @@ def app_id_arg(text: str) -> str:
     if not _APP_ID.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"invalid app-id {text!r}: use letters, digits, '-' and '_' (at most 63, starting "
-            "and ending with a letter or digit)")
+            "and ending with a letter or digit)"
+        )
     return text
 
 
@@ -122,20 +123,23 @@ def size_arg(text: str) -> int:
         size = parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid size {text!r}: use bytes or a Ki/Mi/Gi suffix, e.g. 4Mi") from None
+            f"invalid size {text!r}: use bytes or a Ki/Mi/Gi suffix, e.g. 4Mi"
+        ) from None
     except OverflowError:  # "infMi"
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: not a finite number") from None
     if size <= 0:
         raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
     if size > MAX_BODY_SIZE_LIMIT:
         raise argparse.ArgumentTypeError(
-            f"size {text!r} is over the largest body a gRPC message can carry (2047Mi)")
+            f"size {text!r} is over the largest body a gRPC message can carry (2047Mi)"
+        )
     return size
 
 
 def seconds_arg(*, positive: bool) -> Callable[[str], float]:
     """An argparse type for a duration in seconds: a finite number, ``> 0`` when ``positive``,
     else ``>= 0``. ``nan``, ``inf`` and negative numbers are refused (argparse exits 2)."""
+
     def seconds(text: str) -> float:
         try:
             value = float(text)
@@ -154,40 +158,75 @@ def seconds_arg(*, positive: bool) -> Callable[[str], float]:
 def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: bool = True) -> None:
     """Add daprd-compatible sidecar flags to ``parser``."""
     parser.add_argument("--app-id", required=app_id_required, type=app_id_arg, help="the app-id")
-    parser.add_argument("--app-port", type=port_arg, default=None,
-                        help="port the app listens on")
+    parser.add_argument("--app-port", type=port_arg, default=None, help="port the app listens on")
     parser.add_argument("--app-channel-address", default="127.0.0.1")
-    parser.add_argument("--app-protocol", default="http", choices=APP_PROTOCOLS,
-                        help="protocol of the app channel: http, or grpc for Dapr's AppCallback "
-                             "service (default http)")
+    parser.add_argument(
+        "--app-protocol",
+        default="http",
+        choices=APP_PROTOCOLS,
+        help="protocol of the app channel: http, or grpc for Dapr's AppCallback "
+        "service (default http)",
+    )
     parser.add_argument("--dapr-http-port", type=port_arg, default=3500)
-    parser.add_argument("--dapr-grpc-port", type=port_arg, default=None,
-                        help=f"port of the Dapr gRPC API (default {DEFAULT_GRPC_PORT})")
-    parser.add_argument("--dapr-listen-addresses", default="127.0.0.1",
-                        help="address the HTTP API binds (daprd's name)")
-    parser.add_argument("--resources-path", action="append", default=[],
-                        help="folder of Component/Subscription YAML (repeatable)")
-    parser.add_argument("--components-path", action="append", default=[],
-                        help="deprecated daprd alias of --resources-path")
-    parser.add_argument("--max-body-size", type=size_arg, default=4 * MIB,
-                        help="largest request body: bytes, or with Ki/Mi/Gi suffix (default 4Mi)")
-    parser.add_argument("--dapr-graceful-shutdown-seconds", "--graceful-shutdown-seconds",
-                        dest="graceful_shutdown_seconds", type=seconds_arg(positive=False),
-                        default=5.0)
+    parser.add_argument(
+        "--dapr-grpc-port",
+        type=port_arg,
+        default=None,
+        help=f"port of the Dapr gRPC API (default {DEFAULT_GRPC_PORT})",
+    )
+    parser.add_argument(
+        "--dapr-listen-addresses",
+        default="127.0.0.1",
+        help="address the HTTP API binds (daprd's name)",
+    )
+    parser.add_argument(
+        "--resources-path",
+        action="append",
+        default=[],
+        help="folder of Component/Subscription YAML (repeatable)",
+    )
+    parser.add_argument(
+        "--components-path",
+        action="append",
+        default=[],
+        help="deprecated daprd alias of --resources-path",
+    )
+    parser.add_argument(
+        "--max-body-size",
+        type=size_arg,
+        default=4 * MIB,
+        help="largest request body: bytes, or with Ki/Mi/Gi suffix (default 4Mi)",
+    )
+    parser.add_argument(
+        "--dapr-graceful-shutdown-seconds",
+        "--graceful-shutdown-seconds",
+        dest="graceful_shutdown_seconds",
+        type=seconds_arg(positive=False),
+        default=5.0,
+    )
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     parser.add_argument("--log-as-json", action="store_true")
-    parser.add_argument("--delivery-timeout-seconds", type=seconds_arg(positive=True),
-                        default=60.0)
-    parser.add_argument("--enable-metrics", action="store_true",
-                        help="serve Prometheus metrics on --metrics-port")
+    parser.add_argument("--delivery-timeout-seconds", type=seconds_arg(positive=True), default=60.0)
+    parser.add_argument(
+        "--enable-metrics", action="store_true", help="serve Prometheus metrics on --metrics-port"
+    )
     parser.add_argument("--metrics-port", type=port_arg, default=9090)
 
 
 def parse_size(text: str) -> int:
     """``"4Mi"``/``"4MB"``/``"4194304"`` to bytes. Raises ``ValueError``."""
     s = text.strip()
-    units = {"ki": 1024, "mi": MIB, "gi": 1024 * MIB, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-             "k": 1000, "m": 1000**2, "g": 1000**3}
+    units = {
+        "ki": 1024,
+        "mi": MIB,
+        "gi": 1024 * MIB,
+        "kb": 1000,
+        "mb": 1000**2,
+        "gb": 1000**3,
+        "k": 1000,
+        "m": 1000**2,
+        "g": 1000**3,
+    }
     for suffix in sorted(units, key=len, reverse=True):
         if s.lower().endswith(suffix):
             return int(float(s[: -len(suffix)]) * units[suffix])

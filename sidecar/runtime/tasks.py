@@ -24,9 +24,13 @@ STOP_WAIT_S = 2.0
 """Seconds a cancelled task gets to end before it is reported and left behind."""
 
 
-async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, what: str,
-                     wait_s: float = STOP_WAIT_S,
-                     extra: Mapping[str, Any] | None = None) -> set[asyncio.Task[Any]]:
+async def stop_tasks(
+    tasks: Iterable[asyncio.Task[Any]],
+    *,
+    what: str,
+    wait_s: float = STOP_WAIT_S,
+    extra: Mapping[str, Any] | None = None,
+) -> set[asyncio.Task[Any]]:
     """Cancel ``tasks`` and wait at most ``wait_s`` seconds for them to end.
 
     Returns the tasks still running after the deadline (each is logged at ERROR with ``what``,
@@ -44,10 +48,20 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, what: str,
         stuck = set()
     for task in tasks - stuck:
         if not task.cancelled() and task.exception() is not None:
-            log.debug("%s: task %s ended with %r", what, task.get_name(), task.exception(),
-                      extra=dict(extra or {}))
+            log.debug(
+                "%s: task %s ended with %r",
+                what,
+                task.get_name(),
+                task.exception(),
+                extra=dict(extra or {}),
+            )
     if stuck:
-        log.error("%s: %d task(s) did not stop within %.1f s of being cancelled: %s; "
-                  "left behind", what, len(stuck), wait_s,
-                  ", ".join(sorted(t.get_name() for t in stuck)), extra=dict(extra or {}))
+        log.error(
+            "%s: %d task(s) did not stop within %.1f s of being cancelled: %s; left behind",
+            what,
+            len(stuck),
+            wait_s,
+            ", ".join(sorted(t.get_name() for t in stuck)),
+            extra=dict(extra or {}),
+        )
     return stuck

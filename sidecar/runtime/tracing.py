@@ -37,8 +37,15 @@ from typing import Any
 
 from .metrics import consumer_group
 
-__all__ = ["configure", "end_span", "enabled", "shutdown", "start_delivery", "start_publish",
-           "valid_traceparent"]
+__all__ = [
+    "configure",
+    "end_span",
+    "enabled",
+    "shutdown",
+    "start_delivery",
+    "start_publish",
+    "valid_traceparent",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +85,8 @@ def configure(service_name: str, environ: Mapping[str, str] | None = None) -> bo
     global _tracer, _provider, _propagator
     env = os.environ if environ is None else environ
     endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
     if not endpoint:
         return False
     try:
@@ -88,8 +96,11 @@ def configure(service_name: str, environ: Mapping[str, str] | None = None) -> bo
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
     except ImportError as exc:
-        log.error("OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed "
-                  "(pip install 'tidings[otel]'); exporting no spans: %s", exc)
+        log.error(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed "
+            "(pip install 'tidings[otel]'); exporting no spans: %s",
+            exc,
+        )
         return False
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service_name})
     provider = TracerProvider(resource=resource)
@@ -132,8 +143,9 @@ def _context_of(span: Any) -> tuple[str, str | None]:
     return carrier[TRACEPARENT], carrier.get(TRACESTATE) or None
 
 
-def start_publish(traceparent: str | None, tracestate: str | None, *, system: str,
-                  topic: str) -> tuple[str | None, str | None, Any]:
+def start_publish(
+    traceparent: str | None, tracestate: str | None, *, system: str, topic: str
+) -> tuple[str | None, str | None, Any]:
     """The trace context a publish carries on: ``(traceparent, tracestate, span)``.
 
     Without spans: the caller's ``traceparent`` if valid (else ``None``: the envelope starts a
@@ -147,14 +159,28 @@ def start_publish(traceparent: str | None, tracestate: str | None, *, system: st
     from opentelemetry.trace import SpanKind
 
     span = _tracer.start_span(
-        f"publish {topic}", context=_parent(traceparent, tracestate), kind=SpanKind.PRODUCER,
-        attributes={"messaging.system": system, "messaging.destination.name": topic,
-                    "messaging.operation.type": "send", "messaging.operation.name": "publish"})
+        f"publish {topic}",
+        context=_parent(traceparent, tracestate),
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": system,
+            "messaging.destination.name": topic,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "publish",
+        },
+    )
     return (*_context_of(span), span)
 
 
-def start_delivery(headers: MutableMapping[str, str], *, app_id: str, pubsubname: str,
-                   topic: str, partition: int, offset: int) -> Any:
+def start_delivery(
+    headers: MutableMapping[str, str],
+    *,
+    app_id: str,
+    pubsubname: str,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> Any:
     """Without spans: ``None`` and ``headers`` untouched. With spans: a started CONSUMER span for
     one delivery attempt, child of the context in ``headers`` (the event's, from
     ``delivery.engine.http_headers``), whose context then replaces ``headers``' ``traceparent`` and
@@ -170,14 +196,20 @@ def start_delivery(headers: MutableMapping[str, str], *, app_id: str, pubsubname
     attributes: dict[str, Any] = {
         "messaging.system": "kafka" if group else "tidings",
         "messaging.destination.name": topic,
-        "messaging.operation.type": "process", "messaging.operation.name": "process",
-        "messaging.destination.partition.id": str(partition), "messaging.kafka.offset": offset,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.partition.id": str(partition),
+        "messaging.kafka.offset": offset,
     }
     if group:
         attributes["messaging.kafka.consumer.group"] = group
         attributes["messaging.consumer.group.name"] = group
-    span = _tracer.start_span(f"process {topic}", context=_parent(traceparent, tracestate),
-                              kind=SpanKind.CONSUMER, attributes=attributes)
+    span = _tracer.start_span(
+        f"process {topic}",
+        context=_parent(traceparent, tracestate),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    )
     traceparent, tracestate = _context_of(span)
     headers[TRACEPARENT] = traceparent
     if tracestate:
@@ -187,8 +219,9 @@ def start_delivery(headers: MutableMapping[str, str], *, app_id: str, pubsubname
     return span
 
 
-def end_span(span: Any, error: str | None = None,
-             attributes: Mapping[str, Any] | None = None) -> None:
+def end_span(
+    span: Any, error: str | None = None, attributes: Mapping[str, Any] | None = None
+) -> None:
     """End a span from :func:`start_publish`/:func:`start_delivery` (``None``: nothing to do);
     ``attributes`` are added first; ``error`` marks it failed with that description."""
     if span is None:

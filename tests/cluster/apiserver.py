@@ -133,10 +133,22 @@ def _make_ca(d: Path, name: str = "tidings-test-ca") -> tuple[Path, Path]:
     key, crt = d / "ca.key", d / "ca.crt"
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
     _openssl(
-        "req", "-x509", "-new", "-key", str(key), "-sha256", "-days", "3650",
-        "-subj", f"/CN={name}", "-out", str(crt),
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        str(key),
+        "-sha256",
+        "-days",
+        "3650",
+        "-subj",
+        f"/CN={name}",
+        "-out",
+        str(crt),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         cwd=d,
     )
     return crt, key
@@ -160,7 +172,9 @@ def issue_serving_cert(
     key, csr, crt, ext = (d / f"{name}{s}" for s in (".key", ".csr", ".crt", ".ext"))
     sans = []
     for h in hosts:
-        sans.append(("IP:" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", h) else "DNS:") + h)
+        sans.append(
+            ("IP:" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", h) else "DNS:") + h
+        )
     ext.write_text(
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
@@ -170,8 +184,22 @@ def issue_serving_cert(
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
     _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-out", str(csr), cwd=d)
     _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-sha256", "-days", "3650", "-extfile", str(ext), "-out", str(crt),
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_cert),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-sha256",
+        "-days",
+        "3650",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(crt),
         cwd=d,
     )
     csr.unlink()
@@ -217,7 +245,9 @@ def _die_with_parent() -> None:
 
 
 def _opener(ca_file: Optional[str]) -> urllib.request.OpenerDirector:
-    ctx = ssl.create_default_context(cafile=ca_file) if ca_file else ssl._create_unverified_context()
+    ctx = (
+        ssl.create_default_context(cafile=ca_file) if ca_file else ssl._create_unverified_context()
+    )
     return urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
     )
@@ -428,9 +458,18 @@ def _start(
 
     ca_crt, ca_key = _make_ca(pki)
     api_crt, api_key = issue_serving_cert(
-        ca_crt, ca_key, pki, "apiserver",
-        hosts=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
-               "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+        ca_crt,
+        ca_key,
+        pki,
+        "apiserver",
+        hosts=(
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
     )
     sa_key, sa_pub = pki / "sa.key", pki / "sa.pub"
     _openssl("genrsa", "-out", str(sa_key), "2048", cwd=pki)
@@ -475,85 +514,139 @@ def _start(
     try:
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
-        etcd = _spawn("etcd", [
-            bins["etcd"],
-            "--name", "tidings",
-            "--data-dir", str(workdir / "etcd-data"),
-            "--listen-client-urls", etcd_url,
-            "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"tidings={peer_url}",
-            "--initial-cluster-state", "new",
-            "--logger", "zap",
-            "--log-outputs", "stderr",
-            "--log-level", "warn",
-        ], workdir)
+        etcd = _spawn(
+            "etcd",
+            [
+                bins["etcd"],
+                "--name",
+                "tidings",
+                "--data-dir",
+                str(workdir / "etcd-data"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                peer_url,
+                "--initial-advertise-peer-urls",
+                peer_url,
+                "--initial-cluster",
+                f"tidings={peer_url}",
+                "--initial-cluster-state",
+                "new",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+            ],
+            workdir,
+        )
         procs.append(etcd)
         plain = _opener(None)
         _wait_ready(etcd, f"{etcd_url}/health", timeout, plain)
 
-        apiserver = _spawn("kube-apiserver", [
-            bins["kube-apiserver"],
-            "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1",
-            "--secure-port", str(ports["apiserver"]),
-            "--cert-dir", str(pki),
-            "--tls-cert-file", str(api_crt),
-            "--tls-private-key-file", str(api_key),
-            "--client-ca-file", str(ca_crt),
-            "--token-auth-file", str(token_file),
-            "--authorization-mode", "Node,RBAC",
-            "--service-account-key-file", str(sa_pub),
-            "--service-account-signing-key-file", str(sa_key),
-            "--service-account-issuer", SA_ISSUER,
-            "--api-audiences", SA_ISSUER,
-            "--service-cluster-ip-range", SERVICE_CIDR,
-            "--enable-admission-plugins", "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
-            "--disable-admission-plugins", "ServiceAccount",
-            # the "kubernetes" Service's endpoints would point at 127.0.0.1,
-            # which is invalid for Endpoints: don't reconcile them
-            "--endpoint-reconciler-type", "none",
-            # a webhook that names a Service (the chart's) is called at one of the Service's
-            # Endpoints: without kube-proxy nothing here routes a ClusterIP
-            "--enable-aggregator-routing=true",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v", "1",
-            *extra_apiserver_args,
-        ], workdir)
+        apiserver = _spawn(
+            "kube-apiserver",
+            [
+                bins["kube-apiserver"],
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(ports["apiserver"]),
+                "--cert-dir",
+                str(pki),
+                "--tls-cert-file",
+                str(api_crt),
+                "--tls-private-key-file",
+                str(api_key),
+                "--client-ca-file",
+                str(ca_crt),
+                "--token-auth-file",
+                str(token_file),
+                "--authorization-mode",
+                "Node,RBAC",
+                "--service-account-key-file",
+                str(sa_pub),
+                "--service-account-signing-key-file",
+                str(sa_key),
+                "--service-account-issuer",
+                SA_ISSUER,
+                "--api-audiences",
+                SA_ISSUER,
+                "--service-cluster-ip-range",
+                SERVICE_CIDR,
+                "--enable-admission-plugins",
+                "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+                "--disable-admission-plugins",
+                "ServiceAccount",
+                # the "kubernetes" Service's endpoints would point at 127.0.0.1,
+                # which is invalid for Endpoints: don't reconcile them
+                "--endpoint-reconciler-type",
+                "none",
+                # a webhook that names a Service (the chart's) is called at one of the Service's
+                # Endpoints: without kube-proxy nothing here routes a ClusterIP
+                "--enable-aggregator-routing=true",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v",
+                "1",
+                *extra_apiserver_args,
+            ],
+            workdir,
+        )
         procs.append(apiserver)
         api_opener = _opener(str(ca_crt))
         auth = {"Authorization": f"Bearer {token}"}
         _wait_ready(apiserver, f"{server}/readyz", timeout, api_opener, auth)
 
-        kcm = _spawn("kube-controller-manager", [
-            bins["kube-controller-manager"],
-            "--kubeconfig", str(kubeconfig),
-            "--authentication-kubeconfig", str(kubeconfig),
-            "--authorization-kubeconfig", str(kubeconfig),
-            # the API server has no front-proxy (requestheader) CA to look up
-            "--authentication-skip-lookup=true",
-            "--bind-address", "127.0.0.1",
-            "--secure-port", str(ports["controller_manager"]),
-            "--port", "0",
-            "--cert-dir", str(workdir / "kcm-certs"),
-            "--controllers", controllers,
-            "--leader-elect=false",
-            "--use-service-account-credentials=false",
-            "--service-account-private-key-file", str(sa_key),
-            "--root-ca-file", str(ca_crt),
-            "--cluster-signing-cert-file", str(ca_crt),
-            "--cluster-signing-key-file", str(ca_key),
-            "--service-cluster-ip-range", SERVICE_CIDR,
-            "--profiling=false",
-            "--v", "1",
-        ], workdir)
-        procs.append(kcm)
-        _wait_ready(
-            kcm, f"https://127.0.0.1:{ports['controller_manager']}/healthz", timeout, plain
+        kcm = _spawn(
+            "kube-controller-manager",
+            [
+                bins["kube-controller-manager"],
+                "--kubeconfig",
+                str(kubeconfig),
+                "--authentication-kubeconfig",
+                str(kubeconfig),
+                "--authorization-kubeconfig",
+                str(kubeconfig),
+                # the API server has no front-proxy (requestheader) CA to look up
+                "--authentication-skip-lookup=true",
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(ports["controller_manager"]),
+                "--port",
+                "0",
+                "--cert-dir",
+                str(workdir / "kcm-certs"),
+                "--controllers",
+                controllers,
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--service-account-private-key-file",
+                str(sa_key),
+                "--root-ca-file",
+                str(ca_crt),
+                "--cluster-signing-cert-file",
+                str(ca_crt),
+                "--cluster-signing-key-file",
+                str(ca_key),
+                "--service-cluster-ip-range",
+                SERVICE_CIDR,
+                "--profiling=false",
+                "--v",
+                "1",
+            ],
+            workdir,
         )
+        procs.append(kcm)
+        _wait_ready(kcm, f"https://127.0.0.1:{ports['controller_manager']}/healthz", timeout, plain)
     except BaseException:
         _stop_procs(procs)
         raise
@@ -616,7 +709,9 @@ def _kubeconfig_server(path: Path) -> Optional[str]:
         try:
             ctx_name = doc.get("current-context")
             ctx = next(c["context"] for c in doc.get("contexts", []) if c.get("name") == ctx_name)
-            cl = next(c["cluster"] for c in doc.get("clusters", []) if c.get("name") == ctx["cluster"])
+            cl = next(
+                c["cluster"] for c in doc.get("clusters", []) if c.get("name") == ctx["cluster"]
+            )
             return cl.get("server")
         except (StopIteration, KeyError, TypeError, AttributeError):
             clusters = doc.get("clusters") or []

@@ -11,8 +11,15 @@ from tidings.operator.main import JsonFormatter, main
 
 
 def test_json_log_line_carries_extras() -> None:
-    record = logging.LogRecord("tidings.operator.handlers", logging.INFO, __file__, 1,
-                               "app %s config Secret %s", ("orders", "created"), None)
+    record = logging.LogRecord(
+        "tidings.operator.handlers",
+        logging.INFO,
+        __file__,
+        1,
+        "app %s config Secret %s",
+        ("orders", "created"),
+        None,
+    )
     record.app_id = "orders"
     record.namespace = "shop"
     line = json.loads(JsonFormatter().format(record))

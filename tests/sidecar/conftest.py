@@ -20,8 +20,9 @@ async def channels() -> AsyncIterator[Callable[..., GrpcAppChannel]]:
     made: list[GrpcAppChannel] = []
 
     def make(port: int, **kw: Any) -> GrpcAppChannel:
-        channel = open_app_channel(SidecarSettings(app_id="orders-app", app_port=port,
-                                                   app_protocol="grpc", **kw))
+        channel = open_app_channel(
+            SidecarSettings(app_id="orders-app", app_port=port, app_protocol="grpc", **kw)
+        )
         assert isinstance(channel, GrpcAppChannel)
         made.append(channel)
         return channel

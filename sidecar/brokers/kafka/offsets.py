@@ -98,5 +98,7 @@ class PartitionOffsets:
         return len(self._pending)
 
     def __repr__(self) -> str:
-        return (f"PartitionOffsets(committable={self._committable}, committed={self._committed}, "
-                f"in_flight={len(self._pending)})")
+        return (
+            f"PartitionOffsets(committable={self._committable}, committed={self._committed}, "
+            f"in_flight={len(self._pending)})"
+        )

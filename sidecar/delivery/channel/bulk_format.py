@@ -39,23 +39,33 @@ BULK_EVENT_TYPE = "com.dapr.event.sent.bulk"
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
 
 
-def bulk_request_body(events: Sequence[BulkEvent], *, request_id: str, topic: str,
-                      pubsubname: str) -> bytes:
+def bulk_request_body(
+    events: Sequence[BulkEvent], *, request_id: str, topic: str, pubsubname: str
+) -> bytes:
     """The JSON body of one bulk POST (module docstring). Pure."""
-    return orjson.dumps({
-        "id": request_id,
-        "type": BULK_EVENT_TYPE,
-        "topic": topic,
-        "pubsubname": pubsubname,
-        "metadata": {},
-        "entries": [{"entryId": e.entry_id, "event": orjson.Fragment(e.read.body),
-                     "metadata": dict(e.metadata), "contentType": CLOUDEVENTS_CONTENT_TYPE}
-                    for e in events],
-    })
+    return orjson.dumps(
+        {
+            "id": request_id,
+            "type": BULK_EVENT_TYPE,
+            "topic": topic,
+            "pubsubname": pubsubname,
+            "metadata": {},
+            "entries": [
+                {
+                    "entryId": e.entry_id,
+                    "event": orjson.Fragment(e.read.body),
+                    "metadata": dict(e.metadata),
+                    "contentType": CLOUDEVENTS_CONTENT_TYPE,
+                }
+                for e in events
+            ],
+        }
+    )
 
 
-def _all(entry_ids: Sequence[str], status: AppStatus, http_status: int | None,
-         reason: str) -> list[AppResponse]:
+def _all(
+    entry_ids: Sequence[str], status: AppStatus, http_status: int | None, reason: str
+) -> list[AppResponse]:
     answer = AppResponse(status, http_status, reason)
     return [answer] * len(entry_ids)
 
@@ -76,28 +86,42 @@ def classify_bulk(http_status: int, body: bytes, entry_ids: Sequence[str]) -> li
             try:
                 parsed = json.loads(body)
             except (ValueError, UnicodeDecodeError):
-                return _all(entry_ids, AppStatus.RETRY, http_status,
-                            "bulk response from app is not JSON")
+                return _all(
+                    entry_ids, AppStatus.RETRY, http_status, "bulk response from app is not JSON"
+                )
         statuses = _get(parsed, "statuses") if isinstance(parsed, dict) else None
         if statuses is not None and not isinstance(statuses, list):
-            return _all(entry_ids, AppStatus.RETRY, http_status,
-                        "bulk response from app: statuses is not an array")
+            return _all(
+                entry_ids,
+                AppStatus.RETRY,
+                http_status,
+                "bulk response from app: statuses is not an array",
+            )
         wanted = set(entry_ids)
         answered: dict[str, Any] = {}
         for item in statuses or ():
             entry_id = _get(item, "entryId") if isinstance(item, dict) else None
             if not isinstance(entry_id, str) or entry_id not in wanted:
-                log.warning("bulk response from app names an unknown entryId %r; ignored",
-                            entry_id)
+                log.warning("bulk response from app names an unknown entryId %r; ignored", entry_id)
                 continue
             answered[entry_id] = _get(item, "status")
-        return [_entry_response(http_status, answered.get(entry_id, None),
-                                entry_id in answered) for entry_id in entry_ids]
+        return [
+            _entry_response(http_status, answered.get(entry_id, None), entry_id in answered)
+            for entry_id in entry_ids
+        ]
     if http_status == 404:
-        return _all(entry_ids, AppStatus.DROP, http_status,
-                    "non-retriable error returned from app: status code 404")
-    return _all(entry_ids, AppStatus.RETRY, http_status,
-                f"retriable error returned from app: status code {http_status}")
+        return _all(
+            entry_ids,
+            AppStatus.DROP,
+            http_status,
+            "non-retriable error returned from app: status code 404",
+        )
+    return _all(
+        entry_ids,
+        AppStatus.RETRY,
+        http_status,
+        f"retriable error returned from app: status code {http_status}",
+    )
 
 
 def _entry_response(http_status: int, status: Any, answered: bool) -> AppResponse:
@@ -109,5 +133,6 @@ def _entry_response(http_status: int, status: Any, answered: bool) -> AppRespons
         return AppResponse(AppStatus.RETRY, http_status, "RETRY status returned from app")
     if not answered:
         return AppResponse(AppStatus.RETRY, http_status, "app returned no status for the entry")
-    return AppResponse(AppStatus.RETRY, http_status,
-                       f"unknown status returned from app: {status!r}")
+    return AppResponse(
+        AppStatus.RETRY, http_status, f"unknown status returned from app: {status!r}"
+    )

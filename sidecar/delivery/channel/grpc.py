@@ -76,7 +76,11 @@ _DISCOVERY_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode
 
 
 def bulk_request_entry(
-    event: BulkEvent, *, topic: str, pubsubname: str, path: str,
+    event: BulkEvent,
+    *,
+    topic: str,
+    pubsubname: str,
+    path: str,
 ) -> appcallback_pb2.TopicEventBulkRequestEntry:
     """One ``TopicEventBulkRequestEntry`` (§2.4 over gRPC): ``entry_id``, the CloudEvent as a
     ``TopicEventCERequest`` (fields as :func:`topic_event_request`), ``content_type``
@@ -84,17 +88,26 @@ def bulk_request_entry(
     :class:`EnvelopeDataError` (``envelopes/topic_event.py``)."""
     single = topic_event_request(event.read, topic=topic, pubsubname=pubsubname, path=path)
     cloud_event = appcallback_pb2.TopicEventCERequest(
-        id=single.id, source=single.source, type=single.type, spec_version=single.spec_version,
-        data_content_type=single.data_content_type, data=single.data)
+        id=single.id,
+        source=single.source,
+        type=single.type,
+        spec_version=single.spec_version,
+        data_content_type=single.data_content_type,
+        data=single.data,
+    )
     if single.HasField("extensions"):
         cloud_event.extensions.CopyFrom(single.extensions)
     return appcallback_pb2.TopicEventBulkRequestEntry(
-        entry_id=event.entry_id, cloud_event=cloud_event,
-        content_type="application/cloudevents+json", metadata=dict(event.metadata))
+        entry_id=event.entry_id,
+        cloud_event=cloud_event,
+        content_type="application/cloudevents+json",
+        metadata=dict(event.metadata),
+    )
 
 
-def classify_bulk_response(response: appcallback_pb2.TopicEventBulkResponse,
-                           entry_ids: Sequence[str]) -> list[AppResponse]:
+def classify_bulk_response(
+    response: appcallback_pb2.TopicEventBulkResponse, entry_ids: Sequence[str]
+) -> list[AppResponse]:
     """``TopicEventBulkResponse.statuses`` as one :class:`AppResponse` per entry of
     ``entry_ids``, in order. Statuses as :func:`classify_status`; an entry the app did not
     answer is retried, an unknown ``entry_id`` ignored with a warning (Dapr's rules). Pure
@@ -103,8 +116,9 @@ def classify_bulk_response(response: appcallback_pb2.TopicEventBulkResponse,
     answered: dict[str, int] = {}
     for item in response.statuses:
         if item.entry_id not in wanted:
-            log.warning("bulk response from app names an unknown entry_id %r; ignored",
-                        item.entry_id)
+            log.warning(
+                "bulk response from app names an unknown entry_id %r; ignored", item.entry_id
+            )
             continue
         answered[item.entry_id] = item.status
     missing = AppResponse(AppStatus.RETRY, None, "app returned no status for the entry")
@@ -115,10 +129,20 @@ def classify_bulk_response(response: appcallback_pb2.TopicEventBulkResponse,
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")
 # Framing and credentials belong to the channel, never to a record (grpcio refuses some outright).
-_RESERVED_KEYS = frozenset({"content-type", "te", "user-agent", "host", "connection",
-                            "dapr-api-token", "content-length", "transfer-encoding"})
+_RESERVED_KEYS = frozenset(
+    {
+        "content-type",
+        "te",
+        "user-agent",
+        "host",
+        "connection",
+        "dapr-api-token",
+        "content-length",
+        "transfer-encoding",
+    }
+)
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
-_SAFE_VALUE = "".join(chr(c) for c in range(0x20, 0x7f) if chr(c) != "%")
+_SAFE_VALUE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -132,8 +156,9 @@ def _metadata_key(name: str) -> str | None:
     return key
 
 
-def grpc_metadata(headers: Mapping[str, str],
-                  token: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
+def grpc_metadata(
+    headers: Mapping[str, str], token: str | None = None
+) -> tuple[tuple[str, str | bytes], ...]:
     """The delivery's gRPC metadata from the HTTP channel's headers
     (``delivery.engine.http_headers``).
 
@@ -161,6 +186,7 @@ def grpc_metadata(headers: Mapping[str, str],
 
 # --- the answer ----------------------------------------------------------------------------------
 
+
 def classify_status(status: int) -> AppResponse:
     """``TopicEventResponse.status`` as an :class:`AppResponse` (§2.3 for gRPC). Pure.
 
@@ -176,23 +202,25 @@ def classify_status(status: int) -> AppResponse:
     return AppResponse(AppStatus.RETRY, None, f"unknown status returned from app: {status}")
 
 
-def classify_rpc_error(code: grpc.StatusCode, details: str | None,
-                       timeout_s: float | None = None) -> AppResponse:
+def classify_rpc_error(
+    code: grpc.StatusCode, details: str | None, timeout_s: float | None = None
+) -> AppResponse:
     """A failed ``OnTopicEvent`` call as an :class:`AppResponse`. Pure.
 
     ``UNIMPLEMENTED`` (the app has no handler for this topic or path) is DROP, as in Dapr; every
     other code (the app raised, is unreachable, timed out) is RETRY.
     """
     if code == grpc.StatusCode.UNIMPLEMENTED:
-        return AppResponse(AppStatus.DROP, None,
-                           f"non-retriable error returned from app: UNIMPLEMENTED: {details}")
+        return AppResponse(
+            AppStatus.DROP, None, f"non-retriable error returned from app: UNIMPLEMENTED: {details}"
+        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout_s:
         return AppResponse(AppStatus.RETRY, None, f"app did not answer within {timeout_s}s")
-    return AppResponse(AppStatus.RETRY, None,
-                       f"error returned from app: {code.name}: {details}")
+    return AppResponse(AppStatus.RETRY, None, f"error returned from app: {code.name}: {details}")
 
 
 # --- discovery -----------------------------------------------------------------------------------
+
 
 def _one_subscription(sub: appcallback_pb2.TopicSubscription) -> TopicSubscription:
     rules = tuple(Route(match=r.match, path=r.path) for r in sub.routes.rules)
@@ -209,14 +237,20 @@ def _one_subscription(sub: appcallback_pb2.TopicSubscription) -> TopicSubscripti
         metadata=dict(sub.metadata),
         dead_letter_topic=sub.dead_letter_topic or None,
         type=SubscriptionType.PROGRAMMATIC,
-        bulk=(BulkOptions.of(sub.bulk_subscribe.max_messages_count,
-                             sub.bulk_subscribe.max_await_duration_ms)
-              if sub.HasField("bulk_subscribe") and sub.bulk_subscribe.enabled else None),
+        bulk=(
+            BulkOptions.of(
+                sub.bulk_subscribe.max_messages_count, sub.bulk_subscribe.max_await_duration_ms
+            )
+            if sub.HasField("bulk_subscribe") and sub.bulk_subscribe.enabled
+            else None
+        ),
     )
 
 
 def subscriptions_from_response(
-    subscriptions: Iterable[appcallback_pb2.TopicSubscription], *, app_id: str = "",
+    subscriptions: Iterable[appcallback_pb2.TopicSubscription],
+    *,
+    app_id: str = "",
 ) -> list[TopicSubscription]:
     """The app's ``ListTopicSubscriptionsResponse.subscriptions`` as runtime subscriptions.
 
@@ -230,14 +264,19 @@ def subscriptions_from_response(
         extra = {"app_id": app_id, "pubsubname": sub.pubsub_name, "topic": sub.topic}
         if not sub.pubsub_name or not sub.topic:
             missing = "pubsub_name" if not sub.pubsub_name else "topic"
-            log.error("invalid subscription from the app, skipped: subscriptions[%d].%s is "
-                      "required", index, missing, extra=extra)
+            log.error(
+                "invalid subscription from the app, skipped: subscriptions[%d].%s is required",
+                index,
+                missing,
+                extra=extra,
+            )
             continue
         result.append(_one_subscription(sub))
     return result
 
 
 # --- the channel ---------------------------------------------------------------------------------
+
 
 class GrpcAppChannel:
     """gRPC client to the app's ``AppCallback`` service at
@@ -268,16 +307,19 @@ class GrpcAppChannel:
 
     def _client(self) -> appcallback_pb2_grpc.AppCallbackStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=[
-                # Sends stay unlimited (grpcio's default): an event as large as a publish may
-                # be, plus its envelope, must reach the app, whose server sets its own limit.
-                ("grpc.max_receive_message_length", self.settings.max_body_size),
-                # The app is next door: after it restarts, reconnect within a second instead of
-                # gRPC's default backoff of up to 120 s, during which every call would fail.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ])
+            self._channel = grpc.aio.insecure_channel(
+                self.target,
+                options=[
+                    # Sends stay unlimited (grpcio's default): an event as large as a publish may
+                    # be, plus its envelope, must reach the app, whose server sets its own limit.
+                    ("grpc.max_receive_message_length", self.settings.max_body_size),
+                    # The app is next door: after it restarts, reconnect within a second instead of
+                    # gRPC's default backoff of up to 120 s, during which every call would fail.
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                ],
+            )
             self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)
         return self._stub
 
@@ -308,27 +350,40 @@ class GrpcAppChannel:
         while True:
             try:
                 response = await self._client().ListTopicSubscriptions(
-                    empty_pb2.Empty(), timeout=_DISCOVERY_TIMEOUT_S,
-                    metadata=self._token_metadata)
+                    empty_pb2.Empty(), timeout=_DISCOVERY_TIMEOUT_S, metadata=self._token_metadata
+                )
                 break
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.UNIMPLEMENTED:
-                    log.debug("the app does not implement ListTopicSubscriptions: no "
-                              "programmatic subscriptions", extra=self._extra)
+                    log.debug(
+                        "the app does not implement ListTopicSubscriptions: no "
+                        "programmatic subscriptions",
+                        extra=self._extra,
+                    )
                     return []
                 if code not in _DISCOVERY_RETRY_CODES:
-                    log.error("error getting topics from app: ListTopicSubscriptions failed: "
-                              "%s: %s", code.name, exc.details(), extra=self._extra)
+                    log.error(
+                        "error getting topics from app: ListTopicSubscriptions failed: %s: %s",
+                        code.name,
+                        exc.details(),
+                        extra=self._extra,
+                    )
                     return []
-                log.warning("app did not answer ListTopicSubscriptions, retrying in %.2fs: "
-                            "%s: %s", delay, code.name, exc.details(), extra=self._extra)
+                log.warning(
+                    "app did not answer ListTopicSubscriptions, retrying in %.2fs: %s: %s",
+                    delay,
+                    code.name,
+                    exc.details(),
+                    extra=self._extra,
+                )
             await asyncio.sleep(delay)  # backoff between discovery attempts
             delay = min(delay * 2, _DISCOVERY_MAX_S)
         return subscriptions_from_response(response.subscriptions, app_id=self.settings.app_id)
 
-    async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
-                      topic: str, pubsubname: str) -> AppResponse:
+    async def deliver(
+        self, path: str, read: ReadEvent, headers: Mapping[str, str], *, topic: str, pubsubname: str
+    ) -> AppResponse:
         """``OnTopicEvent`` for one read event, classified (see the module docstring).
 
         ``headers`` are the HTTP channel's delivery headers; they travel as gRPC metadata. An
@@ -342,14 +397,16 @@ class GrpcAppChannel:
             return AppResponse(AppStatus.RETRY, None, str(exc))
         metadata = grpc_metadata(headers, self._token)
         try:
-            response = await self._client().OnTopicEvent(request, metadata=metadata,
-                                                         timeout=self._timeout_s)
+            response = await self._client().OnTopicEvent(
+                request, metadata=metadata, timeout=self._timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             return classify_rpc_error(exc.code(), exc.details(), self._timeout_s)
         return classify_status(response.status)
 
-    async def deliver_bulk(self, path: str, events: Sequence[BulkEvent], *, topic: str,
-                           pubsubname: str) -> list[AppResponse]:
+    async def deliver_bulk(
+        self, path: str, events: Sequence[BulkEvent], *, topic: str, pubsubname: str
+    ) -> list[AppResponse]:
         """``OnBulkTopicEvent`` for ``events`` (§2.4), one answer per event, in order.
 
         Dapr itself calls the older ``AppCallbackAlpha.OnBulkTopicEventAlpha1`` (same messages);
@@ -360,13 +417,18 @@ class GrpcAppChannel:
         """
         answers: list[AppResponse | None] = [None] * len(events)
         request = appcallback_pb2.TopicEventBulkRequest(
-            id=str(uuid.uuid4()), topic=topic, pubsub_name=pubsubname, path=path,
-            type="com.dapr.event.sent.bulk")
+            id=str(uuid.uuid4()),
+            topic=topic,
+            pubsub_name=pubsubname,
+            path=path,
+            type="com.dapr.event.sent.bulk",
+        )
         sent: list[int] = []
         for i, event in enumerate(events):
             try:
-                request.entries.append(bulk_request_entry(event, topic=topic,
-                                                          pubsubname=pubsubname, path=path))
+                request.entries.append(
+                    bulk_request_entry(event, topic=topic, pubsubname=pubsubname, path=path)
+                )
                 sent.append(i)
             except EnvelopeDataError as exc:
                 answers[i] = AppResponse(AppStatus.RETRY, None, str(exc))
@@ -384,7 +446,8 @@ class GrpcAppChannel:
         return [a for a in answers if a is not None]
 
     async def _on_bulk_topic_event(
-        self, request: appcallback_pb2.TopicEventBulkRequest,
+        self,
+        request: appcallback_pb2.TopicEventBulkRequest,
     ) -> appcallback_pb2.TopicEventBulkResponse:
         stub = self._client()
         if self._bulk_alpha_stub is None:
@@ -393,8 +456,7 @@ class GrpcAppChannel:
         if self._bulk_alpha:
             calls.reverse()
         try:
-            return await calls[0](request, metadata=self._token_metadata,
-                                  timeout=self._timeout_s)
+            return await calls[0](request, metadata=self._token_metadata, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise

@@ -111,19 +111,23 @@ def classify(http_status: int, body: bytes) -> AppResponse:
             return AppResponse(AppStatus.RETRY, http_status, "RETRY status returned from app")
         if status == "DROP":
             return AppResponse(AppStatus.DROP, http_status, "DROP status returned from app")
-        return AppResponse(AppStatus.RETRY, http_status,
-                           f"unknown status returned from app: {status!r}")
+        return AppResponse(
+            AppStatus.RETRY, http_status, f"unknown status returned from app: {status!r}"
+        )
     if http_status == 404:
-        return AppResponse(AppStatus.DROP, http_status,
-                           "non-retriable error returned from app: status code 404")
-    return AppResponse(AppStatus.RETRY, http_status,
-                       f"retriable error returned from app: status code {http_status}")
+        return AppResponse(
+            AppStatus.DROP, http_status, "non-retriable error returned from app: status code 404"
+        )
+    return AppResponse(
+        AppStatus.RETRY,
+        http_status,
+        f"retriable error returned from app: status code {http_status}",
+    )
 
 
 async def _port_accepts(host: str, port: int) -> bool:
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), timeout=_POLL_MAX_S)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=_POLL_MAX_S)
     except (OSError, asyncio.TimeoutError):
         return False
     writer.close()
@@ -132,8 +136,9 @@ async def _port_accepts(host: str, port: int) -> bool:
     return True
 
 
-async def wait_for_port(host: str, port: int, settings: SidecarSettings,
-                        stop_event: asyncio.Event | None = None) -> bool:
+async def wait_for_port(
+    host: str, port: int, settings: SidecarSettings, stop_event: asyncio.Event | None = None
+) -> bool:
     """Wait until ``host:port`` accepts a TCP connection; ``True`` once it does.
 
     Dapr waits for the app port the same way whatever the app protocol (dapr/dapr#7938). Polls
@@ -234,13 +239,18 @@ class AppChannel:
         delay = _POLL_INITIAL_S * 5
         while True:
             try:
-                async with self._client().get(url, headers=headers, allow_redirects=False,
-                                              timeout=_DISCOVERY_TIMEOUT) as resp:
+                async with self._client().get(
+                    url, headers=headers, allow_redirects=False, timeout=_DISCOVERY_TIMEOUT
+                ) as resp:
                     status, body = resp.status, await resp.read()
                 break
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                log.warning("app did not answer GET /dapr/subscribe, retrying in %.2fs: %s",
-                            delay, str(exc) or type(exc).__name__, extra=self._extra)
+                log.warning(
+                    "app did not answer GET /dapr/subscribe, retrying in %.2fs: %s",
+                    delay,
+                    str(exc) or type(exc).__name__,
+                    extra=self._extra,
+                )
             await asyncio.sleep(delay)  # backoff between discovery attempts
             delay = min(delay * 2, _DISCOVERY_MAX_S)
         if status == 404:
@@ -249,28 +259,37 @@ class AppChannel:
         if 200 <= status <= 299 and not body.strip():
             return []
         if status != 200:
-            log.error("app returned http status code %s from subscription endpoint", status,
-                      extra=self._extra)
+            log.error(
+                "app returned http status code %s from subscription endpoint",
+                status,
+                extra=self._extra,
+            )
             return []
         try:
             parsed = _first_json_value(body)
         except ValueError as exc:
-            log.error("error getting topics from app: body is not JSON: %s", exc,
-                      extra=self._extra)
+            log.error("error getting topics from app: body is not JSON: %s", exc, extra=self._extra)
             return []
         if parsed is None:
             return []
         if not isinstance(parsed, list):
-            log.error("error getting topics from app: expected a JSON array, got %s",
-                      type(parsed).__name__, extra=self._extra)
+            log.error(
+                "error getting topics from app: expected a JSON array, got %s",
+                type(parsed).__name__,
+                extra=self._extra,
+            )
             return []
         items: list[dict[str, Any]] = []
         for index, item in enumerate(parsed):
             if isinstance(item, dict):
                 items.append(item)
             else:
-                log.error("subscription %d from the app is not a JSON object, skipped: %r",
-                          index, item, extra=self._extra)
+                log.error(
+                    "subscription %d from the app is not a JSON object, skipped: %r",
+                    index,
+                    item,
+                    extra=self._extra,
+                )
         return items
 
     async def discover(self) -> list[TopicSubscription]:
@@ -279,26 +298,30 @@ class AppChannel:
         (except ``CancelledError``)."""
         return parse_programmatic(await self.get_subscriptions())
 
-    async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
-                      topic: str, pubsubname: str) -> AppResponse:
+    async def deliver(
+        self, path: str, read: ReadEvent, headers: Mapping[str, str], *, topic: str, pubsubname: str
+    ) -> AppResponse:
         """Deliver one read event: :meth:`post_event` of its body (the :class:`Channel` call)."""
         return await self.post_event(path, read.body, headers)
 
-    async def deliver_bulk(self, path: str, events: Sequence[BulkEvent], *, topic: str,
-                           pubsubname: str) -> list[AppResponse]:
+    async def deliver_bulk(
+        self, path: str, events: Sequence[BulkEvent], *, topic: str, pubsubname: str
+    ) -> list[AppResponse]:
         """One bulk POST of ``events`` to ``path`` (dapr-pubsub-contract.md §2.4,
         ``bulk_format.py``): one answer per event, in order. A transport error or a timeout
         retries every event. Raises only ``CancelledError``."""
-        body = bulk_request_body(events, request_id=str(uuid.uuid4()), topic=topic,
-                                 pubsubname=pubsubname)
+        body = bulk_request_body(
+            events, request_id=str(uuid.uuid4()), topic=topic, pubsubname=pubsubname
+        )
         answer = await self.post_event(path, body, _BULK_HEADERS, raw_answer=True)
         if isinstance(answer, AppResponse):  # no HTTP answer
             return [answer] * len(events)
         status, raw = answer
         return classify_bulk(status, raw, [e.entry_id for e in events])
 
-    async def post_event(self, path: str, body: bytes, headers: Mapping[str, str], *,
-                         raw_answer: bool = False) -> Any:
+    async def post_event(
+        self, path: str, body: bytes, headers: Mapping[str, str], *, raw_answer: bool = False
+    ) -> Any:
         """POST ``body`` to ``path`` (already cleaned, leading ``/``) with ``headers``.
 
         Returns the classified answer (see :func:`classify`); a transport error or a timeout of
@@ -307,16 +330,21 @@ class AppChannel:
         delivery classifies it per entry). Raises only ``CancelledError``.
         """
         try:
-            async with self._client().post(self._url(path), data=body, headers=headers,
-                                           allow_redirects=False) as resp:
+            async with self._client().post(
+                self._url(path), data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 answer = await resp.read()
         except asyncio.TimeoutError:
-            return AppResponse(AppStatus.RETRY, None,
-                               f"app did not answer within {self.settings.delivery_timeout_s}s")
+            return AppResponse(
+                AppStatus.RETRY,
+                None,
+                f"app did not answer within {self.settings.delivery_timeout_s}s",
+            )
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return AppResponse(AppStatus.RETRY, None,
-                               f"error delivering to the app: {type(exc).__name__}: {exc}")
+            return AppResponse(
+                AppStatus.RETRY, None, f"error delivering to the app: {type(exc).__name__}: {exc}"
+            )
         if raw_answer:
             return status, answer
         return classify(status, answer)

@@ -61,8 +61,9 @@ def grpc_code(error: DaprError) -> grpc.StatusCode:
     code = _BY_REASON.get(error.reason)
     if code is not None and not (code == grpc.StatusCode.INTERNAL and error.status < 500):
         return code
-    return _BY_HTTP.get(error.status, grpc.StatusCode.INTERNAL if error.status >= 500
-                        else grpc.StatusCode.UNKNOWN)
+    return _BY_HTTP.get(
+        error.status, grpc.StatusCode.INTERNAL if error.status >= 500 else grpc.StatusCode.UNKNOWN
+    )
 
 
 def _packed(message: object) -> any_pb2.Any:
@@ -77,11 +78,23 @@ def grpc_status(error: DaprError) -> grpc.Status:
     code = grpc_code(error)
     details = []
     if error.reason:
-        details.append(_packed(error_details_pb2.ErrorInfo(
-            reason=error.reason, domain="dapr.io", metadata=dict(error.metadata))))
+        details.append(
+            _packed(
+                error_details_pb2.ErrorInfo(
+                    reason=error.reason, domain="dapr.io", metadata=dict(error.metadata)
+                )
+            )
+        )
     if error.resource is not None:
-        details.append(_packed(error_details_pb2.ResourceInfo(
-            resource_type="pubsub", resource_name=error.resource, owner="",
-            description=error.message)))
+        details.append(
+            _packed(
+                error_details_pb2.ResourceInfo(
+                    resource_type="pubsub",
+                    resource_name=error.resource,
+                    owner="",
+                    description=error.message,
+                )
+            )
+        )
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)

@@ -27,24 +27,34 @@ def metadata_response(body: dict[str, Any]) -> metadata_pb2.GetMetadataResponse:
         runtime_version=body["runtimeVersion"],
         enabled_features=body["enabledFeatures"],
         registered_components=[
-            metadata_pb2.RegisteredComponents(name=c["name"], type=c["type"],
-                                              version=c["version"],
-                                              capabilities=c["capabilities"])
+            metadata_pb2.RegisteredComponents(
+                name=c["name"], type=c["type"], version=c["version"], capabilities=c["capabilities"]
+            )
             for c in body["components"]
         ],
         extended_metadata=body["extended"],
         subscriptions=[
             metadata_pb2.PubsubSubscription(
-                pubsub_name=s["pubsubname"], topic=s["topic"], metadata=s["metadata"],
-                rules=metadata_pb2.PubsubSubscriptionRules(rules=[
-                    metadata_pb2.PubsubSubscriptionRule(match=r.get("match", ""), path=r["path"])
-                    for r in s["rules"]]),
+                pubsub_name=s["pubsubname"],
+                topic=s["topic"],
+                metadata=s["metadata"],
+                rules=metadata_pb2.PubsubSubscriptionRules(
+                    rules=[
+                        metadata_pb2.PubsubSubscriptionRule(
+                            match=r.get("match", ""), path=r["path"]
+                        )
+                        for r in s["rules"]
+                    ]
+                ),
                 dead_letter_topic=s["deadLetterTopic"],
-                type=_SUBSCRIPTION_TYPES.get(s["type"], metadata_pb2.UNKNOWN))
+                type=_SUBSCRIPTION_TYPES.get(s["type"], metadata_pb2.UNKNOWN),
+            )
             for s in body["subscriptions"]
         ],
         app_connection_properties=metadata_pb2.AppConnectionProperties(
-            port=connection.get("port", 0), protocol=connection["protocol"],
+            port=connection.get("port", 0),
+            protocol=connection["protocol"],
             channel_address=connection["channelAddress"],
-            max_concurrency=connection["maxConcurrency"]),
+            max_concurrency=connection["maxConcurrency"],
+        ),
     )

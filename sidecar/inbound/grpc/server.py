@@ -62,13 +62,23 @@ def receive_limit(max_body_size: int) -> int:
     return min(2 * max_body_size + ENVELOPE_ALLOWANCE, _GRPC_MAX_MESSAGE)
 
 
-IMPLEMENTED = frozenset(("PublishEvent", "BulkPublishEvent", "BulkPublishEventAlpha1",
-                         "GetMetadata", "SetMetadata", "SubscribeTopicEventsAlpha1"))
+IMPLEMENTED = frozenset(
+    (
+        "PublishEvent",
+        "BulkPublishEvent",
+        "BulkPublishEventAlpha1",
+        "GetMetadata",
+        "SetMetadata",
+        "SubscribeTopicEventsAlpha1",
+    )
+)
 
 
 def _unimplemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
-    message = (f"{name} is not implemented by tidings: this sidecar serves Dapr's pub/sub API "
-               "only (PublishEvent, BulkPublishEvent, SubscribeTopicEventsAlpha1, GetMetadata)")
+    message = (
+        f"{name} is not implemented by tidings: this sidecar serves Dapr's pub/sub API "
+        "only (PublishEvent, BulkPublishEvent, SubscribeTopicEventsAlpha1, GetMetadata)"
+    )
 
     async def unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
@@ -80,8 +90,15 @@ class DaprServicer(dapr_pb2_grpc.DaprServicer):
     """The pub/sub part of the Dapr runtime service. ``extended`` is the HTTP API's attribute
     dict of ``PUT /v1.0/metadata``, shared so both APIs show the same ``extended``."""
 
-    def __init__(self, *, settings: SidecarSettings, publisher: Publisher, runtime: RuntimeView,
-                 extended: MutableMapping[str, str], streams: StreamingSubscriptions) -> None:
+    def __init__(
+        self,
+        *,
+        settings: SidecarSettings,
+        publisher: Publisher,
+        runtime: RuntimeView,
+        extended: MutableMapping[str, str],
+        streams: StreamingSubscriptions,
+    ) -> None:
         self._settings = settings
         self._publisher = publisher
         self._runtime = runtime
@@ -94,57 +111,79 @@ class DaprServicer(dapr_pb2_grpc.DaprServicer):
     async def _abort(self, context: grpc.aio.ServicerContext, exc: Exception, rpc: str) -> None:
         if isinstance(exc, DaprError):
             await context.abort_with_status(grpc_status(exc))
-        log.exception("unexpected error answering %s", rpc,
-                      extra={"app_id": self._settings.app_id})
+        log.exception("unexpected error answering %s", rpc, extra={"app_id": self._settings.app_id})
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
-    async def PublishEvent(self, request: pubsub_pb2.PublishEventRequest,
-                           context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    async def PublishEvent(
+        self, request: pubsub_pb2.PublishEventRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
         try:
             if len(request.data) > self._settings.max_body_size:
-                raise body_too_large(request.pubsub_name, request.topic,
-                                     self._settings.max_body_size)
+                raise body_too_large(
+                    request.pubsub_name, request.topic, self._settings.max_body_size
+                )
             await self._publisher.publish(
-                request.pubsub_name, request.topic, request.data,
-                content_type=request.data_content_type or None, metadata=dict(request.metadata))
+                request.pubsub_name,
+                request.topic,
+                request.data,
+                content_type=request.data_content_type or None,
+                metadata=dict(request.metadata),
+            )
         except Exception as exc:
             await self._abort(context, exc, "PublishEvent")
         return empty_pb2.Empty()
 
-    async def BulkPublishEvent(self, request: pubsub_pb2.BulkPublishRequest,
-                               context: grpc.aio.ServicerContext) -> pubsub_pb2.BulkPublishResponse:
-        entries = [BulkEntry(entry_id=e.entry_id, event=e.event, content_type=e.content_type,
-                             metadata=dict(e.metadata) if e.metadata else None)
-                   for e in request.entries]
+    async def BulkPublishEvent(
+        self, request: pubsub_pb2.BulkPublishRequest, context: grpc.aio.ServicerContext
+    ) -> pubsub_pb2.BulkPublishResponse:
+        entries = [
+            BulkEntry(
+                entry_id=e.entry_id,
+                event=e.event,
+                content_type=e.content_type,
+                metadata=dict(e.metadata) if e.metadata else None,
+            )
+            for e in request.entries
+        ]
         try:
             if sum(len(e.event) for e in request.entries) > self._settings.max_body_size:
-                raise body_too_large(request.pubsub_name, request.topic,
-                                     self._settings.max_body_size)
+                raise body_too_large(
+                    request.pubsub_name, request.topic, self._settings.max_body_size
+                )
             failures = await self._publisher.publish_bulk(
-                request.pubsub_name, request.topic, entries, dict(request.metadata))
+                request.pubsub_name, request.topic, entries, dict(request.metadata)
+            )
         except Exception as exc:
             await self._abort(context, exc, "BulkPublishEvent")
             raise  # not reached: abort raises
-        return pubsub_pb2.BulkPublishResponse(failedEntries=[
-            pubsub_pb2.BulkPublishResponseFailedEntry(entry_id=f.entry_id, error=f.error)
-            for f in failures])
+        return pubsub_pb2.BulkPublishResponse(
+            failedEntries=[
+                pubsub_pb2.BulkPublishResponseFailedEntry(entry_id=f.entry_id, error=f.error)
+                for f in failures
+            ]
+        )
 
     async def BulkPublishEventAlpha1(
-        self, request: pubsub_pb2.BulkPublishRequest, context: grpc.aio.ServicerContext,
+        self,
+        request: pubsub_pb2.BulkPublishRequest,
+        context: grpc.aio.ServicerContext,
     ) -> pubsub_pb2.BulkPublishResponse:
         return await self.BulkPublishEvent(request, context)
 
-    async def GetMetadata(self, request: metadata_pb2.GetMetadataRequest,
-                          context: grpc.aio.ServicerContext) -> metadata_pb2.GetMetadataResponse:
+    async def GetMetadata(
+        self, request: metadata_pb2.GetMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> metadata_pb2.GetMetadataResponse:
         return metadata_response(metadata_body(self._runtime, self._settings, self._extended))
 
-    async def SetMetadata(self, request: metadata_pb2.SetMetadataRequest,
-                          context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    async def SetMetadata(
+        self, request: metadata_pb2.SetMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
         self._extended[request.key] = request.value
         return empty_pb2.Empty()
 
-    async def SubscribeTopicEventsAlpha1(self, request_iterator: Any,
-                                         context: grpc.aio.ServicerContext) -> None:
+    async def SubscribeTopicEventsAlpha1(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> None:
         await self._streams.serve(request_iterator, context)
 
 
@@ -161,8 +200,11 @@ def _denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
     make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(deny, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return make(
+        deny,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class _ApiTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -172,8 +214,9 @@ class _ApiTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
-    async def intercept_service(self, continuation: Any,
-                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self, continuation: Any, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         given = None
         for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
             if key == TOKEN_METADATA:
@@ -184,21 +227,28 @@ class _ApiTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler is None:
             return handler
-        message = ("missing api token in request metadata" if given is None
-                   else "authentication error: api token mismatch")
+        message = (
+            "missing api token in request metadata"
+            if given is None
+            else "authentication error: api token mismatch"
+        )
         return _denying(handler, message)
 
 
-async def start_grpc_server(settings: SidecarSettings, servicer: DaprServicer,
-                            port: int) -> tuple[grpc.aio.Server, int]:
+async def start_grpc_server(
+    settings: SidecarSettings, servicer: DaprServicer, port: int
+) -> tuple[grpc.aio.Server, int]:
     """Serve ``servicer`` on ``settings.dapr_listen_address:port`` (0: any free port); returns
     the started server and the bound port. Raises ``OSError`` when the port cannot be bound
     (``SO_REUSEPORT`` is off, so a port in use is an error, never shared)."""
     interceptors = [_ApiTokenInterceptor(settings.api_token)] if settings.api_token else []
-    server = grpc.aio.server(interceptors=interceptors, options=[
-        ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", receive_limit(settings.max_body_size)),
-    ])
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", receive_limit(settings.max_body_size)),
+        ],
+    )
     dapr_pb2_grpc.add_DaprServicer_to_server(servicer, server)
     address = settings.dapr_listen_address
     host = f"[{address}]" if ":" in address else address

@@ -58,7 +58,8 @@ _STATUS = {
 }
 
 _INITIAL_RESPONSE = pubsub_pb2.SubscribeTopicEventsResponseAlpha1(
-    initial_response=pubsub_pb2.SubscribeTopicEventsResponseInitialAlpha1())
+    initial_response=pubsub_pb2.SubscribeTopicEventsResponseInitialAlpha1()
+)
 
 
 class StreamClosed(Exception):
@@ -74,12 +75,14 @@ class _Stream:
 
     def __init__(self) -> None:
         self.outgoing: asyncio.Queue[pubsub_pb2.SubscribeTopicEventsResponseAlpha1] = (
-            asyncio.Queue())
+            asyncio.Queue()
+        )
         self._pending: dict[str, deque[asyncio.Future[int]]] = {}
         self.closed = False
         # Set by the sidecar to end the call: (gRPC code, message).
         self.ended: asyncio.Future[tuple[grpc.StatusCode, str]] = (
-            asyncio.get_running_loop().create_future())
+            asyncio.get_running_loop().create_future()
+        )
 
     async def deliver(self, request: appcallback_pb2.TopicEventRequest) -> int:
         """Send ``request`` and return the app's status number. Raises :class:`StreamClosed`."""
@@ -88,8 +91,9 @@ class _Stream:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         waiting = self._pending.setdefault(request.id, deque())
         waiting.append(future)
-        self.outgoing.put_nowait(pubsub_pb2.SubscribeTopicEventsResponseAlpha1(
-            event_message=request))
+        self.outgoing.put_nowait(
+            pubsub_pb2.SubscribeTopicEventsResponseAlpha1(event_message=request)
+        )
         try:
             return await future
         finally:
@@ -148,8 +152,9 @@ class StreamChannel:
             self._stream = None
             self._attached.clear()
 
-    async def deliver(self, path: str, read: ReadEvent, headers: Mapping[str, str], *,
-                      topic: str, pubsubname: str) -> AppResponse:
+    async def deliver(
+        self, path: str, read: ReadEvent, headers: Mapping[str, str], *, topic: str, pubsubname: str
+    ) -> AppResponse:
         """Send the read event to the app over its stream as an ``event_message`` and return
         its answer classified like an HTTP one (the
         :class:`~tidings.sidecar.delivery.channel.types.Channel` call).
@@ -170,10 +175,16 @@ class StreamChannel:
             try:
                 status = await self._stream.deliver(request)
             except StreamClosed:
-                log.info("stream ended before the app answered event %s; it is sent again on "
-                         "the next stream", request.id,
-                         extra={"pubsubname": self.pubsubname, "topic": self.topic,
-                                "cloudevent_id": request.id})
+                log.info(
+                    "stream ended before the app answered event %s; it is sent again on "
+                    "the next stream",
+                    request.id,
+                    extra={
+                        "pubsubname": self.pubsubname,
+                        "topic": self.topic,
+                        "cloudevent_id": request.id,
+                    },
+                )
                 continue
             app_status = _STATUS.get(status)
             if app_status is None:
@@ -208,10 +219,14 @@ class StreamingSubscriptions:
     """
 
     def __init__(
-        self, *, app_id: str, components: Mapping[str, LoadedComponent],
+        self,
+        *,
+        app_id: str,
+        components: Mapping[str, LoadedComponent],
         make_dispatcher: Callable[[str, StreamChannel], Dispatcher],
         on_change: Callable[[], Awaitable[None]],
-        others: Callable[[], list[TopicSubscription]], linger_s: float = 5.0,
+        others: Callable[[], list[TopicSubscription]],
+        linger_s: float = 5.0,
     ) -> None:
         self.app_id = app_id
         self.linger_s = linger_s
@@ -229,8 +244,7 @@ class StreamingSubscriptions:
 
     def consumed(self) -> list[TopicSubscription]:
         """The subscriptions to consume: open streams, and ended ones still lingering."""
-        return [s.subscription for s in self._slots.values()
-                if s.channel.attached or s.lingering]
+        return [s.subscription for s in self._slots.values() if s.channel.attached or s.lingering]
 
     def dispatcher(self, pubsubname: str, topic: str) -> Dispatcher | None:
         """The delivery engine for records of ``topic`` of ``pubsubname``, while streamed (or
@@ -244,19 +258,24 @@ class StreamingSubscriptions:
         for (pubsubname, topic), slot in self._slots.items():
             stream = slot.channel.stream
             if pubsubname not in pubsubnames and stream is not None and not stream.ended.done():
-                stream.ended.set_result((grpc.StatusCode.FAILED_PRECONDITION,
-                                         f"pubsub {pubsubname} was removed"))
+                stream.ended.set_result(
+                    (grpc.StatusCode.FAILED_PRECONDITION, f"pubsub {pubsubname} was removed")
+                )
 
     def prune(self, subscribed: set[tuple[str, str]]) -> None:
         """Forget slots without a stream whose topic is no longer ``subscribed`` (the broker
         cancelled their deliveries)."""
-        for key in [k for k, s in self._slots.items()
-                    if not s.channel.attached and not s.lingering and k not in subscribed]:
+        for key in [
+            k
+            for k, s in self._slots.items()
+            if not s.channel.attached and not s.lingering and k not in subscribed
+        ]:
             del self._slots[key]
 
     # --- the rpc ------------------------------------------------------------------------------
     def _check(
-        self, initial: pubsub_pb2.SubscribeTopicEventsRequestInitialAlpha1,
+        self,
+        initial: pubsub_pb2.SubscribeTopicEventsRequestInitialAlpha1,
     ) -> TopicSubscription:
         pubsubname, topic = initial.pubsub_name, initial.topic
         if not pubsubname:
@@ -267,30 +286,39 @@ class StreamingSubscriptions:
         if component is None:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"pubsub {pubsubname} is not found")
         if not subscribe_allowed(component.metadata, self.app_id, topic):
-            raise _Refused(grpc.StatusCode.PERMISSION_DENIED,
-                           f"subscription to topic '{topic}' on pubsub '{pubsubname}' is not "
-                           "allowed")
+            raise _Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"subscription to topic '{topic}' on pubsub '{pubsubname}' is not allowed",
+            )
         dead_letter = initial.dead_letter_topic if initial.HasField("dead_letter_topic") else ""
         if component.kafka is not None:
             for name in (topic, dead_letter):
                 problem = kafka_topic_problem(name) if name else None
                 if problem is not None:
-                    raise _Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                                   invalid_topic_message(name, problem))
+                    raise _Refused(
+                        grpc.StatusCode.INVALID_ARGUMENT, invalid_topic_message(name, problem)
+                    )
         slot = self._slots.get((pubsubname, topic))
         if slot is not None and slot.channel.attached:
-            raise _Refused(grpc.StatusCode.ALREADY_EXISTS,
-                           f'already subscribed to pubsub "{pubsubname}" topic "{topic}" by '
-                           "another stream")
+            raise _Refused(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f'already subscribed to pubsub "{pubsubname}" topic "{topic}" by another stream',
+            )
         for other in self._others():
             if (other.pubsubname, other.topic) == (pubsubname, topic):
-                raise _Refused(grpc.StatusCode.ALREADY_EXISTS,
-                               f"topic {topic} of pubsub {pubsubname} already has a "
-                               f"{other.type.value.lower()} subscription")
+                raise _Refused(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"topic {topic} of pubsub {pubsubname} already has a "
+                    f"{other.type.value.lower()} subscription",
+                )
         return TopicSubscription(
-            pubsubname=pubsubname, topic=topic, default_path="/",
-            metadata=dict(initial.metadata), dead_letter_topic=dead_letter or None,
-            type=SubscriptionType.STREAMING)
+            pubsubname=pubsubname,
+            topic=topic,
+            default_path="/",
+            metadata=dict(initial.metadata),
+            dead_letter_topic=dead_letter or None,
+            type=SubscriptionType.STREAMING,
+        )
 
     def _attach(self, sub: TopicSubscription, stream: _Stream) -> StreamChannel:
         key = (sub.pubsubname, sub.topic)
@@ -312,8 +340,13 @@ class StreamingSubscriptions:
             await asyncio.sleep(self.linger_s)  # the reconnect window, not an event
         if not slot.channel.attached:
             slot.lingering = False
-            await self._changed({"app_id": self.app_id, "pubsubname": slot.channel.pubsubname,
-                                 "topic": slot.channel.topic})
+            await self._changed(
+                {
+                    "app_id": self.app_id,
+                    "pubsubname": slot.channel.pubsubname,
+                    "topic": slot.channel.topic,
+                }
+            )
 
     async def _changed(self, extra: dict[str, str]) -> None:
         try:
@@ -321,8 +354,11 @@ class StreamingSubscriptions:
         except Exception:  # the stream goes on; the next change applies the set again
             log.exception("applying the streaming subscriptions failed", extra=extra)
 
-    async def serve(self, requests: AsyncIterator[pubsub_pb2.SubscribeTopicEventsRequestAlpha1],
-                    context: grpc.aio.ServicerContext) -> None:
+    async def serve(
+        self,
+        requests: AsyncIterator[pubsub_pb2.SubscribeTopicEventsRequestAlpha1],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         """Run one ``SubscribeTopicEventsAlpha1`` call until the app or the sidecar ends it.
         Protocol errors end the call with INVALID_ARGUMENT (Dapr's messages, §1.6)."""
         try:
@@ -348,8 +384,9 @@ class StreamingSubscriptions:
             await self._changed(extra)
             while True:
                 getter = asyncio.ensure_future(stream.outgoing.get())
-                done, _ = await asyncio.wait({getter, reader, stream.ended},
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {getter, reader, stream.ended}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if getter not in done:
                     getter.cancel()
                     break
@@ -374,7 +411,8 @@ class StreamingSubscriptions:
 
     @staticmethod
     async def _read_answers(
-        requests: AsyncIterator[pubsub_pb2.SubscribeTopicEventsRequestAlpha1], stream: _Stream,
+        requests: AsyncIterator[pubsub_pb2.SubscribeTopicEventsRequestAlpha1],
+        stream: _Stream,
         extra: dict[str, str],
     ) -> str:
         """Feed ``event_processed`` answers to ``stream`` until the app half-closes; returns a
@@ -387,8 +425,10 @@ class StreamingSubscriptions:
                 continue
             processed = request.event_processed
             if not stream.answer(processed.id, processed.status.status):
-                log.warning("answer for event %s that is not waiting for one (answered twice, "
-                            "or after a retry timed out); ignored", processed.id,
-                            extra={**extra, "cloudevent_id": processed.id})
+                log.warning(
+                    "answer for event %s that is not waiting for one (answered twice, "
+                    "or after a retry timed out); ignored",
+                    processed.id,
+                    extra={**extra, "cloudevent_id": processed.id},
+                )
         return ""
-

@@ -44,8 +44,9 @@ TOKEN_EXEMPT_PREFIX = "/v1.0/healthz"
 
 def dapr_error_response(error: DaprError) -> web.Response:
     """The JSON response for ``error`` (status, ``application/json`` Dapr body)."""
-    return web.Response(status=error.status, body=orjson.dumps(error.body()),
-                        content_type="application/json")
+    return web.Response(
+        status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,8 +54,7 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
-    token = (settings.api_token.encode("utf-8", "surrogateescape")
-             if settings.api_token else None)
+    token = settings.api_token.encode("utf-8", "surrogateescape") if settings.api_token else None
 
     app_id = settings.app_id
 
@@ -73,8 +73,13 @@ def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
             raise
         finally:
             resource = request.match_info.route.resource
-            record_http(app_id, request.method, resource.canonical if resource else "", status,
-                        time.perf_counter() - started)
+            record_http(
+                app_id,
+                request.method,
+                resource.canonical if resource else "",
+                status,
+                time.perf_counter() - started,
+            )
 
     @web.middleware
     async def dapr_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -89,36 +94,54 @@ def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
         except DaprError as exc:
             return dapr_error_response(exc)
         except web.HTTPRequestEntityTooLarge as exc:
-            return dapr_error_response(DaprError(
-                413, "ERR_BODY_TOO_LARGE",
-                f"request body exceeds the maximum of {settings.max_body_size} bytes "
-                f"(--max-body-size): {exc.text}"))
+            return dapr_error_response(
+                DaprError(
+                    413,
+                    "ERR_BODY_TOO_LARGE",
+                    f"request body exceeds the maximum of {settings.max_body_size} bytes "
+                    f"(--max-body-size): {exc.text}",
+                )
+            )
         except web.HTTPMethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.allowed_methods))
-            response = dapr_error_response(DaprError(
-                405, "ERR_METHOD_NOT_ALLOWED",
-                f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"))
+            response = dapr_error_response(
+                DaprError(
+                    405,
+                    "ERR_METHOD_NOT_ALLOWED",
+                    f"method {request.method} is not allowed on {request.path} (allowed: {allowed})",
+                )
+            )
             response.headers["Allow"] = exc.headers.get("Allow", allowed)
             return response
         except web.HTTPNotFound:
-            return dapr_error_response(DaprError(
-                404, "ERR_NOT_FOUND", f"no endpoint serves {request.method} {request.path}"))
+            return dapr_error_response(
+                DaprError(
+                    404, "ERR_NOT_FOUND", f"no endpoint serves {request.method} {request.path}"
+                )
+            )
         except web.HTTPException:
             raise  # other routing answers (redirects...) stay aiohttp's
         except Exception as exc:
-            log.exception("unexpected error answering %s %s", request.method, request.path,
-                          extra={"app_id": settings.app_id})
-            return dapr_error_response(DaprError(
-                500, "ERR_INTERNAL", f"internal error: {type(exc).__name__}"))
+            log.exception(
+                "unexpected error answering %s %s",
+                request.method,
+                request.path,
+                extra={"app_id": settings.app_id},
+            )
+            return dapr_error_response(
+                DaprError(500, "ERR_INTERNAL", f"internal error: {type(exc).__name__}")
+            )
 
     return metrics_middleware, dapr_middleware
 
 
-def create_app(settings: SidecarSettings, publisher: Publisher,
-               runtime: RuntimeView) -> web.Application:
+def create_app(
+    settings: SidecarSettings, publisher: Publisher, runtime: RuntimeView
+) -> web.Application:
     """Build the sidecar API application (routes of §1.2-§1.5)."""
-    app = web.Application(middlewares=_middlewares(settings),
-                          client_max_size=settings.max_body_size)
+    app = web.Application(
+        middlewares=_middlewares(settings), client_max_size=settings.max_body_size
+    )
     app[SETTINGS_KEY] = settings
     app[PUBLISHER_KEY] = publisher
     app[RUNTIME_KEY] = runtime

@@ -27,8 +27,7 @@ async def healthz(request: web.Request) -> web.Response:
     if not runtime.app_channel_ready():
         unhealthy.append("app")
     if unhealthy:
-        raise DaprError(500, "ERR_HEALTH_NOT_READY",
-                        f"dapr is not ready: [{' '.join(unhealthy)}]")
+        raise DaprError(500, "ERR_HEALTH_NOT_READY", f"dapr is not ready: [{' '.join(unhealthy)}]")
     appid = request.query.get("appid")
     if appid and appid != runtime.app_id:
         raise DaprError(500, "ERR_HEALTH_APPID_NOT_MATCH", "dapr app-id does not match")

@@ -30,8 +30,9 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running fr
     RUNTIME_VERSION = "edge"
 
 
-def metadata_body(runtime: RuntimeView, settings: SidecarSettings,
-                  extended: Mapping[str, str]) -> dict[str, Any]:
+def metadata_body(
+    runtime: RuntimeView, settings: SidecarSettings, extended: Mapping[str, str]
+) -> dict[str, Any]:
     """The ``GET /v1.0/metadata`` JSON object (§1.4); ``extended`` holds the attributes set with
     ``PUT /v1.0/metadata/{name}`` (or gRPC ``SetMetadata``). The gRPC ``GetMetadata`` answers
     the same object (``inbound/grpc/metadata.py``)."""
@@ -48,13 +49,19 @@ def metadata_body(runtime: RuntimeView, settings: SidecarSettings,
         "enabledFeatures": [],
         "actors": [],
         "components": [
-            {"name": c.name, "type": c.type, "version": c.component.spec.version,
-             "capabilities": runtime.capabilities(c.name)}
+            {
+                "name": c.name,
+                "type": c.type,
+                "version": c.component.spec.version,
+                "capabilities": runtime.capabilities(c.name),
+            }
             for c in runtime.components()
         ],
         "subscriptions": [
-            {**s.to_metadata_json(),
-             "status": subscription_status(runtime.app_id, s.pubsubname, s.topic)}
+            {
+                **s.to_metadata_json(),
+                "status": subscription_status(runtime.app_id, s.pubsubname, s.topic),
+            }
             for s in runtime.subscriptions()
         ],
         "extended": {**runtime.extended(), **extended},
@@ -64,8 +71,9 @@ def metadata_body(runtime: RuntimeView, settings: SidecarSettings,
 
 
 async def get_metadata(request: web.Request) -> web.Response:
-    body = metadata_body(request.app[RUNTIME_KEY], request.app[SETTINGS_KEY],
-                         request.app[EXTENDED_KEY])
+    body = metadata_body(
+        request.app[RUNTIME_KEY], request.app[SETTINGS_KEY], request.app[EXTENDED_KEY]
+    )
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

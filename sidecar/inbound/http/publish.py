@@ -27,8 +27,13 @@ from ...errors import DaprError
 from ...publishing.publisher import BulkEntry, body_too_large
 from .keys import PUBLISHER_KEY, SETTINGS_KEY
 
-__all__ = ["QueryUnescapeError", "add_routes", "header_text", "metadata_from_query",
-           "query_unescape"]
+__all__ = [
+    "QueryUnescapeError",
+    "add_routes",
+    "header_text",
+    "metadata_from_query",
+    "query_unescape",
+]
 
 PUBLISH_PREFIX = "/v1.0/publish/"
 BULK_PREFIXES = ("/v1.0-alpha1/publish/bulk/", "/v1.0/publish/bulk/")
@@ -54,9 +59,9 @@ def query_unescape(text: str) -> str:
         c = raw[i]
         if c == 0x25:  # %
             if i + 2 >= n or raw[i + 1] not in _HEX or raw[i + 2] not in _HEX:
-                bad = raw[i:i + 3].decode("utf-8", "replace")
+                bad = raw[i : i + 3].decode("utf-8", "replace")
                 raise QueryUnescapeError(f'invalid URL escape "{bad}"')
-            out.append(int(raw[i + 1:i + 3], 16))
+            out.append(int(raw[i + 1 : i + 3], 16))
             i += 3
             continue
         out.append(0x20 if c == 0x2B else c)
@@ -77,7 +82,7 @@ def metadata_from_query(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     metadata: dict[str, str] = {}
     for key, value in items:
         if key.startswith(METADATA_PREFIX):
-            name = key[len(METADATA_PREFIX):]
+            name = key[len(METADATA_PREFIX) :]
             if name not in metadata:
                 metadata[name] = value
     return metadata
@@ -86,15 +91,16 @@ def metadata_from_query(items: Iterable[tuple[str, str]]) -> dict[str, str]:
 def _target(request: web.Request, prefix: str) -> tuple[str, str] | web.Response:
     """``(pubsubname, topic)`` cut from the raw path, or the 400 answer for a bad escape."""
     raw = request.raw_path.split("?", 1)[0]
-    pubsub_raw, _, topic_raw = raw[len(prefix):].partition("/")
+    pubsub_raw, _, topic_raw = raw[len(prefix) :].partition("/")
     name = "pubsubname"
     try:
         pubsubname = query_unescape(pubsub_raw)
         name = "*"
         topic = query_unescape(topic_raw)
     except QueryUnescapeError as exc:
-        return web.Response(status=400, text=(
-            f'failed to unescape request parameter "{name}". Error: {exc}\n'))
+        return web.Response(
+            status=400, text=(f'failed to unescape request parameter "{name}". Error: {exc}\n')
+        )
     return pubsubname, topic
 
 
@@ -118,9 +124,14 @@ async def publish(request: web.Request) -> web.Response:
     body = await _body(request, pubsubname, topic)
     headers = request.headers
     await request.app[PUBLISHER_KEY].publish(
-        pubsubname, topic, body, content_type=header_text(headers.get("Content-Type")),
+        pubsubname,
+        topic,
+        body,
+        content_type=header_text(headers.get("Content-Type")),
         metadata=metadata_from_query(request.query.items()),
-        traceparent=headers.get("traceparent"), tracestate=header_text(headers.get("tracestate")))
+        traceparent=headers.get("traceparent"),
+        tracestate=header_text(headers.get("tracestate")),
+    )
     return web.Response(status=204)
 
 
@@ -141,10 +152,17 @@ def _bulk_entries(body: bytes) -> list[BulkEntry]:
         if not isinstance(entry_id, str) or not isinstance(content_type, str):
             raise ValueError(f"entry {i}: entryId and contentType must be strings")
         if metadata is not None and not (
-                isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+            isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+        ):
             raise ValueError(f"entry {i}: metadata must be an object of strings")
-        entries.append(BulkEntry(entry_id=entry_id, event=item.get("event"),
-                                 content_type=content_type, metadata=metadata))
+        entries.append(
+            BulkEntry(
+                entry_id=entry_id,
+                event=item.get("event"),
+                content_type=content_type,
+                metadata=metadata,
+            )
+        )
     return entries
 
 
@@ -162,17 +180,27 @@ async def publish_bulk(request: web.Request) -> web.Response:
         entries = _bulk_entries(body)
     except ValueError as exc:
         raise DaprError(
-            400, "ERR_PUBSUB_EVENTS_SER",
+            400,
+            "ERR_PUBSUB_EVENTS_SER",
             f"error when unmarshaling the request for topic {topic} pubsub {pubsubname}: {exc}",
-            reason="DAPR_PUBSUB_UNMARSHAL_EVENTS", metadata=dict(metadata),
-            resource=pubsubname) from None
+            reason="DAPR_PUBSUB_UNMARSHAL_EVENTS",
+            metadata=dict(metadata),
+            resource=pubsubname,
+        ) from None
     failures = await publisher.publish_bulk(
-        pubsubname, topic, entries, metadata, traceparent=request.headers.get("traceparent"),
-        tracestate=header_text(request.headers.get("tracestate")))
+        pubsubname,
+        topic,
+        entries,
+        metadata,
+        traceparent=request.headers.get("traceparent"),
+        tracestate=header_text(request.headers.get("tracestate")),
+    )
     if not failures:
         return web.Response(status=204)
-    answer = {"failedEntries": [{"entryId": f.entry_id, "error": f.error} for f in failures],
-              "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE"}
+    answer = {
+        "failedEntries": [{"entryId": f.entry_id, "error": f.error} for f in failures],
+        "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE",
+    }
     # Stricter than Dapr (always 500): when every failed entry is the caller's mistake (a topic or
     # partition the broker can never take, a record too large) nothing is down: 400.
     status = 400 if all(f.refused for f in failures) else 500

@@ -25,11 +25,19 @@ from tidings.sidecar.resources.models import Component
 
 
 def component(url: str, **metadata: str) -> Component:
-    return Component.model_validate({
-        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": "js"},
-        "spec": {"type": "pubsub.jetstream", "version": "v1",
-                 "metadata": [{"name": "natsURL", "value": url}]
-                 + [{"name": k, "value": v} for k, v in metadata.items()]}})
+    return Component.model_validate(
+        {
+            "apiVersion": "dapr.io/v1alpha1",
+            "kind": "Component",
+            "metadata": {"name": "js"},
+            "spec": {
+                "type": "pubsub.jetstream",
+                "version": "v1",
+                "metadata": [{"name": "natsURL", "value": url}]
+                + [{"name": k, "value": v} for k, v in metadata.items()],
+            },
+        }
+    )
 
 
 async def started(url: str, app_id: str, **metadata: str) -> JetStreamBroker:
@@ -66,15 +74,20 @@ async def consumer_pending(url: str, stream: str, consumer: str) -> tuple[int, i
 
 
 async def test_publish_then_delivery_in_order_with_key_headers_and_sequence(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     stream, prefix = jetstream_stream
     topic = f"{prefix}.orders"
     broker = await started(nats_url, f"app-{unique}", streamName=stream)
     try:
         assert broker.ready()
         for i in range(5):
-            await broker.publish(topic, str(i).encode(), key=b"k1" if i == 0 else None,
-                                 headers=[("team", "paymënts".encode())])
+            await broker.publish(
+                topic,
+                str(i).encode(),
+                key=b"k1" if i == 0 else None,
+                headers=[("team", "paymënts".encode())],
+            )
         got, handler = collector()
         await broker.subscribe([topic], handler)
         await until("5 records", lambda: len(got) == 5)
@@ -91,7 +104,8 @@ async def test_publish_then_delivery_in_order_with_key_headers_and_sequence(
 
 
 async def test_no_partitions_bad_subjects_and_missing_stream_are_publish_errors(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     stream, prefix = jetstream_stream
     broker = await started(nats_url, f"app-{unique}", streamName=stream)
     try:
@@ -116,9 +130,13 @@ async def test_no_partitions_bad_subjects_and_missing_stream_are_publish_errors(
         with pytest.raises(BrokerError, match="refused|no JetStream stream") as exc:
             await broker.publish(f"elsewhere-{unique}.a", b"x")
         assert exc.value.refused is None  # an operator may still create that stream: a 500
-        outcomes = await broker.publish_many([
-            PublishRecord(f"{prefix}.a", b"1"), PublishRecord(f"{prefix}.a", b"2", partition=0),
-            PublishRecord(f"{prefix}.a", b"3", key=b"k")])
+        outcomes = await broker.publish_many(
+            [
+                PublishRecord(f"{prefix}.a", b"1"),
+                PublishRecord(f"{prefix}.a", b"2", partition=0),
+                PublishRecord(f"{prefix}.a", b"3", key=b"k"),
+            ]
+        )
         assert outcomes[0] is None and outcomes[2] is None
         assert isinstance(outcomes[1], BrokerError) and "no partitions" in str(outcomes[1])
     finally:
@@ -132,7 +150,8 @@ async def test_no_partitions_bad_subjects_and_missing_stream_are_publish_errors(
 
 
 async def test_in_progress_acks_keep_a_long_delivery_from_being_redelivered(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     """ackWait is 1 s; the handler takes 4 s (an engine retrying). Without in-progress acks the
     server would hand the message to the other replica after 1 s."""
     stream, prefix = jetstream_stream
@@ -165,7 +184,8 @@ async def test_in_progress_acks_keep_a_long_delivery_from_being_redelivered(
 
 
 async def test_unfinished_message_of_a_closed_broker_goes_to_another_replica(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     stream, prefix = jetstream_stream
     topic = f"{prefix}.handover"
     app_id = f"app-{unique}"
@@ -191,7 +211,8 @@ async def test_unfinished_message_of_a_closed_broker_goes_to_another_replica(
 
 
 async def test_app_ids_fan_out_and_replicas_of_one_app_id_share(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     stream, prefix = jetstream_stream
     topic = f"{prefix}.fan"
     orders = [await started(nats_url, f"orders-{unique}", streamName=stream) for _ in range(2)]
@@ -202,6 +223,7 @@ async def test_app_ids_fan_out_and_replicas_of_one_app_id_share(
         async def handle(record: Record) -> None:
             got[i].append(record)
             await asyncio.sleep(0.005)  # some work, so both replicas get a turn
+
         return handle
 
     try:
@@ -214,15 +236,17 @@ async def test_app_ids_fan_out_and_replicas_of_one_app_id_share(
         assert o1 and o2, "both replicas get a share"
         assert not (o1 & o2), "no message goes to both replicas of one app-id"
         assert o1 | o2 == {str(n).encode() for n in range(200)}
-        assert [r.value for r in got[2]] == [str(n).encode() for n in range(200)], \
+        assert [r.value for r in got[2]] == [str(n).encode() for n in range(200)], (
             "a lone replica sees the stream in order"
+        )
     finally:
         for broker in [*orders, audit]:
             await broker.close(grace_s=1)
 
 
 async def test_key_header_round_trips_through_a_dead_letter_publish(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     """The delivery engine dead-letters the consumed record as it is: its key and headers must
     publish again (JetStream's Nats-Expected-Stream header would have steered it)."""
     stream, prefix = jetstream_stream
@@ -233,8 +257,7 @@ async def test_key_header_round_trips_through_a_dead_letter_publish(
         await broker.subscribe([f"{prefix}.in"], handler)
         await until("the record", lambda: len(got) == 1)
         record = got[0]
-        await broker.publish(f"{prefix}.dead", record.value, key=record.key,
-                             headers=record.headers)  # type: ignore[arg-type]
+        await broker.publish(f"{prefix}.dead", record.value, key=record.key, headers=record.headers)  # type: ignore[arg-type]
         nc = await nats.connect(nats_url)
         try:
             msg = await nc.jetstream().get_last_msg(stream, f"{prefix}.dead")
@@ -247,7 +270,8 @@ async def test_key_header_round_trips_through_a_dead_letter_publish(
 
 
 async def test_missing_stream_is_logged_and_retried_until_it_exists(
-        nats_url: str, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    nats_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The newcomer's report: a missing stream was logged at ERROR on every retry while the
     sidecar said "subscribed". Now: one WARNING "waiting for ...", the topic is listed by
     ``waiting()`` (the runner does not call it subscribed), the status's lastError says it,
@@ -263,8 +287,9 @@ async def test_missing_stream_is_logged_and_retried_until_it_exists(
         why = f"waiting for a stream: no JetStream stream takes subject {topic}"
         assert broker.waiting() == {topic: why}
         await until("a second attempt", lambda: f"still {why}" in caplog.text, 30)
-        warned = [r for r in caplog.records if why in r.getMessage()
-                  and r.levelno == logging.WARNING]
+        warned = [
+            r for r in caplog.records if why in r.getMessage() and r.levelno == logging.WARNING
+        ]
         assert len(warned) == 1
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         status = metrics.subscription_status(app_id, "js", topic)
@@ -293,8 +318,8 @@ async def test_unreachable_server_is_a_retriable_start_error(unique: str) -> Non
 
 
 async def test_a_topic_that_is_no_subject_is_refused_once_and_wildcards_filter(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     stream, prefix = jetstream_stream
     broker = await started(nats_url, f"app-{unique}", streamName=stream)
     try:
@@ -312,8 +337,20 @@ def own_server(tmp_path: Path, port: int, *args: str) -> subprocess.Popen[bytes]
     """A second, real nats-server with JetStream for one test (stopped by the caller)."""
 
     return subprocess.Popen(
-        ["/usr/sbin/nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
-         str(tmp_path / "js"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        [
+            "/usr/sbin/nats-server",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(tmp_path / "js"),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def start_when_listening(url: str, app_id: str, **metadata: str) -> JetStreamBroker:
@@ -378,11 +415,13 @@ async def test_reconnects_after_the_server_restarts(tmp_path: Path, unique: str)
 
 
 async def test_parallel_mode_runs_up_to_max_ack_pending_at_once(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     stream, prefix = jetstream_stream
     topic = f"{prefix}.par"
-    broker = await started(nats_url, f"app-{unique}", streamName=stream,
-                           concurrencyMode="parallel", maxAckPending="4")
+    broker = await started(
+        nats_url, f"app-{unique}", streamName=stream, concurrencyMode="parallel", maxAckPending="4"
+    )
     release = asyncio.Event()
     running: list[bytes] = []
     done: list[bytes] = []
@@ -405,7 +444,8 @@ async def test_parallel_mode_runs_up_to_max_ack_pending_at_once(
 
 
 async def test_close_lets_in_flight_deliveries_finish_and_acks_them(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     """SIGTERM path: a delivery that finishes within the grace period is acked before the
     connection closes, so the next replica does not get it again."""
     stream, prefix = jetstream_stream
@@ -451,7 +491,8 @@ async def test_features_say_ordered_only_in_single_mode(nats_url: str, unique: s
 
 
 async def test_unsubscribed_topic_gives_its_in_flight_message_back_at_once(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     """Hot reload drops a topic: its in-flight delivery is cancelled and nak'ed, so subscribing
     again gets the message now, not an ackWait (30 s) later."""
     stream, prefix = jetstream_stream
@@ -479,7 +520,8 @@ async def test_unsubscribed_topic_gives_its_in_flight_message_back_at_once(
 
 
 async def test_a_deleted_consumer_is_created_again(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     """Someone runs ``nats consumer rm`` (or the server lost its state): the broker notices on
     its next fetch, creates the consumer again and goes on delivering."""
     stream, prefix = jetstream_stream
@@ -493,8 +535,9 @@ async def test_a_deleted_consumer_is_created_again(
         await until("the first record", lambda: len(got) == 1)
         await nc.jetstream().delete_consumer(stream, consumer_name(f"app-{unique}", topic))
         await broker.publish(topic, b"2")
-        await until("delivery after the consumer came back", lambda: b"2" in
-                    [r.value for r in got], 30)
+        await until(
+            "delivery after the consumer came back", lambda: b"2" in [r.value for r in got], 30
+        )
     finally:
         await broker.close(grace_s=0)
         await nc.close()
@@ -522,13 +565,15 @@ async def test_named_stream_missing_says_which(nats_url: str, unique: str) -> No
         got, handler = collector()
         await broker.subscribe([f"nope{unique}.x"], handler)
         assert broker.waiting() == {
-            f"nope{unique}.x": f"waiting for stream NOPE{unique}: it does not exist"}
+            f"nope{unique}.x": f"waiting for stream NOPE{unique}: it does not exist"
+        }
     finally:
         await broker.close(grace_s=1)
 
 
 async def test_status_shows_durable_consumer_stream_and_lag(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str) -> None:
+    nats_url: str, jetstream_stream: tuple[str, str], unique: str
+) -> None:
     """``tidings status`` showed ``-`` for JetStream: no group, no partitions, no lag."""
     stream, prefix = jetstream_stream
     topic = f"{prefix}.orders"
@@ -566,7 +611,8 @@ async def test_status_shows_durable_consumer_stream_and_lag(
 
 
 async def test_sidecar_does_not_call_a_topic_without_stream_subscribed(
-        nats_url: str, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    nats_url: str, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The newcomer's report, end to end: a sidecar (real app over HTTP, real NATS) whose
     JetStream stream is missing logged "subscribed to [...]". Now it says the topic is not
     consumed yet, and ``GET /v1.0/metadata`` shows why as the subscription's lastError."""
@@ -591,29 +637,41 @@ async def test_sidecar_does_not_call_a_topic_without_stream_subscribed(
     (tmp_path / "js.yaml").write_text(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: js}\n"
         "spec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n"
-        f"  - {{name: natsURL, value: '{nats_url}'}}\n  - {{name: streamName, value: {stream}}}\n")
-    sidecar = Sidecar(SidecarSettings(app_id=f"app-{unique}", dapr_http_port=0,
-                                      app_port=app_port, resources_paths=(tmp_path,),
-                                      resources_poll_interval_s=60))
+        f"  - {{name: natsURL, value: '{nats_url}'}}\n  - {{name: streamName, value: {stream}}}\n"
+    )
+    sidecar = Sidecar(
+        SidecarSettings(
+            app_id=f"app-{unique}",
+            dapr_http_port=0,
+            app_port=app_port,
+            resources_paths=(tmp_path,),
+            resources_poll_interval_s=60,
+        )
+    )
     caplog.set_level(logging.INFO, logger="tidings.sidecar")
     await sidecar.start()
     try:
         await until("the subscribe log line", lambda: "subscribed to" in caplog.text, 30)
-        assert (f"subscribed to []; not consuming yet: ['{topic}']" in caplog.text), caplog.text
+        assert f"subscribed to []; not consuming yet: ['{topic}']" in caplog.text, caplog.text
         async with ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{sidecar.bound_port}/v1.0/metadata") as r:
                 meta = orjson.loads(await r.read())
         [sub] = [s for s in meta["subscriptions"] if s["topic"] == topic]
         assert sub["status"]["lastError"]["message"] == (
-            f"waiting for stream {stream}: it does not exist")
+            f"waiting for stream {stream}: it does not exist"
+        )
     finally:
         await sidecar.stop()
         await runner.cleanup()
 
 
 async def test_subscriptions_wait_for_the_nats_connection(
-        nats_url: str, jetstream_stream: tuple[str, str], unique: str, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    nats_url: str,
+    jetstream_stream: tuple[str, str],
+    unique: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The start-up race behind a flaky CI: the app was discovered before the NATS connection
     was up, the consumer's set-up failed with "not connected", logged an ERROR and left a
     misleading ``lastError``. A TCP relay in front of the real NATS server holds the connection
@@ -667,10 +725,17 @@ async def test_subscriptions_wait_for_the_nats_connection(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: js}\n"
         "spec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n"
         f"  - {{name: natsURL, value: 'nats://127.0.0.1:{proxy_port}'}}\n"
-        f"  - {{name: streamName, value: {stream}}}\n")
-    sidecar = Sidecar(SidecarSettings(app_id=f"app-{unique}", dapr_http_port=0,
-                                      app_port=app_port, resources_paths=(tmp_path,),
-                                      resources_poll_interval_s=60))
+        f"  - {{name: streamName, value: {stream}}}\n"
+    )
+    sidecar = Sidecar(
+        SidecarSettings(
+            app_id=f"app-{unique}",
+            dapr_http_port=0,
+            app_port=app_port,
+            resources_paths=(tmp_path,),
+            resources_poll_interval_s=60,
+        )
+    )
     caplog.set_level(logging.INFO, logger="tidings.sidecar")
     await sidecar.start()
     try:

@@ -129,8 +129,9 @@ async def test_close_cancels_after_grace() -> None:
 
 async def test_publish_many() -> None:
     broker = await started()
-    outcomes = await broker.publish_many([PublishRecord("t", b"1"),
-                                          PublishRecord("u", b"2", b"k", [("h", b"v")])])
+    outcomes = await broker.publish_many(
+        [PublishRecord("t", b"1"), PublishRecord("u", b"2", b"k", [("h", b"v")])]
+    )
     assert outcomes == [None, None]
     assert broker.pending("t") == 1 and broker.pending("u") == 1
     await broker.close(grace_s=0)

@@ -27,11 +27,22 @@ Make = Callable[..., Awaitable[RedisBroker]]
 
 def component(host: str, **metadata: str) -> LoadedComponent:
     items = {"redisHost": host, **metadata}
-    return check_component(Component.model_validate({
-        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": "pubsub"},
-        "spec": {"type": "pubsub.redis", "version": "v1",
-                 "metadata": [{"name": k, "value": v} for k, v in items.items()]},
-    }), app_id="app", source="test")
+    return check_component(
+        Component.model_validate(
+            {
+                "apiVersion": "dapr.io/v1alpha1",
+                "kind": "Component",
+                "metadata": {"name": "pubsub"},
+                "spec": {
+                    "type": "pubsub.redis",
+                    "version": "v1",
+                    "metadata": [{"name": k, "value": v} for k, v in items.items()],
+                },
+            }
+        ),
+        app_id="app",
+        source="test",
+    )
 
 
 async def until(predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
@@ -55,8 +66,7 @@ async def raw(redis_host: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def make(redis_host: str, raw: aioredis.Redis,
-               unique: str) -> AsyncIterator[Make]:
+async def make(redis_host: str, raw: aioredis.Redis, unique: str) -> AsyncIterator[Make]:
     """``await make(consumerID=..., **metadata)``: a started broker, closed after the test."""
     brokers: list[RedisBroker] = []
 
@@ -79,10 +89,16 @@ def stream(raw: aioredis.Redis, name: str) -> str:
 
 # --------------------------------------------------------------------------------- metadata
 
+
 def test_metadata_defaults_follow_dapr() -> None:
     meta = parse_redis_metadata({"redisHost": "localhost:6379"}, app_id="orders")
     assert (meta.host, meta.port, meta.db, meta.username, meta.password) == (
-        "localhost", 6379, 0, None, None)
+        "localhost",
+        6379,
+        0,
+        None,
+        None,
+    )
     assert meta.consumer_group == "orders"  # app-id = consumer group, as for Kafka
     assert (meta.queue_depth, meta.concurrency) == (100, 10)
     assert (meta.processing_timeout_s, meta.redeliver_interval_s) == (15.0, 60.0)
@@ -92,13 +108,31 @@ def test_metadata_defaults_follow_dapr() -> None:
 
 
 def test_metadata_names_any_case_and_values() -> None:
-    meta = parse_redis_metadata({
-        "REDISHOST": "redis:6380", "redisPassword": "pw", "redisUsername": "u", "redisDB": "3",
-        "enableTLS": "true", "consumerID": "group", "queueDepth": "5", "concurrency": "1",
-        "processingTimeout": "2s", "redeliverInterval": "500ms", "maxLenApprox": "1000",
-        "backOffMaxRetries": "3", "poolSize": "20"}, app_id="orders")
+    meta = parse_redis_metadata(
+        {
+            "REDISHOST": "redis:6380",
+            "redisPassword": "pw",
+            "redisUsername": "u",
+            "redisDB": "3",
+            "enableTLS": "true",
+            "consumerID": "group",
+            "queueDepth": "5",
+            "concurrency": "1",
+            "processingTimeout": "2s",
+            "redeliverInterval": "500ms",
+            "maxLenApprox": "1000",
+            "backOffMaxRetries": "3",
+            "poolSize": "20",
+        },
+        app_id="orders",
+    )
     assert (meta.host, meta.port, meta.db, meta.password, meta.username) == (
-        "redis", 6380, 3, "pw", "u")
+        "redis",
+        6380,
+        3,
+        "pw",
+        "u",
+    )
     assert meta.enable_tls and meta.consumer_group == "group"
     assert (meta.queue_depth, meta.concurrency, meta.max_len_approx) == (5, 1, 1000)
     assert (meta.processing_timeout_s, meta.redeliver_interval_s) == (2.0, 0.5)
@@ -106,21 +140,24 @@ def test_metadata_names_any_case_and_values() -> None:
     assert meta.ignored == ("poolSize",)  # said at start-up, not silently dropped
 
 
-@pytest.mark.parametrize(("values", "field"), [
-    ({}, "redisHost"),
-    ({"redisHost": "h:99999"}, "redisHost"),
-    ({"redisHost": "h", "redisPort": "x"}, "redisHost"),
-    ({"redisHost": "h:1", "clientCert": "PEM"}, "clientCert"),
-    ({"redisHost": "h:1", "useEntraID": "true"}, "useEntraID"),
-    ({"redisHost": "h:1", "maxLenApprox": "10", "streamTTL": "1h"}, "streamTTL"),
-    ({"redisHost": "h:1", "redisType": "cluster"}, "redisType"),
-    ({"redisHost": "h:1", "failover": "true"}, "failover"),
-    ({"redisHost": "h:1", "concurrency": "0"}, "concurrency"),
-    ({"redisHost": "h:1", "queueDepth": "many"}, "queueDepth"),
-    ({"redisHost": "h:1", "processingTimeout": "soon"}, "processingTimeout"),
-    ({"redisHost": "h:1", "enableTLS": "maybe"}, "enableTLS"),
-    ({"redisHost": "h:1", "backOffPolicy": "random"}, "backOffPolicy"),
-])
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({}, "redisHost"),
+        ({"redisHost": "h:99999"}, "redisHost"),
+        ({"redisHost": "h", "redisPort": "x"}, "redisHost"),
+        ({"redisHost": "h:1", "clientCert": "PEM"}, "clientCert"),
+        ({"redisHost": "h:1", "useEntraID": "true"}, "useEntraID"),
+        ({"redisHost": "h:1", "maxLenApprox": "10", "streamTTL": "1h"}, "streamTTL"),
+        ({"redisHost": "h:1", "redisType": "cluster"}, "redisType"),
+        ({"redisHost": "h:1", "failover": "true"}, "failover"),
+        ({"redisHost": "h:1", "concurrency": "0"}, "concurrency"),
+        ({"redisHost": "h:1", "queueDepth": "many"}, "queueDepth"),
+        ({"redisHost": "h:1", "processingTimeout": "soon"}, "processingTimeout"),
+        ({"redisHost": "h:1", "enableTLS": "maybe"}, "enableTLS"),
+        ({"redisHost": "h:1", "backOffPolicy": "random"}, "backOffPolicy"),
+    ],
+)
 def test_metadata_errors_name_the_field(values: dict[str, str], field: str) -> None:
     with pytest.raises(ResourceError) as err:
         parse_redis_metadata(values, app_id="a", source="pubsub.yaml")
@@ -142,6 +179,7 @@ def test_entry_offset() -> None:
 
 # ----------------------------------------------------------------------------------- broker
 
+
 async def test_unreachable_redis_is_a_retriable_start_error(unique: str) -> None:
     from tidings.sidecar.cli.localbroker import free_port
 
@@ -154,7 +192,8 @@ async def test_unreachable_redis_is_a_retriable_start_error(unique: str) -> None
 
 
 async def test_publish_then_deliver_in_stream_order_with_key_and_metadata(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     topic = stream(raw, f"orders-{unique}")
     broker = await make(concurrency="1")
     assert ORDERED in broker.features
@@ -195,22 +234,28 @@ async def test_concurrency_above_one_reports_no_order(make: Make) -> None:
 
 
 async def test_partition_number_is_refused_not_ignored(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     topic = stream(raw, f"p-{unique}")
     broker = await make()
     with pytest.raises(BrokerError, match="partitionNumber") as err:
         await broker.publish(topic, b"x", partition=1)
     assert not err.value.retriable and err.value.refused == "request"
-    outcomes = await broker.publish_many([PublishRecord(topic, b"a"),
-                                          PublishRecord(topic, b"b", partition=2),
-                                          PublishRecord(topic, b"c", b"k", [("h", b"v")])])
+    outcomes = await broker.publish_many(
+        [
+            PublishRecord(topic, b"a"),
+            PublishRecord(topic, b"b", partition=2),
+            PublishRecord(topic, b"c", b"k", [("h", b"v")]),
+        ]
+    )
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], BrokerError)
     assert [f[b"data"] for _, f in await raw.xrange(topic)] == [b"a", b"c"]
 
 
 async def test_a_key_that_is_not_a_stream_fails_that_entry_only(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     wrong, right = stream(raw, f"string-{unique}"), stream(raw, f"ok-{unique}")
     await raw.set(wrong, "not a stream")
     broker = await make()
@@ -223,7 +268,8 @@ async def test_a_key_that_is_not_a_stream_fails_that_entry_only(
 
 
 async def test_metadata_that_is_not_utf8_is_refused(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     """Dapr's ``metadata`` field is a JSON object of strings: a header value that is not UTF-8
     (a dead-letter copy of a Kafka record can carry one) is refused, nothing stored."""
     topic = stream(raw, f"utf8-{unique}")
@@ -235,7 +281,8 @@ async def test_metadata_that_is_not_utf8_is_refused(
 
 
 async def test_ack_only_after_the_handler_finished(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     topic, group = stream(raw, f"slow-{unique}"), f"group-{unique}"
     broker = await make()
     release = asyncio.Event()
@@ -272,7 +319,8 @@ async def test_handler_error_keeps_the_entry(make: Make, raw: aioredis.Redis, un
 
 
 async def test_entries_of_a_dead_consumer_are_reclaimed(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     """A consumer read three entries and died (it never acks): after processingTimeout a live
     member takes them over with XAUTOCLAIM and delivers them; nothing is lost."""
     topic, group = stream(raw, f"dead-{unique}"), f"group-{unique}"
@@ -294,7 +342,8 @@ async def test_entries_of_a_dead_consumer_are_reclaimed(
 
 
 async def test_a_slow_delivery_is_not_taken_from_a_live_consumer(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     """The holder touches its entries, so a member reclaiming every 50 ms with a 300 ms
     processingTimeout leaves alone an entry whose delivery takes far longer. (The holder's own
     reclaims are rare here, so they do not stand in for the touching.)"""
@@ -326,7 +375,8 @@ async def test_a_slow_delivery_is_not_taken_from_a_live_consumer(
 
 
 async def test_close_finishes_in_flight_and_hands_over_the_rest(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     """close(): the delivery in flight finishes and is acked; entries read but not started are
     made reclaimable at once, so another member takes them at its next reclaim instead of after
     processingTimeout (10 s here)."""
@@ -361,7 +411,8 @@ async def test_close_finishes_in_flight_and_hands_over_the_rest(
 
 
 async def test_close_cancels_after_grace_and_keeps_the_entry(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     topic, group = stream(raw, f"stuck-{unique}"), f"group-{unique}"
     broker = await make()
     busy = asyncio.Event()
@@ -380,7 +431,8 @@ async def test_close_cancels_after_grace_and_keeps_the_entry(
 
 
 async def test_app_ids_fan_out_and_replicas_share(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     """Two consumers of group `orders` split the entries, group `audit` gets every one."""
     topic = stream(raw, f"fan-{unique}")
     replicas = [await make(consumerID=f"orders-{unique}") for _ in range(2)]
@@ -391,14 +443,19 @@ async def test_app_ids_fan_out_and_replicas_share(
         async def handler(record: Record) -> None:
             got[name].append(record.value)
             await asyncio.sleep(0.002)  # some work, so both replicas get turns
+
         return handler
 
     for name, broker in (("r0", replicas[0]), ("r1", replicas[1]), ("audit", audit)):
         await broker.subscribe([topic], recorder(name))
     values = [str(i).encode() for i in range(200)]
     for chunk in range(0, 200, 20):
-        assert await replicas[0].publish_many(
-            [PublishRecord(topic, v) for v in values[chunk:chunk + 20]]) == [None] * 20
+        assert (
+            await replicas[0].publish_many(
+                [PublishRecord(topic, v) for v in values[chunk : chunk + 20]]
+            )
+            == [None] * 20
+        )
         await asyncio.sleep(0.01)
     await until(lambda: len(got["r0"]) + len(got["r1"]) == 200 and len(got["audit"]) == 200)
     assert got["r0"] and got["r1"], "both replicas of one app-id get a share"
@@ -407,7 +464,8 @@ async def test_app_ids_fan_out_and_replicas_share(
 
 
 async def test_max_len_approx_trims_the_stream(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     topic = stream(raw, f"trim-{unique}")
     broker = await make(maxLenApprox="100")
     for chunk in range(10):
@@ -432,7 +490,8 @@ async def test_stream_ttl_trims_old_entries(make: Make, raw: aioredis.Redis, uni
 
 
 async def test_entries_written_by_dapr_are_read(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     """Dapr's Redis component writes ``data`` and ``metadata`` (JSON); both are delivered."""
     topic = stream(raw, f"dapr-{unique}")
     await raw.xadd(topic, {"data": b'{"id":"1"}', "metadata": b'{"traceid":"t1","n":"2"}'})
@@ -450,7 +509,8 @@ async def test_entries_written_by_dapr_are_read(
 
 
 async def test_unsubscribe_stops_reading_and_leaves_the_rest_pending(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     a, b = stream(raw, f"a-{unique}"), stream(raw, f"b-{unique}")
     broker = await make()
     got: list[str] = []
@@ -471,7 +531,8 @@ async def test_unsubscribe_stops_reading_and_leaves_the_rest_pending(
 
 
 async def test_a_handler_finishing_during_close_can_still_dead_letter(
-        make: Make, raw: aioredis.Redis, unique: str) -> None:
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     """The grace period is for handlers to finish, and finishing may mean producing the
     record to its dead-letter topic through this same component."""
     topic, dlt = stream(raw, f"src-{unique}"), stream(raw, f"dlt-{unique}")
@@ -507,9 +568,23 @@ async def test_a_redis_restart_is_survived(tmp_path: Path, unique: str) -> None:
     port = free_port()
 
     def start_server() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(tmp_path)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     async def answers() -> bool:
         client = aioredis.Redis(port=port)
@@ -526,9 +601,12 @@ async def test_a_redis_restart_is_survived(tmp_path: Path, unique: str) -> None:
         while not await answers():
             assert time.monotonic() < deadline, "private redis-server did not start"
             await asyncio.sleep(0.05)
-        broker = RedisBroker(component(f"127.0.0.1:{port}", consumerID=f"g-{unique}",
-                                       dialTimeout="1s"),
-                             app_id="app", error_backoff_s=0.05, max_error_backoff_s=0.2)
+        broker = RedisBroker(
+            component(f"127.0.0.1:{port}", consumerID=f"g-{unique}", dialTimeout="1s"),
+            app_id="app",
+            error_backoff_s=0.05,
+            max_error_backoff_s=0.2,
+        )
         await broker.start()
         got: list[bytes] = []
 
@@ -560,8 +638,8 @@ async def test_a_redis_restart_is_survived(tmp_path: Path, unique: str) -> None:
 
 
 async def test_subscribe_before_start_reads_once_connected(
-        redis_host: str, raw: aioredis.Redis, unique: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    redis_host: str, raw: aioredis.Redis, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The runner subscribes as soon as the app is reachable, which may be before the broker's
     start() succeeded: reading begins once connected, without errors meanwhile."""
     topic = stream(raw, f"early-{unique}")
@@ -583,8 +661,9 @@ async def test_subscribe_before_start_reads_once_connected(
         await broker.close(grace_s=0)
 
 
-async def test_the_group_does_not_grow_with_every_restart(make: Make, raw: aioredis.Redis,
-                                                          unique: str) -> None:
+async def test_the_group_does_not_grow_with_every_restart(
+    make: Make, raw: aioredis.Redis, unique: str
+) -> None:
     """A closed member that holds nothing leaves the group; a crashed one that holds nothing
     (its entries were reclaimed) is removed once idle long enough; one that still holds entries
     is never removed (that would drop its pending entries for good)."""
@@ -631,7 +710,8 @@ async def until_acked_by(raw: aioredis.Redis, topic: str, group: str, consumer: 
 
 
 async def test_status_shows_group_stream_and_lag(
-        make: Make, raw: aioredis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    make: Make, raw: aioredis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``tidings status`` showed ``-`` for Redis: no consumer group, no partitions, no lag.
     The lag is the group's entries not acknowledged: XINFO GROUPS ``lag`` (undelivered, Redis
     >= 7) plus ``pending``. The poll period is shortened so the phases can be seen."""
@@ -669,7 +749,8 @@ async def test_status_shows_group_stream_and_lag(
 
 
 async def test_close_is_bounded_when_redis_py_swallows_the_cancellation(
-        make: Make, raw: aioredis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    make: Make, raw: aioredis.Redis, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The CI hang: the ack loop was cancelled while redis-py's ``pipeline.execute`` ran, the
     library swallowed the CancelledError (a known redis-py class of bug at connection resets)
     and the loop went back to waiting for the next batch, so ``close()`` waited for ever.

@@ -37,7 +37,8 @@ def test_init_on_a_busy_port_says_so(tmp_path: Path) -> None:
 
 def test_component_yaml_loads_with_overrides(tmp_path: Path) -> None:
     (tmp_path / "pubsub.yaml").write_text(
-        kafka_component_yaml("127.0.0.1:9092", metadata={"sessionTimeout": "3s"}))
+        kafka_component_yaml("127.0.0.1:9092", metadata={"sessionTimeout": "3s"})
+    )
     kafka = load_resources([tmp_path], app_id="a").components["pubsub"].kafka
     assert kafka is not None
     assert kafka.brokers == ("127.0.0.1:9092",) and kafka.session_timeout_s == 3.0

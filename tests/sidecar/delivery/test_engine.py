@@ -25,7 +25,14 @@ from aiohttp import web
 
 from tidings.sidecar.delivery.channel.http import AppChannel
 from tidings.sidecar.brokers.base import Record
-from tidings.sidecar.delivery.engine import Action, Dispatcher, Outcome, Verdict, decide, http_headers
+from tidings.sidecar.delivery.engine import (
+    Action,
+    Dispatcher,
+    Outcome,
+    Verdict,
+    decide,
+    http_headers,
+)
 from tidings.sidecar.runtime.metrics import topic_deliveries
 from tidings.sidecar.resources import ResourceError, Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
@@ -42,53 +49,73 @@ def bounded(n: int) -> RetryPolicy:
 
 # --- the policy table -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("verdict", "dlt", "policy", "retries_done", "action"), [
-    (Verdict.DELIVERED, "dlt", FOREVER, 0, Action.ACK),
-    (Verdict.DELIVERED, None, bounded(0), 5, Action.ACK),
-    (Verdict.NO_SUBSCRIPTION, "dlt", FOREVER, 0, Action.ACK),
-    (Verdict.DROPPED, "dlt", FOREVER, 0, Action.DEAD_LETTER),
-    (Verdict.DROPPED, None, FOREVER, 0, Action.ACK),
-    (Verdict.EXPIRED, "dlt", FOREVER, 0, Action.DEAD_LETTER),
-    (Verdict.EXPIRED, None, FOREVER, 0, Action.ACK),
-    (Verdict.UNMATCHED, "dlt", FOREVER, 0, Action.DEAD_LETTER),
-    (Verdict.UNMATCHED, None, FOREVER, 0, Action.ACK),
-    (Verdict.POISON, "dlt", bounded(5), 0, Action.DEAD_LETTER),
-    (Verdict.POISON, None, FOREVER, 1000, Action.RETRY),
-    (Verdict.POISON, None, bounded(2), 2, Action.GIVE_UP),
-    (Verdict.ROUTING_ERROR, "dlt", FOREVER, 0, Action.DEAD_LETTER),
-    (Verdict.ROUTING_ERROR, None, FOREVER, 0, Action.RETRY),
-    # a failed delivery with a DLT and the unbounded default: first failure → DLT (as Dapr)
-    (Verdict.FAILED, "dlt", FOREVER, 0, Action.DEAD_LETTER),
-    # bounded: that many retries first, then the DLT
-    (Verdict.FAILED, "dlt", bounded(2), 0, Action.RETRY),
-    (Verdict.FAILED, "dlt", bounded(2), 1, Action.RETRY),
-    (Verdict.FAILED, "dlt", bounded(2), 2, Action.DEAD_LETTER),
-    (Verdict.FAILED, "dlt", bounded(0), 0, Action.DEAD_LETTER),
-    (Verdict.FAILED, None, FOREVER, 0, Action.RETRY),
-    (Verdict.FAILED, None, FOREVER, 10**6, Action.RETRY),
-    (Verdict.FAILED, None, bounded(2), 1, Action.RETRY),
-    (Verdict.FAILED, None, bounded(2), 2, Action.GIVE_UP),
-])
-def test_decide(verdict: Verdict, dlt: str | None, policy: RetryPolicy, retries_done: int,
-                action: Action) -> None:
+
+@pytest.mark.parametrize(
+    ("verdict", "dlt", "policy", "retries_done", "action"),
+    [
+        (Verdict.DELIVERED, "dlt", FOREVER, 0, Action.ACK),
+        (Verdict.DELIVERED, None, bounded(0), 5, Action.ACK),
+        (Verdict.NO_SUBSCRIPTION, "dlt", FOREVER, 0, Action.ACK),
+        (Verdict.DROPPED, "dlt", FOREVER, 0, Action.DEAD_LETTER),
+        (Verdict.DROPPED, None, FOREVER, 0, Action.ACK),
+        (Verdict.EXPIRED, "dlt", FOREVER, 0, Action.DEAD_LETTER),
+        (Verdict.EXPIRED, None, FOREVER, 0, Action.ACK),
+        (Verdict.UNMATCHED, "dlt", FOREVER, 0, Action.DEAD_LETTER),
+        (Verdict.UNMATCHED, None, FOREVER, 0, Action.ACK),
+        (Verdict.POISON, "dlt", bounded(5), 0, Action.DEAD_LETTER),
+        (Verdict.POISON, None, FOREVER, 1000, Action.RETRY),
+        (Verdict.POISON, None, bounded(2), 2, Action.GIVE_UP),
+        (Verdict.ROUTING_ERROR, "dlt", FOREVER, 0, Action.DEAD_LETTER),
+        (Verdict.ROUTING_ERROR, None, FOREVER, 0, Action.RETRY),
+        # a failed delivery with a DLT and the unbounded default: first failure → DLT (as Dapr)
+        (Verdict.FAILED, "dlt", FOREVER, 0, Action.DEAD_LETTER),
+        # bounded: that many retries first, then the DLT
+        (Verdict.FAILED, "dlt", bounded(2), 0, Action.RETRY),
+        (Verdict.FAILED, "dlt", bounded(2), 1, Action.RETRY),
+        (Verdict.FAILED, "dlt", bounded(2), 2, Action.DEAD_LETTER),
+        (Verdict.FAILED, "dlt", bounded(0), 0, Action.DEAD_LETTER),
+        (Verdict.FAILED, None, FOREVER, 0, Action.RETRY),
+        (Verdict.FAILED, None, FOREVER, 10**6, Action.RETRY),
+        (Verdict.FAILED, None, bounded(2), 1, Action.RETRY),
+        (Verdict.FAILED, None, bounded(2), 2, Action.GIVE_UP),
+    ],
+)
+def test_decide(
+    verdict: Verdict, dlt: str | None, policy: RetryPolicy, retries_done: int, action: Action
+) -> None:
     outcome = decide(verdict, dead_letter_topic=dlt, retry=policy, retries_done=retries_done)
     assert outcome.action is action
 
 
 def test_retry_delay_follows_the_policy() -> None:
     policy = RetryPolicy("exponential", 1.0, 10.0, 2.0, -1)
-    delays = [decide(Verdict.FAILED, dead_letter_topic=None, retry=policy, retries_done=n)
-              for n in range(5)]
+    delays = [
+        decide(Verdict.FAILED, dead_letter_topic=None, retry=policy, retries_done=n)
+        for n in range(5)
+    ]
     assert delays == [Outcome(Action.RETRY, d) for d in (1.0, 2.0, 4.0, 8.0, 10.0)]
 
 
 # --- HTTP headers -----------------------------------------------------------------------------
 
-def record(value: bytes = b'{"id": "ce-1", "type": "t", "data": {"x": 1}}', *,
-           topic: str = "orders", headers: tuple[tuple[str, bytes | None], ...] = (),
-           key: bytes | None = b"key-1", offset: int = 41) -> Record:
-    return Record(topic=topic, partition=2, offset=offset, key=key, value=value, headers=headers,
-                  timestamp_ms=1700000000123)
+
+def record(
+    value: bytes = b'{"id": "ce-1", "type": "t", "data": {"x": 1}}',
+    *,
+    topic: str = "orders",
+    headers: tuple[tuple[str, bytes | None], ...] = (),
+    key: bytes | None = b"key-1",
+    offset: int = 41,
+) -> Record:
+    return Record(
+        topic=topic,
+        partition=2,
+        offset=offset,
+        key=key,
+        value=value,
+        headers=headers,
+        timestamp_ms=1700000000123,
+    )
 
 
 def test_headers_carry_record_metadata() -> None:
@@ -112,9 +139,16 @@ def test_headers_carry_record_metadata() -> None:
 
 
 def test_record_facts_and_framing_win_over_record_headers() -> None:
-    rec = record(key=None, headers=(("__offset", b"999"), ("content-type", b"text/plain"),
-                                    ("Content-Length", b"1"), ("dapr-api-token", b"stolen"),
-                                    ("Traceparent", b"from-header")))
+    rec = record(
+        key=None,
+        headers=(
+            ("__offset", b"999"),
+            ("content-type", b"text/plain"),
+            ("Content-Length", b"1"),
+            ("dapr-api-token", b"stolen"),
+            ("Traceparent", b"from-header"),
+        ),
+    )
     headers = http_headers(rec, {"traceparent": "from-event"}, pubsubname="p")
     assert headers["__offset"] == "41"
     assert headers.getall("Content-Type") == ["application/cloudevents+json"]
@@ -125,8 +159,10 @@ def test_record_facts_and_framing_win_over_record_headers() -> None:
 
 
 def test_invalid_header_bytes_are_percent_encoded() -> None:
-    rec = record(key=b"k\x00ey", headers=(("ctl", b"a\x01b\r\nc"), ("bad-utf8", b"\xff\xfeok"),
-                                          ("tab", b"a\tb")))
+    rec = record(
+        key=b"k\x00ey",
+        headers=(("ctl", b"a\x01b\r\nc"), ("bad-utf8", b"\xff\xfeok"), ("tab", b"a\tb")),
+    )
     headers = http_headers(rec, {"traceparent": "x\ny"}, pubsubname="p")
     assert headers["ctl"] == "a%01b%0D%0Ac"
     assert headers["bad-utf8"] == "%FF%FEok"
@@ -152,6 +188,7 @@ def test_escape_headers_url_escapes_every_value() -> None:
 
 
 # --- Dispatcher against a real app -------------------------------------------------------------
+
 
 @dataclass
 class Delivery:
@@ -194,19 +231,30 @@ async def app() -> AsyncIterator[tuple[ScriptedApp, int]]:
 
 @pytest.fixture
 async def make_dispatcher(
-        app: tuple[ScriptedApp, int],
+    app: tuple[ScriptedApp, int],
 ) -> AsyncIterator[Callable[..., tuple[Dispatcher, DeadLetters]]]:
     _, port = app
     channels: list[AppChannel] = []
 
-    def make(*subs: TopicSubscription, retry: RetryPolicy = FOREVER,
-             dead_letters: DeadLetters | None = None, **kw: Any) -> tuple[Dispatcher, DeadLetters]:
-        channel = AppChannel(SidecarSettings(app_id="orders-app", app_port=port,
-                                             delivery_timeout_s=5))
+    def make(
+        *subs: TopicSubscription,
+        retry: RetryPolicy = FOREVER,
+        dead_letters: DeadLetters | None = None,
+        **kw: Any,
+    ) -> tuple[Dispatcher, DeadLetters]:
+        channel = AppChannel(
+            SidecarSettings(app_id="orders-app", app_port=port, delivery_timeout_s=5)
+        )
         channels.append(channel)
         dl = dead_letters or DeadLetters()
-        dispatcher = Dispatcher(app_id="orders-app", pubsubname="pubsub", channel=channel,
-                                retry=retry, dead_letter=dl, **kw)
+        dispatcher = Dispatcher(
+            app_id="orders-app",
+            pubsubname="pubsub",
+            channel=channel,
+            retry=retry,
+            dead_letter=dl,
+            **kw,
+        )
         dispatcher.set_subscriptions({s.topic: s for s in subs})
         return dispatcher, dl
 
@@ -215,11 +263,21 @@ async def make_dispatcher(
         await channel.close()
 
 
-def subscription(*rules: tuple[str, str], default: str | None = "/orders", dlt: str | None = None,
-                 topic: str = "orders", **metadata: str) -> TopicSubscription:
-    return TopicSubscription(pubsubname="pubsub", topic=topic,
-                             rules=tuple(Route(m, p) for m, p in rules), default_path=default,
-                             metadata=metadata, dead_letter_topic=dlt)
+def subscription(
+    *rules: tuple[str, str],
+    default: str | None = "/orders",
+    dlt: str | None = None,
+    topic: str = "orders",
+    **metadata: str,
+) -> TopicSubscription:
+    return TopicSubscription(
+        pubsubname="pubsub",
+        topic=topic,
+        rules=tuple(Route(m, p) for m, p in rules),
+        default_path=default,
+        metadata=metadata,
+        dead_letter_topic=dlt,
+    )
 
 
 async def handle(dispatcher: Dispatcher, rec: Record) -> None:
@@ -236,8 +294,10 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 async def test_success_posts_original_bytes_with_headers(app, make_dispatcher) -> None:
     scripted, _ = app
     dispatcher, dl = make_dispatcher(subscription())
-    value = (b'{"id":"ce-1",  "traceparent":"00-0af7651916cd43dd8448eb211c80319c-'
-             b'b7ad6b7169203331-01","data":{"n":1.50}}')
+    value = (
+        b'{"id":"ce-1",  "traceparent":"00-0af7651916cd43dd8448eb211c80319c-'
+        b'b7ad6b7169203331-01","data":{"n":1.50}}'
+    )
     await handle(dispatcher, record(value, headers=(("tenant", b"acme"),)))
     [d] = scripted.deliveries
     assert d.path == "/orders"
@@ -254,10 +314,22 @@ async def test_success_posts_original_bytes_with_headers(app, make_dispatcher) -
     assert dl.calls == []
 
 
-SUCCESS_ROWS = [(200, b""), (204, b""), (200, b"not json"), (200, b"{}"),
-                (200, b'{"status": "SUCCESS"}'), (200, b'{"status": ""}')]
-RETRY_ROWS = [(200, b'{"status": "RETRY"}'), (200, b'{"status": "success"}'),
-              (200, b'{"status": "bogus"}'), (500, b""), (400, b""), (503, b'{"status": "DROP"}')]
+SUCCESS_ROWS = [
+    (200, b""),
+    (204, b""),
+    (200, b"not json"),
+    (200, b"{}"),
+    (200, b'{"status": "SUCCESS"}'),
+    (200, b'{"status": ""}'),
+]
+RETRY_ROWS = [
+    (200, b'{"status": "RETRY"}'),
+    (200, b'{"status": "success"}'),
+    (200, b'{"status": "bogus"}'),
+    (500, b""),
+    (400, b""),
+    (503, b'{"status": "DROP"}'),
+]
 DROP_ROWS = [(200, b'{"status": "DROP"}'), (404, b"")]
 
 
@@ -293,8 +365,9 @@ async def test_drop_rows_go_to_the_dead_letter_topic(app, make_dispatcher, statu
 
 
 @pytest.mark.parametrize(("status", "body"), DROP_ROWS)
-async def test_drop_rows_without_dlt_are_acked(app, make_dispatcher, status, body,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_drop_rows_without_dlt_are_acked(
+    app, make_dispatcher, status, body, caplog: pytest.LogCaptureFixture
+) -> None:
     scripted, _ = app
     scripted.script["/orders"] = [(status, body)]
     dispatcher, dl = make_dispatcher(subscription())
@@ -302,8 +375,14 @@ async def test_drop_rows_without_dlt_are_acked(app, make_dispatcher, status, bod
     assert scripted.paths() == ["/orders"]
     assert dl.calls == []
     [line] = [r for r in caplog.records if r.name == "tidings.sidecar.delivery.engine"]
-    assert (line.app_id, line.pubsubname, line.topic, line.partition, line.offset,
-            line.cloudevent_id) == ("orders-app", "pubsub", "orders", 2, 41, "ce-1")
+    assert (
+        line.app_id,
+        line.pubsubname,
+        line.topic,
+        line.partition,
+        line.offset,
+        line.cloudevent_id,
+    ) == ("orders-app", "pubsub", "orders", 2, 41, "ce-1")
     assert line.levelno == (logging.ERROR if status == 404 else logging.WARNING)
 
 
@@ -318,7 +397,8 @@ async def test_bounded_retries_then_dead_letter(app, make_dispatcher) -> None:
 
 
 async def test_unbounded_policy_with_dlt_dead_letters_the_first_failure(
-        app, make_dispatcher) -> None:
+    app, make_dispatcher
+) -> None:
     """Dapr without an inbound Resiliency policy: the first failure goes to the DLT (§5.3)."""
     scripted, _ = app
     scripted.script["/orders"] = [(200, b'{"status": "RETRY"}')]
@@ -329,7 +409,8 @@ async def test_unbounded_policy_with_dlt_dead_letters_the_first_failure(
 
 
 async def test_bounded_retries_without_dlt_give_up_with_an_error_line(
-        app, make_dispatcher, caplog: pytest.LogCaptureFixture) -> None:
+    app, make_dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
     scripted, _ = app
     scripted.script["/orders"] = [(500, b"")]
     dispatcher, dl = make_dispatcher(subscription(), retry=bounded(2))
@@ -338,22 +419,29 @@ async def test_bounded_retries_without_dlt_give_up_with_an_error_line(
     assert dl.calls == []
     [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "too many failed attempts (3)" in line.getMessage()
-    assert (line.topic, line.partition, line.offset, line.cloudevent_id) == ("orders", 2, 41,
-                                                                             "ce-1")
+    assert (line.topic, line.partition, line.offset, line.cloudevent_id) == (
+        "orders",
+        2,
+        41,
+        "ce-1",
+    )
 
 
 async def test_unreachable_app_is_retried_then_dead_lettered(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Transport errors (§2.3 last row) are RETRY: with bounded retries and a DLT, the record
     goes to the DLT after them. Nothing listens on the port here."""
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
     channel = AppChannel(SidecarSettings(app_id="a", app_port=dead_port))
     dl = DeadLetters()
-    dispatcher = Dispatcher(app_id="a", pubsubname="pubsub", channel=channel, retry=bounded(2),
-                            dead_letter=dl)
+    dispatcher = Dispatcher(
+        app_id="a", pubsubname="pubsub", channel=channel, retry=bounded(2), dead_letter=dl
+    )
     dispatcher.set_subscriptions({"orders": subscription(dlt="dead")})
     try:
         await handle(dispatcher, record())
@@ -380,8 +468,9 @@ def expiring(delta: timedelta) -> bytes:
     return orjson.dumps({"id": "ce-exp", "expiration": when, "data": {}})
 
 
-async def test_expired_goes_to_dlt_or_is_acked(app, make_dispatcher,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_expired_goes_to_dlt_or_is_acked(
+    app, make_dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
     scripted, _ = app
     with_dlt, dl = make_dispatcher(subscription(dlt="dead"))
     await handle(with_dlt, record(expiring(-timedelta(minutes=1))))
@@ -407,7 +496,8 @@ async def test_poison_goes_to_dlt(app, make_dispatcher, caplog: pytest.LogCaptur
 
 
 async def test_poison_without_dlt_is_retried_forever_by_default(
-        app, make_dispatcher, caplog: pytest.LogCaptureFixture) -> None:
+    app, make_dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
     """A poison pill blocks its partition unless a DLT is set (§5.9); cancel stops it."""
     dispatcher, dl = make_dispatcher(subscription(), retry=FOREVER)
     task = asyncio.create_task(dispatcher.handle(record(b"not json")))
@@ -421,15 +511,20 @@ async def test_poison_without_dlt_is_retried_forever_by_default(
 
 async def test_cel_routing_with_event_twice_and_int_conversion(app, make_dispatcher) -> None:
     scripted, _ = app
-    dispatcher, _ = make_dispatcher(subscription(
-        ('event.type == "order" && event.source == "shop"', "/shop"),
-        ("int(event.data.x) > 10", "/big"),
-        ("event.data.amount > 10000.0", "/large"),
-        default="/rest"))
-    for value in [{"type": "order", "source": "shop", "data": {"x": 1}},
-                  {"type": "order", "source": "web", "data": {"x": 20.5}},
-                  {"type": "order", "source": "web", "data": {"x": 1, "amount": 20000}},
-                  {"type": "order", "source": "web", "data": {"x": 3, "amount": 5}}]:
+    dispatcher, _ = make_dispatcher(
+        subscription(
+            ('event.type == "order" && event.source == "shop"', "/shop"),
+            ("int(event.data.x) > 10", "/big"),
+            ("event.data.amount > 10000.0", "/large"),
+            default="/rest",
+        )
+    )
+    for value in [
+        {"type": "order", "source": "shop", "data": {"x": 1}},
+        {"type": "order", "source": "web", "data": {"x": 20.5}},
+        {"type": "order", "source": "web", "data": {"x": 1, "amount": 20000}},
+        {"type": "order", "source": "web", "data": {"x": 3, "amount": 5}},
+    ]:
         await handle(dispatcher, record(orjson.dumps({"id": str(uuid.uuid4()), **value})))
     assert scripted.paths() == ["/shop", "/big", "/large", "/rest"]
 
@@ -458,7 +553,8 @@ async def test_invalid_header_bytes_are_delivered_escaped(app, make_dispatcher) 
 
 
 async def test_cancellation_during_retry_sleep_stops_at_once_without_dlt(
-        app, make_dispatcher, caplog: pytest.LogCaptureFixture) -> None:
+    app, make_dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
     scripted, _ = app
     scripted.script["/orders"] = [(500, b"")]
     slow = RetryPolicy("constant", 30.0, 30.0, 1.0, 5)  # would sleep 30 s before the retry
@@ -488,7 +584,8 @@ async def test_cancellation_during_the_post_propagates(app, make_dispatcher) -> 
 
 
 async def test_raw_payload_subscription_posts_a_synthesised_cloudevent(
-        app, make_dispatcher) -> None:
+    app, make_dispatcher
+) -> None:
     scripted, _ = app
     dispatcher, _ = make_dispatcher(subscription(rawPayload="true"))
     value = b"\x00raw bytes, not JSON"
@@ -497,7 +594,11 @@ async def test_raw_payload_subscription_posts_a_synthesised_cloudevent(
     first, second = (orjson.loads(d.body) for d in scripted.deliveries)
     assert base64.b64decode(first["data_base64"]) == value
     assert (first["source"], first["type"], first["topic"], first["pubsubname"]) == (
-        "Dapr", "com.dapr.event.sent", "orders", "pubsub")
+        "Dapr",
+        "com.dapr.event.sent",
+        "orders",
+        "pubsub",
+    )
     assert first["datacontenttype"] == "application/octet-stream"
     assert first["traceparent"] == "00-t-s-01"
     assert scripted.deliveries[0].headers["traceparent"] == "00-t-s-01"
@@ -541,7 +642,8 @@ async def test_cancellation_inside_the_dead_letter_publish_propagates(app, make_
 
 
 async def test_vanished_subscription_is_acked_with_a_log_line(
-        app, make_dispatcher, caplog: pytest.LogCaptureFixture) -> None:
+    app, make_dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
     scripted, _ = app
     dispatcher, dl = make_dispatcher(subscription())
     dispatcher.set_subscriptions({})
@@ -564,8 +666,9 @@ async def test_hot_reload_applies_to_a_record_in_retry(app, make_dispatcher) -> 
 
 def test_set_subscriptions_refuses_bad_cel_and_keeps_the_old_set() -> None:
     channel = AppChannel(SidecarSettings(app_id="a", app_port=1))
-    dispatcher = Dispatcher(app_id="a", pubsubname="pubsub", channel=channel, retry=FOREVER,
-                            dead_letter=DeadLetters())
+    dispatcher = Dispatcher(
+        app_id="a", pubsubname="pubsub", channel=channel, retry=FOREVER, dead_letter=DeadLetters()
+    )
     dispatcher.set_subscriptions({"orders": subscription()})
     with pytest.raises(ResourceError, match=r"routes.rules\[0\].match"):
         dispatcher.set_subscriptions({"orders": subscription(("event.(", "/x"))})
@@ -573,7 +676,8 @@ def test_set_subscriptions_refuses_bad_cel_and_keeps_the_old_set() -> None:
 
 
 async def test_delivery_state_counts_retries_dead_letters_and_the_last_error(
-        app, make_dispatcher, caplog: pytest.LogCaptureFixture) -> None:
+    app, make_dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
     """What /metrics and GET /v1.0/metadata read (metrics.topic_deliveries): two retries, one
     dead-lettered record, the last failure's reason, nothing in flight after; every log line
     says what happens next (``outcome``)."""

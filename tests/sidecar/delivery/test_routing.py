@@ -11,48 +11,60 @@ from tidings.sidecar.delivery.routing import Routes, RoutingError, clean_path, f
 
 
 def sub(*rules: tuple[str, str], default: str | None = None, name: str = "") -> TopicSubscription:
-    return TopicSubscription(pubsubname="pubsub", topic="orders",
-                             rules=tuple(Route(m, p) for m, p in rules), default_path=default,
-                             name=name)
+    return TopicSubscription(
+        pubsubname="pubsub",
+        topic="orders",
+        rules=tuple(Route(m, p) for m, p in rules),
+        default_path=default,
+        name=name,
+    )
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("orders", "/orders"),
-    ("/orders", "/orders"),
-    ("/orders/", "/orders"),
-    ("a/b/../c", "/a/c"),
-    ("../../x", "/x"),
-    ("//x//y/./z", "/x/y/z"),
-    ("", "/"),
-    ("/", "/"),
-    ("/a/b?x=1/../", "/a/b?x=1/../"),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("orders", "/orders"),
+        ("/orders", "/orders"),
+        ("/orders/", "/orders"),
+        ("a/b/../c", "/a/c"),
+        ("../../x", "/x"),
+        ("//x//y/./z", "/x/y/z"),
+        ("", "/"),
+        ("/", "/"),
+        ("/a/b?x=1/../", "/a/b?x=1/../"),
+    ],
+)
 def test_clean_path(path: str, expected: str) -> None:
     assert clean_path(path) == expected
 
 
 def test_first_true_rule_wins_then_default() -> None:
-    routes = Routes.compile(sub(
-        ('event.type == "widget"', "/widgets"),
-        ('event.type == "gadget" || event.type == "widget"', "/gadgets"),
-        default="/products/",
-    ))
+    routes = Routes.compile(
+        sub(
+            ('event.type == "widget"', "/widgets"),
+            ('event.type == "gadget" || event.type == "widget"', "/gadgets"),
+            default="/products/",
+        )
+    )
     assert routes.select({"type": "widget"}) == "/widgets"
     assert routes.select({"type": "gadget"}) == "/gadgets"
     assert routes.select({"type": "other"}) == "/products"
 
 
 def test_event_used_twice_in_one_rule() -> None:
-    routes = Routes.compile(sub(
-        ('event.type == "order" && event.source == "shop"', "/shop-orders"),
-        default="/rest",
-    ))
+    routes = Routes.compile(
+        sub(
+            ('event.type == "order" && event.source == "shop"', "/shop-orders"),
+            default="/rest",
+        )
+    )
     assert routes.select({"type": "order", "source": "shop"}) == "/shop-orders"
     assert routes.select({"type": "order", "source": "other"}) == "/rest"
 
 
-@pytest.mark.parametrize(("x", "expected"), [(20, "/big"), (20.0, "/big"), (5, "/small"),
-                                             (10.9, "/small")])
+@pytest.mark.parametrize(
+    ("x", "expected"), [(20, "/big"), (20.0, "/big"), (5, "/small"), (10.9, "/small")]
+)
 def test_int_conversion_of_json_numbers(x: object, expected: str) -> None:
     """JSON numbers are doubles in Dapr's CEL; users write ``int(event.data.x) > N``."""
     routes = Routes.compile(sub(("int(event.data.x) > 10", "/big"), default="/small"))
@@ -109,25 +121,28 @@ def test_compile_error_names_subscription_and_rule() -> None:
     assert "event.(" in str(info.value)
 
 
-
 # --- converting only the fields the rules read (a hot-path saving; results must not change) ---
 
-@pytest.mark.parametrize(("expression", "paths"), [
-    ('event.type == "widget"', (("type",),)),
-    ('int(event.data.x) > 10 && event.source == "a"', (("source",), ("data", "x"))),
-    ("has(event.data.x)", (("data", "x"),)),
-    ("event.data.items.exists(i, i.a > 3)", (("data", "items"),)),
-    ("size(event.data) > 2", (("data",),)),
-    ("event . data . x > 1", (("data", "x"),)),
-    ("myevent.x == 1 && event.y", (("y",),)),
-    ('event.type == "event.fake"', (("fake",), ("type",))),  # over-approximation is fine
-    ('event.data["x"] > 1', None),
-    ("event == {}", None),
-    ('event["type"] == "a"', None),
-    ("event.`a-b` == 1", None),
-    ("event.size() > 1", None),
-    ("event.?data.x == 1", None),
-])
+
+@pytest.mark.parametrize(
+    ("expression", "paths"),
+    [
+        ('event.type == "widget"', (("type",),)),
+        ('int(event.data.x) > 10 && event.source == "a"', (("source",), ("data", "x"))),
+        ("has(event.data.x)", (("data", "x"),)),
+        ("event.data.items.exists(i, i.a > 3)", (("data", "items"),)),
+        ("size(event.data) > 2", (("data",),)),
+        ("event . data . x > 1", (("data", "x"),)),
+        ("myevent.x == 1 && event.y", (("y",),)),
+        ('event.type == "event.fake"', (("fake",), ("type",))),  # over-approximation is fine
+        ('event.data["x"] > 1', None),
+        ("event == {}", None),
+        ('event["type"] == "a"', None),
+        ("event.`a-b` == 1", None),
+        ("event.size() > 1", None),
+        ("event.?data.x == 1", None),
+    ],
+)
 def test_field_paths(expression: str, paths: tuple[tuple[str, ...], ...] | None) -> None:
     assert field_paths([expression]) == paths
 
@@ -150,8 +165,11 @@ EXPRESSIONS = [
     'event["type"] == "order"',
 ]
 EVENTS = [
-    {"type": "order", "source": "shop", "data": {"x": 20, "amount": 20000,
-                                                 "items": [{"a": 5}], "big": "x" * 100}},
+    {
+        "type": "order",
+        "source": "shop",
+        "data": {"x": 20, "amount": 20000, "items": [{"a": 5}], "big": "x" * 100},
+    },
     {"type": "other", "source": "web", "data": {"x": 1.5, "amount": 5, "items": []}},
     {"type": "order", "data": {"x": {"y": 1}}},
     {"type": "order", "data": "a string"},

@@ -22,8 +22,10 @@ KW = {"topic": "orders", "pubsubname": "pubsub"}
 
 def test_json_object_is_delivered_as_the_original_bytes() -> None:
     # Odd spacing, key order, an unknown extension and number spellings survive: no re-serialising.
-    value = (b'{ "id":"1", "zeta":1, "data": {"n": 1.50, '
-             b'"big": 123456789012345678901234567890}, "x-ext": true }')
+    value = (
+        b'{ "id":"1", "zeta":1, "data": {"n": 1.50, '
+        b'"big": 123456789012345678901234567890}, "x-ext": true }'
+    )
     read = read_event(value, raw_payload=False, **KW)
     assert read.body is value
     assert read.event["id"] == "1"
@@ -37,17 +39,20 @@ def test_any_json_object_is_accepted_even_without_cloudevent_fields() -> None:
     assert read.cloudevent_id == ""
 
 
-@pytest.mark.parametrize("value", [
-    b"not json",
-    b"",
-    b"[1, 2, 3]",
-    b'"a string"',
-    b"42",
-    b"null",
-    b'{"a": NaN}',
-    b'{"a": 1',
-    b"\xff\xfe",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"",
+        b"[1, 2, 3]",
+        b'"a string"',
+        b"42",
+        b"null",
+        b'{"a": NaN}',
+        b'{"a": 1',
+        b"\xff\xfe",
+    ],
+)
 def test_non_object_values_are_poison(value: bytes) -> None:
     with pytest.raises(CloudEventError, match="error deserializing cloud event"):
         read_event(value, raw_payload=False, **KW)
@@ -62,8 +67,12 @@ def test_values_orjson_refuses_but_go_accepts_are_read() -> None:
 
 def test_missing_trace_fields_are_filled_from_headers_without_touching_the_body() -> None:
     value = b'{"id": "1", "traceparent": "00-keep-01"}'
-    headers = (("traceparent", b"00-header-01"), ("tracestate", b"k=v"), ("traceid", None),
-               ("other", b"x"))
+    headers = (
+        ("traceparent", b"00-header-01"),
+        ("tracestate", b"k=v"),
+        ("traceid", None),
+        ("other", b"x"),
+    )
     read = read_event(value, raw_payload=False, headers=headers, **KW)
     assert read.event["traceparent"] == "00-keep-01"  # present in the event: kept
     assert read.event["tracestate"] == "k=v"
@@ -104,19 +113,22 @@ def test_raw_payload_accepts_values_that_are_not_json() -> None:
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
 
 
-@pytest.mark.parametrize(("expiration", "is_expired"), [
-    ("2026-01-02T03:04:04Z", True),
-    ("2026-01-02T03:04:05Z", False),  # strictly before now
-    ("2026-01-02T03:04:06Z", False),
-    ("2026-01-02T04:04:04+01:00", True),  # offsets honoured
-    ("2026-01-02T03:04:04.999Z", True),
-    ("2020-01-01T00:00:00Z", True),
-    ("2026-01-02T03:04:04", False),  # no zone: not RFC 3339, never expires (like Go)
-    ("garbage", False),
-    ("", False),
-    (12345, False),
-    (None, False),
-])
+@pytest.mark.parametrize(
+    ("expiration", "is_expired"),
+    [
+        ("2026-01-02T03:04:04Z", True),
+        ("2026-01-02T03:04:05Z", False),  # strictly before now
+        ("2026-01-02T03:04:06Z", False),
+        ("2026-01-02T04:04:04+01:00", True),  # offsets honoured
+        ("2026-01-02T03:04:04.999Z", True),
+        ("2020-01-01T00:00:00Z", True),
+        ("2026-01-02T03:04:04", False),  # no zone: not RFC 3339, never expires (like Go)
+        ("garbage", False),
+        ("", False),
+        (12345, False),
+        (None, False),
+    ],
+)
 def test_expired(expiration: object, is_expired: bool) -> None:
     event = {"id": "1"} if expiration is None else {"id": "1", "expiration": expiration}
     assert expired(event, NOW) is is_expired

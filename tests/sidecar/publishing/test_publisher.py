@@ -26,20 +26,37 @@ from tidings.sidecar.resources.models import Component
 
 
 def component(name: str, ctype: str = "pubsub.in-memory", **metadata: str) -> LoadedComponent:
-    return check_component(Component.model_validate({
-        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": name},
-        "spec": {"type": ctype, "version": "v1",
-                 "metadata": [{"name": k, "value": v} for k, v in metadata.items()]},
-    }), app_id="app", source="test")
+    return check_component(
+        Component.model_validate(
+            {
+                "apiVersion": "dapr.io/v1alpha1",
+                "kind": "Component",
+                "metadata": {"name": name},
+                "spec": {
+                    "type": ctype,
+                    "version": "v1",
+                    "metadata": [{"name": k, "value": v} for k, v in metadata.items()],
+                },
+            }
+        ),
+        app_id="app",
+        source="test",
+    )
 
 
 class FailingBroker(MemoryBroker):
     """A broker that refuses every record: stands in for a broker outage at this level (the real
     outage, a Kafka component on a closed port, is tested over HTTP in test_api.py)."""
 
-    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = (),
-                      partition: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> None:
         raise BrokerError("broker down", retriable=True)
 
     async def publish_many(self, records):  # type: ignore[no-untyped-def]
@@ -50,8 +67,9 @@ async def make(**metadata: str) -> tuple[Publisher, MemoryBroker]:
     broker = MemoryBroker("mem")
     await broker.start()
     brokers: dict[str, Broker] = {"mem": broker}
-    return Publisher(app_id="app", brokers=brokers,
-                     components={"mem": component("mem", **metadata)}), broker
+    return Publisher(
+        app_id="app", brokers=brokers, components={"mem": component("mem", **metadata)}
+    ), broker
 
 
 def records(broker: MemoryBroker, topic: str) -> list[Record]:
@@ -64,10 +82,23 @@ async def error_of(coro) -> DaprError:  # type: ignore[no-untyped-def]
     return info.value
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("1", True), ("t", True), ("T", True), ("TRUE", True), ("true", True), ("True", True),
-    ("0", False), ("f", False), ("F", False), ("FALSE", False), ("false", False), ("False", False),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        ("t", True),
+        ("T", True),
+        ("TRUE", True),
+        ("true", True),
+        ("True", True),
+        ("0", False),
+        ("f", False),
+        ("F", False),
+        ("FALSE", False),
+        ("false", False),
+        ("False", False),
+    ],
+)
 def test_parse_bool_is_go_parsebool(value: str, expected: bool) -> None:
     assert parse_bool(value) is expected
 
@@ -80,13 +111,21 @@ def test_parse_bool_refuses_others(value: str) -> None:
 
 async def test_publish_wraps_and_maps_key_and_headers() -> None:
     publisher, broker = await make()
-    await publisher.publish("mem", "t", b'{"a":1}', content_type="application/json",
-                            metadata={"partitionKey": "k", "custom": "v", "cloudevent.id": "i"})
+    await publisher.publish(
+        "mem",
+        "t",
+        b'{"a":1}',
+        content_type="application/json",
+        metadata={"partitionKey": "k", "custom": "v", "cloudevent.id": "i"},
+    )
     [record] = records(broker, "t")
     assert record.key == b"k"
     event = orjson.loads(record.value)
-    assert record.headers == (("custom", b"v"), ("cloudevent.id", b"i"),
-                              ("traceparent", event["traceparent"].encode()))
+    assert record.headers == (
+        ("custom", b"v"),
+        ("cloudevent.id", b"i"),
+        ("traceparent", event["traceparent"].encode()),
+    )
     assert event["id"] == "i" and event["data"] == {"a": 1} and event["source"] == "app"
 
 
@@ -99,8 +138,13 @@ async def test_dunder_key_is_the_record_key() -> None:
 
 async def test_raw_payload_is_untouched() -> None:
     publisher, broker = await make()
-    await publisher.publish("mem", "t", b"\x00raw", content_type="application/json",
-                            metadata={"rawPayload": "true", "ttlInSeconds": "5"})
+    await publisher.publish(
+        "mem",
+        "t",
+        b"\x00raw",
+        content_type="application/json",
+        metadata={"rawPayload": "true", "ttlInSeconds": "5"},
+    )
     assert records(broker, "t")[0].value == b"\x00raw"
 
 
@@ -109,39 +153,64 @@ async def test_error_rows() -> None:
     e = await error_of(publisher.publish("", "t", b"", content_type=None, metadata={}))
     assert (e.status, e.error_code, e.reason) == (404, "ERR_PUBSUB_EMPTY", "DAPR_PUBSUB_NAME_EMPTY")
     e = await error_of(publisher.publish("nope", "t", b"", content_type=None, metadata={"m": "1"}))
-    assert (e.status, e.error_code, e.message) == (404, "ERR_PUBSUB_NOT_FOUND",
-                                                    "pubsub nope is not found")
+    assert (e.status, e.error_code, e.message) == (
+        404,
+        "ERR_PUBSUB_NOT_FOUND",
+        "pubsub nope is not found",
+    )
     assert e.resource is None and e.metadata == {"m": "1"}
     e = await error_of(publisher.publish("mem", "", b"", content_type=None, metadata={}))
-    assert (e.status, e.error_code, e.message) == (404, "ERR_TOPIC_NAME_EMPTY",
-                                                    "topic is empty in pubsub mem")
-    e = await error_of(publisher.publish("mem", "t", b"", content_type=None,
-                                         metadata={"rawPayload": "yes"}))
+    assert (e.status, e.error_code, e.message) == (
+        404,
+        "ERR_TOPIC_NAME_EMPTY",
+        "topic is empty in pubsub mem",
+    )
+    e = await error_of(
+        publisher.publish("mem", "t", b"", content_type=None, metadata={"rawPayload": "yes"})
+    )
     assert (e.status, e.error_code) == (400, "ERR_PUBSUB_REQUEST_METADATA")
-    assert e.message == ("failed deserializing metadata. Error: rawPayload value must be a valid "
-                         "boolean: actual is 'yes'")
-    e = await error_of(publisher.publish("mem", "t", b"[1]", metadata={},
-                                         content_type="application/cloudevents+json"))
-    assert (e.status, e.error_code, e.message) == (400, "ERR_PUBSUB_CLOUD_EVENTS_SER",
-                                                    "cannot create cloudevent")
+    assert e.message == (
+        "failed deserializing metadata. Error: rawPayload value must be a valid "
+        "boolean: actual is 'yes'"
+    )
+    e = await error_of(
+        publisher.publish(
+            "mem", "t", b"[1]", metadata={}, content_type="application/cloudevents+json"
+        )
+    )
+    assert (e.status, e.error_code, e.message) == (
+        400,
+        "ERR_PUBSUB_CLOUD_EVENTS_SER",
+        "cannot create cloudevent",
+    )
     empty = Publisher(app_id="app", brokers={}, components={})
     e = await error_of(empty.publish("mem", "t", b"", content_type=None, metadata={}))
-    assert (e.status, e.error_code, e.message) == (400, "ERR_PUBSUB_NOT_CONFIGURED",
-                                                    "pubsub mem is not configured")
+    assert (e.status, e.error_code, e.message) == (
+        400,
+        "ERR_PUBSUB_NOT_CONFIGURED",
+        "pubsub mem is not configured",
+    )
 
 
 async def test_component_without_broker_is_the_race_row() -> None:
     publisher = Publisher(app_id="app", brokers={}, components={"mem": component("mem")})
     e = await error_of(publisher.publish("mem", "t", b"", content_type=None, metadata={}))
     assert (e.status, e.error_code, e.reason, e.message) == (
-        400, "ERR_PUBSUB_NOT_FOUND", "DAPR_PUBSUB_TEST_NOT_FOUND", "pubsub 'mem' not found")
+        400,
+        "ERR_PUBSUB_NOT_FOUND",
+        "DAPR_PUBSUB_TEST_NOT_FOUND",
+        "pubsub 'mem' not found",
+    )
 
 
 async def test_forbidden_topic() -> None:
     publisher, broker = await make(publishingScopes="app=allowed")
     e = await error_of(publisher.publish("mem", "other", b"", content_type=None, metadata={}))
-    assert (e.status, e.error_code, e.message) == (403, "ERR_PUBSUB_FORBIDDEN",
-                                                    "topic other is not allowed for app id app")
+    assert (e.status, e.error_code, e.message) == (
+        403,
+        "ERR_PUBSUB_FORBIDDEN",
+        "topic other is not allowed for app id app",
+    )
     await publisher.publish("mem", "allowed", b"", content_type=None, metadata={})
     assert len(records(broker, "allowed")) == 1 and not records(broker, "other")
 
@@ -149,14 +218,19 @@ async def test_forbidden_topic() -> None:
 async def test_broker_failure_is_500_and_not_success() -> None:
     broker = FailingBroker("mem")
     await broker.start()
-    publisher = Publisher(app_id="app", brokers={"mem": broker},
-                          components={"mem": component("mem")})
+    publisher = Publisher(
+        app_id="app", brokers={"mem": broker}, components={"mem": component("mem")}
+    )
     e = await error_of(publisher.publish("mem", "t", b"x", content_type=None, metadata={}))
-    assert (e.status, e.error_code, e.reason) == (500, "ERR_PUBSUB_PUBLISH_MESSAGE",
-                                                  "DAPR_PUBSUB_PUBLISH_MESSAGE")
+    assert (e.status, e.error_code, e.reason) == (
+        500,
+        "ERR_PUBSUB_PUBLISH_MESSAGE",
+        "DAPR_PUBSUB_PUBLISH_MESSAGE",
+    )
     assert e.message == "error when publishing to topic t in pubsub mem: broker down"
 
     assert e.metadata == {"topic": "t", "error": "broker down"}
+
 
 class RefusingBroker(MemoryBroker):
     """Refuses every record as too large or as a request it can never store (stands in for the
@@ -164,9 +238,15 @@ class RefusingBroker(MemoryBroker):
 
     refused = "size"
 
-    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = (),
-                      partition: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> None:
         raise BrokerError("no", refused=self.refused)
 
 
@@ -175,8 +255,9 @@ async def test_a_request_the_broker_can_never_store_is_not_a_500() -> None:
     reads as an outage; the caller's mistake is 400, a record over the size limit 413."""
     broker = RefusingBroker("mem")
     await broker.start()
-    publisher = Publisher(app_id="app", brokers={"mem": broker},
-                          components={"mem": component("mem")})
+    publisher = Publisher(
+        app_id="app", brokers={"mem": broker}, components={"mem": component("mem")}
+    )
     e = await error_of(publisher.publish("mem", "t", b"x", content_type=None, metadata={}))
     assert (e.status, e.error_code) == (413, "ERR_PUBSUB_PUBLISH_MESSAGE")
     broker.refused = "request"
@@ -184,21 +265,30 @@ async def test_a_request_the_broker_can_never_store_is_not_a_500() -> None:
     assert (e.status, e.error_code) == (400, "ERR_PUBSUB_PUBLISH_MESSAGE")
 
 
-@pytest.mark.parametrize(("event", "content_type", "expected"), [
-    ("aGk=", "application/octet-stream", b"hi"),
-    ("hi", "text/plain", b"hi"),
-    ("<a/>", "application/xml", b"<a/>"),
-    ({"a": 1}, "application/json", b'{"a":1}'),
-    ([1], "application/cloudevents+json", b"[1]"),
-])
+@pytest.mark.parametrize(
+    ("event", "content_type", "expected"),
+    [
+        ("aGk=", "application/octet-stream", b"hi"),
+        ("hi", "text/plain", b"hi"),
+        ("<a/>", "application/xml", b"<a/>"),
+        ({"a": 1}, "application/json", b'{"a":1}'),
+        ([1], "application/cloudevents+json", b"[1]"),
+    ],
+)
 def test_event_bytes(event: object, content_type: str, expected: bytes) -> None:
     assert event_bytes(event, content_type) == expected
 
 
-@pytest.mark.parametrize(("event", "content_type"), [
-    ({"a": 1}, "text/plain"), (1, "application/octet-stream"), ("!!", "application/octet-stream"),
-    ("x", ""), ("x", "image/png"),
-])
+@pytest.mark.parametrize(
+    ("event", "content_type"),
+    [
+        ({"a": 1}, "text/plain"),
+        (1, "application/octet-stream"),
+        ("!!", "application/octet-stream"),
+        ("x", ""),
+        ("x", "image/png"),
+    ],
+)
 def test_event_bytes_mismatch(event: object, content_type: str) -> None:
     with pytest.raises(ValueError):
         event_bytes(event, content_type)
@@ -206,10 +296,15 @@ def test_event_bytes_mismatch(event: object, content_type: str) -> None:
 
 async def test_bulk_publish_metadata_precedence() -> None:
     publisher, broker = await make()
-    failures = await publisher.publish_bulk("mem", "t", [
-        BulkEntry("1", {"n": 1}, "application/json", {"cloudevent.id": "own", "h": "entry"}),
-        BulkEntry("2", "two", "text/plain"),
-    ], {"ttlInSeconds": "60", "h": "request"})
+    failures = await publisher.publish_bulk(
+        "mem",
+        "t",
+        [
+            BulkEntry("1", {"n": 1}, "application/json", {"cloudevent.id": "own", "h": "entry"}),
+            BulkEntry("2", "two", "text/plain"),
+        ],
+        {"ttlInSeconds": "60", "h": "request"},
+    )
     assert failures == []
     first, second = records(broker, "t")
     e1, e2 = orjson.loads(first.value), orjson.loads(second.value)
@@ -221,8 +316,11 @@ async def test_bulk_publish_metadata_precedence() -> None:
 
 async def test_bulk_publish_rows() -> None:
     publisher, _ = await make(publishingScopes="app=t")
-    e = await error_of(publisher.publish_bulk("mem", "t", [
-        BulkEntry("1", "a", "text/plain"), BulkEntry("1", "b", "text/plain")], {}))
+    e = await error_of(
+        publisher.publish_bulk(
+            "mem", "t", [BulkEntry("1", "a", "text/plain"), BulkEntry("1", "b", "text/plain")], {}
+        )
+    )
     assert (e.status, e.error_code) == (400, "ERR_PUBSUB_EVENTS_SER")
     assert "entryId is duplicated or not present for entry" in e.message
     e = await error_of(publisher.publish_bulk("mem", "t", [BulkEntry("", "a", "text/plain")], {}))
@@ -236,17 +334,20 @@ async def test_bulk_publish_rows() -> None:
 async def test_bulk_publish_returns_failed_entries() -> None:
     broker = FailingBroker("mem")
     await broker.start()
-    publisher = Publisher(app_id="app", brokers={"mem": broker},
-                          components={"mem": component("mem")})
-    failures = await publisher.publish_bulk("mem", "t", [
-        BulkEntry(str(i), "x", "text/plain") for i in range(4)], {})
+    publisher = Publisher(
+        app_id="app", brokers={"mem": broker}, components={"mem": component("mem")}
+    )
+    failures = await publisher.publish_bulk(
+        "mem", "t", [BulkEntry(str(i), "x", "text/plain") for i in range(4)], {}
+    )
     assert [(f.entry_id, f.error) for f in failures] == [("1", "broker down"), ("3", "broker down")]
 
 
 async def test_dead_letter_produces_the_original_record() -> None:
     publisher, broker = await make(publishingScopes="app=dlq")
-    original = Record(topic="t", partition=2, offset=7, key=b"k", value=b"\x01orig",
-                      headers=(("h", b"v"),))
+    original = Record(
+        topic="t", partition=2, offset=7, key=b"k", value=b"\x01orig", headers=(("h", b"v"),)
+    )
     await publisher.dead_letter("mem", "dlq", original)
     [record] = records(broker, "dlq")
     assert (record.key, record.value, record.headers) == (b"k", b"\x01orig", (("h", b"v"),))
@@ -258,20 +359,25 @@ async def test_dead_letter_produces_the_original_record() -> None:
     assert info.value.retriable
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, None), ("", None), ("0", 0), ("2", 2), ("+3", 3), ("2147483647", 2147483647)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("", None), ("0", 0), ("2", 2), ("+3", 3), ("2147483647", 2147483647)],
+)
 def test_partition_number(value: str | None, expected: int | None) -> None:
     metadata = {} if value is None else {"partitionNumber": value}
     assert partition_number(metadata) == expected
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("x", "partitionNumber must be a non-negative integer: actual is 'x'"),
-    ("-1", "partitionNumber must be a non-negative integer: actual is '-1'"),
-    (" 1", "partitionNumber must be a non-negative integer: actual is ' 1'"),
-    ("\u0663", "partitionNumber must be a non-negative integer: actual is '\u0663'"),
-    ("2147483648", "partition number 2147483648 is out of range"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("x", "partitionNumber must be a non-negative integer: actual is 'x'"),
+        ("-1", "partitionNumber must be a non-negative integer: actual is '-1'"),
+        (" 1", "partitionNumber must be a non-negative integer: actual is ' 1'"),
+        ("\u0663", "partitionNumber must be a non-negative integer: actual is '\u0663'"),
+        ("2147483648", "partition number 2147483648 is out of range"),
+    ],
+)
 def test_bad_partition_number(value: str, message: str) -> None:
     with pytest.raises(BrokerError) as info:
         partition_number({"partitionNumber": value})
@@ -280,29 +386,50 @@ def test_bad_partition_number(value: str, message: str) -> None:
 
 async def test_partition_number_is_not_a_header_and_bad_ones_are_publish_errors() -> None:
     publisher, broker = await make()
-    await publisher.publish("mem", "t", b"x", content_type=None,
-                            metadata={"partitionNumber": "0", "h": "v"})
+    await publisher.publish(
+        "mem", "t", b"x", content_type=None, metadata={"partitionNumber": "0", "h": "v"}
+    )
     assert records(broker, "t")[0].headers[0] == ("h", b"v")
     assert [name for name, _ in records(broker, "t")[0].headers[1:]] == ["traceparent"]
-    e = await error_of(publisher.publish("mem", "t", b"x", content_type=None,
-                                         metadata={"partitionNumber": "-1"}))
+    e = await error_of(
+        publisher.publish("mem", "t", b"x", content_type=None, metadata={"partitionNumber": "-1"})
+    )
     assert (e.status, e.error_code) == (400, "ERR_PUBSUB_PUBLISH_MESSAGE")  # Dapr: 500
-    assert e.message == ("error when publishing to topic t in pubsub mem: partitionNumber must be "
-                         "a non-negative integer: actual is '-1'")
-    failures = await publisher.publish_bulk("mem", "t", [
-        BulkEntry("1", "a", "text/plain", {"partitionNumber": "nope"}),
-        BulkEntry("2", "b", "text/plain")], {})
+    assert e.message == (
+        "error when publishing to topic t in pubsub mem: partitionNumber must be "
+        "a non-negative integer: actual is '-1'"
+    )
+    failures = await publisher.publish_bulk(
+        "mem",
+        "t",
+        [
+            BulkEntry("1", "a", "text/plain", {"partitionNumber": "nope"}),
+            BulkEntry("2", "b", "text/plain"),
+        ],
+        {},
+    )
     assert [f.entry_id for f in failures] == ["1"]
     assert [orjson.loads(r.value)["data"] for r in records(broker, "t")[1:]] == ["b"]
 
 
 async def test_bulk_entry_metadata_is_validated_like_the_request() -> None:
     publisher, broker = await make()
-    e = await error_of(publisher.publish_bulk("mem", "t", [
-        BulkEntry("1", "a", "text/plain"),
-        BulkEntry("2", "b", "text/plain", {"rawPayload": "maybe"})], {}))
-    assert (e.status, e.error_code, e.reason) == (400, "ERR_PUBSUB_REQUEST_METADATA",
-                                                  "DAPR_PUBSUB_METADATA_DESERIALIZATION")
+    e = await error_of(
+        publisher.publish_bulk(
+            "mem",
+            "t",
+            [
+                BulkEntry("1", "a", "text/plain"),
+                BulkEntry("2", "b", "text/plain", {"rawPayload": "maybe"}),
+            ],
+            {},
+        )
+    )
+    assert (e.status, e.error_code, e.reason) == (
+        400,
+        "ERR_PUBSUB_REQUEST_METADATA",
+        "DAPR_PUBSUB_METADATA_DESERIALIZATION",
+    )
     assert not records(broker, "t")
 
 
@@ -311,13 +438,14 @@ async def test_bulk_event_nested_deeper_than_orjson_writes() -> None:
     nested: list = []
     for _ in range(400):
         nested = [nested]
-    assert await publisher.publish_bulk(
-        "mem", "t", [BulkEntry("1", nested, "application/json")], {}) == []
+    assert (
+        await publisher.publish_bulk("mem", "t", [BulkEntry("1", nested, "application/json")], {})
+        == []
+    )
     assert orjson.loads(records(broker, "t")[0].value)["data"] == nested
 
 
-async def test_dead_letter_to_a_topic_kafka_cannot_hold_fails_at_once(
-        kafka_bootstrap: str) -> None:
+async def test_dead_letter_to_a_topic_kafka_cannot_hold_fails_at_once(kafka_bootstrap: str) -> None:
     kafka = component("kafka", "pubsub.kafka", brokers=kafka_bootstrap, authType="none")
     broker = KafkaBroker(kafka, app_id="app")
     await broker.start()

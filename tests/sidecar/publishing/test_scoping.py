@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.sidecar.publishing.scoping import TopicScopes, publish_allowed, scopes_of, subscribe_allowed
+from tidings.sidecar.publishing.scoping import (
+    TopicScopes,
+    publish_allowed,
+    scopes_of,
+    subscribe_allowed,
+)
 
 CASES = [
     # (metadata, app, topic, allowed)
     ({}, "a", "t", True),
     ({"publishingScopes": "a=t1,t2;b=t3"}, "a", "t1", True),
     ({"publishingScopes": "a=t1,t2;b=t3"}, "a", "t3", False),
-    ({"publishingScopes": "a=t1,t2;b=t3"}, "c", "t3", True),   # no entry for c: unrestricted
-    ({"publishingScopes": "a=;b=t3"}, "a", "t3", False),       # "a=" grants nothing
+    ({"publishingScopes": "a=t1,t2;b=t3"}, "c", "t3", True),  # no entry for c: unrestricted
+    ({"publishingScopes": "a=;b=t3"}, "a", "t3", False),  # "a=" grants nothing
     ({"publishingScopes": " a = t1 , t2 "}, "a", "t2", True),  # spaces stripped
-    ({"publishingScopes": "garbage;a=t1"}, "a", "t1", True),   # entries without '=' ignored
-    ({"publishingScopes": "a=t1;a=t2"}, "a", "t2", True),      # repeated entries add up
-    ({"PUBLISHINGSCOPES": "a=t1"}, "a", "t2", False),          # key name case-insensitive
+    ({"publishingScopes": "garbage;a=t1"}, "a", "t1", True),  # entries without '=' ignored
+    ({"publishingScopes": "a=t1;a=t2"}, "a", "t2", True),  # repeated entries add up
+    ({"PUBLISHINGSCOPES": "a=t1"}, "a", "t2", False),  # key name case-insensitive
     ({"allowedTopics": "t1,t2"}, "a", "t3", False),
     ({"allowedTopics": "t1,t2"}, "a", "t1", True),
     ({"allowedTopics": "t1", "publishingScopes": "a=t2"}, "a", "t2", False),
@@ -24,7 +29,7 @@ CASES = [
     ({"protectedTopics": "t1"}, "a", "t2", True),
     ({"protectedTopics": "t1", "publishingScopes": "a=t1"}, "a", "t1", True),
     ({"protectedTopics": "t1", "publishingScopes": "b=t1"}, "a", "t1", False),
-    ({"allowedTopics": ""}, "a", "t", True),                    # empty: not set
+    ({"allowedTopics": ""}, "a", "t", True),  # empty: not set
 ]
 
 

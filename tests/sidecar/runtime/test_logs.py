@@ -36,42 +36,60 @@ def test_first_passes_repeats_are_held_back_then_counted() -> None:
     # aiokafka during an outage: the same template, different node ids, every 100 ms
     out = []
     for i in range(300):
-        out += passed(f, [record("aiokafka.conn", "Unable connect to node with id %s: %s", i % 3,
-                                 "Connect call failed")])
+        out += passed(
+            f,
+            [
+                record(
+                    "aiokafka.conn",
+                    "Unable connect to node with id %s: %s",
+                    i % 3,
+                    "Connect call failed",
+                )
+            ],
+        )
         clock.now += 0.1
     assert out == ["Unable connect to node with id 0: Connect call failed"]
     clock.now = 1030.0  # exactly one window after the first
     # 30 s after the first one went through, the next repeat goes through with the count
-    assert passed(f, [record("aiokafka.conn", "Unable connect to node with id %s: %s", 1, "x")]) \
-        == ["Unable connect to node with id 1: x (held back 299 more like this in the last 30 s)"]
+    assert passed(
+        f, [record("aiokafka.conn", "Unable connect to node with id %s: %s", 1, "x")]
+    ) == ["Unable connect to node with id 1: x (held back 299 more like this in the last 30 s)"]
     # ...and starts a new window
     clock.now += 29
-    assert passed(f, [record("aiokafka.conn", "Unable connect to node with id %s: %s", 2, "x")]) \
-        == []
+    assert (
+        passed(f, [record("aiokafka.conn", "Unable connect to node with id %s: %s", 2, "x")]) == []
+    )
     clock.now += 1
-    assert passed(f, [record("aiokafka.conn", "Unable connect to node with id %s: %s", 0, "y")]) \
-        == ["Unable connect to node with id 0: y (held back 1 more like this in the last 30 s)"]
+    assert passed(
+        f, [record("aiokafka.conn", "Unable connect to node with id %s: %s", 0, "y")]
+    ) == ["Unable connect to node with id 0: y (held back 1 more like this in the last 30 s)"]
 
 
 def test_a_repeat_after_a_quiet_window_has_no_note() -> None:
     clock = Clock()
     f = RepeatFilter(window_s=30, clock=clock)
     assert passed(f, [record("aiokafka", "Failed fetch messages from %s", 1)]) == [
-        "Failed fetch messages from 1"]
+        "Failed fetch messages from 1"
+    ]
     clock.now += 31
     assert passed(f, [record("aiokafka", "Failed fetch messages from %s", 1)]) == [
-        "Failed fetch messages from 1"]
+        "Failed fetch messages from 1"
+    ]
 
 
 def test_kinds_are_logger_plus_template() -> None:
     f = RepeatFilter(clock=Clock())
-    records = [record("aiokafka.cluster", "%r is not a valid topic name", "a b"),
-               record("aiokafka.cluster", "%r is not a valid topic name", "a/b"),  # same kind
-               record("aiokafka.cluster", "Topic %s not found in cluster metadata", "t"),
-               record("aiokafka.consumer.fetcher", "%r is not a valid topic name", "a b")]
-    assert passed(f, records) == ["'a b' is not a valid topic name",
-                                  "Topic t not found in cluster metadata",
-                                  "'a b' is not a valid topic name"]
+    records = [
+        record("aiokafka.cluster", "%r is not a valid topic name", "a b"),
+        record("aiokafka.cluster", "%r is not a valid topic name", "a/b"),  # same kind
+        record("aiokafka.cluster", "Topic %s not found in cluster metadata", "t"),
+        record("aiokafka.consumer.fetcher", "%r is not a valid topic name", "a b"),
+    ]
+    assert passed(f, records) == [
+        "'a b' is not a valid topic name",
+        "Topic t not found in cluster metadata",
+        "'a b' is not a valid topic name",
+    ]
 
 
 def test_other_loggers_and_low_levels_always_pass() -> None:
@@ -89,9 +107,18 @@ def test_aiohttp_server_tracebacks_for_malformed_requests() -> None:
     except ValueError:
         exc_info = sys.exc_info()
     logger = logging.getLogger("aiohttp.server")
-    records = [logger.makeRecord("aiohttp.server", logging.ERROR, __file__, 1,
-                                 "Error handling request from %s", (f"10.0.0.{i}",), exc_info)
-               for i in range(50)]
+    records = [
+        logger.makeRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request from %s",
+            (f"10.0.0.{i}",),
+            exc_info,
+        )
+        for i in range(50)
+    ]
     assert passed(f, records) == ["Error handling request from 10.0.0.0"]
 
 
@@ -115,7 +142,8 @@ def restore_root_logging() -> Iterator[None]:
 
 
 def test_configure_logging_installs_the_filter(
-        restore_root_logging: None, capsys: pytest.CaptureFixture[str]) -> None:
+    restore_root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     configure_logging("info")
     for node in range(100):
         logging.getLogger("aiokafka.conn").error("Unable connect to node with id %s", node)
@@ -133,17 +161,49 @@ def test_json_lines_carry_the_fixed_vocabulary() -> None:
     from tidings.sidecar.runtime.logs import JsonFormatter
 
     rec = logging.getLogger("tidings.sidecar.delivery.engine").makeRecord(
-        "tidings.sidecar.delivery.engine", logging.WARNING, __file__, 1, "delivery of event %s failed",
-        ("ce-1",), None, extra={
-            "app_id": "orders", "pubsubname": "pubsub", "topic": "t", "partition": 2,
-            "offset": 41, "cloudevent_id": "ce-1", "attempt": 3, "outcome": "retry",
-            "unrelated": "x"})
+        "tidings.sidecar.delivery.engine",
+        logging.WARNING,
+        __file__,
+        1,
+        "delivery of event %s failed",
+        ("ce-1",),
+        None,
+        extra={
+            "app_id": "orders",
+            "pubsubname": "pubsub",
+            "topic": "t",
+            "partition": 2,
+            "offset": 41,
+            "cloudevent_id": "ce-1",
+            "attempt": 3,
+            "outcome": "retry",
+            "unrelated": "x",
+        },
+    )
     line = JsonFormatter().format(rec)
     assert "\n" not in line
     entry = orjson.loads(line)
     assert entry["msg"] == "delivery of event ce-1 failed" and entry["level"] == "warning"
-    assert {k: entry[k] for k in ("app_id", "pubsubname", "topic", "partition", "offset",
-                                  "cloudevent_id", "attempt", "outcome")} == {
-        "app_id": "orders", "pubsubname": "pubsub", "topic": "t", "partition": 2, "offset": 41,
-        "cloudevent_id": "ce-1", "attempt": 3, "outcome": "retry"}
+    assert {
+        k: entry[k]
+        for k in (
+            "app_id",
+            "pubsubname",
+            "topic",
+            "partition",
+            "offset",
+            "cloudevent_id",
+            "attempt",
+            "outcome",
+        )
+    } == {
+        "app_id": "orders",
+        "pubsubname": "pubsub",
+        "topic": "t",
+        "partition": 2,
+        "offset": 41,
+        "cloudevent_id": "ce-1",
+        "attempt": 3,
+        "outcome": "retry",
+    }
     assert "unrelated" not in entry

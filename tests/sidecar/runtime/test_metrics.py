@@ -17,8 +17,9 @@ def app_id() -> str:
 
 def lines(name: str, app: str) -> list[str]:
     text = generate_latest().decode()
-    return [line for line in text.splitlines()
-            if line.startswith(name) and f'app_id="{app}"' in line]
+    return [
+        line for line in text.splitlines() if line.startswith(name) and f'app_id="{app}"' in line
+    ]
 
 
 def test_dapr_counters_keep_their_names_and_histograms_are_cumulative() -> None:
@@ -30,15 +31,23 @@ def test_dapr_counters_keep_their_names_and_histograms_are_cumulative() -> None:
         f'dapr_component_pubsub_egress_count{{app_id="{app}",component="pubsub",namespace="",'
         f'success="true",topic="orders"}} 2.0',
         f'dapr_component_pubsub_egress_count{{app_id="{app}",component="pubsub",namespace="",'
-        f'success="false",topic="orders"}} 1.0']
+        f'success="false",topic="orders"}} 1.0',
+    ]
     text = generate_latest().decode()
     assert "dapr_component_pubsub_egress_count_total" not in text
     assert "# TYPE dapr_component_pubsub_egress_count untyped" in text
-    buckets = {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-               for line in lines("dapr_component_pubsub_egress_latencies_bucket", app)
-               if 'success="true"' in line}
+    buckets = {
+        line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in lines("dapr_component_pubsub_egress_latencies_bucket", app)
+        if 'success="true"' in line
+    }
     assert (buckets["0.5"], buckets["1"], buckets["2"], buckets["5"], buckets["+Inf"]) == (
-        0.0, 1.0, 1.0, 2.0, 2.0)  # ms
+        0.0,
+        1.0,
+        1.0,
+        2.0,
+        2.0,
+    )  # ms
 
 
 def test_lag_is_log_end_minus_committed_per_assigned_partition() -> None:
@@ -54,14 +63,16 @@ def test_lag_is_log_end_minus_committed_per_assigned_partition() -> None:
     assert progress.lag("orders", 0) == 0
     assert lines("tidings_pubsub_consumer_lag", app) == [
         f'tidings_pubsub_consumer_lag{{app_id="{app}",component="pubsub",partition="0",'
-        'topic="orders"} 0.0']
+        'topic="orders"} 0.0'
+    ]
     progress.revoke()
     assert lines("tidings_pubsub_consumer_lag", app) == []  # nothing owned while rebalancing
     progress.assign([("orders", 1)])
     assert progress.partitions == {}
     assert lines("tidings_pubsub_rebalances_total", app) == [
         f'tidings_pubsub_rebalances_total{{app_id="{app}",component="pubsub",'
-        'consumer_group="group-a"} 2.0']
+        'consumer_group="group-a"} 2.0'
+    ]
     metrics.drop_consumer(app, "pubsub", progress)
     assert metrics.consumer_group(app, "pubsub") is None
 
@@ -78,7 +89,8 @@ def test_subscription_status() -> None:
     assert status["consumerGroup"] == "g" and status["inFlight"] == 1 and status["lag"] == 5
     assert status["partitions"] == [
         {"partition": 0, "logEndOffset": None, "committedOffset": None, "lag": None},
-        {"partition": 1, "logEndOffset": 9, "committedOffset": 4, "lag": 5}]
+        {"partition": 1, "logEndOffset": 9, "committedOffset": 4, "lag": 5},
+    ]
     assert status["lastError"]["message"] == "failed: RETRY status returned from app"
     assert status["lastError"]["time"].endswith("Z")
 
@@ -93,13 +105,21 @@ def test_polled_consumer_status_and_lag_gauge() -> None:
     assert metrics.subscription_status(app, "js", "orders")["partitions"] == []
     polled.polled("orders", "ORDERS", lag=7, pending=2)
     status = metrics.subscription_status(app, "js", "orders")
-    assert status["partitions"] == [{"partition": "ORDERS", "logEndOffset": None,
-                                     "committedOffset": None, "lag": 7, "pending": 2}]
+    assert status["partitions"] == [
+        {
+            "partition": "ORDERS",
+            "logEndOffset": None,
+            "committedOffset": None,
+            "lag": 7,
+            "pending": 2,
+        }
+    ]
     assert status["lag"] == 7
     assert metrics.consumer_group(app, "js") is None
     assert lines("tidings_pubsub_consumer_lag", app) == [
         f'tidings_pubsub_consumer_lag{{app_id="{app}",component="js",partition="ORDERS",'
-        'topic="orders"} 7.0']
+        'topic="orders"} 7.0'
+    ]
     polled.forget([])
     assert metrics.subscription_status(app, "js", "orders")["consumerGroup"] == "app-durable"
     assert lines("tidings_pubsub_consumer_lag", app) == []

@@ -17,7 +17,8 @@ async def test_cancels_and_waits_for_tasks_that_end() -> None:
 
 
 async def test_a_task_that_swallows_its_cancellation_is_named_and_left(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     release = asyncio.Event()
 
     async def stubborn() -> None:

@@ -31,25 +31,43 @@ CONSUMING_LOGGER = "tidings.sidecar.brokers.kafka.consuming"
 
 def meta_for(bootstrap: str, group: str) -> KafkaMetadata:
     return parse_kafka_metadata(
-        {"brokers": bootstrap, "authType": "none", "consumerGroup": group,
-         "initialOffset": "oldest", "sessionTimeout": "3s", "heartbeatInterval": "1s"},
+        {
+            "brokers": bootstrap,
+            "authType": "none",
+            "consumerGroup": group,
+            "initialOffset": "oldest",
+            "sessionTimeout": "3s",
+            "heartbeatInterval": "1s",
+        },
         app_id="consumer-test",
     )
 
 
 def new_group(meta: KafkaMetadata, handler: Callable[[Record], Awaitable[None]]) -> ConsumerGroup:
-    return ConsumerGroup(meta, handler, app_id="consumer-test", pubsubname="pubsub",
-                         commit_interval_s=0.1, commit_timeout_s=2.0, revoke_grace_s=0.5,
-                         cancel_wait_s=0.5, reload_grace_s=0.5)
+    return ConsumerGroup(
+        meta,
+        handler,
+        app_id="consumer-test",
+        pubsubname="pubsub",
+        commit_interval_s=0.1,
+        commit_timeout_s=2.0,
+        revoke_grace_s=0.5,
+        cancel_wait_s=0.5,
+        reload_grace_s=0.5,
+    )
 
 
-async def produce(bootstrap: str, topic: str, per_partition: int,
-                  partitions: Iterable[int] = range(PARTITIONS)) -> None:
+async def produce(
+    bootstrap: str, topic: str, per_partition: int, partitions: Iterable[int] = range(PARTITIONS)
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        futures = [await producer.send(topic, value=f"{p}-{i}".encode(), partition=p)
-                   for p in partitions for i in range(per_partition)]
+        futures = [
+            await producer.send(topic, value=f"{p}-{i}".encode(), partition=p)
+            for p in partitions
+            for i in range(per_partition)
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -57,8 +75,9 @@ async def produce(bootstrap: str, topic: str, per_partition: int,
 
 async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
     """Committed offsets per partition, read without joining the group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)}
@@ -75,7 +94,8 @@ async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> N
 
 
 async def test_order_within_partition_and_a_slow_partition_blocks_no_other(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     topic, group = f"order-{unique}", f"g-{unique}"
     await produce(kafka_bootstrap, topic, 50)
     seen: dict[int, list[int]] = defaultdict(list)
@@ -92,11 +112,14 @@ async def test_order_within_partition_and_a_slow_partition_blocks_no_other(
     g = new_group(meta_for(kafka_bootstrap, group), handler)
     await g.set_topics([topic])
     try:
-        await until(lambda: all(len(seen[p]) == 50 for p in range(PARTITIONS)), 20,
-                    "all 200 records")
+        await until(
+            lambda: all(len(seen[p]) == 50 for p in range(PARTITIONS)), 20, "all 200 records"
+        )
     finally:
         await g.stop(grace_s=2)
-    assert {p: seen[p] for p in range(PARTITIONS)} == {p: list(range(50)) for p in range(PARTITIONS)}
+    assert {p: seen[p] for p in range(PARTITIONS)} == {
+        p: list(range(50)) for p in range(PARTITIONS)
+    }
     assert await committed(kafka_bootstrap, group, topic) == {p: 50 for p in range(PARTITIONS)}
 
 
@@ -119,8 +142,11 @@ async def test_only_finished_offsets_are_committed(kafka_bootstrap: str, unique:
 
     first = new_group(meta_for(kafka_bootstrap, group), stuck_at_7)
     await first.set_topics([topic])
-    await until(lambda: finished[0] == list(range(7)) and len(finished[1]) == 20, 20,
-                "partition 0 stuck at 7 and partition 1 done")
+    await until(
+        lambda: finished[0] == list(range(7)) and len(finished[1]) == 20,
+        20,
+        "partition 0 stuck at 7 and partition 1 done",
+    )
     await first.stop(grace_s=0.3)
     assert cancelled == [(0, 7)]
     offsets = await committed(kafka_bootstrap, group, topic)
@@ -142,7 +168,8 @@ async def test_only_finished_offsets_are_committed(kafka_bootstrap: str, unique:
 
 
 async def test_members_of_one_group_split_partitions_and_groups_each_get_all(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     topic = f"split-{unique}"
     await produce(kafka_bootstrap, topic, 1)  # the topic exists with its 4 partitions
     handled: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -150,6 +177,7 @@ async def test_members_of_one_group_split_partitions_and_groups_each_get_all(
     def recorder(name: str) -> Callable[[Record], Awaitable[None]]:
         async def handler(record: Record) -> None:
             handled[name].append((record.partition, record.offset))
+
         return handler
 
     a1 = new_group(meta_for(kafka_bootstrap, f"a-{unique}"), recorder("a1"))
@@ -157,12 +185,21 @@ async def test_members_of_one_group_split_partitions_and_groups_each_get_all(
     b = new_group(meta_for(kafka_bootstrap, f"b-{unique}"), recorder("b"))
     try:
         await asyncio.gather(a1.set_topics([topic]), a2.set_topics([topic]), b.set_topics([topic]))
-        await until(lambda: len(a1.assignment()) == 2 and len(a2.assignment()) == 2, 20,
-                    "a split of 2 + 2 partitions")
+        await until(
+            lambda: len(a1.assignment()) == 2 and len(a2.assignment()) == 2,
+            20,
+            "a split of 2 + 2 partitions",
+        )
         await produce(kafka_bootstrap, topic, 25)
         everything = {(p, o) for p in range(PARTITIONS) for o in range(26)}
-        await until(lambda: len(handled["a1"]) + len(handled["a2"]) >= len(everything)
-                    and len(handled["b"]) >= len(everything), 20, "both groups to get all")
+        await until(
+            lambda: (
+                len(handled["a1"]) + len(handled["a2"]) >= len(everything)
+                and len(handled["b"]) >= len(everything)
+            ),
+            20,
+            "both groups to get all",
+        )
     finally:
         await asyncio.gather(a1.stop(grace_s=1), a2.stop(grace_s=1), b.stop(grace_s=1))
     assert set(handled["a1"]).isdisjoint(handled["a2"])
@@ -172,7 +209,8 @@ async def test_members_of_one_group_split_partitions_and_groups_each_get_all(
 
 
 async def test_revocation_cancels_in_flight_and_the_new_owner_gets_the_record(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     topic, group = f"revoke-{unique}", f"g-{unique}"
     await produce(kafka_bootstrap, topic, 1)
     in_flight: set[tuple[int, int]] = set()
@@ -199,14 +237,20 @@ async def test_revocation_cancels_in_flight_and_the_new_owner_gets_the_record(
         await first.set_topics([topic])
         await until(lambda: len(in_flight) == PARTITIONS, 20, "4 handlers in flight")
         await second.set_topics([topic])
-        await until(lambda: len(second.assignment()) == 2 and len(got) == 2, 20,
-                    "the second member to get its 2 partitions' records")
+        await until(
+            lambda: len(second.assignment()) == 2 and len(got) == 2,
+            20,
+            "the second member to get its 2 partitions' records",
+        )
         moved = {tp.partition for tp in second.assignment()}
         assert sorted(got) == sorted((p, 0) for p in moved)
         assert set(got) <= set(cancelled)  # revoked in flight, cancelled, redelivered
         # the first member got its partitions back and was handed their records again
-        await until(lambda: {p for p, _ in in_flight} == set(range(PARTITIONS)) - moved, 10,
-                    "the first member to retry its own partitions")
+        await until(
+            lambda: {p for p, _ in in_flight} == set(range(PARTITIONS)) - moved,
+            10,
+            "the first member to retry its own partitions",
+        )
     finally:
         await asyncio.gather(first.stop(grace_s=0), second.stop(grace_s=1))
     offsets = await committed(kafka_bootstrap, group, topic)
@@ -215,7 +259,8 @@ async def test_revocation_cancels_in_flight_and_the_new_owner_gets_the_record(
 
 
 async def test_stop_lets_in_flight_handlers_finish_and_commits_them(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     topic, group = f"stop-{unique}", f"g-{unique}"
     await produce(kafka_bootstrap, topic, 3, partitions=(0,))
     started: list[int] = []
@@ -249,8 +294,11 @@ async def test_set_topics_adds_a_topic(kafka_bootstrap: str, unique: str) -> Non
         await produce(kafka_bootstrap, second_topic, 5)
         await g.set_topics([first_topic, second_topic])
         await until(lambda: len(seen) >= 40, 20, f"20 records of {second_topic}")
-        await until(lambda: {tp.topic for tp in g.assignment()} == {first_topic, second_topic},
-                    10, "both topics assigned")
+        await until(
+            lambda: {tp.topic for tp in g.assignment()} == {first_topic, second_topic},
+            10,
+            "both topics assigned",
+        )
         await g.set_topics([])  # no topics: stop consuming and leave the group
         assert g.assignment() == frozenset()
     finally:
@@ -262,23 +310,38 @@ async def test_set_topics_adds_a_topic(kafka_bootstrap: str, unique: str) -> Non
 
 
 async def test_kafka_broker_publishes_and_delivers_then_closes(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     """KafkaBroker composes the producer and this consumer group (one group per app-id)."""
     from tidings.sidecar.brokers.kafka import KafkaBroker
     from tidings.sidecar.resources.loading import LoadedComponent
     from tidings.sidecar.resources.models import Component
 
     topic = f"broker-{unique}"
-    values = {"brokers": kafka_bootstrap, "authType": "none", "initialOffset": "oldest",
-              "sessionTimeout": "3s", "heartbeatInterval": "1s"}
-    component = Component.model_validate({
-        "apiVersion": "dapr.io/v1alpha1", "kind": "Component", "metadata": {"name": "pubsub"},
-        "spec": {"type": "pubsub.kafka", "version": "v1",
-                 "metadata": [{"name": k, "value": v} for k, v in values.items()]}})
+    values = {
+        "brokers": kafka_bootstrap,
+        "authType": "none",
+        "initialOffset": "oldest",
+        "sessionTimeout": "3s",
+        "heartbeatInterval": "1s",
+    }
+    component = Component.model_validate(
+        {
+            "apiVersion": "dapr.io/v1alpha1",
+            "kind": "Component",
+            "metadata": {"name": "pubsub"},
+            "spec": {
+                "type": "pubsub.kafka",
+                "version": "v1",
+                "metadata": [{"name": k, "value": v} for k, v in values.items()],
+            },
+        }
+    )
     app_id = f"app-{unique}"
-    broker = KafkaBroker(LoadedComponent(component, "test", values,
-                                         parse_kafka_metadata(values, app_id=app_id)),
-                         app_id=app_id)
+    broker = KafkaBroker(
+        LoadedComponent(component, "test", values, parse_kafka_metadata(values, app_id=app_id)),
+        app_id=app_id,
+    )
     got: list[Record] = []
 
     async def handler(record: Record) -> None:
@@ -299,7 +362,8 @@ async def test_kafka_broker_publishes_and_delivers_then_closes(
 
 
 async def test_a_handler_that_raises_gets_the_record_again_never_skipped(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     topic, group = f"raises-{unique}", f"g-{unique}"
     await produce(kafka_bootstrap, topic, 2, partitions=(0,))
     calls: list[int] = []
@@ -320,7 +384,8 @@ async def test_a_handler_that_raises_gets_the_record_again_never_skipped(
 
 
 async def test_start_is_retried_with_new_consumers_until_the_broker_is_up(
-        tmp_path, unique: str) -> None:
+    tmp_path, unique: str
+) -> None:
     """aiokafka's start() tries once (pitfall 18): the group keeps retrying in the background."""
     from tidings.sidecar.cli.localbroker import free_port, start_local_broker
 
@@ -332,12 +397,17 @@ async def test_start_is_retried_with_new_consumers_until_the_broker_is_up(
     async def handler(record: Record) -> None:
         got.append(record.offset)
 
-    g = ConsumerGroup(meta_for(bootstrap, group), handler, app_id="consumer-test",
-                      pubsubname="pubsub", start_backoff_s=0.1, max_start_backoff_s=0.5)
+    g = ConsumerGroup(
+        meta_for(bootstrap, group),
+        handler,
+        app_id="consumer-test",
+        pubsubname="pubsub",
+        start_backoff_s=0.1,
+        max_start_backoff_s=0.5,
+    )
     await g.set_topics([topic])  # returns after the first (failed) attempt
     assert g.assignment() == frozenset()
-    broker = await asyncio.to_thread(start_local_broker, port=port,
-                                      log_path=tmp_path / "tansu.log")
+    broker = await asyncio.to_thread(start_local_broker, port=port, log_path=tmp_path / "tansu.log")
     try:
         await produce(bootstrap, topic, 1, partitions=(0,))
         await until(lambda: got == [0], 30, "the record after the broker came up")
@@ -346,8 +416,9 @@ async def test_start_is_retried_with_new_consumers_until_the_broker_is_up(
         broker.stop()
 
 
-async def until_committed(bootstrap: str, group: str, topic: str, expected: dict[int, int | None],
-                          timeout_s: float) -> None:
+async def until_committed(
+    bootstrap: str, group: str, topic: str, expected: dict[int, int | None], timeout_s: float
+) -> None:
     """Poll the group's committed offsets of ``topic`` until they equal ``expected``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -355,19 +426,26 @@ async def until_committed(bootstrap: str, group: str, topic: str, expected: dict
         if offsets == expected:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"committed offsets of {topic} still {offsets} after"
-                                 f" {timeout_s} s, expected {expected}")
+            raise AssertionError(
+                f"committed offsets of {topic} still {offsets} after"
+                f" {timeout_s} s, expected {expected}"
+            )
         await asyncio.sleep(0.2)
 
 
 def commit_warnings(caplog: pytest.LogCaptureFixture, topic: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records
-            if r.name == CONSUMING_LOGGER and r.levelno >= logging.WARNING
-            and getattr(r, "topic", None) == topic]
+    return [
+        r
+        for r in caplog.records
+        if r.name == CONSUMING_LOGGER
+        and r.levelno >= logging.WARNING
+        and getattr(r, "topic", None) == topic
+    ]
 
 
 async def test_a_partition_whose_commits_fail_does_not_hold_up_the_others(
-        kafka_bootstrap: str, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    kafka_bootstrap: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A topic deleted while one of its records is in flight: that record's commit fails on the
     broker (UnknownTopicOrPartition, which aiokafka retries for ever inside ``commit()``). The
     other topic's commits keep advancing; the failing partition is logged once, not every
@@ -393,33 +471,47 @@ async def test_a_partition_whose_commits_fail_does_not_hold_up_the_others(
     await admin.start()
     try:
         await g.set_topics([kept, deleted])
-        await until(lambda: held.is_set() and all(len(finished[p]) == 3 for p in range(PARTITIONS)),
-                    20, "the kept topic handled and the deleted topic's record in flight")
+        await until(
+            lambda: held.is_set() and all(len(finished[p]) == 3 for p in range(PARTITIONS)),
+            20,
+            "the kept topic handled and the deleted topic's record in flight",
+        )
         await until_committed(kafka_bootstrap, group, kept, {p: 3 for p in range(PARTITIONS)}, 10)
         await admin.delete_topics([deleted])
         release.set()  # finished now: its commit can only fail
         # aiokafka logs each failed attempt; new work for the kept topic only after that, so
         # its offsets are not in the request that fails (the broker would store them anyway)
-        await until(lambda: any(r.name == "aiokafka.consumer.group_coordinator"
-                                and r.getMessage().startswith("OffsetCommit failed")
-                                and deleted in r.getMessage() for r in caplog.records), 10,
-                    "a commit of the deleted topic's partition to fail")
+        await until(
+            lambda: any(
+                r.name == "aiokafka.consumer.group_coordinator"
+                and r.getMessage().startswith("OffsetCommit failed")
+                and deleted in r.getMessage()
+                for r in caplog.records
+            ),
+            10,
+            "a commit of the deleted topic's partition to fail",
+        )
         await produce(kafka_bootstrap, kept, 3)
-        await until(lambda: all(len(finished[p]) == 6 for p in range(PARTITIONS)), 20,
-                    "the new records of the kept topic")
+        await until(
+            lambda: all(len(finished[p]) == 6 for p in range(PARTITIONS)),
+            20,
+            "the new records of the kept topic",
+        )
         await until_committed(kafka_bootstrap, group, kept, {p: 6 for p in range(PARTITIONS)}, 15)
     finally:
         await admin.close()
         await g.stop(grace_s=1)
-    assert {p: finished[p] for p in range(PARTITIONS)} == {p: list(range(6))
-                                                          for p in range(PARTITIONS)}
+    assert {p: finished[p] for p in range(PARTITIONS)} == {
+        p: list(range(6)) for p in range(PARTITIONS)
+    }
     failing = commit_warnings(caplog, deleted)
     assert 1 <= len(failing) <= 2, [r.getMessage() for r in failing]  # rate-limited per partition
     assert not commit_warnings(caplog, kept)
 
 
 async def test_commits_resume_after_the_broker_restarts_with_its_topics_and_offsets_gone(
-        tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Tansu keeps everything in memory: killed and restarted on the same port, it has lost the
     topics and the group's offsets. A record of a topic that does not come back finishes during
     the outage, so a commit for it is pending across the restart; the other topic comes back
@@ -430,8 +522,9 @@ async def test_commits_resume_after_the_broker_restarts_with_its_topics_and_offs
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     back, gone, group = f"back-{unique}", f"gone-{unique}", f"g-{unique}"
-    broker = await asyncio.to_thread(start_local_broker, port=port,
-                                     log_path=tmp_path / "tansu-1.log")
+    broker = await asyncio.to_thread(
+        start_local_broker, port=port, log_path=tmp_path / "tansu-1.log"
+    )
     held, release = asyncio.Event(), asyncio.Event()
     before: dict[int, list[int]] = defaultdict(list)
     after: dict[int, list[int]] = defaultdict(list)
@@ -452,18 +545,24 @@ async def test_commits_resume_after_the_broker_restarts_with_its_topics_and_offs
         g = new_group(meta_for(bootstrap, group), handler)
         try:
             await g.set_topics([back, gone])
-            await until(lambda: held.is_set()
-                        and all(len(before[p]) == 5 for p in range(PARTITIONS)),
-                        20, "the first records handled and one record of the lost topic in flight")
+            await until(
+                lambda: held.is_set() and all(len(before[p]) == 5 for p in range(PARTITIONS)),
+                20,
+                "the first records handled and one record of the lost topic in flight",
+            )
             await until_committed(bootstrap, group, back, {p: 5 for p in range(PARTITIONS)}, 10)
             await asyncio.to_thread(broker.stop)
             release.set()  # finishes during the outage: its commit waits for the broker
-            broker = await asyncio.to_thread(start_local_broker, port=port,
-                                             log_path=tmp_path / "tansu-2.log")
+            broker = await asyncio.to_thread(
+                start_local_broker, port=port, log_path=tmp_path / "tansu-2.log"
+            )
             restarted = True
             await produce(bootstrap, back, 3)  # recreates `back`; `gone` stays gone
-            await until(lambda: all({0, 1, 2} <= set(after[p]) for p in range(PARTITIONS)), 30,
-                        "the records produced after the restart")
+            await until(
+                lambda: all({0, 1, 2} <= set(after[p]) for p in range(PARTITIONS)),
+                30,
+                "the records produced after the restart",
+            )
             await until_committed(bootstrap, group, back, {p: 3 for p in range(PARTITIONS)}, 15)
         finally:
             await g.stop(grace_s=1)

@@ -22,8 +22,9 @@ class Batches:
     """A BatchHandler: batches ``topic`` by ``policy``, records every batch; a batch holding
     ``stuck_at`` (partition, offset) never finishes."""
 
-    def __init__(self, topic: str, policy: BatchPolicy,
-                 stuck_at: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, topic: str, policy: BatchPolicy, stuck_at: tuple[int, int] | None = None
+    ) -> None:
         self.topic, self.policy, self.stuck_at = topic, policy, stuck_at
         self.batches: dict[int, list[list[int]]] = defaultdict(list)
         self.singles: list[Record] = []
@@ -39,8 +40,11 @@ class Batches:
         offsets = [r.offset for r in records]
         partition = records[0].partition
         assert all(r.partition == partition for r in records)
-        if self.stuck_at is not None and self.stuck_at[0] == partition \
-                and self.stuck_at[1] in offsets:
+        if (
+            self.stuck_at is not None
+            and self.stuck_at[0] == partition
+            and self.stuck_at[1] in offsets
+        ):
             try:
                 await asyncio.Event().wait()  # never finishes
             except asyncio.CancelledError:
@@ -53,15 +57,19 @@ class Batches:
 
 
 async def test_batches_hold_up_to_max_records_in_offset_order_and_all_commit(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     topic, group = f"bulk-{unique}", f"g-{unique}"
     await produce(kafka_bootstrap, topic, 30, partitions=(0, 1))
     handler = Batches(topic, BatchPolicy(max_records=7, max_await_s=0.2))
     g = new_group(meta_for(kafka_bootstrap, group), handler)
     await g.set_topics([topic])
     try:
-        await until(lambda: len(handler.delivered(0)) == 30 and len(handler.delivered(1)) == 30,
-                    20, "60 records in batches")
+        await until(
+            lambda: len(handler.delivered(0)) == 30 and len(handler.delivered(1)) == 30,
+            20,
+            "60 records in batches",
+        )
     finally:
         await g.stop(grace_s=2)
     for p in (0, 1):
@@ -87,14 +95,22 @@ async def test_a_partial_batch_goes_after_max_await(kafka_bootstrap: str, unique
 
 
 async def test_a_batch_that_does_not_finish_is_not_committed_and_comes_again(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     topic, group = f"bulk-commit-{unique}", f"g-{unique}"
     await produce(kafka_bootstrap, topic, 20, partitions=(0, 1))
     handler = Batches(topic, BatchPolicy(max_records=5, max_await_s=0.2), stuck_at=(0, 12))
     first = new_group(meta_for(kafka_bootstrap, group), handler)
     await first.set_topics([topic])
-    await until(lambda: len(handler.delivered(1)) == 20 and bool(handler.delivered(0))
-                and handler.delivered(0)[-1] >= 9, 20, "partition 1 done, partition 0 stuck")
+    await until(
+        lambda: (
+            len(handler.delivered(1)) == 20
+            and bool(handler.delivered(0))
+            and handler.delivered(0)[-1] >= 9
+        ),
+        20,
+        "partition 1 done, partition 0 stuck",
+    )
     await first.stop(grace_s=0.3)
     [stuck] = handler.cancelled
     assert 12 in stuck
@@ -107,8 +123,11 @@ async def test_a_batch_that_does_not_finish_is_not_committed_and_comes_again(
     second = new_group(meta_for(kafka_bootstrap, group), again)
     await second.set_topics([topic])
     try:
-        await until(lambda: len(again.delivered(0)) == 20 - stuck[0], 20,
-                    "the stuck batch and what followed it again")
+        await until(
+            lambda: len(again.delivered(0)) == 20 - stuck[0],
+            20,
+            "the stuck batch and what followed it again",
+        )
         assert again.delivered(0) == list(range(stuck[0], 20))
         assert again.delivered(1) == []
     finally:

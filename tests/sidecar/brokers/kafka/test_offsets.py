@@ -58,8 +58,9 @@ def test_nothing_finished() -> None:
         pytest.param(3, 3, 4, id="progress-past-commit"),
     ],
 )
-def test_to_commit(committed: int | None, finish_upto: int | None,
-                   expected_to_commit: int | None) -> None:
+def test_to_commit(
+    committed: int | None, finish_upto: int | None, expected_to_commit: int | None
+) -> None:
     t = PartitionOffsets(committed)
     start = committed or 0
     for o in range(start, start + 3):

@@ -29,7 +29,8 @@ def closed_port() -> str:
 
 
 async def test_publish_waits_for_ack_and_keeps_key_headers_value(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps")
     await producer.start()
     assert producer.ready()
@@ -46,14 +47,18 @@ async def test_publish_waits_for_ack_and_keeps_key_headers_value(
 
 
 async def test_publish_many_reports_one_outcome_per_record(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps")
     await producer.start()
     topic = f"many-{unique}"
     try:
         outcomes = await producer.publish_many(
-            [PublishRecord(topic, f"m{i}".encode(), b"same-key", [("i", str(i).encode())])
-             for i in range(20)])
+            [
+                PublishRecord(topic, f"m{i}".encode(), b"same-key", [("i", str(i).encode())])
+                for i in range(20)
+            ]
+        )
     finally:
         await producer.stop(5)
     assert outcomes == [None] * 20
@@ -70,8 +75,9 @@ async def test_too_large_record_is_a_permanent_error(kafka_bootstrap: str, uniqu
             await producer.publish(f"big-{unique}", b"x" * 5000)
         assert "MessageSizeTooLarge" in str(info.value)
         assert info.value.retriable is False
-        outcomes = await producer.publish_many([PublishRecord(f"big-{unique}", b"x" * 5000),
-                                                PublishRecord(f"big-{unique}", b"small")])
+        outcomes = await producer.publish_many(
+            [PublishRecord(f"big-{unique}", b"x" * 5000), PublishRecord(f"big-{unique}", b"small")]
+        )
         assert isinstance(outcomes[0], BrokerError) and outcomes[1] is None
     finally:
         await producer.stop(5)
@@ -94,26 +100,49 @@ async def test_unreachable_broker_fails_start_and_publish() -> None:
 
 def test_client_kwargs_plaintext() -> None:
     kw = client_kwargs(meta("h1:9092,h2:9092", clientID="cid"))
-    assert kw == {"bootstrap_servers": ["h1:9092", "h2:9092"], "client_id": "cid",
-                  "security_protocol": "PLAINTEXT"}
+    assert kw == {
+        "bootstrap_servers": ["h1:9092", "h2:9092"],
+        "client_id": "cid",
+        "security_protocol": "PLAINTEXT",
+    }
 
 
 def test_client_kwargs_sasl() -> None:
-    plain = client_kwargs(parse_kafka_metadata(
-        {"brokers": "h:1", "authType": "password", "saslUsername": "u", "saslPassword": "p"},
-        app_id="a"))
+    plain = client_kwargs(
+        parse_kafka_metadata(
+            {"brokers": "h:1", "authType": "password", "saslUsername": "u", "saslPassword": "p"},
+            app_id="a",
+        )
+    )
     assert plain["security_protocol"] == "SASL_PLAINTEXT"
-    assert (plain["sasl_mechanism"], plain["sasl_plain_username"],
-            plain["sasl_plain_password"]) == ("PLAIN", "u", "p")
-    scram = client_kwargs(parse_kafka_metadata(
-        {"brokers": "h:1", "authType": "password", "saslUsername": "u", "saslPassword": "p",
-         "saslMechanism": "SHA-512", "skipVerify": "true", "caCert": ""}, app_id="a"))
+    assert (
+        plain["sasl_mechanism"],
+        plain["sasl_plain_username"],
+        plain["sasl_plain_password"],
+    ) == ("PLAIN", "u", "p")
+    scram = client_kwargs(
+        parse_kafka_metadata(
+            {
+                "brokers": "h:1",
+                "authType": "password",
+                "saslUsername": "u",
+                "saslPassword": "p",
+                "saslMechanism": "SHA-512",
+                "skipVerify": "true",
+                "caCert": "",
+            },
+            app_id="a",
+        )
+    )
     assert scram["sasl_mechanism"] == "SCRAM-SHA-512"
 
 
 def test_client_kwargs_tls_skip_verify() -> None:
-    kw = client_kwargs(parse_kafka_metadata(
-        {"brokers": "h:1", "authType": "mtls", "skipVerify": "true"}, app_id="a"))
+    kw = client_kwargs(
+        parse_kafka_metadata(
+            {"brokers": "h:1", "authType": "mtls", "skipVerify": "true"}, app_id="a"
+        )
+    )
     assert kw["security_protocol"] == "SSL"
     ctx = kw["ssl_context"]
     assert isinstance(ctx, ssl.SSLContext)
@@ -122,14 +151,19 @@ def test_client_kwargs_tls_skip_verify() -> None:
 
 def test_client_kwargs_bad_ca_pem_is_refused() -> None:
     with pytest.raises((ssl.SSLError, ValueError)):
-        client_kwargs(parse_kafka_metadata(
-            {"brokers": "h:1", "authType": "none", "caCert": "not a pem"}, app_id="a"))
+        client_kwargs(
+            parse_kafka_metadata(
+                {"brokers": "h:1", "authType": "none", "caCert": "not a pem"}, app_id="a"
+            )
+        )
 
 
-@pytest.mark.parametrize("topic", ["a b", "a\x00b", "a/b/c", "../../etc", "or\ufffdders", "t" * 250,
-                                   ".", ".."])
+@pytest.mark.parametrize(
+    "topic", ["a b", "a\x00b", "a/b/c", "../../etc", "or\ufffdders", "t" * 250, ".", ".."]
+)
 async def test_topic_kafka_cannot_hold_is_refused_before_aiokafka(
-        kafka_bootstrap: str, unique: str, topic: str) -> None:
+    kafka_bootstrap: str, unique: str, topic: str
+) -> None:
     # aiokafka used to wait request_timeout_ms (30 s here) for metadata of such a name, logging
     # an error every retry and keeping the name in its metadata for good.
     producer = KafkaProducer(meta(kafka_bootstrap), pubsubname="ps", request_timeout_s=30)
@@ -140,8 +174,9 @@ async def test_topic_kafka_cannot_hold_is_refused_before_aiokafka(
             await producer.publish(topic, b"x")
         assert info.value.retriable is False
         good = f"good-{unique}"
-        outcomes = await producer.publish_many([PublishRecord(topic, b"x"),
-                                                PublishRecord(good, b"y")])
+        outcomes = await producer.publish_many(
+            [PublishRecord(topic, b"x"), PublishRecord(good, b"y")]
+        )
         assert isinstance(outcomes[0], BrokerError) and outcomes[1] is None
         assert time.monotonic() - t0 < 5
         assert topic not in producer._started()._metadata.topics()
@@ -157,7 +192,8 @@ async def test_explicit_partition_and_out_of_range(kafka_bootstrap: str, unique:
         for i in range(3):
             await producer.publish(topic, f"v{i}".encode(), key=f"k{i}".encode(), partition=2)
         outcomes = await producer.publish_many(
-            [PublishRecord(topic, b"m", partition=1), PublishRecord(topic, b"far", partition=4)])
+            [PublishRecord(topic, b"m", partition=1), PublishRecord(topic, b"far", partition=4)]
+        )
         assert outcomes[0] is None
         assert isinstance(outcomes[1], BrokerError)
         assert str(outcomes[1]).startswith("partition number 4 is out of range")
@@ -168,11 +204,16 @@ async def test_explicit_partition_and_out_of_range(kafka_bootstrap: str, unique:
         await producer.stop(5)
     records = await read_records(kafka_bootstrap, topic, 4)
     assert sorted((r.value, r.partition) for r in records) == [
-        (b"m", 1), (b"v0", 2), (b"v1", 2), (b"v2", 2)]
+        (b"m", 1),
+        (b"v0", 2),
+        (b"v1", 2),
+        (b"v2", 2),
+    ]
 
 
 async def test_records_from_any_accepted_body_fit_the_producer(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     """Regression (issue 5, scenario 9): a 1 MiB binary publish becomes a ~1.4 MB record
     (data_base64), which aiokafka's default max_request_size (1 MiB) refused with a 500 although
     the API accepts 4 MiB bodies. Without maxMessageBytes the limit follows --max-body-size."""
@@ -192,8 +233,9 @@ async def test_records_from_any_accepted_body_fit_the_producer(
         await producer.publish(f"big-{unique}", big)
     finally:
         await producer.stop(5)
-    explicit = KafkaProducer(meta(kafka_bootstrap, maxMessageBytes="2000"), pubsubname="ps",
-                             max_body_size=body_limit)
+    explicit = KafkaProducer(
+        meta(kafka_bootstrap, maxMessageBytes="2000"), pubsubname="ps", max_body_size=body_limit
+    )
     await explicit.start()
     try:
         with pytest.raises(BrokerError, match="MessageSizeTooLarge"):
@@ -203,7 +245,8 @@ async def test_records_from_any_accepted_body_fit_the_producer(
 
 
 async def test_a_text_body_of_control_characters_fits_the_producer(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     """Regression: a text/plain body of control characters within --max-body-size grows six-fold
     in the envelope (each one a \\u00XX escape in ``data``); the producer limit took only the
     4/3 of base64 into account and the publish failed as too large."""
@@ -229,8 +272,9 @@ async def test_ready_turns_false_while_the_broker_does_not_answer(tmp_path, uniq
     from tidings.sidecar.cli.localbroker import start_local_broker
 
     broker = start_local_broker(log_path=tmp_path / "tansu.log")
-    producer = KafkaProducer(meta(broker.bootstrap), pubsubname="ps", probe_interval_s=0.2,
-                             probe_timeout_s=0.5)
+    producer = KafkaProducer(
+        meta(broker.bootstrap), pubsubname="ps", probe_interval_s=0.2, probe_timeout_s=0.5
+    )
     try:
         await producer.start()
         assert producer.ready()
@@ -249,7 +293,8 @@ async def test_ready_turns_false_while_the_broker_does_not_answer(tmp_path, uniq
 
 
 async def test_publish_after_the_broker_stopped_says_it_is_unreachable(
-        tmp_path, unique: str) -> None:
+    tmp_path, unique: str
+) -> None:
     """The newcomer's report: after ``tidings uninstall`` a publish answered 500 with aiokafka
     internals only ("NodeNotReadyError: Attempt to send a request to node which is not ready").
     The message now says the brokers are unreachable first and keeps aiokafka's text."""

@@ -33,12 +33,17 @@ from tidings.sidecar.envelopes.reading import read_event
 from tidings.sidecar.cli.localbroker import free_port
 from tidings.sidecar.resources.models import BulkOptions, Route, TopicSubscription
 from tidings.sidecar.delivery.routing import Routes
-from tidings.sidecar.runtime.settings import SidecarSettings, add_sidecar_arguments, settings_from_args
+from tidings.sidecar.runtime.settings import (
+    SidecarSettings,
+    add_sidecar_arguments,
+    settings_from_args,
+)
 
 Status = appcallback_pb2.TopicEventResponse
 
 
 # --- metadata ------------------------------------------------------------------------------------
+
 
 def test_grpc_metadata_from_delivery_headers(caplog: pytest.LogCaptureFixture) -> None:
     headers: CIMultiDict[str] = CIMultiDict()
@@ -52,59 +57,88 @@ def test_grpc_metadata_from_delivery_headers(caplog: pytest.LogCaptureFixture) -
     headers["trace-bin"] = "raw"
     with caplog.at_level(logging.WARNING):
         pairs = grpc_metadata(headers, token="secret")
-    assert pairs == (("x-custom", "v"), ("__key", "k1"), ("pubsubname", "pubsub"),
-                     ("note", "gr%C3%BC%C3%9Fe"), ("trace-bin", b"raw"),
-                     ("dapr-api-token", "secret"))
+    assert pairs == (
+        ("x-custom", "v"),
+        ("__key", "k1"),
+        ("pubsubname", "pubsub"),
+        ("note", "gr%C3%BC%C3%9Fe"),
+        ("trace-bin", b"raw"),
+        ("dapr-api-token", "secret"),
+    )
     assert "'bad key' is not a valid gRPC metadata key" in caplog.text
 
 
 # --- answers -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (Status.SUCCESS, AppStatus.SUCCESS),
-    (Status.RETRY, AppStatus.RETRY),
-    (Status.DROP, AppStatus.DROP),
-    (7, AppStatus.RETRY),
-])
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (Status.SUCCESS, AppStatus.SUCCESS),
+        (Status.RETRY, AppStatus.RETRY),
+        (Status.DROP, AppStatus.DROP),
+        (7, AppStatus.RETRY),
+    ],
+)
 def test_classify_status(status: int, expected: AppStatus) -> None:
     assert classify_status(status).status is expected
 
 
-@pytest.mark.parametrize(("code", "expected"), [
-    (grpc.StatusCode.UNIMPLEMENTED, AppStatus.DROP),
-    (grpc.StatusCode.UNKNOWN, AppStatus.RETRY),
-    (grpc.StatusCode.UNAVAILABLE, AppStatus.RETRY),
-    (grpc.StatusCode.INTERNAL, AppStatus.RETRY),
-    (grpc.StatusCode.INVALID_ARGUMENT, AppStatus.RETRY),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, AppStatus.RETRY),
-])
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (grpc.StatusCode.UNIMPLEMENTED, AppStatus.DROP),
+        (grpc.StatusCode.UNKNOWN, AppStatus.RETRY),
+        (grpc.StatusCode.UNAVAILABLE, AppStatus.RETRY),
+        (grpc.StatusCode.INTERNAL, AppStatus.RETRY),
+        (grpc.StatusCode.INVALID_ARGUMENT, AppStatus.RETRY),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, AppStatus.RETRY),
+    ],
+)
 def test_classify_rpc_error(code: grpc.StatusCode, expected: AppStatus) -> None:
     assert classify_rpc_error(code, "details").status is expected
 
 
 # --- subscriptions -------------------------------------------------------------------------------
 
+
 def _sub(**kw: Any) -> appcallback_pb2.TopicSubscription:
     return appcallback_pb2.TopicSubscription(**kw)
 
 
 def test_subscriptions_from_response_map_to_the_routing_model(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     response = [
-        _sub(pubsub_name="pubsub", topic="orders", metadata={"rawPayload": "true"},
-             dead_letter_topic="poison",
-             routes=appcallback_pb2.TopicRoutes(rules=[
-                 appcallback_pb2.TopicRule(match='event.type == "widget"', path="widgets")],
-                 default="products")),
+        _sub(
+            pubsub_name="pubsub",
+            topic="orders",
+            metadata={"rawPayload": "true"},
+            dead_letter_topic="poison",
+            routes=appcallback_pb2.TopicRoutes(
+                rules=[appcallback_pb2.TopicRule(match='event.type == "widget"', path="widgets")],
+                default="products",
+            ),
+        ),
         _sub(pubsub_name="pubsub", topic="plain", routes=appcallback_pb2.TopicRoutes()),
         _sub(pubsub_name="pubsub", topic="bare"),
-        _sub(pubsub_name="pubsub", topic="bulk",
-             bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(
-                 enabled=True, max_messages_count=10, max_await_duration_ms=250)),
-        _sub(pubsub_name="pubsub", topic="bulk-defaults",
-             bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(enabled=True)),
-        _sub(pubsub_name="pubsub", topic="bulk-off",
-             bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(max_messages_count=10)),
+        _sub(
+            pubsub_name="pubsub",
+            topic="bulk",
+            bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(
+                enabled=True, max_messages_count=10, max_await_duration_ms=250
+            ),
+        ),
+        _sub(
+            pubsub_name="pubsub",
+            topic="bulk-defaults",
+            bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(enabled=True),
+        ),
+        _sub(
+            pubsub_name="pubsub",
+            topic="bulk-off",
+            bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(max_messages_count=10),
+        ),
         _sub(pubsub_name="", topic="nameless"),
         _sub(pubsub_name="pubsub", topic=""),
     ]
@@ -112,9 +146,13 @@ def test_subscriptions_from_response_map_to_the_routing_model(
         subs = subscriptions_from_response(response, app_id="a")
     orders, plain, bare, bulk, bulk_defaults, bulk_off = subs
     assert orders == TopicSubscription(
-        pubsubname="pubsub", topic="orders",
-        rules=(Route('event.type == "widget"', "widgets"),), default_path="products",
-        metadata={"rawPayload": "true"}, dead_letter_topic="poison")
+        pubsubname="pubsub",
+        topic="orders",
+        rules=(Route('event.type == "widget"', "widgets"),),
+        default_path="products",
+        metadata={"rawPayload": "true"},
+        dead_letter_topic="poison",
+    )
     assert orders.raw_payload
     # Dapr: a gRPC subscription without routes gets one rule with the empty path.
     for sub in (plain, bare, bulk):
@@ -127,12 +165,19 @@ def test_subscriptions_from_response_map_to_the_routing_model(
 
 
 def test_grpc_routes_keep_the_path_as_listed() -> None:
-    orders, plain = subscriptions_from_response([
-        _sub(pubsub_name="p", topic="orders", routes=appcallback_pb2.TopicRoutes(
-            rules=[appcallback_pb2.TopicRule(match='event.type == "w"', path="widgets")],
-            default="/products/")),
-        _sub(pubsub_name="p", topic="plain"),
-    ])
+    orders, plain = subscriptions_from_response(
+        [
+            _sub(
+                pubsub_name="p",
+                topic="orders",
+                routes=appcallback_pb2.TopicRoutes(
+                    rules=[appcallback_pb2.TopicRule(match='event.type == "w"', path="widgets")],
+                    default="/products/",
+                ),
+            ),
+            _sub(pubsub_name="p", topic="plain"),
+        ]
+    )
     routes = Routes.compile(orders, clean_paths=False)
     assert routes.select({"type": "w"}) == "widgets"
     assert routes.select({"type": "other"}) == "/products/"
@@ -141,6 +186,7 @@ def test_grpc_routes_keep_the_path_as_listed() -> None:
 
 
 # --- the channel against a real gRPC app ---------------------------------------------------------
+
 
 class App(appcallback_pb2_grpc.AppCallbackServicer):
     """A real AppCallback servicer whose answers the tests script."""
@@ -185,8 +231,14 @@ def _read(value: dict[str, Any]) -> Any:
     return read_event(orjson.dumps(value), topic="orders", pubsubname="pubsub", raw_payload=False)
 
 
-EVENT = {"specversion": "1.0", "id": "e-1", "source": "pub", "type": "t",
-         "datacontenttype": "application/json", "data": {"n": 1}}
+EVENT = {
+    "specversion": "1.0",
+    "id": "e-1",
+    "source": "pub",
+    "type": "t",
+    "datacontenttype": "application/json",
+    "data": {"n": 1},
+}
 
 
 async def test_deliver_sends_the_request_metadata_and_token(grpc_app, channels) -> None:
@@ -194,14 +246,20 @@ async def test_deliver_sends_the_request_metadata_and_token(grpc_app, channels) 
     app.answer = lambda: appcallback_pb2.TopicEventResponse(status=Status.SUCCESS)
     port = await grpc_app(app)
     channel = channels(port, app_api_token="app-secret")
-    headers = CIMultiDict({"__offset": "5", "pubsubName": "pubsub",
-                           "Content-Type": "application/cloudevents+json"})
-    result = await channel.deliver("widgets", _read(EVENT), headers, topic="orders",
-                                   pubsubname="pubsub")
+    headers = CIMultiDict(
+        {"__offset": "5", "pubsubName": "pubsub", "Content-Type": "application/cloudevents+json"}
+    )
+    result = await channel.deliver(
+        "widgets", _read(EVENT), headers, topic="orders", pubsubname="pubsub"
+    )
     assert result.status is AppStatus.SUCCESS
-    (request, metadata), = app.requests
+    ((request, metadata),) = app.requests
     assert (request.id, request.path, request.topic, request.data) == (
-        "e-1", "widgets", "orders", b'{"n":1}')
+        "e-1",
+        "widgets",
+        "orders",
+        b'{"n":1}',
+    )
     assert metadata["__offset"] == "5" and metadata["pubsubname"] == "pubsub"
     assert metadata["dapr-api-token"] == "app-secret"
 
@@ -212,27 +270,33 @@ async def test_deliver_keeps_json_numbers_as_published(grpc_app, channels) -> No
     app = App()
     port = await grpc_app(app)
     big = 2**70
-    data = (b'{"price":1.10,"big":%d,"neg":-0,"e":1e2,"n":[0.1000000000000000055511151231257827]}'
-            % big)
-    value = (b'{"specversion":"1.0","id":"e-1","source":"pub","type":"t",'
-             b'"datacontenttype":"application/json","data":' + data + b',"ratio":2.50}')
+    data = (
+        b'{"price":1.10,"big":%d,"neg":-0,"e":1e2,"n":[0.1000000000000000055511151231257827]}' % big
+    )
+    value = (
+        b'{"specversion":"1.0","id":"e-1","source":"pub","type":"t",'
+        b'"datacontenttype":"application/json","data":' + data + b',"ratio":2.50}'
+    )
     readout = read_event(value, topic="orders", pubsubname="pubsub", raw_payload=False)
     assert readout.event["data"]["big"] == float(big)  # what orjson read: not the digits
     result = await channels(port).deliver("", readout, {}, topic="orders", pubsubname="pubsub")
     assert result.status is AppStatus.SUCCESS
-    (request, _), = app.requests
+    ((request, _),) = app.requests
     assert request.data == data
     assert request.extensions["ratio"] == 2.5
 
 
-@pytest.mark.parametrize(("answer", "expected"), [
-    (lambda: appcallback_pb2.TopicEventResponse(), AppStatus.SUCCESS),
-    (lambda: appcallback_pb2.TopicEventResponse(status=Status.RETRY), AppStatus.RETRY),
-    (lambda: appcallback_pb2.TopicEventResponse(status=Status.DROP), AppStatus.DROP),
-    (lambda: grpc.StatusCode.UNIMPLEMENTED, AppStatus.DROP),
-    (lambda: grpc.StatusCode.INTERNAL, AppStatus.RETRY),
-    (lambda: 1 / 0, AppStatus.RETRY),  # the app's handler raises: UNKNOWN
-])
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (lambda: appcallback_pb2.TopicEventResponse(), AppStatus.SUCCESS),
+        (lambda: appcallback_pb2.TopicEventResponse(status=Status.RETRY), AppStatus.RETRY),
+        (lambda: appcallback_pb2.TopicEventResponse(status=Status.DROP), AppStatus.DROP),
+        (lambda: grpc.StatusCode.UNIMPLEMENTED, AppStatus.DROP),
+        (lambda: grpc.StatusCode.INTERNAL, AppStatus.RETRY),
+        (lambda: 1 / 0, AppStatus.RETRY),  # the app's handler raises: UNKNOWN
+    ],
+)
 async def test_deliver_classifies_the_answer(grpc_app, channels, answer, expected) -> None:
     app = App()
     app.answer = answer
@@ -242,8 +306,9 @@ async def test_deliver_classifies_the_answer(grpc_app, channels, answer, expecte
 
 
 async def test_unreachable_app_and_timeout_are_retry(grpc_app, channels) -> None:
-    result = await channels(free_port()).deliver("", _read(EVENT), {}, topic="orders",
-                                                 pubsubname="pubsub")
+    result = await channels(free_port()).deliver(
+        "", _read(EVENT), {}, topic="orders", pubsubname="pubsub"
+    )
     assert result.status is AppStatus.RETRY
 
     app = App()
@@ -263,8 +328,9 @@ async def test_undeliverable_data_is_retry_without_a_call(grpc_app, channels) ->
     assert app.requests == []
 
 
-async def test_discover_retries_until_the_app_serves(grpc_app, channels,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_discover_retries_until_the_app_serves(
+    grpc_app, channels, caplog: pytest.LogCaptureFixture
+) -> None:
     port = free_port()
     channel = channels(port)
     app = App()
@@ -279,7 +345,8 @@ async def test_discover_retries_until_the_app_serves(grpc_app, channels,
         await grpc_app(app, port)
         subs = await asyncio.wait_for(discovery, 30)
     assert [(s.pubsubname, s.topic, s.dead_letter_topic) for s in subs] == [
-        ("pubsub", "orders", "dlt")]
+        ("pubsub", "orders", "dlt")
+    ]
 
 
 async def test_discover_unimplemented_means_none_without_retry(grpc_app, channels) -> None:
@@ -299,18 +366,19 @@ async def test_wait_until_reachable(grpc_app, channels) -> None:
 
 # --- settings ------------------------------------------------------------------------------------
 
+
 def test_app_protocol_flag() -> None:
     parser = argparse.ArgumentParser()
     add_sidecar_arguments(parser)
     assert settings_from_args(parser.parse_args(["--app-id", "a"]), {}).app_protocol == "http"
     grpc_settings = settings_from_args(
-        parser.parse_args(["--app-id", "a", "--app-protocol", "grpc", "--app-port", "5000"]), {})
+        parser.parse_args(["--app-id", "a", "--app-protocol", "grpc", "--app-port", "5000"]), {}
+    )
     assert grpc_settings.app_protocol == "grpc"
     assert isinstance(open_app_channel(grpc_settings), GrpcAppChannel)
     assert isinstance(open_app_channel(SidecarSettings(app_id="a", app_port=1)), AppChannel)
     with pytest.raises(SystemExit):
         parser.parse_args(["--app-id", "a", "--app-protocol", "h2c"])
-
 
 
 async def _serve(app: App, port: int = 0) -> tuple[grpc.aio.Server, int]:

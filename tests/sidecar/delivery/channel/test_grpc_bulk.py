@@ -26,35 +26,58 @@ Status = appcallback_pb2.TopicEventResponse
 
 
 def event(event_id: str, **extra: Any) -> BulkEvent:
-    value = {"specversion": "1.0", "id": event_id, "source": "pub", "type": "t",
-             "datacontenttype": "application/json", "data": {"n": 1}, **extra}
+    value = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "pub",
+        "type": "t",
+        "datacontenttype": "application/json",
+        "data": {"n": 1},
+        **extra,
+    }
     read = read_event(orjson.dumps(value), topic="orders", pubsubname="pubsub", raw_payload=False)
     return BulkEvent(f"entry-{event_id}", read, {"__offset": "3", "pubsubName": "pubsub"})
 
 
 def test_bulk_request_entry_carries_the_cloudevent_and_metadata() -> None:
-    entry = bulk_request_entry(event("e-1", traceparent="00-ab-cd-01", custom="x"),
-                               topic="orders", pubsubname="pubsub", path="widgets")
+    entry = bulk_request_entry(
+        event("e-1", traceparent="00-ab-cd-01", custom="x"),
+        topic="orders",
+        pubsubname="pubsub",
+        path="widgets",
+    )
     assert entry.entry_id == "entry-e-1"
     assert entry.content_type == "application/cloudevents+json"
     assert dict(entry.metadata) == {"__offset": "3", "pubsubName": "pubsub"}
     ce = entry.cloud_event
     assert (ce.id, ce.source, ce.type, ce.spec_version, ce.data_content_type, ce.data) == (
-        "e-1", "pub", "t", "1.0", "application/json", b'{"n":1}')
+        "e-1",
+        "pub",
+        "t",
+        "1.0",
+        "application/json",
+        b'{"n":1}',
+    )
     assert ce.extensions["traceparent"] == "00-ab-cd-01" and ce.extensions["custom"] == "x"
 
 
 def test_classify_bulk_response(caplog: pytest.LogCaptureFixture) -> None:
-    response = appcallback_pb2.TopicEventBulkResponse(statuses=[
-        appcallback_pb2.TopicEventBulkResponseEntry(entry_id="a", status=Status.SUCCESS),
-        appcallback_pb2.TopicEventBulkResponseEntry(entry_id="b", status=Status.DROP),
-        appcallback_pb2.TopicEventBulkResponseEntry(entry_id="zzz", status=Status.DROP),
-        appcallback_pb2.TopicEventBulkResponseEntry(entry_id="c", status=Status.RETRY),
-    ])
+    response = appcallback_pb2.TopicEventBulkResponse(
+        statuses=[
+            appcallback_pb2.TopicEventBulkResponseEntry(entry_id="a", status=Status.SUCCESS),
+            appcallback_pb2.TopicEventBulkResponseEntry(entry_id="b", status=Status.DROP),
+            appcallback_pb2.TopicEventBulkResponseEntry(entry_id="zzz", status=Status.DROP),
+            appcallback_pb2.TopicEventBulkResponseEntry(entry_id="c", status=Status.RETRY),
+        ]
+    )
     with caplog.at_level(logging.WARNING):
         answers = classify_bulk_response(response, ["a", "b", "c", "d"])
-    assert [a.status for a in answers] == [AppStatus.SUCCESS, AppStatus.DROP, AppStatus.RETRY,
-                                           AppStatus.RETRY]  # d: no status, retried
+    assert [a.status for a in answers] == [
+        AppStatus.SUCCESS,
+        AppStatus.DROP,
+        AppStatus.RETRY,
+        AppStatus.RETRY,
+    ]  # d: no status, retried
     assert "unknown entry_id 'zzz'" in caplog.text
 
 
@@ -83,11 +106,15 @@ class Unimplemented(appcallback_pb2_grpc.AppCallbackServicer):
 
 
 def answer(request: Any) -> Any:
-    return appcallback_pb2.TopicEventBulkResponse(statuses=[
-        appcallback_pb2.TopicEventBulkResponseEntry(
-            entry_id=e.entry_id,
-            status=Status.DROP if e.entry_id.endswith("drop") else Status.SUCCESS)
-        for e in request.entries])
+    return appcallback_pb2.TopicEventBulkResponse(
+        statuses=[
+            appcallback_pb2.TopicEventBulkResponseEntry(
+                entry_id=e.entry_id,
+                status=Status.DROP if e.entry_id.endswith("drop") else Status.SUCCESS,
+            )
+            for e in request.entries
+        ]
+    )
 
 
 @pytest.fixture
@@ -113,23 +140,28 @@ async def serve() -> AsyncIterator[Callable[..., Any]]:
 async def test_on_bulk_topic_event_one_answer_per_entry(serve, channels) -> None:
     app = Stable()
     channel = channels(await serve(stable=app), app_api_token="app-secret")
-    answers = await channel.deliver_bulk("widgets", [event("a"), event("b-drop")],
-                                         topic="orders", pubsubname="pubsub")
+    answers = await channel.deliver_bulk(
+        "widgets", [event("a"), event("b-drop")], topic="orders", pubsubname="pubsub"
+    )
     assert [a.status for a in answers] == [AppStatus.SUCCESS, AppStatus.DROP]
-    (request, metadata), = app.requests
+    ((request, metadata),) = app.requests
     assert (request.topic, request.pubsub_name, request.path, request.type) == (
-        "orders", "pubsub", "widgets", "com.dapr.event.sent.bulk")
+        "orders",
+        "pubsub",
+        "widgets",
+        "com.dapr.event.sent.bulk",
+    )
     assert request.id and [e.entry_id for e in request.entries] == ["entry-a", "entry-b-drop"]
     assert metadata["dapr-api-token"] == "app-secret"
 
 
 async def test_an_app_with_only_the_alpha_callback_is_served_and_remembered(
-        serve, channels) -> None:
+    serve, channels
+) -> None:
     alpha = Alpha()
     channel = channels(await serve(stable=Unimplemented(), alpha=alpha))
     for _ in range(2):
-        answers = await channel.deliver_bulk("", [event("a")], topic="orders",
-                                             pubsubname="pubsub")
+        answers = await channel.deliver_bulk("", [event("a")], topic="orders", pubsubname="pubsub")
         assert [a.status for a in answers] == [AppStatus.SUCCESS]
     assert len(alpha.requests) == 2
     assert channel._bulk_alpha  # the second batch went to the alpha callback first
@@ -137,15 +169,17 @@ async def test_an_app_with_only_the_alpha_callback_is_served_and_remembered(
 
 async def test_no_bulk_callback_at_all_drops_every_entry(serve, channels) -> None:
     channel = channels(await serve(stable=Unimplemented()))
-    answers = await channel.deliver_bulk("", [event("a"), event("b")], topic="orders",
-                                         pubsubname="pubsub")
+    answers = await channel.deliver_bulk(
+        "", [event("a"), event("b")], topic="orders", pubsubname="pubsub"
+    )
     assert [a.status for a in answers] == [AppStatus.DROP, AppStatus.DROP]
 
 
 async def test_an_unreachable_app_retries_every_entry(channels) -> None:
     channel = channels(free_port(), delivery_timeout_s=2)
-    answers = await channel.deliver_bulk("", [event("a"), event("b")], topic="orders",
-                                         pubsubname="pubsub")
+    answers = await channel.deliver_bulk(
+        "", [event("a"), event("b")], topic="orders", pubsubname="pubsub"
+    )
     assert [a.status for a in answers] == [AppStatus.RETRY, AppStatus.RETRY]
 
 
@@ -153,8 +187,7 @@ async def test_an_entry_whose_data_cannot_be_carried_is_retried_alone(serve, cha
     app = Stable()
     channel = channels(await serve(stable=app))
     bad = event("bad", datacontenttype="text/plain")  # text content type with JSON object data
-    answers = await channel.deliver_bulk("", [event("a"), bad], topic="orders",
-                                         pubsubname="pubsub")
+    answers = await channel.deliver_bulk("", [event("a"), bad], topic="orders", pubsubname="pubsub")
     assert [a.status for a in answers] == [AppStatus.SUCCESS, AppStatus.RETRY]
-    (request, _), = app.requests
+    ((request, _),) = app.requests
     assert [e.entry_id for e in request.entries] == ["entry-a"]

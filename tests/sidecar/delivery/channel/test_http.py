@@ -42,9 +42,11 @@ class AppServer:
             async def wrapped(request: web.Request) -> web.StreamResponse:
                 body = await request.read()
                 peer = request.transport.get_extra_info("peername") if request.transport else None
-                self.requests.append((request.method, request.path, dict(request.headers), body,
-                                      peer))
+                self.requests.append(
+                    (request.method, request.path, dict(request.headers), body, peer)
+                )
                 return await handler(request)
+
             return wrapped
 
         for (method, path), handler in routes.items():
@@ -89,6 +91,7 @@ async def channel_factory() -> AsyncIterator[Callable[..., AppChannel]]:
 def reply(status: int = 200, body: bytes = b"", content_type: str = "application/json") -> Handler:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=status, body=body, content_type=content_type)
+
     return handler
 
 
@@ -133,29 +136,36 @@ def test_classify_table(status: int, body: bytes, expected: AppStatus) -> None:
 
 
 @pytest.mark.parametrize(("status", "body", "expected"), TABLE)
-async def test_post_event_over_http(server: AppServer, channel_factory: Callable[..., AppChannel],
-                                    status: int, body: bytes, expected: AppStatus) -> None:
+async def test_post_event_over_http(
+    server: AppServer,
+    channel_factory: Callable[..., AppChannel],
+    status: int,
+    body: bytes,
+    expected: AppStatus,
+) -> None:
     async def handler(request: web.Request) -> web.Response:
         headers = {"Location": "/elsewhere"} if status == 302 else None
         return web.Response(status=status, body=body, headers=headers)
 
-    port = await server.start({("POST", "/orders"): handler,
-                               ("POST", "/elsewhere"): reply(200)})
+    port = await server.start({("POST", "/orders"): handler, ("POST", "/elsewhere"): reply(200)})
     channel = channel_factory(port)
-    result = await channel.post_event("/orders", b'{"id":"1"}',
-                                      {"Content-Type": "application/cloudevents+json"})
+    result = await channel.post_event(
+        "/orders", b'{"id":"1"}', {"Content-Type": "application/cloudevents+json"}
+    )
     assert result.status is expected
     assert result.http_status == status
     assert [r[1] for r in server.requests] == ["/orders"]  # one POST, no redirect followed
 
 
 async def test_post_event_sends_body_headers_and_token(
-        server: AppServer, channel_factory: Callable[..., AppChannel]) -> None:
+    server: AppServer, channel_factory: Callable[..., AppChannel]
+) -> None:
     port = await server.start({("POST", "/a/b"): reply(200)})
     channel = channel_factory(port, app_api_token="s3cret")
     body = b'{"id": "1", "data": {"n": 1.50}}'
-    result = await channel.post_event("/a/b", body, {"Content-Type": "application/cloudevents+json",
-                                                     "__offset": "7"})
+    result = await channel.post_event(
+        "/a/b", body, {"Content-Type": "application/cloudevents+json", "__offset": "7"}
+    )
     assert result.status is AppStatus.SUCCESS
     method, path, headers, got, _ = server.requests[0]
     assert (method, path, got) == ("POST", "/a/b", body)
@@ -165,14 +175,16 @@ async def test_post_event_sends_body_headers_and_token(
 
 
 async def test_no_token_header_without_app_api_token(
-        server: AppServer, channel_factory: Callable[..., AppChannel]) -> None:
+    server: AppServer, channel_factory: Callable[..., AppChannel]
+) -> None:
     port = await server.start({("POST", "/x"): reply(200)})
     await channel_factory(port).post_event("/x", b"{}", {})
     assert "dapr-api-token" not in server.requests[0][2]
 
 
-async def test_connections_are_reused(server: AppServer,
-                                      channel_factory: Callable[..., AppChannel]) -> None:
+async def test_connections_are_reused(
+    server: AppServer, channel_factory: Callable[..., AppChannel]
+) -> None:
     port = await server.start({("POST", "/x"): reply(200)})
     channel = channel_factory(port)
     for _ in range(5):
@@ -188,8 +200,9 @@ async def test_unreachable_app_is_retry(channel_factory: Callable[..., AppChanne
     assert result.http_status is None
 
 
-async def test_timeout_is_retry(server: AppServer,
-                                channel_factory: Callable[..., AppChannel]) -> None:
+async def test_timeout_is_retry(
+    server: AppServer, channel_factory: Callable[..., AppChannel]
+) -> None:
     never = asyncio.Event()
 
     async def stuck(request: web.Request) -> web.Response:
@@ -206,8 +219,10 @@ async def test_timeout_is_retry(server: AppServer,
 
 # --- reachability ---------------------------------------------------------------------------
 
+
 async def test_wait_until_reachable_returns_once_the_port_opens(
-        server: AppServer, channel_factory: Callable[..., AppChannel]) -> None:
+    server: AppServer, channel_factory: Callable[..., AppChannel]
+) -> None:
     port = free_port()
     channel = channel_factory(port)
     waiter = asyncio.create_task(channel.wait_until_reachable(asyncio.Event()))
@@ -218,7 +233,8 @@ async def test_wait_until_reachable_returns_once_the_port_opens(
 
 
 async def test_wait_until_reachable_stops_on_the_stop_event(
-        channel_factory: Callable[..., AppChannel]) -> None:
+    channel_factory: Callable[..., AppChannel],
+) -> None:
     stop = asyncio.Event()
     waiter = asyncio.create_task(channel_factory(free_port()).wait_until_reachable(stop))
     stop.set()
@@ -226,27 +242,40 @@ async def test_wait_until_reachable_stops_on_the_stop_event(
 
 
 async def test_wait_until_reachable_honours_the_connect_timeout(
-        channel_factory: Callable[..., AppChannel]) -> None:
+    channel_factory: Callable[..., AppChannel],
+) -> None:
     channel = channel_factory(free_port(), app_connect_timeout_s=0.1)
     assert await asyncio.wait_for(channel.wait_until_reachable(None), timeout=5) is False
 
 
 # --- discovery (GET /dapr/subscribe, §2.1) ----------------------------------------------------
 
-@pytest.mark.parametrize(("status", "body", "expected"), [
-    (404, b"", []),
-    (404, b'[{"pubsubname": "p", "topic": "t", "route": "/r"}]', []),
-    (200, b"", []),
-    (200, b"null", []),
-    (200, b"not json", []),
-    (200, b'{"pubsubname": "p"}', []),  # an object, not an array
-    (500, b'[{"pubsubname": "p", "topic": "t"}]', []),
-    (200, b'[{"pubsubname": "p", "topic": "t", "route": "/r"}, 3, "x"]',
-     [{"pubsubname": "p", "topic": "t", "route": "/r"}]),
-    (200, b"[]", []),
-])
-async def test_get_subscriptions(server: AppServer, channel_factory: Callable[..., AppChannel],
-                                 status: int, body: bytes, expected: list[object]) -> None:
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (404, b"", []),
+        (404, b'[{"pubsubname": "p", "topic": "t", "route": "/r"}]', []),
+        (200, b"", []),
+        (200, b"null", []),
+        (200, b"not json", []),
+        (200, b'{"pubsubname": "p"}', []),  # an object, not an array
+        (500, b'[{"pubsubname": "p", "topic": "t"}]', []),
+        (
+            200,
+            b'[{"pubsubname": "p", "topic": "t", "route": "/r"}, 3, "x"]',
+            [{"pubsubname": "p", "topic": "t", "route": "/r"}],
+        ),
+        (200, b"[]", []),
+    ],
+)
+async def test_get_subscriptions(
+    server: AppServer,
+    channel_factory: Callable[..., AppChannel],
+    status: int,
+    body: bytes,
+    expected: list[object],
+) -> None:
     port = await server.start({("GET", "/dapr/subscribe"): reply(status, body)})
     assert await channel_factory(port).get_subscriptions() == expected
     _, _, headers, _, _ = server.requests[0]
@@ -254,8 +283,8 @@ async def test_get_subscriptions(server: AppServer, channel_factory: Callable[..
 
 
 async def test_get_subscriptions_retries_until_the_app_listens(
-        server: AppServer, channel_factory: Callable[..., AppChannel],
-        caplog: pytest.LogCaptureFixture) -> None:
+    server: AppServer, channel_factory: Callable[..., AppChannel], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="tidings.sidecar.delivery.channel.http")
     port = free_port()
     task = asyncio.create_task(channel_factory(port).get_subscriptions())
@@ -264,11 +293,17 @@ async def test_get_subscriptions_retries_until_the_app_listens(
         assert asyncio.get_running_loop().time() < deadline, "no failed attempt was logged"
         await asyncio.sleep(0.01)
     assert not task.done()
-    await server.start({("GET", "/dapr/subscribe"):
-                        reply(200, b'[{"pubsubname": "p", "topic": "t", "route": "r"}]')},
-                       port=port)
+    await server.start(
+        {
+            ("GET", "/dapr/subscribe"): reply(
+                200, b'[{"pubsubname": "p", "topic": "t", "route": "r"}]'
+            )
+        },
+        port=port,
+    )
     assert await asyncio.wait_for(task, timeout=10) == [
-        {"pubsubname": "p", "topic": "t", "route": "r"}]
+        {"pubsubname": "p", "topic": "t", "route": "r"}
+    ]
 
 
 def test_channel_needs_an_app_port() -> None:

@@ -36,25 +36,39 @@ APP_ID = "orders"
 SUCCESS = appcallback_pb2.TopicEventResponse.SUCCESS
 RETRY = appcallback_pb2.TopicEventResponse.RETRY
 DROP = appcallback_pb2.TopicEventResponse.DROP
-KAFKA_FAST = {"sessionTimeout": "3s", "heartbeatInterval": "1s",
-              "backOffInitialInterval": "50ms", "backOffMaxInterval": "200ms"}
+KAFKA_FAST = {
+    "sessionTimeout": "3s",
+    "heartbeatInterval": "1s",
+    "backOffInitialInterval": "50ms",
+    "backOffMaxInterval": "200ms",
+}
 
 
 def memory_component(name: str = "memory", **metadata: str) -> str:
-    items = "".join(f"  - {{name: {k}, value: {orjson.dumps(v).decode()}}}\n"
-                    for k, v in metadata.items())
-    return (f"apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}}}\n"
-            f"spec:\n  type: pubsub.in-memory\n  version: v1\n"
-            + (f"  metadata:\n{items}" if items else ""))
+    items = "".join(
+        f"  - {{name: {k}, value: {orjson.dumps(v).decode()}}}\n" for k, v in metadata.items()
+    )
+    return (
+        f"apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  type: pubsub.in-memory\n  version: v1\n"
+        + (f"  metadata:\n{items}" if items else "")
+    )
 
 
 async def started_sidecar(folder: Path, files: dict[str, str], **settings: Any) -> Sidecar:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (folder / name).write_text(text)
-    sidecar = Sidecar(SidecarSettings(app_id=APP_ID, dapr_http_port=0, dapr_grpc_port=0,
-                                      resources_paths=(folder,), resources_poll_interval_s=60,
-                                      **settings))
+    sidecar = Sidecar(
+        SidecarSettings(
+            app_id=APP_ID,
+            dapr_http_port=0,
+            dapr_grpc_port=0,
+            resources_paths=(folder,),
+            resources_poll_interval_s=60,
+            **settings,
+        )
+    )
     await sidecar.start()
     return sidecar
 
@@ -71,18 +85,23 @@ async def until(what: str, check: Callable[[], Any], timeout_s: float = 30.0) ->
 
 @pytest.fixture
 async def memory_sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
-    sidecar = await started_sidecar(tmp_path / "res", {
-        "memory.yaml": memory_component(),
-        "scoped.yaml": memory_component("scoped", publishingScopes=f"{APP_ID}=allowed"),
-    })
+    sidecar = await started_sidecar(
+        tmp_path / "res",
+        {
+            "memory.yaml": memory_component(),
+            "scoped.yaml": memory_component("scoped", publishingScopes=f"{APP_ID}=allowed"),
+        },
+    )
     yield sidecar
     await sidecar.stop()
 
 
 @pytest.fixture
 async def kafka_sidecar(tmp_path: Path, kafka_bootstrap: str) -> AsyncIterator[Sidecar]:
-    sidecar = await started_sidecar(tmp_path / "res", {
-        "pubsub.yaml": kafka_component_yaml(kafka_bootstrap, metadata=KAFKA_FAST)})
+    sidecar = await started_sidecar(
+        tmp_path / "res",
+        {"pubsub.yaml": kafka_component_yaml(kafka_bootstrap, metadata=KAFKA_FAST)},
+    )
     await until("the Kafka producer", sidecar.outbound_ready)
     yield sidecar
     await sidecar.stop()
@@ -112,28 +131,46 @@ def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     raise AssertionError(f"no ErrorInfo in {status}")
 
 
-def publish_request(pubsub: str, topic: str, data: bytes = b'{"a": 1}',
-                    content_type: str = "application/json",
-                    **metadata: str) -> pubsub_pb2.PublishEventRequest:
-    return pubsub_pb2.PublishEventRequest(pubsub_name=pubsub, topic=topic, data=data,
-                                          data_content_type=content_type, metadata=metadata)
+def publish_request(
+    pubsub: str,
+    topic: str,
+    data: bytes = b'{"a": 1}',
+    content_type: str = "application/json",
+    **metadata: str,
+) -> pubsub_pb2.PublishEventRequest:
+    return pubsub_pb2.PublishEventRequest(
+        pubsub_name=pubsub,
+        topic=topic,
+        data=data,
+        data_content_type=content_type,
+        metadata=metadata,
+    )
 
 
 # --- publishing ---------------------------------------------------------------------------------
 
-async def test_publish_event_wraps_like_http_and_is_stored(kafka_sidecar: Sidecar,
-                                                           kafka_bootstrap: str,
-                                                           unique: str) -> None:
+
+async def test_publish_event_wraps_like_http_and_is_stored(
+    kafka_sidecar: Sidecar, kafka_bootstrap: str, unique: str
+) -> None:
     channel, stub = stub_of(kafka_sidecar)
     topic = f"grpc-{unique}"
     async with channel:
-        await stub.PublishEvent(publish_request("pubsub", topic, b'{"n": 1.10}',
-                                                partitionKey="k1", custom="v"))
+        await stub.PublishEvent(
+            publish_request("pubsub", topic, b'{"n": 1.10}', partitionKey="k1", custom="v")
+        )
         # One key: one partition, so the records read back in publish order.
         await stub.PublishEvent(publish_request("pubsub", topic, b"plain", "", partitionKey="k1"))
-        await stub.PublishEvent(publish_request("pubsub", topic, b"\x00\xff",
-                                                "application/octet-stream", rawPayload="true",
-                                                partitionKey="k1"))
+        await stub.PublishEvent(
+            publish_request(
+                "pubsub",
+                topic,
+                b"\x00\xff",
+                "application/octet-stream",
+                rawPayload="true",
+                partitionKey="k1",
+            )
+        )
     records = await read_records(kafka_bootstrap, topic, 3)
     assert len(records) == 3
     first = orjson.loads(records[0].value)
@@ -145,22 +182,47 @@ async def test_publish_event_wraps_like_http_and_is_stored(kafka_sidecar: Sideca
     assert records[2].value == b"\x00\xff"
 
 
-@pytest.mark.parametrize(("request_", "code", "reason"), [
-    (publish_request("nope", "t"), grpc.StatusCode.INVALID_ARGUMENT, "DAPR_PUBSUB_NOT_FOUND"),
-    (publish_request("", "t"), grpc.StatusCode.INVALID_ARGUMENT, "DAPR_PUBSUB_NAME_EMPTY"),
-    (publish_request("memory", ""), grpc.StatusCode.INVALID_ARGUMENT,
-     "DAPR_PUBSUB_TOPIC_NAME_EMPTY"),
-    (publish_request("scoped", "denied"), grpc.StatusCode.PERMISSION_DENIED,
-     "DAPR_PUBSUB_FORBIDDEN"),
-    (publish_request("memory", "t", rawPayload="maybe"), grpc.StatusCode.INVALID_ARGUMENT,
-     "DAPR_PUBSUB_METADATA_DESERIALIZATION"),
-    (publish_request("memory", "t", b"[1]", "application/cloudevents+json"),
-     grpc.StatusCode.INVALID_ARGUMENT, "DAPR_PUBSUB_CLOUD_EVENT_CREATION"),
-], ids=["unknown-pubsub", "empty-pubsub", "empty-topic", "forbidden", "bad-rawPayload",
-        "cloudevent-not-object"])
+@pytest.mark.parametrize(
+    ("request_", "code", "reason"),
+    [
+        (publish_request("nope", "t"), grpc.StatusCode.INVALID_ARGUMENT, "DAPR_PUBSUB_NOT_FOUND"),
+        (publish_request("", "t"), grpc.StatusCode.INVALID_ARGUMENT, "DAPR_PUBSUB_NAME_EMPTY"),
+        (
+            publish_request("memory", ""),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DAPR_PUBSUB_TOPIC_NAME_EMPTY",
+        ),
+        (
+            publish_request("scoped", "denied"),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "DAPR_PUBSUB_FORBIDDEN",
+        ),
+        (
+            publish_request("memory", "t", rawPayload="maybe"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DAPR_PUBSUB_METADATA_DESERIALIZATION",
+        ),
+        (
+            publish_request("memory", "t", b"[1]", "application/cloudevents+json"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+        ),
+    ],
+    ids=[
+        "unknown-pubsub",
+        "empty-pubsub",
+        "empty-topic",
+        "forbidden",
+        "bad-rawPayload",
+        "cloudevent-not-object",
+    ],
+)
 async def test_publish_errors_are_grpc_codes_with_error_info(
-        stub: dapr_pb2_grpc.DaprStub, request_: pubsub_pb2.PublishEventRequest,
-        code: grpc.StatusCode, reason: str) -> None:
+    stub: dapr_pb2_grpc.DaprStub,
+    request_: pubsub_pb2.PublishEventRequest,
+    code: grpc.StatusCode,
+    reason: str,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PublishEvent(request_)
     assert caught.value.code() is code
@@ -168,36 +230,48 @@ async def test_publish_errors_are_grpc_codes_with_error_info(
     assert (info.reason, info.domain) == (reason, "dapr.io")
 
 
-@pytest.mark.parametrize(("topic", "metadata", "problem"), [
-    ("bad topic", {}, "bad topic"),
-    ("t-{unique}", {"partitionNumber": "99"}, "out of range"),
-    ("t-{unique}", {"partitionNumber": "99999999999"}, "out of range"),
-], ids=["topic-kafka-cannot-hold", "partition-out-of-range", "partition-beyond-int32"])
+@pytest.mark.parametrize(
+    ("topic", "metadata", "problem"),
+    [
+        ("bad topic", {}, "bad topic"),
+        ("t-{unique}", {"partitionNumber": "99"}, "out of range"),
+        ("t-{unique}", {"partitionNumber": "99999999999"}, "out of range"),
+    ],
+    ids=["topic-kafka-cannot-hold", "partition-out-of-range", "partition-beyond-int32"],
+)
 async def test_client_mistake_is_invalid_argument_as_http_400(
-        kafka_sidecar: Sidecar, unique: str, topic: str, metadata: dict[str, str],
-        problem: str) -> None:
+    kafka_sidecar: Sidecar, unique: str, topic: str, metadata: dict[str, str], problem: str
+) -> None:
     """Regression: the SDK's ``publish_event("pubsub", "bad topic", "x")`` and
     ``partitionNumber=99`` got INTERNAL, while HTTP answers 400 (issue 5); the Dapr reason
     stays."""
     channel, stub = stub_of(kafka_sidecar)
     async with channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.PublishEvent(publish_request("pubsub", topic.format(unique=unique),
-                                                    **metadata))
+            await stub.PublishEvent(
+                publish_request("pubsub", topic.format(unique=unique), **metadata)
+            )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(caught.value)
     assert (info.reason, info.domain) == ("DAPR_PUBSUB_PUBLISH_MESSAGE", "dapr.io")
     assert problem in (caught.value.details() or "")
 
 
-async def test_broker_failure_is_internal_with_publish_reason(tmp_path: Path, nats_url: str,
-                                                              unique: str) -> None:
+async def test_broker_failure_is_internal_with_publish_reason(
+    tmp_path: Path, nats_url: str, unique: str
+) -> None:
     """A real broker failure stays INTERNAL (HTTP 500): JetStream has no stream for the
     subject, which an operator may still create."""
-    sidecar = await started_sidecar(tmp_path / "res", {"bus.yaml": (
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: bus}\n"
-        "spec:\n  type: pubsub.jetstream\n  version: v1\n"
-        f"  metadata:\n  - {{name: natsURL, value: '{nats_url}'}}\n")})
+    sidecar = await started_sidecar(
+        tmp_path / "res",
+        {
+            "bus.yaml": (
+                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: bus}\n"
+                "spec:\n  type: pubsub.jetstream\n  version: v1\n"
+                f"  metadata:\n  - {{name: natsURL, value: '{nats_url}'}}\n"
+            )
+        },
+    )
     try:
         await until("the JetStream connection", sidecar.outbound_ready)
         channel, stub = stub_of(sidecar)
@@ -211,7 +285,8 @@ async def test_broker_failure_is_internal_with_publish_reason(tmp_path: Path, na
 
 
 async def test_message_over_max_body_size_is_resource_exhausted(
-        stub: dapr_pb2_grpc.DaprStub) -> None:
+    stub: dapr_pb2_grpc.DaprStub,
+) -> None:
     """Regression: grpcio's own ``Received message larger than max`` answered, without Dapr's
     ErrorInfo; tidings' check now answers as HTTP's 413 does. Exactly the limit is stored."""
     limit = 4 * 1024 * 1024
@@ -225,25 +300,34 @@ async def test_message_over_max_body_size_is_resource_exhausted(
     await stub.PublishEvent(publish_request("memory", "t", b"x" * limit, "text/plain"))
     entry = pubsub_pb2.BulkPublishRequestEntry
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.BulkPublishEvent(pubsub_pb2.BulkPublishRequest(
-            pubsub_name="memory", topic="t", entries=[
-                entry(entry_id="1", event=b"x" * (limit // 2), content_type="text/plain"),
-                entry(entry_id="2", event=b"x" * (limit // 2 + 1), content_type="text/plain")]))
+        await stub.BulkPublishEvent(
+            pubsub_pb2.BulkPublishRequest(
+                pubsub_name="memory",
+                topic="t",
+                entries=[
+                    entry(entry_id="1", event=b"x" * (limit // 2), content_type="text/plain"),
+                    entry(entry_id="2", event=b"x" * (limit // 2 + 1), content_type="text/plain"),
+                ],
+            )
+        )
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value).reason == "DAPR_PUBSUB_PUBLISH_MESSAGE"
 
 
 @pytest.mark.parametrize("ttl", ["abc", "-5"])
-async def test_invalid_ttl_is_ignored_as_over_http(memory_sidecar: Sidecar,
-                                                   stub: dapr_pb2_grpc.DaprStub, ttl: str) -> None:
+async def test_invalid_ttl_is_ignored_as_over_http(
+    memory_sidecar: Sidecar, stub: dapr_pb2_grpc.DaprStub, ttl: str
+) -> None:
     """The newcomer's ``ttlInSeconds=abc``/``-5``: no error, no ``expiration``, as Dapr does
     (contract §1.2, §9) and as the HTTP API does (test_api); the value travels as a header."""
     topic = f"ttl{ttl}"
     await stub.PublishEvent(publish_request("memory", topic, ttlInSeconds=ttl))
-    entry = pubsub_pb2.BulkPublishRequestEntry(entry_id="1", event=b"x", content_type="text/plain",
-                                               metadata={"ttlInSeconds": ttl})
-    response = await stub.BulkPublishEvent(pubsub_pb2.BulkPublishRequest(
-        pubsub_name="memory", topic=topic, entries=[entry]))
+    entry = pubsub_pb2.BulkPublishRequestEntry(
+        entry_id="1", event=b"x", content_type="text/plain", metadata={"ttlInSeconds": ttl}
+    )
+    response = await stub.BulkPublishEvent(
+        pubsub_pb2.BulkPublishRequest(pubsub_name="memory", topic=topic, entries=[entry])
+    )
     assert not response.failedEntries
     records = memory_sidecar._brokers["memory"]._topics[topic].log  # type: ignore[attr-defined]
     assert len(records) == 2
@@ -252,21 +336,32 @@ async def test_invalid_ttl_is_ignored_as_over_http(memory_sidecar: Sidecar,
 
 
 @pytest.mark.parametrize("rpc", ["BulkPublishEvent", "BulkPublishEventAlpha1"])
-async def test_bulk_publish_returns_failed_entries(kafka_sidecar: Sidecar, kafka_bootstrap: str,
-                                                   unique: str, rpc: str) -> None:
+async def test_bulk_publish_returns_failed_entries(
+    kafka_sidecar: Sidecar, kafka_bootstrap: str, unique: str, rpc: str
+) -> None:
     channel, stub = stub_of(kafka_sidecar)
     topic = f"bulk-{unique}"
     entry = pubsub_pb2.BulkPublishRequestEntry
-    request = pubsub_pb2.BulkPublishRequest(pubsub_name="pubsub", topic=topic, entries=[
-        entry(entry_id="1", event=b'{"n": 1}', content_type="application/json"),
-        entry(entry_id="2", event=b"two", content_type="text/plain",
-              metadata={"partitionNumber": "99999999999"}),
-        entry(entry_id="3", event=b"three", content_type="text/plain"),
-    ], metadata={"ttlInSeconds": "60"})
+    request = pubsub_pb2.BulkPublishRequest(
+        pubsub_name="pubsub",
+        topic=topic,
+        entries=[
+            entry(entry_id="1", event=b'{"n": 1}', content_type="application/json"),
+            entry(
+                entry_id="2",
+                event=b"two",
+                content_type="text/plain",
+                metadata={"partitionNumber": "99999999999"},
+            ),
+            entry(entry_id="3", event=b"three", content_type="text/plain"),
+        ],
+        metadata={"ttlInSeconds": "60"},
+    )
     async with channel:
         response = await getattr(stub, rpc)(request)
     assert [(f.entry_id, "out of range" in f.error) for f in response.failedEntries] == [
-        ("2", True)]
+        ("2", True)
+    ]
     records = await read_records(kafka_bootstrap, topic, 2)
     events = [orjson.loads(r.value) for r in records]
     assert sorted(orjson.dumps(e["data"]) for e in events) == [b'"three"', b'{"n":1}']
@@ -276,21 +371,25 @@ async def test_bulk_publish_returns_failed_entries(kafka_sidecar: Sidecar, kafka
 async def test_bulk_publish_request_errors(stub: dapr_pb2_grpc.DaprStub) -> None:
     entry = pubsub_pb2.BulkPublishRequestEntry(entry_id="1", event=b"x", content_type="text/plain")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.BulkPublishEvent(pubsub_pb2.BulkPublishRequest(
-            pubsub_name="memory", topic="t", entries=[entry, entry]))
+        await stub.BulkPublishEvent(
+            pubsub_pb2.BulkPublishRequest(pubsub_name="memory", topic="t", entries=[entry, entry])
+        )
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).reason == "DAPR_PUBSUB_MARSHAL_EVENTS"
     assert "entryId is duplicated" in (caught.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.BulkPublishEvent(pubsub_pb2.BulkPublishRequest(
-            pubsub_name="scoped", topic="denied", entries=[entry]))
+        await stub.BulkPublishEvent(
+            pubsub_pb2.BulkPublishRequest(pubsub_name="scoped", topic="denied", entries=[entry])
+        )
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
 # --- metadata, unimplemented, token -------------------------------------------------------------
 
+
 async def test_get_metadata_answers_like_http_and_set_metadata_is_shared(
-        memory_sidecar: Sidecar) -> None:
+    memory_sidecar: Sidecar,
+) -> None:
     channel, stub = stub_of(memory_sidecar)
     async with channel:
         await stub.SetMetadata(metadata_pb2.SetMetadataRequest(key="color", value="blue"))
@@ -301,14 +400,16 @@ async def test_get_metadata_answers_like_http_and_set_metadata_is_shared(
     assert answer.id == body["id"] == APP_ID
     assert answer.runtime_version == body["runtimeVersion"]
     assert sorted((c.name, c.type, c.version) for c in answer.registered_components) == sorted(
-        (c["name"], c["type"], c["version"]) for c in body["components"])
+        (c["name"], c["type"], c["version"]) for c in body["components"]
+    )
     assert dict(answer.extended_metadata) == body["extended"]
     assert body["extended"]["color"] == "blue"
     assert answer.app_connection_properties.protocol == "http"
 
 
 async def test_other_rpcs_are_unimplemented_with_a_clear_message(
-        stub: dapr_pb2_grpc.DaprStub) -> None:
+    stub: dapr_pb2_grpc.DaprStub,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetState(state_pb2.GetStateRequest(store_name="s", key="k"))
     assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
@@ -316,12 +417,15 @@ async def test_other_rpcs_are_unimplemented_with_a_clear_message(
 
 
 async def test_api_token_is_enforced(tmp_path: Path) -> None:
-    sidecar = await started_sidecar(tmp_path / "res", {"memory.yaml": memory_component()},
-                                    api_token="s3cret")
+    sidecar = await started_sidecar(
+        tmp_path / "res", {"memory.yaml": memory_component()}, api_token="s3cret"
+    )
     channel, stub = stub_of(sidecar)
     try:
-        for metadata, message in [((), "missing api token"),
-                                  ((("dapr-api-token", "wrong"),), "api token mismatch")]:
+        for metadata, message in [
+            ((), "missing api token"),
+            ((("dapr-api-token", "wrong"),), "api token mismatch"),
+        ]:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.PublishEvent(publish_request("memory", "t"), metadata=metadata)
             assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -330,8 +434,9 @@ async def test_api_token_is_enforced(tmp_path: Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call.read()
             assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
-        await stub.PublishEvent(publish_request("memory", "t"),
-                                metadata=(("dapr-api-token", "s3cret"),))
+        await stub.PublishEvent(
+            publish_request("memory", "t"), metadata=(("dapr-api-token", "s3cret"),)
+        )
     finally:
         await channel.close()
         await sidecar.stop()
@@ -339,18 +444,23 @@ async def test_api_token_is_enforced(tmp_path: Path) -> None:
 
 # --- streaming subscriptions --------------------------------------------------------------------
 
-def initial(pubsub: str, topic: str, dead_letter: str | None = None,
-            **metadata: str) -> pubsub_pb2.SubscribeTopicEventsRequestAlpha1:
+
+def initial(
+    pubsub: str, topic: str, dead_letter: str | None = None, **metadata: str
+) -> pubsub_pb2.SubscribeTopicEventsRequestAlpha1:
     return pubsub_pb2.SubscribeTopicEventsRequestAlpha1(
         initial_request=pubsub_pb2.SubscribeTopicEventsRequestInitialAlpha1(
-            pubsub_name=pubsub, topic=topic, metadata=metadata,
-            dead_letter_topic=dead_letter))
+            pubsub_name=pubsub, topic=topic, metadata=metadata, dead_letter_topic=dead_letter
+        )
+    )
 
 
 def processed(event_id: str, status: int) -> pubsub_pb2.SubscribeTopicEventsRequestAlpha1:
     return pubsub_pb2.SubscribeTopicEventsRequestAlpha1(
         event_processed=pubsub_pb2.SubscribeTopicEventsRequestProcessedAlpha1(
-            id=event_id, status=appcallback_pb2.TopicEventResponse(status=status)))
+            id=event_id, status=appcallback_pb2.TopicEventResponse(status=status)
+        )
+    )
 
 
 async def open_stream(stub: dapr_pb2_grpc.DaprStub, request: Any) -> Any:
@@ -367,15 +477,20 @@ async def next_event(call: Any, timeout_s: float = 30.0) -> appcallback_pb2.Topi
     return message.event_message
 
 
-@pytest.mark.parametrize(("requests", "message"), [
-    ([], "initial request is required"),
-    ([processed("x", 0)], "initial request is required"),
-    ([initial("", "t")], "pubsubName is required"),
-    ([initial("memory", "")], "topic is required"),
-    ([initial("nope", "t")], "pubsub nope is not found"),
-], ids=["nothing", "processed-first", "no-pubsub", "no-topic", "unknown-pubsub"])
-async def test_stream_protocol_errors(stub: dapr_pb2_grpc.DaprStub, requests: list[Any],
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("requests", "message"),
+    [
+        ([], "initial request is required"),
+        ([processed("x", 0)], "initial request is required"),
+        ([initial("", "t")], "pubsubName is required"),
+        ([initial("memory", "")], "topic is required"),
+        ([initial("nope", "t")], "pubsub nope is not found"),
+    ],
+    ids=["nothing", "processed-first", "no-pubsub", "no-topic", "unknown-pubsub"],
+)
+async def test_stream_protocol_errors(
+    stub: dapr_pb2_grpc.DaprStub, requests: list[Any], message: str
+) -> None:
     call = stub.SubscribeTopicEventsAlpha1()
     for request in requests:
         await call.write(request)
@@ -387,7 +502,8 @@ async def test_stream_protocol_errors(stub: dapr_pb2_grpc.DaprStub, requests: li
 
 
 async def test_duplicate_initial_request_and_second_stream_are_refused(
-        stub: dapr_pb2_grpc.DaprStub) -> None:
+    stub: dapr_pb2_grpc.DaprStub,
+) -> None:
     call = await open_stream(stub, initial("memory", "dup"))
     second = stub.SubscribeTopicEventsAlpha1()
     await second.write(initial("memory", "dup"))
@@ -405,16 +521,23 @@ async def test_stream_receives_events_and_is_listed_as_streaming(memory_sidecar:
     channel, stub = stub_of(memory_sidecar)
     async with channel:
         call = await open_stream(stub, initial("memory", "orders", rawPayload="false"))
-        await stub.PublishEvent(publish_request("memory", "orders", b'{"n": 1, "price": 1.10}',
-                                                **{"cloudevent.type": "order.created"}))
+        await stub.PublishEvent(
+            publish_request(
+                "memory",
+                "orders",
+                b'{"n": 1, "price": 1.10}',
+                **{"cloudevent.type": "order.created"},
+            )
+        )
         await stub.PublishEvent(publish_request("memory", "orders", b"hello", "text/plain"))
         first = await next_event(call)
-        assert (first.topic, first.pubsub_name, first.type) == ("orders", "memory",
-                                                                 "order.created")
+        assert (first.topic, first.pubsub_name, first.type) == ("orders", "memory", "order.created")
         # The same request as for a gRPC app (envelopes/topic_event.py): numbers as published,
         # Dapr's route "/", the event's own topic and pubsubname among the extensions.
-        assert (first.data, first.data_content_type) == (b'{"n":1,"price":1.10}',
-                                                         "application/json")
+        assert (first.data, first.data_content_type) == (
+            b'{"n":1,"price":1.10}',
+            "application/json",
+        )
         assert first.source == APP_ID and first.spec_version == "1.0" and first.path == "/"
         assert "traceparent" in first.extensions
         assert (first.extensions["topic"], first.extensions["pubsubname"]) == ("orders", "memory")
@@ -429,9 +552,9 @@ async def test_stream_receives_events_and_is_listed_as_streaming(memory_sidecar:
     await until("the stream to be forgotten", lambda: not memory_sidecar.streams.subscriptions())
 
 
-async def test_retry_is_redelivered_and_drop_goes_to_dead_letter(kafka_sidecar: Sidecar,
-                                                                 kafka_bootstrap: str,
-                                                                 unique: str) -> None:
+async def test_retry_is_redelivered_and_drop_goes_to_dead_letter(
+    kafka_sidecar: Sidecar, kafka_bootstrap: str, unique: str
+) -> None:
     """The answers are read by the one policy table (``delivery.engine.decide``): RETRY redelivers
     (no dead-letter topic), DROP and RETRY with a dead-letter topic and unbounded retries go there
     (Dapr's rule, delivery/engine.py)."""
@@ -459,8 +582,9 @@ async def test_retry_is_redelivered_and_drop_goes_to_dead_letter(kafka_sidecar: 
         with_dlt.cancel()
 
 
-async def test_unanswered_events_are_redelivered_to_the_next_stream(kafka_sidecar: Sidecar,
-                                                                    unique: str) -> None:
+async def test_unanswered_events_are_redelivered_to_the_next_stream(
+    kafka_sidecar: Sidecar, unique: str
+) -> None:
     """At-least-once across streams (§1.6): an event the app did not answer before its stream
     ended is delivered again on the next stream; answered events are not."""
     topic = f"s-{unique}"
@@ -469,8 +593,9 @@ async def test_unanswered_events_are_redelivered_to_the_next_stream(kafka_sideca
         call = await open_stream(stub, initial("pubsub", topic))
         # One partition: the second event comes only once the first one's answer was taken.
         for n in range(2):
-            await stub.PublishEvent(publish_request("pubsub", topic, b'{"n": %d}' % n,
-                                                    partitionKey="one"))
+            await stub.PublishEvent(
+                publish_request("pubsub", topic, b'{"n": %d}' % n, partitionKey="one")
+            )
         answered = await next_event(call)
         await call.write(processed(answered.id, SUCCESS))
         unanswered = await next_event(call)
@@ -486,7 +611,8 @@ async def test_unanswered_events_are_redelivered_to_the_next_stream(kafka_sideca
 
 
 async def test_unanswered_events_come_back_from_the_broker_once_the_topic_was_released(
-        kafka_sidecar: Sidecar, unique: str) -> None:
+    kafka_sidecar: Sidecar, unique: str
+) -> None:
     """No stream within the reconnect window: the topic is unsubscribed, the waiting delivery is
     cancelled unacknowledged, and the next stream gets the event from the broker again."""
     kafka_sidecar.streams.linger_s = 0.2
@@ -497,10 +623,14 @@ async def test_unanswered_events_come_back_from_the_broker_once_the_topic_was_re
         await stub.PublishEvent(publish_request("pubsub", topic, b'{"n": 1}'))
         unanswered = await next_event(call)
         call.cancel()
-        await until("the topic to be released",
-                    lambda: kafka_sidecar.streams.dispatcher("pubsub", topic) is None)
-        assert not any(p.startswith(f"{topic}:") for p in
-                       kafka_sidecar.extended()["kafka.assignment.pubsub"].split(","))
+        await until(
+            "the topic to be released",
+            lambda: kafka_sidecar.streams.dispatcher("pubsub", topic) is None,
+        )
+        assert not any(
+            p.startswith(f"{topic}:")
+            for p in kafka_sidecar.extended()["kafka.assignment.pubsub"].split(",")
+        )
         again = await open_stream(stub, initial("pubsub", topic))
         redelivered = await next_event(again, timeout_s=60)
         assert redelivered.id == unanswered.id
@@ -523,8 +653,9 @@ async def test_stream_on_a_topic_the_app_subscribed_to_is_refused(tmp_path: Path
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    sidecar = await started_sidecar(tmp_path / "res", {"memory.yaml": memory_component()},
-                                    app_port=port)
+    sidecar = await started_sidecar(
+        tmp_path / "res", {"memory.yaml": memory_component()}, app_port=port
+    )
     channel, stub = stub_of(sidecar)
     try:
         await until("the app's subscription", lambda: sidecar.subscriptions())
@@ -544,8 +675,9 @@ async def test_stream_on_a_topic_the_app_subscribed_to_is_refused(tmp_path: Path
 
 async def test_stream_ends_when_hot_reload_removes_its_pubsub(tmp_path: Path) -> None:
     folder = tmp_path / "res"
-    sidecar = await started_sidecar(folder, {"memory.yaml": memory_component(),
-                                             "gone.yaml": memory_component("gone")})
+    sidecar = await started_sidecar(
+        folder, {"memory.yaml": memory_component(), "gone.yaml": memory_component("gone")}
+    )
     channel, stub = stub_of(sidecar)
     try:
         call = await open_stream(stub, initial("gone", "orders"))
@@ -566,14 +698,19 @@ async def test_grpc_port_in_use(tmp_path: Path) -> None:
     first = await started_sidecar(tmp_path / "a", {"memory.yaml": memory_component()})
     try:
         assert first.grpc_port
-        taken = SidecarSettings(app_id=APP_ID, dapr_http_port=0, dapr_grpc_port=first.grpc_port,
-                                dapr_grpc_port_explicit=True)
+        taken = SidecarSettings(
+            app_id=APP_ID,
+            dapr_http_port=0,
+            dapr_grpc_port=first.grpc_port,
+            dapr_grpc_port_explicit=True,
+        )
         second = Sidecar(taken)
         with pytest.raises(OSError, match="cannot bind the gRPC API"):
             await second.start()
         await second.stop()
-        third = Sidecar(SidecarSettings(app_id=APP_ID, dapr_http_port=0,
-                                        dapr_grpc_port=first.grpc_port))
+        third = Sidecar(
+            SidecarSettings(app_id=APP_ID, dapr_http_port=0, dapr_grpc_port=first.grpc_port)
+        )
         await third.start()
         assert third.grpc_port is None and third.bound_port
         await third.stop()

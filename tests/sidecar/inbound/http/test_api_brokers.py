@@ -64,8 +64,13 @@ async def kafka_backend(servers: dict[str, Any], unique: str, stack: AsyncExitSt
     async def unusable() -> tuple[str, str]:
         return "bad+name", "is not a valid Kafka topic name"  # '+' in a path is a space
 
-    return Backend(loaded, KafkaBroker(loaded, app_id="orders"), lambda n: f"api-{n}-{unique}",
-                   partial(stored_kafka, bootstrap), unusable)
+    return Backend(
+        loaded,
+        KafkaBroker(loaded, app_id="orders"),
+        lambda n: f"api-{n}-{unique}",
+        partial(stored_kafka, bootstrap),
+        unusable,
+    )
 
 
 async def redis_backend(servers: dict[str, Any], unique: str, stack: AsyncExitStack) -> Backend:
@@ -91,12 +96,12 @@ async def redis_backend(servers: dict[str, Any], unique: str, stack: AsyncExitSt
         await client.set(name, "a key that holds no stream")
         return name, "key is not a stream"
 
-    return Backend(loaded, RedisBroker(loaded, app_id="orders"), topic,
-                   partial(stored_redis, host), unusable)
+    return Backend(
+        loaded, RedisBroker(loaded, app_id="orders"), topic, partial(stored_redis, host), unusable
+    )
 
 
-async def jetstream_backend(servers: dict[str, Any], unique: str,
-                            stack: AsyncExitStack) -> Backend:
+async def jetstream_backend(servers: dict[str, Any], unique: str, stack: AsyncExitStack) -> Backend:
     url = servers["nats_url"]
     stream, prefix = servers["jetstream_stream"]
     loaded = component("bus", "pubsub.jetstream", natsURL=url, streamName=stream)
@@ -104,13 +109,21 @@ async def jetstream_backend(servers: dict[str, Any], unique: str,
     async def unusable() -> tuple[str, str]:
         return f"{prefix}.*", "is not a NATS subject"  # a wildcard: subscribe only
 
-    return Backend(loaded, JetStreamBroker(loaded, app_id="orders"), lambda n: f"{prefix}.{n}",
-                   partial(stored_jetstream, url, stream), unusable)
+    return Backend(
+        loaded,
+        JetStreamBroker(loaded, app_id="orders"),
+        lambda n: f"{prefix}.{n}",
+        partial(stored_jetstream, url, stream),
+        unusable,
+    )
 
 
 BACKENDS = {"kafka": kafka_backend, "redis": redis_backend, "jetstream": jetstream_backend}
-SERVERS = {"kafka": ["kafka_bootstrap"], "redis": ["redis_host"],
-           "jetstream": ["nats_url", "jetstream_stream"]}
+SERVERS = {
+    "kafka": ["kafka_bootstrap"],
+    "redis": ["redis_host"],
+    "jetstream": ["nats_url", "jetstream_stream"],
+}
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -133,8 +146,9 @@ async def target(kind: tuple[str, dict[str, Any]], unique: str) -> AsyncIterator
         components = {"mem": component("mem", "pubsub.in-memory"), "bus": backend.loaded}
         brokers: dict[str, Broker] = {"mem": memory, "bus": backend.broker}
         async for api in start_api(components, brokers, memory, max_body_size=API_MAX_BODY):
-            yield Target(api, kind[0], backend.broker, backend.topic, backend.read,
-                         backend.unusable)
+            yield Target(
+                api, kind[0], backend.broker, backend.topic, backend.read, backend.unusable
+            )
 
 
 def refusal(status: int, ctype: str, body: bytes, expected_status: int) -> str:
@@ -146,18 +160,24 @@ def refusal(status: int, ctype: str, body: bytes, expected_status: int) -> str:
 
 async def test_metadata_becomes_key_and_headers(target: Target) -> None:
     topic = target.topic("headers")
-    query = ("metadata.partitionKey=order-1&metadata.custom=v%C3%A9&metadata.custom=second"
-             "&metadata.cloudevent.ID=my-id&metadata.cloudevent.subject=subj&other=ignored")
-    status, _, _ = await target.api.post(f"/v1.0/publish/bus/{topic}?{query}", b'{"a":1}',
-                                         "application/json")
+    query = (
+        "metadata.partitionKey=order-1&metadata.custom=v%C3%A9&metadata.custom=second"
+        "&metadata.cloudevent.ID=my-id&metadata.cloudevent.subject=subj&other=ignored"
+    )
+    status, _, _ = await target.api.post(
+        f"/v1.0/publish/bus/{topic}?{query}", b'{"a":1}', "application/json"
+    )
     assert status == 204
     [stored] = await target.read(topic, 1)
     assert stored.key == b"order-1"
     headers = dict(stored.headers)
     # the trace context of the publish (a new one, since the request carried none) travels too
     assert headers.pop("traceparent").startswith(b"00-")
-    assert headers == {"custom": "vé".encode(), "cloudevent.ID": b"my-id",
-                       "cloudevent.subject": b"subj"}
+    assert headers == {
+        "custom": "vé".encode(),
+        "cloudevent.ID": b"my-id",
+        "cloudevent.subject": b"subj",
+    }
     event = orjson.loads(stored.value)
     assert event["traceparent"] == stored.headers["traceparent"].decode()
     assert event["id"] == "my-id" and event["subject"] == "subj" and event["data"] == {"a": 1}
@@ -167,8 +187,9 @@ async def test_metadata_becomes_key_and_headers(target: Target) -> None:
 async def test_raw_payload(target: Target) -> None:
     topic = target.topic("raw")
     payload = b"\x00\x01 not json \xff"
-    status, _, _ = await target.api.post(f"/v1.0/publish/bus/{topic}?metadata.rawPayload=true",
-                                         payload, "application/octet-stream")
+    status, _, _ = await target.api.post(
+        f"/v1.0/publish/bus/{topic}?metadata.rawPayload=true", payload, "application/octet-stream"
+    )
     assert status == 204
     [stored] = await target.read(topic, 1)
     headers = dict(stored.headers)
@@ -182,8 +203,9 @@ async def test_numbers_survive_byte_exact(target: Target) -> None:
     user_ce = b'{"id":"ce-1","source":"me","myext":"x","data":' + data + b"}"
     api = target.api
     assert (await api.post(f"/v1.0/publish/bus/{topic}", data, "application/json"))[0] == 204
-    assert (await api.post(f"/v1.0/publish/bus/{topic}", user_ce,
-                           "application/cloudevents+json"))[0] == 204
+    assert (await api.post(f"/v1.0/publish/bus/{topic}", user_ce, "application/cloudevents+json"))[
+        0
+    ] == 204
     stored = await target.read(topic, 2)
     assert len(stored) == 2
     for s in stored:
@@ -192,12 +214,15 @@ async def test_numbers_survive_byte_exact(target: Target) -> None:
 
 async def test_bulk_publish(target: Target) -> None:
     topic = target.topic("bulk")
-    body = (b'[{"entryId":"1","event":{"n":' + BIG + b'},"contentType":"application/json"},'
-            b'{"entryId":"2","event":"hello","contentType":"text/plain",'
-            b'"metadata":{"partitionKey":"k2"}},'
-            b'{"entryId":"3","event":"AAE=","contentType":"application/octet-stream"}]')
-    status, _, _ = await target.api.post(f"/v1.0/publish/bulk/bus/{topic}", body,
-                                         "application/json")
+    body = (
+        b'[{"entryId":"1","event":{"n":' + BIG + b'},"contentType":"application/json"},'
+        b'{"entryId":"2","event":"hello","contentType":"text/plain",'
+        b'"metadata":{"partitionKey":"k2"}},'
+        b'{"entryId":"3","event":"AAE=","contentType":"application/octet-stream"}]'
+    )
+    status, _, _ = await target.api.post(
+        f"/v1.0/publish/bulk/bus/{topic}", body, "application/json"
+    )
     assert status == 204
     stored = await target.read(topic, 3)
     assert len(stored) == 3
@@ -213,12 +238,22 @@ async def test_partition_number_is_honoured_or_refused(target: Target) -> None:
     failed bulk entry (400: the only failure is such a mistake), nothing stored for either."""
     topic = target.topic("partition")
     status, ctype, body = await target.api.post(
-        f"/v1.0/publish/bus/{topic}?metadata.partitionNumber=1", b"x")
-    bulk = orjson.dumps([{"entryId": "p", "event": "a", "contentType": "text/plain",
-                          "metadata": {"partitionNumber": "1"}},
-                         {"entryId": "ok", "event": "b", "contentType": "text/plain"}])
-    bulk_status, _, bulk_body = await target.api.post(f"/v1.0/publish/bulk/bus/{topic}", bulk,
-                                                      "application/json")
+        f"/v1.0/publish/bus/{topic}?metadata.partitionNumber=1", b"x"
+    )
+    bulk = orjson.dumps(
+        [
+            {
+                "entryId": "p",
+                "event": "a",
+                "contentType": "text/plain",
+                "metadata": {"partitionNumber": "1"},
+            },
+            {"entryId": "ok", "event": "b", "contentType": "text/plain"},
+        ]
+    )
+    bulk_status, _, bulk_body = await target.api.post(
+        f"/v1.0/publish/bulk/bus/{topic}", bulk, "application/json"
+    )
     if target.kind == "kafka":
         assert status == 204 and bulk_status == 204
         return
@@ -236,24 +271,30 @@ async def test_a_topic_the_broker_cannot_hold_is_400(target: Target) -> None:
     status, ctype, body = await target.api.post(f"/v1.0/publish/bus/{raw}", b"x", "text/plain")
     assert reason in refusal(status, ctype, body, 400)
     entries = orjson.dumps([{"entryId": "1", "event": "x", "contentType": "text/plain"}])
-    status, _, body = await target.api.post(f"/v1.0/publish/bulk/bus/{raw}", entries,
-                                            "application/json")
+    status, _, body = await target.api.post(
+        f"/v1.0/publish/bulk/bus/{raw}", entries, "application/json"
+    )
     [failed] = orjson.loads(body)["failedEntries"]
     assert status == 400 and reason in failed["error"]
 
 
 @pytest.mark.parametrize("kind", ["jetstream"], indirect=True)
-@pytest.mark.parametrize(("query", "reason"), [
-    ("metadata.a%20b=v", "cannot be a NATS header name"),
-    ("metadata.team=a%0D%0Ab", "holds a line break"),
-    ("metadata.partitionKey=a%0Ab", "partitionKey holds a line break"),
-])
-async def test_metadata_nats_headers_cannot_hold_is_400(target: Target, query: str,
-                                                        reason: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("metadata.a%20b=v", "cannot be a NATS header name"),
+        ("metadata.team=a%0D%0Ab", "holds a line break"),
+        ("metadata.partitionKey=a%0Ab", "partitionKey holds a line break"),
+    ],
+)
+async def test_metadata_nats_headers_cannot_hold_is_400(
+    target: Target, query: str, reason: str
+) -> None:
     """Kafka and Redis store any header; a NATS header cannot hold these: 400, nothing stored."""
     topic = target.topic("headers")
-    status, ctype, body = await target.api.post(f"/v1.0/publish/bus/{topic}?{query}", b"x",
-                                                "text/plain")
+    status, ctype, body = await target.api.post(
+        f"/v1.0/publish/bus/{topic}?{query}", b"x", "text/plain"
+    )
     assert reason in refusal(status, ctype, body, 400)
     assert (await target.api.post(f"/v1.0/publish/bus/{topic}", b"y", "text/plain"))[0] == 204
     [stored] = await target.read(topic, 5)
@@ -268,6 +309,8 @@ async def test_a_message_over_nats_max_payload_is_413(target: Target) -> None:
     assert max_payload < API_MAX_BODY
     topic = target.topic("large")
     status, ctype, body = await target.api.post(
-        f"/v1.0/publish/bus/{topic}?metadata.rawPayload=true", b"x" * (max_payload + 1),
-        "application/octet-stream")
+        f"/v1.0/publish/bus/{topic}?metadata.rawPayload=true",
+        b"x" * (max_payload + 1),
+        "application/octet-stream",
+    )
     assert "max_payload" in refusal(status, ctype, body, 413)
