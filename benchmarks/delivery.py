@@ -39,6 +39,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tidings.sidecar.cli.localbroker import free_port, start_local_broker
+
 import sink_app
 from common import (
     HERE,
@@ -51,8 +53,6 @@ from common import (
     save_results,
     table,
 )
-
-from tidings.sidecar.cli.localbroker import free_port, start_local_broker
 
 PARTITIONS = 8
 BLOB = "x" * 800

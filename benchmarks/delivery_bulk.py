@@ -15,10 +15,10 @@ import asyncio
 import os
 import uuid
 
+from tidings.sidecar.cli.localbroker import start_local_broker
+
 from common import component_dir
 from delivery import create_topic, delivered_rate, prefill
-
-from tidings.sidecar.cli.localbroker import start_local_broker
 
 
 async def run(bootstrap: str, topic: str, n: int, bulk: int | None) -> float:

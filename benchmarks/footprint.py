@@ -29,6 +29,8 @@ from typing import Any
 
 import aiohttp
 
+from tidings.sidecar.cli.localbroker import start_local_broker
+
 from common import (
     Sidecar,
     component_dir,
@@ -36,11 +38,9 @@ from common import (
     machine_info,
     percentiles_ms,
     run,
-    table,
     save_results,
+    table,
 )
-
-from tidings.sidecar.cli.localbroker import start_local_broker
 
 
 async def cold_starts(resources: Path, n: int) -> list[float]:

@@ -42,6 +42,8 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
+from tidings.sidecar.cli.localbroker import free_port, start_local_broker
+
 from common import (
     HERE,
     Sidecar,
@@ -55,8 +57,6 @@ from common import (
     table,
 )
 from leanhttp import LeanClient
-
-from tidings.sidecar.cli.localbroker import free_port, start_local_broker
 
 Send = Callable[[], Awaitable[None]]
 

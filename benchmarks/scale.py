@@ -31,6 +31,8 @@ from typing import Any
 
 import aiohttp
 
+from tidings.sidecar.cli.localbroker import start_local_broker
+
 from common import describe_machine, machine_info, median_of, run, save_results, table
 from delivery import (
     PARTITIONS,
@@ -41,8 +43,6 @@ from delivery import (
     prefill,
     wait_committed,
 )
-
-from tidings.sidecar.cli.localbroker import start_local_broker
 
 
 async def assigned_count(session: aiohttp.ClientSession, port: int) -> int:
@@ -65,7 +65,7 @@ async def scenario(bootstrap: str, n: int, app_ids: list[str]) -> dict[str, Any]
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 120
             while True:  # every group owns all partitions, spread over its members
-                counts: dict[str, int] = {g: 0 for g in groups}
+                counts: dict[str, int] = dict.fromkeys(groups, 0)
                 for pair in pairs:
                     counts[pair.app_id] += await assigned_count(session, pair.sidecar.port)
                 if all(c == PARTITIONS for c in counts.values()):

@@ -67,8 +67,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from ..runtime import metrics
-from ..runtime.tasks import stop_tasks
 from ..resources.jetstream import (
     JetStreamMetadata,
     consumer_name,
@@ -76,6 +74,8 @@ from ..resources.jetstream import (
     subject_problem,
 )
 from ..resources.loading import LoadedComponent
+from ..runtime import metrics
+from ..runtime.tasks import stop_tasks
 from .base import MESSAGE_HEADERS, ORDERED, BrokerError, Handler, Header, PublishRecord, Record
 
 __all__ = ["KEY_HEADER", "JetStreamBroker"]

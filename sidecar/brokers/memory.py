@@ -31,7 +31,7 @@ HANDLER_ERROR_RETRY_S = 0.1
 
 
 class _Topic:
-    __slots__ = ("name", "log", "next_offset", "arrived", "worker", "busy")
+    __slots__ = ("arrived", "busy", "log", "name", "next_offset", "worker")
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -54,10 +54,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..runtime import metrics
-from ..runtime.tasks import stop_tasks
 from ..resources.loading import LoadedComponent
 from ..resources.redis import RedisMetadata
+from ..runtime import metrics
+from ..runtime.tasks import stop_tasks
 from .base import (
     BULK_PUBLISH,
     MESSAGE_HEADERS,

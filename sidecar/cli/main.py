@@ -30,8 +30,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .localbroker import free_port
-from .localdev import home, sidecar_command
 from ..runtime.logs import configure_logging
 from ..runtime.settings import (
     APP_PROTOCOLS,
@@ -42,6 +40,8 @@ from ..runtime.settings import (
     seconds_arg,
     settings_from_args,
 )
+from .localbroker import free_port
+from .localdev import home, sidecar_command
 
 __all__ = ["main"]
 

@@ -38,6 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..brokers.base import BatchPolicy, Record
+from ..resources.models import TopicSubscription
+from ..runtime.metrics import TopicDeliveries, topic_deliveries
+from ..runtime.tracing import start_delivery
 from .channel.types import BulkEvent
 from .engine import (
     _NO_SUBSCRIPTION,
@@ -47,9 +50,6 @@ from .engine import (
     _Attempt,
     http_headers,
 )
-from ..runtime.metrics import TopicDeliveries, topic_deliveries
-from ..resources.models import TopicSubscription
-from ..runtime.tracing import start_delivery
 
 __all__ = ["BatchingHandler", "BulkDispatcher"]
 

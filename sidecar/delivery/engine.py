@@ -67,15 +67,15 @@ from urllib.parse import quote, quote_from_bytes, quote_plus
 
 from multidict import CIMultiDict
 
-from .channel.types import AppResponse, AppStatus, Channel
 from ..brokers.base import Record
 from ..envelopes.reading import CloudEventError, ReadEvent, expired, read_event
-from ..runtime.metrics import TopicDeliveries, record_ingress, topic_deliveries
 from ..resources.kafka import RetryPolicy
 from ..resources.models import TopicSubscription
+from ..runtime.metrics import TopicDeliveries, record_ingress, topic_deliveries
+from ..runtime.tracing import end_span, start_delivery
+from .channel.types import AppResponse, AppStatus, Channel
 from .retries import delay_s, may_retry
 from .routing import Routes, RoutingError
-from ..runtime.tracing import end_span, start_delivery
 
 __all__ = ["Action", "Dispatcher", "Outcome", "Verdict", "decide", "http_headers"]
 

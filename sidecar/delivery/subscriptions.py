@@ -36,7 +36,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .jsonfields import json_field as _get
+from ..publishing.scoping import subscribe_allowed
 from ..resources.jetstream import filter_subject_problem, subject_problem
 from ..resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from ..resources.loading import LoadedComponent
@@ -47,8 +47,8 @@ from ..resources.models import (
     SubscriptionType,
     TopicSubscription,
 )
+from .jsonfields import json_field as _get
 from .routing import Routes
-from ..publishing.scoping import subscribe_allowed
 
 __all__ = ["effective_subscriptions", "parse_programmatic"]
 

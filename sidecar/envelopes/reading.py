@@ -40,11 +40,11 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "TRACE_FIELDS",
     "CloudEventError",
     "ReadEvent",
-    "TRACE_FIELDS",
-    "expired",
     "expiration_time",
+    "expired",
     "read_event",
     "synthesise_raw",
 ]

@@ -111,9 +111,7 @@ def _numbers_as_read(value: Any, body: bytes) -> bool:
             stack.extend(item.values())
         elif kind is list:
             stack.extend(item)
-        elif kind is float:
-            return False
-        elif kind is int and item == 0 and _NEGATIVE_ZERO.search(body):
+        elif kind is float or (kind is int and item == 0 and _NEGATIVE_ZERO.search(body)):
             return False
     return True
 

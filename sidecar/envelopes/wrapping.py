@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,9 +35,9 @@ from cloudevents.core.v1.event import CloudEvent
 from ..resources.durations import parse_duration_seconds
 
 __all__ = [
-    "CloudEventOverrides",
     "DEFAULT_EVENT_TYPE",
     "MAX_TTL_S",
+    "CloudEventOverrides",
     "InvalidCloudEvent",
     "NotACloudEvent",
     "dumps_exact",
@@ -144,7 +144,7 @@ _getrandbits = random.getrandbits
 def rfc3339(moment: datetime) -> str:
     """``moment`` in UTC as RFC 3339 with second precision (Go's ``time.RFC3339``), e.g.
     ``2024-05-01T12:00:00Z``."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _time_cache: list[Any] = [-1, ""]

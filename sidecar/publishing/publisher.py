@@ -34,10 +34,10 @@ from ..envelopes.wrapping import (
     wrap_user_cloudevent,
 )
 from ..errors import DaprError
-from ..runtime.metrics import record_egress
 from ..resources.loading import LoadedComponent
-from .scoping import scopes_of
+from ..runtime.metrics import record_egress
 from ..runtime.tracing import end_span, start_publish
+from .scoping import scopes_of
 
 __all__ = [
     "BulkEntry",

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from .kafka import COMPONENT_TYPE as KAFKA_TYPE
-from .kafka import KafkaMetadata, parse_kafka_metadata
 from .jetstream import COMPONENT_TYPE as JETSTREAM_TYPE
 from .jetstream import JetStreamMetadata, parse_jetstream_metadata
+from .kafka import COMPONENT_TYPE as KAFKA_TYPE
+from .kafka import KafkaMetadata, parse_kafka_metadata
 from .models import Component, ResourceError, TopicSubscription, parse_resource
 from .redis import COMPONENT_TYPE as REDIS_TYPE
 from .redis import RedisMetadata, parse_redis_metadata

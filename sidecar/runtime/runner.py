@@ -27,24 +27,24 @@ from typing import Any
 
 from aiohttp import web
 
-from . import metrics, tracing
-from ..inbound.http.app import create_app
-from ..inbound.http.keys import EXTENDED_KEY
-from ..delivery.channel import open_app_channel
 from ..brokers.base import FEATURES, Broker, BrokerError, Handler, Record
 from ..brokers.kafka import KafkaBroker
 from ..brokers.memory import MemoryBroker
 from ..delivery.bulk import BatchingHandler, BulkDispatcher
+from ..delivery.channel import open_app_channel
 from ..delivery.engine import Dispatcher
+from ..delivery.subscriptions import effective_subscriptions
 from ..inbound.grpc.server import DaprServicer, start_grpc_server
 from ..inbound.grpc.streaming import StreamChannel, StreamingSubscriptions
+from ..inbound.http.app import create_app
+from ..inbound.http.keys import EXTENDED_KEY
 from ..publishing.publisher import Publisher
 from ..resources import LoadedComponent, ResourceError, Resources, TopicSubscription, load_resources
-from ..resources.models import SubscriptionType
 from ..resources.kafka import RetryPolicy
 from ..resources.loading import resource_files
+from ..resources.models import SubscriptionType
+from . import metrics, tracing
 from .settings import SidecarSettings
-from ..delivery.subscriptions import effective_subscriptions
 from .tasks import stop_tasks
 
 log = logging.getLogger(__name__)

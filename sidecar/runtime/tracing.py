@@ -39,8 +39,8 @@ from .metrics import consumer_group
 
 __all__ = [
     "configure",
-    "end_span",
     "enabled",
+    "end_span",
     "shutdown",
     "start_delivery",
     "start_publish",

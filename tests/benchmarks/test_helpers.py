@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from common import Proc, median_of, percentiles_ms  # noqa: E402
-from leanhttp import LeanClient  # noqa: E402
+from common import Proc, median_of, percentiles_ms
+from leanhttp import LeanClient
 
 
 async def test_lean_client_reads_status_and_body_over_keep_alive() -> None:

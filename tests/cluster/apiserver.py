@@ -44,9 +44,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 KUBE_VERSION = "1.20.2"
 CACHE_ROOT = Path(os.environ.get("TIDINGS_KUBE_CACHE", "/var/cache/tidings"))
@@ -68,7 +69,7 @@ class ClusterError(RuntimeError):
 # binaries
 
 
-def find_binaries(build: Optional[bool] = None) -> dict[str, str]:
+def find_binaries(build: bool | None = None) -> dict[str, str]:
     """Paths of etcd, kube-apiserver and kube-controller-manager.
 
     Looks in $TIDINGS_KUBE_BIN_DIR, then the build cache
@@ -101,12 +102,12 @@ def find_binaries(build: Optional[bool] = None) -> dict[str, str]:
     return {name: str(path) for name, path in found.items()}
 
 
-def _lookup_binaries() -> dict[str, Optional[str]]:
+def _lookup_binaries() -> dict[str, str | None]:
     dirs = []
     if os.environ.get("TIDINGS_KUBE_BIN_DIR"):
         dirs.append(Path(os.environ["TIDINGS_KUBE_BIN_DIR"]))
     dirs.append(DEFAULT_BIN_DIR)
-    out: dict[str, Optional[str]] = {}
+    out: dict[str, str | None] = {}
     for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
         path = None
         for d in dirs:
@@ -244,7 +245,7 @@ def _die_with_parent() -> None:
         _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _opener(ca_file: Optional[str]) -> urllib.request.OpenerDirector:
+def _opener(ca_file: str | None) -> urllib.request.OpenerDirector:
     ctx = (
         ssl.create_default_context(cafile=ca_file) if ca_file else ssl._create_unverified_context()
     )
@@ -289,7 +290,7 @@ def _wait_ready(
     url: str,
     deadline_s: float,
     opener: urllib.request.OpenerDirector,
-    headers: Optional[dict[str, str]] = None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Poll ``url`` until it answers 200; fail early if the process exits."""
     deadline = time.monotonic() + deadline_s
@@ -361,7 +362,7 @@ class Cluster:
     def running(self) -> bool:
         return bool(self._procs) and all(p.popen.poll() is None for p in self._procs)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -418,7 +419,7 @@ def start_cluster(
     *,
     controllers: str = "*",
     timeout: float = 60.0,
-    build: Optional[bool] = None,
+    build: bool | None = None,
     extra_apiserver_args: Sequence[str] = (),
     attempts: int = 3,
 ) -> Cluster:
@@ -433,7 +434,7 @@ def start_cluster(
     bins = find_binaries(build=build)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    last: Optional[Exception] = None
+    last: Exception | None = None
     for attempt in range(1, attempts + 1):
         run_dir = workdir if attempt == 1 else workdir / f"retry{attempt}"
         try:
@@ -672,7 +673,7 @@ def _start(
 # an existing cluster
 
 
-def external_cluster(env: Optional[dict[str, str]] = None, timeout: float = 3.0) -> Optional[str]:
+def external_cluster(env: dict[str, str] | None = None, timeout: float = 3.0) -> str | None:
     """The $KUBECONFIG path if it points at a reachable API server, else None.
 
     Callers should then use that cluster instead of starting one. Best effort
@@ -693,7 +694,7 @@ def external_cluster(env: Optional[dict[str, str]] = None, timeout: float = 3.0)
     return None
 
 
-def _kubeconfig_server(path: Path) -> Optional[str]:
+def _kubeconfig_server(path: Path) -> str | None:
     text = path.read_text(errors="replace")
     doc = None
     try:
@@ -736,7 +737,7 @@ def _reachable(server: str, timeout: float) -> bool:
 # CLI
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
 from tidings.sidecar.cli.localbroker import free_port
 from tidings.sidecar.cli.localdev import kafka_component_yaml
 

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
+
 from tidings.sidecar.cli.localbroker import free_port
 
 from .processes import (

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tidings.sidecar.cli.localbroker import free_port
 
 from .processes import (

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from tidings.sidecar.cli.localbroker import free_port
 
 from .processes import (

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
 from tidings.sidecar.brokers.base import BrokerError, Record
 
 

@@ -39,11 +39,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from ...runtime import metrics
-from .offsets import PartitionOffsets
 from ...resources.kafka import KafkaMetadata
+from ...runtime import metrics
 from ..base import BatchPolicy, Handler, Record
 from .clients import client_kwargs
+from .offsets import PartitionOffsets
 
 __all__ = ["ConsumerGroup"]
 
@@ -443,7 +443,7 @@ class ConsumerGroup:
             st.wakeup.clear()
             try:
                 await asyncio.wait_for(st.wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         if st.closing:
             return
@@ -613,7 +613,7 @@ class ConsumerGroup:
         try:
             # stop() sends LeaveGroup; it does not call the revoke listener (17)
             await asyncio.wait_for(consumer.stop(), self._leave_timeout_s)
-        except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - best effort
+        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - best effort
             log.warning("consumer did not stop cleanly: %r", exc, extra=self._log)
 
     # ------------------------------------------------------------------------------- commits
@@ -623,7 +623,7 @@ class ConsumerGroup:
         while True:
             try:
                 await asyncio.wait_for(wakeup.wait(), self._commit_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             wakeup.clear()
             try:
@@ -731,7 +731,7 @@ class ConsumerGroup:
         outcomes: list[BaseException | None] = []
         for task in tasks:
             if not task.done() or task.cancelled():
-                outcomes.append(asyncio.TimeoutError())
+                outcomes.append(TimeoutError())
             else:
                 outcomes.append(task.exception())
         return outcomes

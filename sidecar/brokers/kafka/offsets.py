@@ -26,7 +26,7 @@ class PartitionOffsets:
     advance anything.
     """
 
-    __slots__ = ("_pending", "_done", "_last_handed_out", "_committable", "_committed")
+    __slots__ = ("_committable", "_committed", "_done", "_last_handed_out", "_pending")
 
     def __init__(self, committed: int | None = None) -> None:
         self._pending: deque[int] = deque()  # handed out, not yet contiguous-finished, in order

@@ -43,9 +43,9 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from ...resources.kafka import KafkaMetadata
+from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from ..base import BrokerError, PublishRecord
 from .clients import client_kwargs
-from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 
 __all__ = ["KafkaProducer"]
 
@@ -317,7 +317,7 @@ class KafkaProducer:
             return
         try:
             await asyncio.wait_for(producer.stop(), timeout=timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning(
                 "kafka producer did not stop within %.1f s",
                 timeout_s,

@@ -106,7 +106,7 @@ def classify_bulk(http_status: int, body: bytes, entry_ids: Sequence[str]) -> li
                 continue
             answered[entry_id] = _get(item, "status")
         return [
-            _entry_response(http_status, answered.get(entry_id, None), entry_id in answered)
+            _entry_response(http_status, answered.get(entry_id), entry_id in answered)
             for entry_id in entry_ids
         ]
     if http_status == 404:

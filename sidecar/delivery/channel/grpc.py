@@ -44,12 +44,12 @@ import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from google.protobuf import empty_pb2
 
-from .http import wait_for_port
-from .types import AppResponse, AppStatus, BulkEvent
 from ...envelopes.reading import ReadEvent
 from ...envelopes.topic_event import EnvelopeDataError, topic_event_request
 from ...resources.models import BulkOptions, Route, SubscriptionType, TopicSubscription
 from ...runtime.settings import SidecarSettings
+from .http import wait_for_port
+from .types import AppResponse, AppStatus, BulkEvent
 
 __all__ = [
     "GrpcAppChannel",

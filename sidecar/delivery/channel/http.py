@@ -128,7 +128,7 @@ def classify(http_status: int, body: bytes) -> AppResponse:
 async def _port_accepts(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=_POLL_MAX_S)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     with contextlib.suppress(Exception):
@@ -244,7 +244,7 @@ class AppChannel:
                 ) as resp:
                     status, body = resp.status, await resp.read()
                 break
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning(
                     "app did not answer GET /dapr/subscribe, retrying in %.2fs: %s",
                     delay,
@@ -335,7 +335,7 @@ class AppChannel:
             ) as resp:
                 status = resp.status
                 answer = await resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return AppResponse(
                 AppStatus.RETRY,
                 None,

@@ -34,11 +34,11 @@ import grpc
 from dapr.proto.runtime.v1 import dapr_pb2, dapr_pb2_grpc, metadata_pb2, pubsub_pb2
 from google.protobuf import empty_pb2
 
-from ..http.keys import RuntimeView
-from ..http.metadata import metadata_body
 from ...errors import DaprError
 from ...publishing.publisher import BulkEntry, Publisher, body_too_large
 from ...runtime.settings import SidecarSettings
+from ..http.keys import RuntimeView
+from ..http.metadata import metadata_body
 from .errors import grpc_status
 from .metadata import metadata_response
 from .streaming import StreamingSubscriptions

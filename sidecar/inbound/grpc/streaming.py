@@ -42,10 +42,10 @@ from ...delivery.channel.types import AppResponse, AppStatus
 from ...delivery.engine import Dispatcher
 from ...envelopes.reading import ReadEvent
 from ...envelopes.topic_event import EnvelopeDataError, topic_event_request
+from ...publishing.scoping import subscribe_allowed
 from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from ...resources.loading import LoadedComponent
 from ...resources.models import SubscriptionType, TopicSubscription
-from ...publishing.scoping import subscribe_allowed
 
 __all__ = ["StreamChannel", "StreamingSubscriptions"]
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import nats
 import pytest
 
-from tidings.sidecar.runtime import metrics
 from tidings.sidecar.brokers.base import BrokerError, PublishRecord, Record
 from tidings.sidecar.brokers.jetstream import KEY_HEADER, JetStreamBroker
 from tidings.sidecar.resources import check_component
 from tidings.sidecar.resources.jetstream import consumer_name
 from tidings.sidecar.resources.models import Component
+from tidings.sidecar.runtime import metrics
 
 
 def component(url: str, **metadata: str) -> Component:
@@ -603,7 +603,7 @@ async def test_status_shows_durable_consumer_stream_and_lag(
         release.set()
         await until("all delivered", lambda: len(got) == 5, 30)
         await until("the lag polled again", lambda: status()["lag"] == 0, 30)
-        assert (0, 0) == await consumer_pending(nats_url, stream, consumer)
+        assert await consumer_pending(nats_url, stream, consumer) == (0, 0)
     finally:
         release.set()
         await broker.close(grace_s=1)

@@ -20,7 +20,6 @@ from tidings.sidecar.resources.loading import LoadedComponent, check_component
 from tidings.sidecar.resources.models import Component, ResourceError
 from tidings.sidecar.resources.redis import parse_redis_metadata
 
-
 Make = Callable[..., Awaitable[RedisBroker]]
 """The ``make`` fixture: ``await make(**metadata)`` is a started broker, closed after the test."""
 
@@ -715,8 +714,8 @@ async def test_status_shows_group_stream_and_lag(
     """``tidings status`` showed ``-`` for Redis: no consumer group, no partitions, no lag.
     The lag is the group's entries not acknowledged: XINFO GROUPS ``lag`` (undelivered, Redis
     >= 7) plus ``pending``. The poll period is shortened so the phases can be seen."""
-    from tidings.sidecar.runtime import metrics
     from tidings.sidecar.brokers import redis as redis_broker
+    from tidings.sidecar.runtime import metrics
 
     monkeypatch.setattr(redis_broker, "STATUS_INTERVAL_S", 0.05)
     topic, group = stream(raw, f"status-{unique}"), f"group-{unique}"

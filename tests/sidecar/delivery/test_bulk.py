@@ -20,16 +20,17 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from tidings.sidecar.delivery.channel.http import AppChannel
-from tidings.sidecar.delivery.channel.types import AppStatus, BulkEvent
+
 from tidings.sidecar.brokers.base import BatchPolicy, Record
 from tidings.sidecar.delivery.bulk import BatchingHandler, BulkDispatcher
 from tidings.sidecar.delivery.channel.bulk_format import bulk_request_body, classify_bulk
+from tidings.sidecar.delivery.channel.http import AppChannel
+from tidings.sidecar.delivery.channel.types import AppStatus, BulkEvent
 from tidings.sidecar.envelopes.reading import read_event
-from tidings.sidecar.runtime.metrics import topic_deliveries
 from tidings.sidecar.resources import Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
 from tidings.sidecar.resources.models import BulkOptions
+from tidings.sidecar.runtime.metrics import topic_deliveries
 from tidings.sidecar.runtime.settings import SidecarSettings
 
 from ..apps import DeadLetters, serving

@@ -16,15 +16,15 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
 
-from tidings.sidecar.delivery.channel.http import AppChannel
 from tidings.sidecar.brokers.base import Record
+from tidings.sidecar.delivery.channel.http import AppChannel
 from tidings.sidecar.delivery.engine import (
     Action,
     Dispatcher,
@@ -33,9 +33,9 @@ from tidings.sidecar.delivery.engine import (
     decide,
     http_headers,
 )
-from tidings.sidecar.runtime.metrics import topic_deliveries
 from tidings.sidecar.resources import ResourceError, Route, TopicSubscription
 from tidings.sidecar.resources.kafka import RetryPolicy
+from tidings.sidecar.runtime.metrics import topic_deliveries
 from tidings.sidecar.runtime.settings import SidecarSettings
 
 from ..apps import DeadLetters, serving
@@ -464,7 +464,7 @@ async def test_unmatched_goes_to_dlt_or_is_acked(app, make_dispatcher) -> None:
 
 
 def expiring(delta: timedelta) -> bytes:
-    when = (datetime.now(timezone.utc) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
     return orjson.dumps({"id": "ce-exp", "expiration": when, "data": {}})
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.sidecar.resources.kafka import RetryPolicy
 from tidings.sidecar.delivery.retries import FOREVER, delay_s, may_retry
+from tidings.sidecar.resources.kafka import RetryPolicy
 
 EXP = RetryPolicy("exponential", initial_interval_s=0.5, max_interval_s=60.0, multiplier=1.5)
 DOUBLING = RetryPolicy("exponential", initial_interval_s=1.0, max_interval_s=10.0, multiplier=2.0)

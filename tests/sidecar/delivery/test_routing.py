@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from tidings.sidecar.resources.models import ResourceError, Route, TopicSubscription
 from tidings.sidecar.delivery.routing import Routes, RoutingError, clean_path, field_paths, prune
+from tidings.sidecar.resources.models import ResourceError, Route, TopicSubscription
 
 
 def sub(*rules: tuple[str, str], default: str | None = None, name: str = "") -> TopicSubscription:

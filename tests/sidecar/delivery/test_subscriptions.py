@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tidings.sidecar.delivery.subscriptions import effective_subscriptions, parse_programmatic
 from tidings.sidecar.resources import (
     Component,
     LoadedComponent,
@@ -18,7 +19,6 @@ from tidings.sidecar.resources import (
 from tidings.sidecar.resources.jetstream import parse_jetstream_metadata
 from tidings.sidecar.resources.kafka import parse_kafka_metadata
 from tidings.sidecar.resources.models import BulkOptions, parse_resource
-from tidings.sidecar.delivery.subscriptions import effective_subscriptions, parse_programmatic
 
 
 def component(name: str = "pubsub", **metadata: str) -> LoadedComponent:

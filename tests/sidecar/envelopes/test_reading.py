@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -110,7 +110,7 @@ def test_raw_payload_accepts_values_that_are_not_json() -> None:
     assert base64.b64decode(read.event["data_base64"]) == b"plain text"
 
 
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ def test_expired(expiration: object, is_expired: bool) -> None:
 
 
 def test_expiration_time_is_epoch_seconds() -> None:
-    when = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=30)
+    when = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
     text = when.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert expiration_time({"expiration": text}) == when.timestamp()
 

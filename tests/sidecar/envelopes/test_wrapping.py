@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 
 from tidings.sidecar.envelopes.wrapping import (
-    CloudEventOverrides,
     MAX_TTL_S,
+    CloudEventOverrides,
     InvalidCloudEvent,
     NotACloudEvent,
     dumps_exact,
@@ -26,7 +26,7 @@ from tidings.sidecar.envelopes.wrapping import (
 )
 
 TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01")
-NOW = datetime(2024, 5, 1, 12, 0, 0, 400000, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 1, 12, 0, 0, 400000, tzinfo=UTC)
 BIG = b"12345678901234567890123"
 DECIMAL = b"0.1000000000000000055511151231257827"
 

@@ -6,6 +6,7 @@ import datetime
 
 import pytest
 
+from tidings.sidecar.delivery.retries import delay_s
 from tidings.sidecar.resources import ResourceError
 from tidings.sidecar.resources.jetstream import (
     consumer_name,
@@ -13,7 +14,6 @@ from tidings.sidecar.resources.jetstream import (
     parse_jetstream_metadata,
     subject_problem,
 )
-from tidings.sidecar.delivery.retries import delay_s
 
 URL = {"natsURL": "nats://a:4222, nats://b:4222"}
 

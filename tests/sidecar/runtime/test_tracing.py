@@ -7,9 +7,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tidings.sidecar.runtime import tracing
 from tidings.sidecar.brokers.memory import MemoryBroker
 from tidings.sidecar.publishing.publisher import Publisher
+from tidings.sidecar.runtime import tracing
 from tidings.sidecar.runtime.tracing import valid_traceparent
 
 from ..publishing.test_publisher import component, records

@@ -120,7 +120,7 @@ async def test_order_within_partition_and_a_slow_partition_blocks_no_other(
     assert {p: seen[p] for p in range(PARTITIONS)} == {
         p: list(range(50)) for p in range(PARTITIONS)
     }
-    assert await committed(kafka_bootstrap, group, topic) == {p: 50 for p in range(PARTITIONS)}
+    assert await committed(kafka_bootstrap, group, topic) == dict.fromkeys(range(PARTITIONS), 50)
 
 
 async def test_only_finished_offsets_are_committed(kafka_bootstrap: str, unique: str) -> None:
@@ -306,7 +306,7 @@ async def test_set_topics_adds_a_topic(kafka_bootstrap: str, unique: str) -> Non
     assert len(seen) == len(set(seen)) == 40  # the first topic was committed before reloading
     assert {t for t, _, _ in seen} == {first_topic, second_topic}
     for topic in (first_topic, second_topic):
-        assert await committed(kafka_bootstrap, group, topic) == {p: 5 for p in range(PARTITIONS)}
+        assert await committed(kafka_bootstrap, group, topic) == dict.fromkeys(range(PARTITIONS), 5)
 
 
 async def test_kafka_broker_publishes_and_delivers_then_closes(
@@ -476,7 +476,7 @@ async def test_a_partition_whose_commits_fail_does_not_hold_up_the_others(
             20,
             "the kept topic handled and the deleted topic's record in flight",
         )
-        await until_committed(kafka_bootstrap, group, kept, {p: 3 for p in range(PARTITIONS)}, 10)
+        await until_committed(kafka_bootstrap, group, kept, dict.fromkeys(range(PARTITIONS), 3), 10)
         await admin.delete_topics([deleted])
         release.set()  # finished now: its commit can only fail
         # aiokafka logs each failed attempt; new work for the kept topic only after that, so
@@ -497,7 +497,7 @@ async def test_a_partition_whose_commits_fail_does_not_hold_up_the_others(
             20,
             "the new records of the kept topic",
         )
-        await until_committed(kafka_bootstrap, group, kept, {p: 6 for p in range(PARTITIONS)}, 15)
+        await until_committed(kafka_bootstrap, group, kept, dict.fromkeys(range(PARTITIONS), 6), 15)
     finally:
         await admin.close()
         await g.stop(grace_s=1)
@@ -550,7 +550,7 @@ async def test_commits_resume_after_the_broker_restarts_with_its_topics_and_offs
                 20,
                 "the first records handled and one record of the lost topic in flight",
             )
-            await until_committed(bootstrap, group, back, {p: 5 for p in range(PARTITIONS)}, 10)
+            await until_committed(bootstrap, group, back, dict.fromkeys(range(PARTITIONS), 5), 10)
             await asyncio.to_thread(broker.stop)
             release.set()  # finishes during the outage: its commit waits for the broker
             broker = await asyncio.to_thread(
@@ -563,7 +563,7 @@ async def test_commits_resume_after_the_broker_restarts_with_its_topics_and_offs
                 30,
                 "the records produced after the restart",
             )
-            await until_committed(bootstrap, group, back, {p: 3 for p in range(PARTITIONS)}, 15)
+            await until_committed(bootstrap, group, back, dict.fromkeys(range(PARTITIONS), 3), 15)
         finally:
             await g.stop(grace_s=1)
     finally:

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import pytest
+
 from tidings.sidecar.brokers.base import BatchPolicy, Record
 
 from .test_consuming import committed, meta_for, new_group, produce, until

@@ -11,9 +11,8 @@ import pytest
 from tidings.sidecar.brokers.base import BrokerError, PublishRecord
 from tidings.sidecar.brokers.kafka.clients import client_kwargs
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
-from tidings.sidecar.resources.kafka import KafkaMetadata, parse_kafka_metadata
-
 from tidings.sidecar.envelopes.wrapping import wrap
+from tidings.sidecar.resources.kafka import KafkaMetadata, parse_kafka_metadata
 
 from ...records import read_records
 

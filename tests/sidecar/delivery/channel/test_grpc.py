@@ -19,9 +19,9 @@ import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 from multidict import CIMultiDict
+
+from tidings.sidecar.cli.localbroker import free_port
 from tidings.sidecar.delivery.channel import open_app_channel
-from tidings.sidecar.delivery.channel.http import AppChannel
-from tidings.sidecar.delivery.channel.types import AppStatus
 from tidings.sidecar.delivery.channel.grpc import (
     GrpcAppChannel,
     classify_rpc_error,
@@ -29,10 +29,11 @@ from tidings.sidecar.delivery.channel.grpc import (
     grpc_metadata,
     subscriptions_from_response,
 )
-from tidings.sidecar.envelopes.reading import read_event
-from tidings.sidecar.cli.localbroker import free_port
-from tidings.sidecar.resources.models import BulkOptions, Route, TopicSubscription
+from tidings.sidecar.delivery.channel.http import AppChannel
+from tidings.sidecar.delivery.channel.types import AppStatus
 from tidings.sidecar.delivery.routing import Routes
+from tidings.sidecar.envelopes.reading import read_event
+from tidings.sidecar.resources.models import BulkOptions, Route, TopicSubscription
 from tidings.sidecar.runtime.settings import (
     SidecarSettings,
     add_sidecar_arguments,

@@ -14,13 +14,14 @@ import grpc
 import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-from tidings.sidecar.delivery.channel.types import AppStatus, BulkEvent
+
+from tidings.sidecar.cli.localbroker import free_port
 from tidings.sidecar.delivery.channel.grpc import (
     bulk_request_entry,
     classify_bulk_response,
 )
+from tidings.sidecar.delivery.channel.types import AppStatus, BulkEvent
 from tidings.sidecar.envelopes.reading import read_event
-from tidings.sidecar.cli.localbroker import free_port
 
 Status = appcallback_pb2.TopicEventResponse
 

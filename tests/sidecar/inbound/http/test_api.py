@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -20,14 +20,14 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from tidings.sidecar.inbound.http.app import create_app
 from tidings.sidecar.brokers.base import Broker, BrokerError
 from tidings.sidecar.brokers.kafka import KafkaBroker
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
 from tidings.sidecar.brokers.memory import MemoryBroker
+from tidings.sidecar.inbound.http.app import create_app
 from tidings.sidecar.publishing.publisher import Publisher
 from tidings.sidecar.resources.loading import LoadedComponent, check_component
-from tidings.sidecar.resources.models import Component, SubscriptionType, TopicSubscription, Route
+from tidings.sidecar.resources.models import Component, Route, SubscriptionType, TopicSubscription
 from tidings.sidecar.runtime.settings import SidecarSettings
 from tidings.sidecar.runtime.tracing import valid_traceparent
 
@@ -488,7 +488,7 @@ async def test_user_cloudevent_fields_kept(api: Api) -> None:
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
