@@ -8,8 +8,9 @@ app's config Secret ``tidings-<app-id>`` mounted read-only as its resources fold
 the ``dapr.io/sidecar-injected`` / ``dapr.io/app-id`` labels the operator watches.
 
 Idempotent by construction: an existing ``daprd`` container or config volume is overwritten in
-place with the freshly built fields (fields the API server defaulted are kept), so re-invocation (``reinvocationPolicy: IfNeeded``) or an
-already-injected pod yields the same pod and an empty JSON patch. No I/O; ``injection.py`` wraps
+place with the freshly built fields (fields the API server defaulted are kept), so re-invocation
+(``reinvocationPolicy: IfNeeded``) or an already-injected pod yields the same pod and an empty JSON
+patch. No I/O; ``injection.py`` wraps
 it in the admission webhook.
 """
 
@@ -79,7 +80,8 @@ def sidecar_container(
     config: SidecarConfig, *, image: str, pull_policy: str, otlp_endpoint: str | None = None
 ) -> dict[str, Any]:
     """The ``daprd`` container for ``config`` running ``image``; with ``otlp_endpoint`` the
-    sidecar exports spans there (``OTEL_EXPORTER_OTLP_ENDPOINT``, sidecar ``runtime/tracing.py``)."""
+    sidecar exports spans there (``OTEL_EXPORTER_OTLP_ENDPOINT``, the sidecar's
+    ``runtime/tracing.py``)."""
     ports: list[dict[str, Any]] = [
         {"name": "dapr-http", "containerPort": DAPR_HTTP_PORT, "protocol": "TCP"},
         {"name": "dapr-grpc", "containerPort": DAPR_GRPC_PORT, "protocol": "TCP"},

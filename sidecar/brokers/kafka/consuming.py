@@ -30,6 +30,7 @@ partition (duplicates are possible, losses are not). The numbers refer to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Collection
@@ -208,10 +209,14 @@ class ConsumerGroup:
                 return
             live = self._live
             self._topics = wanted
-            if wanted and live is not None and live is self._consumer:
-                if await self._resubscribe(live, wanted):
-                    log.info("consuming topics %s", sorted(wanted), extra=self._log)
-                    return
+            if (
+                wanted
+                and live is not None
+                and live is self._consumer
+                and await self._resubscribe(live, wanted)
+            ):
+                log.info("consuming topics %s", sorted(wanted), extra=self._log)
+                return
             if self._run_task is not None:
                 await self._end_session(self._reload_grace_s)
             if wanted:
@@ -621,10 +626,8 @@ class ConsumerGroup:
     async def _commit_loop(self) -> None:
         wakeup = self._commit_wakeup
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), self._commit_interval_s)
-            except TimeoutError:
-                pass
             wakeup.clear()
             try:
                 await self._commit("periodic")

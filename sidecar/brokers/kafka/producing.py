@@ -180,7 +180,8 @@ class KafkaProducer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), timeout=1.0)
             raise BrokerError(
-                f"cannot connect to kafka brokers {','.join(self.meta.brokers)}: {_broker_error(exc)}",
+                f"cannot connect to kafka brokers {','.join(self.meta.brokers)}: "
+                f"{_broker_error(exc)}",
                 retriable=True,
             ) from exc
         self._producer = producer

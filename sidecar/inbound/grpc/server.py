@@ -111,7 +111,12 @@ class DaprServicer(dapr_pb2_grpc.DaprServicer):
     async def _abort(self, context: grpc.aio.ServicerContext, exc: Exception, rpc: str) -> None:
         if isinstance(exc, DaprError):
             await context.abort_with_status(grpc_status(exc))
-        log.exception("unexpected error answering %s", rpc, extra={"app_id": self._settings.app_id})
+        log.error(
+            "unexpected error answering %s",
+            rpc,
+            exc_info=exc,
+            extra={"app_id": self._settings.app_id},
+        )
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
     async def PublishEvent(

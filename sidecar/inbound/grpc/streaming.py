@@ -255,7 +255,7 @@ class StreamingSubscriptions:
     def end_streams_of_removed(self, pubsubnames: Collection[str]) -> None:
         """End the streams whose pubsub is not in ``pubsubnames`` any more (hot reload removed
         the component) with FAILED_PRECONDITION."""
-        for (pubsubname, topic), slot in self._slots.items():
+        for (pubsubname, _topic), slot in self._slots.items():
             stream = slot.channel.stream
             if pubsubname not in pubsubnames and stream is not None and not stream.ended.done():
                 stream.ended.set_result(

@@ -108,7 +108,8 @@ def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
                 DaprError(
                     405,
                     "ERR_METHOD_NOT_ALLOWED",
-                    f"method {request.method} is not allowed on {request.path} (allowed: {allowed})",
+                    f"method {request.method} is not allowed on {request.path} "
+                    f"(allowed: {allowed})",
                 )
             )
             response.headers["Allow"] = exc.headers.get("Allow", allowed)
