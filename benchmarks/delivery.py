@@ -435,9 +435,8 @@ def report(summary: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     )
     print(f"ratio sidecar/in-process baseline: {summary['drain_ratio']:.2f} (target >= 0.50)")
     if "http" in d:
-        print(
-            f"ratio sidecar/aiokafka -> HTTP: {d['sidecar']['msg_per_s'] / d['http']['msg_per_s']:.2f}"
-        )
+        ratio = d["sidecar"]["msg_per_s"] / d["http"]["msg_per_s"]
+        print(f"ratio sidecar/aiokafka -> HTTP: {ratio:.2f}")
     lat = summary["latency"]
     cols = ("p50", "p90", "p99", "p99.9")
     print(

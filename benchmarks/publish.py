@@ -15,13 +15,13 @@ HTTP requests go through ``leanhttp.py`` (a minimal keep-alive client, so the lo
 own CPU does not crowd out the sidecar on a small machine) unless ``--client aiohttp``.
 
 Loads, each round, every side run in alternating slices (``--slices``) so that bursts of
-other load on a shared machine hit all sides alike: closed loop (``--concurrency`` clients, each sending as soon as its last
-answer came) for maximum throughput, then open loops at fixed rates (500, 1,000, 2,000 req/s by
-default) for latency, measured from each request's *scheduled* start so queueing counts. 1,000
-req/s is the condition of Dapr 1.12's published figures (added latency p90 0.49 ms, p99 1.21 ms
-over publishing straight to the broker). Reports medians over ``--rounds``: throughput,
-p50/p90/p99/p99.9, the latency the sidecar adds, the sidecar's CPU seconds per 1,000 messages
-and its RSS. Results also go to ``benchmarks/results/publish.json``.
+other load on a shared machine hit all sides alike: closed loop (``--concurrency`` clients, each
+sending as soon as its last answer came) for maximum throughput, then open loops at fixed rates
+(500, 1,000, 2,000 req/s by default) for latency, measured from each request's *scheduled* start so
+queueing counts. 1,000 req/s is the condition of Dapr 1.12's published figures (added latency p90
+0.49 ms, p99 1.21 ms over publishing straight to the broker). Reports medians over ``--rounds``:
+throughput, p50/p90/p99/p99.9, the latency the sidecar adds, the sidecar's CPU seconds per 1,000
+messages and its RSS. Results also go to ``benchmarks/results/publish.json``.
 
 Usage: ``python benchmarks/publish.py [--quick] [--rounds 3] [--rates 500,1000,2000]``
 """
@@ -213,7 +213,7 @@ async def _measure_round(
     slice_s = args.duration / args.slices
     for target in args.rates:
         o = await interleaved(
-            sidecar, sides, lambda send: open_loop(send, target, slice_s), args.slices
+            sidecar, sides, lambda send, rate=target: open_loop(send, rate, slice_s), args.slices
         )
         o["added"] = {k: o["sidecar"][k] - o["aiokafka"][k] for k in ("p50", "p90", "p99", "p99.9")}
         result["open"][str(int(target))] = o
@@ -337,7 +337,7 @@ async def main() -> None:
     broker = start_local_broker()
     sidecar = Sidecar(component_dir(broker.bootstrap), app_id="bench")
     floor_port = free_port()
-    floor = subprocess.Popen(
+    floor = subprocess.Popen(  # noqa: ASYNC220 - returns once the child runs; stopped at the end
         [sys.executable, str(HERE / "sink_app.py")], env={**os.environ, "APP_PORT": str(floor_port)}
     )
     try:

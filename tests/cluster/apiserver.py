@@ -30,6 +30,7 @@ cluster, prints ``export KUBECONFIG=...`` and runs until Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -322,10 +323,8 @@ def _wait_ready(
 def _stop_procs(procs: list[_Proc], timeout: float = 15.0) -> None:
     for p in reversed(procs):
         if p.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 p.popen.terminate()
-            except ProcessLookupError:
-                pass
         try:
             p.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

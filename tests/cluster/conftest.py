@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import ssl
@@ -336,10 +337,8 @@ def operator(kube: Kube, crds: list[dict[str, Any]]) -> Iterator[Operator]:
             url=url, port=port, ca_file=kube.ca_file, sidecar_image=SIDECAR_IMAGE, thread=thread
         )
     finally:
-        try:
+        with contextlib.suppress(ApiException):
             admission.delete_mutating_webhook_configuration(WEBHOOK_CONFIG_NAME)
-        except ApiException:
-            pass
         stop.set()
         thread.join(30)
 
@@ -350,10 +349,8 @@ def namespace(kube: Kube) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace({"metadata": {"name": name}})
     yield name
-    try:
+    with contextlib.suppress(Exception):
         kube.core.delete_namespace(name)
-    except Exception:
-        pass
 
 
 def pod_list(kube: Kube, namespace: str, selector: str = "") -> list[Any]:

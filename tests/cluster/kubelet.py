@@ -22,6 +22,7 @@ non-loopback IP: Endpoints may not hold 127.0.0.0/8.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import os
 import signal
@@ -142,10 +143,8 @@ class LocalKubelet:
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(5):  # the kubelet's default node-lease renew interval: 10 s
-            try:
+            with contextlib.suppress(Exception):  # a missed beat is retried; 40 s before NotReady
                 self._renew_lease()
-            except Exception:  # a missed beat is retried; 40 s of grace before NotReady
-                pass
 
     # -- pods -------------------------------------------------------------------------------
 
@@ -358,7 +357,5 @@ class LocalKubelet:
         if self._heartbeat is not None:
             self._heartbeat.join(10)
         for call in (lambda: self.kube.core.delete_node(self.node),):
-            try:
+            with contextlib.suppress(ApiException):
                 call()
-            except ApiException:
-                pass

@@ -83,7 +83,7 @@ def run_daprd(kube: Kube, pod: Any, tmp: Path, name: str) -> tuple[Proc, list[st
     command = list(daprd.command)
     command[0] = shutil.which(command[0], path=str(Path(sys.executable).parent)) or command[0]
 
-    env = {k: v for k, v in os.environ.items()}
+    env = dict(os.environ)
     fields = {
         "metadata.namespace": pod.metadata.namespace,
         "metadata.name": pod.metadata.name or pod.metadata.generate_name,

@@ -6,6 +6,7 @@ the certificate → ``helm uninstall`` leaves nothing behind but the CRDs."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -437,7 +438,5 @@ def test_helm_install_injects_upgrade_keeps_tls_uninstall_cleans_up(
             )
         kubelet.stop()
         helm(tools, kube, "uninstall", release, "--namespace", release_ns, check=False)
-        try:
+        with contextlib.suppress(Exception):
             kube.core.delete_namespace(release_ns)
-        except Exception:
-            pass

@@ -131,7 +131,7 @@ def test_odd_headers_are_escaped_and_delivered(
     """8. Kafka headers with control bytes and values that are not UTF-8: the record is
     delivered with those headers percent-escaped, and the partition is not stalled."""
     topic = f"headers-{unique}"
-    app, sidecar = start_subscriber(
+    app, _sidecar = start_subscriber(
         tmp_path, procs, app_id=f"headers-{unique}", resources=resources, topics=[topic]
     )
     odd = f"{unique}-odd"

@@ -73,7 +73,7 @@ def test_sidecar_exits_within_ten_seconds_of_sigterm(
             produce(address, topic, ids)
             poll(
                 f"round {round_}'s events to be delivered",
-                lambda: set(received(app)["finished"]) >= set(ids),
+                lambda ids=ids: set(received(app)["finished"]) >= set(ids),
                 60,
             )
             sidecar.signal(signal.SIGTERM)

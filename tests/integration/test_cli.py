@@ -251,8 +251,8 @@ def test_ctrl_c_in_a_terminal_stops_the_sidecar_before_the_app(
             run.kill()
         log.close()
     lines = record_file.read_text().split()
-    started_ids = set(lines[1::2][i] for i, w in enumerate(lines[0::2]) if w == "started")
-    finished_ids = set(lines[1::2][i] for i, w in enumerate(lines[0::2]) if w == "finished")
+    started_ids = {lines[1::2][i] for i, w in enumerate(lines[0::2]) if w == "started"}
+    finished_ids = {lines[1::2][i] for i, w in enumerate(lines[0::2]) if w == "finished"}
     assert started_ids and started_ids <= finished_ids, record_file.read_text()
 
 

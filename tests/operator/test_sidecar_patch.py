@@ -204,7 +204,8 @@ def test_app_protocol_annotation_reaches_the_sidecar_and_the_app() -> None:
 
 
 def test_operator_defaults_for_resources_and_log_level_yield_to_annotations() -> None:
-    """The chart's sidecar.resources / sidecar.logLevel reach daprd unless the pod says otherwise."""
+    """The chart's sidecar.resources / sidecar.logLevel reach daprd unless the pod says
+    otherwise."""
     from tidings.operator.injection import decide
     from tidings.operator.settings import InjectorSettings
 

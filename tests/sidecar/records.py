@@ -57,8 +57,7 @@ class Stored:
 async def stored_kafka(bootstrap: str, topic: str, count: int) -> list[Stored]:
     """Up to ``count`` records of ``topic`` (see :func:`read_records`)."""
     return [
-        Stored(r.value, r.key, {k: v for k, v in r.headers})
-        for r in await read_records(bootstrap, topic, count)
+        Stored(r.value, r.key, dict(r.headers)) for r in await read_records(bootstrap, topic, count)
     ]
 
 

@@ -127,7 +127,7 @@ async def test_no_partitions_bad_subjects_and_missing_stream_are_publish_errors(
             await broker.publish(f"{prefix}.a", b"x" * (broker._nc.max_payload + 1))
         assert not exc.value.retriable and exc.value.refused == "size"  # the API answers 413
         # streamName is the expected stream: a subject outside it is refused, not stored elsewhere
-        with pytest.raises(BrokerError, match="refused|no JetStream stream") as exc:
+        with pytest.raises(BrokerError, match=r"refused|no JetStream stream") as exc:
             await broker.publish(f"elsewhere-{unique}.a", b"x")
         assert exc.value.refused is None  # an operator may still create that stream: a 500
         outcomes = await broker.publish_many(
@@ -376,7 +376,7 @@ async def test_token_auth_on_a_server_that_requires_it(tmp_path: Path, unique: s
         assert broker.ready()
         await broker.close(grace_s=0)
         loaded = check_component(component(url, token="wrong"), app_id="a", source="test")
-        with pytest.raises(BrokerError, match="(?i)authorization"):
+        with pytest.raises(BrokerError, match=r"(?i)authorization"):
             await JetStreamBroker(loaded, app_id="a").start()
     finally:
         server.terminate()
@@ -562,7 +562,7 @@ def test_seed_key_signs_the_server_nonce_as_nats_expects() -> None:
 async def test_named_stream_missing_says_which(nats_url: str, unique: str) -> None:
     broker = await started(nats_url, f"app-{unique}", streamName=f"NOPE{unique}")
     try:
-        got, handler = collector()
+        _got, handler = collector()
         await broker.subscribe([f"nope{unique}.x"], handler)
         assert broker.waiting() == {
             f"nope{unique}.x": f"waiting for stream NOPE{unique}: it does not exist"
@@ -653,9 +653,11 @@ async def test_sidecar_does_not_call_a_topic_without_stream_subscribed(
     try:
         await until("the subscribe log line", lambda: "subscribed to" in caplog.text, 30)
         assert f"subscribed to []; not consuming yet: ['{topic}']" in caplog.text, caplog.text
-        async with ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{sidecar.bound_port}/v1.0/metadata") as r:
-                meta = orjson.loads(await r.read())
+        async with (
+            ClientSession() as http,
+            http.get(f"http://127.0.0.1:{sidecar.bound_port}/v1.0/metadata") as r,
+        ):
+            meta = orjson.loads(await r.read())
         [sub] = [s for s in meta["subscriptions"] if s["topic"] == topic]
         assert sub["status"]["lastError"]["message"] == (
             f"waiting for stream {stream}: it does not exist"

@@ -214,7 +214,7 @@ async def test_publish_then_deliver_in_stream_order_with_key_and_metadata(
     assert first.partition == 0 and abs(first.timestamp_ms / 1000 - time.time()) < 60
     assert got[5].key is None and got[5].headers == ()
     # stored as Dapr's component writes it: data + metadata (a JSON object of strings)
-    (entry_id, fields), *_ = await raw.xrange(topic, count=1)
+    (_entry_id, fields), *_ = await raw.xrange(topic, count=1)
     assert fields[b"data"] == b"0" and orjson.loads(fields[b"metadata"]) == {"team": "payments"}
     await until(lambda: not broker._to_ack)
     await until_acked(raw, topic, f"group-{unique}")
@@ -467,7 +467,7 @@ async def test_max_len_approx_trims_the_stream(
 ) -> None:
     topic = stream(raw, f"trim-{unique}")
     broker = await make(maxLenApprox="100")
-    for chunk in range(10):
+    for _ in range(10):
         await broker.publish_many([PublishRecord(topic, b"x")] * 100)
     # MAXLEN ~ trims whole macro nodes (100 entries each by default): never below the limit
     assert 100 <= await raw.xlen(topic) < 1000

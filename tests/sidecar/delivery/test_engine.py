@@ -284,8 +284,8 @@ async def handle(dispatcher: Dispatcher, rec: Record) -> None:
     await asyncio.wait_for(dispatcher.handle(rec), timeout=10)
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
@@ -684,7 +684,7 @@ async def test_delivery_state_counts_retries_dead_letters_and_the_last_error(
     scripted, _ = app
     topic = f"counted-{uuid.uuid4().hex[:8]}"
     scripted.script["/orders"] = [(500, b"")]
-    dispatcher, dl = make_dispatcher(subscription(topic=topic, dlt="dead"), retry=bounded(2))
+    dispatcher, _dl = make_dispatcher(subscription(topic=topic, dlt="dead"), retry=bounded(2))
     state = topic_deliveries("orders-app", "pubsub", topic)
     task = asyncio.create_task(handle(dispatcher, record(topic=topic)))
     await scripted.arrived.wait()

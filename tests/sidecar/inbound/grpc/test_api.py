@@ -56,7 +56,7 @@ def memory_component(name: str = "memory", **metadata: str) -> str:
 
 
 async def started_sidecar(folder: Path, files: dict[str, str], **settings: Any) -> Sidecar:
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a few small files, before the start
     for name, text in files.items():
         (folder / name).write_text(text)
     sidecar = Sidecar(
@@ -394,9 +394,11 @@ async def test_get_metadata_answers_like_http_and_set_metadata_is_shared(
     async with channel:
         await stub.SetMetadata(metadata_pb2.SetMetadataRequest(key="color", value="blue"))
         answer = await stub.GetMetadata(metadata_pb2.GetMetadataRequest())
-    async with ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{memory_sidecar.bound_port}/v1.0/metadata") as r:
-            body = await r.json()
+    async with (
+        ClientSession() as http,
+        http.get(f"http://127.0.0.1:{memory_sidecar.bound_port}/v1.0/metadata") as r,
+    ):
+        body = await r.json()
     assert answer.id == body["id"] == APP_ID
     assert answer.runtime_version == body["runtimeVersion"]
     assert sorted((c.name, c.type, c.version) for c in answer.registered_components) == sorted(

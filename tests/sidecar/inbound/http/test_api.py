@@ -247,7 +247,8 @@ def error_info(error: dict) -> dict:
             400,
             "ERR_PUBSUB_REQUEST_METADATA",
             "DAPR_PUBSUB_METADATA_DESERIALIZATION",
-            "failed deserializing metadata. Error: rawPayload value must be a valid boolean: actual is 'yes'",
+            "failed deserializing metadata. Error: rawPayload value must be a valid boolean: "
+            "actual is 'yes'",
         ),
         (
             "/v1.0/publish/mem/t",
@@ -538,7 +539,7 @@ async def test_bulk_publish_to_kafka(
 
 
 async def test_bulk_publish_failed_entries(api: Api) -> None:
-    status, ctype, body = await api.post(
+    status, _ctype, body = await api.post(
         "/v1.0-alpha1/publish/bulk/down/t",
         bulk(
             {"entryId": "a", "event": "x", "contentType": "text/plain"},
@@ -874,7 +875,7 @@ async def test_lone_surrogate_escapes_become_replacement_characters(api: Api) ->
         {"entryId": "x", "event": "e", "contentType": "text/plain", "metadata": {"h": "v"}}
     ).replace(b'"v"', b'"a\\ud800b"')
     assert (await api.post("/v1.0/publish/bulk/mem/sur", entry, "application/json"))[0] == 204
-    first, second, third = (orjson.loads(v) for v in api.memory_values("sur"))
+    first, second, _third = (orjson.loads(v) for v in api.memory_values("sur"))
     assert first["data"] == "a\ufffdb" and second["data"] == {"k": "a\ufffdb"}
     assert dict(api.memory._topics["sur"].log[2].headers)["h"] == "a\ufffdb".encode()
 
