@@ -26,8 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from tidings.sidecar.localbroker import free_port
-from tidings.sidecar.localdev import kafka_component_yaml
+from tidings.sidecar.cli.localbroker import free_port
+from tidings.sidecar.cli.localdev import kafka_component_yaml
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -51,16 +51,24 @@ def machine_info() -> dict[str, Any]:
             versions[dist] = importlib_metadata.version(dist)
         except importlib_metadata.PackageNotFoundError:
             versions[dist] = None
-    return {"cores": os.cpu_count(), "cpu": model, "loadavg_1m_at_start": os.getloadavg()[0],
-            "python": platform.python_version(), "implementation": platform.python_implementation(),
-            "platform": platform.platform(), "versions": versions}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "loadavg_1m_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
 
 
 def describe_machine(info: Mapping[str, Any]) -> str:
     v = info["versions"]
-    return (f"{info['cores']} cores ({info['cpu'] or 'unknown CPU'}), load avg "
-            f"{info['loadavg_1m_at_start']:.1f} at start; Python {info['python']}; tidings "
-            f"{v['tidings']}, aiokafka {v['aiokafka']}, aiohttp {v['aiohttp']}, uvloop {v['uvloop']}")
+    return (
+        f"{info['cores']} cores ({info['cpu'] or 'unknown CPU'}), load avg "
+        f"{info['loadavg_1m_at_start']:.1f} at start; Python {info['python']}; tidings "
+        f"{v['tidings']}, aiokafka {v['aiokafka']}, aiohttp {v['aiohttp']}, uvloop {v['uvloop']}"
+    )
 
 
 class Proc:
@@ -92,8 +100,12 @@ def percentiles_ms(samples_s: Sequence[float]) -> dict[str, float]:
         v = samples_s[0] * 1000 if samples_s else float("nan")
         return {"p50": v, "p90": v, "p99": v, "p99.9": v}
     qs = statistics.quantiles(samples_s, n=1000, method="inclusive")
-    return {"p50": qs[499] * 1000, "p90": qs[899] * 1000, "p99": qs[989] * 1000,
-            "p99.9": qs[998] * 1000}
+    return {
+        "p50": qs[499] * 1000,
+        "p90": qs[899] * 1000,
+        "p99": qs[989] * 1000,
+        "p99.9": qs[998] * 1000,
+    }
 
 
 def median_of(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -113,6 +125,7 @@ def median_of(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], first_width: int = 34) -> str:
     """A plain text table: first column left-aligned, numbers right-aligned."""
+
     def cell(v: Any) -> str:
         if v is None:
             return "-"
@@ -134,14 +147,22 @@ def write_json(name: str, path: str | None, result: Mapping[str, Any]) -> Path:
     return target
 
 
-def save_results(name: str, args: argparse.Namespace, info: Mapping[str, Any],
-                 **figures: Any) -> Path:
+def save_results(
+    name: str, args: argparse.Namespace, info: Mapping[str, Any], **figures: Any
+) -> Path:
     """Write one run's JSON (``benchmark``, ``machine``, ``settings``: the arguments but
     ``--json``, then ``figures`` in order) with :func:`write_json` to ``--json`` or the default
     path, print where, and return the path."""
-    path = write_json(name, args.json, {
-        "benchmark": name, "machine": info,
-        "settings": {k: v for k, v in vars(args).items() if k != "json"}, **figures})
+    path = write_json(
+        name,
+        args.json,
+        {
+            "benchmark": name,
+            "machine": info,
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            **figures,
+        },
+    )
     print(f"results: {path}")
     return path
 
@@ -156,20 +177,38 @@ def component_dir(bootstrap: str, metadata: Mapping[str, str] | None = None) -> 
 class Sidecar:
     """``python -m tidings.sidecar`` as a child process."""
 
-    def __init__(self, resources: Path, *, app_id: str, app_port: int | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        resources: Path,
+        *,
+        app_id: str,
+        app_port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.port = free_port()
-        args = [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", app_id,
-                "--dapr-http-port", str(self.port), "--resources-path", str(resources),
-                "--log-level", "warn", *extra_args]
+        args = [
+            sys.executable,
+            "-m",
+            "tidings.sidecar",
+            "--app-id",
+            app_id,
+            "--dapr-http-port",
+            str(self.port),
+            "--resources-path",
+            str(resources),
+            "--log-level",
+            "warn",
+            *extra_args,
+        ]
         if app_port is not None:
             args += ["--app-port", str(app_port)]
         self.started = time.monotonic()
         self.process = subprocess.Popen(args)
         self.proc = Proc(self.process.pid)
 
-    async def wait_healthy(self, path: str = "/v1.0/healthz/outbound",
-                           timeout_s: float = 60) -> float:
+    async def wait_healthy(
+        self, path: str = "/v1.0/healthz/outbound", timeout_s: float = 60
+    ) -> float:
         """Poll ``path`` until 204; returns seconds since the process was spawned."""
         deadline = time.monotonic() + timeout_s
         url = f"http://127.0.0.1:{self.port}{path}"

@@ -19,7 +19,7 @@ from publish to app receipt, at ``--rate`` (1,000) msg/s for ``--duration`` seco
 sidecar and with the in-process baseline. Medians over ``--rounds``; results also go to
 ``benchmarks/results/delivery.json``.
 
-Usage: ``python -P benchmarks/delivery.py [--quick] [--messages 100000] [--rounds 3]``
+Usage: ``python benchmarks/delivery.py [--quick] [--messages 100000] [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -39,13 +39,20 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sink_app  # noqa: E402
-from common import (  # noqa: E402
-    HERE, Sidecar, component_dir, describe_machine, machine_info, median_of, run, save_results,
-    table)
+from tidings.sidecar.cli.localbroker import free_port, start_local_broker
 
-from tidings.sidecar.localbroker import free_port, start_local_broker  # noqa: E402
+import sink_app
+from common import (
+    HERE,
+    Sidecar,
+    component_dir,
+    describe_machine,
+    machine_info,
+    median_of,
+    run,
+    save_results,
+    table,
+)
 
 PARTITIONS = 8
 BLOB = "x" * 800
@@ -58,9 +65,18 @@ def event(topic: str, i: int, sent_ns: int | None = None) -> bytes:
     data: dict[str, Any] = {"n": i, "blob": BLOB}
     if sent_ns is not None:
         data["sent_ns"] = sent_ns
-    return orjson.dumps({"specversion": "1.0", "id": str(i), "source": "bench", "type": "t",
-                         "topic": topic, "pubsubname": "pubsub",
-                         "datacontenttype": "application/json", "data": data})
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(i),
+            "source": "bench",
+            "type": "t",
+            "topic": topic,
+            "pubsubname": "pubsub",
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
@@ -75,13 +91,20 @@ async def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS)
 async def prefill(bootstrap: str, topic: str, n: int) -> float:
     """Produce ``n`` events round-robin over the partitions; returns seconds taken."""
     started = time.monotonic()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
-                                enable_idempotence=False, max_batch_size=262_144)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        enable_idempotence=False,
+        max_batch_size=262_144,
+    )
     await producer.start()
     try:
         for chunk in range(0, n, 5000):
-            futures = [await producer.send(topic, event(topic, i), partition=i % PARTITIONS)
-                       for i in range(chunk, min(n, chunk + 5000))]
+            futures = [
+                await producer.send(topic, event(topic, i), partition=i % PARTITIONS)
+                for i in range(chunk, min(n, chunk + 5000))
+            ]
             await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -95,13 +118,13 @@ def end_offsets(topic: str, n: int) -> dict[TopicPartition, int]:
     return {TopicPartition(topic, p): len(range(p, n, PARTITIONS)) for p in range(PARTITIONS)}
 
 
-async def wait_committed(bootstrap: str, group: str, ends: dict[TopicPartition, int],
-                         timeout_s: float = 600) -> float:
+async def wait_committed(
+    bootstrap: str, group: str, ends: dict[TopicPartition, int], timeout_s: float = 600
+) -> float:
     """Poll the group's committed offsets until they reach ``ends``; returns ``time.monotonic()``
     when they did (within the 20 ms poll). Reads them with a consumer of that group that never
     subscribes, so it does not join (Tansu drops the admin client's OffsetFetch)."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                              enable_auto_commit=False)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await reader.start()
     try:
         deadline = time.monotonic() + timeout_s
@@ -119,8 +142,10 @@ def start_app(topic: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
     """``sink_app.py`` subscribed to ``topic`` on a free port (``env`` added to its
     environment, e.g. ``BULK_MAX_COUNT``); the process and the port."""
     port = free_port()
-    app = subprocess.Popen([sys.executable, "-P", str(HERE / "sink_app.py")],
-                           env={**os.environ, "APP_PORT": str(port), "TOPIC": topic, **env})
+    app = subprocess.Popen(
+        [sys.executable, str(HERE / "sink_app.py")],
+        env={**os.environ, "APP_PORT": str(port), "TOPIC": topic, **env},
+    )
     return app, port
 
 
@@ -129,8 +154,9 @@ async def app_state(session: aiohttp.ClientSession, port: int) -> dict[str, Any]
         return await r.json()  # type: ignore[no-any-return]
 
 
-async def wait_count(session: aiohttp.ClientSession, port: int, n: int,
-                     timeout_s: float = 600) -> dict[str, Any]:
+async def wait_count(
+    session: aiohttp.ClientSession, port: int, n: int, timeout_s: float = 600
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -187,8 +213,9 @@ class SidecarPair:
         self.app.wait()
 
 
-async def drain_sidecar(bootstrap: str, topic: str, n: int,
-                        ends: dict[TopicPartition, int]) -> dict[str, Any]:
+async def drain_sidecar(
+    bootstrap: str, topic: str, n: int, ends: dict[TopicPartition, int]
+) -> dict[str, Any]:
     pair = SidecarPair(bootstrap, topic, f"bench-{uuid.uuid4().hex[:6]}")
     try:
         async with aiohttp.ClientSession() as session:
@@ -206,20 +233,35 @@ async def drain_sidecar(bootstrap: str, topic: str, n: int,
             rss = pair.sidecar.proc.peak_rss_bytes()
     finally:
         pair.stop()
-    return {"msg_per_s": n / (committed_at - state["first"]),
-            "delivered_per_s": n / (state["last"] - state["first"]),
-            "cpu_s_per_1000": cpu / n * 1000, "peak_rss_mb": rss / 2**20}
+    return {
+        "msg_per_s": n / (committed_at - state["first"]),
+        "delivered_per_s": n / (state["last"] - state["first"]),
+        "cpu_s_per_1000": cpu / n * 1000,
+        "peak_rss_mb": rss / 2**20,
+    }
 
 
-async def consume_group(bootstrap: str, topic: str, group: str, n: int | None,
-                        deliver: Any, stop: asyncio.Event | None = None,
-                        assigned: asyncio.Event | None = None) -> float:
+async def consume_group(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    n: int | None,
+    deliver: Any,
+    stop: asyncio.Event | None = None,
+    assigned: asyncio.Event | None = None,
+) -> float:
     """A raw aiokafka consumer group member: ``getmany``, ``await deliver(batch)``, commit
     ``offset + 1`` per partition; until ``n`` records or ``stop``. Returns the monotonic time of
     the last commit."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_poll_records=500, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=500,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
     await consumer.start()
     done, last_commit = 0, time.monotonic()
     try:
@@ -248,12 +290,15 @@ async def deliver_in_process(batch: dict[TopicPartition, list[Any]]) -> None:
 async def drain_in_process(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
     sink_app.reset()
     cpu0 = time.process_time()
-    committed_at = await consume_group(bootstrap, topic, f"raw-{uuid.uuid4().hex[:6]}", n,
-                                       deliver_in_process)
+    committed_at = await consume_group(
+        bootstrap, topic, f"raw-{uuid.uuid4().hex[:6]}", n, deliver_in_process
+    )
     state = sink_app.snapshot()
-    return {"msg_per_s": n / (committed_at - state["first"]),
-            "delivered_per_s": n / (state["last"] - state["first"]),
-            "cpu_s_per_1000": (time.process_time() - cpu0) / n * 1000}
+    return {
+        "msg_per_s": n / (committed_at - state["first"]),
+        "delivered_per_s": n / (state["last"] - state["first"]),
+        "cpu_s_per_1000": (time.process_time() - cpu0) / n * 1000,
+    }
 
 
 async def drain_http(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
@@ -269,22 +314,27 @@ async def drain_http(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
                     for record in records:
                         async with session.post(url, data=record.value, headers=headers) as r:
                             await r.read()
+
                 await asyncio.gather(*(partition(records) for records in batch.values()))
 
-            committed_at = await consume_group(bootstrap, topic, f"http-{uuid.uuid4().hex[:6]}",
-                                               n, deliver)
+            committed_at = await consume_group(
+                bootstrap, topic, f"http-{uuid.uuid4().hex[:6]}", n, deliver
+            )
             state = await app_state(session, app_port)
     finally:
         app.terminate()
         app.wait()
-    return {"msg_per_s": n / (committed_at - state["first"]),
-            "delivered_per_s": n / (state["last"] - state["first"])}
+    return {
+        "msg_per_s": n / (committed_at - state["first"]),
+        "delivered_per_s": n / (state["last"] - state["first"]),
+    }
 
 
 async def paced_produce(bootstrap: str, topic: str, rate: float, duration_s: float) -> int:
     """Publish at ``rate`` msg/s for ``duration_s``, each event carrying its send time."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
-                                enable_idempotence=False)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=0, enable_idempotence=False
+    )
     await producer.start()
     n = int(rate * duration_s)
     futures = []
@@ -294,8 +344,11 @@ async def paced_produce(bootstrap: str, topic: str, rate: float, duration_s: flo
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing of the open-loop load generator
-            futures.append(await producer.send(topic, event(topic, i, time.time_ns()),
-                                               partition=i % PARTITIONS))
+            futures.append(
+                await producer.send(
+                    topic, event(topic, i, time.time_ns()), partition=i % PARTITIONS
+                )
+            )
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -321,9 +374,17 @@ async def latency_in_process(bootstrap: str, rate: float, duration_s: float) -> 
     await create_topic(bootstrap, topic)
     sink_app.reset()
     stop, assigned = asyncio.Event(), asyncio.Event()
-    member = asyncio.create_task(consume_group(
-        bootstrap, topic, f"lat-{uuid.uuid4().hex[:6]}", None, deliver_in_process, stop,
-        assigned))
+    member = asyncio.create_task(
+        consume_group(
+            bootstrap,
+            topic,
+            f"lat-{uuid.uuid4().hex[:6]}",
+            None,
+            deliver_in_process,
+            stop,
+            assigned,
+        )
+    )
     await asyncio.wait_for(assigned.wait(), 60)
     n = await paced_produce(bootstrap, topic, rate, duration_s)
     deadline = time.monotonic() + 60
@@ -336,38 +397,80 @@ async def latency_in_process(bootstrap: str, rate: float, duration_s: float) -> 
 
 def report(summary: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]) -> None:
     d = summary["drain"]
-    print(f"\ndelivery: {args.messages} CloudEvents of ~1 KiB on {PARTITIONS} partitions, local "
-          f"Tansu; medians of {args.rounds} round(s)\n{describe_machine(info)}")
+    print(
+        f"\ndelivery: {args.messages} CloudEvents of ~1 KiB on {PARTITIONS} partitions, local "
+        f"Tansu; medians of {args.rounds} round(s)\n{describe_machine(info)}"
+    )
     print("\ndrain the backlog, commits included (from the app's first delivery)")
-    print(table(["", "msg/s", "delivered/s", "CPU s/1k", "peak RSS MB"], [
-        ["tidings sidecar -> app over HTTP", d["sidecar"]["msg_per_s"],
-         d["sidecar"]["delivered_per_s"], d["sidecar"]["cpu_s_per_1000"],
-         d["sidecar"]["peak_rss_mb"]],
-        ["aiokafka, handler in-process (baseline)", d["in_process"]["msg_per_s"],
-         d["in_process"]["delivered_per_s"], d["in_process"]["cpu_s_per_1000"], None],
-        ["aiokafka -> app over HTTP", d["http"]["msg_per_s"], d["http"]["delivered_per_s"],
-         None, None] if "http" in d else ["aiokafka -> app over HTTP (skipped)"] + [None] * 4,
-    ], first_width=42))
+    print(
+        table(
+            ["", "msg/s", "delivered/s", "CPU s/1k", "peak RSS MB"],
+            [
+                [
+                    "tidings sidecar -> app over HTTP",
+                    d["sidecar"]["msg_per_s"],
+                    d["sidecar"]["delivered_per_s"],
+                    d["sidecar"]["cpu_s_per_1000"],
+                    d["sidecar"]["peak_rss_mb"],
+                ],
+                [
+                    "aiokafka, handler in-process (baseline)",
+                    d["in_process"]["msg_per_s"],
+                    d["in_process"]["delivered_per_s"],
+                    d["in_process"]["cpu_s_per_1000"],
+                    None,
+                ],
+                [
+                    "aiokafka -> app over HTTP",
+                    d["http"]["msg_per_s"],
+                    d["http"]["delivered_per_s"],
+                    None,
+                    None,
+                ]
+                if "http" in d
+                else ["aiokafka -> app over HTTP (skipped)"] + [None] * 4,
+            ],
+            first_width=42,
+        )
+    )
     print(f"ratio sidecar/in-process baseline: {summary['drain_ratio']:.2f} (target >= 0.50)")
     if "http" in d:
-        print(f"ratio sidecar/aiokafka -> HTTP: {d['sidecar']['msg_per_s'] / d['http']['msg_per_s']:.2f}")
+        ratio = d["sidecar"]["msg_per_s"] / d["http"]["msg_per_s"]
+        print(f"ratio sidecar/aiokafka -> HTTP: {ratio:.2f}")
     lat = summary["latency"]
     cols = ("p50", "p90", "p99", "p99.9")
-    print(f"\ndelivery latency, publish -> app receipt, at {args.rate:g} msg/s for "
-          f"{args.duration:g} s")
-    print(table(["", *(f"{k} ms" for k in cols)], [
-        ["tidings sidecar -> app over HTTP", *(lat["sidecar"].get(k) for k in cols)],
-        ["aiokafka, handler in-process", *(lat["in_process"].get(k) for k in cols)],
-        ["added by the sidecar and HTTP", *(
-            lat["sidecar"][k] - lat["in_process"][k]
-            if k in lat["sidecar"] and k in lat["in_process"] else None for k in cols)],
-    ], first_width=42))
+    print(
+        f"\ndelivery latency, publish -> app receipt, at {args.rate:g} msg/s for "
+        f"{args.duration:g} s"
+    )
+    print(
+        table(
+            ["", *(f"{k} ms" for k in cols)],
+            [
+                ["tidings sidecar -> app over HTTP", *(lat["sidecar"].get(k) for k in cols)],
+                ["aiokafka, handler in-process", *(lat["in_process"].get(k) for k in cols)],
+                [
+                    "added by the sidecar and HTTP",
+                    *(
+                        lat["sidecar"][k] - lat["in_process"][k]
+                        if k in lat["sidecar"] and k in lat["in_process"]
+                        else None
+                        for k in cols
+                    ),
+                ],
+            ],
+            first_width=42,
+        )
+    )
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="1 round of 20,000 messages, 3 s of latency, no HTTP baseline")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round of 20,000 messages, 3 s of latency, no HTTP baseline",
+    )
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=1000.0, help="latency phase msg/s")
@@ -389,23 +492,28 @@ async def main() -> None:
         rounds = []
         for i in range(args.rounds):
             r: dict[str, Any] = {"drain": {}, "latency": {}}
-            r["drain"]["sidecar"] = await drain_sidecar(broker.bootstrap, topic, args.messages,
-                                                        ends)
-            r["drain"]["in_process"] = await drain_in_process(broker.bootstrap, topic,
-                                                              args.messages)
+            r["drain"]["sidecar"] = await drain_sidecar(
+                broker.bootstrap, topic, args.messages, ends
+            )
+            r["drain"]["in_process"] = await drain_in_process(
+                broker.bootstrap, topic, args.messages
+            )
             if not args.no_http_baseline:
                 r["drain"]["http"] = await drain_http(broker.bootstrap, topic, args.messages)
-            r["latency"]["sidecar"] = await latency_sidecar(broker.bootstrap, args.rate,
-                                                            args.duration)
-            r["latency"]["in_process"] = await latency_in_process(broker.bootstrap, args.rate,
-                                                                  args.duration)
+            r["latency"]["sidecar"] = await latency_sidecar(
+                broker.bootstrap, args.rate, args.duration
+            )
+            r["latency"]["in_process"] = await latency_in_process(
+                broker.bootstrap, args.rate, args.duration
+            )
             rounds.append(r)
             print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         broker.stop()
     summary = median_of(rounds)
-    summary["drain_ratio"] = (summary["drain"]["sidecar"]["msg_per_s"]
-                              / summary["drain"]["in_process"]["msg_per_s"])
+    summary["drain_ratio"] = (
+        summary["drain"]["sidecar"]["msg_per_s"] / summary["drain"]["in_process"]["msg_per_s"]
+    )
     info["loadavg_1m_at_end"] = os.getloadavg()[0]
     report(summary, args, info)
     targets = {"delivery_ratio_at_least_0.5": summary["drain_ratio"] >= 0.5}

@@ -5,7 +5,7 @@ Drains ``--messages`` ~1 KiB CloudEvents (4 partitions, local Tansu broker) thro
 with a plain subscription (one POST per event) and once with ``bulkSubscribe``
 (``maxMessagesCount`` ``--bulk``, ``maxAwaitDurationMs`` 100; one POST per batch of a
 partition, every entry answered SUCCESS). Throughput is measured at the app, first to last
-delivery. Usage: ``python -P benchmarks/delivery_bulk.py [--messages 10000] [--bulk 100]``.
+delivery. Usage: ``python benchmarks/delivery_bulk.py [--messages 10000] [--bulk 100]``.
 """
 
 from __future__ import annotations
@@ -13,23 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import uuid
-from pathlib import Path
 
+from tidings.sidecar.cli.localbroker import start_local_broker
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the sibling delivery.py (python -P leaves this folder out)
-
-from common import component_dir  # noqa: E402
-from delivery import create_topic, delivered_rate, prefill  # noqa: E402
-
-from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
+from common import component_dir
+from delivery import create_topic, delivered_rate, prefill
 
 
 async def run(bootstrap: str, topic: str, n: int, bulk: int | None) -> float:
-    return await delivered_rate(component_dir(bootstrap), topic, n,
-                                **({"BULK_MAX_COUNT": str(bulk)} if bulk else {}))
+    return await delivered_rate(
+        component_dir(bootstrap), topic, n, **({"BULK_MAX_COUNT": str(bulk)} if bulk else {})
+    )
 
 
 async def main() -> None:
@@ -47,8 +42,10 @@ async def main() -> None:
         bulk = await run(broker.bootstrap, bulk_topic, args.messages, args.bulk)
     finally:
         broker.stop()
-    print(f"\n{args.messages} CloudEvents of ~1 KiB, 4 partitions, local Tansu, "
-          f"{os.cpu_count()} cores; app, sidecar and broker share the machine")
+    print(
+        f"\n{args.messages} CloudEvents of ~1 KiB, 4 partitions, local Tansu, "
+        f"{os.cpu_count()} cores; app, sidecar and broker share the machine"
+    )
     print(f"{'':<40}{'events/s':>10}")
     print(f"{'one event per request':<40}{single:10.0f}")
     print(f"{f'bulkSubscribe, maxMessagesCount {args.bulk}':<40}{bulk:10.0f}")

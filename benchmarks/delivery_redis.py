@@ -11,7 +11,7 @@ what the app answered:
   batch POSTed by 10 parallel deliveries, then one ``XACK`` of the batch.
 
 Throughput is measured at the app, first to last delivery. The benchmark's streams are deleted
-at the end. Usage: ``python -P benchmarks/delivery_redis.py [--messages 10000]``.
+at the end. Usage: ``python benchmarks/delivery_redis.py [--messages 10000]``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -28,10 +27,7 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the sibling delivery.py (python -P leaves this folder out)
-
-from delivery import delivered_rate, start_app, wait_count  # noqa: E402
+from delivery import delivered_rate, start_app, wait_count
 
 
 async def produce(client: aioredis.Redis, topic: str, n: int) -> None:
@@ -39,10 +35,23 @@ async def produce(client: aioredis.Redis, topic: str, n: int) -> None:
     for start in range(0, n, 1000):
         pipe = client.pipeline(transaction=False)
         for i in range(start, min(n, start + 1000)):
-            pipe.xadd(topic, {"data": json.dumps(
-                {"specversion": "1.0", "id": str(i), "source": "bench", "type": "t",
-                 "topic": topic, "pubsubname": "pubsub", "datacontenttype": "application/json",
-                 "data": {"n": i, "blob": blob}})})
+            pipe.xadd(
+                topic,
+                {
+                    "data": json.dumps(
+                        {
+                            "specversion": "1.0",
+                            "id": str(i),
+                            "source": "bench",
+                            "type": "t",
+                            "topic": topic,
+                            "pubsubname": "pubsub",
+                            "datacontenttype": "application/json",
+                            "data": {"n": i, "blob": blob},
+                        }
+                    )
+                },
+            )
         await pipe.execute()
 
 
@@ -51,8 +60,9 @@ async def run_sidecar(redis_host: str, topic: str, n: int, concurrency: int) -> 
     (workdir / "pubsub.yaml").write_text(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: pubsub}\n"
         "spec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n"
-        f"  - {{name: redisHost, value: \"{redis_host}\"}}\n"
-        f"  - {{name: concurrency, value: \"{concurrency}\"}}\n")
+        f'  - {{name: redisHost, value: "{redis_host}"}}\n'
+        f'  - {{name: concurrency, value: "{concurrency}"}}\n'
+    )
     return await delivered_rate(workdir, topic, n)
 
 
@@ -80,8 +90,7 @@ async def run_raw(client: aioredis.Redis, topic: str, n: int, parallel: int = 10
             while done < n:
                 reply = await client.xreadgroup(group, "raw", {topic: ">"}, count=100, block=500)
                 for _, entries in reply or ():
-                    await asyncio.gather(*(deliver(entries[i::parallel])
-                                           for i in range(parallel)))
+                    await asyncio.gather(*(deliver(entries[i::parallel]) for i in range(parallel)))
                     await client.xack(topic, group, *(i for i, _ in entries))
                     done += len(entries)
             state = await wait_count(session, app_port, n)
@@ -108,8 +117,10 @@ async def main() -> None:
     finally:
         await client.delete(*topics)
         await client.aclose()
-    print(f"\n{args.messages} CloudEvents of ~1 KiB, one stream, Redis at {args.redis}, "
-          f"{os.cpu_count()} cores; app, consumer and Redis share the machine")
+    print(
+        f"\n{args.messages} CloudEvents of ~1 KiB, one stream, Redis at {args.redis}, "
+        f"{os.cpu_count()} cores; app, consumer and Redis share the machine"
+    )
     print(f"{'':<40}{'deliveries/s':>14}")
     print(f"{'tidings sidecar, concurrency 10':<40}{rate_10:14.0f}")
     print(f"{'tidings sidecar, concurrency 1 (ordered)':<40}{rate_1:14.0f}")

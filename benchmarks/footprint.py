@@ -10,7 +10,7 @@
   to the operator's real admission server (``operator/injection.py``'s ``AdmissionServer``, kopf's
   webhook machinery, served over plain HTTP here instead of TLS), p50/p99 in ms, after a warm-up.
 
-Usage: ``python -P benchmarks/footprint.py [--quick]``; results also go to
+Usage: ``python benchmarks/footprint.py [--quick]``; results also go to
 ``benchmarks/results/footprint.json``.
 """
 
@@ -29,12 +29,18 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    Sidecar, component_dir, describe_machine, machine_info, percentiles_ms, run, table,
-    save_results)
+from tidings.sidecar.cli.localbroker import start_local_broker
 
-from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
+from common import (
+    Sidecar,
+    component_dir,
+    describe_machine,
+    machine_info,
+    percentiles_ms,
+    run,
+    save_results,
+    table,
+)
 
 
 async def cold_starts(resources: Path, n: int) -> list[float]:
@@ -52,7 +58,7 @@ def import_floor(n: int) -> list[float]:
     seconds = []
     for _ in range(n):
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-P", "-c", "import aiohttp, aiokafka"], check=True)
+        subprocess.run([sys.executable, "-c", "import aiohttp, aiokafka"], check=True)
         seconds.append(time.monotonic() - t0)
     return seconds
 
@@ -67,37 +73,63 @@ async def memory(resources: Path, messages: int) -> dict[str, float]:
         payload = b'{"blob":"' + b"x" * 1013 + b'"}'
         remaining = messages
         async with aiohttp.ClientSession() as session:
+
             async def worker() -> None:
                 nonlocal remaining
                 while remaining > 0:
                     remaining -= 1
-                    async with session.post(url, data=payload,
-                                            headers={"Content-Type": "application/json"}) as r:
+                    async with session.post(
+                        url, data=payload, headers={"Content-Type": "application/json"}
+                    ) as r:
                         assert r.status == 204, r.status
+
             await asyncio.gather(*(worker() for _ in range(16)))
         loaded = sidecar.proc.rss_bytes()
         peak = sidecar.proc.peak_rss_bytes()
     finally:
         sidecar.stop()
-    return {"idle_rss_mb": idle / 2**20, "rss_after_load_mb": loaded / 2**20,
-            "peak_rss_mb": peak / 2**20}
+    return {
+        "idle_rss_mb": idle / 2**20,
+        "rss_after_load_mb": loaded / 2**20,
+        "peak_rss_mb": peak / 2**20,
+    }
 
 
 def admission_review(i: int) -> dict[str, Any]:
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": f"orders-{i}", "namespace": "default",
-                        "labels": {"app": "orders"},
-                        "annotations": {"dapr.io/enabled": "true", "dapr.io/app-id": "orders",
-                                        "dapr.io/app-port": "8080",
-                                        "dapr.io/sidecar-memory-limit": "256Mi"}},
-           "spec": {"containers": [{"name": "app", "image": "example/orders:1",
-                                    "ports": [{"containerPort": 8080}]}]}}
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": str(uuid.uuid4()), "operation": "CREATE",
-                        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                        "resource": {"group": "", "version": "v1", "resource": "pods"},
-                        "namespace": "default", "userInfo": {"username": "bench"},
-                        "object": pod, "dryRun": False}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"orders-{i}",
+            "namespace": "default",
+            "labels": {"app": "orders"},
+            "annotations": {
+                "dapr.io/enabled": "true",
+                "dapr.io/app-id": "orders",
+                "dapr.io/app-port": "8080",
+                "dapr.io/sidecar-memory-limit": "256Mi",
+            },
+        },
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "example/orders:1", "ports": [{"containerPort": 8080}]}
+            ]
+        },
+    }
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "operation": "CREATE",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "default",
+            "userInfo": {"username": "bench"},
+            "object": pod,
+            "dryRun": False,
+        },
+    }
 
 
 async def admission(n: int) -> list[float]:
@@ -114,13 +146,26 @@ async def admission(n: int) -> list[float]:
     registry = kopf.OperatorRegistry()
     register_injector(registry, InjectorSettings())
     insights = references.Insights()
-    insights.webhook_resources.add(references.Resource(
-        group="", version="v1", plural="pods", kind="Pod", singular="pod", namespaced=True,
-        verbs=frozenset({"create", "get", "list", "watch", "patch"})))
-    fn = functools.partial(kopf_admission.serve_admission_request, settings=kopf.OperatorSettings(),
-                           registry=registry, insights=insights, memories=ResourceMemories(),
-                           memobase=kopf.Memo(),
-                           indices=OperatorIndexers().indices)
+    insights.webhook_resources.add(
+        references.Resource(
+            group="",
+            version="v1",
+            plural="pods",
+            kind="Pod",
+            singular="pod",
+            namespaced=True,
+            verbs=frozenset({"create", "get", "list", "watch", "patch"}),
+        )
+    )
+    fn = functools.partial(
+        kopf_admission.serve_admission_request,
+        settings=kopf.OperatorSettings(),
+        registry=registry,
+        insights=insights,
+        memories=ResourceMemories(),
+        memobase=kopf.Memo(),
+        indices=OperatorIndexers().indices,
+    )
     server = AdmissionServer(addr="127.0.0.1", port=None, insecure=True)
     latencies: list[float] = []
     configs = server(fn)
@@ -167,22 +212,40 @@ async def main() -> None:
     info["loadavg_1m_at_end"] = os.getloadavg()[0]
 
     import statistics
+
     cold = statistics.median(starts)
     adm = percentiles_ms(reviews)
-    result = {"cold_start_s": cold, "cold_start_all_s": starts,
-              "import_aiohttp_aiokafka_s": statistics.median(floor), **mem,
-              "admission_ms": adm}
+    result = {
+        "cold_start_s": cold,
+        "cold_start_all_s": starts,
+        "import_aiohttp_aiokafka_s": statistics.median(floor),
+        **mem,
+        "admission_ms": adm,
+    }
     print(f"\nfootprint\n{describe_machine(info)}")
-    print(table(["", "value", "target"], [
-        ["sidecar cold start to healthz 204 (s)", cold, "< 1 s"],
-        ["  floor: python -c 'import aiohttp, aiokafka'", result["import_aiohttp_aiokafka_s"],
-         None],
-        ["sidecar idle RSS (MB)", mem["idle_rss_mb"], "< 60 MB"],
-        [f"sidecar RSS after {args.messages} publishes (MB)", mem["rss_after_load_mb"], None],
-        ["sidecar peak RSS (MB)", mem["peak_rss_mb"], None],
-        [f"admission p50 (ms, {args.reviews} reviews)", adm["p50"], None],
-        ["admission p99 (ms)", adm["p99"], None],
-    ], first_width=48))
+    print(
+        table(
+            ["", "value", "target"],
+            [
+                ["sidecar cold start to healthz 204 (s)", cold, "< 1 s"],
+                [
+                    "  floor: python -c 'import aiohttp, aiokafka'",
+                    result["import_aiohttp_aiokafka_s"],
+                    None,
+                ],
+                ["sidecar idle RSS (MB)", mem["idle_rss_mb"], "< 60 MB"],
+                [
+                    f"sidecar RSS after {args.messages} publishes (MB)",
+                    mem["rss_after_load_mb"],
+                    None,
+                ],
+                ["sidecar peak RSS (MB)", mem["peak_rss_mb"], None],
+                [f"admission p50 (ms, {args.reviews} reviews)", adm["p50"], None],
+                ["admission p99 (ms)", adm["p99"], None],
+            ],
+            first_width=48,
+        )
+    )
     targets = {"cold_start_under_1_s": cold < 1.0, "idle_rss_under_60_mb": mem["idle_rss_mb"] < 60}
     print(f"targets: {targets}")
     save_results("footprint", args, info, result=result, targets=targets)

@@ -45,8 +45,8 @@ class _Connection(asyncio.Protocol):
         if len(self.buffer) < end + 4 + length:
             return
         status = int(head[9:12])
-        body = bytes(self.buffer[end + 4:end + 4 + length])
-        del self.buffer[:end + 4 + length]
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result((status, body))
 
@@ -73,7 +73,8 @@ class LeanClient:
                 self._open += 1
                 try:
                     _, conn = await asyncio.get_running_loop().create_connection(
-                        _Connection, self.host, self.port)
+                        _Connection, self.host, self.port
+                    )
                 except BaseException:
                     self._open -= 1
                     raise
@@ -92,9 +93,10 @@ class LeanClient:
                 self._available.notify()
 
     def request_bytes(self, path: str, body: bytes, content_type: str) -> bytes:
-        return (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-                ).encode() + body
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         """Send prebuilt ``request`` bytes (see :meth:`request_bytes`)."""

@@ -16,7 +16,7 @@ On a machine with fewer cores than processes the replicas share the same CPUs, s
 read is whether throughput holds as work is spread, not whether it multiplies. Medians over
 ``--rounds``; results also go to ``benchmarks/results/scale.json``.
 
-Usage: ``python -P benchmarks/scale.py [--quick] [--messages 20000]``
+Usage: ``python benchmarks/scale.py [--quick] [--messages 20000]``
 """
 
 from __future__ import annotations
@@ -27,18 +27,22 @@ import os
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    describe_machine, machine_info, median_of, run, save_results, table)
-from delivery import (  # noqa: E402
-    PARTITIONS, SidecarPair, app_state, create_topic, end_offsets, prefill, wait_committed)
+from tidings.sidecar.cli.localbroker import start_local_broker
 
-from tidings.sidecar.localbroker import start_local_broker  # noqa: E402
+from common import describe_machine, machine_info, median_of, run, save_results, table
+from delivery import (
+    PARTITIONS,
+    SidecarPair,
+    app_state,
+    create_topic,
+    end_offsets,
+    prefill,
+    wait_committed,
+)
 
 
 async def assigned_count(session: aiohttp.ClientSession, port: int) -> int:
@@ -61,7 +65,7 @@ async def scenario(bootstrap: str, n: int, app_ids: list[str]) -> dict[str, Any]
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 120
             while True:  # every group owns all partitions, spread over its members
-                counts: dict[str, int] = {g: 0 for g in groups}
+                counts: dict[str, int] = dict.fromkeys(groups, 0)
                 for pair in pairs:
                     counts[pair.app_id] += await assigned_count(session, pair.sidecar.port)
                 if all(c == PARTITIONS for c in counts.values()):
@@ -81,9 +85,12 @@ async def scenario(bootstrap: str, n: int, app_ids: list[str]) -> dict[str, Any]
     delivered = sum(s["count"] for s in states)
     first = min(s["first"] for s in states if s["count"])
     elapsed = max(committed) - first
-    return {"deliveries": delivered, "deliveries_per_s": delivered / elapsed,
-            "per_sidecar": [s["count"] for s in states],
-            "sidecar_cpu_s_per_1000": cpu / delivered * 1000}
+    return {
+        "deliveries": delivered,
+        "deliveries_per_s": delivered / elapsed,
+        "per_sidecar": [s["count"] for s in states],
+        "sidecar_cpu_s_per_1000": cpu / delivered * 1000,
+    }
 
 
 async def main() -> None:
@@ -109,8 +116,9 @@ async def main() -> None:
             r = {}
             for name, ids in scenarios.items():
                 suffix = uuid.uuid4().hex[:6]
-                r[name] = await scenario(broker.bootstrap, args.messages,
-                                         [f"{a}-{suffix}" for a in ids])
+                r[name] = await scenario(
+                    broker.bootstrap, args.messages, [f"{a}-{suffix}" for a in ids]
+                )
                 print(f"round {i + 1}: {name} done", file=sys.stderr)
             rounds.append(r)
     finally:
@@ -118,12 +126,26 @@ async def main() -> None:
     summary = median_of(rounds)
     info["loadavg_1m_at_end"] = os.getloadavg()[0]
     base = summary["1 replica"]["deliveries_per_s"]
-    print(f"\nscale: {args.messages} CloudEvents of ~1 KiB on {PARTITIONS} partitions, local Tansu; "
-          f"medians of {args.rounds} round(s)\n{describe_machine(info)}")
-    print(table(["", "sidecars", "deliveries", "deliv./s", "vs 1", "CPU s/1k"], [
-        [name, len(ids), summary[name]["deliveries"], summary[name]["deliveries_per_s"],
-         summary[name]["deliveries_per_s"] / base, summary[name]["sidecar_cpu_s_per_1000"]]
-        for name, ids in scenarios.items()]))
+    print(
+        f"\nscale: {args.messages} CloudEvents of ~1 KiB on {PARTITIONS} partitions, local Tansu; "
+        f"medians of {args.rounds} round(s)\n{describe_machine(info)}"
+    )
+    print(
+        table(
+            ["", "sidecars", "deliveries", "deliv./s", "vs 1", "CPU s/1k"],
+            [
+                [
+                    name,
+                    len(ids),
+                    summary[name]["deliveries"],
+                    summary[name]["deliveries_per_s"],
+                    summary[name]["deliveries_per_s"] / base,
+                    summary[name]["sidecar_cpu_s_per_1000"],
+                ]
+                for name, ids in scenarios.items()
+            ],
+        )
+    )
     save_results("scale", args, info, median=summary, rounds=rounds)
 
 

@@ -43,8 +43,12 @@ def snapshot() -> dict[str, Any]:
     latency: dict[str, float] = {}
     if len(latencies_ns) >= 2:
         qs = statistics.quantiles(latencies_ns, n=1000, method="inclusive")
-        latency = {"p50": qs[499] / 1e6, "p90": qs[899] / 1e6, "p99": qs[989] / 1e6,
-                   "p99.9": qs[998] / 1e6}
+        latency = {
+            "p50": qs[499] / 1e6,
+            "p90": qs[899] / 1e6,
+            "p99": qs[989] / 1e6,
+            "p99.9": qs[998] / 1e6,
+        }
     return {**state, "latency": latency, "samples": len(latencies_ns)}
 
 
@@ -57,11 +61,17 @@ BULK_MAX_COUNT = os.environ.get("BULK_MAX_COUNT")
 
 
 async def subscribe(request: web.Request) -> web.Response:
-    sub: dict[str, Any] = {"pubsubname": "pubsub", "topic": os.environ.get("TOPIC", "unused"),
-                           "route": "/events"}
+    sub: dict[str, Any] = {
+        "pubsubname": "pubsub",
+        "topic": os.environ.get("TOPIC", "unused"),
+        "route": "/events",
+    }
     if BULK_MAX_COUNT:
-        sub["bulkSubscribe"] = {"enabled": True, "maxMessagesCount": int(BULK_MAX_COUNT),
-                                "maxAwaitDurationMs": 100}
+        sub["bulkSubscribe"] = {
+            "enabled": True,
+            "maxMessagesCount": int(BULK_MAX_COUNT),
+            "maxAwaitDurationMs": 100,
+        }
     return web.json_response([sub])
 
 
@@ -70,8 +80,9 @@ async def on_event(request: web.Request) -> web.Response:
         entries = json.loads(await request.read())["entries"]
         for entry in entries:
             handle(json.dumps(entry["event"]).encode())
-        return web.json_response({"statuses": [{"entryId": e["entryId"], "status": "SUCCESS"}
-                                               for e in entries]})
+        return web.json_response(
+            {"statuses": [{"entryId": e["entryId"], "status": "SUCCESS"} for e in entries]}
+        )
     handle(await request.read())
     return web.Response(status=200)
 
@@ -99,8 +110,10 @@ def make_app() -> web.Application:
 if __name__ == "__main__":
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(), host="127.0.0.1", port=int(os.environ["APP_PORT"]), print=None,
-                access_log=None)
+    web.run_app(
+        make_app(), host="127.0.0.1", port=int(os.environ["APP_PORT"]), print=None, access_log=None
+    )

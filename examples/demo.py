@@ -50,27 +50,38 @@ def wait_for(what: str, check, timeout_s: float = 60.0):  # type: ignore[no-unty
         except OSError as exc:  # not up yet
             last_error = exc
         time.sleep(0.2)  # poll interval, bounded by the deadline
-    raise SystemExit(f"demo: timed out waiting for {what}" + (f" ({last_error})" if last_error else ""))
+    raise SystemExit(
+        f"demo: timed out waiting for {what}" + (f" ({last_error})" if last_error else "")
+    )
 
 
 class App:
-    def __init__(self, tidings: str, name: str, app_id: str, app_argv: list[str],
-                 app_port: int | None, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        tidings: str,
+        name: str,
+        app_id: str,
+        app_argv: list[str],
+        app_port: int | None,
+        env: dict[str, str],
+    ) -> None:
         self.name, self.app_id, self.app_port = name, app_id, app_port
         self.http_port = free_port()
         argv = [tidings, "run", "--app-id", app_id, "--dapr-http-port", str(self.http_port)]
         if app_port:
             argv += ["--app-port", str(app_port)]
         self.log = open(Path(env["TIDINGS_HOME"]) / f"{name}.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen([*argv, "--", *app_argv], env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*argv, "--", *app_argv], env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             self.log.flush()
             tail = Path(self.log.name).read_text(errors="replace").splitlines()[-15:]
-            raise SystemExit(f"demo: {self.name} exited with {self.process.returncode}:\n"
-                             + "\n".join(tail))
+            raise SystemExit(
+                f"demo: {self.name} exited with {self.process.returncode}:\n" + "\n".join(tail)
+            )
 
     def assignment(self) -> set[str]:
         self.check_alive()
@@ -98,7 +109,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs folder")
     args = parser.parse_args()
 
-    tidings = shutil.which("tidings", path=str(Path(sys.executable).parent)) or shutil.which("tidings")
+    tidings = shutil.which("tidings", path=str(Path(sys.executable).parent)) or shutil.which(
+        "tidings"
+    )
     if tidings is None:
         raise SystemExit("demo: the `tidings` command is not installed (pip install -e '.[local]')")
     home = Path(tempfile.mkdtemp(prefix="tidings-demo-"))
@@ -113,7 +126,9 @@ def main() -> int:
     ]
     orders, audit = apps[:2], apps[2]
     try:
-        print("waiting for the consumer groups to settle (orders: 2 members, audit: 1)...", flush=True)
+        print(
+            "waiting for the consumer groups to settle (orders: 2 members, audit: 1)...", flush=True
+        )
 
         def orders_settled() -> bool:
             a, b = (o.assignment() for o in orders)
@@ -124,9 +139,14 @@ def main() -> int:
         for o in orders:
             print(f"  {o.name}: partitions {sorted(o.assignment())}", flush=True)
 
-        publisher = App(tidings, "checkout", "checkout",
-                        [sys.executable, str(HERE / "publisher.py"), "--count", str(args.count)],
-                        None, env)
+        publisher = App(
+            tidings,
+            "checkout",
+            "checkout",
+            [sys.executable, str(HERE / "publisher.py"), "--count", str(args.count)],
+            None,
+            env,
+        )
         apps.append(publisher)
         wait_for("the publisher to finish", lambda: publisher.process.poll() is not None, 120)
         if publisher.process.returncode != 0:
@@ -134,9 +154,14 @@ def main() -> int:
             return 1
         print(f"checkout published {args.count} orders", flush=True)
 
-        wait_for("every order to arrive",
-                 lambda: sum(len(o.received()) for o in orders) >= args.count
-                 and len(audit.received()) >= args.count, 120)
+        wait_for(
+            "every order to arrive",
+            lambda: (
+                sum(len(o.received()) for o in orders) >= args.count
+                and len(audit.received()) >= args.count
+            ),
+            120,
+        )
         got = {app.name: app.received() for app in (*orders, audit)}
         o1, o2 = set(got["orders-1"]), set(got["orders-2"])
         print()

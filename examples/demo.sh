@@ -3,9 +3,6 @@
 # (a local Kafka-compatible broker, a publisher, two replicas of app-id `orders`, one of `audit`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The checkout's top-level operator/ folder must never shadow the standard library's `operator`
-# module, which `python -m` would do by putting the working directory first on sys.path.
-export PYTHONSAFEPATH=1
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

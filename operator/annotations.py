@@ -230,21 +230,28 @@ def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
     app_id = raw_id.strip()
     if not _APP_ID.match(app_id):
         key = source if source.startswith(PREFIX) else APP_ID
-        raise AnnotationError(key, raw_id, "an app-id must be a DNS-1123 label: lowercase "
-                              "letters, digits and '-', at most 63 characters")
+        raise AnnotationError(
+            key,
+            raw_id,
+            "an app-id must be a DNS-1123 label: lowercase "
+            "letters, digits and '-', at most 63 characters",
+        )
 
     log_level = annotations.get(LOG_LEVEL, "info").strip().lower()
     if log_level not in LOG_LEVELS:
-        raise AnnotationError(LOG_LEVEL, annotations[LOG_LEVEL],
-                              f"must be one of {', '.join(LOG_LEVELS)}")
+        raise AnnotationError(
+            LOG_LEVEL, annotations[LOG_LEVEL], f"must be one of {', '.join(LOG_LEVELS)}"
+        )
     if log_level == "warning":
         log_level = "warn"
 
     resources: dict[str, dict[str, str]] = {}
-    for key, section, resource in ((CPU_REQUEST, "requests", "cpu"),
-                                   (MEMORY_REQUEST, "requests", "memory"),
-                                   (CPU_LIMIT, "limits", "cpu"),
-                                   (MEMORY_LIMIT, "limits", "memory")):
+    for key, section, resource in (
+        (CPU_REQUEST, "requests", "cpu"),
+        (MEMORY_REQUEST, "requests", "memory"),
+        (CPU_LIMIT, "limits", "cpu"),
+        (MEMORY_LIMIT, "limits", "memory"),
+    ):
         q = _quantity(annotations, key)
         if q is not None:
             resources.setdefault(section, {})[resource] = q
@@ -258,18 +265,22 @@ def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
     if APP_PROTOCOL in annotations:
         app_protocol = annotations[APP_PROTOCOL].strip().lower()
         if app_protocol not in APP_PROTOCOLS:
-            raise AnnotationError(APP_PROTOCOL, annotations[APP_PROTOCOL],
-                                  "tidings speaks http or grpc to the app (not https, grpcs "
-                                  "or h2c)")
+            raise AnnotationError(
+                APP_PROTOCOL,
+                annotations[APP_PROTOCOL],
+                "tidings speaks http or grpc to the app (not https, grpcs or h2c)",
+            )
     metrics_port = _port(annotations, METRICS_PORT) or 9090
     # The sidecar serves its API on 3500 in the pod's network namespace: the app and the
     # metrics endpoint cannot share it.
     if app_port == SIDECAR_HTTP_PORT:
-        raise AnnotationError(APP_PORT, str(app_port),
-                              f"is the sidecar's HTTP port {SIDECAR_HTTP_PORT}")
+        raise AnnotationError(
+            APP_PORT, str(app_port), f"is the sidecar's HTTP port {SIDECAR_HTTP_PORT}"
+        )
     if metrics_port in (SIDECAR_HTTP_PORT, app_port):
-        raise AnnotationError(METRICS_PORT, str(metrics_port),
-                              "is already used by the sidecar's HTTP API or the app")
+        raise AnnotationError(
+            METRICS_PORT, str(metrics_port), "is already used by the sidecar's HTTP API or the app"
+        )
 
     return SidecarConfig(
         app_id=AppId(app_id),

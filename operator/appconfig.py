@@ -111,8 +111,9 @@ def secret_refs(body: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def resolve_secret_refs(component: Component, secrets: SecretData, *, source: str
-                        ) -> dict[str, Any]:
+def resolve_secret_refs(
+    component: Component, secrets: SecretData, *, source: str
+) -> dict[str, Any]:
     """The Component as a plain document with every ``secretKeyRef`` replaced by its value.
 
     Dapr's Kubernetes secret store reads ``key`` from the Secret, and with an empty ``key`` the
@@ -127,25 +128,32 @@ def resolve_secret_refs(component: Component, secrets: SecretData, *, source: st
             items.append(item.model_dump(exclude_none=True, exclude={"secretKeyRef"}))
             continue
         if store != KUBERNETES_SECRET_STORE:
-            raise ResourceError(f"auth.secretStore {store!r} is not supported; only "
-                                f"{KUBERNETES_SECRET_STORE!r}", source=source, field=where)
+            raise ResourceError(
+                f"auth.secretStore {store!r} is not supported; only {KUBERNETES_SECRET_STORE!r}",
+                source=source,
+                field=where,
+            )
         ref = item.secretKeyRef
         key = ref.key or ref.name
         data = secrets.get(ref.name)
         if data is None:
             raise ResourceError(f"Secret {ref.name!r} not found", source=source, field=where)
         if key not in data:
-            raise ResourceError(f"Secret {ref.name!r} has no key {key!r}", source=source,
-                                field=where)
+            raise ResourceError(
+                f"Secret {ref.name!r} has no key {key!r}", source=source, field=where
+            )
         items.append({"name": item.name, "value": data[key]})
     return {
         "apiVersion": component.apiVersion,
         "kind": component.kind,
-        "metadata": {"name": component.name,
-                     **({"namespace": component.metadata.namespace}
-                        if component.metadata.namespace else {})},
-        "spec": {**component.spec.model_dump(exclude_none=True, exclude={"metadata"}),
-                 "metadata": items},
+        "metadata": {
+            "name": component.name,
+            **({"namespace": component.metadata.namespace} if component.metadata.namespace else {}),
+        },
+        "spec": {
+            **component.spec.model_dump(exclude_none=True, exclude={"metadata"}),
+            "metadata": items,
+        },
         **({"scopes": list(component.scopes)} if component.scopes else {}),
     }
 
@@ -156,10 +164,14 @@ def check_for_sidecar(component: Component, *, app_id: str, source: str) -> None
     stand-in value (``"1"``: a number, a duration in ms, a boolean and a name alike) so the other
     fields are still checked; one that fails even so is left to the sidecar. Raises
     :class:`ResourceError` for anything else."""
-    from_env = {item.name.lower(): item.name for item in component.spec.metadata
-                if item.envRef is not None}
-    values = {item.name: value for item in component.spec.metadata
-              if item.envRef is None and (value := item.rendered()) is not None}
+    from_env = {
+        item.name.lower(): item.name for item in component.spec.metadata if item.envRef is not None
+    }
+    values = {
+        item.name: value
+        for item in component.spec.metadata
+        if item.envRef is None and (value := item.rendered()) is not None
+    }
     for _ in range(len(from_env) + 1):
         try:
             check_component(component, app_id=app_id, source=source, metadata=values)
@@ -173,11 +185,12 @@ def check_for_sidecar(component: Component, *, app_id: str, source: str) -> None
             values[name] = "1"
 
 
-def check_subscription(subscription: TopicSubscription, *, kafka: bool, source: str,
-                       jetstream: bool = False) -> None:
+def check_subscription(
+    subscription: TopicSubscription, *, kafka: bool, source: str, jetstream: bool = False
+) -> None:
     """Raise :class:`ResourceError` (naming the field) for what makes the sidecar drop a
-    subscription by itself (``tidings.sidecar.subscriptions.effective_subscriptions``): a CEL
-    rule that does not compile, no route at all (``routes: {}``: "empty routes") and, when its
+    subscription by itself (``tidings.sidecar.delivery.subscriptions.effective_subscriptions``): a
+    CEL rule that does not compile, no route at all (``routes: {}``: "empty routes") and, when its
     pubsub is a Kafka component (``kafka``), a topic or ``deadLetterTopic`` Kafka cannot hold;
     on a JetStream component (``jetstream``), a topic that is no NATS subject filter or a
     ``deadLetterTopic`` one cannot publish to.
@@ -187,25 +200,38 @@ def check_subscription(subscription: TopicSubscription, *, kafka: bool, source: 
     """
     compile_rules(subscription)
     if not subscription.rules and not subscription.default_path:
-        raise ResourceError("routes has no rules and no default: the sidecar drops a "
-                            "subscription with empty routes", source=source, field="routes")
+        raise ResourceError(
+            "routes has no rules and no default: the sidecar drops a "
+            "subscription with empty routes",
+            source=source,
+            field="routes",
+        )
     if kafka:
-        for field_name, topic in (("topic", subscription.topic),
-                                  ("deadLetterTopic", subscription.dead_letter_topic)):
+        for field_name, topic in (
+            ("topic", subscription.topic),
+            ("deadLetterTopic", subscription.dead_letter_topic),
+        ):
             problem = kafka_topic_problem(topic) if topic else None
             if problem is not None:
-                raise ResourceError(invalid_topic_message(topic, problem), source=source,
-                                    field=field_name)
+                raise ResourceError(
+                    invalid_topic_message(topic, problem), source=source, field=field_name
+                )
     if jetstream:
         problem = filter_subject_problem(subscription.topic)
         if problem is not None:
-            raise ResourceError(f"topic {subscription.topic!r} is not a NATS subject: {problem}",
-                                source=source, field="topic")
+            raise ResourceError(
+                f"topic {subscription.topic!r} is not a NATS subject: {problem}",
+                source=source,
+                field="topic",
+            )
         dlt = subscription.dead_letter_topic
         problem = subject_problem(dlt) if dlt else None
         if problem is not None:
-            raise ResourceError(f"{dlt!r} is not a NATS subject one can publish to: {problem}",
-                                source=source, field="deadLetterTopic")
+            raise ResourceError(
+                f"{dlt!r} is not a NATS subject one can publish to: {problem}",
+                source=source,
+                field="deadLetterTopic",
+            )
 
 
 def is_kafka(body: Mapping[str, Any]) -> bool:
@@ -244,9 +270,13 @@ def _dump(doc: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(doc), sort_keys=True, default_flow_style=False)
 
 
-def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
-                      subscriptions: Iterable[Mapping[str, Any]],
-                      secrets: SecretData) -> RenderedConfig:
+def render_app_config(
+    *,
+    app_id: str,
+    components: Iterable[Mapping[str, Any]],
+    subscriptions: Iterable[Mapping[str, Any]],
+    secrets: SecretData,
+) -> RenderedConfig:
     """Render ``app_id``'s resources folder from the namespace's resources (API objects as dicts).
 
     Pure and deterministic: the same inputs give the same files, so an unchanged config is never
@@ -291,22 +321,36 @@ def render_app_config(*, app_id: str, components: Iterable[Mapping[str, Any]],
             # What the sidecar would drop would also displace a valid subscription for the same
             # topic; leave it out here instead.
             ts = subscription.to_topic_subscription()
-            check_subscription(ts, kafka=ts.pubsubname in kafka_pubsubs, source=source,
-                               jetstream=ts.pubsubname in jetstream_pubsubs)
+            check_subscription(
+                ts,
+                kafka=ts.pubsubname in kafka_pubsubs,
+                source=source,
+                jetstream=ts.pubsubname in jetstream_pubsubs,
+            )
         except ResourceError as exc:
             problems.append(f"Subscription {exc}")
             continue
         meta = doc.get("metadata") or {}
-        out = {"apiVersion": doc["apiVersion"], "kind": "Subscription",
-               "metadata": {"name": meta["name"],
-                            **({"namespace": meta["namespace"]} if meta.get("namespace") else {})},
-               "spec": doc["spec"]}
+        out = {
+            "apiVersion": doc["apiVersion"],
+            "kind": "Subscription",
+            "metadata": {
+                "name": meta["name"],
+                **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
+            },
+            "spec": doc["spec"],
+        }
         if doc.get("scopes"):
             out["scopes"] = list(doc["scopes"])
         files[subscription_file(subscription.name)] = _dump(out)
         included_s.append(subscription.name)
-    return RenderedConfig(app_id=app_id, files=files, components=tuple(included_c),
-                          subscriptions=tuple(included_s), problems=tuple(problems))
+    return RenderedConfig(
+        app_id=app_id,
+        files=files,
+        components=tuple(included_c),
+        subscriptions=tuple(included_s),
+        problems=tuple(problems),
+    )
 
 
 def config_too_large(rendered: RenderedConfig) -> str | None:
@@ -317,9 +361,11 @@ def config_too_large(rendered: RenderedConfig) -> str | None:
     if total <= SECRET_MAX_BYTES:
         return None
     largest = sorted(sizes, key=lambda n: (-sizes[n], n))[:3]
-    return (f"the config of app {rendered.app_id} is {total} bytes, more than a Secret can hold "
-            f"({SECRET_MAX_BYTES} bytes); largest: "
-            + ", ".join(f"{n} ({sizes[n]} bytes)" for n in largest))
+    return (
+        f"the config of app {rendered.app_id} is {total} bytes, more than a Secret can hold "
+        f"({SECRET_MAX_BYTES} bytes); largest: "
+        + ", ".join(f"{n} ({sizes[n]} bytes)" for n in largest)
+    )
 
 
 def secret_manifest(*, namespace: str, rendered: RenderedConfig) -> dict[str, Any]:
@@ -331,18 +377,22 @@ def secret_manifest(*, namespace: str, rendered: RenderedConfig) -> dict[str, An
         "metadata": {
             "name": config_secret_name(rendered.app_id),
             "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: APP_CONFIG,
-                       APP_ID_LABEL: rendered.app_id},
+            "labels": {
+                MANAGED_BY_LABEL: MANAGED_BY,
+                COMPONENT_LABEL: APP_CONFIG,
+                APP_ID_LABEL: rendered.app_id,
+            },
         },
-        "data": {name: base64.b64encode(text.encode()).decode("ascii")
-                 for name, text in sorted(rendered.files.items())},
+        "data": {
+            name: base64.b64encode(text.encode()).decode("ascii")
+            for name, text in sorted(rendered.files.items())
+        },
     }
 
 
 def is_ours(secret_meta: Mapping[str, Any]) -> bool:
     labels = secret_meta.get("labels") or {}
-    return (labels.get(MANAGED_BY_LABEL) == MANAGED_BY
-            and labels.get(COMPONENT_LABEL) == APP_CONFIG)
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(COMPONENT_LABEL) == APP_CONFIG
 
 
 def apply_app_secret(core: Any, manifest: Mapping[str, Any]) -> str:
@@ -365,10 +415,13 @@ def apply_app_secret(core: Any, manifest: Mapping[str, Any]) -> str:
         return "created"
     current_meta = {"labels": current.metadata.labels or {}}
     if not is_ours(current_meta):
-        raise AppConfigConflict(f"Secret {meta['namespace']}/{meta['name']} exists and is not "
-                                f"labelled {MANAGED_BY_LABEL}={MANAGED_BY}; not overwriting it")
+        raise AppConfigConflict(
+            f"Secret {meta['namespace']}/{meta['name']} exists and is not "
+            f"labelled {MANAGED_BY_LABEL}={MANAGED_BY}; not overwriting it"
+        )
     if (current.data or {}) == manifest["data"] and all(
-            current_meta["labels"].get(k) == v for k, v in meta["labels"].items()):
+        current_meta["labels"].get(k) == v for k, v in meta["labels"].items()
+    ):
         return "unchanged"
     body = copy.deepcopy(dict(manifest))
     body["metadata"]["resourceVersion"] = current.metadata.resource_version

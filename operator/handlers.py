@@ -93,9 +93,16 @@ class Reconciler:
     in threads. Indexes are attached by the first handler call (kopf passes the live objects).
     """
 
-    def __init__(self, *, core: Any, custom: Any, leader: LeaderElector,
-                 resync_interval_s: float = 60.0, retry_initial_s: float = 0.5,
-                 retry_max_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        core: Any,
+        custom: Any,
+        leader: LeaderElector,
+        resync_interval_s: float = 60.0,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
+    ) -> None:
         self.core = core
         self.custom = custom
         self.leader = leader
@@ -117,8 +124,7 @@ class Reconciler:
     def attach(self, pods: Any, components: Any, subscriptions: Any) -> None:
         """Remember kopf's live indexes (idempotent)."""
         if self._indexes is None:
-            self._indexes = {"pods": pods, "components": components,
-                             "subscriptions": subscriptions}
+            self._indexes = {"pods": pods, "components": components, "subscriptions": subscriptions}
             self._indexed.set()
 
     def mark(self, keys: Iterable[Key]) -> None:
@@ -135,8 +141,10 @@ class Reconciler:
     def subscription_keys_in(self, namespace: str) -> list[Key]:
         """Every Subscription of ``namespace``: their verdicts depend on the namespace's
         Components (``PubsubNotFound``, Kafka topic names) and on each other (``Conflict``)."""
-        return [Key("subscription", namespace, b["metadata"]["name"])
-                for b in self.subscriptions_in(namespace)]
+        return [
+            Key("subscription", namespace, b["metadata"]["name"])
+            for b in self.subscriptions_in(namespace)
+        ]
 
     def components_in(self, namespace: str) -> list[dict[str, Any]]:
         return list(self._indexes["components"].get(namespace, [])) if self._indexes else []
@@ -183,7 +191,8 @@ class Reconciler:
             secrets = await asyncio.to_thread(
                 self.core.list_secret_for_all_namespaces,
                 label_selector="app.kubernetes.io/managed-by=tidings-operator,"
-                               "app.kubernetes.io/component=app-config")
+                "app.kubernetes.io/component=app-config",
+            )
             for s in secrets.items:
                 app = (s.metadata.labels or {}).get(APP_ID_LABEL)
                 if app:
@@ -220,10 +229,21 @@ class Reconciler:
             attempt = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempt
             delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (attempt - 1))
-            log.warning("%s %s/%s failed (attempt %d), retrying in %.1f s: %s", key.kind,
-                        key.namespace, key.name, attempt, delay, exc,
-                        extra={"namespace": key.namespace, "kind": key.kind,
-                               "resource": key.name, "attempt": attempt})
+            log.warning(
+                "%s %s/%s failed (attempt %d), retrying in %.1f s: %s",
+                key.kind,
+                key.namespace,
+                key.name,
+                attempt,
+                delay,
+                exc,
+                extra={
+                    "namespace": key.namespace,
+                    "kind": key.kind,
+                    "resource": key.name,
+                    "attempt": attempt,
+                },
+            )
             asyncio.get_running_loop().call_later(delay, self.mark, [key])
 
     @staticmethod
@@ -269,9 +289,12 @@ class Reconciler:
         refs: set[str] = set()
         for c in components:
             refs |= secret_refs(c)
-        rendered = render_app_config(app_id=app_id, components=components,
-                                     subscriptions=self.subscriptions_in(namespace),
-                                     secrets=self.read_secrets(namespace, refs))
+        rendered = render_app_config(
+            app_id=app_id,
+            components=components,
+            subscriptions=self.subscriptions_in(namespace),
+            secrets=self.read_secrets(namespace, refs),
+        )
         self._log_problems(app, rendered.problems, extra)
         too_large = config_too_large(rendered)
         if too_large is not None:
@@ -281,8 +304,9 @@ class Reconciler:
         from kubernetes.client import ApiException
 
         try:
-            result = apply_app_secret(self.core, secret_manifest(namespace=namespace,
-                                                                 rendered=rendered))
+            result = apply_app_secret(
+                self.core, secret_manifest(namespace=namespace, rendered=rendered)
+            )
         except AppConfigConflict as exc:
             log.error("%s", exc, extra=extra)
             return "conflict"
@@ -291,20 +315,31 @@ class Reconciler:
                 raise  # the worker retries with back-off
             # Refused as invalid (e.g. a size limit we do not know of): retrying cannot help
             # until something changes, which marks the app again (or the resync does).
-            self._config_not_written(app, min(pods), "ConfigRefused",
-                                     f"the API server refused the config Secret of app "
-                                     f"{app_id}: {exc.reason}: {str(exc.body)[:500]}", extra)
+            self._config_not_written(
+                app,
+                min(pods),
+                "ConfigRefused",
+                f"the API server refused the config Secret of app "
+                f"{app_id}: {exc.reason}: {str(exc.body)[:500]}",
+                extra,
+            )
             return "refused"
         if self._too_large.pop(app, None) is not None:
             log.info("app %s: config fits again", app_id, extra=extra)
         if result != "unchanged":
-            log.info("app %s config Secret %s: components=%s subscriptions=%s", app_id, result,
-                     ",".join(rendered.components), ",".join(rendered.subscriptions),
-                     extra={**extra, "result": result})
+            log.info(
+                "app %s config Secret %s: components=%s subscriptions=%s",
+                app_id,
+                result,
+                ",".join(rendered.components),
+                ",".join(rendered.subscriptions),
+                extra={**extra, "result": result},
+            )
         return result
 
-    def _log_problems(self, app: tuple[str, str], problems: Iterable[str],
-                      extra: Mapping[str, Any]) -> None:
+    def _log_problems(
+        self, app: tuple[str, str], problems: Iterable[str], extra: Mapping[str, Any]
+    ) -> None:
         """Log what is left out of an app's config when that changes, not on every resync."""
         now = frozenset(problems)
         before = self._problems.get(app, frozenset())
@@ -314,19 +349,25 @@ class Reconciler:
             log.info("app %s: %d problem(s) resolved", app[1], len(before - now), extra=extra)
         self._problems[app] = now
 
-    def _config_not_written(self, app: tuple[str, str], pod: str, reason: str, why: str,
-                            extra: Mapping[str, Any]) -> None:
+    def _config_not_written(
+        self, app: tuple[str, str], pod: str, reason: str, why: str, extra: Mapping[str, Any]
+    ) -> None:
         """The config cannot be written: keep the last Secret, say so once (log line and a
         Warning Event, ``reason`` e.g. ``ConfigTooLarge``, on one of the app's pods, where
         ``kubectl describe pod`` shows it)."""
         if self._too_large.get(app) == why:
             return
-        self.post_event({"apiVersion": "v1", "kind": "Pod",
-                         "metadata": {"name": pod, "namespace": app[0]}},
-                        Verdict(False, reason, why))
+        self.post_event(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": app[0]}},
+            Verdict(False, reason, why),
+        )
         self._too_large[app] = why
-        log.error("app %s: config Secret not written, the sidecars keep the last one: %s",
-                  app[1], why, extra={**extra, "reason": reason})
+        log.error(
+            "app %s: config Secret not written, the sidecars keep the last one: %s",
+            app[1],
+            why,
+            extra={**extra, "reason": reason},
+        )
 
     # ---- status ----------------------------------------------------------------------------
     async def _validate(self, key: Key, body: dict[str, Any] | None) -> None:
@@ -336,8 +377,11 @@ class Reconciler:
             secrets = await asyncio.to_thread(self.read_secrets, key.namespace, secret_refs(body))
             verdict = validate_component(body, secrets)
         else:
-            verdict = validate_subscription(body, components=self.components_in(key.namespace),
-                                            subscriptions=self.subscriptions_in(key.namespace))
+            verdict = validate_subscription(
+                body,
+                components=self.components_in(key.namespace),
+                subscriptions=self.subscriptions_in(key.namespace),
+            )
         await asyncio.to_thread(self.write_status, key, body, verdict)
 
     def write_status(self, key: Key, body: Mapping[str, Any], verdict: Verdict) -> bool:
@@ -347,8 +391,7 @@ class Reconciler:
         meta = body["metadata"]
         conditions = (body.get("status") or {}).get("conditions") or []
         previous = next((c for c in conditions if c.get("type") == "Ready"), None)
-        condition = ready_condition(verdict, generation=meta.get("generation"),
-                                    previous=previous)
+        condition = ready_condition(verdict, generation=meta.get("generation"), previous=previous)
         if previous == condition:
             return False
         others = [c for c in conditions if c.get("type") != "Ready"]
@@ -359,7 +402,8 @@ class Reconciler:
             self.check_leader()
             try:
                 self.custom.patch_namespaced_custom_object_status(
-                    GROUP, version, key.namespace, plural, key.name, patch)
+                    GROUP, version, key.namespace, plural, key.name, patch
+                )
                 break
             except ApiException as exc:
                 if exc.status == 404:
@@ -369,10 +413,16 @@ class Reconciler:
                     continue
                 raise
         self.post_event(body, verdict)
-        log.log(logging.INFO if verdict.ok else logging.WARNING, "%s %s/%s: %s: %s",
-                body.get("kind"), key.namespace, key.name, verdict.reason, verdict.message,
-                extra={"namespace": key.namespace, "resource": key.name,
-                       "reason": verdict.reason})
+        log.log(
+            logging.INFO if verdict.ok else logging.WARNING,
+            "%s %s/%s: %s: %s",
+            body.get("kind"),
+            key.namespace,
+            key.name,
+            verdict.reason,
+            verdict.message,
+            extra={"namespace": key.namespace, "resource": key.name, "reason": verdict.reason},
+        )
         return True
 
     def post_event(self, body: Mapping[str, Any], verdict: Verdict) -> None:
@@ -380,32 +430,43 @@ class Reconciler:
         meta = body["metadata"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-                               "name": meta["name"], "namespace": meta["namespace"],
-                               "uid": meta.get("uid"),
-                               "resourceVersion": meta.get("resourceVersion")},
-            "reason": verdict.reason, "message": verdict.message[:1024],
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": verdict.reason,
+            "message": verdict.message[:1024],
             "type": "Normal" if verdict.ok else "Warning",
             "source": {"component": REPORTER},
-            "reportingComponent": REPORTER, "reportingInstance": self.instance,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "reportingComponent": REPORTER,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         self.check_leader()
         try:
             self.core.create_namespaced_event(meta["namespace"], event)
         except Exception:  # an Event is informative; the condition is already written
-            log.warning("cannot post an Event for %s/%s", meta["namespace"], meta["name"],
-                        exc_info=True)
+            log.warning(
+                "cannot post an Event for %s/%s", meta["namespace"], meta["name"], exc_info=True
+            )
 
 
 def register_handlers(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     """Register the indexes and watch handlers on ``registry``; they only mark work."""
 
     @kopf.index("pods", labels={INJECTED_LABEL: "true"}, id="tidings_pods", registry=registry)
-    def tidings_pods(namespace: str, labels: Mapping[str, str], name: str,
-                     **_: Any) -> dict[tuple[str, str], str]:
+    def tidings_pods(
+        namespace: str, labels: Mapping[str, str], name: str, **_: Any
+    ) -> dict[tuple[str, str], str]:
         app = labels.get(APP_ID_LABEL)
         return {(namespace, app): name} if app else {}
 
@@ -418,8 +479,9 @@ def register_handlers(registry: kopf.OperatorRegistry, reconciler: Reconciler) -
         return {namespace: _plain(body)}
 
     def attach(kwargs: Mapping[str, Any]) -> None:
-        reconciler.attach(kwargs["tidings_pods"], kwargs["tidings_components"],
-                          kwargs["tidings_subscriptions"])
+        reconciler.attach(
+            kwargs["tidings_pods"], kwargs["tidings_components"], kwargs["tidings_subscriptions"]
+        )
 
     @kopf.on.event("pods", labels={INJECTED_LABEL: "true"}, registry=registry)
     async def pod_event(namespace: str, labels: Mapping[str, str], **kwargs: Any) -> None:
@@ -437,20 +499,21 @@ def register_handlers(registry: kopf.OperatorRegistry, reconciler: Reconciler) -
         reconciler.mark(keys)
 
     @kopf.on.event(*COMPONENTS, registry=registry)
-    async def component_event(namespace: str, name: str, type: str | None,
-                              **kwargs: Any) -> None:
+    async def component_event(namespace: str, name: str, type: str | None, **kwargs: Any) -> None:
         attach(kwargs)
         resource_changed("component", namespace, name, type)
 
     @kopf.on.event(*SUBSCRIPTIONS, registry=registry)
-    async def subscription_event(namespace: str, name: str, type: str | None,
-                                 **kwargs: Any) -> None:
+    async def subscription_event(
+        namespace: str, name: str, type: str | None, **kwargs: Any
+    ) -> None:
         attach(kwargs)
         resource_changed("subscription", namespace, name, type)
 
     @kopf.on.event("secrets", registry=registry)
-    async def secret_event(namespace: str, name: str, meta: Mapping[str, Any],
-                           **kwargs: Any) -> None:
+    async def secret_event(
+        namespace: str, name: str, meta: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         attach(kwargs)
         if is_ours(meta):
             app = (meta.get("labels") or {}).get(APP_ID_LABEL)
@@ -459,6 +522,9 @@ def register_handlers(registry: kopf.OperatorRegistry, reconciler: Reconciler) -
             return
         users = [c for c in reconciler.components_in(namespace) if name in secret_refs(c)]
         if users:
-            reconciler.mark([*(Key("component", namespace, c["metadata"]["name"])
-                               for c in users), *reconciler.apps_in(namespace)])
-
+            reconciler.mark(
+                [
+                    *(Key("component", namespace, c["metadata"]["name"]) for c in users),
+                    *reconciler.apps_in(namespace),
+                ]
+            )

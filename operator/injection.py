@@ -51,8 +51,9 @@ WEBHOOK_ID = "inject-sidecar"
 """kopf serves the handler at ``<root>/inject-sidecar``: the webhook's URL path."""
 
 
-def decide(pod: Mapping[str, Any], settings: InjectorSettings
-           ) -> tuple[dict[str, Any] | None, list[str]]:
+def decide(
+    pod: Mapping[str, Any], settings: InjectorSettings
+) -> tuple[dict[str, Any] | None, list[str]]:
     """The patched pod (``None``: leave it alone) and the warnings for the AdmissionReview.
 
     Pure. Raises :class:`AnnotationError` for malformed annotations.
@@ -64,31 +65,46 @@ def decide(pod: Mapping[str, Any], settings: InjectorSettings
     labels = metadata.get("labels") or {}
     containers = (pod.get("spec") or {}).get("containers") or []
     if labels.get(INJECTED_LABEL) != "true" and any(
-            isinstance(c, dict) and c.get("name") == SIDECAR_CONTAINER for c in containers):
+        isinstance(c, dict) and c.get("name") == SIDECAR_CONTAINER for c in containers
+    ):
         # The pod author wrote their own daprd: merging ours into it produced pods the API
         # server refuses (two probe handlers, two volume sources). Dapr skips these pods too.
-        return None, [f"a container named {SIDECAR_CONTAINER} already exists; "
-                      "the tidings sidecar is not injected"]
+        return None, [
+            f"a container named {SIDECAR_CONTAINER} already exists; "
+            "the tidings sidecar is not injected"
+        ]
     config = parse_sidecar_config(pod)
     # The operator's defaults (the chart's sidecar.logLevel / sidecar.resources) under the pod's
     # own annotations, one quantity at a time.
-    resources = {section: {**settings.sidecar_resources.get(section, {}),
-                           **config.resources.get(section, {})}
-                 for section in ("requests", "limits")}
+    resources = {
+        section: {
+            **settings.sidecar_resources.get(section, {}),
+            **config.resources.get(section, {}),
+        }
+        for section in ("requests", "limits")
+    }
     config = dataclasses.replace(
-        config, resources={k: v for k, v in resources.items() if v},
-        log_level=config.log_level if LOG_LEVEL in annotations else settings.sidecar_log_level)
+        config,
+        resources={k: v for k, v in resources.items() if v},
+        log_level=config.log_level if LOG_LEVEL in annotations else settings.sidecar_log_level,
+    )
     warnings = list(config.warnings)
     image = settings.sidecar_image
     if config.sidecar_image is not None:
         if settings.allow_sidecar_image_annotation:
             image = config.sidecar_image
         else:
-            warnings.append(f"{SIDECAR_IMAGE} is ignored: this operator injects "
-                            f"{settings.sidecar_image} (allowSidecarImageAnnotation is off)")
-    patched = patch_pod(dict(pod), config, image=image,
-                        pull_policy=settings.sidecar_image_pull_policy,
-                        otlp_endpoint=settings.sidecar_otlp_endpoint)
+            warnings.append(
+                f"{SIDECAR_IMAGE} is ignored: this operator injects "
+                f"{settings.sidecar_image} (allowSidecarImageAnnotation is off)"
+            )
+    patched = patch_pod(
+        dict(pod),
+        config,
+        image=image,
+        pull_policy=settings.sidecar_image_pull_policy,
+        otlp_endpoint=settings.sidecar_otlp_endpoint,
+    )
     return patched, warnings
 
 
@@ -96,12 +112,15 @@ def register_injector(registry: kopf.OperatorRegistry, settings: InjectorSetting
     """Register the Pod CREATE mutating handler on ``registry``."""
 
     @kopf.on.mutate("pods", id=WEBHOOK_ID, operations=["CREATE"], registry=registry)
-    def inject_sidecar(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
-                       namespace: str | None, **_: Any) -> None:
+    def inject_sidecar(
+        body: kopf.Body, patch: kopf.Patch, warnings: list[str], namespace: str | None, **_: Any
+    ) -> None:
         pod = json.loads(json.dumps(dict(body)))
         meta = pod.get("metadata") or {}
-        who = f"{namespace or meta.get('namespace') or ''}/" \
-              f"{meta.get('name') or meta.get('generateName') or '?'}"
+        who = (
+            f"{namespace or meta.get('namespace') or ''}/"
+            f"{meta.get('name') or meta.get('generateName') or '?'}"
+        )
         try:
             patched, notes = decide(pod, settings)
         except AnnotationError as exc:
@@ -133,28 +152,43 @@ def admission_problem(review: Any) -> str | None:
         return "request.uid is missing"
     resource = request.get("resource")
     if not isinstance(resource, dict) or not all(
-            isinstance(resource.get(k), str) for k in ("group", "version", "resource")):
+        isinstance(resource.get(k), str) for k in ("group", "version", "resource")
+    ):
         return "request.resource must have group, version and resource"
     if not isinstance(request.get("userInfo"), dict):
         return "request.userInfo is missing"
     if not isinstance(request.get("object"), dict) and not isinstance(
-            request.get("oldObject"), dict):
+        request.get("oldObject"), dict
+    ):
         return "request.object is missing"
     return None
 
 
-def _review_response(review: Mapping[str, Any], *, allowed: bool, code: int,
-                     message: str) -> dict[str, Any]:
-    return {"apiVersion": review.get("apiVersion") or "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "response": {"uid": (review.get("request") or {}).get("uid", ""), "allowed": allowed,
-                         "status": {"code": code, "message": message}}}
+def _review_response(
+    review: Mapping[str, Any], *, allowed: bool, code: int, message: str
+) -> dict[str, Any]:
+    return {
+        "apiVersion": review.get("apiVersion") or "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": (review.get("request") or {}).get("uid", ""),
+            "allowed": allowed,
+            "status": {"code": code, "message": message},
+        },
+    }
 
 
 def _status(code: int, message: str) -> aiohttp.web.Response:
     return aiohttp.web.json_response(
-        {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
-         "message": message}, status=code)
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "code": code,
+            "message": message,
+        },
+        status=code,
+    )
 
 
 class AdmissionServer(kopf.WebhookServer):
@@ -172,8 +206,9 @@ class AdmissionServer(kopf.WebhookServer):
     @staticmethod
     async def _serve_checked(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
         if request.content_type != "application/json":
-            return _status(415, f"Content-Type must be application/json, not "
-                                f"{request.content_type!r}")
+            return _status(
+                415, f"Content-Type must be application/json, not {request.content_type!r}"
+            )
         try:
             review = json.loads(await request.text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -183,11 +218,19 @@ class AdmissionServer(kopf.WebhookServer):
         problem = admission_problem(review)
         if problem is not None:
             log.warning("malformed AdmissionReview: %s", problem)
-            if isinstance(review, dict) and isinstance(review.get("request"), dict) \
-                    and review["request"].get("uid"):
-                return aiohttp.web.json_response(_review_response(
-                    review, allowed=False, code=400, message=f"malformed AdmissionReview: "
-                                                             f"{problem}"))
+            if (
+                isinstance(review, dict)
+                and isinstance(review.get("request"), dict)
+                and review["request"].get("uid")
+            ):
+                return aiohttp.web.json_response(
+                    _review_response(
+                        review,
+                        allowed=False,
+                        code=400,
+                        message=f"malformed AdmissionReview: {problem}",
+                    )
+                )
             return _status(400, f"malformed AdmissionReview: {problem}")
         try:
             # kopf's own serving (handler selection, AdmissionError → refusal) on the body
@@ -197,9 +240,14 @@ class AdmissionServer(kopf.WebhookServer):
             return _status(exc.status, exc.reason or "bad admission request")
         except Exception as exc:
             log.exception("admission failed")
-            return aiohttp.web.json_response(_review_response(
-                review, allowed=False, code=500,
-                message=f"tidings sidecar injector failed: {type(exc).__name__}: {exc}"))
+            return aiohttp.web.json_response(
+                _review_response(
+                    review,
+                    allowed=False,
+                    code=500,
+                    message=f"tidings sidecar injector failed: {type(exc).__name__}: {exc}",
+                )
+            )
 
 
 class _Replay:
@@ -215,11 +263,15 @@ class _Replay:
         return self._text
 
 
-def webhook_configuration(*, name: str, client_config: Mapping[str, Any],
-                          failure_policy: str = "Ignore",
-                          namespace_selector: Mapping[str, Any] | None = None,
-                          object_selector: Mapping[str, Any] | None = None,
-                          timeout_seconds: int = 10) -> dict[str, Any]:
+def webhook_configuration(
+    *,
+    name: str,
+    client_config: Mapping[str, Any],
+    failure_policy: str = "Ignore",
+    namespace_selector: Mapping[str, Any] | None = None,
+    object_selector: Mapping[str, Any] | None = None,
+    timeout_seconds: int = 10,
+) -> dict[str, Any]:
     """The ``admissionregistration.k8s.io/v1`` MutatingWebhookConfiguration for the injector.
 
     ``client_config`` is a webhook ``clientConfig`` (``service`` or ``url``, plus ``caBundle``),
@@ -231,8 +283,15 @@ def webhook_configuration(*, name: str, client_config: Mapping[str, Any],
         "name": "sidecar-injector.tidings.dapr.io",
         "admissionReviewVersions": ["v1", "v1beta1"],
         "clientConfig": dict(client_config),
-        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                   "resources": ["pods"], "scope": "Namespaced"}],
+        "rules": [
+            {
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
+            }
+        ],
         "failurePolicy": failure_policy,
         "matchPolicy": "Equivalent",
         "reinvocationPolicy": "IfNeeded",
@@ -243,7 +302,9 @@ def webhook_configuration(*, name: str, client_config: Mapping[str, Any],
         webhook["namespaceSelector"] = dict(namespace_selector)
     if object_selector:
         webhook["objectSelector"] = dict(object_selector)
-    return {"apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "tidings"}},
-            "webhooks": [webhook]}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "tidings"}},
+        "webhooks": [webhook],
+    }

@@ -47,22 +47,34 @@ class LeaderElector:
     ``renew_interval_s`` and a quarter of ``renew_deadline_s``.
     """
 
-    def __init__(self, coordination: Any | None, *, namespace: str, name: str, identity: str,
-                 lease_duration_s: float = 15.0, renew_interval_s: float = 5.0,
-                 renew_deadline_s: float | None = None,
-                 call_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        coordination: Any | None,
+        *,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_duration_s: float = 15.0,
+        renew_interval_s: float = 5.0,
+        renew_deadline_s: float | None = None,
+        call_timeout_s: float | None = None,
+    ) -> None:
         self._api = coordination
         self.namespace = namespace
         self.name = name
         self.identity = identity
         self.lease_duration_s = lease_duration_s
         self.renew_interval_s = renew_interval_s
-        self.renew_deadline_s = (renew_deadline_s if renew_deadline_s is not None
-                                 else lease_duration_s * 2 / 3)
+        self.renew_deadline_s = (
+            renew_deadline_s if renew_deadline_s is not None else lease_duration_s * 2 / 3
+        )
         if not 0 < self.renew_deadline_s < lease_duration_s:
             raise ValueError("renew_deadline_s must be positive and below lease_duration_s")
-        self.call_timeout_s = (call_timeout_s if call_timeout_s is not None
-                               else min(renew_interval_s, self.renew_deadline_s / 4))
+        self.call_timeout_s = (
+            call_timeout_s
+            if call_timeout_s is not None
+            else min(renew_interval_s, self.renew_deadline_s / 4)
+        )
         self._leader = asyncio.Event()
         # time.monotonic() until which this replica may write: start of the last successful
         # renew + renew_deadline_s. Read from worker threads too (a float: atomic enough).
@@ -88,8 +100,11 @@ class LeaderElector:
 
     def _step_down(self, why: str) -> None:
         if self._leader.is_set():
-            log.warning("leader election: leadership lost (%s); not writing", why,
-                        extra={"lease": self.name, "identity": self.identity})
+            log.warning(
+                "leader election: leadership lost (%s); not writing",
+                why,
+                extra={"lease": self.name, "identity": self.identity},
+            )
         self._leader.clear()
         self._valid_until = 0.0
 
@@ -102,26 +117,40 @@ class LeaderElector:
                 started = time.monotonic()
                 # A leader's attempt may not outlive its deadline; a candidate's is bounded by
                 # its two calls (read, then create or replace).
-                bound = (self._valid_until - started if self._leader.is_set()
-                         else 2 * self.call_timeout_s)
+                bound = (
+                    self._valid_until - started
+                    if self._leader.is_set()
+                    else 2 * self.call_timeout_s
+                )
                 try:
                     held = await asyncio.wait_for(
-                        asyncio.to_thread(self._try_acquire_or_renew), max(bound, 0.001))
+                        asyncio.to_thread(self._try_acquire_or_renew), max(bound, 0.001)
+                    )
                 except TimeoutError:
                     held = None
-                    log.warning("leader election: lease %s/%s: no answer within %.1f s",
-                                self.namespace, self.name, bound,
-                                extra={"lease": self.name, "identity": self.identity})
+                    log.warning(
+                        "leader election: lease %s/%s: no answer within %.1f s",
+                        self.namespace,
+                        self.name,
+                        bound,
+                        extra={"lease": self.name, "identity": self.identity},
+                    )
                 except Exception as exc:  # API errors: keep the belief until the deadline
                     held = None
-                    log.warning("leader election: lease %s/%s not reachable: %s",
-                                self.namespace, self.name, exc,
-                                extra={"lease": self.name, "identity": self.identity})
+                    log.warning(
+                        "leader election: lease %s/%s not reachable: %s",
+                        self.namespace,
+                        self.name,
+                        exc,
+                        extra={"lease": self.name, "identity": self.identity},
+                    )
                 if held:
                     self._valid_until = started + self.renew_deadline_s
                     if not self._leader.is_set():
-                        log.info("leader election: now the leader",
-                                 extra={"lease": self.name, "identity": self.identity})
+                        log.info(
+                            "leader election: now the leader",
+                            extra={"lease": self.name, "identity": self.identity},
+                        )
                         self._leader.set()
                 elif held is False:
                     self._step_down("another replica holds the Lease")
@@ -133,8 +162,9 @@ class LeaderElector:
                 self._leader.clear()
                 self._valid_until = 0.0
                 try:
-                    await asyncio.shield(asyncio.wait_for(asyncio.to_thread(self._release),
-                                                          2 * self.call_timeout_s))
+                    await asyncio.shield(
+                        asyncio.wait_for(asyncio.to_thread(self._release), 2 * self.call_timeout_s)
+                    )
                 except Exception:
                     log.debug("leader election: release failed", exc_info=True)
 
@@ -145,8 +175,14 @@ class LeaderElector:
         left = self._valid_until - time.monotonic()
         return max(0.0, min(self.renew_interval_s, left / 2))
 
-    def _body(self, resource_version: str | None, *, transitions: int,
-              acquire_time: str | None, current: Any = None) -> dict[str, Any]:
+    def _body(
+        self,
+        resource_version: str | None,
+        *,
+        transitions: int,
+        acquire_time: str | None,
+        current: Any = None,
+    ) -> dict[str, Any]:
         now = _now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
         if resource_version:
@@ -157,26 +193,36 @@ class LeaderElector:
             for key in ("labels", "annotations"):
                 if value := getattr(current.metadata, key, None):
                     meta[key] = value
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
-                "spec": {"holderIdentity": self.identity,
-                         "leaseDurationSeconds": math.ceil(self.lease_duration_s),
-                         "acquireTime": acquire_time or now, "renewTime": now,
-                         "leaseTransitions": transitions}}
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": math.ceil(self.lease_duration_s),
+                "acquireTime": acquire_time or now,
+                "renewTime": now,
+                "leaseTransitions": transitions,
+            },
+        }
 
     def _try_acquire_or_renew(self) -> bool:
         from kubernetes.client import ApiException
 
         timeout = self.call_timeout_s
         try:
-            lease = self._api.read_namespaced_lease(self.name, self.namespace,
-                                                    _request_timeout=timeout)
+            lease = self._api.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=timeout
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
             try:
                 self._api.create_namespaced_lease(
-                    self.namespace, self._body(None, transitions=0, acquire_time=None),
-                    _request_timeout=timeout)
+                    self.namespace,
+                    self._body(None, transitions=0, acquire_time=None),
+                    _request_timeout=timeout,
+                )
             except ApiException as create_exc:
                 if create_exc.status == 409:
                     return False
@@ -192,13 +238,23 @@ class LeaderElector:
         if holder and holder != self.identity and now - self._observed_at <= duration:
             return False
         transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
-        acquire = (spec.acquire_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                   if holder == self.identity and spec.acquire_time else None)
+        acquire = (
+            spec.acquire_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            if holder == self.identity and spec.acquire_time
+            else None
+        )
         try:
             self._api.replace_namespaced_lease(
-                self.name, self.namespace,
-                self._body(lease.metadata.resource_version, transitions=transitions,
-                           acquire_time=acquire, current=lease), _request_timeout=timeout)
+                self.name,
+                self.namespace,
+                self._body(
+                    lease.metadata.resource_version,
+                    transitions=transitions,
+                    acquire_time=acquire,
+                    current=lease,
+                ),
+                _request_timeout=timeout,
+            )
         except ApiException as exc:
             if exc.status == 409:  # someone else wrote first
                 return False
@@ -207,13 +263,16 @@ class LeaderElector:
 
     def _release(self) -> None:
         timeout = self.call_timeout_s
-        lease = self._api.read_namespaced_lease(self.name, self.namespace,
-                                                _request_timeout=timeout)
+        lease = self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
         if lease.spec.holder_identity != self.identity:
             return
-        body = self._body(lease.metadata.resource_version,
-                          transitions=lease.spec.lease_transitions or 0, acquire_time=None,
-                          current=lease)
+        body = self._body(
+            lease.metadata.resource_version,
+            transitions=lease.spec.lease_transitions or 0,
+            acquire_time=None,
+            current=lease,
+        )
         body["spec"]["holderIdentity"] = ""
-        self._api.replace_namespaced_lease(self.name, self.namespace, body,
-                                           _request_timeout=timeout)
+        self._api.replace_namespaced_lease(
+            self.name, self.namespace, body, _request_timeout=timeout
+        )

@@ -1,4 +1,5 @@
-"""Start the operator: ``tidings operator [flags]`` → :func:`main`, or ``kopf run -m tidings.operator``.
+"""Start the operator: ``tidings operator [flags]`` → :func:`main`, or
+``kopf run -m tidings.operator.kopf_entry`` (``kopf_entry.py``).
 
 Wiring only: settings (``settings.py``) → API clients and kopf login → the injector
 (``injection.py``), the watch handlers and the writing worker (``handlers.py``), leader election
@@ -39,15 +40,17 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
             if key not in _RECORD_FIELDS and not key.startswith("_"):
-                out[key] = value if isinstance(value, (str, int, float, bool, type(None))) \
-                    else str(value)
+                out[key] = (
+                    value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+                )
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
@@ -55,8 +58,11 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(settings: OperatorSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if settings.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
@@ -98,8 +104,7 @@ def _connection_info(api: Any) -> kopf.ConnectionInfo:
 
 def _report_exit(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.critical("%s stopped: %r", task.get_name(), task.exception(),
-                     exc_info=task.exception())
+        log.critical("%s stopped: %r", task.get_name(), task.exception(), exc_info=task.exception())
 
 
 def register_operator(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Reconciler:
@@ -108,9 +113,12 @@ def register_operator(registry: kopf.OperatorRegistry, settings: OperatorSetting
     The API clients are made at start-up (an ``on.startup`` handler), so registering reads no
     credentials; login hands kopf the same credentials the writers use.
     """
-    reconciler = Reconciler(core=None, custom=None, leader=LeaderElector(None, namespace="",
-                                                                         name="", identity=""),
-                            resync_interval_s=settings.resync_interval_s)
+    reconciler = Reconciler(
+        core=None,
+        custom=None,
+        leader=LeaderElector(None, namespace="", name="", identity=""),
+        resync_interval_s=settings.resync_interval_s,
+    )
     state: dict[str, Any] = {}
 
     def ensure_api() -> Any:
@@ -133,18 +141,28 @@ def register_operator(registry: kopf.OperatorRegistry, settings: OperatorSetting
         le = operator_settings.leader_election
         if not le.standalone:
             reconciler.leader = LeaderElector(
-                client.CoordinationV1Api(api), namespace=le.lease_namespace,
-                name=le.lease_name, identity=le.identity,
-                lease_duration_s=le.lease_duration_s, renew_interval_s=le.renew_interval_s)
-        state["tasks"] = [asyncio.create_task(reconciler.leader.run(), name="leader-election"),
-                          asyncio.create_task(reconciler.run(), name="app-config-worker")]
+                client.CoordinationV1Api(api),
+                namespace=le.lease_namespace,
+                name=le.lease_name,
+                identity=le.identity,
+                lease_duration_s=le.lease_duration_s,
+                renew_interval_s=le.renew_interval_s,
+            )
+        state["tasks"] = [
+            asyncio.create_task(reconciler.leader.run(), name="leader-election"),
+            asyncio.create_task(reconciler.run(), name="app-config-worker"),
+        ]
         for task in state["tasks"]:
             task.add_done_callback(_report_exit)
-        log.info("operator started", extra={
-            "sidecar_image": operator_settings.injector.sidecar_image,
-            "webhook_port": operator_settings.webhook.port,
-            "standalone": le.standalone,
-            "namespaces": ",".join(operator_settings.namespaces) or "*"})
+        log.info(
+            "operator started",
+            extra={
+                "sidecar_image": operator_settings.injector.sidecar_image,
+                "webhook_port": operator_settings.webhook.port,
+                "standalone": le.standalone,
+                "namespaces": ",".join(operator_settings.namespaces) or "*",
+            },
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
@@ -158,11 +176,18 @@ def register_operator(registry: kopf.OperatorRegistry, settings: OperatorSetting
     def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
         wh = operator_settings.webhook
         if wh.cert_file is None:
-            raise SettingsError("the webhook needs --webhook-cert-file/--webhook-key-file "
-                                "(TIDINGS_WEBHOOK_CERT_FILE/TIDINGS_WEBHOOK_KEY_FILE)")
+            raise SettingsError(
+                "the webhook needs --webhook-cert-file/--webhook-key-file "
+                "(TIDINGS_WEBHOOK_CERT_FILE/TIDINGS_WEBHOOK_KEY_FILE)"
+            )
         kopf_settings.admission.server = AdmissionServer(
-            addr=wh.addr, port=wh.port, host=wh.host, certfile=wh.cert_file,
-            pkeyfile=wh.key_file, cafile=wh.ca_file)
+            addr=wh.addr,
+            port=wh.port,
+            host=wh.host,
+            certfile=wh.cert_file,
+            pkeyfile=wh.key_file,
+            cafile=wh.ca_file,
+        )
         kopf_settings.admission.managed = None  # the chart owns the webhook configuration
         kopf_settings.peering.standalone = True  # leader election is ours (leadership.py)
         kopf_settings.posting.enabled = False  # Events are posted by the reconciler only
@@ -176,10 +201,13 @@ def register_operator(registry: kopf.OperatorRegistry, settings: OperatorSetting
     return reconciler
 
 
-async def run_operator(settings: OperatorSettings, *,
-                       registry: kopf.OperatorRegistry | None = None,
-                       ready_flag: asyncio.Event | threading.Event | None = None,
-                       stop_flag: asyncio.Event | threading.Event | None = None) -> None:
+async def run_operator(
+    settings: OperatorSettings,
+    *,
+    registry: kopf.OperatorRegistry | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+) -> None:
     """Run until ``stop_flag`` is set (or the task is cancelled)."""
     registry = registry if registry is not None else kopf.OperatorRegistry()
     register_operator(registry, settings)

@@ -22,21 +22,36 @@ import json
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-__all__ = ["ADMISSION_LATENCY", "ADMISSION_REQUESTS", "CONFIG_SECRETS", "RECONCILE_ERRORS",
-           "admission_outcome", "serve"]
+__all__ = [
+    "ADMISSION_LATENCY",
+    "ADMISSION_REQUESTS",
+    "CONFIG_SECRETS",
+    "RECONCILE_ERRORS",
+    "admission_outcome",
+    "serve",
+]
 
-ADMISSION_REQUESTS = Counter("tidings_operator_admission_requests",
-                             "Admission requests answered by the sidecar injector, by outcome",
-                             ["outcome"])
-ADMISSION_LATENCY = Histogram("tidings_operator_admission_latency_seconds",
-                              "Time to answer an admission request (s), by outcome", ["outcome"],
-                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                       1, 2.5))
-CONFIG_SECRETS = Counter("tidings_operator_config_secrets",
-                         "App config Secrets rendered and written, by result", ["result"])
-RECONCILE_ERRORS = Counter("tidings_operator_reconcile_errors",
-                           "Reconciliations that failed (retried with back-off), by kind",
-                           ["kind"])
+ADMISSION_REQUESTS = Counter(
+    "tidings_operator_admission_requests",
+    "Admission requests answered by the sidecar injector, by outcome",
+    ["outcome"],
+)
+ADMISSION_LATENCY = Histogram(
+    "tidings_operator_admission_latency_seconds",
+    "Time to answer an admission request (s), by outcome",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CONFIG_SECRETS = Counter(
+    "tidings_operator_config_secrets",
+    "App config Secrets rendered and written, by result",
+    ["result"],
+)
+RECONCILE_ERRORS = Counter(
+    "tidings_operator_reconcile_errors",
+    "Reconciliations that failed (retried with back-off), by kind",
+    ["kind"],
+)
 
 
 def admission_outcome(status: int, body: bytes | None) -> str:

@@ -20,7 +20,7 @@ __all__ = [
     "InjectorSettings",
     "LeaderElectionSettings",
     "OperatorSettings",
-        "SettingsError",
+    "SettingsError",
     "WebhookSettings",
     "add_operator_arguments",
     "settings_from_args",
@@ -125,7 +125,8 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 _QUANTITY = re.compile(
-    r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+    r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+)
 
 
 def _resources(raw: str) -> dict[str, dict[str, str]]:
@@ -137,20 +138,24 @@ def _resources(raw: str) -> dict[str, dict[str, str]]:
     except ValueError as exc:
         raise SettingsError(f"--sidecar-resources is not JSON: {exc}") from None
     if not isinstance(doc, dict) or not set(doc) <= {"requests", "limits"}:
-        raise SettingsError("--sidecar-resources must be an object with 'requests' and/or "
-                            f"'limits', got {raw!r}")
+        raise SettingsError(
+            f"--sidecar-resources must be an object with 'requests' and/or 'limits', got {raw!r}"
+        )
     out: dict[str, dict[str, str]] = {}
     for section, quantities in doc.items():
         if quantities is None:
             continue
         if not isinstance(quantities, dict):
-            raise SettingsError(f"--sidecar-resources {section} must be an object, got "
-                                f"{quantities!r}")
+            raise SettingsError(
+                f"--sidecar-resources {section} must be an object, got {quantities!r}"
+            )
         for name, value in quantities.items():
             text = str(value).strip()
             if not _QUANTITY.match(text):
-                raise SettingsError(f"--sidecar-resources {section}.{name}={value!r} is not a "
-                                    "Kubernetes quantity (e.g. 100m, 0.5, 128Mi)")
+                raise SettingsError(
+                    f"--sidecar-resources {section}.{name}={value!r} is not a "
+                    "Kubernetes quantity (e.g. 100m, 0.5, 128Mi)"
+                )
             out.setdefault(section, {})[str(name)] = text
     return out
 
@@ -162,46 +167,76 @@ def add_operator_arguments(
     env = os.environ if environ is None else environ
     a = parser.add_argument
     a("--sidecar-image", default=env.get("TIDINGS_SIDECAR_IMAGE", DEFAULT_SIDECAR_IMAGE))
-    a("--sidecar-image-pull-policy",
-      default=env.get("TIDINGS_SIDECAR_IMAGE_PULL_POLICY", "IfNotPresent"),
-      choices=("Always", "IfNotPresent", "Never"))
-    a("--allow-sidecar-image-annotation", action=argparse.BooleanOptionalAction,
-      default=_env_bool(env, "TIDINGS_ALLOW_SIDECAR_IMAGE_ANNOTATION", False))
-    a("--sidecar-log-level", default=env.get("TIDINGS_SIDECAR_LOG_LEVEL", "info"),
-      choices=("debug", "info", "warn", "error"),
-      help="sidecar log level unless a pod sets dapr.io/log-level")
-    a("--sidecar-resources", default=env.get("TIDINGS_SIDECAR_RESOURCES", ""),
-      help='default daprd resources as JSON, e.g. {"requests": {"cpu": "100m"}}; '
-           "dapr.io/sidecar-* annotations override")
-    a("--sidecar-otlp-endpoint", default=env.get("TIDINGS_SIDECAR_OTLP_ENDPOINT") or None,
-      help="OTLP/HTTP endpoint injected sidecars export spans to (e.g. http://otel:4318)")
+    a(
+        "--sidecar-image-pull-policy",
+        default=env.get("TIDINGS_SIDECAR_IMAGE_PULL_POLICY", "IfNotPresent"),
+        choices=("Always", "IfNotPresent", "Never"),
+    )
+    a(
+        "--allow-sidecar-image-annotation",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool(env, "TIDINGS_ALLOW_SIDECAR_IMAGE_ANNOTATION", False),
+    )
+    a(
+        "--sidecar-log-level",
+        default=env.get("TIDINGS_SIDECAR_LOG_LEVEL", "info"),
+        choices=("debug", "info", "warn", "error"),
+        help="sidecar log level unless a pod sets dapr.io/log-level",
+    )
+    a(
+        "--sidecar-resources",
+        default=env.get("TIDINGS_SIDECAR_RESOURCES", ""),
+        help='default daprd resources as JSON, e.g. {"requests": {"cpu": "100m"}}; '
+        "dapr.io/sidecar-* annotations override",
+    )
+    a(
+        "--sidecar-otlp-endpoint",
+        default=env.get("TIDINGS_SIDECAR_OTLP_ENDPOINT") or None,
+        help="OTLP/HTTP endpoint injected sidecars export spans to (e.g. http://otel:4318)",
+    )
     a("--webhook-addr", default=env.get("TIDINGS_WEBHOOK_ADDR", "0.0.0.0"))
     a("--webhook-port", type=int, default=int(env.get("TIDINGS_WEBHOOK_PORT", "9443")))
     a("--webhook-host", default=env.get("TIDINGS_WEBHOOK_HOST") or None)
     a("--webhook-cert-file", default=env.get("TIDINGS_WEBHOOK_CERT_FILE") or None)
     a("--webhook-key-file", default=env.get("TIDINGS_WEBHOOK_KEY_FILE") or None)
     a("--webhook-ca-file", default=env.get("TIDINGS_WEBHOOK_CA_FILE") or None)
-    a("--namespace", dest="namespaces", action="append",
-      default=[n for n in env.get("TIDINGS_NAMESPACES", "").split(",") if n.strip()],
-      help="namespace to serve (repeatable); none means cluster-wide")
-    a("--standalone", action=argparse.BooleanOptionalAction,
-      default=_env_bool(env, "TIDINGS_STANDALONE", False),
-      help="no leader election (single replica or tests)")
+    a(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=[n for n in env.get("TIDINGS_NAMESPACES", "").split(",") if n.strip()],
+        help="namespace to serve (repeatable); none means cluster-wide",
+    )
+    a(
+        "--standalone",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool(env, "TIDINGS_STANDALONE", False),
+        help="no leader election (single replica or tests)",
+    )
     a("--lease-name", default=env.get("TIDINGS_LEASE_NAME", "tidings-operator"))
     a("--lease-namespace", default=env.get("POD_NAMESPACE", "default"))
     a("--identity", default=env.get("POD_NAME") or socket.gethostname())
     # Seconds are read as text and checked in settings_from_args, so a bad flag or environment
     # value is a SettingsError naming it (nan, inf, "abc"), never a traceback at parser set-up.
     a("--lease-duration-seconds", default=env.get("TIDINGS_LEASE_DURATION_SECONDS", "15"))
-    a("--lease-renew-interval-seconds",
-      default=env.get("TIDINGS_LEASE_RENEW_INTERVAL_SECONDS", "5"))
+    a(
+        "--lease-renew-interval-seconds",
+        default=env.get("TIDINGS_LEASE_RENEW_INTERVAL_SECONDS", "5"),
+    )
     a("--kubeconfig", default=env.get("KUBECONFIG") or None)
     a("--resync-interval-seconds", default=env.get("TIDINGS_RESYNC_INTERVAL_SECONDS", "60"))
-    a("--log-level", default=env.get("TIDINGS_LOG_LEVEL", "info"),
-      choices=("debug", "info", "warning", "error"))
+    a(
+        "--log-level",
+        default=env.get("TIDINGS_LOG_LEVEL", "info"),
+        choices=("debug", "info", "warning", "error"),
+    )
     a("--log-format", default=env.get("TIDINGS_LOG_FORMAT", "json"), choices=("json", "text"))
-    a("--metrics-port", type=int, default=int(env.get("TIDINGS_METRICS_PORT", "9090")),
-      help="port of the Prometheus /metrics endpoint; 0 serves none")
+    a(
+        "--metrics-port",
+        type=int,
+        default=int(env.get("TIDINGS_METRICS_PORT", "9090")),
+        help="port of the Prometheus /metrics endpoint; 0 serves none",
+    )
 
 
 def _seconds(flag: str, text: str) -> float:
@@ -222,12 +257,13 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     if not 0 < args.webhook_port < 65536:
         raise SettingsError(f"--webhook-port {args.webhook_port} is not a TCP port")
     lease_duration_s = _seconds("--lease-duration-seconds", args.lease_duration_seconds)
-    renew_interval_s = _seconds("--lease-renew-interval-seconds",
-                                args.lease_renew_interval_seconds)
+    renew_interval_s = _seconds("--lease-renew-interval-seconds", args.lease_renew_interval_seconds)
     resync_interval_s = _seconds("--resync-interval-seconds", args.resync_interval_seconds)
     if not renew_interval_s < lease_duration_s:
-        raise SettingsError("--lease-renew-interval-seconds must be positive and shorter than "
-                            "--lease-duration-seconds")
+        raise SettingsError(
+            "--lease-renew-interval-seconds must be positive and shorter than "
+            "--lease-duration-seconds"
+        )
     if not 0 <= args.metrics_port < 65536:
         raise SettingsError(f"--metrics-port {args.metrics_port} is not a TCP port (0: none)")
     return OperatorSettings(
@@ -240,14 +276,21 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             sidecar_otlp_endpoint=args.sidecar_otlp_endpoint,
         ),
         webhook=WebhookSettings(
-            addr=args.webhook_addr, port=args.webhook_port, host=args.webhook_host,
-            cert_file=args.webhook_cert_file, key_file=args.webhook_key_file,
+            addr=args.webhook_addr,
+            port=args.webhook_port,
+            host=args.webhook_host,
+            cert_file=args.webhook_cert_file,
+            key_file=args.webhook_key_file,
             ca_file=args.webhook_ca_file,
         ),
         leader_election=LeaderElectionSettings(
-            standalone=args.standalone, lease_name=args.lease_name,
-            lease_namespace=args.lease_namespace, identity=args.identity,
-            lease_duration_s=lease_duration_s, renew_interval_s=renew_interval_s),
+            standalone=args.standalone,
+            lease_name=args.lease_name,
+            lease_namespace=args.lease_namespace,
+            identity=args.identity,
+            lease_duration_s=lease_duration_s,
+            renew_interval_s=renew_interval_s,
+        ),
         namespaces=tuple(dict.fromkeys(n.strip() for n in args.namespaces if n.strip())),
         kubeconfig=args.kubeconfig,
         resync_interval_s=resync_interval_s,
@@ -257,8 +300,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     )
 
 
-def parse_settings(argv: Sequence[str], *, environ: Mapping[str, str] | None = None
-                   ) -> OperatorSettings:
+def parse_settings(
+    argv: Sequence[str], *, environ: Mapping[str, str] | None = None
+) -> OperatorSettings:
     """Flags (falling back to the environment) → :class:`OperatorSettings`."""
     parser = argparse.ArgumentParser(prog="tidings operator")
     add_operator_arguments(parser, environ=environ)

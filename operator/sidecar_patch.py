@@ -8,8 +8,9 @@ app's config Secret ``tidings-<app-id>`` mounted read-only as its resources fold
 the ``dapr.io/sidecar-injected`` / ``dapr.io/app-id`` labels the operator watches.
 
 Idempotent by construction: an existing ``daprd`` container or config volume is overwritten in
-place with the freshly built fields (fields the API server defaulted are kept), so re-invocation (``reinvocationPolicy: IfNeeded``) or an
-already-injected pod yields the same pod and an empty JSON patch. No I/O; ``injection.py`` wraps
+place with the freshly built fields (fields the API server defaulted are kept), so re-invocation
+(``reinvocationPolicy: IfNeeded``) or an already-injected pod yields the same pod and an empty JSON
+patch. No I/O; ``injection.py`` wraps
 it in the admission webhook.
 """
 
@@ -58,8 +59,16 @@ def sidecar_args(config: SidecarConfig) -> list[str]:
     if config.app_protocol is not None:
         args += ["--app-protocol", config.app_protocol]
     # 0.0.0.0: the kubelet probes the pod IP; daprd's default [::1],127.0.0.1 would fail them.
-    args += ["--dapr-http-port", str(DAPR_HTTP_PORT), "--dapr-listen-addresses", "0.0.0.0",
-             "--resources-path", RESOURCES_PATH, "--log-level", config.log_level]
+    args += [
+        "--dapr-http-port",
+        str(DAPR_HTTP_PORT),
+        "--dapr-listen-addresses",
+        "0.0.0.0",
+        "--resources-path",
+        RESOURCES_PATH,
+        "--log-level",
+        config.log_level,
+    ]
     if config.log_as_json:
         args.append("--log-as-json")
     if config.enable_metrics:
@@ -67,16 +76,20 @@ def sidecar_args(config: SidecarConfig) -> list[str]:
     return args
 
 
-def sidecar_container(config: SidecarConfig, *, image: str, pull_policy: str,
-                      otlp_endpoint: str | None = None) -> dict[str, Any]:
+def sidecar_container(
+    config: SidecarConfig, *, image: str, pull_policy: str, otlp_endpoint: str | None = None
+) -> dict[str, Any]:
     """The ``daprd`` container for ``config`` running ``image``; with ``otlp_endpoint`` the
-    sidecar exports spans there (``OTEL_EXPORTER_OTLP_ENDPOINT``, sidecar ``tracing.py``)."""
+    sidecar exports spans there (``OTEL_EXPORTER_OTLP_ENDPOINT``, the sidecar's
+    ``runtime/tracing.py``)."""
     ports: list[dict[str, Any]] = [
         {"name": "dapr-http", "containerPort": DAPR_HTTP_PORT, "protocol": "TCP"},
-        {"name": "dapr-grpc", "containerPort": DAPR_GRPC_PORT, "protocol": "TCP"}]
+        {"name": "dapr-grpc", "containerPort": DAPR_GRPC_PORT, "protocol": "TCP"},
+    ]
     if config.enable_metrics:
-        ports.append({"name": "dapr-metrics", "containerPort": config.metrics_port,
-                      "protocol": "TCP"})
+        ports.append(
+            {"name": "dapr-metrics", "containerPort": config.metrics_port, "protocol": "TCP"}
+        )
     container: dict[str, Any] = {
         "name": SIDECAR_CONTAINER,
         "image": image,
@@ -85,10 +98,14 @@ def sidecar_container(config: SidecarConfig, *, image: str, pull_policy: str,
         "args": sidecar_args(config),
         "ports": ports,
         "env": [
-            {"name": "NAMESPACE",
-             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
-            {"name": "POD_NAME",
-             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+            {
+                "name": "NAMESPACE",
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+            },
+            {
+                "name": "POD_NAME",
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+            },
         ],
         "readinessProbe": {
             "httpGet": {"path": HEALTHZ_PATH, "port": DAPR_HTTP_PORT, "scheme": "HTTP"},
@@ -128,8 +145,10 @@ def config_volume(app_id: str) -> dict[str, Any]:
     Not ``optional``: the kubelet waits for the operator to write the Secret instead of starting
     the sidecar with an empty resources folder.
     """
-    return {"name": CONFIG_VOLUME,
-            "secret": {"secretName": config_secret_name(app_id), "defaultMode": 0o444}}
+    return {
+        "name": CONFIG_VOLUME,
+        "secret": {"secretName": config_secret_name(app_id), "defaultMode": 0o444},
+    }
 
 
 def _merge(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
@@ -155,8 +174,14 @@ def _upsert(items: list[dict[str, Any]], item: dict[str, Any]) -> None:
     items.append(item)
 
 
-def patch_pod(pod: Pod, config: SidecarConfig, *, image: str,
-              pull_policy: str = "IfNotPresent", otlp_endpoint: str | None = None) -> Pod:
+def patch_pod(
+    pod: Pod,
+    config: SidecarConfig,
+    *,
+    image: str,
+    pull_policy: str = "IfNotPresent",
+    otlp_endpoint: str | None = None,
+) -> Pod:
     """A copy of ``pod`` with the sidecar injected; ``pod`` is not modified.
 
     ``patch_pod(patch_pod(p, c, ...), c, ...) == patch_pod(p, c, ...)``.
@@ -180,19 +205,28 @@ def patch_pod(pod: Pod, config: SidecarConfig, *, image: str,
             env.append({"name": "DAPR_GRPC_PORT", "value": str(DAPR_GRPC_PORT)})
         # Dapr hands the app its protocol when the annotation is set (sidecar_patcher.go).
         if config.app_protocol is not None and not any(
-                e.get("name") == "APP_PROTOCOL" for e in env):
+            e.get("name") == "APP_PROTOCOL" for e in env
+        ):
             env.append({"name": "APP_PROTOCOL", "value": config.app_protocol})
         container["env"] = env
-    _upsert(containers, sidecar_container(config, image=image, pull_policy=pull_policy,
-                                          otlp_endpoint=otlp_endpoint))
+    _upsert(
+        containers,
+        sidecar_container(
+            config, image=image, pull_policy=pull_policy, otlp_endpoint=otlp_endpoint
+        ),
+    )
     volumes: list[dict[str, Any]] = spec.get("volumes") or []
     _upsert(volumes, config_volume(config.app_id))
     spec["volumes"] = volumes
     return out
 
 
-def json_patch(pod: Pod, config: SidecarConfig, *, image: str,
-               pull_policy: str = "IfNotPresent") -> list[dict[str, Any]]:
+def json_patch(
+    pod: Pod, config: SidecarConfig, *, image: str, pull_policy: str = "IfNotPresent"
+) -> list[dict[str, Any]]:
     """RFC 6902 operations turning ``pod`` into :func:`patch_pod`'s result (``[]`` if none)."""
-    return list(jsonpatch.make_patch(pod, patch_pod(pod, config, image=image,
-                                                    pull_policy=pull_policy)).patch)
+    return list(
+        jsonpatch.make_patch(
+            pod, patch_pod(pod, config, image=image, pull_policy=pull_policy)
+        ).patch
+    )

@@ -90,9 +90,12 @@ def _shared_apps(a: frozenset[str] | None, b: frozenset[str] | None) -> frozense
     return a if b is None else a & b
 
 
-def validate_subscription(body: Mapping[str, Any], *,
-                          components: Iterable[Mapping[str, Any]] | None = None,
-                          subscriptions: Iterable[Mapping[str, Any]] | None = None) -> Verdict:
+def validate_subscription(
+    body: Mapping[str, Any],
+    *,
+    components: Iterable[Mapping[str, Any]] | None = None,
+    subscriptions: Iterable[Mapping[str, Any]] | None = None,
+) -> Verdict:
     """Check a Subscription (either served version) as the sidecar will use it.
 
     Alone: the sidecar's model, its CEL rules and at least one route. With ``components`` (the
@@ -100,8 +103,8 @@ def validate_subscription(body: Mapping[str, Any], *,
     component, its topic and ``deadLetterTopic`` must be Kafka topic names. With
     ``subscriptions`` (the namespace's Subscription bodies, itself included or not): of two
     valid ones for the same (pubsubname, topic) reaching the same app, the sidecar keeps the
-    one whose file comes last (``tidings.sidecar.subscriptions.effective_subscriptions``, files
-    read in name order); the other gets ``Conflict``.
+    one whose file comes last (``tidings.sidecar.delivery.subscriptions.effective_subscriptions``,
+    files read in name order); the other gets ``Conflict``.
     """
     source = _source(body)
     try:
@@ -110,12 +113,16 @@ def validate_subscription(body: Mapping[str, Any], *,
         return Verdict(False, "InvalidSpec", str(exc))
     kafka = jetstream = False
     if components is not None:
-        pubsub = next((c for c in components
-                       if (c.get("metadata") or {}).get("name") == ts.pubsubname), None)
+        pubsub = next(
+            (c for c in components if (c.get("metadata") or {}).get("name") == ts.pubsubname), None
+        )
         if pubsub is None:
-            return Verdict(False, "PubsubNotFound",
-                           f"subscription {source}: no Component {ts.pubsubname!r} in the "
-                           f"namespace; the sidecar ignores it until there is one")
+            return Verdict(
+                False,
+                "PubsubNotFound",
+                f"subscription {source}: no Component {ts.pubsubname!r} in the "
+                f"namespace; the sidecar ignores it until there is one",
+            )
         kafka, jetstream = is_kafka(pubsub), is_jetstream(pubsub)
     try:
         check_subscription(ts, kafka=kafka, source=source, jetstream=jetstream)
@@ -128,13 +135,21 @@ def validate_subscription(body: Mapping[str, Any], *,
     return Verdict(True, "Valid", f"subscribes {ts.pubsubname}/{ts.topic}")
 
 
-def _conflict(body: Mapping[str, Any], ts: TopicSubscription,
-              subscriptions: Iterable[Mapping[str, Any]], *, kafka: bool,
-              jetstream: bool = False) -> str | None:
+def _conflict(
+    body: Mapping[str, Any],
+    ts: TopicSubscription,
+    subscriptions: Iterable[Mapping[str, Any]],
+    *,
+    kafka: bool,
+    jetstream: bool = False,
+) -> str | None:
     name = (body.get("metadata") or {}).get("name", "")
     mine = _apps(body.get("scopes") or [])
-    for other in sorted(subscriptions, key=lambda b: subscription_file(
-            str((b.get("metadata") or {}).get("name"))), reverse=True):
+    for other in sorted(
+        subscriptions,
+        key=lambda b: subscription_file(str((b.get("metadata") or {}).get("name"))),
+        reverse=True,
+    ):
         other_name = str((other.get("metadata") or {}).get("name"))
         if subscription_file(other_name) <= subscription_file(name):
             break  # only a later file wins over this one
@@ -149,15 +164,21 @@ def _conflict(body: Mapping[str, Any], ts: TopicSubscription,
         if shared is not None and not shared:
             continue
         apps = "every app" if shared is None else "apps " + ", ".join(sorted(shared))
-        return (f"Subscription {other_name!r} is for the same pubsub {ts.pubsubname!r} and topic "
-                f"{ts.topic!r}; for {apps} the sidecar uses {other_name!r} (the last by name) "
-                f"and ignores this one")
+        return (
+            f"Subscription {other_name!r} is for the same pubsub {ts.pubsubname!r} and topic "
+            f"{ts.topic!r}; for {apps} the sidecar uses {other_name!r} (the last by name) "
+            f"and ignores this one"
+        )
     return None
 
 
-def ready_condition(verdict: Verdict, *, generation: int | None,
-                    previous: Mapping[str, Any] | None = None,
-                    now: datetime.datetime | None = None) -> dict[str, Any]:
+def ready_condition(
+    verdict: Verdict,
+    *,
+    generation: int | None,
+    previous: Mapping[str, Any] | None = None,
+    now: datetime.datetime | None = None,
+) -> dict[str, Any]:
     """The ``Ready`` condition for ``verdict``.
 
     ``lastTransitionTime`` moves only when ``status`` flips (Kubernetes API conventions), so
@@ -169,8 +190,13 @@ def ready_condition(verdict: Verdict, *, generation: int | None,
     else:
         moment = now or datetime.datetime.now(datetime.UTC)
         when = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    condition: dict[str, Any] = {"type": "Ready", "status": status, "reason": verdict.reason,
-                                 "message": verdict.message, "lastTransitionTime": when}
+    condition: dict[str, Any] = {
+        "type": "Ready",
+        "status": status,
+        "reason": verdict.reason,
+        "message": verdict.message,
+        "lastTransitionTime": when,
+    }
     if generation is not None:
         condition["observedGeneration"] = generation
     return condition

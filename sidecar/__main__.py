@@ -1,5 +1,5 @@
 """``python -m tidings.sidecar``: the sidecar process itself (what ``tidings sidecar`` runs)."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main(["sidecar", *__import__("sys").argv[1:]]))

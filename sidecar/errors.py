@@ -2,8 +2,8 @@
 
 The body is Dapr's ``{"errorCode", "message", "details": [ErrorInfo, ResourceInfo?]}``
 (dapr-pubsub-contract.md §1.2, dapr/kit ``errors.JSONErrorValue``). Handlers raise
-:class:`DaprError`; the one error middleware in ``api/app.py`` turns it into a response, so no
-handler builds error bodies itself.
+:class:`DaprError`; the one error middleware in ``inbound/http/app.py`` turns it into a response, so
+no handler builds error bodies itself.
 """
 
 from __future__ import annotations
@@ -36,20 +36,24 @@ class DaprError(Exception):
     def body(self) -> dict[str, Any]:
         details: list[dict[str, Any]] = []
         if self.reason:
-            details.append({
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": self.reason,
-                "domain": "dapr.io",
-                "metadata": dict(self.metadata),
-            })
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": self.reason,
+                    "domain": "dapr.io",
+                    "metadata": dict(self.metadata),
+                }
+            )
         if self.resource is not None:
-            details.append({
-                "@type": "type.googleapis.com/google.rpc.ResourceInfo",
-                "resource_type": "pubsub",
-                "resource_name": self.resource,
-                "owner": "",
-                "description": self.message,
-            })
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.ResourceInfo",
+                    "resource_type": "pubsub",
+                    "resource_name": self.resource,
+                    "owner": "",
+                    "description": self.message,
+                }
+            )
         body: dict[str, Any] = {"errorCode": self.error_code, "message": self.message}
         if details:
             body["details"] = details

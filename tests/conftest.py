@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tidings.sidecar.localbroker import start_local_broker
+from tidings.sidecar.cli.localbroker import start_local_broker
 
 if TYPE_CHECKING:
     from .integration.processes import Proc
@@ -90,8 +90,10 @@ def nats_url() -> str:
     try:
         asyncio.run(check())
     except Exception as exc:
-        pytest.fail(f"NATS with JetStream is not reachable at {NATS_URL} (bash .ci/run starts "
-                    f"it): {exc!r}", pytrace=False)
+        pytest.fail(
+            f"NATS with JetStream is not reachable at {NATS_URL} (bash .ci/run starts it): {exc!r}",
+            pytrace=False,
+        )
     return NATS_URL
 
 

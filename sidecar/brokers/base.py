@@ -11,7 +11,7 @@ The handler contract is what makes delivery at-least-once: ``await handler(recor
 only when the record is *finished* (delivered and acknowledged by the app, or dead-lettered). Only
 then may the broker commit its offset. If the handler is cancelled (partition revoked, shutdown
 grace exhausted) the record is not finished and must be delivered again by whoever next owns the
-partition. Neighbours: ``delivery.py`` provides the handler; ``brokers/kafka/``,
+partition. Neighbours: ``delivery/engine.py`` provides the handler; ``brokers/kafka/``,
 ``brokers/redis.py`` and ``brokers/memory.py`` implement this.
 """
 
@@ -21,9 +21,22 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-__all__ = ["BULK_PUBLISH", "FEATURES", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY",
-           "PARTITION_NUMBER", "BatchHandler", "BatchPolicy", "Broker", "BrokerError", "Handler",
-           "Header", "PublishRecord", "Record"]
+__all__ = [
+    "BULK_PUBLISH",
+    "FEATURES",
+    "MESSAGE_HEADERS",
+    "ORDERED",
+    "PARTITION_KEY",
+    "PARTITION_NUMBER",
+    "BatchHandler",
+    "BatchPolicy",
+    "Broker",
+    "BrokerError",
+    "Handler",
+    "Header",
+    "PublishRecord",
+    "Record",
+]
 
 Header = tuple[str, bytes | None]
 
@@ -100,8 +113,9 @@ class BrokerError(Exception):
     or partition the broker cannot hold; ``"size"``: a record over the size limit), so it is the
     caller's mistake, not an outage; ``None`` otherwise."""
 
-    def __init__(self, message: str, *, retriable: bool = False,
-                 refused: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retriable: bool = False, refused: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retriable = retriable
         self.refused = refused
@@ -119,8 +133,13 @@ class Broker(Protocol):
         """Connect the producer side. Raises :class:`BrokerError` if the broker is unreachable."""
 
     async def publish(
-        self, topic: str, value: bytes, *, key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (), partition: int | None = None,
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
     ) -> None:
         """Produce one record; return after the broker acknowledged it (Kafka ``acks=all``).
         ``partition`` as in :class:`PublishRecord`.

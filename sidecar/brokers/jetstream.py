@@ -67,8 +67,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from .. import metrics
-from ..tasks import stop_tasks
 from ..resources.jetstream import (
     JetStreamMetadata,
     consumer_name,
@@ -76,6 +74,8 @@ from ..resources.jetstream import (
     subject_problem,
 )
 from ..resources.loading import LoadedComponent
+from ..runtime import metrics
+from ..runtime.tasks import stop_tasks
 from .base import MESSAGE_HEADERS, ORDERED, BrokerError, Handler, Header, PublishRecord, Record
 
 __all__ = ["KEY_HEADER", "JetStreamBroker"]
@@ -98,9 +98,13 @@ STATUS_INTERVAL_S = 5.0
 HANDLER_ERROR_RETRY_S = 0.1
 """Pause before handing a record again to a handler that raised (a handler bug, not an outcome)."""
 
-_DELIVER_POLICIES = {"all": DeliverPolicy.ALL, "new": DeliverPolicy.NEW,
-                     "last": DeliverPolicy.LAST, "sequence": DeliverPolicy.BY_START_SEQUENCE,
-                     "time": DeliverPolicy.BY_START_TIME}
+_DELIVER_POLICIES = {
+    "all": DeliverPolicy.ALL,
+    "new": DeliverPolicy.NEW,
+    "last": DeliverPolicy.LAST,
+    "sequence": DeliverPolicy.BY_START_SEQUENCE,
+    "time": DeliverPolicy.BY_START_TIME,
+}
 # HTTP-style header names (NATS headers follow MIME); values must not break the header block.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\r\n]")
@@ -112,26 +116,32 @@ def _nats_headers(headers: Sequence[tuple[str, bytes]], key: bytes | None) -> di
     out: dict[str, str] = {}
     for name, raw in headers:
         if not _HEADER_NAME.fullmatch(name):
-            raise BrokerError(f"metadata name {name!r} cannot be a NATS header name",
-                              refused="request")
+            raise BrokerError(
+                f"metadata name {name!r} cannot be a NATS header name", refused="request"
+            )
         try:
             value = raw.decode("utf-8") if raw is not None else ""
         except UnicodeDecodeError:
-            raise BrokerError(f"metadata {name!r} is not UTF-8 text, which NATS headers need",
-                              refused="request") from None
+            raise BrokerError(
+                f"metadata {name!r} is not UTF-8 text, which NATS headers need", refused="request"
+            ) from None
         if _BAD_VALUE.search(value):
-            raise BrokerError(f"metadata {name!r} holds a line break, which NATS headers cannot",
-                              refused="request")
+            raise BrokerError(
+                f"metadata {name!r} holds a line break, which NATS headers cannot",
+                refused="request",
+            )
         out[name] = value
     if key is not None:
         try:
             text = key.decode("utf-8")
         except UnicodeDecodeError:
-            raise BrokerError("partitionKey is not UTF-8 text, which NATS headers need",
-                              refused="request") from None
+            raise BrokerError(
+                "partitionKey is not UTF-8 text, which NATS headers need", refused="request"
+            ) from None
         if _BAD_VALUE.search(text):
-            raise BrokerError("partitionKey holds a line break, which NATS headers cannot",
-                              refused="request")
+            raise BrokerError(
+                "partitionKey holds a line break, which NATS headers cannot", refused="request"
+            )
         out[KEY_HEADER] = text
     return out
 
@@ -145,23 +155,38 @@ def _record(topic: str, msg: Msg) -> Record:
             key = value.encode()
         elif not name.lower().startswith("nats-"):
             headers.append((name, value.encode()))
-    return Record(topic=topic, partition=0, offset=meta.sequence.stream, key=key, value=msg.data,
-                  headers=tuple(headers), timestamp_ms=int(meta.timestamp.timestamp() * 1000))
+    return Record(
+        topic=topic,
+        partition=0,
+        offset=meta.sequence.stream,
+        key=key,
+        value=msg.data,
+        headers=tuple(headers),
+        timestamp_ms=int(meta.timestamp.timestamp() * 1000),
+    )
 
 
 def _publish_error(topic: str, exc: Exception, *, size: int, max_payload: int) -> BrokerError:
     if isinstance(exc, nats.errors.MaxPayloadError):
-        return BrokerError(f"the message has {size} bytes; the NATS server takes at most "
-                           f"{max_payload} (its max_payload)", refused="size")
+        return BrokerError(
+            f"the message has {size} bytes; the NATS server takes at most "
+            f"{max_payload} (its max_payload)",
+            refused="size",
+        )
     if isinstance(exc, nats.js.errors.NoStreamResponseError):
-        return BrokerError(f"no JetStream stream takes subject {topic!r}: create one that does "
-                           "(nats stream add)")
+        return BrokerError(
+            f"no JetStream stream takes subject {topic!r}: create one that does (nats stream add)"
+        )
     if isinstance(exc, nats.js.errors.APIError):
-        return BrokerError(f"JetStream refused the message: {exc.description or exc}",
-                           retriable=isinstance(exc, nats.js.errors.ServiceUnavailableError))
+        return BrokerError(
+            f"JetStream refused the message: {exc.description or exc}",
+            retriable=isinstance(exc, nats.js.errors.ServiceUnavailableError),
+        )
     if isinstance(exc, asyncio.TimeoutError | nats.errors.TimeoutError):
-        return BrokerError("no acknowledgement from JetStream in time; the message may or may "
-                           "not be stored", retriable=True)
+        return BrokerError(
+            "no acknowledgement from JetStream in time; the message may or may not be stored",
+            retriable=True,
+        )
     return BrokerError(f"JetStream publish failed: {exc!r}", retriable=True)
 
 
@@ -185,47 +210,74 @@ class _TopicConsumer:
             broker.status.name_group(topic, self.consumer)
 
     def _extra(self, **more: Any) -> dict[str, Any]:
-        return {"app_id": self.broker.app_id, "pubsubname": self.broker.name, "topic": self.topic,
-                "stream": self.stream, "consumer": self.consumer, **more}
+        return {
+            "app_id": self.broker.app_id,
+            "pubsubname": self.broker.name,
+            "topic": self.topic,
+            "stream": self.stream,
+            "consumer": self.consumer,
+            **more,
+        }
 
     def start(self) -> None:
-        self.fetcher = asyncio.create_task(self._run(),
-                                           name=f"jetstream:{self.broker.name}:{self.topic}")
+        self.fetcher = asyncio.create_task(
+            self._run(), name=f"jetstream:{self.broker.name}:{self.topic}"
+        )
 
     async def _setup(self) -> None:
         js = self.broker.js
         meta = self.broker.meta
         self.stream = meta.stream_name or await js.find_stream_name_by_subject(self.topic)
         config = ConsumerConfig(
-            durable_name=self.consumer, filter_subject=self.topic,
-            ack_policy=AckPolicy.EXPLICIT, ack_wait=meta.ack_wait_s, max_deliver=-1,
+            durable_name=self.consumer,
+            filter_subject=self.topic,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=meta.ack_wait_s,
+            max_deliver=-1,
             deliver_policy=_DELIVER_POLICIES[meta.deliver_policy],
-            opt_start_seq=meta.start_sequence, opt_start_time=meta.start_time,
-            max_ack_pending=meta.max_ack_pending, num_replicas=meta.replicas,
-            mem_storage=meta.memory_storage or None)
+            opt_start_seq=meta.start_sequence,
+            opt_start_time=meta.start_time,
+            max_ack_pending=meta.max_ack_pending,
+            num_replicas=meta.replicas,
+            mem_storage=meta.memory_storage or None,
+        )
         try:
             await js.add_consumer(self.stream, config)
         except nats.js.errors.APIError as exc:
             # The consumer exists with a start position of its own: deliverPolicy only applies
             # when a consumer is created, so keep its position and update the rest.
             existing = await js.consumer_info(self.stream, self.consumer)
-            if (existing.config.deliver_policy == config.deliver_policy
-                    and existing.config.opt_start_seq == config.opt_start_seq):
+            if (
+                existing.config.deliver_policy == config.deliver_policy
+                and existing.config.opt_start_seq == config.opt_start_seq
+            ):
                 raise
-            log.warning("consumer %s exists with deliverPolicy %s; keeping its position (%s)",
-                        self.consumer, existing.config.deliver_policy, exc.description,
-                        extra=self._extra())
-            await js.add_consumer(self.stream, config.evolve(
-                deliver_policy=existing.config.deliver_policy,
-                opt_start_seq=existing.config.opt_start_seq,
-                opt_start_time=existing.config.opt_start_time))
+            log.warning(
+                "consumer %s exists with deliverPolicy %s; keeping its position (%s)",
+                self.consumer,
+                existing.config.deliver_policy,
+                exc.description,
+                extra=self._extra(),
+            )
+            await js.add_consumer(
+                self.stream,
+                config.evolve(
+                    deliver_policy=existing.config.deliver_policy,
+                    opt_start_seq=existing.config.opt_start_seq,
+                    opt_start_time=existing.config.opt_start_time,
+                ),
+            )
         self._sub = await js.pull_subscribe_bind(durable=self.consumer, stream=self.stream)
 
     async def _run(self) -> None:
         problem = filter_subject_problem(self.topic)
-        if problem is not None:  # subscriptions.py leaves these out; a retry cannot help
-            log.error("topic %r is not a NATS subject (%s); it is not consumed", self.topic,
-                      problem, extra=self._extra())
+        if problem is not None:  # delivery/subscriptions.py leaves these out; a retry cannot help
+            log.error(
+                "topic %r is not a NATS subject (%s); it is not consumed",
+                self.topic,
+                problem,
+                extra=self._extra(),
+            )
             self.ready.set()
             return
         delay = 0.2
@@ -240,9 +292,14 @@ class _TopicConsumer:
                 self.ready.set()
                 await asyncio.sleep(delay)  # backoff between setup attempts
                 delay = min(delay * 2, SETUP_RETRY_MAX_S)
-        log.info("consuming topic %s from stream %s as durable consumer %s%s", self.topic,
-                 self.stream, self.consumer,
-                 f" (was: {self.waiting_for})" if self.waiting_for else "", extra=self._extra())
+        log.info(
+            "consuming topic %s from stream %s as durable consumer %s%s",
+            self.topic,
+            self.stream,
+            self.consumer,
+            f" (was: {self.waiting_for})" if self.waiting_for else "",
+            extra=self._extra(),
+        )
         self.waiting_for = None
         self.ready.set()
         delay = 0.2
@@ -261,15 +318,23 @@ class _TopicConsumer:
                 # A deleted consumer answers nothing at all: look every other idle fetch.
                 idle += 1
                 if idle % 2 == 0 and await self._consumer_gone():
-                    log.warning("durable consumer %s is gone (deleted?); creating it again",
-                                self.consumer, extra=self._extra())
+                    log.warning(
+                        "durable consumer %s is gone (deleted?); creating it again",
+                        self.consumer,
+                        extra=self._extra(),
+                    )
                     await self._resubscribe()
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # disconnected, server restarting, consumer deleted
-                log.warning("fetch from consumer %s failed (retrying in %.1fs): %r",
-                            self.consumer, delay, exc, extra=self._extra())
+                log.warning(
+                    "fetch from consumer %s failed (retrying in %.1fs): %r",
+                    self.consumer,
+                    delay,
+                    exc,
+                    extra=self._extra(),
+                )
                 await asyncio.sleep(delay)  # backoff while the server is unreachable
                 delay = min(delay * 2, SETUP_RETRY_MAX_S)
                 await self._resubscribe()
@@ -285,18 +350,30 @@ class _TopicConsumer:
         an expected state until someone creates the stream) and show it as the subscription's
         ``lastError``."""
         if isinstance(exc, nats.js.errors.NotFoundError):
-            why = (f"waiting for stream {self.broker.meta.stream_name}: it does not exist"
-                   if self.broker.meta.stream_name
-                   else f"waiting for a stream: no JetStream stream takes subject {self.topic}")
+            why = (
+                f"waiting for stream {self.broker.meta.stream_name}: it does not exist"
+                if self.broker.meta.stream_name
+                else f"waiting for a stream: no JetStream stream takes subject {self.topic}"
+            )
             if why != self.waiting_for:
-                log.warning("topic %s is not consumed yet, %s (retrying every %.0fs at most)",
-                            self.topic, why, SETUP_RETRY_MAX_S, extra=self._extra())
+                log.warning(
+                    "topic %s is not consumed yet, %s (retrying every %.0fs at most)",
+                    self.topic,
+                    why,
+                    SETUP_RETRY_MAX_S,
+                    extra=self._extra(),
+                )
             else:
                 log.debug("still %s", why, extra=self._extra())
         else:
             why = f"cannot set up consumer {self.consumer}: {exc!r}"
-            log.error("cannot consume topic %s (retrying in %.1fs): %r", self.topic, delay, exc,
-                      extra=self._extra())
+            log.error(
+                "cannot consume topic %s (retrying in %.1fs): %r",
+                self.topic,
+                delay,
+                exc,
+                extra=self._extra(),
+            )
         if why != self.waiting_for:
             metrics.topic_deliveries(self.broker.app_id, self.broker.name, self.topic).failed(why)
         self.waiting_for = why
@@ -317,8 +394,9 @@ class _TopicConsumer:
             log.debug("consumer_info for the status failed: %r", exc, extra=self._extra())
             return
         pending = info.num_ack_pending or 0
-        status.polled(self.topic, self.stream, lag=(info.num_pending or 0) + pending,
-                      pending=pending)
+        status.polled(
+            self.topic, self.stream, lag=(info.num_pending or 0) + pending, pending=pending
+        )
 
     async def _consumer_gone(self) -> bool:
         assert self.stream is not None
@@ -342,12 +420,17 @@ class _TopicConsumer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("cannot set up consumer %s again yet: %r", self.consumer, exc,
-                        extra=self._extra())
+            log.warning(
+                "cannot set up consumer %s again yet: %r", self.consumer, exc, extra=self._extra()
+            )
             self._sub = old
             return
-        log.info("consuming topic %s again as durable consumer %s", self.topic, self.consumer,
-                 extra=self._extra())
+        log.info(
+            "consuming topic %s again as durable consumer %s",
+            self.topic,
+            self.consumer,
+            extra=self._extra(),
+        )
 
     async def _deliver(self, msg: Msg) -> None:
         task = asyncio.current_task()
@@ -355,8 +438,11 @@ class _TopicConsumer:
             try:
                 record = _record(self.topic, msg)
             except Exception:  # not a JetStream message: never acked, so it comes back
-                log.exception("cannot read a message of consumer %s; it is left unacknowledged",
-                              self.consumer, extra=self._extra())
+                log.exception(
+                    "cannot read a message of consumer %s; it is left unacknowledged",
+                    self.consumer,
+                    extra=self._extra(),
+                )
                 return
             while True:
                 handler = self.broker.handler
@@ -369,16 +455,21 @@ class _TopicConsumer:
                 except Exception:
                     # The handler contract says it returns only when finished; raising is a bug
                     # in it. Keep the message (never ack it unfinished) and try again shortly.
-                    log.exception("handler failed for record; it is retried",
-                                  extra=self._extra(partition=0, offset=record.offset))
+                    log.exception(
+                        "handler failed for record; it is retried",
+                        extra=self._extra(partition=0, offset=record.offset),
+                    )
                     await asyncio.sleep(HANDLER_ERROR_RETRY_S)
             self.in_flight.pop(task, None)  # type: ignore[arg-type]
             try:
                 await msg.ack()
             except Exception as exc:  # the connection dropped: the server redelivers it
-                log.warning("ack of offset %s failed; it will be redelivered: %r",
-                            record.offset, exc, extra=self._extra(partition=0,
-                                                                  offset=record.offset))
+                log.warning(
+                    "ack of offset %s failed; it will be redelivered: %r",
+                    record.offset,
+                    exc,
+                    extra=self._extra(partition=0, offset=record.offset),
+                )
         finally:
             self.in_flight.pop(task, None)  # type: ignore[arg-type]
             self.free += 1
@@ -416,8 +507,9 @@ class JetStreamBroker:
         self.name = component.name
         self.app_id = app_id
         self.meta: JetStreamMetadata = component.jetstream
-        self.features = frozenset({MESSAGE_HEADERS} | ({ORDERED} if self.meta.max_in_flight == 1
-                                                       else set()))
+        self.features = frozenset(
+            {MESSAGE_HEADERS} | ({ORDERED} if self.meta.max_in_flight == 1 else set())
+        )
         self.handler: Handler | None = None
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -445,9 +537,12 @@ class JetStreamBroker:
         self._last_error = None
         meta = self.meta
         options: dict[str, Any] = {
-            "servers": list(meta.servers), "name": meta.connection_name,
-            "connect_timeout": CONNECT_TIMEOUT_S, "max_reconnect_attempts": -1,
-            "error_cb": self._on_error, "disconnected_cb": self._on_disconnected,
+            "servers": list(meta.servers),
+            "name": meta.connection_name,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "max_reconnect_attempts": -1,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
             "reconnected_cb": self._on_reconnected,
         }
         if meta.token:
@@ -470,26 +565,39 @@ class JetStreamBroker:
             raise
         except Exception as exc:
             cause = self._last_error or exc  # e.g. the server's "Authorization Violation"
-            raise BrokerError(f"cannot connect to NATS at {', '.join(meta.servers)}: {cause!r}",
-                              retriable=True) from None
+            raise BrokerError(
+                f"cannot connect to NATS at {', '.join(meta.servers)}: {cause!r}", retriable=True
+            ) from None
         self._nc = nc
         self._js = nc.jetstream(domain=meta.domain, prefix=meta.api_prefix or "$JS.API")
-        self._ticker = asyncio.create_task(self._tick_in_progress(),
-                                           name=f"jetstream:{self.name}:in-progress")
+        self._ticker = asyncio.create_task(
+            self._tick_in_progress(), name=f"jetstream:{self.name}:in-progress"
+        )
         for name in meta.unused:
-            log.warning("metadata %s of pubsub.jetstream has no effect: %s", name,
-                        "replicas of one app-id already share its durable pull consumer"
-                        if name == "queueGroupName" else "it configures push consumers, and "
-                        "this component uses pull consumers", extra=self._extra())
-        log.info("pubsub.jetstream has no partitions: metadata.partitionNumber is refused, "
-                 "partitionKey is carried as header %s and orders nothing; bulk publish sends "
-                 "single messages, pipelined", KEY_HEADER, extra=self._extra())
+            log.warning(
+                "metadata %s of pubsub.jetstream has no effect: %s",
+                name,
+                "replicas of one app-id already share its durable pull consumer"
+                if name == "queueGroupName"
+                else "it configures push consumers, and this component uses pull consumers",
+                extra=self._extra(),
+            )
+        log.info(
+            "pubsub.jetstream has no partitions: metadata.partitionNumber is refused, "
+            "partitionKey is carried as header %s and orders nothing; bulk publish sends "
+            "single messages, pipelined",
+            KEY_HEADER,
+            extra=self._extra(),
+        )
 
     async def _on_error(self, exc: Exception) -> None:
         # The server's own verdict (e.g. "Authorization Violation") is followed by the reset of
         # the connection it closes; keep the verdict as the cause a failed start() reports.
-        if not (isinstance(exc, OSError) and self._last_error is not None
-                and not isinstance(self._last_error, OSError)):
+        if not (
+            isinstance(exc, OSError)
+            and self._last_error is not None
+            and not isinstance(self._last_error, OSError)
+        ):
             self._last_error = exc
         log.warning("NATS connection error: %r", exc, extra=self._extra())
 
@@ -507,18 +615,28 @@ class JetStreamBroker:
     # --- publish -----------------------------------------------------------------------------
     def _check(self, topic: str, partition: int | None) -> None:
         if partition is not None:
-            raise BrokerError("pubsub.jetstream has no partitions: metadata.partitionNumber is "
-                              "not supported", refused="request")
+            raise BrokerError(
+                "pubsub.jetstream has no partitions: metadata.partitionNumber is not supported",
+                refused="request",
+            )
         problem = subject_problem(topic)
         if problem is not None:
-            raise BrokerError(f"topic {topic!r} is not a NATS subject one can publish to: "
-                              f"{problem}", refused="request")
+            raise BrokerError(
+                f"topic {topic!r} is not a NATS subject one can publish to: {problem}",
+                refused="request",
+            )
         if self._closing:
             raise BrokerError(f"pubsub {self.name} is closing", retriable=True)
 
-    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = (),
-                      partition: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> None:
         """Store one message on subject ``topic``; return after the stream's acknowledgement.
 
         Raises :class:`BrokerError`: refused (``BrokerError.refused``, the caller's mistake, never
@@ -531,22 +649,31 @@ class JetStreamBroker:
         self._check(topic, partition)
         nats_headers = _nats_headers(headers, key)
         try:
-            await self.js.publish(topic, value, timeout=PUBLISH_TIMEOUT_S,
-                                  stream=self.meta.stream_name, headers=nats_headers or None)
+            await self.js.publish(
+                topic,
+                value,
+                timeout=PUBLISH_TIMEOUT_S,
+                stream=self.meta.stream_name,
+                headers=nats_headers or None,
+            )
         except BrokerError:
             raise
         except Exception as exc:
             max_payload = self._nc.max_payload if self._nc is not None else 0
-            raise _publish_error(topic, exc, size=len(value),
-                                 max_payload=max_payload) from None
+            raise _publish_error(topic, exc, size=len(value), max_payload=max_payload) from None
 
     async def publish_many(self, records: Sequence[PublishRecord]) -> list[BrokerError | None]:
         """Store ``records``, pipelined over the connection; one outcome per record, in order."""
 
         async def one(record: PublishRecord) -> BrokerError | None:
             try:
-                await self.publish(record.topic, record.value, key=record.key,
-                                   headers=record.headers, partition=record.partition)
+                await self.publish(
+                    record.topic,
+                    record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    partition=record.partition,
+                )
             except BrokerError as exc:
                 return exc
             return None
@@ -605,12 +732,14 @@ class JetStreamBroker:
             metrics.drop_consumer(self.app_id, self.name, self.status)
             self.status = None
         try:
-            await asyncio.gather(*(c.stop(grace_s) for c in self._topics.values()),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(c.stop(grace_s) for c in self._topics.values()), return_exceptions=True
+            )
             self._topics.clear()
             if self._ticker is not None:
-                await stop_tasks([self._ticker], what="jetstream in-progress ticker",
-                                 extra=self._extra())
+                await stop_tasks(
+                    [self._ticker], what="jetstream in-progress ticker", extra=self._extra()
+                )
             if self._nc is not None and not self._nc.is_closed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._nc.flush(), CONNECT_TIMEOUT_S)
@@ -623,6 +752,7 @@ class JetStreamBroker:
 def _jwt_callback(jwt: str):  # type: ignore[no-untyped-def]
     def user_jwt() -> bytearray:
         return bytearray(jwt.encode())
+
     return user_jwt
 
 
@@ -637,4 +767,5 @@ def _signature_callback(seed: str):  # type: ignore[no-untyped-def]
             return base64.b64encode(keypair.sign(nonce.encode()))
         finally:
             keypair.wipe()
+
     return sign

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Sequence
 
-from ..tasks import stop_tasks
+from ..runtime.tasks import stop_tasks
 from .base import MESSAGE_HEADERS, ORDERED, BrokerError, Handler, PublishRecord, Record
 
 __all__ = ["MemoryBroker"]
@@ -31,7 +31,7 @@ HANDLER_ERROR_RETRY_S = 0.1
 
 
 class _Topic:
-    __slots__ = ("name", "log", "next_offset", "arrived", "worker", "busy")
+    __slots__ = ("arrived", "busy", "log", "name", "next_offset", "worker")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -69,17 +69,33 @@ class MemoryBroker:
             topic = self._topics[name] = _Topic(name)
         return topic
 
-    def _append(self, topic: str, value: bytes, key: bytes | None,
-                headers: Sequence[tuple[str, bytes]]) -> None:
+    def _append(
+        self, topic: str, value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes]]
+    ) -> None:
         t = self._topic(topic)
-        t.log.append(Record(topic=topic, partition=0, offset=t.next_offset, key=key, value=value,
-                            headers=tuple(headers), timestamp_ms=int(time.time() * 1000)))
+        t.log.append(
+            Record(
+                topic=topic,
+                partition=0,
+                offset=t.next_offset,
+                key=key,
+                value=value,
+                headers=tuple(headers),
+                timestamp_ms=int(time.time() * 1000),
+            )
+        )
         t.next_offset += 1
         t.arrived.set()
 
-    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = (),
-                      partition: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> None:
         """Append one record. Any topic name is taken (as Dapr's in-memory component does), and
         ``partition`` is ignored: every topic has the one partition 0. Raises
         :class:`BrokerError` when the broker is not started or is closing."""
@@ -103,8 +119,11 @@ class MemoryBroker:
         self._handler = handler
         wanted = set(topics)
         stopping = [t for t in self._topics.values() if t.worker and t.name not in wanted]
-        await stop_tasks([t.worker for t in stopping if t.worker is not None],
-                         what="in-memory topic workers", extra={"pubsubname": self.name})
+        await stop_tasks(
+            [t.worker for t in stopping if t.worker is not None],
+            what="in-memory topic workers",
+            extra={"pubsubname": self.name},
+        )
         for t in stopping:
             t.worker = None
         if self._closing:
@@ -131,9 +150,15 @@ class MemoryBroker:
             except Exception:
                 # The handler contract says it returns only when finished; raising is a bug in it.
                 # Keep the record (never drop it silently) and try again shortly.
-                log.exception("handler failed for record; it stays in the log and is retried",
-                              extra={"pubsubname": self.name, "topic": t.name,
-                                     "partition": 0, "offset": record.offset})
+                log.exception(
+                    "handler failed for record; it stays in the log and is retried",
+                    extra={
+                        "pubsubname": self.name,
+                        "topic": t.name,
+                        "partition": 0,
+                        "offset": record.offset,
+                    },
+                )
                 await asyncio.sleep(HANDLER_ERROR_RETRY_S)
                 continue
             finally:
@@ -152,8 +177,9 @@ class MemoryBroker:
             t.arrived.set()
         if workers:
             await asyncio.wait(workers, timeout=max(grace_s, 0.0))
-            await stop_tasks(workers, what="in-memory topic workers",
-                             extra={"pubsubname": self.name})
+            await stop_tasks(
+                workers, what="in-memory topic workers", extra={"pubsubname": self.name}
+            )
         for t in self._topics.values():
             t.worker = None
 

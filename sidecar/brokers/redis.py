@@ -54,12 +54,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import metrics
-from ..tasks import stop_tasks
 from ..resources.loading import LoadedComponent
 from ..resources.redis import RedisMetadata
-from .base import (BULK_PUBLISH, MESSAGE_HEADERS, ORDERED, BrokerError, Handler, PublishRecord,
-                   Record)
+from ..runtime import metrics
+from ..runtime.tasks import stop_tasks
+from .base import (
+    BULK_PUBLISH,
+    MESSAGE_HEADERS,
+    ORDERED,
+    BrokerError,
+    Handler,
+    PublishRecord,
+    Record,
+)
 
 __all__ = ["RedisBroker", "entry_offset"]
 
@@ -116,8 +123,9 @@ def entry_offset(entry_id: bytes | str) -> int:
     return int(ms) * 1_000_000 + int(seq or 0)
 
 
-def _fields(value: bytes, key: bytes | None,
-            headers: Sequence[tuple[str, bytes | None]]) -> dict[bytes, bytes]:
+def _fields(
+    value: bytes, key: bytes | None, headers: Sequence[tuple[str, bytes | None]]
+) -> dict[bytes, bytes]:
     """The entry of one record. Raises :class:`BrokerError` (not retriable) for a header value
     that is not UTF-8: Dapr's ``metadata`` field is a JSON object of strings."""
     fields = {DATA_FIELD: value}
@@ -125,8 +133,10 @@ def _fields(value: bytes, key: bytes | None,
         try:
             meta = {name: (v.decode() if v is not None else None) for name, v in headers}
         except UnicodeDecodeError:
-            raise BrokerError("pubsub.redis keeps metadata as JSON strings; a metadata value is "
-                              "not UTF-8", refused="request") from None
+            raise BrokerError(
+                "pubsub.redis keeps metadata as JSON strings; a metadata value is not UTF-8",
+                refused="request",
+            ) from None
         fields[METADATA_FIELD] = orjson.dumps(meta)
     if key is not None:
         fields[KEY_FIELD] = key
@@ -142,15 +152,24 @@ def _record(topic: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Record:
         except orjson.JSONDecodeError:
             meta = None
         if isinstance(meta, dict):
-            headers = tuple((str(k), None if v is None else str(v).encode())
-                            for k, v in meta.items())
+            headers = tuple(
+                (str(k), None if v is None else str(v).encode()) for k, v in meta.items()
+            )
         else:
-            log.warning("entry metadata is not a JSON object; delivered without it",
-                        extra={"topic": topic, "offset": entry_id.decode()})
+            log.warning(
+                "entry metadata is not a JSON object; delivered without it",
+                extra={"topic": topic, "offset": entry_id.decode()},
+            )
     offset = entry_offset(entry_id)
-    return Record(topic=topic, partition=0, offset=offset, key=fields.get(KEY_FIELD),
-                  value=fields.get(DATA_FIELD, b""), headers=headers,
-                  timestamp_ms=offset // 1_000_000)
+    return Record(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        key=fields.get(KEY_FIELD),
+        value=fields.get(DATA_FIELD, b""),
+        headers=headers,
+        timestamp_ms=offset // 1_000_000,
+    )
 
 
 def _error(exc: RedisError) -> BrokerError:
@@ -176,10 +195,18 @@ class RedisBroker:
     Raises ``ValueError`` for a component that is not ``pubsub.redis``.
     """
 
-    def __init__(self, component: LoadedComponent, *, app_id: str, consumer: str | None = None,
-                 block_s: float = 1.0, ack_interval_s: float = 0.005,
-                 error_backoff_s: float = 0.2, max_error_backoff_s: float = 5.0,
-                 reap_idle_s: float | None = None) -> None:
+    def __init__(
+        self,
+        component: LoadedComponent,
+        *,
+        app_id: str,
+        consumer: str | None = None,
+        block_s: float = 1.0,
+        ack_interval_s: float = 0.005,
+        error_backoff_s: float = 0.2,
+        max_error_backoff_s: float = 5.0,
+        reap_idle_s: float | None = None,
+    ) -> None:
         if component.redis is None:
             raise ValueError(f"component {component.name} is not pubsub.redis")
         self.name = component.name
@@ -190,7 +217,8 @@ class RedisBroker:
             features.add(ORDERED)
         self.features = frozenset(features)
         self.consumer = consumer or (
-            f"{app_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+            f"{app_id}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
         self._block_ms = max(1, int(block_s * 1000))
         self._ack_interval_s = ack_interval_s
         self._error_backoff_s = error_backoff_s
@@ -209,7 +237,8 @@ class RedisBroker:
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._reading: set[str] = set()  # streams whose group exists and whose reader runs
         self._queue: asyncio.Queue[tuple[str, bytes, Record]] = asyncio.Queue(
-            maxsize=self.meta.queue_depth)
+            maxsize=self.meta.queue_depth
+        )
         self._held: dict[str, set[bytes]] = {}  # entries read or claimed, not yet acknowledged
         self._to_ack: dict[str, list[bytes]] = {}
         self._ack_wakeup = asyncio.Event()
@@ -226,12 +255,19 @@ class RedisBroker:
         or refuses the credentials."""
         meta = self.meta
         client = aioredis.Redis(
-            host=meta.host, port=meta.port, db=meta.db, username=meta.username,
-            password=meta.password, ssl=meta.enable_tls, socket_connect_timeout=meta.dial_timeout_s,
+            host=meta.host,
+            port=meta.port,
+            db=meta.db,
+            username=meta.username,
+            password=meta.password,
+            ssl=meta.enable_tls,
+            socket_connect_timeout=meta.dial_timeout_s,
             # a connection that died without a FIN must not hang a publish or a read for ever;
             # the longest legitimate wait is one blocking XREADGROUP
             socket_timeout=self._block_ms / 1000 + meta.dial_timeout_s,
-            health_check_interval=30, client_name=self.consumer[:64])
+            health_check_interval=30,
+            client_name=self.consumer[:64],
+        )
         try:
             await client.ping()
         except RedisError as exc:
@@ -242,18 +278,32 @@ class RedisBroker:
         self._reap = client.register_script(_REAP_SCRIPT)
         self._started = True
         self._connected.set()
-        log.info("pubsub.redis at %s:%s db %s, consumer group %s, consumer %s; partitionNumber is "
-                 "refused and partitionKey only travels as __key (streams have no partitions); "
-                 "%s", meta.host, meta.port, meta.db, meta.consumer_group, self.consumer,
-                 "in order per stream (concurrency 1)" if meta.concurrency == 1 else
-                 f"no delivery order (concurrency {meta.concurrency}; set 1 for stream order)",
-                 extra=self._log)
+        log.info(
+            "pubsub.redis at %s:%s db %s, consumer group %s, consumer %s; partitionNumber is "
+            "refused and partitionKey only travels as __key (streams have no partitions); "
+            "%s",
+            meta.host,
+            meta.port,
+            meta.db,
+            meta.consumer_group,
+            self.consumer,
+            "in order per stream (concurrency 1)"
+            if meta.concurrency == 1
+            else f"no delivery order (concurrency {meta.concurrency}; set 1 for stream order)",
+            extra=self._log,
+        )
         if not meta.reclaims:
-            log.warning("processingTimeout or redeliverInterval is 0: entries of a consumer that "
-                        "dies are never redelivered to another", extra=self._log)
+            log.warning(
+                "processingTimeout or redeliverInterval is 0: entries of a consumer that "
+                "dies are never redelivered to another",
+                extra=self._log,
+            )
         if meta.ignored:
-            log.warning("metadata %s has no effect with this pubsub.redis (go-redis tuning)",
-                        ", ".join(meta.ignored), extra=self._log)
+            log.warning(
+                "metadata %s has no effect with this pubsub.redis (go-redis tuning)",
+                ", ".join(meta.ignored),
+                extra=self._log,
+            )
 
     def ready(self) -> bool:
         """Whether the client is connected and not closing (outbound health, §1.5)."""
@@ -267,12 +317,18 @@ class RedisBroker:
             raise BrokerError(f"pubsub {self.name} is not connected", retriable=True)
         return self._client
 
-    def _xadd_args(self, value: bytes, key: bytes | None,
-                   headers: Sequence[tuple[str, bytes | None]],
-                   partition: int | None) -> dict[str, Any]:
+    def _xadd_args(
+        self,
+        value: bytes,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]],
+        partition: int | None,
+    ) -> dict[str, Any]:
         if partition is not None:
-            raise BrokerError("pubsub.redis has no partitions: metadata partitionNumber is not "
-                              "supported", refused="request")
+            raise BrokerError(
+                "pubsub.redis has no partitions: metadata partitionNumber is not supported",
+                refused="request",
+            )
         kwargs: dict[str, Any] = {"fields": _fields(value, key, headers)}
         if self.meta.max_len_approx is not None:
             kwargs.update(maxlen=self.meta.max_len_approx, approximate=True)
@@ -282,9 +338,15 @@ class RedisBroker:
             kwargs.update(minid=f"{oldest_ms}-1", approximate=True)
         return kwargs
 
-    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = (),
-                      partition: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> None:
         """``XADD`` one entry; returns once Redis stored it. Raises :class:`BrokerError`: refused
         (``"request"``, the caller's mistake) for ``partition`` (Redis has none), a key that is not
         a stream or metadata that is not UTF-8; retriable when Redis is unreachable."""
@@ -321,8 +383,9 @@ class RedisBroker:
             return outcomes
         for i, result in zip(sent, results):
             if isinstance(result, Exception):
-                outcomes[i] = (_error(result) if isinstance(result, RedisError)
-                               else BrokerError(str(result)))
+                outcomes[i] = (
+                    _error(result) if isinstance(result, RedisError) else BrokerError(str(result))
+                )
         return outcomes
 
     # ------------------------------------------------------------------------- consumer side
@@ -336,8 +399,9 @@ class RedisBroker:
         self._handler = handler
         wanted = set(topics)
         dropped = [t for t in self._readers if t not in wanted]
-        await stop_tasks([self._readers.pop(t) for t in dropped], what="redis readers",
-                         extra=self._log)
+        await stop_tasks(
+            [self._readers.pop(t) for t in dropped], what="redis readers", extra=self._log
+        )
         self._reading.difference_update(dropped)
         self._topics = wanted
         if self._status is not None:
@@ -345,24 +409,31 @@ class RedisBroker:
         if self._closing or not wanted:
             return
         if self._status is None:
-            self._status = metrics.polled_consumer(self.app_id, self.name,
-                                                   self.meta.consumer_group)
+            self._status = metrics.polled_consumer(self.app_id, self.name, self.meta.consumer_group)
         if not self._workers:
-            self._workers = [asyncio.create_task(self._work(), name=f"redis:{self.name}:worker")
-                             for _ in range(self.meta.concurrency)]
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"redis:{self.name}:worker")
+                for _ in range(self.meta.concurrency)
+            ]
             self._loops = [asyncio.create_task(self._ack_loop(), name=f"redis:{self.name}:ack")]
             if self.meta.reclaims:
                 self._loops += [
                     asyncio.create_task(self._reclaim_loop(), name=f"redis:{self.name}:reclaim"),
-                    asyncio.create_task(self._touch_loop(), name=f"redis:{self.name}:touch")]
+                    asyncio.create_task(self._touch_loop(), name=f"redis:{self.name}:touch"),
+                ]
         new = [t for t in wanted if t not in self._readers]
         for topic in new:
-            self._readers[topic] = asyncio.create_task(self._read(topic),
-                                                       name=f"redis:{self.name}:{topic}")
+            self._readers[topic] = asyncio.create_task(
+                self._read(topic), name=f"redis:{self.name}:{topic}"
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.meta.dial_timeout_s
-        while (new and self._connected.is_set() and not all(t in self._reading for t in new)
-               and loop.time() < deadline):
+        while (
+            new
+            and self._connected.is_set()
+            and not all(t in self._reading for t in new)
+            and loop.time() < deadline
+        ):
             await asyncio.sleep(0.01)  # poll for the readers' first step; bounded by dialTimeout
 
     def streams(self) -> list[str]:
@@ -392,23 +463,34 @@ class RedisBroker:
                     await self._ensure_group(client, topic)
                     have_group = True
                     self._reading.add(topic)
-                    log.info("reading stream %s as consumer %s of group %s", topic,
-                             self.consumer, group, extra=extra)
+                    log.info(
+                        "reading stream %s as consumer %s of group %s",
+                        topic,
+                        self.consumer,
+                        group,
+                        extra=extra,
+                    )
                 # read no more than the queue takes, so a consumer holds at most about
                 # queueDepth + concurrency entries (what a crash leaves to be reclaimed)
                 room = max(1, self._queue.maxsize - self._queue.qsize())
                 if loop.time() >= next_status:
                     next_status = loop.time() + STATUS_INTERVAL_S
                     await self._poll_status(client, topic)
-                batches = await client.xreadgroup(group, self.consumer, {topic: ">"},
-                                                  count=room, block=self._block_ms)
+                batches = await client.xreadgroup(
+                    group, self.consumer, {topic: ">"}, count=room, block=self._block_ms
+                )
                 backoff = self._error_backoff_s
             except (RedisError, BrokerError) as exc:
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     have_group = False  # the stream was deleted: create group and stream again
                     self._reading.discard(topic)
-                log.warning("reading stream %s failed, retrying in %.1f s: %s", topic, backoff,
-                            exc, extra=extra)
+                log.warning(
+                    "reading stream %s failed, retrying in %.1f s: %s",
+                    topic,
+                    backoff,
+                    exc,
+                    extra=extra,
+                )
                 await asyncio.sleep(backoff)  # back-off while Redis is unreachable
                 backoff = min(backoff * 2, self._max_error_backoff_s)
                 continue
@@ -431,18 +513,25 @@ class RedisBroker:
                 continue
             pending = int(info.get("pending") or 0)
             undelivered = info.get("lag")
-            self._status.polled(topic, topic, pending=pending,
-                                lag=pending + int(undelivered) if undelivered is not None
-                                else pending)
+            self._status.polled(
+                topic,
+                topic,
+                pending=pending,
+                lag=pending + int(undelivered) if undelivered is not None else pending,
+            )
             return
 
-    async def _enqueue(self, topic: str, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
-                       ) -> None:
+    async def _enqueue(
+        self, topic: str, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
+    ) -> None:
         held = self._held.setdefault(topic, set())
         for entry_id, fields in entries:
             if fields is None:  # deleted (XDEL, trimmed) after it was read: nothing to deliver
-                log.error("entry %s was deleted from the stream before it was delivered",
-                          entry_id.decode(), extra={**self._log, "topic": topic})
+                log.error(
+                    "entry %s was deleted from the stream before it was delivered",
+                    entry_id.decode(),
+                    extra={**self._log, "topic": topic},
+                )
                 self._to_ack.setdefault(topic, []).append(entry_id)
                 self._ack_wakeup.set()
                 continue
@@ -481,9 +570,15 @@ class RedisBroker:
             except Exception:
                 # The handler contract says it returns only when finished; raising is a bug in
                 # it. Keep the entry (never drop it silently) and try again shortly.
-                log.exception("handler failed for an entry; it is handed over again",
-                              extra={**self._log, "topic": record.topic, "partition": 0,
-                                     "offset": record.offset})
+                log.exception(
+                    "handler failed for an entry; it is handed over again",
+                    extra={
+                        **self._log,
+                        "topic": record.topic,
+                        "partition": 0,
+                        "offset": record.offset,
+                    },
+                )
                 await asyncio.sleep(HANDLER_ERROR_RETRY_S)
 
     async def _ack_loop(self) -> None:
@@ -508,8 +603,12 @@ class RedisBroker:
         try:
             await pipe.execute()
         except RedisError as exc:
-            log.warning("acknowledging %d entries failed; they will be delivered again: %s",
-                        sum(map(len, batch.values())), exc, extra=self._log)
+            log.warning(
+                "acknowledging %d entries failed; they will be delivered again: %s",
+                sum(map(len, batch.values())),
+                exc,
+                extra=self._log,
+            )
         for topic, ids in batch.items():
             held = self._held.get(topic)
             if held is not None:
@@ -526,16 +625,25 @@ class RedisBroker:
                     continue
                 ids = list(held)
                 try:
-                    lost = await self._touch(keys=[topic], args=[self.meta.consumer_group,
-                                                                 self.consumer, *ids])
+                    lost = await self._touch(
+                        keys=[topic], args=[self.meta.consumer_group, self.consumer, *ids]
+                    )
                 except RedisError as exc:
-                    log.warning("keeping %d entries claimed failed: %s", len(ids), exc,
-                                extra={**self._log, "topic": topic})
+                    log.warning(
+                        "keeping %d entries claimed failed: %s",
+                        len(ids),
+                        exc,
+                        extra={**self._log, "topic": topic},
+                    )
                     continue
                 if lost:
-                    log.warning("%d entries were taken over by another consumer after this one "
-                                "held them longer than processingTimeout; they may be delivered "
-                                "twice", len(lost), extra={**self._log, "topic": topic})
+                    log.warning(
+                        "%d entries were taken over by another consumer after this one "
+                        "held them longer than processingTimeout; they may be delivered "
+                        "twice",
+                        len(lost),
+                        extra={**self._log, "topic": topic},
+                    )
 
     async def _reclaim_loop(self) -> None:
         """Every ``redeliverInterval``, ``XAUTOCLAIM`` the entries idle for ``processingTimeout``
@@ -548,8 +656,11 @@ class RedisBroker:
                     await self._reclaim(topic, idle_ms)
                     await self._remove_consumers(topic, self._reap_idle_ms, "")
                 except (RedisError, BrokerError) as exc:
-                    log.warning("reclaiming pending entries failed: %s", exc,
-                                extra={**self._log, "topic": topic})
+                    log.warning(
+                        "reclaiming pending entries failed: %s",
+                        exc,
+                        extra={**self._log, "topic": topic},
+                    )
             await asyncio.sleep(meta.redeliver_interval_s)  # Dapr's redeliverInterval period
 
     async def _reclaim(self, topic: str, idle_ms: int) -> None:
@@ -557,29 +668,44 @@ class RedisBroker:
         cursor: bytes | str = "0-0"
         held = self._held.setdefault(topic, set())
         while True:
-            reply = await client.xautoclaim(topic, self.meta.consumer_group, self.consumer,
-                                            idle_ms, cursor, count=self.meta.queue_depth)
+            reply = await client.xautoclaim(
+                topic,
+                self.meta.consumer_group,
+                self.consumer,
+                idle_ms,
+                cursor,
+                count=self.meta.queue_depth,
+            )
             cursor, entries = reply[0], reply[1]
             deleted = reply[2] if len(reply) > 2 else []
             fresh = [(i, f) for i, f in entries if i not in held]
             if fresh:
-                log.info("reclaimed %d entries idle for over %.3g s", len(fresh),
-                         idle_ms / 1000, extra={**self._log, "topic": topic})
+                log.info(
+                    "reclaimed %d entries idle for over %.3g s",
+                    len(fresh),
+                    idle_ms / 1000,
+                    extra={**self._log, "topic": topic},
+                )
                 await self._enqueue(topic, fresh)
             if deleted:
-                log.error("%d pending entries were trimmed from the stream before they were "
-                          "acknowledged (maxLenApprox too small?); they cannot be delivered",
-                          len(deleted), extra={**self._log, "topic": topic})
+                log.error(
+                    "%d pending entries were trimmed from the stream before they were "
+                    "acknowledged (maxLenApprox too small?); they cannot be delivered",
+                    len(deleted),
+                    extra={**self._log, "topic": topic},
+                )
             if cursor in (b"0-0", "0-0"):
                 return
 
     async def _remove_consumers(self, topic: str, idle_ms: int, only: str) -> None:
-        removed = await self._reap(keys=[topic],
-                                   args=[self.meta.consumer_group, idle_ms, only])
+        removed = await self._reap(keys=[topic], args=[self.meta.consumer_group, idle_ms, only])
         if removed:
-            log.info("removed idle consumers holding no entries from group %s: %s",
-                     self.meta.consumer_group, ", ".join(n.decode() for n in removed),
-                     extra={**self._log, "topic": topic})
+            log.info(
+                "removed idle consumers holding no entries from group %s: %s",
+                self.meta.consumer_group,
+                ", ".join(n.decode() for n in removed),
+                extra={**self._log, "topic": topic},
+            )
 
     # ----------------------------------------------------------------------------- shutdown
 
@@ -604,8 +730,9 @@ class RedisBroker:
             metrics.drop_consumer(self.app_id, self.name, self._status)
             self._status = None
         streams = sorted(self._reading)
-        await stop_tasks([*self._readers.values(), *self._loops], what="redis readers",
-                         extra=self._log)
+        await stop_tasks(
+            [*self._readers.values(), *self._loops], what="redis readers", extra=self._log
+        )
         self._readers.clear()
         self._reading.clear()
         busy = [t for t in self._workers if t in self._busy]
@@ -613,9 +740,14 @@ class RedisBroker:
             _, pending = await asyncio.wait(busy, timeout=max(grace_s, 0.0))
             for task in pending:
                 if task in self._busy:
-                    log.info("stopping: cancelling the handler in flight",
-                             extra={**self._log, "topic": self._busy[task][0],
-                                    "offset": self._busy[task][1].decode()})
+                    log.info(
+                        "stopping: cancelling the handler in flight",
+                        extra={
+                            **self._log,
+                            "topic": self._busy[task][0],
+                            "offset": self._busy[task][1].decode(),
+                        },
+                    )
         await stop_tasks(self._workers, what="redis delivery workers", extra=self._log)
         self._workers.clear()
         await self._flush_acks()
@@ -624,8 +756,11 @@ class RedisBroker:
             try:
                 await self._remove_consumers(topic, 0, self.consumer)
             except RedisError as exc:
-                log.info("could not remove this consumer from the group: %s", exc,
-                         extra={**self._log, "topic": topic})
+                log.info(
+                    "could not remove this consumer from the group: %s",
+                    exc,
+                    extra={**self._log, "topic": topic},
+                )
 
     async def _release_held(self) -> None:
         """Set the idle time of every entry still held to ``processingTimeout``, so the next
@@ -639,12 +774,24 @@ class RedisBroker:
         for topic, held in self._held.items():
             if held:
                 count += len(held)
-                pipe.xclaim(topic, self.meta.consumer_group, self.consumer, 0, list(held),
-                            idle=idle_ms, justid=True)
+                pipe.xclaim(
+                    topic,
+                    self.meta.consumer_group,
+                    self.consumer,
+                    0,
+                    list(held),
+                    idle=idle_ms,
+                    justid=True,
+                )
         try:
             await pipe.execute()
             log.info("left %d unfinished entries to the group", count, extra=self._log)
         except RedisError as exc:
-            log.warning("could not release %d unfinished entries; they are reclaimed after "
-                        "processingTimeout: %s", count, exc, extra=self._log)
+            log.warning(
+                "could not release %d unfinished entries; they are reclaimed after "
+                "processingTimeout: %s",
+                count,
+                exc,
+                extra=self._log,
+            )
         self._held.clear()

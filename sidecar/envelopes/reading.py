@@ -24,7 +24,7 @@ decoder does for routing (§2.2: numbers are doubles in CEL). Values orjson refu
 (a number out of double range, a lone UTF-16 surrogate) are re-read with the standard ``json``
 module; ``NaN``/``Infinity`` literals are refused by both Go and us.
 
-Neighbours: ``wrapping.py`` builds envelopes on publish; ``delivery.py`` calls this module.
+Neighbours: ``wrapping.py`` builds envelopes on publish; ``delivery/engine.py`` calls this module.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "TRACE_FIELDS",
     "CloudEventError",
     "ReadEvent",
-    "TRACE_FIELDS",
-    "expired",
     "expiration_time",
+    "expired",
     "read_event",
     "synthesise_raw",
 ]
@@ -108,7 +108,10 @@ def _header_text(headers: Sequence[tuple[str, bytes | None]], name: str) -> str 
 
 
 def synthesise_raw(
-    value: bytes, *, topic: str, pubsubname: str,
+    value: bytes,
+    *,
+    topic: str,
+    pubsubname: str,
     headers: Sequence[tuple[str, bytes | None]] = (),
 ) -> dict[str, Any]:
     """The CloudEvent Dapr builds for a ``rawPayload=true`` subscription (§4.4).
@@ -134,7 +137,11 @@ def synthesise_raw(
 
 
 def read_event(
-    value: bytes, *, topic: str, pubsubname: str, raw_payload: bool,
+    value: bytes,
+    *,
+    topic: str,
+    pubsubname: str,
+    raw_payload: bool,
     headers: Sequence[tuple[str, bytes | None]] = (),
 ) -> ReadEvent:
     """Read one consumed record ``value`` for delivery.

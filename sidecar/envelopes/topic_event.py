@@ -1,9 +1,9 @@
 """A read event as Dapr's gRPC ``TopicEventRequest`` (dapr-pubsub-contract.md §2.5, §1.6). Pure.
 
 The one builder for both gRPC deliveries: ``OnTopicEvent`` of the gRPC app channel
-(``appchannel_grpc.py``, ``--app-protocol grpc``) and the ``event_message`` of a streaming
-subscription (``grpcapi/streaming.py``, ``SubscribeTopicEventsAlpha1``). Dapr too builds both with
-one function (dapr/dapr ``pkg/runtime/pubsub`` ``GRPCEnvelopeFromSubscriptionMessage``), whose
+(``delivery/channel/grpc.py``, ``--app-protocol grpc``) and the ``event_message`` of a streaming
+subscription (``inbound/grpc/streaming.py``, ``SubscribeTopicEventsAlpha1``). Dapr too builds both
+with one function (dapr/dapr ``pkg/runtime/pubsub`` ``GRPCEnvelopeFromSubscriptionMessage``), whose
 rules this follows:
 
 - ``id``, ``source``, ``type``, ``specversion``, ``datacontenttype`` go to their own fields; an
@@ -54,8 +54,9 @@ __all__ = ["EnvelopeDataError", "event_data", "topic_event_request"]
 # the event's own ``pubsubname``/``topic`` finds them as under Dapr. The fields say where the
 # record was delivered from; the attributes say what the publisher wrote (equal for events
 # published through a sidecar, possibly absent for records written by other Kafka producers).
-_OWN_FIELDS = frozenset({"id", "source", "datacontenttype", "type", "specversion", "data",
-                         "data_base64"})
+_OWN_FIELDS = frozenset(
+    {"id", "source", "datacontenttype", "type", "specversion", "data", "data_base64"}
+)
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # A "-0" number token (not "-01..." as in a date, not "-0.5"): orjson reads it as the int 0.
@@ -80,8 +81,11 @@ def _is_string_type(media_type: str) -> bool:
 
 
 def _is_json_type(media_type: str) -> bool:
-    return (media_type in ("", "application/json", "application/cloudevents+json")
-            or media_type.endswith("+json"))
+    return media_type in (
+        "",
+        "application/json",
+        "application/cloudevents+json",
+    ) or media_type.endswith("+json")
 
 
 def _valid_text(value: str) -> str:
@@ -107,9 +111,7 @@ def _numbers_as_read(value: Any, body: bytes) -> bool:
             stack.extend(item.values())
         elif kind is list:
             stack.extend(item)
-        elif kind is float:
-            return False
-        elif kind is int and item == 0 and _NEGATIVE_ZERO.search(body):
+        elif kind is float or (kind is int and item == 0 and _NEGATIVE_ZERO.search(body)):
             return False
     return True
 
@@ -150,13 +152,15 @@ def event_data(read: ReadEvent) -> bytes:
     encoded = event.get("data_base64")
     if encoded is not None:
         if not isinstance(encoded, str):
-            raise EnvelopeDataError("unexpected data type encountered in envelope: "
-                                    "data_base64 is not a string")
+            raise EnvelopeDataError(
+                "unexpected data type encountered in envelope: data_base64 is not a string"
+            )
         try:
             return base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise EnvelopeDataError(f"unable to base64 decode cloudEvent field data_base64: "
-                                    f"{exc}") from None
+            raise EnvelopeDataError(
+                f"unable to base64 decode cloudEvent field data_base64: {exc}"
+            ) from None
     data = event.get("data")
     if data is None:
         return b""
@@ -164,7 +168,8 @@ def event_data(read: ReadEvent) -> bytes:
         if not isinstance(data, str):
             raise EnvelopeDataError(
                 f"unexpected data type encountered in envelope: {type(data).__name__} data "
-                f"with content type {content_type!r}")
+                f"with content type {content_type!r}"
+            )
         return _valid_text(data).encode()
     if isinstance(data, str) and not _is_json_type(media_type):
         return _valid_text(data).encode()
@@ -193,7 +198,11 @@ def _set_extensions(extensions: struct_pb2.Struct, event: dict[str, Any]) -> Non
 
 
 def topic_event_request(
-    read: ReadEvent, *, topic: str, pubsubname: str, path: str,
+    read: ReadEvent,
+    *,
+    topic: str,
+    pubsubname: str,
+    path: str,
 ) -> appcallback_pb2.TopicEventRequest:
     """The ``TopicEventRequest`` for one read event. Pure.
 

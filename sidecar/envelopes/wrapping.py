@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,9 +35,9 @@ from cloudevents.core.v1.event import CloudEvent
 from ..resources.durations import parse_duration_seconds
 
 __all__ = [
-    "CloudEventOverrides",
     "DEFAULT_EVENT_TYPE",
     "MAX_TTL_S",
+    "CloudEventOverrides",
     "InvalidCloudEvent",
     "NotACloudEvent",
     "dumps_exact",
@@ -76,7 +76,8 @@ _SURROGATE_ESCAPE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE_ESCAPES = re.compile(
     rb"(\\\\)"  # an escaped backslash: kept
     rb"|(\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"  # a valid pair: kept
-    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # a lone surrogate: replaced
+    rb"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)  # a lone surrogate: replaced
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -116,7 +117,8 @@ class CloudEventOverrides:
 
 
 _OVERRIDABLE = frozenset(
-    ("id", "source", "type", "subject", "traceid", "traceparent", "tracestate"))
+    ("id", "source", "type", "subject", "traceid", "traceparent", "tracestate")
+)
 _NO_OVERRIDES = CloudEventOverrides()
 
 
@@ -142,7 +144,7 @@ _getrandbits = random.getrandbits
 def rfc3339(moment: datetime) -> str:
     """``moment`` in UTC as RFC 3339 with second precision (Go's ``time.RFC3339``), e.g.
     ``2024-05-01T12:00:00Z``."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _time_cache: list[Any] = [-1, ""]
@@ -201,8 +203,10 @@ def _json_text(body: bytes) -> bytes | None:
         orjson.loads(body)
     except orjson.JSONDecodeError:
         return _json_text_slow(body)
-    if (len(body) >= 2 * _ORJSON_MAX_READ_DEPTH
-            and body.count(b"[") + body.count(b"{") >= _ORJSON_MAX_READ_DEPTH):
+    if (
+        len(body) >= 2 * _ORJSON_MAX_READ_DEPTH
+        and body.count(b"[") + body.count(b"{") >= _ORJSON_MAX_READ_DEPTH
+    ):
         # Possibly exactly at orjson's limit: the envelope adds one level.
         try:
             orjson.loads(b"[" + body + b"]")
@@ -265,22 +269,29 @@ def _epoch_s(now: datetime | None) -> float:
 
 
 def wrap(
-    body: bytes, *, content_type: str | None, app_id: str, topic: str, pubsubname: str,
-    overrides: CloudEventOverrides = _NO_OVERRIDES, ttl_s: float | None = None,
-    now: datetime | None = None, traceparent: str | None = None, tracestate: str | None = None,
+    body: bytes,
+    *,
+    content_type: str | None,
+    app_id: str,
+    topic: str,
+    pubsubname: str,
+    overrides: CloudEventOverrides = _NO_OVERRIDES,
+    ttl_s: float | None = None,
+    now: datetime | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> bytes:
     """Dapr's envelope around ``body`` (§4.1), serialised as JSON bytes (the record value).
 
     ``content_type`` is the request's Content-Type (``None``/``""`` means ``text/plain``);
     ``ttl_s`` seconds from ``now`` (UTC, default the current time) set ``expiration``.
-    ``traceparent``/``tracestate`` are the publish's W3C trace context (``tracing.py``), used
-    unless ``overrides`` name one; without either a new trace starts. Never raises for any
+    ``traceparent``/``tracestate`` are the publish's W3C trace context (``runtime/tracing.py``),
+    used unless ``overrides`` name one; without either a new trace starts. Never raises for any
     body: JSON that does not parse travels as a string.
     """
     now_s = _epoch_s(now)
     ctype = content_type or DEFAULT_CONTENT_TYPE
-    traceparent = (overrides.traceparent or overrides.traceid or traceparent
-                   or new_traceparent())
+    traceparent = overrides.traceparent or overrides.traceid or traceparent or new_traceparent()
     event: dict[str, Any] = {
         "id": overrides.id or _uuid4(),
         "source": overrides.source or app_id or USER_CE_DEFAULT_SOURCE,
@@ -337,8 +348,12 @@ def loads_exact(text: bytes | str) -> Any:
     if isinstance(text, str):
         text = text.encode("utf-8", "surrogatepass")
     try:
-        return json.loads(replace_lone_surrogate_escapes(text), parse_int=_exact_int,
-                          parse_float=_exact_float, parse_constant=_reject_constant)
+        return json.loads(
+            replace_lone_surrogate_escapes(text),
+            parse_int=_exact_int,
+            parse_float=_exact_float,
+            parse_constant=_reject_constant,
+        )
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -392,8 +407,14 @@ def _dumps_leaf(value: Any) -> bytes:
 
 
 def wrap_user_cloudevent(
-    body: bytes, *, topic: str, pubsubname: str, ttl_s: float | None = None,
-    now: datetime | None = None, traceparent: str | None = None, tracestate: str | None = None,
+    body: bytes,
+    *,
+    topic: str,
+    pubsubname: str,
+    ttl_s: float | None = None,
+    now: datetime | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> bytes:
     """Complete a user CloudEvent (§4.2) and serialise it as JSON bytes.
 

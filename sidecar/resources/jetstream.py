@@ -51,8 +51,14 @@ from .kafka import RetryPolicy, parse_retry_policy
 from .metadata_values import MetadataValues
 from .models import ResourceError
 
-__all__ = ["COMPONENT_TYPE", "JetStreamMetadata", "consumer_name", "filter_subject_problem",
-           "parse_jetstream_metadata", "subject_problem"]
+__all__ = [
+    "COMPONENT_TYPE",
+    "JetStreamMetadata",
+    "consumer_name",
+    "filter_subject_problem",
+    "parse_jetstream_metadata",
+    "subject_problem",
+]
 
 COMPONENT_TYPE = "pubsub.jetstream"
 
@@ -131,8 +137,10 @@ def filter_subject_problem(subject: str) -> str | None:
         if not token:
             return "it has an empty token ('.' at the start, the end, or twice)"
         if not _SUBJECT_TOKEN.fullmatch(token):
-            return ("it contains whitespace, or a wildcard that is not a whole token ('*') or "
-                    "the last one ('>')")
+            return (
+                "it contains whitespace, or a wildcard that is not a whole token ('*') or "
+                "the last one ('>')"
+            )
     return None
 
 
@@ -170,40 +178,61 @@ def parse_jetstream_metadata(
 
     url = get("natsURL")
     if not url:
-        raise ResourceError("jetstream error: missing 'natsURL' attribute", source=source,
-                            field=field("natsURL"))
+        raise ResourceError(
+            "jetstream error: missing 'natsURL' attribute", source=source, field=field("natsURL")
+        )
     servers = tuple(s.strip() for s in url.split(",") if s.strip())
-    for first, second in (("jwt", "seedKey"), ("seedKey", "jwt"),
-                          ("tls_client_cert", "tls_client_key"),
-                          ("tls_client_key", "tls_client_cert")):
+    for first, second in (
+        ("jwt", "seedKey"),
+        ("seedKey", "jwt"),
+        ("tls_client_cert", "tls_client_key"),
+        ("tls_client_key", "tls_client_cert"),
+    ):
         if get(first) and not get(second):
             raise ResourceError(f"{first} requires {second}", source=source, field=field(second))
 
     stream = get("streamName")
     if stream is not None and not _CONSUMER_SAFE.fullmatch(stream):
-        raise ResourceError(f"streamName {stream!r} may hold only letters, digits, '_' and '-'",
-                            source=source, field=field("streamName"))
+        raise ResourceError(
+            f"streamName {stream!r} may hold only letters, digits, '_' and '-'",
+            source=source,
+            field=field("streamName"),
+        )
     durable = get("durableName") or get("consumerID") or app_id
     if not _CONSUMER_SAFE.fullmatch(durable) or len(durable) > 100:
-        raise ResourceError(f"durableName {durable!r} may hold only letters, digits, '_' and '-' "
-                            "(at most 100)", source=source, field=field("durableName"))
+        raise ResourceError(
+            f"durableName {durable!r} may hold only letters, digits, '_' and '-' (at most 100)",
+            source=source,
+            field=field("durableName"),
+        )
 
     start_sequence = integer("startSequence", minimum=1)
     start_time_raw = integer("startTime", minimum=0)
-    start_time = (datetime.datetime.fromtimestamp(start_time_raw, datetime.UTC)
-                  if start_time_raw is not None else None)
+    start_time = (
+        datetime.datetime.fromtimestamp(start_time_raw, datetime.UTC)
+        if start_time_raw is not None
+        else None
+    )
     default_policy = "sequence" if start_sequence else "time" if start_time else "all"
     deliver_policy = (get("deliverPolicy", default_policy) or default_policy).lower()
     if deliver_policy not in DELIVER_POLICIES:
-        raise ResourceError(f"deliverPolicy {deliver_policy!r} is not one of "
-                            f"{', '.join(DELIVER_POLICIES)}", source=source,
-                            field=field("deliverPolicy"))
+        raise ResourceError(
+            f"deliverPolicy {deliver_policy!r} is not one of {', '.join(DELIVER_POLICIES)}",
+            source=source,
+            field=field("deliverPolicy"),
+        )
     if deliver_policy == "sequence" and start_sequence is None:
-        raise ResourceError("deliverPolicy sequence requires startSequence", source=source,
-                            field=field("startSequence"))
+        raise ResourceError(
+            "deliverPolicy sequence requires startSequence",
+            source=source,
+            field=field("startSequence"),
+        )
     if deliver_policy == "time" and start_time is None:
-        raise ResourceError("deliverPolicy time requires startTime (Unix seconds)",
-                            source=source, field=field("startTime"))
+        raise ResourceError(
+            "deliverPolicy time requires startTime (Unix seconds)",
+            source=source,
+            field=field("startTime"),
+        )
     if deliver_policy != "sequence":
         start_sequence = None
     if deliver_policy != "time":
@@ -211,16 +240,23 @@ def parse_jetstream_metadata(
 
     ack_policy = (get("ackPolicy", "explicit") or "explicit").lower()
     if ack_policy != "explicit":
-        raise ResourceError(f"ackPolicy {ack_policy!r} is not supported: only explicit acks keep "
-                            "delivery at-least-once", source=source, field=field("ackPolicy"))
+        raise ResourceError(
+            f"ackPolicy {ack_policy!r} is not supported: only explicit acks keep "
+            "delivery at-least-once",
+            source=source,
+            field=field("ackPolicy"),
+        )
     ack_wait_s = meta.seconds("ackWait", "30s")
     if ack_wait_s <= 0:
         raise ResourceError("ackWait must be positive", source=source, field=field("ackWait"))
     max_ack_pending = integer("maxAckPending", minimum=1)
     mode = (get("concurrencyMode", "single") or "single").lower()
     if mode not in CONCURRENCY_MODES:
-        raise ResourceError(f"concurrencyMode {mode!r} is not one of single, parallel",
-                            source=source, field=field("concurrencyMode"))
+        raise ResourceError(
+            f"concurrencyMode {mode!r} is not one of single, parallel",
+            source=source,
+            field=field("concurrencyMode"),
+        )
     max_in_flight = 1 if mode == "single" else (max_ack_pending or DEFAULT_PARALLEL_IN_FLIGHT)
 
     retry = _retry_policy(values, meta)
@@ -264,13 +300,20 @@ def _retry_policy(values: dict[str, str], meta: MetadataValues) -> RetryPolicy:
     schedule = meta.get("backOff")
     if schedule:
         try:
-            delays = tuple(parse_duration_seconds(part) for part in schedule.split(",")
-                           if part.strip())
+            delays = tuple(
+                parse_duration_seconds(part) for part in schedule.split(",") if part.strip()
+            )
         except ValueError as exc:
             raise meta.error("backOff", str(exc)) from None
         if not delays or any(d < 0 for d in delays):
-            raise meta.error("backOff",
-                             "backOff must list non-negative durations, e.g. '50ms, 1s, 10s'")
-        retry = replace(retry, policy="schedule", initial_interval_s=delays[0],
-                        max_interval_s=max(delays), schedule_s=delays)
+            raise meta.error(
+                "backOff", "backOff must list non-negative durations, e.g. '50ms, 1s, 10s'"
+            )
+        retry = replace(
+            retry,
+            policy="schedule",
+            initial_interval_s=delays[0],
+            max_interval_s=max(delays),
+            schedule_s=delays,
+        )
     return retry

@@ -21,8 +21,13 @@ from .models import Component, ResourceError
 COMPONENT_TYPE = "pubsub.kafka"
 
 AUTH_TYPES = ("none", "password", "mtls")
-SASL_MECHANISMS = {"PLAINTEXT": "PLAIN", "PLAIN": "PLAIN", "SHA-256": "SCRAM-SHA-256",
-                   "SHA-512": "SCRAM-SHA-512"}
+SASL_MECHANISMS = {
+    "PLAINTEXT": "PLAIN",
+    "PLAIN": "PLAIN",
+    "SHA-256": "SCRAM-SHA-256",
+    "SHA-512": "SCRAM-SHA-512",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -90,12 +95,14 @@ def parse_retry_policy(values: dict[str, str], *, source: str = "") -> RetryPoli
     meta = MetadataValues(values, source=source)
     policy = (meta.get("backOffPolicy") or "exponential").lower()
     if policy not in ("exponential", "constant"):
-        raise meta.error("backOffPolicy", f"backOffPolicy {policy!r} must be exponential or "
-                         "constant")
+        raise meta.error(
+            "backOffPolicy", f"backOffPolicy {policy!r} must be exponential or constant"
+        )
     if policy == "constant":
         interval = meta.seconds("backOffDuration", "5s")
-        return RetryPolicy("constant", interval, interval, 1.0,
-                           meta.integer("backOffMaxRetries", -1))
+        return RetryPolicy(
+            "constant", interval, interval, 1.0, meta.integer("backOffMaxRetries", -1)
+        )
     try:
         multiplier = float(meta.get("backOffMultiplier") or "1.5")
     except ValueError:
@@ -109,9 +116,7 @@ def parse_retry_policy(values: dict[str, str], *, source: str = "") -> RetryPoli
     )
 
 
-def parse_kafka_metadata(
-    values: dict[str, str], *, app_id: str, source: str = ""
-) -> KafkaMetadata:
+def parse_kafka_metadata(values: dict[str, str], *, app_id: str, source: str = "") -> KafkaMetadata:
     """Check ``spec.metadata`` of a ``pubsub.kafka`` component for ``app_id``.
 
     ``values`` maps metadata names (any case) to rendered strings, secrets already resolved.
@@ -123,35 +128,50 @@ def parse_kafka_metadata(
 
     brokers = get("brokers")
     if not brokers:
-        raise ResourceError("kafka error: missing 'brokers' attribute", source=source,
-                            field=field("brokers"))
+        raise ResourceError(
+            "kafka error: missing 'brokers' attribute", source=source, field=field("brokers")
+        )
     auth_type = (get("authType") or "").lower()
     if not auth_type:
-        raise ResourceError("kafka error: missing 'authType' attribute", source=source,
-                            field=field("authType"))
+        raise ResourceError(
+            "kafka error: missing 'authType' attribute", source=source, field=field("authType")
+        )
     if auth_type not in AUTH_TYPES:
-        raise ResourceError(f"authType {auth_type!r} is not supported (one of {', '.join(AUTH_TYPES)})",
-                            source=source, field=field("authType"))
+        raise ResourceError(
+            f"authType {auth_type!r} is not supported (one of {', '.join(AUTH_TYPES)})",
+            source=source,
+            field=field("authType"),
+        )
     initial_offset = (get("initialOffset", "newest") or "newest").lower()
     if initial_offset not in ("newest", "oldest"):
-        raise ResourceError(f"initialOffset {initial_offset!r} must be newest or oldest",
-                            source=source, field=field("initialOffset"))
+        raise ResourceError(
+            f"initialOffset {initial_offset!r} must be newest or oldest",
+            source=source,
+            field=field("initialOffset"),
+        )
     mech_name = (get("saslMechanism", "PLAINTEXT") or "PLAINTEXT").upper()
     if mech_name not in SASL_MECHANISMS:
-        raise ResourceError(f"saslMechanism {mech_name!r} must be PLAINTEXT, SHA-256 or SHA-512",
-                            source=source, field=field("saslMechanism"))
+        raise ResourceError(
+            f"saslMechanism {mech_name!r} must be PLAINTEXT, SHA-256 or SHA-512",
+            source=source,
+            field=field("saslMechanism"),
+        )
     if auth_type == "password" and not (get("saslUsername") and get("saslPassword")):
         missing = "saslUsername" if not get("saslUsername") else "saslPassword"
-        raise ResourceError(f"authType password requires {missing}", source=source,
-                            field=field(missing))
+        raise ResourceError(
+            f"authType password requires {missing}", source=source, field=field(missing)
+        )
 
     retry = parse_retry_policy(values, source=source)
 
     session_timeout_s = meta.seconds("sessionTimeout", "10s")
     heartbeat_interval_s = meta.seconds("heartbeatInterval", "3s")
     if heartbeat_interval_s >= session_timeout_s:
-        raise ResourceError("heartbeatInterval must be shorter than sessionTimeout",
-                            source=source, field=field("heartbeatInterval"))
+        raise ResourceError(
+            "heartbeatInterval must be shorter than sessionTimeout",
+            source=source,
+            field=field("heartbeatInterval"),
+        )
 
     consumer_group = get("consumerGroup") or get("consumerID") or app_id
     return KafkaMetadata(
@@ -178,5 +198,6 @@ def parse_kafka_metadata(
 
 def kafka_metadata_of(component: Component, *, app_id: str, source: str = "") -> KafkaMetadata:
     """:func:`parse_kafka_metadata` over a loaded :class:`Component`."""
-    return parse_kafka_metadata(component.metadata_values(), app_id=app_id,
-                                source=source or component.name)
+    return parse_kafka_metadata(
+        component.metadata_values(), app_id=app_id, source=source or component.name
+    )

@@ -5,8 +5,8 @@ Kafka (``org.apache.kafka.common.internals.Topic.validate``) allows 1 to 249 cha
 name waits for metadata that never comes (``request_timeout_ms``), logs an error every
 ``retry_backoff_ms`` and keeps the name in its metadata for good. So the producer
 (``brokers/kafka/producing.py``) checks every topic before aiokafka sees it,
-``subscriptions.py`` leaves out subscriptions (and dead-letter topics) a Kafka component cannot
-hold, and the operator reports them in the Subscription's status. Dapr's in-memory component
+``delivery/subscriptions.py`` leaves out subscriptions (and dead-letter topics) a Kafka component
+cannot hold, and the operator reports them in the Subscription's status. Dapr's in-memory component
 takes any name, so this applies to Kafka components only.
 """
 
@@ -37,9 +37,11 @@ def kafka_topic_problem(name: str) -> str | None:
     if len(name) > MAX_TOPIC_LENGTH and all(_LEGAL_CHAR.fullmatch(c) for c in name):
         return f"it has {len(name)} characters, at most {MAX_TOPIC_LENGTH} are allowed"
     bad = next(c for c in name if not _LEGAL_CHAR.fullmatch(c))
-    return (f"it contains {bad!r}; only ASCII letters, digits, '.', '_' and '-' are allowed"
-            + (f" (and at most {MAX_TOPIC_LENGTH} characters, it has {len(name)})"
-               if len(name) > MAX_TOPIC_LENGTH else ""))
+    return f"it contains {bad!r}; only ASCII letters, digits, '.', '_' and '-' are allowed" + (
+        f" (and at most {MAX_TOPIC_LENGTH} characters, it has {len(name)})"
+        if len(name) > MAX_TOPIC_LENGTH
+        else ""
+    )
 
 
 def invalid_topic_message(name: str, problem: str) -> str:

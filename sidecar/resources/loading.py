@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from .kafka import COMPONENT_TYPE as KAFKA_TYPE
-from .kafka import KafkaMetadata, parse_kafka_metadata
 from .jetstream import COMPONENT_TYPE as JETSTREAM_TYPE
 from .jetstream import JetStreamMetadata, parse_jetstream_metadata
+from .kafka import COMPONENT_TYPE as KAFKA_TYPE
+from .kafka import KafkaMetadata, parse_kafka_metadata
 from .models import Component, ResourceError, TopicSubscription, parse_resource
 from .redis import COMPONENT_TYPE as REDIS_TYPE
 from .redis import RedisMetadata, parse_redis_metadata
@@ -95,12 +95,14 @@ def resolve_metadata(
             raise ResourceError(
                 f"secretKeyRef {item.secretKeyRef.name}/{item.secretKeyRef.key} is not resolved; "
                 "outside Kubernetes write the value, or use envRef",
-                source=source, field=where,
+                source=source,
+                field=where,
             )
         if item.envRef is not None:
             if item.envRef not in env:
-                raise ResourceError(f"environment variable {item.envRef} is not set",
-                                    source=source, field=where)
+                raise ResourceError(
+                    f"environment variable {item.envRef} is not set", source=source, field=where
+                )
             values[item.name] = env[item.envRef]
             continue
         rendered = item.rendered()
@@ -110,7 +112,10 @@ def resolve_metadata(
 
 
 def check_component(
-    component: Component, *, app_id: str, source: str,
+    component: Component,
+    *,
+    app_id: str,
+    source: str,
     metadata: Mapping[str, str] | None = None,
 ) -> LoadedComponent:
     """Validate a component's type and metadata for ``app_id``.
@@ -122,19 +127,35 @@ def check_component(
     if ctype not in SUPPORTED_TYPES:
         raise ResourceError(
             f"component type {ctype!r} is not supported (supported: {', '.join(SUPPORTED_TYPES)})",
-            source=source, field="spec.type",
+            source=source,
+            field="spec.type",
         )
     if component.spec.version != "v1":
-        raise ResourceError(f"version {component.spec.version!r} of {ctype} is not supported "
-                            "(use v1)", source=source, field="spec.version")
+        raise ResourceError(
+            f"version {component.spec.version!r} of {ctype} is not supported (use v1)",
+            source=source,
+            field="spec.version",
+        )
     values = dict(metadata) if metadata is not None else resolve_metadata(component, source=source)
-    kafka = parse_kafka_metadata(values, app_id=app_id, source=source) if ctype == KAFKA_TYPE else None
-    redis = (parse_redis_metadata(values, app_id=app_id, source=source)
-             if ctype == REDIS_TYPE else None)
-    jetstream = (parse_jetstream_metadata(values, app_id=app_id, source=source)
-                 if ctype == JETSTREAM_TYPE else None)
-    return LoadedComponent(component=component, source=source, metadata=values, kafka=kafka,
-                           redis=redis, jetstream=jetstream)
+    kafka = (
+        parse_kafka_metadata(values, app_id=app_id, source=source) if ctype == KAFKA_TYPE else None
+    )
+    redis = (
+        parse_redis_metadata(values, app_id=app_id, source=source) if ctype == REDIS_TYPE else None
+    )
+    jetstream = (
+        parse_jetstream_metadata(values, app_id=app_id, source=source)
+        if ctype == JETSTREAM_TYPE
+        else None
+    )
+    return LoadedComponent(
+        component=component,
+        source=source,
+        metadata=values,
+        kafka=kafka,
+        redis=redis,
+        jetstream=jetstream,
+    )
 
 
 def resource_files(paths: Iterable[Path | str]) -> list[Path]:
@@ -142,9 +163,13 @@ def resource_files(paths: Iterable[Path | str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir()
-                                if f.suffix in RESOURCE_SUFFIXES and f.is_file()
-                                and not f.name.startswith(".")))
+            files.extend(
+                sorted(
+                    f
+                    for f in p.iterdir()
+                    if f.suffix in RESOURCE_SUFFIXES and f.is_file() and not f.name.startswith(".")
+                )
+            )
         elif p.is_file():
             files.append(p)
         else:
@@ -162,8 +187,11 @@ def _check_rules(subscription: TopicSubscription, *, source: str) -> None:
     try:
         compile_rules(subscription)
     except ResourceError as exc:
-        raise ResourceError(f"subscription {subscription.name!r}: {exc.message}",
-                            source=source, field=f"spec.{exc.field}") from None
+        raise ResourceError(
+            f"subscription {subscription.name!r}: {exc.message}",
+            source=source,
+            field=f"spec.{exc.field}",
+        ) from None
 
 
 def load_resources(paths: Iterable[Path | str], *, app_id: str) -> Resources:
@@ -192,7 +220,10 @@ def load_resources(paths: Iterable[Path | str], *, app_id: str) -> Resources:
                 if resource.name in components:
                     raise ResourceError(
                         f"component {resource.name!r} is also defined in "
-                        f"{defined_at[resource.name]}", source=where, field="metadata.name")
+                        f"{defined_at[resource.name]}",
+                        source=where,
+                        field="metadata.name",
+                    )
                 components[resource.name] = check_component(resource, app_id=app_id, source=source)
                 defined_at[resource.name] = where
             else:
@@ -201,7 +232,11 @@ def load_resources(paths: Iterable[Path | str], *, app_id: str) -> Resources:
                 subscriptions.append(subscription)
     for sub in subscriptions:
         if sub.pubsubname not in components:
-            log.warning("subscription %r names pubsub %r, which is not configured; it is ignored "
-                        "until the component exists", sub.name, sub.pubsubname,
-                        extra={"app_id": app_id, "pubsubname": sub.pubsubname, "topic": sub.topic})
+            log.warning(
+                "subscription %r names pubsub %r, which is not configured; it is ignored "
+                "until the component exists",
+                sub.name,
+                sub.pubsubname,
+                extra={"app_id": app_id, "pubsubname": sub.pubsubname, "topic": sub.topic},
+            )
     return Resources(components=components, subscriptions=tuple(subscriptions))

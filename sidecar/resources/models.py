@@ -187,9 +187,13 @@ class _SubscriptionBase(_Model):
             dead_letter_topic=spec.deadLetterTopic or None,
             type=SubscriptionType.DECLARATIVE,
             name=self.name,
-            bulk=(BulkOptions.of(spec.bulkSubscribe.maxMessagesCount,
-                                 spec.bulkSubscribe.maxAwaitDurationMs)
-                  if spec.bulkSubscribe is not None and spec.bulkSubscribe.enabled else None),
+            bulk=(
+                BulkOptions.of(
+                    spec.bulkSubscribe.maxMessagesCount, spec.bulkSubscribe.maxAwaitDurationMs
+                )
+                if spec.bulkSubscribe is not None and spec.bulkSubscribe.enabled
+                else None
+            ),
         )
 
 
@@ -239,9 +243,10 @@ class BulkOptions:
     @classmethod
     def of(cls, max_messages_count: int | None, max_await_duration_ms: int | None) -> BulkOptions:
         """Options with values that are not positive read as unset (Dapr's rule)."""
-        return cls(max_messages_count if max_messages_count and max_messages_count > 0 else None,
-                   max_await_duration_ms if max_await_duration_ms and max_await_duration_ms > 0
-                   else None)
+        return cls(
+            max_messages_count if max_messages_count and max_messages_count > 0 else None,
+            max_await_duration_ms if max_await_duration_ms and max_await_duration_ms > 0 else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,4 +319,3 @@ def parse_resource(doc: Any, *, source: str = "") -> Component | Subscription | 
         return SubscriptionV2alpha1.model_validate(doc)
     except ValidationError as exc:
         raise _error_from_validation(exc, source) from None
-

@@ -31,10 +31,21 @@ __all__ = ["COMPONENT_TYPE", "RedisMetadata", "parse_redis_metadata", "redis_met
 COMPONENT_TYPE = "pubsub.redis"
 
 # Dapr options that only tune go-redis (pools, client-side retries, timeouts we do not split).
-_CLIENT_TUNING = ("redisMaxRetries", "redisMinRetryInterval", "redisMaxRetryInterval",
-                  "readTimeout", "writeTimeout", "poolSize", "poolTimeout", "idleTimeout",
-                  "idleCheckFrequency", "maxConnAge", "minIdleConns", "maxRetries",
-                  "maxRetryBackoff")
+_CLIENT_TUNING = (
+    "redisMaxRetries",
+    "redisMinRetryInterval",
+    "redisMaxRetryInterval",
+    "readTimeout",
+    "writeTimeout",
+    "poolSize",
+    "poolTimeout",
+    "idleTimeout",
+    "idleCheckFrequency",
+    "maxConnAge",
+    "minIdleConns",
+    "maxRetries",
+    "maxRetryBackoff",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +80,7 @@ class RedisMetadata:
         return self.processing_timeout_s > 0 and self.redeliver_interval_s > 0
 
 
-def parse_redis_metadata(
-    values: dict[str, str], *, app_id: str, source: str = ""
-) -> RedisMetadata:
+def parse_redis_metadata(values: dict[str, str], *, app_id: str, source: str = "") -> RedisMetadata:
     """Check ``spec.metadata`` of a ``pubsub.redis`` component for ``app_id``.
 
     ``values`` maps metadata names (any case) to rendered strings, secrets already resolved.
@@ -96,35 +105,52 @@ def parse_redis_metadata(
 
     host_port = get("redisHost")
     if not host_port:
-        raise ResourceError("redis error: missing 'redisHost' attribute", source=source,
-                            field=field("redisHost"))
+        raise ResourceError(
+            "redis error: missing 'redisHost' attribute", source=source, field=field("redisHost")
+        )
     host, sep, port_text = host_port.strip().rpartition(":")
     if not sep or host.endswith(":"):  # no port (or a bare IPv6 address): redisPort or 6379
         host, port_text = host_port.strip(), get("redisPort") or "6379"
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ResourceError(f"redisHost {host_port!r} must be host:port", source=source,
-                            field=field("redisHost"))
+        raise ResourceError(
+            f"redisHost {host_port!r} must be host:port", source=source, field=field("redisHost")
+        )
     if (get("redisType") or "node").lower() != "node":
-        raise ResourceError("redisType cluster is not supported by pubsub.redis here (use node)",
-                            source=source, field=field("redisType"))
+        raise ResourceError(
+            "redisType cluster is not supported by pubsub.redis here (use node)",
+            source=source,
+            field=field("redisType"),
+        )
     if meta.boolean("failover"):
-        raise ResourceError("failover (Redis Sentinel) is not supported by pubsub.redis here",
-                            source=source, field=field("failover"))
+        raise ResourceError(
+            "failover (Redis Sentinel) is not supported by pubsub.redis here",
+            source=source,
+            field=field("failover"),
+        )
     for name in ("clientCert", "clientKey"):
         if get(name):
-            raise ResourceError(f"{name} (TLS client certificates) is not supported by "
-                                "pubsub.redis here", source=source, field=field(name))
+            raise ResourceError(
+                f"{name} (TLS client certificates) is not supported by pubsub.redis here",
+                source=source,
+                field=field(name),
+            )
     if meta.boolean("useEntraID"):
-        raise ResourceError("useEntraID is not supported by pubsub.redis here", source=source,
-                            field=field("useEntraID"))
+        raise ResourceError(
+            "useEntraID is not supported by pubsub.redis here",
+            source=source,
+            field=field("useEntraID"),
+        )
     queue_depth = integer("queueDepth", 100, 1)
     concurrency = integer("concurrency", 10, 1)
     db = integer("redisDB", 0, 0)
     max_len = integer("maxLenApprox", None, 1)
     stream_ttl_s = seconds("streamTTL", "0") or None
     if max_len is not None and stream_ttl_s is not None:
-        raise ResourceError("set maxLenApprox or streamTTL, not both (XADD trims one way)",
-                            source=source, field=field("streamTTL"))
+        raise ResourceError(
+            "set maxLenApprox or streamTTL, not both (XADD trims one way)",
+            source=source,
+            field=field("streamTTL"),
+        )
     assert queue_depth is not None and concurrency is not None and db is not None
     ignored = tuple(name for name in _CLIENT_TUNING if get(name) is not None)
     return RedisMetadata(
@@ -149,5 +175,6 @@ def parse_redis_metadata(
 
 def redis_metadata_of(component: Component, *, app_id: str, source: str = "") -> RedisMetadata:
     """:func:`parse_redis_metadata` over a loaded :class:`Component`."""
-    return parse_redis_metadata(component.metadata_values(), app_id=app_id,
-                                source=source or component.name)
+    return parse_redis_metadata(
+        component.metadata_values(), app_id=app_id, source=source or component.name
+    )

@@ -1,6 +1,6 @@
 """CEL ``match`` expressions of subscription routing rules, compiled and checked in one place.
 
-The sidecar's router (``routing.py``) runs the compiled programs; the operator calls
+The sidecar's router (``delivery/routing.py``) runs the compiled programs; the operator calls
 :func:`compile_rules` only to report a rule that does not compile in the Subscription's status,
 so both refuse exactly the same expressions (dapr-pubsub-contract.md §2.1, §2.2). The library is
 ``common-expression-language`` (``import cel``), compiled bindings.
@@ -52,6 +52,7 @@ def compile_rules(subscription: TopicSubscription) -> tuple[cel.Program | None, 
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ResourceError(
                 f"rule {index} match {expression!r} is not a valid CEL expression: {detail}",
-                source=f"subscription {name}", field=f"routes.rules[{index}].match",
+                source=f"subscription {name}",
+                field=f"routes.rules[{index}].match",
             ) from None
     return tuple(programs)

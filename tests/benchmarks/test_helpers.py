@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from common import Proc, median_of, percentiles_ms  # noqa: E402
-from leanhttp import LeanClient  # noqa: E402
+from common import Proc, median_of, percentiles_ms
+from leanhttp import LeanClient
 
 
 async def test_lean_client_reads_status_and_body_over_keep_alive() -> None:
@@ -59,9 +59,11 @@ def test_percentiles_of_known_samples() -> None:
 
 
 def test_median_of_nested_rounds_keeps_text_and_lists() -> None:
-    rounds = [{"a": {"x": 1.0, "y": 10}, "name": "s", "counts": [1]},
-              {"a": {"x": 3.0, "y": 30}, "name": "s", "counts": [2]},
-              {"a": {"x": 2.0, "y": 20}, "name": "s", "counts": [3]}]
+    rounds = [
+        {"a": {"x": 1.0, "y": 10}, "name": "s", "counts": [1]},
+        {"a": {"x": 3.0, "y": 30}, "name": "s", "counts": [2]},
+        {"a": {"x": 2.0, "y": 20}, "name": "s", "counts": [3]},
+    ]
     assert median_of(rounds) == {"a": {"x": 2.0, "y": 20}, "name": "s", "counts": [1]}
 
 
@@ -72,7 +74,8 @@ def test_proc_reads_this_process() -> None:
 
 
 def test_save_results_writes_settings_without_the_json_path_then_the_figures(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import argparse
     import json
 

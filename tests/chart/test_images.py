@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import site
 import subprocess
 import sys
@@ -45,20 +46,66 @@ def entrypoint(dockerfile: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``pip wheel --no-deps .``: the wheel the images' build stage installs."""
+    """``pip wheel --no-deps .``: the wheel the images' build stage installs, built from a copy
+    of what the Dockerfiles COPY (so a stale ``build/`` folder of the checkout, which setuptools
+    reuses, cannot leak modules that no longer exist into it)."""
+    src = tmp_path_factory.mktemp("src")
+    copied = set()
+    for dockerfile in DOCKERFILES:
+        for keyword, args in instructions(dockerfile):
+            if keyword == "COPY":
+                *sources, _ = args.split()
+                copied.update(source.rstrip("/") for source in sources)
+    for name in sorted(copied):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                          "--wheel-dir", str(out), str(REPO)], capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     (built,) = out.glob("tidings-*.whl")
     return built
 
 
+def test_wheel_holds_every_module(wheel: Path) -> None:
+    """Every module and marker file of the package folders, at its ``tidings.*`` place (the
+    package list in pyproject.toml is explicit: a folder missing from it would be left out)."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    expected = set()
+    for package, folder in pyproject["tool"]["setuptools"]["package-dir"].items():
+        for path in (REPO / folder).rglob("*"):
+            if path.suffix == ".py" or path.name == "py.typed":
+                relative = path.relative_to(REPO / folder).as_posix()
+                expected.add(f"{package.replace('.', '/')}/{relative}")
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n for n in z.namelist() if not n.startswith("tidings-")}
+    assert shipped == expected
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_hadolint_is_clean(dockerfile: str) -> None:
-    run = subprocess.run([venv_tool("hadolint"), "--no-color", str(REPO / dockerfile)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [venv_tool("hadolint"), "--no-color", str(REPO / dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip() == ""
 
@@ -84,8 +131,9 @@ def test_multi_stage_non_root_without_build_tools(dockerfile: str) -> None:
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_entrypoint_is_a_console_script_of_the_wheel(dockerfile: str, wheel: Path,
-                                                     tmp_path: Path) -> None:
+def test_entrypoint_is_a_console_script_of_the_wheel(
+    dockerfile: str, wheel: Path, tmp_path: Path
+) -> None:
     script, command, *_ = entrypoint(dockerfile)
     with zipfile.ZipFile(wheel) as z:
         (name,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
@@ -101,11 +149,18 @@ def test_entrypoint_is_a_console_script_of_the_wheel(dockerfile: str, wheel: Pat
     with zipfile.ZipFile(wheel) as z:
         z.extractall(unpacked)
     paths = [str(unpacked), *site.getsitepackages()]
-    code = (f"import sys; sys.path[:0] = {paths!r}; import {module} as m; "
-            f"assert m.__file__.startswith({str(unpacked)!r}), m.__file__; "
-            f"sys.argv = [{script!r}, {command!r}, '--help']; sys.exit(m.{function}())")
-    run = subprocess.run([sys.executable, "-P", "-S", "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    code = (
+        f"import sys; sys.path[:0] = {paths!r}; import {module} as m; "
+        f"assert m.__file__.startswith({str(unpacked)!r}), m.__file__; "
+        f"sys.argv = [{script!r}, {command!r}, '--help']; sys.exit(m.{function}())"
+    )
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"{command}" in run.stdout and "usage" in run.stdout.lower()
 
@@ -117,8 +172,10 @@ def test_images_run_what_the_chart_and_injector_name(helm: str) -> None:
     deployment = find(render(helm), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == entrypoint("Dockerfile.operator")
-    assert str(container["ports"][0]["containerPort"]) in dict(
-        final_stage("Dockerfile.operator"))["EXPOSE"].split()
+    assert (
+        str(container["ports"][0]["containerPort"])
+        in dict(final_stage("Dockerfile.operator"))["EXPOSE"].split()
+    )
     pod = {"metadata": {"name": "p", "annotations": {"dapr.io/app-id": "a"}}, "spec": {}}
     daprd = sidecar_container(parse_sidecar_config(pod), image="x", pull_policy="Never")
     assert daprd["command"] == entrypoint("Dockerfile.sidecar")

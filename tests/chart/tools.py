@@ -24,8 +24,13 @@ def tools_dir() -> Path:
     Raises ``RuntimeError`` with the installer's output when they cannot be installed: a missing
     tool fails the tests, it never skips them.
     """
-    run = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True,
-                         env={**os.environ, "PYTHON": sys.executable}, timeout=600)
+    run = subprocess.run(
+        ["bash", str(INSTALL_SCRIPT)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=600,
+    )
     if run.returncode != 0 or not run.stdout.strip():
         raise RuntimeError(f"tests/tools/install.sh failed ({run.returncode}):\n{run.stderr}")
     return Path(run.stdout.strip().splitlines()[-1])
@@ -42,20 +47,26 @@ def venv_tool(name: str) -> str:
     return found
 
 
-def render(helm: str, *args: str, release: str = "tidings", namespace: str = "tidings-system"
-           ) -> list[dict[str, Any]]:
+def render(
+    helm: str, *args: str, release: str = "tidings", namespace: str = "tidings-system"
+) -> list[dict[str, Any]]:
     """``helm template`` of the chart with ``args`` (e.g. ``--set k=v``) → the objects.
 
     Raises ``AssertionError`` with helm's message when rendering fails.
     """
-    run = subprocess.run([helm, "template", release, str(CHART), "--namespace", namespace, *args],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [helm, "template", release, str(CHART), "--namespace", namespace, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     return [d for d in yaml.safe_load_all(run.stdout) if d]
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     """The one object of ``kind`` (and ``name``) among ``objects``."""
-    (found,) = [o for o in objects if o["kind"] == kind
-                and (name is None or o["metadata"]["name"] == name)]
+    (found,) = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
     return found

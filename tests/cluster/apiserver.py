@@ -30,6 +30,7 @@ cluster, prints ``export KUBECONFIG=...`` and runs until Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -44,9 +45,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 KUBE_VERSION = "1.20.2"
 CACHE_ROOT = Path(os.environ.get("TIDINGS_KUBE_CACHE", "/var/cache/tidings"))
@@ -68,7 +70,7 @@ class ClusterError(RuntimeError):
 # binaries
 
 
-def find_binaries(build: Optional[bool] = None) -> dict[str, str]:
+def find_binaries(build: bool | None = None) -> dict[str, str]:
     """Paths of etcd, kube-apiserver and kube-controller-manager.
 
     Looks in $TIDINGS_KUBE_BIN_DIR, then the build cache
@@ -101,12 +103,12 @@ def find_binaries(build: Optional[bool] = None) -> dict[str, str]:
     return {name: str(path) for name, path in found.items()}
 
 
-def _lookup_binaries() -> dict[str, Optional[str]]:
+def _lookup_binaries() -> dict[str, str | None]:
     dirs = []
     if os.environ.get("TIDINGS_KUBE_BIN_DIR"):
         dirs.append(Path(os.environ["TIDINGS_KUBE_BIN_DIR"]))
     dirs.append(DEFAULT_BIN_DIR)
-    out: dict[str, Optional[str]] = {}
+    out: dict[str, str | None] = {}
     for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
         path = None
         for d in dirs:
@@ -133,10 +135,22 @@ def _make_ca(d: Path, name: str = "tidings-test-ca") -> tuple[Path, Path]:
     key, crt = d / "ca.key", d / "ca.crt"
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
     _openssl(
-        "req", "-x509", "-new", "-key", str(key), "-sha256", "-days", "3650",
-        "-subj", f"/CN={name}", "-out", str(crt),
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        str(key),
+        "-sha256",
+        "-days",
+        "3650",
+        "-subj",
+        f"/CN={name}",
+        "-out",
+        str(crt),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         cwd=d,
     )
     return crt, key
@@ -160,7 +174,9 @@ def issue_serving_cert(
     key, csr, crt, ext = (d / f"{name}{s}" for s in (".key", ".csr", ".crt", ".ext"))
     sans = []
     for h in hosts:
-        sans.append(("IP:" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", h) else "DNS:") + h)
+        sans.append(
+            ("IP:" if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", h) else "DNS:") + h
+        )
     ext.write_text(
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
@@ -170,8 +186,22 @@ def issue_serving_cert(
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key), cwd=d)
     _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-out", str(csr), cwd=d)
     _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-sha256", "-days", "3650", "-extfile", str(ext), "-out", str(crt),
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_cert),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-sha256",
+        "-days",
+        "3650",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(crt),
         cwd=d,
     )
     csr.unlink()
@@ -216,8 +246,10 @@ def _die_with_parent() -> None:
         _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _opener(ca_file: Optional[str]) -> urllib.request.OpenerDirector:
-    ctx = ssl.create_default_context(cafile=ca_file) if ca_file else ssl._create_unverified_context()
+def _opener(ca_file: str | None) -> urllib.request.OpenerDirector:
+    ctx = (
+        ssl.create_default_context(cafile=ca_file) if ca_file else ssl._create_unverified_context()
+    )
     return urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx)
     )
@@ -259,7 +291,7 @@ def _wait_ready(
     url: str,
     deadline_s: float,
     opener: urllib.request.OpenerDirector,
-    headers: Optional[dict[str, str]] = None,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Poll ``url`` until it answers 200; fail early if the process exits."""
     deadline = time.monotonic() + deadline_s
@@ -291,10 +323,8 @@ def _wait_ready(
 def _stop_procs(procs: list[_Proc], timeout: float = 15.0) -> None:
     for p in reversed(procs):
         if p.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 p.popen.terminate()
-            except ProcessLookupError:
-                pass
         try:
             p.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -331,7 +361,7 @@ class Cluster:
     def running(self) -> bool:
         return bool(self._procs) and all(p.popen.poll() is None for p in self._procs)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -388,7 +418,7 @@ def start_cluster(
     *,
     controllers: str = "*",
     timeout: float = 60.0,
-    build: Optional[bool] = None,
+    build: bool | None = None,
     extra_apiserver_args: Sequence[str] = (),
     attempts: int = 3,
 ) -> Cluster:
@@ -403,7 +433,7 @@ def start_cluster(
     bins = find_binaries(build=build)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    last: Optional[Exception] = None
+    last: Exception | None = None
     for attempt in range(1, attempts + 1):
         run_dir = workdir if attempt == 1 else workdir / f"retry{attempt}"
         try:
@@ -428,9 +458,18 @@ def _start(
 
     ca_crt, ca_key = _make_ca(pki)
     api_crt, api_key = issue_serving_cert(
-        ca_crt, ca_key, pki, "apiserver",
-        hosts=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
-               "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+        ca_crt,
+        ca_key,
+        pki,
+        "apiserver",
+        hosts=(
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
     )
     sa_key, sa_pub = pki / "sa.key", pki / "sa.pub"
     _openssl("genrsa", "-out", str(sa_key), "2048", cwd=pki)
@@ -475,85 +514,139 @@ def _start(
     try:
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
-        etcd = _spawn("etcd", [
-            bins["etcd"],
-            "--name", "tidings",
-            "--data-dir", str(workdir / "etcd-data"),
-            "--listen-client-urls", etcd_url,
-            "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"tidings={peer_url}",
-            "--initial-cluster-state", "new",
-            "--logger", "zap",
-            "--log-outputs", "stderr",
-            "--log-level", "warn",
-        ], workdir)
+        etcd = _spawn(
+            "etcd",
+            [
+                bins["etcd"],
+                "--name",
+                "tidings",
+                "--data-dir",
+                str(workdir / "etcd-data"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                peer_url,
+                "--initial-advertise-peer-urls",
+                peer_url,
+                "--initial-cluster",
+                f"tidings={peer_url}",
+                "--initial-cluster-state",
+                "new",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+            ],
+            workdir,
+        )
         procs.append(etcd)
         plain = _opener(None)
         _wait_ready(etcd, f"{etcd_url}/health", timeout, plain)
 
-        apiserver = _spawn("kube-apiserver", [
-            bins["kube-apiserver"],
-            "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1",
-            "--secure-port", str(ports["apiserver"]),
-            "--cert-dir", str(pki),
-            "--tls-cert-file", str(api_crt),
-            "--tls-private-key-file", str(api_key),
-            "--client-ca-file", str(ca_crt),
-            "--token-auth-file", str(token_file),
-            "--authorization-mode", "Node,RBAC",
-            "--service-account-key-file", str(sa_pub),
-            "--service-account-signing-key-file", str(sa_key),
-            "--service-account-issuer", SA_ISSUER,
-            "--api-audiences", SA_ISSUER,
-            "--service-cluster-ip-range", SERVICE_CIDR,
-            "--enable-admission-plugins", "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
-            "--disable-admission-plugins", "ServiceAccount",
-            # the "kubernetes" Service's endpoints would point at 127.0.0.1,
-            # which is invalid for Endpoints: don't reconcile them
-            "--endpoint-reconciler-type", "none",
-            # a webhook that names a Service (the chart's) is called at one of the Service's
-            # Endpoints: without kube-proxy nothing here routes a ClusterIP
-            "--enable-aggregator-routing=true",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v", "1",
-            *extra_apiserver_args,
-        ], workdir)
+        apiserver = _spawn(
+            "kube-apiserver",
+            [
+                bins["kube-apiserver"],
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(ports["apiserver"]),
+                "--cert-dir",
+                str(pki),
+                "--tls-cert-file",
+                str(api_crt),
+                "--tls-private-key-file",
+                str(api_key),
+                "--client-ca-file",
+                str(ca_crt),
+                "--token-auth-file",
+                str(token_file),
+                "--authorization-mode",
+                "Node,RBAC",
+                "--service-account-key-file",
+                str(sa_pub),
+                "--service-account-signing-key-file",
+                str(sa_key),
+                "--service-account-issuer",
+                SA_ISSUER,
+                "--api-audiences",
+                SA_ISSUER,
+                "--service-cluster-ip-range",
+                SERVICE_CIDR,
+                "--enable-admission-plugins",
+                "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+                "--disable-admission-plugins",
+                "ServiceAccount",
+                # the "kubernetes" Service's endpoints would point at 127.0.0.1,
+                # which is invalid for Endpoints: don't reconcile them
+                "--endpoint-reconciler-type",
+                "none",
+                # a webhook that names a Service (the chart's) is called at one of the Service's
+                # Endpoints: without kube-proxy nothing here routes a ClusterIP
+                "--enable-aggregator-routing=true",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v",
+                "1",
+                *extra_apiserver_args,
+            ],
+            workdir,
+        )
         procs.append(apiserver)
         api_opener = _opener(str(ca_crt))
         auth = {"Authorization": f"Bearer {token}"}
         _wait_ready(apiserver, f"{server}/readyz", timeout, api_opener, auth)
 
-        kcm = _spawn("kube-controller-manager", [
-            bins["kube-controller-manager"],
-            "--kubeconfig", str(kubeconfig),
-            "--authentication-kubeconfig", str(kubeconfig),
-            "--authorization-kubeconfig", str(kubeconfig),
-            # the API server has no front-proxy (requestheader) CA to look up
-            "--authentication-skip-lookup=true",
-            "--bind-address", "127.0.0.1",
-            "--secure-port", str(ports["controller_manager"]),
-            "--port", "0",
-            "--cert-dir", str(workdir / "kcm-certs"),
-            "--controllers", controllers,
-            "--leader-elect=false",
-            "--use-service-account-credentials=false",
-            "--service-account-private-key-file", str(sa_key),
-            "--root-ca-file", str(ca_crt),
-            "--cluster-signing-cert-file", str(ca_crt),
-            "--cluster-signing-key-file", str(ca_key),
-            "--service-cluster-ip-range", SERVICE_CIDR,
-            "--profiling=false",
-            "--v", "1",
-        ], workdir)
-        procs.append(kcm)
-        _wait_ready(
-            kcm, f"https://127.0.0.1:{ports['controller_manager']}/healthz", timeout, plain
+        kcm = _spawn(
+            "kube-controller-manager",
+            [
+                bins["kube-controller-manager"],
+                "--kubeconfig",
+                str(kubeconfig),
+                "--authentication-kubeconfig",
+                str(kubeconfig),
+                "--authorization-kubeconfig",
+                str(kubeconfig),
+                # the API server has no front-proxy (requestheader) CA to look up
+                "--authentication-skip-lookup=true",
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(ports["controller_manager"]),
+                "--port",
+                "0",
+                "--cert-dir",
+                str(workdir / "kcm-certs"),
+                "--controllers",
+                controllers,
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--service-account-private-key-file",
+                str(sa_key),
+                "--root-ca-file",
+                str(ca_crt),
+                "--cluster-signing-cert-file",
+                str(ca_crt),
+                "--cluster-signing-key-file",
+                str(ca_key),
+                "--service-cluster-ip-range",
+                SERVICE_CIDR,
+                "--profiling=false",
+                "--v",
+                "1",
+            ],
+            workdir,
         )
+        procs.append(kcm)
+        _wait_ready(kcm, f"https://127.0.0.1:{ports['controller_manager']}/healthz", timeout, plain)
     except BaseException:
         _stop_procs(procs)
         raise
@@ -579,7 +672,7 @@ def _start(
 # an existing cluster
 
 
-def external_cluster(env: Optional[dict[str, str]] = None, timeout: float = 3.0) -> Optional[str]:
+def external_cluster(env: dict[str, str] | None = None, timeout: float = 3.0) -> str | None:
     """The $KUBECONFIG path if it points at a reachable API server, else None.
 
     Callers should then use that cluster instead of starting one. Best effort
@@ -600,7 +693,7 @@ def external_cluster(env: Optional[dict[str, str]] = None, timeout: float = 3.0)
     return None
 
 
-def _kubeconfig_server(path: Path) -> Optional[str]:
+def _kubeconfig_server(path: Path) -> str | None:
     text = path.read_text(errors="replace")
     doc = None
     try:
@@ -616,7 +709,9 @@ def _kubeconfig_server(path: Path) -> Optional[str]:
         try:
             ctx_name = doc.get("current-context")
             ctx = next(c["context"] for c in doc.get("contexts", []) if c.get("name") == ctx_name)
-            cl = next(c["cluster"] for c in doc.get("clusters", []) if c.get("name") == ctx["cluster"])
+            cl = next(
+                c["cluster"] for c in doc.get("clusters", []) if c.get("name") == ctx["cluster"]
+            )
             return cl.get("server")
         except (StopIteration, KeyError, TypeError, AttributeError):
             clusters = doc.get("clusters") or []
@@ -641,7 +736,7 @@ def _reachable(server: str, timeout: float) -> bool:
 # CLI
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(

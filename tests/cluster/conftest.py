@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import ssl
@@ -40,8 +41,9 @@ SIDECAR_IMAGE = "example.invalid/tidings-sidecar:test"
 T = TypeVar("T")
 
 
-def poll(what: str, check: Callable[[], T | None], timeout_s: float = 30.0,
-         interval_s: float = 0.1) -> T:
+def poll(
+    what: str, check: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.1
+) -> T:
     """Call ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -54,8 +56,9 @@ def poll(what: str, check: Callable[[], T | None], timeout_s: float = 30.0,
             if last:
                 return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; "
-                                 f"last: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last!r}"
+            )
         time.sleep(interval_s)  # poll interval, not a stand-in for an event
 
 
@@ -74,20 +77,24 @@ class Kube:
     @property
     def core(self) -> Any:
         from kubernetes import client
+
         return client.CoreV1Api(self.api)
 
     @property
     def apps(self) -> Any:
         from kubernetes import client
+
         return client.AppsV1Api(self.api)
 
     @property
     def custom(self) -> Any:
         from kubernetes import client
+
         return client.CustomObjectsApi(self.api)
 
-    def raw(self, method: str, path: str, body: Any = None,
-            content_type: str = "application/json") -> tuple[int, dict[str, str], Any]:
+    def raw(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, str], Any]:
         """One REST call: (status, headers, decoded body); HTTP errors are returned."""
         import json
 
@@ -99,8 +106,7 @@ class Kube:
             if auth.get("in") == "header" and auth.get("value"):
                 headers[auth["key"]] = auth["value"]
         try:
-            resp = self.api.rest_client.request(method, cfg.host + path, headers=headers,
-                                                body=body)
+            resp = self.api.rest_client.request(method, cfg.host + path, headers=headers, body=body)
             status, hdrs, data = resp.status, dict(resp.headers), resp.read()
         except ApiException as exc:
             status, hdrs, data = exc.status, dict(exc.headers or {}), exc.body
@@ -113,13 +119,34 @@ class Kube:
 
 def _make_ca(d: Path) -> tuple[Path, Path]:
     key, crt = d / "ca.key", d / "ca.crt"
-    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
-                    "-out", str(key)], check=True, capture_output=True)
-    subprocess.run(["openssl", "req", "-x509", "-new", "-key", str(key), "-sha256", "-days", "30",
-                    "-subj", "/CN=tidings-webhook-test-ca", "-out", str(crt),
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            str(key),
+            "-sha256",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=tidings-webhook-test-ca",
+            "-out",
+            str(crt),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return crt, key
 
 
@@ -139,8 +166,14 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         print(f"\n[tidings] API server ready in {time.monotonic() - started:.1f} s")
         kubeconfig, ca_file, ca_key = cluster.kubeconfig, cluster.ca_file, cluster.ca_key_file
     api = config.new_client_from_config(config_file=str(kubeconfig))
-    env = Kube(kubeconfig=kubeconfig, api=api, ca_file=ca_file, ca_key_file=ca_key,
-               workdir=workdir, cluster=cluster)
+    env = Kube(
+        kubeconfig=kubeconfig,
+        api=api,
+        ca_file=ca_file,
+        ca_key_file=ca_key,
+        workdir=workdir,
+        cluster=cluster,
+    )
     try:
         yield env
     finally:
@@ -164,8 +197,13 @@ def crds(kube: Kube) -> list[dict[str, Any]]:
             if exc.status != 409:
                 raise
             current = ext.read_custom_resource_definition(doc["metadata"]["name"])
-            doc = {**doc, "metadata": {**doc["metadata"],
-                                       "resourceVersion": current.metadata.resource_version}}
+            doc = {
+                **doc,
+                "metadata": {
+                    **doc["metadata"],
+                    "resourceVersion": current.metadata.resource_version,
+                },
+            }
             ext.replace_custom_resource_definition(doc["metadata"]["name"], doc)
 
     def established() -> bool:
@@ -175,8 +213,9 @@ def crds(kube: Kube) -> list[dict[str, Any]]:
             if conds.get("Established") != "True":
                 return False
             for version in doc["spec"]["versions"]:
-                status, _, _ = kube.raw("GET", f"/apis/dapr.io/{version['name']}/"
-                                               f"{doc['spec']['names']['plural']}")
+                status, _, _ = kube.raw(
+                    "GET", f"/apis/dapr.io/{version['name']}/{doc['spec']['names']['plural']}"
+                )
                 if status != 200:
                     return False
         return True
@@ -222,18 +261,29 @@ def operator(kube: Kube, crds: list[dict[str, Any]]) -> Iterator[Operator]:
 
     host = os.environ.get("TIDINGS_TEST_WEBHOOK_HOST", "127.0.0.1")
     assert kube.ca_file is not None and kube.ca_key_file is not None
-    cert, key = apiserver.issue_serving_cert(kube.ca_file, kube.ca_key_file,
-                                             kube.workdir / "webhook", "webhook",
-                                             hosts=(host, "localhost"))
+    cert, key = apiserver.issue_serving_cert(
+        kube.ca_file,
+        kube.ca_key_file,
+        kube.workdir / "webhook",
+        "webhook",
+        hosts=(host, "localhost"),
+    )
     port = free_port()
     settings = OperatorSettings(
         injector=InjectorSettings(sidecar_image=SIDECAR_IMAGE),
-        webhook=WebhookSettings(addr=host, port=port, host=host, cert_file=str(cert),
-                                key_file=str(key), ca_file=str(kube.ca_file)),
+        webhook=WebhookSettings(
+            addr=host,
+            port=port,
+            host=host,
+            cert_file=str(cert),
+            key_file=str(key),
+            ca_file=str(kube.ca_file),
+        ),
         leader_election=LeaderElectionSettings(standalone=True),
         kubeconfig=str(kube.kubeconfig),
         resync_interval_s=30.0,
-        log_level="info", log_format="text",
+        log_level="info",
+        log_format="text",
     )
     ready, stop = threading.Event(), threading.Event()
     failure: list[BaseException] = []
@@ -256,8 +306,10 @@ def operator(kube: Kube, crds: list[dict[str, Any]]) -> Iterator[Operator]:
 
     def tls_up() -> bool:
         try:
-            with socket.create_connection((host, port), timeout=1) as raw, \
-                    ctx.wrap_socket(raw, server_hostname=host):
+            with (
+                socket.create_connection((host, port), timeout=1) as raw,
+                ctx.wrap_socket(raw, server_hostname=host),
+            ):
                 return True
         except OSError:
             return False
@@ -266,9 +318,13 @@ def operator(kube: Kube, crds: list[dict[str, Any]]) -> Iterator[Operator]:
     url = f"https://{host}:{port}/{WEBHOOK_ID}"
     admission = client.AdmissionregistrationV1Api(kube.api)
     mwc = webhook_configuration(
-        name=WEBHOOK_CONFIG_NAME, failure_policy="Fail",
-        client_config={"url": url,
-                       "caBundle": base64.b64encode(kube.ca_file.read_bytes()).decode()})
+        name=WEBHOOK_CONFIG_NAME,
+        failure_policy="Fail",
+        client_config={
+            "url": url,
+            "caBundle": base64.b64encode(kube.ca_file.read_bytes()).decode(),
+        },
+    )
     try:
         admission.delete_mutating_webhook_configuration(WEBHOOK_CONFIG_NAME)
     except ApiException as exc:
@@ -277,13 +333,12 @@ def operator(kube: Kube, crds: list[dict[str, Any]]) -> Iterator[Operator]:
     admission.create_mutating_webhook_configuration(mwc)
     print(f"\n[tidings] operator + webhook ready in {time.monotonic() - started:.1f} s")
     try:
-        yield Operator(url=url, port=port, ca_file=kube.ca_file, sidecar_image=SIDECAR_IMAGE,
-                       thread=thread)
+        yield Operator(
+            url=url, port=port, ca_file=kube.ca_file, sidecar_image=SIDECAR_IMAGE, thread=thread
+        )
     finally:
-        try:
+        with contextlib.suppress(ApiException):
             admission.delete_mutating_webhook_configuration(WEBHOOK_CONFIG_NAME)
-        except ApiException:
-            pass
         stop.set()
         thread.join(30)
 
@@ -294,24 +349,33 @@ def namespace(kube: Kube) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.core.create_namespace({"metadata": {"name": name}})
     yield name
-    try:
+    with contextlib.suppress(Exception):
         kube.core.delete_namespace(name)
-    except Exception:
-        pass
 
 
 def pod_list(kube: Kube, namespace: str, selector: str = "") -> list[Any]:
     return list(kube.core.list_namespaced_pod(namespace, label_selector=selector).items)
 
 
-def deployment(name: str, annotations: dict[str, str], *, replicas: int = 1,
-               image: str = "example.invalid/app:1") -> dict[str, Any]:
+def deployment(
+    name: str,
+    annotations: dict[str, str],
+    *,
+    replicas: int = 1,
+    image: str = "example.invalid/app:1",
+) -> dict[str, Any]:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}, "annotations": annotations},
-                              "spec": {"containers": [{"name": "app", "image": image}]}}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+        },
     }
 
 

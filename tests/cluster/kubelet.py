@@ -22,6 +22,7 @@ non-loopback IP: Endpoints may not hold 127.0.0.0/8.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import os
 import signal
@@ -40,8 +41,12 @@ from tests.cluster.conftest import Kube, poll
 
 def host_ipv4() -> str:
     """This machine's first global-scope IPv4 address (``ip -4 addr``)."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for line in out.splitlines():
         parts = line.split()
         if "inet" in parts:
@@ -50,11 +55,11 @@ def host_ipv4() -> str:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _micro_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -82,18 +87,38 @@ class LocalKubelet:
     # -- the node ---------------------------------------------------------------------------
 
     def register_node(self) -> None:
-        self.kube.core.create_node({"metadata": {"name": self.node, "labels": {
-            "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux"}}})
+        self.kube.core.create_node(
+            {
+                "metadata": {
+                    "name": self.node,
+                    "labels": {"kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux"},
+                }
+            }
+        )
         now = _now()
-        self.kube.core.patch_node_status(self.node, {"status": {
-            "addresses": [{"type": "InternalIP", "address": self.ip},
-                          {"type": "Hostname", "address": self.node}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "tests/cluster/kubelet.py", "lastHeartbeatTime": now,
-                            "lastTransitionTime": now}]}})
+        self.kube.core.patch_node_status(
+            self.node,
+            {
+                "status": {
+                    "addresses": [
+                        {"type": "InternalIP", "address": self.ip},
+                        {"type": "Hostname", "address": self.node},
+                    ],
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "tests/cluster/kubelet.py",
+                            "lastHeartbeatTime": now,
+                            "lastTransitionTime": now,
+                        }
+                    ],
+                }
+            },
+        )
         self._renew_lease()
-        self._heartbeat = threading.Thread(target=self._heartbeats, name="node-lease",
-                                           daemon=True)
+        self._heartbeat = threading.Thread(target=self._heartbeats, name="node-lease", daemon=True)
         self._heartbeat.start()
 
     def _renew_lease(self) -> None:
@@ -101,9 +126,14 @@ class LocalKubelet:
         from kubernetes.client import ApiException
 
         api = client.CoordinationV1Api(self.kube.api)
-        body = {"metadata": {"name": self.node},
-                "spec": {"holderIdentity": self.node, "leaseDurationSeconds": 40,
-                         "renewTime": _micro_now()}}
+        body = {
+            "metadata": {"name": self.node},
+            "spec": {
+                "holderIdentity": self.node,
+                "leaseDurationSeconds": 40,
+                "renewTime": _micro_now(),
+            },
+        }
         try:
             api.patch_namespaced_lease(self.node, "kube-node-lease", body)
         except ApiException as exc:
@@ -113,35 +143,50 @@ class LocalKubelet:
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(5):  # the kubelet's default node-lease renew interval: 10 s
-            try:
+            with contextlib.suppress(Exception):  # a missed beat is retried; 40 s before NotReady
                 self._renew_lease()
-            except Exception:  # a missed beat is retried; 40 s of grace before NotReady
-                pass
 
     # -- pods -------------------------------------------------------------------------------
 
     def _service_account_kubeconfig(self, namespace: str, service_account: str) -> Path:
         def token() -> str | None:
             for s in self.kube.core.list_namespaced_secret(namespace).items:
-                if (s.type == "kubernetes.io/service-account-token"
-                        and (s.metadata.annotations or {}).get(
-                            "kubernetes.io/service-account.name") == service_account
-                        and (s.data or {}).get("token")):
+                if (
+                    s.type == "kubernetes.io/service-account-token"
+                    and (s.metadata.annotations or {}).get("kubernetes.io/service-account.name")
+                    == service_account
+                    and (s.data or {}).get("token")
+                ):
                     return base64.b64decode(s.data["token"]).decode()
             return None
 
-        sa_token = poll(f"the token Secret of ServiceAccount {namespace}/{service_account}",
-                        token, timeout_s=60)
+        sa_token = poll(
+            f"the token Secret of ServiceAccount {namespace}/{service_account}", token, timeout_s=60
+        )
         admin = yaml.safe_load(self.kube.kubeconfig.read_text())
         cluster = admin["clusters"][0]["cluster"]
         path = self.workdir / f"kubeconfig-{namespace}-{service_account}"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "c", "cluster": cluster}],
-            "users": [{"name": service_account, "user": {"token": sa_token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": service_account,
-                                                  "namespace": namespace}}],
-            "current-context": "c"}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": cluster}],
+                    "users": [{"name": service_account, "user": {"token": sa_token}}],
+                    "contexts": [
+                        {
+                            "name": "c",
+                            "context": {
+                                "cluster": "c",
+                                "user": service_account,
+                                "namespace": namespace,
+                            },
+                        }
+                    ],
+                    "current-context": "c",
+                }
+            )
+        )
         path.chmod(0o600)
         return path
 
@@ -149,9 +194,15 @@ class LocalKubelet:
         """Bind ``pod`` (a V1Pod) to the node, start its one container, report it Ready."""
         name, namespace = pod.metadata.name, pod.metadata.namespace
         status, _, body = self.kube.raw(
-            "POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding",
-            {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-             "target": {"apiVersion": "v1", "kind": "Node", "name": self.node}})
+            "POST",
+            f"/api/v1/namespaces/{namespace}/pods/{name}/binding",
+            {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": name},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+            },
+        )
         assert status == 201, body
         (container,) = pod.spec.containers
         root = self.workdir / f"{namespace}-{name}"
@@ -160,8 +211,7 @@ class LocalKubelet:
             folder = root / "volumes" / volume.name
             folder.mkdir(parents=True)
             if volume.secret is not None:
-                secret = self.kube.core.read_namespaced_secret(volume.secret.secret_name,
-                                                               namespace)
+                secret = self.kube.core.read_namespaced_secret(volume.secret.secret_name, namespace)
                 for key, value in (secret.data or {}).items():
                     (folder / key).write_bytes(base64.b64decode(value))
             elif volume.empty_dir is None:
@@ -172,16 +222,25 @@ class LocalKubelet:
         def local(value: str) -> str:
             for mount_path, folder in mounts.items():
                 if value == mount_path or value.startswith(mount_path + "/"):
-                    return str(folder) + value[len(mount_path):]
+                    return str(folder) + value[len(mount_path) :]
             return value
 
-        fields = {"metadata.name": name, "metadata.namespace": namespace,
-                  "spec.nodeName": self.node, "status.podIP": self.ip, "status.hostIP": self.ip,
-                  "spec.serviceAccountName": pod.spec.service_account_name}
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(root), "PYTHONSAFEPATH": "1",
-               # in-cluster credentials, as a kubeconfig: the pod's ServiceAccount token
-               "KUBECONFIG": str(self._service_account_kubeconfig(
-                   namespace, pod.spec.service_account_name))}
+        fields = {
+            "metadata.name": name,
+            "metadata.namespace": namespace,
+            "spec.nodeName": self.node,
+            "status.podIP": self.ip,
+            "status.hostIP": self.ip,
+            "spec.serviceAccountName": pod.spec.service_account_name,
+        }
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(root),
+            # in-cluster credentials, as a kubeconfig: the pod's ServiceAccount token
+            "KUBECONFIG": str(
+                self._service_account_kubeconfig(namespace, pod.spec.service_account_name)
+            ),
+        }
         for e in container.env or []:
             if e.value_from is not None:
                 env[e.name] = fields[e.value_from.field_ref.field_path]
@@ -190,12 +249,21 @@ class LocalKubelet:
         argv = [local(a) for a in [*(container.command or []), *(container.args or [])]]
         # the image's console script is the one installed next to this interpreter
         argv[0] = str(Path(sys.executable).with_name(argv[0]))
-        port = next(p.container_port for p in container.ports
-                    if p.name == container.readiness_probe.tcp_socket.port)
+        port = next(
+            p.container_port
+            for p in container.ports
+            if p.name == container.readiness_probe.tcp_socket.port
+        )
         log = root / "container.log"
         with log.open("wb") as out:
-            process = subprocess.Popen(argv, env=env, cwd=root, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         running = RunningPod(name=name, namespace=namespace, process=process, log=log, port=port)
         self.pods[f"{namespace}/{name}"] = running
 
@@ -208,17 +276,41 @@ class LocalKubelet:
             except OSError:
                 return False
 
-        poll(f"the readiness port {port} of pod {namespace}/{name}", ready, timeout_s=90,
-             interval_s=0.2)
+        poll(
+            f"the readiness port {port} of pod {namespace}/{name}",
+            ready,
+            timeout_s=90,
+            interval_s=0.2,
+        )
         now = _now()
-        self.kube.core.patch_namespaced_pod_status(name, namespace, {"status": {
-            "phase": "Running", "hostIP": self.ip, "podIP": self.ip, "podIPs": [{"ip": self.ip}],
-            "startTime": now,
-            "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
-                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
-            "containerStatuses": [{"name": container.name, "ready": True, "started": True,
-                                   "restartCount": 0, "image": container.image, "imageID": "",
-                                   "state": {"running": {"startedAt": now}}}]}})
+        self.kube.core.patch_namespaced_pod_status(
+            name,
+            namespace,
+            {
+                "status": {
+                    "phase": "Running",
+                    "hostIP": self.ip,
+                    "podIP": self.ip,
+                    "podIPs": [{"ip": self.ip}],
+                    "startTime": now,
+                    "conditions": [
+                        {"type": t, "status": "True", "lastTransitionTime": now}
+                        for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+                    ],
+                    "containerStatuses": [
+                        {
+                            "name": container.name,
+                            "ready": True,
+                            "started": True,
+                            "restartCount": 0,
+                            "image": container.image,
+                            "imageID": "",
+                            "state": {"running": {"startedAt": now}},
+                        }
+                    ],
+                }
+            },
+        )
         return running
 
     def kill(self, running: RunningPod) -> None:
@@ -246,8 +338,9 @@ class LocalKubelet:
                 self.kill(running)
                 if pod is not None:
                     try:
-                        self.kube.core.delete_namespaced_pod(running.name, running.namespace,
-                                                             grace_period_seconds=0)
+                        self.kube.core.delete_namespaced_pod(
+                            running.name, running.namespace, grace_period_seconds=0
+                        )
                     except ApiException as exc:
                         if exc.status != 404:
                             raise
@@ -264,7 +357,5 @@ class LocalKubelet:
         if self._heartbeat is not None:
             self._heartbeat.join(10)
         for call in (lambda: self.kube.core.delete_node(self.node),):
-            try:
+            with contextlib.suppress(ApiException):
                 call()
-            except ApiException:
-                pass

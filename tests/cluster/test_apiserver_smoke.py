@@ -62,10 +62,17 @@ def _poll(fn, what, deadline_s=DEADLINE_S, interval=0.1):
 
 def _namespace(cluster, labels=None):
     name = f"smoke-{uuid.uuid4().hex[:8]}"
-    _ok(cluster.request("POST", "/api/v1/namespaces", {
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": labels or {}},
-    }))
+    _ok(
+        cluster.request(
+            "POST",
+            "/api/v1/namespaces",
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels or {}},
+            },
+        )
+    )
     return name
 
 
@@ -79,21 +86,30 @@ def test_kubeconfig_and_version(cluster):
 def test_deployment_gets_replicaset_and_pod(cluster):
     ns = _namespace(cluster)
     labels = {"app": "smoke"}
-    _ok(cluster.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "smoke"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+    _ok(
+        cluster.request(
+            "POST",
+            f"/apis/apps/v1/namespaces/{ns}/deployments",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "smoke"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+                    },
+                },
             },
-        },
-    }))
+        )
+    )
 
     def pods():
-        body = _ok(cluster.request("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=app%3Dsmoke"), 200)
+        body = _ok(
+            cluster.request("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector=app%3Dsmoke"), 200
+        )
         return body["items"]
 
     items = _poll(pods, "a Pod created by the controller-manager")
@@ -107,16 +123,18 @@ class _MutatingWebhook(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         patch = [{"op": "add", "path": "/metadata/labels/mutated-by", "value": "smoke-webhook"}]
-        body = json.dumps({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "response": {
-                "uid": review["request"]["uid"],
-                "allowed": True,
-                "patchType": "JSONPatch",
-                "patch": base64.b64encode(json.dumps(patch).encode()).decode(),
-            },
-        }).encode()
+        body = json.dumps(
+            {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {
+                    "uid": review["request"]["uid"],
+                    "allowed": True,
+                    "patchType": "JSONPatch",
+                    "patch": base64.b64encode(json.dumps(patch).encode()).decode(),
+                },
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -141,41 +159,65 @@ def test_mutating_webhook_on_loopback(cluster):
     try:
         ns = _namespace(cluster, labels={"smoke-webhook": "on"})
         name = f"smoke-{uuid.uuid4().hex[:8]}"
-        _ok(cluster.request("POST", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name},
-            "webhooks": [{
-                "name": "smoke.tidings.test",
-                "clientConfig": {
-                    "url": f"https://127.0.0.1:{server.server_address[1]}/mutate",
-                    "caBundle": base64.b64encode(cluster.ca_pem()).decode(),
+        _ok(
+            cluster.request(
+                "POST",
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+                {
+                    "apiVersion": "admissionregistration.k8s.io/v1",
+                    "kind": "MutatingWebhookConfiguration",
+                    "metadata": {"name": name},
+                    "webhooks": [
+                        {
+                            "name": "smoke.tidings.test",
+                            "clientConfig": {
+                                "url": f"https://127.0.0.1:{server.server_address[1]}/mutate",
+                                "caBundle": base64.b64encode(cluster.ca_pem()).decode(),
+                            },
+                            "rules": [
+                                {
+                                    "apiGroups": [""],
+                                    "apiVersions": ["v1"],
+                                    "operations": ["CREATE"],
+                                    "resources": ["configmaps"],
+                                }
+                            ],
+                            "namespaceSelector": {"matchLabels": {"smoke-webhook": "on"}},
+                            "failurePolicy": "Fail",
+                            "sideEffects": "None",
+                            "admissionReviewVersions": ["v1"],
+                            "timeoutSeconds": 5,
+                        }
+                    ],
                 },
-                "rules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE"], "resources": ["configmaps"],
-                }],
-                "namespaceSelector": {"matchLabels": {"smoke-webhook": "on"}},
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-            }],
-        }))
+            )
+        )
         counter = iter(range(10**6))
 
         # the API server picks the new configuration up asynchronously
         def mutated():
-            cm = _ok(cluster.request("POST", f"/api/v1/namespaces/{ns}/configmaps", {
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": f"cm-{next(counter)}", "labels": {"x": "y"}},
-                "data": {"k": "v"},
-            }))
+            cm = _ok(
+                cluster.request(
+                    "POST",
+                    f"/api/v1/namespaces/{ns}/configmaps",
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {"name": f"cm-{next(counter)}", "labels": {"x": "y"}},
+                        "data": {"k": "v"},
+                    },
+                )
+            )
             return cm["metadata"]["labels"].get("mutated-by") == "smoke-webhook"
 
         _poll(mutated, "the mutating webhook to be called", deadline_s=30, interval=0.2)
-        _ok(cluster.request(
-            "DELETE", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"), 200)
+        _ok(
+            cluster.request(
+                "DELETE",
+                f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
+            ),
+            200,
+        )
     finally:
         server.shutdown()
         server.server_close()

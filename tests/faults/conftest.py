@@ -37,16 +37,23 @@ class CountSheet:
     def __init__(self, scenario: str) -> None:
         self.scenario = scenario
 
-    def tally(self, *, published: int, acked: Iterable[str], finished: Iterable[str],
-              note: str = "") -> Counts:
+    def tally(
+        self, *, published: int, acked: Iterable[str], finished: Iterable[str], note: str = ""
+    ) -> Counts:
         """``acked``: ids acknowledged to the publisher; ``finished``: every delivery the apps
         acknowledged, repeats included. Records the row and returns it."""
         acked_ids = set(acked)
         deliveries = list(finished)
         delivered = set(deliveries) & acked_ids
-        row = Counts(self.scenario, published, len(acked_ids), len(delivered),
-                     len(acked_ids - delivered),
-                     sum(1 for d in deliveries if d in acked_ids) - len(delivered), note)
+        row = Counts(
+            self.scenario,
+            published,
+            len(acked_ids),
+            len(delivered),
+            len(acked_ids - delivered),
+            sum(1 for d in deliveries if d in acked_ids) - len(delivered),
+            note,
+        )
         _ROWS[:] = [r for r in _ROWS if r.scenario != self.scenario] + [row]
         return row
 
@@ -66,10 +73,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     tr = terminalreporter
     tr.write_sep("=", "fault suite: every message counted")
-    header = (f"{'scenario':<44} {'published':>9} {'acked':>7} {'delivered':>9} {'lost':>5} "
-              f"{'dup':>5}  note")
+    header = (
+        f"{'scenario':<44} {'published':>9} {'acked':>7} {'delivered':>9} {'lost':>5} "
+        f"{'dup':>5}  note"
+    )
     tr.write_line(header)
     tr.write_line("-" * len(header))
     for r in _ROWS:
-        tr.write_line(f"{r.scenario[:44]:<44} {r.published:>9} {r.acked:>7} {r.delivered:>9} "
-                      f"{r.lost:>5} {r.duplicated:>5}  {r.note}")
+        tr.write_line(
+            f"{r.scenario[:44]:<44} {r.published:>9} {r.acked:>7} {r.delivered:>9} "
+            f"{r.lost:>5} {r.duplicated:>5}  {r.note}"
+        )

@@ -24,8 +24,9 @@ from ..integration.processes import (
 )
 
 
-def start_subscriber(tmp: Path, procs: list[Proc], *, app_id: str, resources: Path,
-                     topics: list[str]) -> tuple[Proc, Proc]:
+def start_subscriber(
+    tmp: Path, procs: list[Proc], *, app_id: str, resources: Path, topics: list[str]
+) -> tuple[Proc, Proc]:
     """``recorder_app.py`` subscribed to ``topics`` (named ``app``) and its sidecar of ``app_id``
     (named ``sub``), both added to ``procs``; returns them once the sidecar's consumer group
     member owns the 4 partitions of the topics."""
@@ -38,19 +39,32 @@ def start_subscriber(tmp: Path, procs: list[Proc], *, app_id: str, resources: Pa
 
 
 def cloudevent(event_id: str, data: Any = None) -> bytes:
-    return json.dumps({"specversion": "1.0", "id": event_id, "source": "faults", "type": "t",
-                       "datacontenttype": "application/json", "data": data}).encode()
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "faults",
+            "type": "t",
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    ).encode()
 
 
-def produce_events(bootstrap: str, topic: str, ids: Sequence[str],
-                   partition: int | None = None) -> None:
-    produce(bootstrap, topic, [{"value": cloudevent(i, {"id": i}), "partition": partition}
-                               for i in ids])
+def produce_events(
+    bootstrap: str, topic: str, ids: Sequence[str], partition: int | None = None
+) -> None:
+    produce(
+        bootstrap, topic, [{"value": cloudevent(i, {"id": i}), "partition": partition} for i in ids]
+    )
 
 
 def set_mode(app: Proc, *, retry: Sequence[str] = (), hang: Sequence[str] = ()) -> None:
-    status, body = http_json(f"http://127.0.0.1:{app.port}/mode", method="POST",
-                             body=json.dumps({"retry": list(retry), "hang": list(hang)}).encode())
+    status, body = http_json(
+        f"http://127.0.0.1:{app.port}/mode",
+        method="POST",
+        body=json.dumps({"retry": list(retry), "hang": list(hang)}).encode(),
+    )
     assert status == 200, body
 
 
@@ -65,12 +79,23 @@ def delivered_event(app: Proc, event_id: str) -> dict[str, Any] | None:
     return body if status == 200 else None
 
 
-def publish_raw(sidecar: Proc, topic: str, body: bytes, *, content_type: str = "application/json",
-                query: str = "", timeout_s: float = 10) -> tuple[int, Any]:
+def publish_raw(
+    sidecar: Proc,
+    topic: str,
+    body: bytes,
+    *,
+    content_type: str = "application/json",
+    query: str = "",
+    timeout_s: float = 10,
+) -> tuple[int, Any]:
     """POST to the sidecar's publish API; ``(status, parsed body)``."""
-    return http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}{query}",
-                     method="POST", body=body, headers={"Content-Type": content_type},
-                     timeout_s=timeout_s)
+    return http_json(
+        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}{query}",
+        method="POST",
+        body=body,
+        headers={"Content-Type": content_type},
+        timeout_s=timeout_s,
+    )
 
 
 def record_count(bootstrap: str, topic: str) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.sidecar.localbroker import LocalBroker, start_local_broker
+from tidings.sidecar.cli.localbroker import LocalBroker, start_local_broker
 
 from ..integration.processes import (
     Proc,
@@ -49,16 +49,23 @@ class Publishers:
         self.answers: dict[str, tuple[int, object]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(sidecar, topic, f"{prefix}-{t}"))
-                         for t in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(sidecar, topic, f"{prefix}-{t}"))
+            for t in range(threads)
+        ]
 
     def _run(self, sidecar: Proc, topic: str, prefix: str) -> None:
         n = 0
         while not self._stop.is_set():
             event_id = f"{prefix}-{n}"
             n += 1
-            answer = publish_raw(sidecar, topic, json.dumps({"id": event_id}).encode(),
-                                 query=f"?metadata.cloudevent.id={event_id}", timeout_s=90)
+            answer = publish_raw(
+                sidecar,
+                topic,
+                json.dumps({"id": event_id}).encode(),
+                query=f"?metadata.cloudevent.id={event_id}",
+                timeout_s=90,
+            )
             with self._lock:
                 self.answers[event_id] = answer
 
@@ -76,9 +83,9 @@ class Publishers:
             return [i for i, (status, _) in self.answers.items() if status == 204]
 
 
-def test_broker_frozen_for_ten_seconds(tmp_path: Path, own_broker: LocalBroker,
-                                       procs: list[Proc], unique: str,
-                                       counts: CountSheet) -> None:
+def test_broker_frozen_for_ten_seconds(
+    tmp_path: Path, own_broker: LocalBroker, procs: list[Proc], unique: str, counts: CountSheet
+) -> None:
     """6. Publishes during the outage succeed after recovery or fail with 500
     ERR_PUBSUB_PUBLISH_MESSAGE; none answered 204 is lost; delivery resumes by itself; healthz
     reports the outage."""
@@ -86,8 +93,9 @@ def test_broker_frozen_for_ten_seconds(tmp_path: Path, own_broker: LocalBroker,
     resources = write_component(tmp_path / "res", own_broker.bootstrap)
     app = start_app(tmp_path, "app", topics=[topic])
     procs.append(app)
-    sub = start_sidecar(tmp_path, "sub", app_id=f"outage-{unique}", resources=resources,
-                        app_port=app.port)
+    sub = start_sidecar(
+        tmp_path, "sub", app_id=f"outage-{unique}", resources=resources, app_port=app.port
+    )
     pub = start_sidecar(tmp_path, "pub", app_id=f"outage-pub-{unique}", resources=resources)
     procs += [sub, pub]
     poll("the subscriber to be assigned", lambda: len(assignment(sub)) == 4, 60)
@@ -104,23 +112,43 @@ def test_broker_frozen_for_ten_seconds(tmp_path: Path, own_broker: LocalBroker,
             healthz.add(http_json(f"http://127.0.0.1:{pub.port}/v1.0/healthz")[0])
             time.sleep(0.2)  # poll interval of healthz during the fixed-length outage
         os.kill(own_broker.process.pid, signal.SIGCONT)
-        poll("publishing to go on after the outage",
-             lambda: len(publishers.acked()) >= acked_at_stop + 30, 90)
+        poll(
+            "publishing to go on after the outage",
+            lambda: len(publishers.acked()) >= acked_at_stop + 30,
+            90,
+        )
     finally:
         publishers.stop()
     assert 500 in healthz, f"healthz during the outage answered only {healthz}"
-    poll("healthz to recover", lambda: http_json(
-        f"http://127.0.0.1:{pub.port}/v1.0/healthz")[0] == 204, 30)
+    poll(
+        "healthz to recover",
+        lambda: http_json(f"http://127.0.0.1:{pub.port}/v1.0/healthz")[0] == 204,
+        30,
+    )
 
-    odd = {i: a for i, a in publishers.answers.items() if a[0] != 204 and not (
-        a[0] == 500 and isinstance(a[1], dict)
-        and a[1].get("errorCode") == "ERR_PUBSUB_PUBLISH_MESSAGE")}
+    odd = {
+        i: a
+        for i, a in publishers.answers.items()
+        if a[0] != 204
+        and not (
+            a[0] == 500
+            and isinstance(a[1], dict)
+            and a[1].get("errorCode") == "ERR_PUBSUB_PUBLISH_MESSAGE"
+        )
+    }
     assert not odd, f"answers other than 204 and 500 ERR_PUBSUB_PUBLISH_MESSAGE: {odd}"
     acked = publishers.acked()
-    poll("every acknowledged publish to be delivered (delivery resumed by itself)",
-         lambda: set(received(app)["finished"]) >= set(acked), 120, 0.2)
+    poll(
+        "every acknowledged publish to be delivered (delivery resumed by itself)",
+        lambda: set(received(app)["finished"]) >= set(acked),
+        120,
+        0.2,
+    )
     failed = len(publishers.answers) - len(acked)
-    row = counts.tally(published=len(publishers.answers), acked=acked,
-                       finished=received(app)["finished"],
-                       note=f"{OUTAGE_S:g}s SIGSTOP; {failed} answered 500")
+    row = counts.tally(
+        published=len(publishers.answers),
+        acked=acked,
+        finished=received(app)["finished"],
+        note=f"{OUTAGE_S:g}s SIGSTOP; {failed} answered 500",
+    )
     assert row.lost == 0

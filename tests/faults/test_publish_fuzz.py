@@ -16,30 +16,59 @@ from hypothesis import strategies as st
 
 from ..integration.processes import Proc, http_json, start_sidecar
 
-KNOWN_METADATA = ["rawPayload", "partitionKey", "partitionNumber", "ttlInSeconds",
-                  "cloudevent.id", "cloudevent.type", "cloudevent.source",
-                  "cloudevent.specversion", "cloudevent.datacontenttype", "traceparent",
-                  "contentType", "key", "content-type"]
-CONTENT_TYPES = ["application/json", "application/cloudevents+json", "text/plain",
-                 "application/octet-stream", "application/xml", "", "application/json; x=1",
-                 "application/cloudevents-batch+json"]
+KNOWN_METADATA = [
+    "rawPayload",
+    "partitionKey",
+    "partitionNumber",
+    "ttlInSeconds",
+    "cloudevent.id",
+    "cloudevent.type",
+    "cloudevent.source",
+    "cloudevent.specversion",
+    "cloudevent.datacontenttype",
+    "traceparent",
+    "contentType",
+    "key",
+    "content-type",
+]
+CONTENT_TYPES = [
+    "application/json",
+    "application/cloudevents+json",
+    "text/plain",
+    "application/octet-stream",
+    "application/xml",
+    "",
+    "application/json; x=1",
+    "application/cloudevents-batch+json",
+]
 # 413 only for a body over --max-body-size (below); 400 text/plain only for a bad % escape.
 DOCUMENTED = {204, 400, 403, 404, 413, 500}
 MAX_BODY = 64 * 1024
 
-latin1 = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
-                 max_size=40)
+latin1 = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                 max_size=4),
-    max_leaves=12)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 cloudevents = st.fixed_dictionaries(
-    {"specversion": st.sampled_from(["1.0", "0.3", 1.0, None]), "id": st.text(max_size=8)
-     | st.integers(), "source": st.text(max_size=8), "type": st.text(max_size=8)},
-    optional={"data": json_values, "data_base64": st.text(max_size=12),
-              "datacontenttype": st.sampled_from(CONTENT_TYPES),
-              "expiration": st.text(max_size=10)})
+    {
+        "specversion": st.sampled_from(["1.0", "0.3", 1.0, None]),
+        "id": st.text(max_size=8) | st.integers(),
+        "source": st.text(max_size=8),
+        "type": st.text(max_size=8),
+    },
+    optional={
+        "data": json_values,
+        "data_base64": st.text(max_size=12),
+        "datacontenttype": st.sampled_from(CONTENT_TYPES),
+        "expiration": st.text(max_size=10),
+    },
+)
 bodies = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
@@ -47,8 +76,11 @@ bodies = st.one_of(
     st.sampled_from([b"", b"{", b"[]", b'"str"', b"null", b"\xff\xfe", b"{}" * 3]),
     st.just(b"x" * (MAX_BODY + 1)),
 )
-metadata = st.dictionaries(st.sampled_from(KNOWN_METADATA) | st.text(max_size=12),
-                           st.text(max_size=16) | st.integers(-5, 10**12).map(str), max_size=4)
+metadata = st.dictionaries(
+    st.sampled_from(KNOWN_METADATA) | st.text(max_size=12),
+    st.text(max_size=16) | st.integers(-5, 10**12).map(str),
+    max_size=4,
+)
 
 
 @st.composite
@@ -60,38 +92,61 @@ def requests(draw: st.DrawFn, topic: str) -> tuple[str, str, str, bytes, str]:
     pubsub = draw(st.sampled_from(["pubsub"] * 6 + ["nope", "", "random"]))
     if pubsub == "random":
         pubsub = draw(st.text(max_size=10))
-    topic_name = draw(st.sampled_from([topic] * 4 + [f"{topic}/a.b", f"{topic}-x", "",
-                                                      "random"]))
+    topic_name = draw(st.sampled_from([topic] * 4 + [f"{topic}/a.b", f"{topic}-x", "", "random"]))
     if topic_name == "random":
         topic_name = draw(st.text(max_size=30))
     if draw(st.sampled_from([False] * 9 + [True])):  # raw path text (bad % escapes and all)
-        path = prefix + draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E,
-                                                   exclude_characters="?#"), max_size=30))
+        path = prefix + draw(
+            st.text(
+                st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#"),
+                max_size=30,
+            )
+        )
     else:
         path = prefix + quote(pubsub, safe="") + "/" + quote(topic_name, safe="/")
     query = urlencode({f"metadata.{k}": v for k, v in draw(metadata).items()})
     body = draw(bodies)
     if bulk and draw(st.booleans()):
-        entries = draw(st.lists(st.fixed_dictionaries(
-            {"entryId": st.text(max_size=5), "event": json_values,
-             "contentType": st.sampled_from(CONTENT_TYPES)},
-            optional={"metadata": st.dictionaries(st.text(max_size=8), st.text(max_size=8))}),
-            max_size=3))
+        entries = draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "entryId": st.text(max_size=5),
+                        "event": json_values,
+                        "contentType": st.sampled_from(CONTENT_TYPES),
+                    },
+                    optional={
+                        "metadata": st.dictionaries(st.text(max_size=8), st.text(max_size=8))
+                    },
+                ),
+                max_size=3,
+            )
+        )
         body = json.dumps(entries).encode()
     content_type = draw(st.sampled_from(CONTENT_TYPES) | latin1)
     return method, path + ("?" + query if query else ""), content_type, body, path
 
 
-def test_publish_api_survives_random_requests(tmp_path: Path, resources: Path,
-                                              procs: list[Proc], unique: str) -> None:
-    sidecar = start_sidecar(tmp_path, "fuzz", app_id=f"fuzz-{unique}", resources=resources,
-                            extra=["--max-body-size", str(MAX_BODY)])
+def test_publish_api_survives_random_requests(
+    tmp_path: Path, resources: Path, procs: list[Proc], unique: str
+) -> None:
+    sidecar = start_sidecar(
+        tmp_path,
+        "fuzz",
+        app_id=f"fuzz-{unique}",
+        resources=resources,
+        extra=["--max-body-size", str(MAX_BODY)],
+    )
     procs.append(sidecar)
     topic = f"fuzz-{unique}"
     seen: Counter[int] = Counter()
 
-    @settings(max_examples=600, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=600,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(requests(topic))
     def one(request: tuple[str, str, str, bytes, str]) -> None:
         method, target, content_type, body, path = request

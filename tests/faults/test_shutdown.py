@@ -37,8 +37,8 @@ PER_ROUND = 5
 
 @pytest.mark.parametrize("broker", ["kafka", "redis", "jetstream"])
 def test_sidecar_exits_within_ten_seconds_of_sigterm(
-        broker: str, request: pytest.FixtureRequest, tmp_path: Path, procs: list[Proc],
-        unique: str) -> None:
+    broker: str, request: pytest.FixtureRequest, tmp_path: Path, procs: list[Proc], unique: str
+) -> None:
     if broker == "kafka":
         address = request.getfixturevalue("kafka_bootstrap")
         topic = f"stop-{unique}"
@@ -61,12 +61,21 @@ def test_sidecar_exits_within_ten_seconds_of_sigterm(
     try:
         for round_ in range(ROUNDS):
             ids = [f"{unique}-{round_}-{n}" for n in range(PER_ROUND)]
-            sidecar = start_sidecar(tmp_path, f"sidecar{round_}", app_id=app_id,
-                                    resources=resources, app_port=app.port, grace_s=2.0)
+            sidecar = start_sidecar(
+                tmp_path,
+                f"sidecar{round_}",
+                app_id=app_id,
+                resources=resources,
+                app_port=app.port,
+                grace_s=2.0,
+            )
             procs.append(sidecar)
             produce(address, topic, ids)
-            poll(f"round {round_}'s events to be delivered",
-                 lambda: set(received(app)["finished"]) >= set(ids), 60)
+            poll(
+                f"round {round_}'s events to be delivered",
+                lambda ids=ids: set(received(app)["finished"]) >= set(ids),
+                60,
+            )
             sidecar.signal(signal.SIGTERM)
             try:
                 code = sidecar.process.wait(EXIT_WITHIN_S)
@@ -75,7 +84,8 @@ def test_sidecar_exits_within_ten_seconds_of_sigterm(
                 sidecar.process.wait()
                 raise AssertionError(
                     f"round {round_}: the {broker} sidecar did not exit within "
-                    f"{EXIT_WITHIN_S:.0f} s of SIGTERM\n{sidecar.log()[-4000:]}") from None
+                    f"{EXIT_WITHIN_S:.0f} s of SIGTERM\n{sidecar.log()[-4000:]}"
+                ) from None
             assert code == 0, f"round {round_}: exit code {code}\n{sidecar.log()[-4000:]}"
             assert "sidecar stopped" in sidecar.log()
     finally:

@@ -6,7 +6,7 @@ import json
 import signal
 from pathlib import Path
 
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 
 from ..integration.processes import (
     Proc,
@@ -22,16 +22,23 @@ from .conftest import CountSheet
 from .kit import produce_events, publish_raw
 
 
-def test_app_slow_to_start(tmp_path: Path, resources: Path, kafka_bootstrap: str,
-                           procs: list[Proc], unique: str, counts: CountSheet) -> None:
+def test_app_slow_to_start(
+    tmp_path: Path,
+    resources: Path,
+    kafka_bootstrap: str,
+    procs: list[Proc],
+    unique: str,
+    counts: CountSheet,
+) -> None:
     """11. The app answers only after 10 s: the publish API works at once, healthz says the app
     is not ready, subscriptions are fetched once it is up, and nothing published meanwhile is
     lost. The app-id ran before (a rolling restart), so its group has committed offsets."""
     topic, app_id = f"slow-{unique}", f"slow-{unique}"
     before = start_app(tmp_path, "before", topics=[topic])
     procs.append(before)
-    first = start_sidecar(tmp_path, "first", app_id=app_id, resources=resources,
-                          app_port=before.port)
+    first = start_sidecar(
+        tmp_path, "first", app_id=app_id, resources=resources, app_port=before.port
+    )
     procs.append(first)
     poll("the first run to be assigned", lambda: len(assignment(first)) == 4, 60)
     produce_events(kafka_bootstrap, topic, [f"{unique}-first"])
@@ -49,16 +56,30 @@ def test_app_slow_to_start(tmp_path: Path, resources: Path, kafka_bootstrap: str
     assert status == 500 and body["errorCode"] == "ERR_HEALTH_NOT_READY", body
     ids = [f"{unique}-{n}" for n in range(20)]
     for event_id in ids:  # through the slow app's own sidecar
-        status, body = publish_raw(sidecar, topic, json.dumps({"n": event_id}).encode(),
-                                   query=f"?metadata.cloudevent.id={event_id}")
+        status, body = publish_raw(
+            sidecar,
+            topic,
+            json.dumps({"n": event_id}).encode(),
+            query=f"?metadata.cloudevent.id={event_id}",
+        )
         assert status == 204, body
     assert not _listening(port), "every publish was answered before the app was up"
     assert not assignment(sidecar), "no subscription before the app answers"
 
-    poll("healthz to turn ready", lambda: http_json(
-        f"http://127.0.0.1:{sidecar.port}/v1.0/healthz")[0] == 204, 60)
-    poll("everything published meanwhile to be delivered",
-         lambda: set(received(app)["finished"]) >= set(ids), 60)
-    row = counts.tally(published=len(ids), acked=ids, finished=received(app)["finished"],
-                       note="published before the app was up")
+    poll(
+        "healthz to turn ready",
+        lambda: http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/healthz")[0] == 204,
+        60,
+    )
+    poll(
+        "everything published meanwhile to be delivered",
+        lambda: set(received(app)["finished"]) >= set(ids),
+        60,
+    )
+    row = counts.tally(
+        published=len(ids),
+        acked=ids,
+        finished=received(app)["finished"],
+        note="published before the app was up",
+    )
     assert row.lost == 0

@@ -31,9 +31,16 @@ seen: Counter[str] = Counter()
 
 
 async def subscribe(request: web.Request) -> web.Response:
-    bulk = {"pubsubname": "pubsub", "topic": TOPIC, "route": "/bulk",
-            "bulkSubscribe": {"enabled": True, "maxMessagesCount": int(os.environ["MAX_COUNT"]),
-                              "maxAwaitDurationMs": int(os.environ["MAX_AWAIT_MS"])}}
+    bulk = {
+        "pubsubname": "pubsub",
+        "topic": TOPIC,
+        "route": "/bulk",
+        "bulkSubscribe": {
+            "enabled": True,
+            "maxMessagesCount": int(os.environ["MAX_COUNT"]),
+            "maxAwaitDurationMs": int(os.environ["MAX_AWAIT_MS"]),
+        },
+    }
     subs = [bulk]
     if DEAD_LETTER:
         bulk["deadLetterTopic"] = DEAD_LETTER
@@ -60,8 +67,10 @@ async def on_bulk(request: web.Request) -> web.Response:
         answers.setdefault(event_id, []).append(wanted)
         statuses.append({"entryId": entry["entryId"], "status": wanted})
     requests.append(ids)
-    if any((e["event"].get("data") or {}).get("answer") == "HANG_ONCE"
-           and seen[e["event"]["id"]] == 1 for e in body["entries"]):
+    if any(
+        (e["event"].get("data") or {}).get("answer") == "HANG_ONCE" and seen[e["event"]["id"]] == 1
+        for e in body["entries"]
+    ):
         await asyncio.Event().wait()  # never answers: the sidecar dies meanwhile
     return web.json_response({"statuses": statuses})
 
@@ -86,5 +95,10 @@ def make_app() -> web.Application:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-    web.run_app(make_app(), host="127.0.0.1", port=int(os.environ["APP_PORT"]), print=None,
-                handle_signals=False)
+    web.run_app(
+        make_app(),
+        host="127.0.0.1",
+        port=int(os.environ["APP_PORT"]),
+        print=None,
+        handle_signals=False,
+    )

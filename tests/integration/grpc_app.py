@@ -29,14 +29,26 @@ app = App()
 def record(handler: str, event: SubscriptionMessage) -> str:
     seen[event.id()] += 1
     data = event.data()
-    RECORD.write(json.dumps({
-        "handler": handler, "id": event.id(), "attempt": seen[event.id()], "data": data,
-        "raw": event.raw_data().decode("utf-8", "replace"), "type": event.type(),
-        "source": event.source(), "content_type": event.data_content_type(),
-        "topic": event.topic(), "pubsub": event.pubsub_name(),
-        "extensions": event.extensions(), "metadata": event.metadata(),
-        "app_protocol": os.environ.get("APP_PROTOCOL"),
-    }) + "\n")
+    RECORD.write(
+        json.dumps(
+            {
+                "handler": handler,
+                "id": event.id(),
+                "attempt": seen[event.id()],
+                "data": data,
+                "raw": event.raw_data().decode("utf-8", "replace"),
+                "type": event.type(),
+                "source": event.source(),
+                "content_type": event.data_content_type(),
+                "topic": event.topic(),
+                "pubsub": event.pubsub_name(),
+                "extensions": event.extensions(),
+                "metadata": event.metadata(),
+                "app_protocol": os.environ.get("APP_PROTOCOL"),
+            }
+        )
+        + "\n"
+    )
     return data.get("answer", "SUCCESS") if isinstance(data, dict) else "SUCCESS"
 
 
@@ -67,8 +79,9 @@ def poison(event: SubscriptionMessage) -> TopicEventResponse | None:
     return answer("poison", event)
 
 
-@app.subscribe(pubsub_name="pubsub", topic=f"{TOPIC}-routed",
-               rule=Rule('event.type == "widget"', 1))
+@app.subscribe(
+    pubsub_name="pubsub", topic=f"{TOPIC}-routed", rule=Rule('event.type == "widget"', 1)
+)
 def widgets(event: SubscriptionMessage) -> TopicEventResponse | None:
     return answer("widgets", event)
 

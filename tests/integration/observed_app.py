@@ -33,11 +33,13 @@ async def on_event(request: web.Request) -> web.Response:
     seen = request.app[requests]
     answer = (event.get("data") or {}).get("answer")
     attempts = sum(1 for r in seen if r["id"] == event["id"])
-    seen.append({
-        "id": event["id"],
-        "event": {k: event.get(k) for k in ("traceparent", "traceid", "tracestate")},
-        "headers": {k: request.headers.get(k) for k in ("traceparent", "tracestate")},
-    })
+    seen.append(
+        {
+            "id": event["id"],
+            "event": {k: event.get(k) for k in ("traceparent", "traceid", "tracestate")},
+            "headers": {k: request.headers.get(k) for k in ("traceparent", "tracestate")},
+        }
+    )
     if answer == "drop":
         return web.json_response({"status": "DROP"})
     if answer == "retry-once" and attempts == 0:
@@ -60,5 +62,10 @@ def make_app() -> web.Application:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-    web.run_app(make_app(), host="127.0.0.1", port=int(os.environ["APP_PORT"]), print=None,
-                handle_signals=False)
+    web.run_app(
+        make_app(),
+        host="127.0.0.1",
+        port=int(os.environ["APP_PORT"]),
+        print=None,
+        handle_signals=False,
+    )

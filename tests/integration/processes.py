@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tidings.sidecar.localbroker import free_port
-from tidings.sidecar.localdev import kafka_component_yaml
+
+from tidings.sidecar.cli.localbroker import free_port
+from tidings.sidecar.cli.localdev import kafka_component_yaml
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -41,13 +42,15 @@ def write_component(folder: Path, bootstrap: str, **metadata: str) -> Path:
     """A resources folder with the test Kafka component ``pubsub`` (:data:`TEST_KAFKA_METADATA`,
     then ``metadata``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pubsub.yaml").write_text(kafka_component_yaml(
-        bootstrap, metadata={**TEST_KAFKA_METADATA, **metadata}))
+    (folder / "pubsub.yaml").write_text(
+        kafka_component_yaml(bootstrap, metadata={**TEST_KAFKA_METADATA, **metadata})
+    )
     return folder
 
 
-def poll(what: str, check: Callable[[], T | None], timeout_s: float = 60.0,
-         interval_s: float = 0.05) -> T:
+def poll(
+    what: str, check: Callable[[], T | None], timeout_s: float = 60.0, interval_s: float = 0.05
+) -> T:
     """Call ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -59,8 +62,14 @@ def poll(what: str, check: Callable[[], T | None], timeout_s: float = 60.0,
         time.sleep(interval_s)  # poll interval, bounded by the deadline
 
 
-def http_json(url: str, *, method: str = "GET", body: bytes | None = None,
-              headers: dict[str, str] | None = None, timeout_s: float = 10) -> tuple[int, Any]:
+def http_json(
+    url: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10,
+) -> tuple[int, Any]:
     """``(status, parsed JSON body)`` of one request; a body that is not JSON comes as text,
     an empty one as ``None``."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
@@ -103,28 +112,61 @@ class Proc:
             return self.process.wait()
 
 
-def start_app(tmp: Path, name: str, *, topics: list[str], delay_s: float = 0.0,
-              answer: str = "SUCCESS", port: int | None = None,
-              startup_delay_s: float = 0.0, wait: bool = True) -> Proc:
+def start_app(
+    tmp: Path,
+    name: str,
+    *,
+    topics: list[str],
+    delay_s: float = 0.0,
+    answer: str = "SUCCESS",
+    port: int | None = None,
+    startup_delay_s: float = 0.0,
+    wait: bool = True,
+) -> Proc:
     """Start ``recorder_app.py``; with ``wait`` return once its port accepts connections."""
     port = port or free_port()
-    return start_app_script(tmp, name, "recorder_app.py", port=port, wait=wait, env={
-        **os.environ, "APP_PORT": str(port), "TOPICS": ",".join(topics), "DELAY_S": str(delay_s),
-        "ANSWER": answer, "STARTUP_DELAY_S": str(startup_delay_s)})
+    return start_app_script(
+        tmp,
+        name,
+        "recorder_app.py",
+        port=port,
+        wait=wait,
+        env={
+            **os.environ,
+            "APP_PORT": str(port),
+            "TOPICS": ",".join(topics),
+            "DELAY_S": str(delay_s),
+            "ANSWER": answer,
+            "STARTUP_DELAY_S": str(startup_delay_s),
+        },
+    )
 
 
-def start_app_script(tmp: Path, name: str, script: str, *, port: int, env: dict[str, str],
-                     python: Path | str = sys.executable, wait: bool = True) -> Proc:
+def start_app_script(
+    tmp: Path,
+    name: str,
+    script: str,
+    *,
+    port: int,
+    env: dict[str, str],
+    python: Path | str = sys.executable,
+    wait: bool = True,
+) -> Proc:
     """Start the app ``script`` (a file next to this module) with ``python`` and exactly ``env``
     (which names ``port``), logging to ``<tmp>/<name>.app.log``; with ``wait`` return once
     ``port`` accepts connections, failing with the app's log if it exits first."""
     log_path = tmp / f"{name}.app.log"
-    process = subprocess.Popen([str(python), str(HERE / script)], env=env,
-                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [str(python), str(HERE / script)],
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     proc = Proc(name, process, log_path, port)
     if wait:
-        poll(f"app {name} to listen",
-             lambda: _listening(port) or (not proc.alive() and _died(proc)))
+        poll(
+            f"app {name} to listen", lambda: _listening(port) or (not proc.alive() and _died(proc))
+        )
     return proc
 
 
@@ -137,8 +179,14 @@ class Finished:
     stderr: str
 
 
-def run_to_end(cmd: list[str], *, tmp: Path, name: str, env: dict[str, str] | None = None,
-               timeout_s: float = 180.0) -> Finished:
+def run_to_end(
+    cmd: list[str],
+    *,
+    tmp: Path,
+    name: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 180.0,
+) -> Finished:
     """Run ``cmd`` (e.g. ``tidings run ... -- app``) until it exits, its output in files.
 
     Unlike ``subprocess.run(capture_output=True, timeout=...)`` this cannot hang: a command
@@ -148,8 +196,7 @@ def run_to_end(cmd: list[str], *, tmp: Path, name: str, env: dict[str, str] | No
     """
     out_path, err_path = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
     with out_path.open("wb") as out, err_path.open("wb") as err:
-        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=err,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
     try:
         process.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -162,9 +209,13 @@ def run_to_end(cmd: list[str], *, tmp: Path, name: str, env: dict[str, str] | No
         raise AssertionError(
             f"{name} did not finish within {timeout_s:.0f} s\n--- stdout\n"
             f"{out_path.read_text(errors='replace')[-3000:]}\n--- stderr\n"
-            f"{err_path.read_text(errors='replace')[-5000:]}") from None
-    return Finished(process.returncode, out_path.read_text(errors="replace"),
-                    err_path.read_text(errors="replace"))
+            f"{err_path.read_text(errors='replace')[-5000:]}"
+        ) from None
+    return Finished(
+        process.returncode,
+        out_path.read_text(errors="replace"),
+        err_path.read_text(errors="replace"),
+    )
 
 
 def _died(proc: Proc) -> bool:
@@ -179,21 +230,47 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_sidecar(tmp: Path, name: str, *, app_id: str, resources: Path,
-                  app_port: int | None = None, grace_s: float = 5.0,
-                  extra: list[str] | None = None, env: dict[str, str] | None = None) -> Proc:
+def start_sidecar(
+    tmp: Path,
+    name: str,
+    *,
+    app_id: str,
+    resources: Path,
+    app_port: int | None = None,
+    grace_s: float = 5.0,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
     port = free_port()
     # Its own gRPC port: Dapr's default 50001 would be shared by every sidecar of the host.
     grpc_port = free_port()
     log_path = tmp / f"{name}.sidecar.log"
-    argv = [sys.executable, "-P", "-m", "tidings.sidecar", "--app-id", app_id, "--dapr-http-port",
-            str(port), "--dapr-grpc-port", str(grpc_port), "--resources-path", str(resources),
-            "--log-level", "info", "--dapr-graceful-shutdown-seconds", str(grace_s),
-            *(extra or [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "tidings.sidecar",
+        "--app-id",
+        app_id,
+        "--dapr-http-port",
+        str(port),
+        "--dapr-grpc-port",
+        str(grpc_port),
+        "--resources-path",
+        str(resources),
+        "--log-level",
+        "info",
+        "--dapr-graceful-shutdown-seconds",
+        str(grace_s),
+        *(extra or []),
+    ]
     if app_port is not None:
         argv += ["--app-port", str(app_port)]
-    process = subprocess.Popen(argv, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        argv,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
     proc = Proc(name, process, log_path, port, grpc_port)
     wait_serving(proc)
     return proc
@@ -220,8 +297,9 @@ def received(app: Proc) -> dict[str, list[str]]:
     return body  # type: ignore[no-any-return]
 
 
-def kill_sidecar_mid_stream(tmp: Path, procs: list[Proc], app: Proc, *, app_id: str,
-                            resources: Path, total: int) -> int:
+def kill_sidecar_mid_stream(
+    tmp: Path, procs: list[Proc], app: Proc, *, app_id: str, resources: Path, total: int
+) -> int:
     """Start a sidecar of ``app_id`` delivering to ``app``, SIGKILL it once the app finished 250
     events and return how many distinct events the app had finished by then (fewer than
     ``total``: the kill lands mid-stream)."""
@@ -244,8 +322,11 @@ def assignment(sidecar: Proc, pubsub: str = "pubsub") -> set[str]:
 
 def publish(sidecar: Proc, topic: str, data: Any, *, pubsub: str = "pubsub") -> None:
     status, body = http_json(
-        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/{pubsub}/{topic}", method="POST",
-        body=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/{pubsub}/{topic}",
+        method="POST",
+        body=json.dumps(data).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 204, (status, body)
 
 
@@ -257,16 +338,17 @@ TEST_JETSTREAM_METADATA = {
 }
 
 
-def write_jetstream_component(folder: Path, nats_url: str, stream: str,
-                              **metadata: str) -> Path:
+def write_jetstream_component(folder: Path, nats_url: str, stream: str, **metadata: str) -> Path:
     """A ``pubsub.jetstream`` Component named ``pubsub`` on ``stream`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     values = {"natsURL": nats_url, "streamName": stream, **TEST_JETSTREAM_METADATA, **metadata}
-    items = "".join(f"  - name: {key}\n    value: {json.dumps(value)}\n"
-                    for key, value in values.items())
+    items = "".join(
+        f"  - name: {key}\n    value: {json.dumps(value)}\n" for key, value in values.items()
+    )
     (folder / "pubsub.yaml").write_text(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\n"
-        f"spec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n{items}")
+        f"spec:\n  type: pubsub.jetstream\n  version: v1\n  metadata:\n{items}"
+    )
     return folder
 
 
@@ -294,7 +376,8 @@ def write_redis_component(folder: Path, host: str, **metadata: str) -> Path:
     items = "".join(f"  - name: {k}\n    value: {json.dumps(v)}\n" for k, v in values.items())
     (folder / "pubsub.yaml").write_text(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\n"
-        f"spec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n{items}")
+        f"spec:\n  type: pubsub.redis\n  version: v1\n  metadata:\n{items}"
+    )
     return folder
 
 
@@ -307,8 +390,16 @@ def redis_streams(sidecar: Proc, pubsub: str = "pubsub") -> set[str]:
 
 def event_bytes(event_id: str) -> bytes:
     """A CloudEvent with id ``event_id``, as a publisher sidecar stores it."""
-    return json.dumps({"specversion": "1.0", "id": event_id, "source": "test", "type": "t",
-                       "datacontenttype": "application/json", "data": {"n": event_id}}).encode()
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "test",
+            "type": "t",
+            "datacontenttype": "application/json",
+            "data": {"n": event_id},
+        }
+    ).encode()
 
 
 def produce(bootstrap: str, topic: str, records: Sequence[dict[str, Any]]) -> None:
@@ -316,8 +407,9 @@ def produce(bootstrap: str, topic: str, records: Sequence[dict[str, Any]]) -> No
     plain aiokafka producer, ``acks=all``, in order; returns once every one is acknowledged."""
 
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                    max_request_size=8 * 1024 * 1024)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", max_request_size=8 * 1024 * 1024
+        )
         await producer.start()
         try:
             futures = [await producer.send(topic, **r) for r in records]
@@ -354,8 +446,9 @@ def produce_jetstream(nats_url: str, subject: str, ids: list[str]) -> None:
         js = nc.jetstream()
         try:
             for start in range(0, len(ids), 100):
-                await asyncio.gather(*(js.publish(subject, event_bytes(i))
-                                       for i in ids[start:start + 100]))
+                await asyncio.gather(
+                    *(js.publish(subject, event_bytes(i)) for i in ids[start : start + 100])
+                )
         finally:
             await nc.close()
 
@@ -366,9 +459,13 @@ def consumed(bootstrap: str, topic: str, n: int, timeout_s: float = 30) -> list[
     """The first ``n`` records of ``topic`` (ConsumerRecords), read by a plain consumer."""
 
     async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
         await consumer.start()
         records: list[Any] = []
         try:

@@ -45,8 +45,9 @@ def record(what: str, event_id: str) -> None:
 
 async def subscribe(request: web.Request) -> web.Response:
     topics = [t for t in os.environ.get("TOPICS", "").split(",") if t]
-    return web.json_response([{"pubsubname": "pubsub", "topic": t, "route": "/events"}
-                              for t in topics])
+    return web.json_response(
+        [{"pubsubname": "pubsub", "topic": t, "route": "/events"} for t in topics]
+    )
 
 
 def _event_id(request: web.Request, body: bytes) -> str:
@@ -65,8 +66,11 @@ async def on_event(request: web.Request) -> web.Response:
     app = request.app
     attempt = {"id": event_id, "t0": time.monotonic(), "t1": None, "answer": None}
     app[attempts].append(attempt)
-    app[events][event_id] = {"body": body.decode("utf-8", "replace"),
-                             "headers": dict(request.headers), "path": request.path}
+    app[events][event_id] = {
+        "body": body.decode("utf-8", "replace"),
+        "headers": dict(request.headers),
+        "path": request.path,
+    }
     app[started].append(event_id)
     record("started", event_id)
     if DELAY_S:
@@ -125,5 +129,10 @@ if __name__ == "__main__":
     # Like most apps, die at once on Ctrl-C (aiohttp's run_app would finish requests first).
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     time.sleep(float(os.environ.get("STARTUP_DELAY_S", "0")))  # an app slow to start
-    web.run_app(make_app(), host="127.0.0.1", port=int(os.environ["APP_PORT"]), print=None,
-                handle_signals=False)
+    web.run_app(
+        make_app(),
+        host="127.0.0.1",
+        port=int(os.environ["APP_PORT"]),
+        print=None,
+        handle_signals=False,
+    )

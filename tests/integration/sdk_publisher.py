@@ -25,19 +25,28 @@ def payload(data: Any) -> bytes | str:
 def entry(item: Any) -> str | BulkPublishEntry:
     if isinstance(item, str):
         return item
-    return BulkPublishEntry(payload(item["data"]), metadata=item.get("metadata"),
-                            content_type=item.get("content_type"))
+    return BulkPublishEntry(
+        payload(item["data"]), metadata=item.get("metadata"), content_type=item.get("content_type")
+    )
 
 
 def run(client: DaprClient, op: dict[str, Any]) -> dict[str, Any]:
     if op["op"] == "event":
-        client.publish_event(op["pubsub"], op["topic"], payload(op["data"]),
-                             publish_metadata=op.get("metadata", {}),
-                             data_content_type=op.get("content_type"))
+        client.publish_event(
+            op["pubsub"],
+            op["topic"],
+            payload(op["data"]),
+            publish_metadata=op.get("metadata", {}),
+            data_content_type=op.get("content_type"),
+        )
         return {"ok": True}
-    response = client.publish_events(op["pubsub"], op["topic"], [entry(d) for d in op["data"]],
-                                     publish_metadata=op.get("metadata", {}),
-                                     data_content_type=op.get("content_type"))
+    response = client.publish_events(
+        op["pubsub"],
+        op["topic"],
+        [entry(d) for d in op["data"]],
+        publish_metadata=op.get("metadata", {}),
+        data_content_type=op.get("content_type"),
+    )
     return {"ok": True, "failed": [f.entry_id for f in response.failed_entries]}
 
 
@@ -50,8 +59,14 @@ def main() -> None:
             try:
                 results.append(run(client, op))
             except DaprGrpcError as exc:
-                results.append({"error": type(exc).__name__, "code": exc.code().name,
-                                "error_code": exc.error_code(), "message": exc.details()})
+                results.append(
+                    {
+                        "error": type(exc).__name__,
+                        "code": exc.code().name,
+                        "error_code": exc.error_code(),
+                        "message": exc.details(),
+                    }
+                )
     print(json.dumps(results), flush=True)
 
 

@@ -30,8 +30,7 @@ def on_event(request: Request, event: dict = Body()) -> None:  # noqa: B008 - Fa
     received.append({"event": event, "key": request.headers.get("__key")})
 
 
-@dapr_app.subscribe(pubsub=PUBSUB, topic=os.environ["RAW_TOPIC"],
-                    metadata={"rawPayload": "true"})
+@dapr_app.subscribe(pubsub=PUBSUB, topic=os.environ["RAW_TOPIC"], metadata={"rawPayload": "true"})
 def on_raw(event: dict = Body()) -> None:  # noqa: B008
     received.append({"event": event, "key": None})
 

@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from tidings.sidecar.brokers.base import FEATURES
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 
 from ..sidecar.records import Stored, stored_jetstream, stored_kafka, stored_redis
 from .processes import (
@@ -76,12 +76,17 @@ class Bus:
 
 def kafka_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> Iterator[Bus]:
     bootstrap = request.getfixturevalue("kafka_bootstrap")
-    yield Bus("kafka", write_component(folder, bootstrap), lambda name: f"{name}-{unique}",
-              lambda sidecar: bool(assignment(sidecar)),
-              lambda topic, n: asyncio.run(stored_kafka(bootstrap, topic, n)),
-              partial(produce_kafka, bootstrap), split_partitions,
-              ["BULK_PUBLISH", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY", "PARTITION_NUMBER"],
-              total_order=False)
+    yield Bus(
+        "kafka",
+        write_component(folder, bootstrap),
+        lambda name: f"{name}-{unique}",
+        lambda sidecar: bool(assignment(sidecar)),
+        lambda topic, n: asyncio.run(stored_kafka(bootstrap, topic, n)),
+        partial(produce_kafka, bootstrap),
+        split_partitions,
+        ["BULK_PUBLISH", "MESSAGE_HEADERS", "ORDERED", "PARTITION_KEY", "PARTITION_NUMBER"],
+        total_order=False,
+    )
 
 
 def split_partitions(replicas: list[Proc]) -> bool:
@@ -99,12 +104,17 @@ def redis_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> Iter
         return created[-1]
 
     try:
-        yield Bus("redis", write_redis_component(folder, address), topic,
-                  lambda sidecar: bool(redis_streams(sidecar)),
-                  lambda stream, n: asyncio.run(stored_redis(address, stream, n, wait_s=30)),
-                  partial(produce_redis, address),
-                  lambda replicas: all(redis_streams(r) for r in replicas),
-                  ["BULK_PUBLISH", "MESSAGE_HEADERS"], total_order=False)  # concurrency 10
+        yield Bus(
+            "redis",
+            write_redis_component(folder, address),
+            topic,
+            lambda sidecar: bool(redis_streams(sidecar)),
+            lambda stream, n: asyncio.run(stored_redis(address, stream, n, wait_s=30)),
+            partial(produce_redis, address),
+            lambda replicas: all(redis_streams(r) for r in replicas),
+            ["BULK_PUBLISH", "MESSAGE_HEADERS"],
+            total_order=False,
+        )  # concurrency 10
     finally:
         if created:
             host, _, port = address.rpartition(":")
@@ -115,13 +125,17 @@ def redis_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> Iter
 def jetstream_bus(request: pytest.FixtureRequest, folder: Path, unique: str) -> Iterator[Bus]:
     url = request.getfixturevalue("nats_url")
     stream, prefix = request.getfixturevalue("jetstream_stream")
-    yield Bus("jetstream", write_jetstream_component(folder, url, stream),
-              lambda name: f"{prefix}.{name}", lambda sidecar: bool(jetstream_consumers(sidecar)),
-              lambda subject, n: asyncio.run(stored_jetstream(url, stream, subject, n,
-                                                              wait_s=30)),
-              partial(produce_jetstream, url),
-              lambda replicas: all(jetstream_consumers(r) for r in replicas),
-              ["MESSAGE_HEADERS", "ORDERED"], total_order=True)
+    yield Bus(
+        "jetstream",
+        write_jetstream_component(folder, url, stream),
+        lambda name: f"{prefix}.{name}",
+        lambda sidecar: bool(jetstream_consumers(sidecar)),
+        lambda subject, n: asyncio.run(stored_jetstream(url, stream, subject, n, wait_s=30)),
+        partial(produce_jetstream, url),
+        lambda replicas: all(jetstream_consumers(r) for r in replicas),
+        ["MESSAGE_HEADERS", "ORDERED"],
+        total_order=True,
+    )
 
 
 BUSES = {"kafka": kafka_bus, "redis": redis_bus, "jetstream": jetstream_bus}
@@ -132,37 +146,58 @@ def bus(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iterator
     yield from BUSES[request.param](request, tmp_path / "resources", unique)
 
 
-def subscription(bus: Bus, topic: str, *, routes: str = "    default: /events\n",
-                 dead_letter_topic: str | None = None, **metadata: str) -> None:
+def subscription(
+    bus: Bus,
+    topic: str,
+    *,
+    routes: str = "    default: /events\n",
+    dead_letter_topic: str | None = None,
+    **metadata: str,
+) -> None:
     """A declarative ``Subscription`` of ``topic`` in the bus's resources folder."""
-    text = (f"apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: sub\n"
-            f"spec:\n  pubsubname: pubsub\n  topic: {topic}\n  routes:\n{routes}")
+    text = (
+        f"apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: sub\n"
+        f"spec:\n  pubsubname: pubsub\n  topic: {topic}\n  routes:\n{routes}"
+    )
     if dead_letter_topic:
         text += f"  deadLetterTopic: {dead_letter_topic}\n"
     if metadata:
-        text += "  metadata:\n" + "".join(f"    {k}: {json.dumps(v)}\n"
-                                         for k, v in metadata.items())
+        text += "  metadata:\n" + "".join(
+            f"    {k}: {json.dumps(v)}\n" for k, v in metadata.items()
+        )
     (bus.resources / "subscription.yaml").write_text(text)
 
 
-def subscriber(tmp_path: Path, bus: Bus, procs: list[Proc], app_id: str, *,
-               topics: list[str] = (), answer: str = "SUCCESS",  # type: ignore[assignment]
-               extra: list[str] | None = None) -> tuple[Proc, Proc]:
+def subscriber(
+    tmp_path: Path,
+    bus: Bus,
+    procs: list[Proc],
+    app_id: str,
+    *,
+    topics: list[str] = (),
+    answer: str = "SUCCESS",  # type: ignore[assignment]
+    extra: list[str] | None = None,
+) -> tuple[Proc, Proc]:
     """An app and its sidecar, returned once the sidecar reads its topics."""
     app = start_app(tmp_path, app_id, topics=list(topics), answer=answer)
     procs.append(app)
-    sidecar = start_sidecar(tmp_path, app_id, app_id=app_id, resources=bus.resources,
-                            app_port=app.port, extra=extra)
+    sidecar = start_sidecar(
+        tmp_path, app_id, app_id=app_id, resources=bus.resources, app_port=app.port, extra=extra
+    )
     procs.append(sidecar)
     poll(f"{app_id} to consume", lambda: bus.consuming(sidecar), 30)
     return app, sidecar
 
 
-def post(sidecar: Proc, topic: str, body: bytes, query: str = "",
-         content_type: str = "application/json") -> None:
+def post(
+    sidecar: Proc, topic: str, body: bytes, query: str = "", content_type: str = "application/json"
+) -> None:
     status, answer = http_json(
-        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}{query}", method="POST",
-        body=body, headers={"Content-Type": content_type})
+        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}{query}",
+        method="POST",
+        body=body,
+        headers={"Content-Type": content_type},
+    )
     assert status == 204, (status, answer)
 
 
@@ -173,12 +208,19 @@ def delivered(app: Proc, event_id: str) -> dict[str, Any]:
     return {**found, "body": json.loads(found["body"])}
 
 
-def test_cloudevent_reaches_the_app_of_another_app_id(tmp_path: Path, bus: Bus,
-                                                      procs: list[Proc], unique: str) -> None:
+def test_cloudevent_reaches_the_app_of_another_app_id(
+    tmp_path: Path, bus: Bus, procs: list[Proc], unique: str
+) -> None:
     topic = bus.topic("orders")
     metrics_port = free_port()
-    app, sidecar = subscriber(tmp_path, bus, procs, f"sub-{unique}", topics=[topic],
-                              extra=["--enable-metrics", "--metrics-port", str(metrics_port)])
+    app, sidecar = subscriber(
+        tmp_path,
+        bus,
+        procs,
+        f"sub-{unique}",
+        topics=[topic],
+        extra=["--enable-metrics", "--metrics-port", str(metrics_port)],
+    )
     publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=bus.resources)
     procs.append(publisher)
 
@@ -188,30 +230,44 @@ def test_cloudevent_reaches_the_app_of_another_app_id(tmp_path: Path, bus: Bus,
     assert len(set(got["finished"])) == 5
     event = delivered(app, got["finished"][0])["body"]
     assert (event["specversion"], event["source"], event["topic"], event["pubsubname"]) == (
-        "1.0", f"pub-{unique}", topic, "pubsub")
+        "1.0",
+        f"pub-{unique}",
+        topic,
+        "pubsub",
+    )
     assert event["data"]["big"] == 12345678901234567890123
     assert "12345678901234567890123" not in sidecar.log()  # payloads are not logged
 
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         exposition = r.read().decode()
-    assert (f'dapr_component_pubsub_ingress_count{{app_id="sub-{unique}",component="pubsub",'
-            f'namespace="",process_status="success",topic="{topic}"}} 5.0') in exposition
+    assert (
+        f'dapr_component_pubsub_ingress_count{{app_id="sub-{unique}",component="pubsub",'
+        f'namespace="",process_status="success",topic="{topic}"}} 5.0'
+    ) in exposition
     _, meta = http_json(f"http://127.0.0.1:{publisher.port}/v1.0/metadata")
-    assert {"name": "pubsub", "type": f"pubsub.{bus.kind}", "version": "v1",
-            "capabilities": bus.capabilities} in meta["components"]
+    assert {
+        "name": "pubsub",
+        "type": f"pubsub.{bus.kind}",
+        "version": "v1",
+        "capabilities": bus.capabilities,
+    } in meta["components"]
     lacks = [f for f in FEATURES if f not in bus.capabilities]
     assert f"not supported: {', '.join(lacks) or '-'}" in publisher.log()
 
 
-def test_retry_then_success_is_redelivered(tmp_path: Path, bus: Bus, procs: list[Proc],
-                                           unique: str) -> None:
+def test_retry_then_success_is_redelivered(
+    tmp_path: Path, bus: Bus, procs: list[Proc], unique: str
+) -> None:
     """The app answers RETRY twice: the same event comes again (not the next one in its place)
     until the app answers SUCCESS, and is then finished exactly once."""
     topic = bus.topic("retried")
     app, sidecar = subscriber(tmp_path, bus, procs, f"retry-{unique}", topics=[topic])
     event_id = f"ev-{unique}"
-    http_json(f"http://127.0.0.1:{app.port}/mode", method="POST",
-              body=json.dumps({"retry": [event_id]}).encode())
+    http_json(
+        f"http://127.0.0.1:{app.port}/mode",
+        method="POST",
+        body=json.dumps({"retry": [event_id]}).encode(),
+    )
     post(sidecar, topic, b'{"n": 1}', f"?metadata.cloudevent.id={event_id}")
 
     def attempts() -> list[dict[str, Any]]:
@@ -227,7 +283,8 @@ def test_retry_then_success_is_redelivered(tmp_path: Path, bus: Bus, procs: list
 
 
 def test_dropped_event_goes_to_the_dead_letter_topic_unchanged(
-        tmp_path: Path, bus: Bus, procs: list[Proc], unique: str) -> None:
+    tmp_path: Path, bus: Bus, procs: list[Proc], unique: str
+) -> None:
     """The app answers DROP; the original message (value, key, metadata) is stored on the
     subscription's ``deadLetterTopic`` of the same broker, and only then acknowledged."""
     topic, dlt = bus.topic("orders"), bus.topic("poison")
@@ -243,7 +300,8 @@ def test_dropped_event_goes_to_the_dead_letter_topic_unchanged(
 
 
 def test_raw_payload_subscription_gets_the_bytes_in_a_cloudevent(
-        tmp_path: Path, bus: Bus, procs: list[Proc], unique: str) -> None:
+    tmp_path: Path, bus: Bus, procs: list[Proc], unique: str
+) -> None:
     """Published with ``rawPayload`` (no envelope on the broker), subscribed with ``rawPayload``:
     the app gets a CloudEvent around exactly the published bytes."""
     topic = bus.topic("raw")
@@ -259,21 +317,32 @@ def test_raw_payload_subscription_gets_the_bytes_in_a_cloudevent(
     assert event["datacontenttype"] == "application/octet-stream" and event["topic"] == topic
 
 
-def test_routing_rule_chooses_the_path(tmp_path: Path, bus: Bus, procs: list[Proc],
-                                       unique: str) -> None:
+def test_routing_rule_chooses_the_path(
+    tmp_path: Path, bus: Bus, procs: list[Proc], unique: str
+) -> None:
     """CEL rules in order, the first match wins; an event no rule matches goes to the
     dead-letter topic (Dapr HEAD), the others to their rule's path."""
     topic, dlt = bus.topic("routed"), bus.topic("unrouted")
-    subscription(bus, topic, dead_letter_topic=dlt, routes=(
-        "    rules:\n"
-        "    - match: event.type == \"widget\" && int(event.data.n) > 1\n"
-        "      path: /events/big\n"
-        "    - match: event.type == \"widget\"\n"
-        "      path: /events/small\n"))
+    subscription(
+        bus,
+        topic,
+        dead_letter_topic=dlt,
+        routes=(
+            "    rules:\n"
+            '    - match: event.type == "widget" && int(event.data.n) > 1\n'
+            "      path: /events/big\n"
+            '    - match: event.type == "widget"\n'
+            "      path: /events/small\n"
+        ),
+    )
     app, sidecar = subscriber(tmp_path, bus, procs, f"route-{unique}")
     for name, kind, n in (("big", "widget", 5), ("small", "widget", 1), ("other", "gadget", 5)):
-        post(sidecar, topic, json.dumps({"n": n}).encode(),
-             f"?metadata.cloudevent.id={name}-{unique}&metadata.cloudevent.type={kind}")
+        post(
+            sidecar,
+            topic,
+            json.dumps({"n": n}).encode(),
+            f"?metadata.cloudevent.id={name}-{unique}&metadata.cloudevent.type={kind}",
+        )
 
     [dead] = bus.read(dlt, 1)
     assert json.loads(dead.value)["id"] == f"other-{unique}"
@@ -283,15 +352,20 @@ def test_routing_rule_chooses_the_path(tmp_path: Path, bus: Bus, procs: list[Pro
     assert delivered(app, f"small-{unique}")["path"] == "/events/small"
 
 
-def test_expired_event_is_not_delivered(tmp_path: Path, bus: Bus, procs: list[Proc],
-                                        unique: str) -> None:
+def test_expired_event_is_not_delivered(
+    tmp_path: Path, bus: Bus, procs: list[Proc], unique: str
+) -> None:
     """An event whose ``ttlInSeconds`` passed before a subscriber read it never reaches the
     app; it goes to the dead-letter topic. A later event without TTL is delivered."""
     topic, dlt = bus.topic("ttl"), bus.topic("expired")
     publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=bus.resources)
     procs.append(publisher)
-    post(publisher, topic, b'{"n": 1}',
-         f"?metadata.ttlInSeconds=1&metadata.cloudevent.id=old-{unique}")
+    post(
+        publisher,
+        topic,
+        b'{"n": 1}',
+        f"?metadata.ttlInSeconds=1&metadata.cloudevent.id=old-{unique}",
+    )
     expires = time.time() + 1
     [stored] = bus.read(topic, 1)
     assert json.loads(stored.value)["expiration"]
@@ -307,25 +381,39 @@ def test_expired_event_is_not_delivered(tmp_path: Path, bus: Bus, procs: list[Pr
     assert received(app)["started"] == [f"new-{unique}"]
 
 
-def test_app_ids_each_get_all_and_replicas_share(tmp_path: Path, bus: Bus, procs: list[Proc],
-                                                 unique: str) -> None:
+def test_app_ids_each_get_all_and_replicas_share(
+    tmp_path: Path, bus: Bus, procs: list[Proc], unique: str
+) -> None:
     """Two app-ids fan out: each gets every event. Two replicas of one app-id share: each event
     reaches one of them, and both get some."""
     topic = bus.topic("fan")
-    apps = [start_app(tmp_path, name, topics=[topic], delay_s=0.002)
-            for name in ("orders-1", "orders-2", "audit")]
+    apps = [
+        start_app(tmp_path, name, topics=[topic], delay_s=0.002)
+        for name in ("orders-1", "orders-2", "audit")
+    ]
     procs += apps
-    sidecars = [start_sidecar(tmp_path, app.name, app_id=f"{app.name[:6]}-{unique}",
-                              resources=bus.resources, app_port=app.port) for app in apps]
+    sidecars = [
+        start_sidecar(
+            tmp_path,
+            app.name,
+            app_id=f"{app.name[:6]}-{unique}",
+            resources=bus.resources,
+            app_port=app.port,
+        )
+        for app in apps
+    ]
     procs += sidecars
     poll("both orders replicas to hold a share", lambda: bus.sharing(sidecars[:2]), 60)
     poll("audit to consume", lambda: bus.consuming(sidecars[2]), 60)
 
     ids = [f"{unique}-{n:03d}" for n in range(200)]
     for chunk in range(0, len(ids), 20):  # in bursts, so both replicas are reading
-        bus.produce(topic, ids[chunk:chunk + 20])
-    poll("orders to receive 200",
-         lambda: sum(len(set(received(a)["finished"])) for a in apps[:2]) >= 200, 60)
+        bus.produce(topic, ids[chunk : chunk + 20])
+    poll(
+        "orders to receive 200",
+        lambda: sum(len(set(received(a)["finished"])) for a in apps[:2]) >= 200,
+        60,
+    )
     poll("audit to receive 200", lambda: len(set(received(apps[2])["finished"])) >= 200, 60)
     o1, o2 = (set(received(a)["finished"]) for a in apps[:2])
     assert o1 and o2, "both replicas of one app-id get a share"

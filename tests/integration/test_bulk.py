@@ -19,7 +19,8 @@ import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-from tidings.sidecar.localbroker import free_port
+
+from tidings.sidecar.cli.localbroker import free_port
 
 from .processes import (
     Proc,
@@ -44,32 +45,62 @@ def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
     return write_component(tmp_path / "resources", kafka_bootstrap, backOffMaxRetries="5")
 
 
-def start_bulk_app(tmp: Path, *, topic: str, max_count: int, max_await_ms: int,
-                   dead_letter: str = "") -> Proc:
+def start_bulk_app(
+    tmp: Path, *, topic: str, max_count: int, max_await_ms: int, dead_letter: str = ""
+) -> Proc:
     port = free_port()
-    return start_app_script(tmp, "bulk", "bulk_app.py", port=port, env={
-        **os.environ, "APP_PORT": str(port), "TOPIC": topic, "MAX_COUNT": str(max_count),
-        "MAX_AWAIT_MS": str(max_await_ms), "DEAD_LETTER": dead_letter})
+    return start_app_script(
+        tmp,
+        "bulk",
+        "bulk_app.py",
+        port=port,
+        env={
+            **os.environ,
+            "APP_PORT": str(port),
+            "TOPIC": topic,
+            "MAX_COUNT": str(max_count),
+            "MAX_AWAIT_MS": str(max_await_ms),
+            "DEAD_LETTER": dead_letter,
+        },
+    )
 
 
 def produce_events(bootstrap: str, topic: str, events: list[tuple[str, str]]) -> None:
     """CloudEvents ``(id, answer)`` straight to the broker, spread over the partitions."""
-    produce(bootstrap, topic, [{"value": json.dumps(
-        {"specversion": "1.0", "id": i, "source": "test", "type": "t",
-         "datacontenttype": "application/json", "data": {"answer": a}}).encode(),
-        "partition": n % PARTITIONS} for n, (i, a) in enumerate(events)])
+    produce(
+        bootstrap,
+        topic,
+        [
+            {
+                "value": json.dumps(
+                    {
+                        "specversion": "1.0",
+                        "id": i,
+                        "source": "test",
+                        "type": "t",
+                        "datacontenttype": "application/json",
+                        "data": {"answer": a},
+                    }
+                ).encode(),
+                "partition": n % PARTITIONS,
+            }
+            for n, (i, a) in enumerate(events)
+        ],
+    )
 
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
     """The group's committed offsets per partition, read without joining it."""
 
     async def run() -> dict[int, int | None]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
         await consumer.start()
         try:
-            return {p: await consumer.committed(TopicPartition(topic, p))
-                    for p in range(PARTITIONS)}
+            return {
+                p: await consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)
+            }
         finally:
             await consumer.stop()
 
@@ -84,13 +115,12 @@ def per_partition(events: list[tuple[str, str]]) -> dict[int, int]:
 
 
 def test_http_bulk_subscription_batches_retries_dead_letters_and_commits(
-        tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc],
-        unique: str) -> None:
+    tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc], unique: str
+) -> None:
     topic, dlt, app_id = f"bulk-{unique}", f"bulk-{unique}-dead", f"bulk-{unique}"
     app = start_bulk_app(tmp_path, topic=topic, max_count=10, max_await_ms=300, dead_letter=dlt)
     procs.append(app)
-    sidecar = start_sidecar(tmp_path, "bulk", app_id=app_id, resources=resources,
-                            app_port=app.port)
+    sidecar = start_sidecar(tmp_path, "bulk", app_id=app_id, resources=resources, app_port=app.port)
     procs.append(sidecar)
     poll("the sidecar to be assigned partitions", lambda: assignment(sidecar), 60)
 
@@ -113,17 +143,21 @@ def test_http_bulk_subscription_batches_retries_dead_letters_and_commits(
     for event_id, answer in events:
         if answer in ("RETRY_ONCE", "OMIT_ONCE"):
             # answered RETRY (or not at all) first, then delivered again and acknowledged
-            assert answers[event_id][:2] == (["RETRY", "SUCCESS"] if answer == "RETRY_ONCE"
-                                             else ["", "SUCCESS"]), (event_id, answers[event_id])
+            assert answers[event_id][:2] == (
+                ["RETRY", "SUCCESS"] if answer == "RETRY_ONCE" else ["", "SUCCESS"]
+            ), (event_id, answers[event_id])
         elif answer == "DROP":
             assert answers[event_id] == ["DROP"]
     assert set(got["dead"]) == dropped  # DROP, and only DROP, reached the dead-letter topic
     # within a partition requests follow offset order: event n went to partition n % 4
     order = {i: n for n, (i, _) in enumerate(events)}
     for p in range(PARTITIONS):
-        firsts = [i for r in got["requests"] for i in r
-                  if order[i] % PARTITIONS == p and answers[i][0] != "RETRY"
-                  and answers[i][0] != ""]
+        firsts = [
+            i
+            for r in got["requests"]
+            for i in r
+            if order[i] % PARTITIONS == p and answers[i][0] != "RETRY" and answers[i][0] != ""
+        ]
         firsts = list(dict.fromkeys(firsts))
         assert firsts == sorted(firsts, key=order.__getitem__)
 
@@ -133,16 +167,15 @@ def test_http_bulk_subscription_batches_retries_dead_letters_and_commits(
 
 
 def test_a_batch_in_flight_when_the_sidecar_dies_is_delivered_again(
-        tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc],
-        unique: str) -> None:
+    tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc], unique: str
+) -> None:
     """At-least-once: the app never answers the request holding ``HANG_ONCE``; the sidecar is
     killed (no shutdown, no commit); a new sidecar of the same app-id delivers that whole batch
     again and everything after it, and commits everything."""
     topic, app_id = f"bulk-kill-{unique}", f"bulk-kill-{unique}"
     app = start_bulk_app(tmp_path, topic=topic, max_count=5, max_await_ms=200)
     procs.append(app)
-    first = start_sidecar(tmp_path, "bulk-1", app_id=app_id, resources=resources,
-                          app_port=app.port)
+    first = start_sidecar(tmp_path, "bulk-1", app_id=app_id, resources=resources, app_port=app.port)
     procs.append(first)
     poll("the first sidecar to be assigned partitions", lambda: assignment(first), 60)
     events = [(f"{unique}-{n}", "HANG_ONCE" if n == 42 else "SUCCESS") for n in range(80)]
@@ -156,8 +189,9 @@ def test_a_batch_in_flight_when_the_sidecar_dies_is_delivered_again(
     first.signal(signal.SIGKILL)
     first.process.wait(10)
 
-    second = start_sidecar(tmp_path, "bulk-2", app_id=app_id, resources=resources,
-                           app_port=app.port)
+    second = start_sidecar(
+        tmp_path, "bulk-2", app_id=app_id, resources=resources, app_port=app.port
+    )
     procs.append(second)
 
     def all_succeeded() -> dict[str, Any] | None:
@@ -185,14 +219,20 @@ class BulkCallback(appcallback_pb2_grpc.AppCallbackServicer):
         self.seen: Counter[str] = Counter()
 
     def ListTopicSubscriptions(self, request: Any, context: Any) -> Any:
-        return appcallback_pb2.ListTopicSubscriptionsResponse(subscriptions=[
-            appcallback_pb2.TopicSubscription(
-                pubsub_name="pubsub", topic=self.topic, dead_letter_topic=self.dead_letter,
-                routes=appcallback_pb2.TopicRoutes(default="bulk"),
-                bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(
-                    enabled=True, max_messages_count=8, max_await_duration_ms=300)),
-            appcallback_pb2.TopicSubscription(pubsub_name="pubsub", topic=self.dead_letter),
-        ])
+        return appcallback_pb2.ListTopicSubscriptionsResponse(
+            subscriptions=[
+                appcallback_pb2.TopicSubscription(
+                    pubsub_name="pubsub",
+                    topic=self.topic,
+                    dead_letter_topic=self.dead_letter,
+                    routes=appcallback_pb2.TopicRoutes(default="bulk"),
+                    bulk_subscribe=appcallback_pb2.BulkSubscribeConfig(
+                        enabled=True, max_messages_count=8, max_await_duration_ms=300
+                    ),
+                ),
+                appcallback_pb2.TopicSubscription(pubsub_name="pubsub", topic=self.dead_letter),
+            ]
+        )
 
     def OnTopicEvent(self, request: Any, context: Any) -> Any:
         with self.lock:
@@ -215,14 +255,17 @@ class BulkCallback(appcallback_pb2_grpc.AppCallbackServicer):
                 if wanted.endswith("_ONCE"):
                     wanted = "RETRY" if first else "SUCCESS"
                 self.answers.setdefault(event.id, []).append(wanted)
-                statuses.append(appcallback_pb2.TopicEventBulkResponseEntry(
-                    entry_id=entry.entry_id, status=getattr(Status, wanted)))
+                statuses.append(
+                    appcallback_pb2.TopicEventBulkResponseEntry(
+                        entry_id=entry.entry_id, status=getattr(Status, wanted)
+                    )
+                )
         return appcallback_pb2.TopicEventBulkResponse(statuses=statuses)
 
 
 def test_grpc_app_receives_bulk_through_on_bulk_topic_event(
-        tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc],
-        unique: str) -> None:
+    tmp_path: Path, resources: Path, kafka_bootstrap: str, procs: list[Proc], unique: str
+) -> None:
     topic, dlt, app_id = f"gbulk-{unique}", f"gbulk-{unique}-dead", f"gbulk-{unique}"
     callback = BulkCallback(topic, dlt)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -230,8 +273,14 @@ def test_grpc_app_receives_bulk_through_on_bulk_topic_event(
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        sidecar = start_sidecar(tmp_path, "gbulk", app_id=app_id, resources=resources,
-                                app_port=port, extra=["--app-protocol", "grpc"])
+        sidecar = start_sidecar(
+            tmp_path,
+            "gbulk",
+            app_id=app_id,
+            resources=resources,
+            app_port=port,
+            extra=["--app-protocol", "grpc"],
+        )
         procs.append(sidecar)
         poll("the sidecar to be assigned partitions", lambda: assignment(sidecar), 60)
 
@@ -255,7 +304,11 @@ def test_grpc_app_receives_bulk_through_on_bulk_topic_event(
         assert max(sizes) <= 8 and max(sizes) > 1, sizes
         first = requests[0]
         assert (first.topic, first.pubsub_name, first.path, first.type) == (
-            topic, "pubsub", "bulk", "com.dapr.event.sent.bulk")
+            topic,
+            "pubsub",
+            "bulk",
+            "com.dapr.event.sent.bulk",
+        )
         entry = first.entries[0]
         assert entry.content_type == "application/cloudevents+json"
         assert entry.cloud_event.type == "t" and entry.cloud_event.source == "test"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tidings.sidecar.localbroker import free_port
+from tidings.sidecar.cli.localbroker import free_port
 
 from .processes import (
     Proc,
@@ -45,9 +45,18 @@ def resources(tmp_path: Path, kafka_bootstrap: str) -> Path:
 
 def start_app(tmp: Path, *, topic: str, dead_letter_topic: str = "") -> Proc:
     port = free_port()
-    return start_app_script(tmp, "observed", "observed_app.py", port=port, env={
-        **os.environ, "APP_PORT": str(port), "TOPIC": topic,
-        "DEAD_LETTER_TOPIC": dead_letter_topic})
+    return start_app_script(
+        tmp,
+        "observed",
+        "observed_app.py",
+        port=port,
+        env={
+            **os.environ,
+            "APP_PORT": str(port),
+            "TOPIC": topic,
+            "DEAD_LETTER_TOPIC": dead_letter_topic,
+        },
+    )
 
 
 def received(app: Proc) -> list[dict[str, Any]]:
@@ -79,14 +88,17 @@ def metadata_status(sidecar: Proc, topic: str) -> dict[str, Any] | None:
 
 def publish(sidecar: Proc, topic: str, data: Any, headers: dict[str, str] | None = None) -> None:
     status, body = http_json(
-        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}", method="POST",
+        f"http://127.0.0.1:{sidecar.port}/v1.0/publish/pubsub/{topic}",
+        method="POST",
         body=json.dumps(data).encode(),
-        headers={"Content-Type": "application/json", **(headers or {})})
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     assert status == 204, (status, body)
 
 
-def test_metrics_after_a_known_workload(tmp_path: Path, resources: Path, procs: list[Proc],
-                                        unique: str) -> None:
+def test_metrics_after_a_known_workload(
+    tmp_path: Path, resources: Path, procs: list[Proc], unique: str
+) -> None:
     """4 plain events, one the app retries once, one it drops to the dead-letter topic: the
     scraped counters are exact, and the lag of every partition returns to 0."""
     topic, dlt = f"orders-{unique}", f"dead-{unique}"
@@ -94,14 +106,27 @@ def test_metrics_after_a_known_workload(tmp_path: Path, resources: Path, procs: 
     app = start_app(tmp_path, topic=topic, dead_letter_topic=dlt)
     procs.append(app)
     sub_metrics, pub_metrics = free_port(), free_port()
-    subscriber = start_sidecar(tmp_path, "sub", app_id=app_id, resources=resources,
-                               app_port=app.port,
-                               extra=["--enable-metrics", "--metrics-port", str(sub_metrics)])
-    publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=resources,
-                              extra=["--enable-metrics", "--metrics-port", str(pub_metrics)])
+    subscriber = start_sidecar(
+        tmp_path,
+        "sub",
+        app_id=app_id,
+        resources=resources,
+        app_port=app.port,
+        extra=["--enable-metrics", "--metrics-port", str(sub_metrics)],
+    )
+    publisher = start_sidecar(
+        tmp_path,
+        "pub",
+        app_id=f"pub-{unique}",
+        resources=resources,
+        extra=["--enable-metrics", "--metrics-port", str(pub_metrics)],
+    )
     procs += [subscriber, publisher]
-    poll("the subscriber to be assigned partitions",
-         lambda: (metadata_status(subscriber, topic) or {}).get("partitions"), 60)
+    poll(
+        "the subscriber to be assigned partitions",
+        lambda: (metadata_status(subscriber, topic) or {}).get("partitions"),
+        60,
+    )
 
     for n in range(4):
         publish(publisher, topic, {"n": n})
@@ -109,8 +134,13 @@ def test_metrics_after_a_known_workload(tmp_path: Path, resources: Path, procs: 
     publish(publisher, topic, {"answer": "drop"})
     poll("7 deliveries (one retried)", lambda: len(received(app)) >= 7, 60)
 
-    published = samples(scrape(pub_metrics), "dapr_component_pubsub_egress_count",
-                        app_id=f"pub-{unique}", component="pubsub", topic=topic)
+    published = samples(
+        scrape(pub_metrics),
+        "dapr_component_pubsub_egress_count",
+        app_id=f"pub-{unique}",
+        component="pubsub",
+        topic=topic,
+    )
     assert list(published.values()) == [6.0] and 'success="true"' in next(iter(published))
 
     def settled() -> str | None:
@@ -120,23 +150,52 @@ def test_metrics_after_a_known_workload(tmp_path: Path, resources: Path, procs: 
         return text if lags and sum(lags.values()) == 0 and sum(dead.values()) == 1 else None
 
     text = poll("the lag to return to 0 and the drop to be dead-lettered", settled, 60)
-    ingress = {status: samples(text, "dapr_component_pubsub_ingress_count", app_id=app_id,
-                               component="pubsub", topic=topic, process_status=status)
-               for status in ("success", "retry", "drop")}
+    ingress = {
+        status: samples(
+            text,
+            "dapr_component_pubsub_ingress_count",
+            app_id=app_id,
+            component="pubsub",
+            topic=topic,
+            process_status=status,
+        )
+        for status in ("success", "retry", "drop")
+    }
     assert {s: sum(v.values()) for s, v in ingress.items()} == {
-        "success": 5.0, "retry": 1.0, "drop": 1.0}
-    assert sum(samples(text, "tidings_pubsub_retries_total", app_id=app_id,
-                       topic=topic).values()) == 1.0
-    assert sum(samples(text, "tidings_pubsub_deliveries_in_flight", app_id=app_id,
-                       topic=topic).values()) == 0.0
-    assert samples(text, "tidings_pubsub_rebalances_total", app_id=app_id,
-                   consumer_group=app_id)
-    assert samples(text, "dapr_component_pubsub_ingress_latencies_count", app_id=app_id,
-                   process_status="success", topic=topic)
-    assert samples(text, "tidings_pubsub_commit_latency_seconds_count", app_id=app_id,
-                   success="true")
-    api = samples(scrape(pub_metrics), "dapr_http_server_request_count",
-                  app_id=f"pub-{unique}", method="POST", path="/v1.0/publish/{tail}")
+        "success": 5.0,
+        "retry": 1.0,
+        "drop": 1.0,
+    }
+    assert (
+        sum(samples(text, "tidings_pubsub_retries_total", app_id=app_id, topic=topic).values())
+        == 1.0
+    )
+    assert (
+        sum(
+            samples(
+                text, "tidings_pubsub_deliveries_in_flight", app_id=app_id, topic=topic
+            ).values()
+        )
+        == 0.0
+    )
+    assert samples(text, "tidings_pubsub_rebalances_total", app_id=app_id, consumer_group=app_id)
+    assert samples(
+        text,
+        "dapr_component_pubsub_ingress_latencies_count",
+        app_id=app_id,
+        process_status="success",
+        topic=topic,
+    )
+    assert samples(
+        text, "tidings_pubsub_commit_latency_seconds_count", app_id=app_id, success="true"
+    )
+    api = samples(
+        scrape(pub_metrics),
+        "dapr_http_server_request_count",
+        app_id=f"pub-{unique}",
+        method="POST",
+        path="/v1.0/publish/{tail}",
+    )
     assert list(api.values()) == [6.0]
 
     status = metadata_status(subscriber, topic)
@@ -147,26 +206,38 @@ def test_metrics_after_a_known_workload(tmp_path: Path, resources: Path, procs: 
     assert status["lastError"] is not None
 
 
-def test_trace_context_reaches_the_subscriber(tmp_path: Path, resources: Path,
-                                              procs: list[Proc], unique: str) -> None:
+def test_trace_context_reaches_the_subscriber(
+    tmp_path: Path, resources: Path, procs: list[Proc], unique: str
+) -> None:
     """Without an exporter the caller's traceparent/tracestate pass through unchanged: into the
     CloudEvent and onto the delivery request's headers."""
     topic = f"traced-{unique}"
     app = start_app(tmp_path, topic=topic)
     procs.append(app)
-    subscriber = start_sidecar(tmp_path, "sub", app_id=f"sub-{unique}", resources=resources,
-                               app_port=app.port)
+    subscriber = start_sidecar(
+        tmp_path, "sub", app_id=f"sub-{unique}", resources=resources, app_port=app.port
+    )
     publisher = start_sidecar(tmp_path, "pub", app_id=f"pub-{unique}", resources=resources)
     procs += [subscriber, publisher]
-    poll("the subscriber to be assigned partitions",
-         lambda: (metadata_status(subscriber, topic) or {}).get("partitions"), 60)
+    poll(
+        "the subscriber to be assigned partitions",
+        lambda: (metadata_status(subscriber, topic) or {}).get("partitions"),
+        60,
+    )
 
-    publish(publisher, topic, {"n": 1},
-            headers={"traceparent": CALLER_TRACEPARENT, "tracestate": "vendor=abc"})
+    publish(
+        publisher,
+        topic,
+        {"n": 1},
+        headers={"traceparent": CALLER_TRACEPARENT, "tracestate": "vendor=abc"},
+    )
     [got] = poll("the delivery", lambda: received(app), 60)
     assert got["headers"] == {"traceparent": CALLER_TRACEPARENT, "tracestate": "vendor=abc"}
-    assert got["event"] == {"traceparent": CALLER_TRACEPARENT, "traceid": CALLER_TRACEPARENT,
-                            "tracestate": "vendor=abc"}
+    assert got["event"] == {
+        "traceparent": CALLER_TRACEPARENT,
+        "traceid": CALLER_TRACEPARENT,
+        "tracestate": "vendor=abc",
+    }
 
 
 class _OtlpReceiver(ThreadingHTTPServer):
@@ -191,20 +262,32 @@ class _OtlpHandler(BaseHTTPRequestHandler):
         request = ExportTraceServiceRequest.FromString(body)
         with self.server.lock:
             for resource_spans in request.resource_spans:
-                service = next(a.value.string_value for a in resource_spans.resource.attributes
-                               if a.key == "service.name")
+                service = next(
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                )
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
                         attributes = {}
                         for a in span.attributes:
                             value = a.value
-                            attributes[a.key] = (value.string_value
-                                                 if value.HasField("string_value")
-                                                 else value.int_value)
-                        self.server.spans.append({
-                            "service": service, "name": span.name, "kind": span.kind,
-                            "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
-                            "parent_id": span.parent_span_id.hex(), "attributes": attributes})
+                            attributes[a.key] = (
+                                value.string_value
+                                if value.HasField("string_value")
+                                else value.int_value
+                            )
+                        self.server.spans.append(
+                            {
+                                "service": service,
+                                "name": span.name,
+                                "kind": span.kind,
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent_id": span.parent_span_id.hex(),
+                                "attributes": attributes,
+                            }
+                        )
         answer = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -216,26 +299,33 @@ class _OtlpHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_spans_are_exported_with_parent_child_links(tmp_path: Path, resources: Path,
-                                                    procs: list[Proc], unique: str) -> None:
+def test_spans_are_exported_with_parent_child_links(
+    tmp_path: Path, resources: Path, procs: list[Proc], unique: str
+) -> None:
     """With OTEL_EXPORTER_OTLP_ENDPOINT set: caller → publish (PRODUCER, publisher sidecar) →
     process (CONSUMER, subscriber sidecar) → the app's request, one trace."""
     pytest.importorskip("opentelemetry.sdk", reason="the otel extra is part of the test extra")
     receiver = _OtlpReceiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
-               "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
         topic = f"spans-{unique}"
         app = start_app(tmp_path, topic=topic)
         procs.append(app)
         sub_id, pub_id = f"sub-{unique}", f"pub-{unique}"
-        subscriber = start_sidecar(tmp_path, "sub", app_id=sub_id, resources=resources,
-                                   app_port=app.port, env=env)
+        subscriber = start_sidecar(
+            tmp_path, "sub", app_id=sub_id, resources=resources, app_port=app.port, env=env
+        )
         publisher = start_sidecar(tmp_path, "pub", app_id=pub_id, resources=resources, env=env)
         procs += [subscriber, publisher]
-        poll("the subscriber to be assigned partitions",
-             lambda: (metadata_status(subscriber, topic) or {}).get("partitions"), 60)
+        poll(
+            "the subscriber to be assigned partitions",
+            lambda: (metadata_status(subscriber, topic) or {}).get("partitions"),
+            60,
+        )
 
         publish(publisher, topic, {"n": 1}, headers={"traceparent": CALLER_TRACEPARENT})
         [got] = poll("the delivery", lambda: received(app), 60)
@@ -261,10 +351,10 @@ def test_spans_are_exported_with_parent_child_links(tmp_path: Path, resources: P
         assert attributes["messaging.destination.partition.id"] in {"0", "1", "2", "3"}
         assert isinstance(attributes["messaging.kafka.offset"], int)
         # the event carries the publish span's context; the app's request the process span's
-        assert got["event"]["traceparent"] == (
-            f"00-{CALLER_TRACE_ID}-{publish_span['span_id']}-01")
+        assert got["event"]["traceparent"] == (f"00-{CALLER_TRACE_ID}-{publish_span['span_id']}-01")
         assert got["headers"]["traceparent"] == (
-            f"00-{CALLER_TRACE_ID}-{process_span['span_id']}-01")
+            f"00-{CALLER_TRACE_ID}-{process_span['span_id']}-01"
+        )
     finally:
         receiver.shutdown()
         receiver.server_close()

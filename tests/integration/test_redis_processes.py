@@ -43,8 +43,13 @@ def topic_named(client: redis.Redis, name: str) -> str:
 
 
 def test_redis_sigkill_mid_stream_loses_nothing(
-        tmp_path: Path, redis_host: str, client: redis.Redis, procs: list[Proc], unique: str,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path,
+    redis_host: str,
+    client: redis.Redis,
+    procs: list[Proc],
+    unique: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """SIGKILL a sidecar while it delivers 1,000 events; a replacement member of the same
     consumer group takes over the killed consumer's pending entries with XAUTOCLAIM after
     processingTimeout and delivers every event the app did not acknowledge."""
@@ -55,23 +60,26 @@ def test_redis_sigkill_mid_stream_loses_nothing(
     procs.append(app)
     ids = [f"{unique}-{n:04d}" for n in range(1000)]
     produce_redis(redis_host, topic, ids)
-    acked_before_kill = kill_sidecar_mid_stream(tmp_path, procs, app, app_id=app_id,
-                                                resources=folder, total=len(ids))
+    acked_before_kill = kill_sidecar_mid_stream(
+        tmp_path, procs, app, app_id=app_id, resources=folder, total=len(ids)
+    )
     pending_at_kill = client.xpending(topic, app_id)["pending"]
     assert pending_at_kill > 0, "the killed consumer held unacknowledged entries"
 
-    second = start_sidecar(tmp_path, "second", app_id=app_id, resources=folder,
-                           app_port=app.port)
+    second = start_sidecar(tmp_path, "second", app_id=app_id, resources=folder, app_port=app.port)
     procs.append(second)
     poll("every event to be delivered", lambda: set(received(app)["finished"]) >= set(ids), 90)
-    poll("every entry to be acknowledged", lambda: client.xpending(topic, app_id)["pending"] == 0,
-         30)
+    poll(
+        "every entry to be acknowledged", lambda: client.xpending(topic, app_id)["pending"] == 0, 30
+    )
     finished = received(app)["finished"]
     lost = set(ids) - set(finished)
     duplicates = len(finished) - len(set(finished))
     assert "reclaimed" in second.log()
     with capsys.disabled():
-        print(f"\n[at-least-once, redis] SIGKILL after {acked_before_kill} acks with "
-              f"{pending_at_kill} entries pending: lost={len(lost)} duplicates={duplicates} "
-              f"of {len(ids)}")
+        print(
+            f"\n[at-least-once, redis] SIGKILL after {acked_before_kill} acks with "
+            f"{pending_at_kill} entries pending: lost={len(lost)} duplicates={duplicates} "
+            f"of {len(ids)}"
+        )
     assert not lost

@@ -21,7 +21,8 @@ def test_chart_crds_are_byte_identical_to_crds_folder() -> None:
     assert source == copies == ["components.dapr.io.yaml", "subscriptions.dapr.io.yaml"]
     for name in source:
         assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
-            f"charts/tidings/crds/{name} drifted: cp crds/{name} charts/tidings/crds/")
+            f"charts/tidings/crds/{name} drifted: cp crds/{name} charts/tidings/crds/"
+        )
 
 
 def test_crds_use_no_cel_and_are_structural() -> None:
@@ -53,15 +54,31 @@ def test_webhook_template_mirrors_webhook_configuration() -> None:
 
 def test_rbac_lists_what_the_operator_calls() -> None:
     text = (CHART / "templates" / "rbac.yaml").read_text()
-    rules = re.findall(r'resources: \[(.*?)\]\n\s+verbs: \[(.*?)\]', text)
-    granted = {(r.strip(' "'), v.strip(' "')) for res, verbs in rules
-               for r in res.split(",") for v in verbs.split(",")}
-    used = {("pods", "list"), ("pods", "watch"),
-            ("secrets", "get"), ("secrets", "list"), ("secrets", "watch"),
-            ("secrets", "create"), ("secrets", "update"), ("secrets", "delete"),
-            ("events", "create"),
-            ("components", "list"), ("components", "watch"),
-            ("subscriptions", "list"), ("subscriptions", "watch"),
-            ("components/status", "patch"), ("subscriptions/status", "patch"),
-            ("leases", "get"), ("leases", "create"), ("leases", "update")}
+    rules = re.findall(r"resources: \[(.*?)\]\n\s+verbs: \[(.*?)\]", text)
+    granted = {
+        (r.strip(' "'), v.strip(' "'))
+        for res, verbs in rules
+        for r in res.split(",")
+        for v in verbs.split(",")
+    }
+    used = {
+        ("pods", "list"),
+        ("pods", "watch"),
+        ("secrets", "get"),
+        ("secrets", "list"),
+        ("secrets", "watch"),
+        ("secrets", "create"),
+        ("secrets", "update"),
+        ("secrets", "delete"),
+        ("events", "create"),
+        ("components", "list"),
+        ("components", "watch"),
+        ("subscriptions", "list"),
+        ("subscriptions", "watch"),
+        ("components/status", "patch"),
+        ("subscriptions/status", "patch"),
+        ("leases", "get"),
+        ("leases", "create"),
+        ("leases", "update"),
+    }
     assert granted == used

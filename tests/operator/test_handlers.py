@@ -26,8 +26,10 @@ class FakeCore:
         body = self.secrets.get((namespace, name))
         if body is None:
             raise ApiException(status=404)
-        return SimpleNamespace(data=body["data"], metadata=SimpleNamespace(
-            labels=body["metadata"]["labels"], resource_version="1"))
+        return SimpleNamespace(
+            data=body["data"],
+            metadata=SimpleNamespace(labels=body["metadata"]["labels"], resource_version="1"),
+        )
 
     def create_namespaced_secret(self, namespace: str, body: dict[str, Any]) -> None:
         self.secrets[(namespace, body["metadata"]["name"])] = body
@@ -37,24 +39,37 @@ class FakeCore:
 
 
 def comp() -> dict[str, Any]:
-    return {"apiVersion": "dapr.io/v1alpha1", "kind": "Component",
-            "metadata": {"name": "pubsub", "namespace": "ns"},
-            "spec": {"type": "pubsub.kafka", "version": "v1",
-                     "metadata": [{"name": "brokers", "value": "k:9092"},
-                                  {"name": "authType", "value": "none"}]}}
+    return {
+        "apiVersion": "dapr.io/v1alpha1",
+        "kind": "Component",
+        "metadata": {"name": "pubsub", "namespace": "ns"},
+        "spec": {
+            "type": "pubsub.kafka",
+            "version": "v1",
+            "metadata": [
+                {"name": "brokers", "value": "k:9092"},
+                {"name": "authType", "value": "none"},
+            ],
+        },
+    }
 
 
 def sub(name: str, topic: str) -> dict[str, Any]:
-    return {"apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"pubsubname": "pubsub", "topic": topic, "routes": {"default": "/e"}}}
+    return {
+        "apiVersion": "dapr.io/v2alpha1",
+        "kind": "Subscription",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"pubsubname": "pubsub", "topic": topic, "routes": {"default": "/e"}},
+    }
 
 
 def test_left_out_problems_are_logged_when_they_change_not_on_every_resync(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Found on a real cluster: every resync re-logged each problem for every app."""
-    rec = Reconciler(core=FakeCore(), custom=None,
-                     leader=LeaderElector(None, namespace="", name="", identity=""))
+    rec = Reconciler(
+        core=FakeCore(), custom=None, leader=LeaderElector(None, namespace="", name="", identity="")
+    )
     subs = [sub("good", "t"), sub("bad", "")]
     rec.attach({("ns", "a"): ["a-1"], ("ns", "b"): ["b-1"]}, {"ns": [comp()]}, {"ns": subs})
 

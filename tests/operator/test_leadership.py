@@ -67,18 +67,22 @@ class FakeCoordination:
                 renew_time=parse(spec["renewTime"]),
                 acquire_time=parse(spec["acquireTime"]),
                 lease_duration_seconds=spec["leaseDurationSeconds"],
-                lease_transitions=spec["leaseTransitions"]))
+                lease_transitions=spec["leaseTransitions"],
+            ),
+        )
 
-    def read_namespaced_lease(self, name: str, namespace: str, *,
-                              _request_timeout: float | None = None) -> Any:
+    def read_namespaced_lease(
+        self, name: str, namespace: str, *, _request_timeout: float | None = None
+    ) -> Any:
         started = time.monotonic()
         self._call(_request_timeout)
         with self.store.lock:
             self._read_at = started
             return self._lease()
 
-    def create_namespaced_lease(self, namespace: str, body: dict[str, Any], *,
-                                _request_timeout: float | None = None) -> None:
+    def create_namespaced_lease(
+        self, namespace: str, body: dict[str, Any], *, _request_timeout: float | None = None
+    ) -> None:
         from kubernetes.client import ApiException
 
         self._call(_request_timeout)
@@ -88,8 +92,14 @@ class FakeCoordination:
             self.store.body, self.store.version = body, self.store.version + 1
             self.last_renew_started = self._read_at
 
-    def replace_namespaced_lease(self, name: str, namespace: str, body: dict[str, Any], *,
-                                 _request_timeout: float | None = None) -> None:
+    def replace_namespaced_lease(
+        self,
+        name: str,
+        namespace: str,
+        body: dict[str, Any],
+        *,
+        _request_timeout: float | None = None,
+    ) -> None:
         from kubernetes.client import ApiException
 
         self._call(_request_timeout)
@@ -108,15 +118,23 @@ async def until(what: str, check: Any, timeout_s: float = 10.0) -> None:
 
 
 def elector(api: FakeCoordination, identity: str, **kw: Any) -> LeaderElector:
-    return LeaderElector(api, namespace="ns", name="lease", identity=identity,
-                         lease_duration_s=kw.pop("lease_duration_s", 1.5),
-                         renew_interval_s=kw.pop("renew_interval_s", 0.1), **kw)
+    return LeaderElector(
+        api,
+        namespace="ns",
+        name="lease",
+        identity=identity,
+        lease_duration_s=kw.pop("lease_duration_s", 1.5),
+        renew_interval_s=kw.pop("renew_interval_s", 0.1),
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("ignore_timeout", [False, True],
-                         ids=["client-timeout", "call-never-returns"])
+@pytest.mark.parametrize(
+    "ignore_timeout", [False, True], ids=["client-timeout", "call-never-returns"]
+)
 async def test_leader_steps_down_within_the_lease_when_the_api_server_hangs(
-        ignore_timeout: bool) -> None:
+    ignore_timeout: bool,
+) -> None:
     api = FakeCoordination(LeaseStore())
     api.ignore_timeout = ignore_timeout
     le = elector(api, "a")
@@ -126,8 +144,7 @@ async def test_leader_steps_down_within_the_lease_when_the_api_server_hangs(
         api.hang.set()  # the API server stops answering (SIGSTOP)
         # is_leader (checked before each write) turns false at the deadline; the elector then
         # clears its flag, so wait_leader blocks again
-        await until("step-down", lambda: not le.is_leader and not le._leader.is_set(),
-                    timeout_s=5)
+        await until("step-down", lambda: not le.is_leader and not le._leader.is_set(), timeout_s=5)
         assert api.last_renew_started is not None
         stepped_down_after = time.monotonic() - api.last_renew_started
         assert stepped_down_after < le.lease_duration_s, stepped_down_after
@@ -173,9 +190,16 @@ def test_expiry_is_measured_by_the_candidates_clock_not_renew_time() -> None:
     store = LeaseStore()
     api = FakeCoordination(store)
     old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)).isoformat()
-    store.body = {"metadata": {}, "spec": {
-        "holderIdentity": "other", "renewTime": old, "acquireTime": old,
-        "leaseDurationSeconds": 1, "leaseTransitions": 0}}
+    store.body = {
+        "metadata": {},
+        "spec": {
+            "holderIdentity": "other",
+            "renewTime": old,
+            "acquireTime": old,
+            "leaseDurationSeconds": 1,
+            "leaseTransitions": 0,
+        },
+    }
     store.version = 1
     le = elector(api, "me", lease_duration_s=1.0)
     assert le._try_acquire_or_renew() is False  # first sight of this record

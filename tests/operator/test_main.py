@@ -11,8 +11,15 @@ from tidings.operator.main import JsonFormatter, main
 
 
 def test_json_log_line_carries_extras() -> None:
-    record = logging.LogRecord("tidings.operator.handlers", logging.INFO, __file__, 1,
-                               "app %s config Secret %s", ("orders", "created"), None)
+    record = logging.LogRecord(
+        "tidings.operator.handlers",
+        logging.INFO,
+        __file__,
+        1,
+        "app %s config Secret %s",
+        ("orders", "created"),
+        None,
+    )
     record.app_id = "orders"
     record.namespace = "shop"
     line = json.loads(JsonFormatter().format(record))
@@ -27,7 +34,7 @@ def test_bad_flags_exit_2(capsys: object) -> None:
 
 
 def test_kopf_run_module_registers_on_the_default_registry() -> None:
-    import tidings.operator  # noqa: F401  (what `kopf run -m tidings.operator` imports)
+    import tidings.operator.kopf_entry  # noqa: F401  (`kopf run -m tidings.operator.kopf_entry`)
 
     registry = kopf.get_default_registry()
     ids = {h.id for h in registry._webhooks.get_all_handlers()}

@@ -22,25 +22,45 @@ from tidings.operator.metrics import admission_outcome
 
 
 def count(outcome: str) -> float:
-    return REGISTRY.get_sample_value("tidings_operator_admission_requests_total",
-                                     {"outcome": outcome}) or 0.0
+    return (
+        REGISTRY.get_sample_value("tidings_operator_admission_requests_total", {"outcome": outcome})
+        or 0.0
+    )
 
 
 def latencies(outcome: str) -> float:
-    return REGISTRY.get_sample_value("tidings_operator_admission_latency_seconds_count",
-                                     {"outcome": outcome}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "tidings_operator_admission_latency_seconds_count", {"outcome": outcome}
+        )
+        or 0.0
+    )
 
 
-REVIEW = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-          "request": {"uid": "u1", "resource": {"group": "", "version": "v1", "resource": "pods"},
-                      "userInfo": {}, "object": {"metadata": {}}}}
+REVIEW = {
+    "apiVersion": "admission.k8s.io/v1",
+    "kind": "AdmissionReview",
+    "request": {
+        "uid": "u1",
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "userInfo": {},
+        "object": {"metadata": {}},
+    },
+}
 
 
 async def engine(review: Any, **_: Any) -> dict[str, Any]:
     patch = base64.b64encode(b'[{"op": "add", "path": "/x", "value": 1}]').decode()
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "response": {"uid": review["request"]["uid"], "allowed": True, "patch": patch,
-                         "patchType": "JSONPatch"}}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": review["request"]["uid"],
+            "allowed": True,
+            "patch": patch,
+            "patchType": "JSONPatch",
+        },
+    }
 
 
 async def test_admissions_are_counted_by_outcome() -> None:
@@ -54,8 +74,11 @@ async def test_admissions_are_counted_by_outcome() -> None:
     async with TestServer(app) as server, aiohttp.ClientSession() as session:
         async with session.post(server.make_url("/inject-sidecar"), json=REVIEW) as r:
             assert r.status == 200 and (await r.json())["response"]["allowed"] is True
-        async with session.post(server.make_url("/inject-sidecar"), data=b"{",
-                                headers={"Content-Type": "application/json"}) as r:
+        async with session.post(
+            server.make_url("/inject-sidecar"),
+            data=b"{",
+            headers={"Content-Type": "application/json"},
+        ) as r:
             assert r.status == 400
     assert count("injected") - before["injected"][0] == 1
     assert latencies("injected") - before["injected"][1] == 1
@@ -68,9 +91,7 @@ def test_admission_outcome_reads_the_answer() -> None:
 
     assert admission_outcome(200, answer({"allowed": True})) == "allowed"
     assert admission_outcome(200, answer({"allowed": True, "patch": "W10="})) == "injected"
-    assert admission_outcome(200, answer({"allowed": False,
-                                          "status": {"code": 400}})) == "refused"
-    assert admission_outcome(200, answer({"allowed": False,
-                                          "status": {"code": 500}})) == "error"
+    assert admission_outcome(200, answer({"allowed": False, "status": {"code": 400}})) == "refused"
+    assert admission_outcome(200, answer({"allowed": False, "status": {"code": 500}})) == "error"
     assert admission_outcome(415, b"{}") == "malformed"
     assert admission_outcome(500, None) == "error"

@@ -14,15 +14,24 @@ IMAGE = "example/tidings-sidecar:test"
 
 def make_pod(**annotations: str) -> dict:
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "orders-1", "namespace": "shop",
-                     "annotations": {"dapr.io/app-id": "orders", **annotations},
-                     "labels": {"app": "orders"}},
-        "spec": {"containers": [
-            {"name": "app", "image": "orders:1"},
-            {"name": "helper", "image": "helper:1",
-             "env": [{"name": "DAPR_HTTP_PORT", "value": "3999"}]},
-        ]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "orders-1",
+            "namespace": "shop",
+            "annotations": {"dapr.io/app-id": "orders", **annotations},
+            "labels": {"app": "orders"},
+        },
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "orders:1"},
+                {
+                    "name": "helper",
+                    "image": "helper:1",
+                    "env": [{"name": "DAPR_HTTP_PORT", "value": "3999"}],
+                },
+            ]
+        },
     }
 
 
@@ -33,44 +42,80 @@ def daprd(pod: dict) -> dict:
 
 
 def test_injects_one_daprd_with_the_contracted_shape() -> None:
-    pod = make_pod(**{"dapr.io/app-port": "8080", "dapr.io/sidecar-cpu-request": "50m",
-                      "dapr.io/sidecar-memory-limit": "256Mi", "dapr.io/log-level": "debug"})
+    pod = make_pod(
+        **{
+            "dapr.io/app-port": "8080",
+            "dapr.io/sidecar-cpu-request": "50m",
+            "dapr.io/sidecar-memory-limit": "256Mi",
+            "dapr.io/log-level": "debug",
+        }
+    )
     patched = patch_pod(pod, parse_sidecar_config(pod), image=IMAGE)
     c = daprd(patched)
     assert c["image"] == IMAGE
     assert c["command"] == ["tidings", "sidecar"]
-    assert c["args"] == ["--app-id", "orders", "--app-port", "8080", "--dapr-http-port", "3500",
-                         "--dapr-listen-addresses", "0.0.0.0", "--resources-path",
-                         "/etc/tidings/resources", "--log-level", "debug", "--enable-metrics",
-                         "--metrics-port", "9090"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"dapr-http": 3500,
-                                                                   "dapr-grpc": 50001,
-                                                                   "dapr-metrics": 9090}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/v1.0/healthz", "port": 3500,
-                                              "scheme": "HTTP"}
+    assert c["args"] == [
+        "--app-id",
+        "orders",
+        "--app-port",
+        "8080",
+        "--dapr-http-port",
+        "3500",
+        "--dapr-listen-addresses",
+        "0.0.0.0",
+        "--resources-path",
+        "/etc/tidings/resources",
+        "--log-level",
+        "debug",
+        "--enable-metrics",
+        "--metrics-port",
+        "9090",
+    ]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "dapr-http": 3500,
+        "dapr-grpc": 50001,
+        "dapr-metrics": 9090,
+    }
+    assert c["readinessProbe"]["httpGet"] == {
+        "path": "/v1.0/healthz",
+        "port": 3500,
+        "scheme": "HTTP",
+    }
     assert c["livenessProbe"]["tcpSocket"] == {"port": 3500}
     assert c["resources"] == {"requests": {"cpu": "50m"}, "limits": {"memory": "256Mi"}}
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert env == {"NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
-    assert c["volumeMounts"] == [{"name": "tidings-resources",
-                                  "mountPath": "/etc/tidings/resources", "readOnly": True}]
+    assert c["volumeMounts"] == [
+        {"name": "tidings-resources", "mountPath": "/etc/tidings/resources", "readOnly": True}
+    ]
     assert patched["spec"]["volumes"] == [
-        {"name": "tidings-resources", "secret": {"secretName": "tidings-orders",
-                                                 "defaultMode": 0o444}}]
-    assert patched["metadata"]["labels"] == {"app": "orders", "dapr.io/sidecar-injected": "true",
-                                             "dapr.io/app-id": "orders"}
+        {
+            "name": "tidings-resources",
+            "secret": {"secretName": "tidings-orders", "defaultMode": 0o444},
+        }
+    ]
+    assert patched["metadata"]["labels"] == {
+        "app": "orders",
+        "dapr.io/sidecar-injected": "true",
+        "dapr.io/app-id": "orders",
+    }
 
 
 def test_app_containers_get_dapr_http_port_only_if_absent() -> None:
     pod = make_pod()
     patched = patch_pod(pod, parse_sidecar_config(pod), image=IMAGE)
     app, helper = patched["spec"]["containers"][:2]
-    assert app["env"] == [{"name": "DAPR_HTTP_PORT", "value": "3500"},
-                          {"name": "DAPR_GRPC_PORT", "value": "50001"}]
-    assert helper["env"] == [{"name": "DAPR_HTTP_PORT", "value": "3999"},
-                             {"name": "DAPR_GRPC_PORT", "value": "50001"}]
-    assert "env" not in daprd(patched) or all(e["name"] != "DAPR_HTTP_PORT"
-                                             for e in daprd(patched)["env"])
+    assert app["env"] == [
+        {"name": "DAPR_HTTP_PORT", "value": "3500"},
+        {"name": "DAPR_GRPC_PORT", "value": "50001"},
+    ]
+    assert helper["env"] == [
+        {"name": "DAPR_HTTP_PORT", "value": "3999"},
+        {"name": "DAPR_GRPC_PORT", "value": "50001"},
+    ]
+    assert "env" not in daprd(patched) or all(
+        e["name"] != "DAPR_HTTP_PORT" for e in daprd(patched)["env"]
+    )
 
 
 def test_input_pod_is_not_modified() -> None:
@@ -130,8 +175,9 @@ def test_a_pod_with_its_own_daprd_is_not_injected() -> None:
     from tidings.operator.settings import InjectorSettings
 
     pod = make_pod()
-    pod["spec"]["containers"].append({"name": "daprd", "image": "mine",
-                                      "readinessProbe": {"exec": {"command": ["true"]}}})
+    pod["spec"]["containers"].append(
+        {"name": "daprd", "image": "mine", "readinessProbe": {"exec": {"command": ["true"]}}}
+    )
     patched, warnings = decide(pod, InjectorSettings(sidecar_image=IMAGE))
     assert patched is None and "already exists" in warnings[0]
     injected = patch_pod(make_pod(), parse_sidecar_config(make_pod()), image=IMAGE)
@@ -158,24 +204,32 @@ def test_app_protocol_annotation_reaches_the_sidecar_and_the_app() -> None:
 
 
 def test_operator_defaults_for_resources_and_log_level_yield_to_annotations() -> None:
-    """The chart's sidecar.resources / sidecar.logLevel reach daprd unless the pod says otherwise."""
+    """The chart's sidecar.resources / sidecar.logLevel reach daprd unless the pod says
+    otherwise."""
     from tidings.operator.injection import decide
     from tidings.operator.settings import InjectorSettings
 
     settings = InjectorSettings(
-        sidecar_image=IMAGE, sidecar_log_level="warn",
-        sidecar_resources={"requests": {"cpu": "50m", "memory": "64Mi"},
-                           "limits": {"memory": "256Mi"}})
+        sidecar_image=IMAGE,
+        sidecar_log_level="warn",
+        sidecar_resources={
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+    )
     patched, _ = decide(make_pod(), settings)
     assert patched is not None
     daprd = next(c for c in patched["spec"]["containers"] if c["name"] == "daprd")
-    assert daprd["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                  "limits": {"memory": "256Mi"}}
+    assert daprd["resources"] == {
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "limits": {"memory": "256Mi"},
+    }
     assert daprd["args"][daprd["args"].index("--log-level") + 1] == "warn"
 
     pod = make_pod()
-    pod["metadata"]["annotations"].update({"dapr.io/sidecar-memory-limit": "1Gi",
-                                           "dapr.io/log-level": "debug"})
+    pod["metadata"]["annotations"].update(
+        {"dapr.io/sidecar-memory-limit": "1Gi", "dapr.io/log-level": "debug"}
+    )
     patched, _ = decide(pod, settings)
     assert patched is not None
     daprd = next(c for c in patched["spec"]["containers"] if c["name"] == "daprd")

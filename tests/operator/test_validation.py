@@ -15,12 +15,18 @@ from tidings.operator.validation import (
 
 
 def comp(**spec: object) -> dict:
-    base = {"type": "pubsub.kafka", "version": "v1",
-            "metadata": [{"name": "brokers", "value": "k:9092"},
-                         {"name": "authType", "value": "none"}]}
+    base = {
+        "type": "pubsub.kafka",
+        "version": "v1",
+        "metadata": [{"name": "brokers", "value": "k:9092"}, {"name": "authType", "value": "none"}],
+    }
     base.update(spec)
-    return {"apiVersion": "dapr.io/v1alpha1", "kind": "Component",
-            "metadata": {"name": "pubsub", "namespace": "ns"}, "spec": base}
+    return {
+        "apiVersion": "dapr.io/v1alpha1",
+        "kind": "Component",
+        "metadata": {"name": "pubsub", "namespace": "ns"},
+        "spec": base,
+    }
 
 
 def test_valid_component() -> None:
@@ -35,18 +41,35 @@ def test_component_errors_name_the_field() -> None:
     assert not v.ok and v.reason == "InvalidSpec" and "spec.metadata.redisHost" in v.message
     v = validate_component(comp(metadata=[{"name": "authType", "value": "none"}]), {})
     assert not v.ok and "brokers" in v.message
-    v = validate_component(comp(metadata=[{"name": "authType", "value": "none"}, {
-        "name": "brokers", "secretKeyRef": {"name": "s", "key": "b"}}]), {})
+    v = validate_component(
+        comp(
+            metadata=[
+                {"name": "authType", "value": "none"},
+                {"name": "brokers", "secretKeyRef": {"name": "s", "key": "b"}},
+            ]
+        ),
+        {},
+    )
     assert not v.ok and v.reason == "SecretNotResolved" and "'s' not found" in v.message
-    v = validate_component(comp(metadata=[{"name": "authType", "value": "none"}, {
-        "name": "brokers", "secretKeyRef": {"name": "s", "key": "b"}}]), {"s": {"b": "k:1"}})
+    v = validate_component(
+        comp(
+            metadata=[
+                {"name": "authType", "value": "none"},
+                {"name": "brokers", "secretKeyRef": {"name": "s", "key": "b"}},
+            ]
+        ),
+        {"s": {"b": "k:1"}},
+    )
     assert v.ok
 
 
 def test_subscription_versions() -> None:
-    v1 = {"apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",
-          "metadata": {"name": "s", "namespace": "ns"},
-          "spec": {"pubsubname": "p", "topic": "t", "route": "/r"}}
+    v1 = {
+        "apiVersion": "dapr.io/v2alpha1",
+        "kind": "Subscription",
+        "metadata": {"name": "s", "namespace": "ns"},
+        "spec": {"pubsubname": "p", "topic": "t", "route": "/r"},
+    }
     assert validate_subscription(v1).ok
     v1["spec"].pop("route")
     bad = validate_subscription(v1)
@@ -54,11 +77,21 @@ def test_subscription_versions() -> None:
 
 
 def test_subscription_with_a_rule_that_is_not_cel() -> None:
-    body = {"apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",
-            "metadata": {"name": "s", "namespace": "ns"},
-            "spec": {"pubsubname": "p", "topic": "t",
-                     "routes": {"rules": [{"match": 'event.type == "a"', "path": "/a"},
-                                          {"match": "event.(", "path": "/b"}]}}}
+    body = {
+        "apiVersion": "dapr.io/v2alpha1",
+        "kind": "Subscription",
+        "metadata": {"name": "s", "namespace": "ns"},
+        "spec": {
+            "pubsubname": "p",
+            "topic": "t",
+            "routes": {
+                "rules": [
+                    {"match": 'event.type == "a"', "path": "/a"},
+                    {"match": "event.(", "path": "/b"},
+                ]
+            },
+        },
+    }
     bad = validate_subscription(body)
     assert not bad.ok and "routes.rules[1].match" in bad.message
     body["spec"]["routes"]["rules"].pop()
@@ -69,21 +102,37 @@ def test_ready_condition_transition_time_moves_only_on_flip() -> None:
     t0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     t1 = t0 + datetime.timedelta(hours=1)
     first = ready_condition(Verdict(True, "Valid", "ok"), generation=1, now=t0)
-    assert first == {"type": "Ready", "status": "True", "reason": "Valid", "message": "ok",
-                     "lastTransitionTime": "2024-01-01T00:00:00Z", "observedGeneration": 1}
+    assert first == {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Valid",
+        "message": "ok",
+        "lastTransitionTime": "2024-01-01T00:00:00Z",
+        "observedGeneration": 1,
+    }
     same = ready_condition(Verdict(True, "Valid", "ok"), generation=1, previous=first, now=t1)
     assert same == first
-    flipped = ready_condition(Verdict(False, "InvalidSpec", "bad"), generation=2,
-                              previous=first, now=t1)
+    flipped = ready_condition(
+        Verdict(False, "InvalidSpec", "bad"), generation=2, previous=first, now=t1
+    )
     assert flipped["lastTransitionTime"] == "2024-01-01T01:00:00Z"
     assert flipped["status"] == "False"
 
 
-def sub(name: str, topic: str = "t", *, pubsub: str = "pubsub", scopes: list[str] | None = None,
-        **spec: object) -> dict:
-    body = {"apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"pubsubname": pubsub, "topic": topic, "routes": {"default": "/e"}, **spec}}
+def sub(
+    name: str,
+    topic: str = "t",
+    *,
+    pubsub: str = "pubsub",
+    scopes: list[str] | None = None,
+    **spec: object,
+) -> dict:
+    body = {
+        "apiVersion": "dapr.io/v2alpha1",
+        "kind": "Subscription",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"pubsubname": pubsub, "topic": topic, "routes": {"default": "/e"}, **spec},
+    }
     if scopes is not None:
         body["scopes"] = scopes
     return body
@@ -91,12 +140,16 @@ def sub(name: str, topic: str = "t", *, pubsub: str = "pubsub", scopes: list[str
 
 # Found on a real cluster: each of these was Ready=True while the sidecar ignored it.
 
-@pytest.mark.parametrize(("spec", "field"), [
-    ({"topic": "bad topic/../x"}, "topic"),
-    ({"deadLetterTopic": "dead letters"}, "deadLetterTopic"),
-    ({"deadLetterTopic": "x" * 250}, "deadLetterTopic"),
-    ({"routes": {}}, "routes"),
-])
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"topic": "bad topic/../x"}, "topic"),
+        ({"deadLetterTopic": "dead letters"}, "deadLetterTopic"),
+        ({"deadLetterTopic": "x" * 250}, "deadLetterTopic"),
+        ({"routes": {}}, "routes"),
+    ],
+)
 def test_subscription_the_sidecar_drops_is_not_ready(spec: dict, field: str) -> None:
     v = validate_subscription(sub("s", **spec), components=[comp()], subscriptions=[])
     assert not v.ok and v.reason == "InvalidSpec" and field in v.message, v
@@ -121,8 +174,10 @@ def test_nats_subjects_are_checked_for_jetstream_components() -> None:
 def test_subscription_naming_a_missing_pubsub() -> None:
     v = validate_subscription(sub("s", pubsub="other"), components=[comp()])
     assert not v.ok and v.reason == "PubsubNotFound" and "'other'" in v.message
-    assert validate_subscription(sub("s", pubsub="other"), components=[
-        comp(), dict(comp(), metadata={"name": "other", "namespace": "ns"})]).ok
+    assert validate_subscription(
+        sub("s", pubsub="other"),
+        components=[comp(), dict(comp(), metadata={"name": "other", "namespace": "ns"})],
+    ).ok
     assert validate_subscription(sub("s", pubsub="other")).ok  # no namespace view: not judged
 
 
@@ -141,8 +196,9 @@ def test_conflict_follows_file_name_order_not_name_order() -> None:
     # "a-b" < "a" is false by name, but "subscription-a-b.yaml" < "subscription-a.yaml"
     a, ab = sub("a", "orders"), sub("a-b", "orders")
     assert validate_subscription(a, components=[comp()], subscriptions=[a, ab]).ok
-    assert validate_subscription(ab, components=[comp()],
-                                 subscriptions=[a, ab]).reason == "Conflict"
+    assert (
+        validate_subscription(ab, components=[comp()], subscriptions=[a, ab]).reason == "Conflict"
+    )
 
 
 def test_conflict_needs_an_app_both_reach_and_a_valid_winner() -> None:
@@ -151,10 +207,10 @@ def test_conflict_needs_an_app_both_reach_and_a_valid_winner() -> None:
     v = validate_subscription(a, subscriptions=[a, sub("b", "orders")])
     assert v.reason == "Conflict" and "apps billing" in v.message
     unscoped = sub("a", "orders")
-    v = validate_subscription(unscoped, subscriptions=[unscoped, sub("b", "orders",
-                                                                     scopes=["ship"])])
+    v = validate_subscription(
+        unscoped, subscriptions=[unscoped, sub("b", "orders", scopes=["ship"])]
+    )
     assert v.reason == "Conflict" and "apps ship" in v.message
     # a later one the sidecar drops (and the operator leaves out) displaces nothing
     broken = sub("b", "orders", routes={})
-    assert validate_subscription(unscoped, components=[comp()],
-                                 subscriptions=[unscoped, broken]).ok
+    assert validate_subscription(unscoped, components=[comp()], subscriptions=[unscoped, broken]).ok

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
 from tidings.sidecar.brokers.base import BrokerError, Record
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                  ) -> AsyncIterator[int]:
+async def serving(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[int]:
     """Serve ``handler`` for every POST on 127.0.0.1 over real TCP; yields the port it got and
     stops the server on exit."""
     web_app = web.Application()

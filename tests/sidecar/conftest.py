@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tidings.sidecar.appchannel import open_app_channel
-from tidings.sidecar.appchannel_grpc import GrpcAppChannel
-from tidings.sidecar.settings import SidecarSettings
+from tidings.sidecar.delivery.channel import open_app_channel
+from tidings.sidecar.delivery.channel.grpc import GrpcAppChannel
+from tidings.sidecar.runtime.settings import SidecarSettings
 
 
 @pytest.fixture
@@ -20,8 +20,9 @@ async def channels() -> AsyncIterator[Callable[..., GrpcAppChannel]]:
     made: list[GrpcAppChannel] = []
 
     def make(port: int, **kw: Any) -> GrpcAppChannel:
-        channel = open_app_channel(SidecarSettings(app_id="orders-app", app_port=port,
-                                                   app_protocol="grpc", **kw))
+        channel = open_app_channel(
+            SidecarSettings(app_id="orders-app", app_port=port, app_protocol="grpc", **kw)
+        )
         assert isinstance(channel, GrpcAppChannel)
         made.append(channel)
         return channel

@@ -18,13 +18,19 @@ from aiokafka.structs import ConsumerRecord
 from tidings.sidecar.brokers.jetstream import KEY_HEADER
 
 
-async def read_records(bootstrap: str, topic: str, count: int, *,
-                       timeout_s: float = 15.0) -> list[ConsumerRecord]:
+async def read_records(
+    bootstrap: str, topic: str, count: int, *, timeout_s: float = 15.0
+) -> list[ConsumerRecord]:
     """Every record of ``topic`` from the beginning, polling until ``count`` arrived or the
     deadline passed (then the test's own assertion on the count fails)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                metadata_max_age_ms=500)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        metadata_max_age_ms=500,
+    )
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
@@ -50,12 +56,14 @@ class Stored:
 
 async def stored_kafka(bootstrap: str, topic: str, count: int) -> list[Stored]:
     """Up to ``count`` records of ``topic`` (see :func:`read_records`)."""
-    return [Stored(r.value, r.key, {k: v for k, v in r.headers})
-            for r in await read_records(bootstrap, topic, count)]
+    return [
+        Stored(r.value, r.key, dict(r.headers)) for r in await read_records(bootstrap, topic, count)
+    ]
 
 
-async def stored_redis(address: str, stream: str, count: int, *,
-                       wait_s: float = 0.0) -> list[Stored]:
+async def stored_redis(
+    address: str, stream: str, count: int, *, wait_s: float = 0.0
+) -> list[Stored]:
     """Up to ``count`` entries of ``stream`` on Redis at ``address`` (``host:port``): those
     there now, or, with ``wait_s``, polling up to that many seconds for ``count``; the
     ``metadata`` field's JSON strings become the headers."""
@@ -73,13 +81,15 @@ async def stored_redis(address: str, stream: str, count: int, *,
     out = []
     for _, fields in entries:
         meta = orjson.loads(fields[b"metadata"]) if b"metadata" in fields else {}
-        out.append(Stored(fields[b"data"], fields.get(b"key"),
-                          {k: v.encode() for k, v in meta.items()}))
+        out.append(
+            Stored(fields[b"data"], fields.get(b"key"), {k: v.encode() for k, v in meta.items()})
+        )
     return out
 
 
-async def stored_jetstream(url: str, stream: str, subject: str, count: int, *,
-                           wait_s: float = 0.0) -> list[Stored]:
+async def stored_jetstream(
+    url: str, stream: str, subject: str, count: int, *, wait_s: float = 0.0
+) -> list[Stored]:
     """Up to ``count`` messages of ``subject`` in stream order, through an ephemeral pull
     consumer (as a subscriber reads them): one fetch, or, with ``wait_s``, fetches for up to
     that many seconds until ``count`` came; JetStream's own headers are left out and the key
@@ -97,9 +107,13 @@ async def stored_jetstream(url: str, stream: str, subject: str, count: int, *,
             for msg in msgs:
                 headers = dict(msg.headers or {})
                 key = headers.pop(KEY_HEADER, None)
-                out.append(Stored(msg.data, key.encode() if key is not None else None,
-                                  {k: v.encode() for k, v in headers.items()
-                                   if not k.startswith("Nats-")}))
+                out.append(
+                    Stored(
+                        msg.data,
+                        key.encode() if key is not None else None,
+                        {k: v.encode() for k, v in headers.items() if not k.startswith("Nats-")},
+                    )
+                )
             if len(out) >= count or time.monotonic() > deadline:
                 break
     finally:

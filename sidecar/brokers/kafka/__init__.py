@@ -11,8 +11,16 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from ...resources.loading import LoadedComponent
-from ..base import (BULK_PUBLISH, MESSAGE_HEADERS, ORDERED, PARTITION_KEY, PARTITION_NUMBER,
-                    BrokerError, Handler, PublishRecord)
+from ..base import (
+    BULK_PUBLISH,
+    MESSAGE_HEADERS,
+    ORDERED,
+    PARTITION_KEY,
+    PARTITION_NUMBER,
+    BrokerError,
+    Handler,
+    PublishRecord,
+)
 from .consuming import ConsumerGroup
 from .producing import KafkaProducer
 
@@ -31,15 +39,20 @@ class KafkaBroker:
 
     features = frozenset({BULK_PUBLISH, MESSAGE_HEADERS, PARTITION_KEY, PARTITION_NUMBER, ORDERED})
 
-    def __init__(self, component: LoadedComponent, *, app_id: str,
-                 producer_stop_timeout_s: float = 5.0, max_body_size: int | None = None) -> None:
+    def __init__(
+        self,
+        component: LoadedComponent,
+        *,
+        app_id: str,
+        producer_stop_timeout_s: float = 5.0,
+        max_body_size: int | None = None,
+    ) -> None:
         if component.kafka is None:
             raise ValueError(f"component {component.name} is not pubsub.kafka")
         self.name = component.name
         self.app_id = app_id
         self.meta = component.kafka
-        self._producer = KafkaProducer(self.meta, pubsubname=self.name,
-                                       max_body_size=max_body_size)
+        self._producer = KafkaProducer(self.meta, pubsubname=self.name, max_body_size=max_body_size)
         self._group: ConsumerGroup | None = None
         self._producer_stop_timeout_s = producer_stop_timeout_s
 
@@ -47,9 +60,15 @@ class KafkaBroker:
         """Connect the producer. Raises :class:`BrokerError` (retriable) if the broker is down."""
         await self._producer.start()
 
-    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = (),
-                      partition: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> None:
         """Produce one record (to ``partition`` if given); returns after ``acks=all``. Raises
         :class:`BrokerError`, at once and not retriable for a topic name Kafka cannot hold
         (``topics.py``) or a partition the topic does not have."""
@@ -65,8 +84,9 @@ class KafkaBroker:
         if self._group is None:
             if not topics:
                 return
-            self._group = ConsumerGroup(self.meta, handler, app_id=self.app_id,
-                                        pubsubname=self.name)
+            self._group = ConsumerGroup(
+                self.meta, handler, app_id=self.app_id, pubsubname=self.name
+            )
         else:
             self._group.handler = handler
         await self._group.set_topics(topics)

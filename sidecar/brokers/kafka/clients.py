@@ -34,8 +34,7 @@ def ssl_context(meta: KafkaMetadata) -> ssl.SSLContext:
     """A client TLS context from ``meta``: CA from ``caCert`` (else the system store), client
     certificate from ``clientCert``/``clientKey`` when both are set, no verification when
     ``skipVerify``. Raises ``ssl.SSLError`` / ``ValueError`` for PEM text that does not load."""
-    ctx = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH,
-                                     cadata=meta.ca_cert or None)
+    ctx = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cadata=meta.ca_cert or None)
     if meta.skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -30,6 +30,7 @@ partition (duplicates are possible, losses are not). The numbers refer to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Collection
@@ -39,11 +40,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from ... import metrics
-from ...offsets import PartitionOffsets
 from ...resources.kafka import KafkaMetadata
+from ...runtime import metrics
 from ..base import BatchPolicy, Handler, Record
 from .clients import client_kwargs
+from .offsets import PartitionOffsets
 
 __all__ = ["ConsumerGroup"]
 
@@ -208,10 +209,14 @@ class ConsumerGroup:
                 return
             live = self._live
             self._topics = wanted
-            if wanted and live is not None and live is self._consumer:
-                if await self._resubscribe(live, wanted):
-                    log.info("consuming topics %s", sorted(wanted), extra=self._log)
-                    return
+            if (
+                wanted
+                and live is not None
+                and live is self._consumer
+                and await self._resubscribe(live, wanted)
+            ):
+                log.info("consuming topics %s", sorted(wanted), extra=self._log)
+                return
             if self._run_task is not None:
                 await self._end_session(self._reload_grace_s)
             if wanted:
@@ -219,8 +224,11 @@ class ConsumerGroup:
                 self._commit_task = asyncio.create_task(self._commit_loop())
                 self._run_task = asyncio.create_task(self._run(attempted))
                 # start() returns after the first assignment (aiokafka waits for it, unbounded)
-                await asyncio.wait({attempted, self._run_task}, timeout=self._start_wait_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {attempted, self._run_task},
+                    timeout=self._start_wait_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             log.info("consuming topics %s", sorted(wanted), extra=self._log)
 
     async def _resubscribe(self, consumer: AIOKafkaConsumer, topics: frozenset[str]) -> bool:
@@ -232,16 +240,18 @@ class ConsumerGroup:
             # fetched again. That only holds once subscribe() has run, hence the restart below.
             self._hold_dispatch = True
             try:
-                await self._drain(list(self._partitions.values()), self._reload_grace_s,
-                                  "re-subscribing")
+                await self._drain(
+                    list(self._partitions.values()), self._reload_grace_s, "re-subscribing"
+                )
                 await self._commit("re-subscribing", final=True)
                 self._epoch += 1
                 self._partitions.clear()
                 try:
                     consumer.subscribe(topics=sorted(topics), listener=_Listener(self))
                 except Exception as exc:  # noqa: BLE001
-                    log.error("re-subscribing failed, restarting the consumer: %r", exc,
-                              extra=self._log)
+                    log.error(
+                        "re-subscribing failed, restarting the consumer: %r", exc, extra=self._log
+                    )
                     return False
                 return True
             finally:
@@ -274,8 +284,7 @@ class ConsumerGroup:
         # first wait for a periodic round to end; a round takes commit_timeout_s + cancel_wait_s
         # at most.
         commit_round_s = self._commit_timeout_s + self._cancel_wait_s
-        drain_ms = int((self._revoke_grace_s + self._cancel_wait_s + 2 * commit_round_s + 2)
-                       * 1000)
+        drain_ms = int((self._revoke_grace_s + self._cancel_wait_s + 2 * commit_round_s + 2) * 1000)
         rebalance_ms = max(session_ms, drain_ms)
         kwargs: dict[str, Any] = dict(client_kwargs(meta))
         kwargs.update(
@@ -308,8 +317,9 @@ class ConsumerGroup:
             try:
                 await consumer.start()
             except Exception as exc:  # noqa: BLE001 - KafkaConnectionError, timeouts, DNS...
-                log.warning("consumer start failed, retrying in %.1f s: %r", backoff, exc,
-                            extra=self._log)
+                log.warning(
+                    "consumer start failed, retrying in %.1f s: %r", backoff, exc, extra=self._log
+                )
                 if not attempted.done():
                     attempted.set_result(None)
                 self._consumer = None
@@ -321,8 +331,12 @@ class ConsumerGroup:
                 attempted.set_result(None)
             self._live = consumer
             backoff = self._start_backoff_s
-            log.info("consumer started, group %s, topics %s", self._meta.consumer_group,
-                     sorted(topics), extra=self._log)
+            log.info(
+                "consumer started, group %s, topics %s",
+                self._meta.consumer_group,
+                sorted(topics),
+                extra=self._log,
+            )
             try:
                 await self._poll(consumer)
             except Exception as exc:  # noqa: BLE001
@@ -384,8 +398,15 @@ class ConsumerGroup:
             if policy is not None:
                 await self._work_batch(st, r, policy)
                 continue
-            record = Record(r.topic, r.partition, r.offset, r.key,
-                            r.value if r.value is not None else b"", r.headers, r.timestamp)
+            record = Record(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.key,
+                r.value if r.value is not None else b"",
+                r.headers,
+                r.timestamp,
+            )
             st.current = r.offset
             try:
                 await self.handler(record)
@@ -427,13 +448,22 @@ class ConsumerGroup:
             st.wakeup.clear()
             try:
                 await asyncio.wait_for(st.wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         if st.closing:
             return
-        records = [Record(r.topic, r.partition, r.offset, r.key,
-                          r.value if r.value is not None else b"", r.headers, r.timestamp)
-                   for r in batch]
+        records = [
+            Record(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.key,
+                r.value if r.value is not None else b"",
+                r.headers,
+                r.timestamp,
+            )
+            for r in batch
+        ]
         st.current = first.offset
         backoff = 0.5
         while True:
@@ -443,10 +473,18 @@ class ConsumerGroup:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a handler bug: retry, never skip
-                log.error("batch handler raised; retrying %d records in %.1f s", len(records),
-                          backoff, exc_info=exc,
-                          extra={**self._log, "topic": first.topic,
-                                 "partition": first.partition, "offset": first.offset})
+                log.error(
+                    "batch handler raised; retrying %d records in %.1f s",
+                    len(records),
+                    backoff,
+                    exc_info=exc,
+                    extra={
+                        **self._log,
+                        "topic": first.topic,
+                        "partition": first.partition,
+                        "offset": first.offset,
+                    },
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         st.current = None
@@ -461,9 +499,17 @@ class ConsumerGroup:
         finishes, so it is never dropped and the partition stays in order."""
         backoff = 0.5
         while True:
-            log.error("handler raised; retrying the record in %.1f s", backoff, exc_info=error,
-                      extra={**self._log, "topic": record.topic,
-                             "partition": record.partition, "offset": record.offset})
+            log.error(
+                "handler raised; retrying the record in %.1f s",
+                backoff,
+                exc_info=error,
+                extra={
+                    **self._log,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             try:
@@ -526,14 +572,24 @@ class ConsumerGroup:
             return
         for st in states:
             if st.worker in pending:
-                log.info("%s: cancelling the handler in flight", why,
-                         extra={**self._log, "topic": st.tp.topic, "partition": st.tp.partition,
-                                "offset": st.current})
+                log.info(
+                    "%s: cancelling the handler in flight",
+                    why,
+                    extra={
+                        **self._log,
+                        "topic": st.tp.topic,
+                        "partition": st.tp.partition,
+                        "offset": st.current,
+                    },
+                )
                 st.worker.cancel()
         _, stuck = await asyncio.wait(pending, timeout=self._cancel_wait_s)
         if stuck:
-            log.error("%d handler(s) did not stop when cancelled; their records stay uncommitted",
-                      len(stuck), extra=self._log)
+            log.error(
+                "%d handler(s) did not stop when cancelled; their records stay uncommitted",
+                len(stuck),
+                extra=self._log,
+            )
 
     async def _drain_and_commit(self, grace_s: float, why: str) -> None:
         async with self._drain_lock:
@@ -562,7 +618,7 @@ class ConsumerGroup:
         try:
             # stop() sends LeaveGroup; it does not call the revoke listener (17)
             await asyncio.wait_for(consumer.stop(), self._leave_timeout_s)
-        except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - best effort
+        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - best effort
             log.warning("consumer did not stop cleanly: %r", exc, extra=self._log)
 
     # ------------------------------------------------------------------------------- commits
@@ -570,10 +626,8 @@ class ConsumerGroup:
     async def _commit_loop(self) -> None:
         wakeup = self._commit_wakeup
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), self._commit_interval_s)
-            except asyncio.TimeoutError:
-                pass
             wakeup.clear()
             try:
                 await self._commit("periodic")
@@ -633,7 +687,9 @@ class ConsumerGroup:
             self._note_outcomes(why, epoch, requests, outcomes)
 
     async def _send_commits(
-            self, consumer: AIOKafkaConsumer, requests: list[dict[TopicPartition, int]],
+        self,
+        consumer: AIOKafkaConsumer,
+        requests: list[dict[TopicPartition, int]],
     ) -> list[BaseException | None]:
         """Run ``consumer.commit()`` for each request at once (their partitions are disjoint),
         each bounded by ``commit_timeout_s``. Returns, per request, ``None`` if committed, else
@@ -670,18 +726,26 @@ class ConsumerGroup:
                 offsets = requests[tasks.index(task)]
                 for tp in offsets:
                     self._uncancelled[tp] = task
-                log.error("a commit did not end when cancelled; not committing %s until it does",
-                          _names(offsets), extra=self._log)
+                log.error(
+                    "a commit did not end when cancelled; not committing %s until it does",
+                    _names(offsets),
+                    extra=self._log,
+                )
         outcomes: list[BaseException | None] = []
         for task in tasks:
             if not task.done() or task.cancelled():
-                outcomes.append(asyncio.TimeoutError())
+                outcomes.append(TimeoutError())
             else:
                 outcomes.append(task.exception())
         return outcomes
 
-    def _note_outcomes(self, why: str, epoch: int, requests: list[dict[TopicPartition, int]],
-                       outcomes: list[BaseException | None]) -> None:
+    def _note_outcomes(
+        self,
+        why: str,
+        epoch: int,
+        requests: list[dict[TopicPartition, int]],
+        outcomes: list[BaseException | None],
+    ) -> None:
         now = asyncio.get_running_loop().time()
         trouble = self._trouble
         answered = any(outcome is None for outcome in outcomes)
@@ -694,8 +758,12 @@ class ConsumerGroup:
                     self.progress.committed(tp.topic, tp.partition, c)
                     t = trouble.pop(tp, None)
                     if t is not None and t.logged_at is not None:
-                        log.info("%s: committed again after %d failed attempt(s)", why, t.failures,
-                                 extra=self._tp_log(tp, c))
+                        log.info(
+                            "%s: committed again after %d failed attempt(s)",
+                            why,
+                            t.failures,
+                            extra=self._tp_log(tp, c),
+                        )
                     elif log.isEnabledFor(logging.DEBUG):
                         log.debug("%s: committed", why, extra=self._tp_log(tp, c))
             elif isinstance(outcome, CommitFailedError):
@@ -704,9 +772,13 @@ class ConsumerGroup:
                 # next commit would carry generation -1, which the broker does not fence, and
                 # the partitions may belong to another member by now.
                 self._fenced_epoch = epoch
-                log.warning("%s: commit failed, the group is rebalancing; what finished since the"
-                            " last commit will be delivered again: %s", why, _names(offsets),
-                            extra=self._log)
+                log.warning(
+                    "%s: commit failed, the group is rebalancing; what finished since the"
+                    " last commit will be delivered again: %s",
+                    why,
+                    _names(offsets),
+                    extra=self._log,
+                )
             elif isinstance(outcome, IllegalStateError):
                 log.info("%s: commit skipped: %s", why, outcome, extra=self._log)  # 10
             elif len(offsets) > 1:
@@ -715,25 +787,38 @@ class ConsumerGroup:
                 for tp in offsets:
                     trouble.setdefault(tp, _CommitTrouble())
                 if self._batch_logged_at is None or (
-                        now - self._batch_logged_at >= self._commit_log_interval_s):
+                    now - self._batch_logged_at >= self._commit_log_interval_s
+                ):
                     self._batch_logged_at = now
-                    log.warning("%s: commit of %d partitions failed (%s); committing them one"
-                                " at a time until each succeeds", why, len(offsets),
-                                self._describe(outcome), extra=self._log)
+                    log.warning(
+                        "%s: commit of %d partitions failed (%s); committing them one"
+                        " at a time until each succeeds",
+                        why,
+                        len(offsets),
+                        self._describe(outcome),
+                        extra=self._log,
+                    )
             else:
                 ((tp, c),) = offsets.items()
                 t = trouble.setdefault(tp, _CommitTrouble())
                 t.failures += 1
                 t.isolated = answered
-                delay = min(self._commit_retry_max_s,
-                            self._commit_timeout_s * 2 ** min(t.failures - 1, 16))
+                delay = min(
+                    self._commit_retry_max_s, self._commit_timeout_s * 2 ** min(t.failures - 1, 16)
+                )
                 t.retry_at = now + delay
                 if t.logged_at is None or now - t.logged_at >= self._commit_log_interval_s:
                     t.logged_at = now
-                    log.warning("%s: commit of this partition failed (%d time(s) in a row, last:"
-                                " %s); its finished records stay uncommitted; trying again in"
-                                " %.0f s", why, t.failures, self._describe(outcome), delay,
-                                extra=self._tp_log(tp, c))
+                    log.warning(
+                        "%s: commit of this partition failed (%d time(s) in a row, last:"
+                        " %s); its finished records stay uncommitted; trying again in"
+                        " %.0f s",
+                        why,
+                        t.failures,
+                        self._describe(outcome),
+                        delay,
+                        extra=self._tp_log(tp, c),
+                    )
         if answered:
             # The coordinator answers: partitions that failed only while everything failed
             # (an outage, not them) are tried again now rather than after their back-off.
@@ -766,8 +851,7 @@ class _CommitTimer:
 
     __slots__ = ("_loop", "_progress", "_started")
 
-    def __init__(self, progress: metrics.ConsumerProgress,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, progress: metrics.ConsumerProgress, loop: asyncio.AbstractEventLoop) -> None:
         self._progress = progress
         self._loop = loop
         self._started = loop.time()

@@ -43,9 +43,9 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from ...resources.kafka import KafkaMetadata
+from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from ..base import BrokerError, PublishRecord
 from .clients import client_kwargs
-from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 
 __all__ = ["KafkaProducer"]
 
@@ -92,10 +92,13 @@ async def _check_partition(producer: AIOKafkaProducer, topic: str, partition: in
     # the broker here) and raises KafkaTimeoutError after request_timeout_ms.
     partitions = await producer.partitions_for(topic)
     if partition not in partitions:
-        raise BrokerError(f"partition number {partition} is out of range: topic {topic} has "
-                          f"{len(partitions)} partitions (0-{max(partitions, default=0)})"
-                          if partitions else f"partition number {partition} is out of range",
-                          refused="request")
+        raise BrokerError(
+            f"partition number {partition} is out of range: topic {topic} has "
+            f"{len(partitions)} partitions (0-{max(partitions, default=0)})"
+            if partitions
+            else f"partition number {partition} is out of range",
+            refused="request",
+        )
 
 
 async def _probe(producer: AIOKafkaProducer) -> None:
@@ -116,10 +119,19 @@ class KafkaProducer:
     between retries of a retriable error.
     """
 
-    def __init__(self, meta: KafkaMetadata, *, pubsubname: str, request_timeout_s: float = 30.0,
-                 retry_backoff_s: float = 0.1, linger_ms: int = 0,
-                 max_body_size: int | None = None, probe_interval_s: float = 1.0,
-                 probe_timeout_s: float = 2.5, probe_failures: int = 2) -> None:
+    def __init__(
+        self,
+        meta: KafkaMetadata,
+        *,
+        pubsubname: str,
+        request_timeout_s: float = 30.0,
+        retry_backoff_s: float = 0.1,
+        linger_ms: int = 0,
+        max_body_size: int | None = None,
+        probe_interval_s: float = 1.0,
+        probe_timeout_s: float = 2.5,
+        probe_failures: int = 2,
+    ) -> None:
         self.meta = meta
         self.pubsubname = pubsubname
         self.request_timeout_s = request_timeout_s
@@ -157,7 +169,9 @@ class KafkaProducer:
         try:
             producer = self._new_producer()
         except (ValueError, OSError) as exc:  # ssl/PEM problems, bad option values
-            raise BrokerError(f"kafka producer settings of pubsub {self.pubsubname}: {exc}") from exc
+            raise BrokerError(
+                f"kafka producer settings of pubsub {self.pubsubname}: {exc}"
+            ) from exc
         try:
             await producer.start()
         except (KafkaError, OSError) as exc:
@@ -166,7 +180,8 @@ class KafkaProducer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), timeout=1.0)
             raise BrokerError(
-                f"cannot connect to kafka brokers {','.join(self.meta.brokers)}: {_broker_error(exc)}",
+                f"cannot connect to kafka brokers {','.join(self.meta.brokers)}: "
+                f"{_broker_error(exc)}",
                 retriable=True,
             ) from exc
         self._producer = producer
@@ -190,9 +205,14 @@ class KafkaProducer:
             except Exception as exc:  # noqa: BLE001 - timeout or KafkaError: no answer
                 self._unanswered += 1
                 if self._unanswered == self.probe_failures:
-                    log.warning("kafka brokers %s do not answer (%d probes in a row, last: %s);"
-                                " reporting not ready", ",".join(self.meta.brokers),
-                                self._unanswered, type(exc).__name__, extra=extra)
+                    log.warning(
+                        "kafka brokers %s do not answer (%d probes in a row, last: %s);"
+                        " reporting not ready",
+                        ",".join(self.meta.brokers),
+                        self._unanswered,
+                        type(exc).__name__,
+                        extra=extra,
+                    )
                 continue
             if self._unanswered >= self.probe_failures:
                 log.info("kafka brokers answer again; reporting ready", extra=extra)
@@ -205,19 +225,28 @@ class KafkaProducer:
         127.0.0.1:9092 are unreachable (NodeNotReadyError: ...)"."""
         error = _broker_error(exc)
         if error.refused is None and (isinstance(exc, _UNREACHABLE) or not self.ready()):
-            return BrokerError(f"kafka brokers {','.join(self.meta.brokers)} are unreachable "
-                               f"({error})", retriable=True)
+            return BrokerError(
+                f"kafka brokers {','.join(self.meta.brokers)} are unreachable ({error})",
+                retriable=True,
+            )
         return error
 
     def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
-            raise BrokerError(f"the kafka producer of pubsub {self.pubsubname} is not connected",
-                              retriable=True)
+            raise BrokerError(
+                f"the kafka producer of pubsub {self.pubsubname} is not connected", retriable=True
+            )
         return self._producer
 
-    async def publish(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      headers: Sequence[tuple[str, bytes]] = (),
-                      partition: int | None = None) -> None:
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+        partition: int | None = None,
+    ) -> None:
         """Produce one record and wait for the broker's ``acks=all`` acknowledgement.
         ``partition`` (>= 0) selects the partition explicitly; ``None`` lets aiokafka's
         partitioner choose by ``key``.
@@ -231,8 +260,13 @@ class KafkaProducer:
         try:
             if partition is not None:
                 await _check_partition(producer, topic, partition)
-            future = await producer.send(topic, value=value, key=key, partition=partition,
-                                         headers=[(k, v) for k, v in headers])
+            future = await producer.send(
+                topic,
+                value=value,
+                key=key,
+                partition=partition,
+                headers=[(k, v) for k, v in headers],
+            )
             await future
         except KafkaError as exc:
             raise self._error(exc) from exc
@@ -251,9 +285,13 @@ class KafkaProducer:
                 _check_topic(record.topic)
                 if record.partition is not None:
                     await _check_partition(producer, record.topic, record.partition)
-                fut = await producer.send(record.topic, value=record.value, key=record.key,
-                                          partition=record.partition,
-                                          headers=[(k, v) for k, v in record.headers])
+                fut = await producer.send(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    partition=record.partition,
+                    headers=[(k, v) for k, v in record.headers],
+                )
             except BrokerError as exc:
                 outcomes[i] = exc
                 continue
@@ -280,8 +318,11 @@ class KafkaProducer:
             return
         try:
             await asyncio.wait_for(producer.stop(), timeout=timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("kafka producer did not stop within %.1f s", timeout_s,
-                        extra={"pubsubname": self.pubsubname})
+        except TimeoutError:
+            log.warning(
+                "kafka producer did not stop within %.1f s",
+                timeout_s,
+                extra={"pubsubname": self.pubsubname},
+            )
         except Exception:
             log.exception("kafka producer stop failed", extra={"pubsubname": self.pubsubname})

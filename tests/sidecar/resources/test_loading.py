@@ -63,7 +63,9 @@ def test_redis_component_is_checked_by_its_own_model(tmp_path: Path) -> None:
 
 
 def test_missing_required_kafka_field_refused(tmp_path: Path) -> None:
-    (tmp_path / "pubsub.yaml").write_text(KAFKA.replace('  - {name: brokers, value: "localhost:9092"}\n', ""))
+    (tmp_path / "pubsub.yaml").write_text(
+        KAFKA.replace('  - {name: brokers, value: "localhost:9092"}\n', "")
+    )
     with pytest.raises(ResourceError) as err:
         load_resources([tmp_path], app_id="x")
     assert err.value.field == "spec.metadata.brokers"
@@ -82,9 +84,13 @@ def test_unresolved_secret_ref_and_env_ref(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ResourceError, match="KAFKA_PW"):
         load_resources([tmp_path], app_id="x")
     monkeypatch.setenv("KAFKA_PW", "s3cret")
-    assert load_resources([tmp_path], app_id="x").components["pubsub"].metadata["saslPassword"] == "s3cret"
+    assert (
+        load_resources([tmp_path], app_id="x").components["pubsub"].metadata["saslPassword"]
+        == "s3cret"
+    )
     (tmp_path / "pubsub.yaml").write_text(
-        KAFKA + "  - {name: saslPassword, secretKeyRef: {name: kafka, key: pw}}\n")
+        KAFKA + "  - {name: saslPassword, secretKeyRef: {name: kafka, key: pw}}\n"
+    )
     with pytest.raises(ResourceError, match="secretKeyRef"):
         load_resources([tmp_path], app_id="x")
 
@@ -99,7 +105,8 @@ def test_yaml_syntax_error_names_file(tmp_path: Path) -> None:
 def test_in_memory_component(tmp_path: Path) -> None:
     (tmp_path / "mem.yaml").write_text(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: mem}\n"
-        "spec: {type: pubsub.in-memory, version: v1}\n")
+        "spec: {type: pubsub.in-memory, version: v1}\n"
+    )
     loaded = load_resources([tmp_path], app_id="x").components["mem"]
     assert loaded.kafka is None and loaded.type == "pubsub.in-memory"
 
@@ -119,7 +126,8 @@ spec:
 
 
 def test_subscription_with_a_rule_that_is_not_cel_refused_naming_file_and_field(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """The newcomer's report: the error came only after the app was up, without the file."""
     (tmp_path / "pubsub.yaml").write_text(KAFKA)
     (tmp_path / "subs.yaml").write_text(BAD_RULE)
@@ -145,5 +153,7 @@ def test_duplicate_component_in_one_file_names_both_documents(tmp_path: Path) ->
     with pytest.raises(ResourceError) as err:
         load_resources([tmp_path], app_id="x")
     path = tmp_path / "c.yaml"
-    assert str(err.value) == (f"{path} (document 1), field metadata.name: component 'pubsub' is "
-                              f"also defined in {path} (document 0)")
+    assert str(err.value) == (
+        f"{path} (document 1), field metadata.name: component 'pubsub' is "
+        f"also defined in {path} (document 0)"
+    )

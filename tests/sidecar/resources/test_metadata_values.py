@@ -22,14 +22,21 @@ def test_strip_makes_white_space_unset() -> None:
 
 def test_durations_in_go_syntax_or_bare_milliseconds() -> None:
     meta = MetadataValues({"a": "1m30s", "b": "250"})
-    assert (meta.seconds("a", "0"), meta.seconds("b", "0"), meta.seconds("c", "5s")) == (90, 0.25, 5)
+    assert (meta.seconds("a", "0"), meta.seconds("b", "0"), meta.seconds("c", "5s")) == (
+        90,
+        0.25,
+        5,
+    )
 
 
-@pytest.mark.parametrize(("read", "message"), [
-    (lambda m: m.seconds("v", "1s"), "invalid duration"),
-    (lambda m: m.integer("v", 0), "'ten' is not an integer"),
-    (lambda m: m.boolean("v"), "'ten' is not a boolean"),
-])
+@pytest.mark.parametrize(
+    ("read", "message"),
+    [
+        (lambda m: m.seconds("v", "1s"), "invalid duration"),
+        (lambda m: m.integer("v", 0), "'ten' is not an integer"),
+        (lambda m: m.boolean("v"), "'ten' is not a boolean"),
+    ],
+)
 def test_a_bad_value_names_the_component_and_field(read, message) -> None:
     with pytest.raises(ResourceError, match=message) as info:
         read(MetadataValues({"V": "ten"}, source="pubsub"))
