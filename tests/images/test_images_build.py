@@ -12,7 +12,9 @@ Not real: running a container. No OCI runtime can start one on this machine (cru
 refused), so each image's filesystem is exported from a created, never started, container and
 its ENTRYPOINT runs in that tree with ``chroot``, as the image's numeric USER, in its WORKDIR,
 with its Env only, on a read-only bind of the tree with a tmpfs on /tmp (a pod with
-readOnlyRootFilesystem), /proc and the host's /dev. chroot keeps the host's network namespace, so
+readOnlyRootFilesystem), /proc and the host's /dev, all mounted in a mount namespace of the
+command's own (``unshare --mount``: nothing stays mounted when it ends, however it ends).
+chroot keeps the host's network namespace, so
 the sidecar's /v1.0/healthz is polled from outside on 127.0.0.1; the HEALTHCHECK command runs in
 a network namespace of its own (``unshare --net``), where the sidecar can take its default port
 3500. Not exercised: cgroup limits, seccomp, dropped capabilities, an engine running HEALTHCHECK
@@ -26,6 +28,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -36,7 +39,6 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,21 +97,31 @@ class Image:
     name: str
     tag: str
     inspect: dict[str, Any]
-    root: Path  # the exported tree, mounted read-only, with /tmp, /proc and /dev
-    tree: Path  # the same tree, writable: only for reading sizes
+    tree: Path  # the exported filesystem (only read by the test)
 
     @property
     def config(self) -> dict[str, Any]:
         return self.inspect["Config"]
 
-    def chroot(self, argv: list[str], *, user: str = USER, env: dict[str, str] | None = None
-               ) -> list[str]:
-        """``argv`` as the image's runtime would start it: its user, WORKDIR and Env only."""
+    def chroot(self, argv: list[str], *, user: str = USER) -> list[str]:
+        """``argv`` as the image's runtime would start it: its user, WORKDIR and Env only, on a
+        read-only root with a tmpfs /tmp, /proc and /dev, in a mount namespace of its own (the
+        process that runs ``argv`` is the one started: every step execs)."""
+        root = self.tree.parent / "root"
         workdir = self.config.get("WorkingDir") or "/"
-        environment = ["HOME=/", *self.config.get("Env", []),
-                       *(f"{k}={v}" for k, v in (env or {}).items())]
-        return ["chroot", f"--userspec={user}", str(self.root), "/usr/bin/env", "-i",
-                "-C", workdir, *environment, *argv]
+        environment = ["HOME=/", *self.config.get("Env", [])]
+        q = shlex.quote
+        mounts = " && ".join([
+            f"mount --bind {q(str(self.tree))} {q(str(root))}",
+            f"mount -o remount,bind,ro {q(str(root))}",
+            f"mount -t tmpfs -o mode=1777,size=64m tmpfs {q(str(root / 'tmp'))}",
+            f"mount -t proc proc {q(str(root / 'proc'))}",
+            f"mount --bind /dev {q(str(root / 'dev'))}",
+        ])
+        script = (f'{mounts} && exec chroot --userspec={user} {q(str(root))} /usr/bin/env -i '
+                  f'-C {q(workdir)} {" ".join(q(e) for e in environment)} "$@"')
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                *argv]
 
     def entrypoint(self, *args: str) -> list[str]:
         return self.chroot([*self.config["Entrypoint"], *args])
@@ -132,62 +144,30 @@ def build(name: str, base: str, pip_conf: Path, ca_bundle: Path) -> str:
     return tag
 
 
-def mount(stack: ExitStack | None, *args: str, target: Path) -> None:
-    """``mount ARGS TARGET``; undone (unmounted) when ``stack`` closes, unless it is None."""
-    done = run(["mount", *args, str(target)], timeout=60)
-    assert done.returncode == 0, f"mount {args} {target}: {done.stderr}"
-
-    def undo() -> None:
-        if run(["umount", str(target)], timeout=60).returncode != 0:
-            run(["umount", "--lazy", str(target)], timeout=60)
-
-    if stack is not None:
-        stack.callback(undo)
-
-
-def mounts_under(path: Path) -> list[str]:
-    prefix = str(path) + "/"
-    with open("/proc/self/mounts") as f:
-        return [m for m in (line.split()[1] for line in f) if m.startswith(prefix)]
-
-
-def remove_tree(path: Path) -> None:
-    """rm -rf, never across a mount point (nor at all while anything is still mounted there)."""
-    if not mounts_under(path):
-        run(["rm", "-rf", "--one-file-system", str(path)], timeout=300)
-
-
-def export(stack: ExitStack, tag: str, into: Path) -> tuple[Path, Path]:
-    """The image's filesystem, from a created (not started) container, unpacked into ``into``;
-    then a private, read-only bind of it with a tmpfs /tmp, /proc and the host's /dev."""
-    tree, root = into / "tree", into / "root"
+def export(tag: str, into: Path) -> Path:
+    """The image's filesystem, from a created (never started) container, unpacked into
+    ``into``/tree; ``into``/root is where each command mounts it read-only."""
+    tree = into / "tree"
     tree.mkdir()
-    root.mkdir()
-    stack.callback(remove_tree, into)  # last, after every unmount below
+    (into / "root").mkdir()
     cid = podman("create", "--no-healthcheck", tag).strip()
     try:
-        pipeline = f"podman export {cid} | tar --numeric-owner -xpf - -C {tree}"
+        pipeline = f"podman export {cid} | tar --numeric-owner -xpf - -C {shlex.quote(str(tree))}"
         done = run(["bash", "-o", "pipefail", "-c", pipeline], timeout=600)
         assert done.returncode == 0, done.stderr
     finally:
         run(["podman", "rm", "--force", cid], timeout=120)
-    mount(stack, "--bind", str(tree), target=root)
-    # private: nothing mounted below `root` shows up in `tree` (or anywhere else)
-    mount(None, "--make-private", target=root)
-    mount(None, "-o", "remount,bind,ro", target=root)
-    mount(stack, "-t", "tmpfs", "-o", "mode=1777,size=64m", "tmpfs", target=root / "tmp")
-    mount(stack, "-t", "proc", "proc", target=root / "proc")
-    mount(stack, "--bind", "/dev", target=root / "dev")
-    return tree, root
+    return tree
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Image]]:
-    for tool in ("podman", "chroot", "unshare", "nsenter", "ip", "mount"):
-        assert shutil.which(tool), f"{tool} is missing: run tests/images/build_base.sh as root"
     started = time.monotonic()
+    # installs podman, debootstrap and iproute2 when missing; the base images (cached)
     done = run(["bash", str(BUILD_BASE)], timeout=1500)
     assert done.returncode == 0 and done.stdout.strip(), f"build_base.sh failed:\n{done.stderr}"
+    for tool in ("podman", "chroot", "unshare", "nsenter", "ip", "mount", "tar"):
+        assert shutil.which(tool), f"{tool} is missing"
     base = done.stdout.strip().splitlines()[-1]
     # pip in the build stage trusts what this machine trusts (PIP_CERT or Debian's bundle)
     ca_bundle = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
@@ -198,15 +178,18 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Image
         pip_conf.write_text(wanted)
     built = {name: build(name, base, pip_conf, ca_bundle) for name in NAMES}
     print(f"\nimages built in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    with ExitStack() as stack:
-        out = {}
+    out, dirs = {}, []
+    try:
         for name, tag in built.items():
             (inspect,) = json.loads(podman("image", "inspect", tag))
-            tree, root = export(stack, tag, tmp_path_factory.mktemp(name))
-            out[name] = Image(name, tag, inspect, root, tree)
+            dirs.append(tmp_path_factory.mktemp(name))
+            out[name] = Image(name, tag, inspect, export(tag, dirs[-1]))
         out["base"] = Image("base", base, json.loads(podman("image", "inspect", base))[0],
-                            Path("/nonexistent"), Path("/nonexistent"))
+                            Path("/nonexistent"))
         yield out
+    finally:
+        for path in dirs:  # ~500 MB of trees; nothing is mounted there outside a command's run
+            run(["rm", "-rf", "--one-file-system", str(path)], timeout=300)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -228,6 +211,16 @@ def test_entrypoint_help_as_the_image_user(images: dict[str, Image], name: str) 
     done = run(images[name].entrypoint("--help"), timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"usage: tidings {name}" in done.stdout
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_root_is_read_only_and_tmp_writable(images: dict[str, Image], name: str) -> None:
+    """What the other tests run in: even root cannot write the image's root, its user can
+    write /tmp."""
+    done = run(images[name].chroot(["/bin/sh", "-c", "touch /probe"], user="0:0"), timeout=60)
+    assert done.returncode != 0 and "Read-only file system" in done.stderr, done.stderr
+    done = run(images[name].chroot(["/bin/sh", "-c", "touch /tmp/probe && id -u"]), timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == USER.split(":")[0], done.stderr
 
 
 @pytest.mark.parametrize("name", NAMES)
