@@ -79,7 +79,10 @@ def pins(text: str) -> dict[str, str]:
 
 def problems(name: str, pyproject: Path = PYPROJECT) -> list[str]:
     """What makes lock ``name`` stale or unusable for ``--require-hashes``; [] when none."""
-    from packaging.requirements import Requirement  # the tests' and pip-tools' venvs have it
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # a bare interpreter: pip's own copy
+        from pip._vendor.packaging.requirements import Requirement
 
     path = lock_path(name)
     if not path.exists():
