@@ -107,8 +107,8 @@ def problems(name: str, pyproject: Path = PYPROJECT) -> list[str]:
         elif not req.specifier.contains(pinned[key], prereleases=True):
             out.append(f"{path.name}: {req.name}=={pinned[key]} does not satisfy {line!r}")
     # every requirement line is an exact pin followed by at least one hash
-    blocks = re.split(r"\n(?=\S)", "\n".join(l for l in text.splitlines()
-                                            if not l.lstrip().startswith("#")).strip())
+    blocks = re.split(r"\n(?=\S)", "\n".join(x for x in text.splitlines()
+                                            if not x.lstrip().startswith("#")).strip())
     for block in blocks:
         head = block.splitlines()[0].strip()
         if not PIN.match(head):

@@ -63,7 +63,8 @@ _spec.loader.exec_module(lock)
 
 
 def run(argv: list[str], timeout: float = 600, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout,
+                          **kw)
 
 
 def podman(*args: str, timeout: float = 600) -> str:
