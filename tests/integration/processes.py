@@ -92,6 +92,7 @@ class Proc:
     log_path: Path
     port: int
     grpc_port: int | None = None  # a sidecar's Dapr gRPC API
+    public_port: int | None = None  # a sidecar's health port (--dapr-public-port)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -242,8 +243,10 @@ def start_sidecar(
     env: dict[str, str] | None = None,
 ) -> Proc:
     port = free_port()
-    # Its own gRPC port: Dapr's default 50001 would be shared by every sidecar of the host.
+    # Its own gRPC and health ports: Dapr's defaults 50001 and 3501 would be shared by every
+    # sidecar of the host.
     grpc_port = free_port()
+    public_port = free_port()
     log_path = tmp / f"{name}.sidecar.log"
     argv = [
         sys.executable,
@@ -255,6 +258,8 @@ def start_sidecar(
         str(port),
         "--dapr-grpc-port",
         str(grpc_port),
+        "--dapr-public-port",
+        str(public_port),
         "--resources-path",
         str(resources),
         "--log-level",
@@ -271,7 +276,7 @@ def start_sidecar(
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    proc = Proc(name, process, log_path, port, grpc_port)
+    proc = Proc(name, process, log_path, port, grpc_port, public_port)
     wait_serving(proc)
     return proc
 
