@@ -121,6 +121,7 @@ class Sidecar:
         self._components: dict[str, LoadedComponent] = {}
         self._brokers: dict[str, Broker] = {}
         self._started: dict[str, _Started] = {}
+        self._start_errors: dict[str, str] = {}  # component -> why its last start failed
         self.publisher = Publisher(
             app_id=self.app_id, brokers=self._brokers, components=self._components
         )
@@ -160,6 +161,13 @@ class Sidecar:
 
     def outbound_ready(self) -> bool:
         return all(b.ready() for b in self._brokers.values())
+
+    def outbound_problems(self) -> dict[str, str]:
+        return {
+            name: self._start_errors.get(name, "the broker does not answer")
+            for name, broker in self._brokers.items()
+            if not broker.ready()
+        }
 
     def capabilities(self, pubsubname: str) -> list[str]:
         broker = self._brokers.get(pubsubname)
@@ -317,6 +325,7 @@ class Sidecar:
                 or _component_fingerprint(wanted[name]) != self._started[name].fingerprint
             ):
                 started = self._started.pop(name)
+                self._start_errors.pop(name, None)
                 self._brokers.pop(name, None)
                 self._components.pop(name, None)
                 log.info("closing component", extra={"app_id": self.app_id, "pubsubname": name})
@@ -352,6 +361,7 @@ class Sidecar:
                     ", ".join(lacks) or "-",
                     extra={"app_id": self.app_id, "pubsubname": name},
                 )
+                self._start_errors.pop(name, None)
                 async with self._reload_lock:
                     started = self._started.get(name)
                     if started is not None and started.broker is broker:
@@ -359,6 +369,7 @@ class Sidecar:
                         await self._apply_subscriptions()
                 return
             except BrokerError as exc:
+                self._start_errors[name] = str(exc)
                 log.warning(
                     "component %s not ready, retrying in %.1fs: %s",
                     name,
