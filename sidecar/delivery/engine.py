@@ -253,7 +253,8 @@ def http_headers(
     ``__partition``, ``__topic``, ``__timestamp`` (milliseconds) from the record itself;
     ``traceparent``/``tracestate`` from the event; ``pubsubName``; ``Content-Type:
     application/cloudevents+json``. Framing and hop-by-hop headers, ``Authorization``,
-    ``Proxy-*`` and ``dapr-api-token`` from records are dropped (:func:`reserved_header`). A value that is not valid UTF-8 or holds control bytes is percent-encoded; with
+    ``Proxy-*`` and ``dapr-api-token`` from records are dropped (:func:`reserved_header`). A
+    value that is not valid UTF-8 or holds control bytes is percent-encoded; with
     ``escape_all`` (the Kafka component's ``escapeHeaders``) every value is URL-query-escaped.
     """
     headers: CIMultiDict[str] = CIMultiDict()
