@@ -139,7 +139,7 @@ async def connection_problem(kwargs: dict[str, Any], *, timeout_s: float = 10.0)
     return "; ".join(problems) or None
 
 
-class OidcTokenError(KafkaConnectionError):
+class OidcTokenError(KafkaConnectionError):  # type: ignore[misc]
     """The token endpoint did not issue an access token (aiokafka then treats the connection
     attempt as failed and retries it)."""
 
