@@ -14,11 +14,11 @@ Security follows components-contrib ``common/component/kafka/auth.go`` and ``met
 brokers by) and ``oidc`` (SASL ``OAUTHBEARER`` with client-credentials tokens from
 ``oidcTokenEndpoint``); TLS is on for every ``authType`` but ``none`` unless ``disableTls:
 "true"``, with the system trust store unless ``caCert`` is given. Where Dapr is weaker we are
-stricter, each refused with the field named: ``authType: none`` with ``caCert``, ``clientCert``
-or ``skipVerify`` connects with TLS (Dapr ignores them and connects in plain text);
-``oidcTokenEndpoint`` must be ``https`` (the client secret travels there);
-``oidc_private_key_jwt`` and ``awsiam`` are not supported; PEM text that does not load is refused
-when the component is loaded, not at the first connection.
+stricter: ``authType: none`` with ``caCert``, ``clientCert`` or ``skipVerify`` connects with TLS
+(Dapr ignores them and connects in plain text). Refused, naming the field: an
+``oidcTokenEndpoint`` that is not ``https`` (the client secret travels there), TLS fields next to
+``disableTls: "true"``, ``oidc_private_key_jwt`` and ``awsiam`` (not supported), and PEM text
+that does not load (at load time, not at the first connection).
 
 Used by the sidecar's Kafka broker and by the operator's validation, so a bad component is
 reported the same way in both places.
