@@ -268,7 +268,9 @@ async def start_grpc_server(
         except RuntimeError:
             got = 0
         if not got:
-            await server.stop(None)  # releases the addresses bound so far
+            # grpcio releases the addresses bound so far only by a started server's stop.
+            await server.start()
+            await server.stop(None)
             raise OSError(f"cannot bind the gRPC API to {target}")
         bound = got
     await server.start()
