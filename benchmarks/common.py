@@ -194,6 +194,8 @@ class Sidecar:
             app_id,
             "--dapr-http-port",
             str(self.port),
+            "--dapr-public-port",  # daprd's 3501 would be shared by every sidecar of a run
+            str(free_port()),
             "--resources-path",
             str(resources),
             "--log-level",

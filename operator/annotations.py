@@ -1,7 +1,15 @@
 """Pod annotations that ask for a sidecar, parsed once into a :class:`SidecarConfig`.
 
-Keys and defaults follow Dapr's injector (dapr-pubsub-contract.md §6.1), plus the seed's
-``dapr.io/id`` as a deprecated alias of ``dapr.io/app-id`` (§6.2). Parsing is pure; every error
+Keys and defaults follow Dapr's injector (dapr/dapr ``pkg/injector/annotations/annotations.go``;
+docs.dapr.io/reference/arguments-annotations-overview/), plus the seed's ``dapr.io/id`` as a
+deprecated alias of ``dapr.io/app-id`` (Dapr removed it in v1.0, dapr/dapr#2311).
+
+Security-relevant keys: ``dapr.io/sidecar-listen-addresses`` (where the API binds, default
+loopback ``[::1],127.0.0.1``), ``dapr.io/sidecar-public-port`` (health only, every interface,
+default 3501), ``dapr.io/api-token-secret`` and ``dapr.io/app-token-secret`` (Secrets whose key
+``token`` becomes ``DAPR_API_TOKEN`` / ``APP_API_TOKEN``). Values are range-checked: ports are
+1-65535, the sidecar's ports differ from each other, from the app port and from every TCP
+``containerPort`` of the pod's containers; quantities are not negative. Parsing is pure; every error
 is an :class:`AnnotationError` naming the annotation, so the webhook can refuse the pod with a
 message the user can act on. Neighbours: ``sidecar_patch.py`` turns a config into a pod patch,
 ``injection.py`` is the kopf handler around both.
@@ -9,6 +17,7 @@ message the user can act on. Neighbours: ``sidecar_patch.py`` turns a config int
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,17 +52,24 @@ CPU_REQUEST = "dapr.io/sidecar-cpu-request"
 CPU_LIMIT = "dapr.io/sidecar-cpu-limit"
 MEMORY_REQUEST = "dapr.io/sidecar-memory-request"
 MEMORY_LIMIT = "dapr.io/sidecar-memory-limit"
+LISTEN_ADDRESSES = "dapr.io/sidecar-listen-addresses"
+PUBLIC_PORT = "dapr.io/sidecar-public-port"
+API_TOKEN_SECRET = "dapr.io/api-token-secret"
+APP_TOKEN_SECRET = "dapr.io/app-token-secret"
 LIVENESS_PREFIX = "dapr.io/sidecar-liveness-probe-"
 READINESS_PREFIX = "dapr.io/sidecar-readiness-probe-"
 
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")  # the sidecar's --log-level choices
 APP_PROTOCOLS = ("http", "grpc")  # the sidecar's --app-protocol choices
 
-# Kubernetes quantity syntax (k8s.io/apimachinery resource.Quantity): a signed decimal number,
-# optionally in exponent form, with a binary (Ki..Ei) or decimal (n u m k M G T P E) suffix.
+# Kubernetes quantity syntax (k8s.io/apimachinery resource.Quantity) without a minus sign (a
+# negative request or limit is never meant): a decimal number, optionally in exponent form, with
+# a binary (Ki..Ei) or decimal (n u m k M G T P E) suffix.
 _QUANTITY = re.compile(
-    r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+    r"^[+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
 )
+# A Secret's name: a DNS-1123 subdomain (k8s.io/apimachinery validation.IsDNS1123Subdomain).
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # The app-id names a Secret (tidings-<app-id>), a label value and a Kafka consumer group, so it
 # must be a DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters.
 _APP_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -109,6 +125,14 @@ class SidecarConfig:
     liveness: Probe = DEFAULT_LIVENESS
     readiness: Probe = DEFAULT_READINESS
     sidecar_image: str | None = None
+    listen_addresses: str = "[::1],127.0.0.1"
+    """``--dapr-listen-addresses`` of the HTTP and gRPC APIs, normalised (IPv6 in brackets)."""
+    public_port: int = 3501
+    """``--dapr-public-port``: health endpoints on every interface, for the probes."""
+    api_token_secret: str | None = None
+    """Secret whose key ``token`` is the sidecar's ``DAPR_API_TOKEN`` (``None``: no token)."""
+    app_token_secret: str | None = None
+    """Secret whose key ``token`` is the ``APP_API_TOKEN`` sent to the app."""
     warnings: tuple[str, ...] = ()
 
 
@@ -138,6 +162,63 @@ def injection_requested(annotations: Mapping[str, str]) -> bool:
 
 SIDECAR_HTTP_PORT = 3500
 """The injected sidecar's HTTP API port (``--dapr-http-port``)."""
+SIDECAR_GRPC_PORT = 50001
+"""The injected sidecar's Dapr gRPC API port (``--dapr-grpc-port``)."""
+DEFAULT_PUBLIC_PORT = 3501
+DEFAULT_METRICS_PORT = 9090
+DEFAULT_LISTEN_ADDRESSES = "[::1],127.0.0.1"
+
+
+def _listen_addresses(annotations: Mapping[str, str]) -> str:
+    """``dapr.io/sidecar-listen-addresses``: comma-separated IP addresses (IPv6 with or
+    without brackets), normalised to daprd's syntax; the default is loopback only."""
+    raw = annotations.get(LISTEN_ADDRESSES)
+    if raw is None:
+        return DEFAULT_LISTEN_ADDRESSES
+    out: list[str] = []
+    for part in raw.split(","):
+        item = part.strip()
+        bare = item[1:-1] if item.startswith("[") and item.endswith("]") else item
+        try:
+            address = ipaddress.ip_address(bare)
+        except ValueError:
+            raise AnnotationError(
+                LISTEN_ADDRESSES,
+                raw,
+                f"{item!r} is not an IP address (e.g. {DEFAULT_LISTEN_ADDRESSES}, the default)",
+            ) from None
+        text = f"[{address}]" if address.version == 6 else str(address)
+        if text not in out:
+            out.append(text)
+    return ",".join(out)
+
+
+def _secret_name(annotations: Mapping[str, str], key: str) -> str | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    name = raw.strip()
+    if not (len(name) <= 253 and _SECRET_NAME.match(name)):
+        raise AnnotationError(
+            key, raw, "must name a Secret in the pod's namespace (a DNS-1123 subdomain)"
+        )
+    return name
+
+
+def app_container_ports(pod: Mapping[str, Any], *, skip: str = "daprd") -> dict[int, str]:
+    """TCP ``containerPort`` → container name for every container of ``pod`` but ``skip`` (the
+    sidecar itself, in an already injected pod)."""
+    ports: dict[int, str] = {}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if not isinstance(container, Mapping) or container.get("name") == skip:
+            continue
+        for port in container.get("ports") or []:
+            if not isinstance(port, Mapping):
+                continue
+            number = port.get("containerPort")
+            if isinstance(number, int) and (port.get("protocol") or "TCP") == "TCP":
+                ports.setdefault(number, str(container.get("name") or "?"))
+    return ports
 
 
 def _port(annotations: Mapping[str, str], key: str) -> int | None:
@@ -205,6 +286,37 @@ def default_app_id(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     return base, "generateName"
 
 
+def _check_ports(
+    pod: Mapping[str, Any],
+    annotations: Mapping[str, str],
+    *,
+    app_port: int | None,
+    ports: list[tuple[str, int]],
+) -> None:
+    """Every port the sidecar listens on is its own in the pod's network namespace: the fixed
+    HTTP and gRPC API ports, then ``ports`` (annotation key, port) in order, must differ from
+    each other, from ``app_port`` and from the app containers' TCP ``containerPort``s. Raises
+    :class:`AnnotationError` naming the annotation to change."""
+    fixed = {
+        SIDECAR_HTTP_PORT: "the sidecar's HTTP API",
+        SIDECAR_GRPC_PORT: "the sidecar's gRPC API",
+    }
+    if app_port in fixed:
+        raise AnnotationError(APP_PORT, str(app_port), f"is the port of {fixed[app_port]}")
+    taken: dict[int, str] = dict(fixed)
+    if app_port is not None:
+        taken[app_port] = f"the app's port ({APP_PORT})"
+    for number, container in app_container_ports(pod).items():
+        taken.setdefault(number, f"a containerPort of container {container!r}")
+    for key, port in ports:
+        if port in taken:
+            shown = annotations.get(key, f"{port} (the default)")
+            raise AnnotationError(
+                key, shown, f"port {port} is already used by {taken[port]}; choose another"
+            )
+        taken[port] = f"the sidecar's {key.removeprefix(PREFIX)}"
+
+
 def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
     """Parse a pod's annotations (the pod as in an AdmissionReview) into a :class:`SidecarConfig`.
 
@@ -270,17 +382,15 @@ def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
                 annotations[APP_PROTOCOL],
                 "tidings speaks http or grpc to the app (not https, grpcs or h2c)",
             )
-    metrics_port = _port(annotations, METRICS_PORT) or 9090
-    # The sidecar serves its API on 3500 in the pod's network namespace: the app and the
-    # metrics endpoint cannot share it.
-    if app_port == SIDECAR_HTTP_PORT:
-        raise AnnotationError(
-            APP_PORT, str(app_port), f"is the sidecar's HTTP port {SIDECAR_HTTP_PORT}"
-        )
-    if metrics_port in (SIDECAR_HTTP_PORT, app_port):
-        raise AnnotationError(
-            METRICS_PORT, str(metrics_port), "is already used by the sidecar's HTTP API or the app"
-        )
+    enable_metrics = _bool(annotations, ENABLE_METRICS, True)
+    metrics_port = _port(annotations, METRICS_PORT) or DEFAULT_METRICS_PORT
+    public_port = _port(annotations, PUBLIC_PORT) or DEFAULT_PUBLIC_PORT
+    _check_ports(
+        pod,
+        annotations,
+        app_port=app_port,
+        ports=[(PUBLIC_PORT, public_port), *([(METRICS_PORT, metrics_port)] * enable_metrics)],
+    )
 
     return SidecarConfig(
         app_id=AppId(app_id),
@@ -289,11 +399,15 @@ def parse_sidecar_config(pod: Mapping[str, Any]) -> SidecarConfig:
         app_protocol=app_protocol,
         log_level=log_level,
         log_as_json=_bool(annotations, LOG_AS_JSON, False),
-        enable_metrics=_bool(annotations, ENABLE_METRICS, True),
+        enable_metrics=enable_metrics,
         metrics_port=metrics_port,
         resources=resources,
         liveness=_probe(annotations, LIVENESS_PREFIX, DEFAULT_LIVENESS),
         readiness=_probe(annotations, READINESS_PREFIX, DEFAULT_READINESS),
         sidecar_image=image.strip() if image is not None else None,
+        listen_addresses=_listen_addresses(annotations),
+        public_port=public_port,
+        api_token_secret=_secret_name(annotations, API_TOKEN_SECRET),
+        app_token_secret=_secret_name(annotations, APP_TOKEN_SECRET),
         warnings=tuple(warnings),
     )

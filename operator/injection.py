@@ -1,11 +1,12 @@
 """The sidecar injector: a thin kopf mutating-admission handler around ``sidecar_patch.py``.
 
-For a Pod CREATE (dapr-pubsub-contract.md §6): decide from the annotations (``annotations.py``)
-whether to inject, build the patched pod with the pure :func:`~.sidecar_patch.patch_pod` and let
-kopf turn the difference into the JSON patch. Deprecated or defaulted inputs become
-AdmissionReview ``warnings``; a malformed annotation refuses the pod with HTTP-style code 400 and
-a message naming the annotation. The image is the operator's configured sidecar image; a pod's
-``dapr.io/sidecar-image`` is honoured only when the operator allows it.
+For a Pod CREATE (dapr/dapr ``pkg/injector/service/handler.go``): decide from the annotations
+(``annotations.py``) whether to inject, build the patched pod with the pure
+:func:`~.sidecar_patch.patch_pod` and let kopf turn the difference into the JSON patch.
+Deprecated or defaulted inputs become AdmissionReview ``warnings``; a malformed annotation
+refuses the pod with HTTP-style code 400 and a message naming the annotation, and so does a pod
+that brings its own ``daprd`` container. The image is the operator's configured sidecar image;
+a pod's ``dapr.io/sidecar-image`` is honoured only when the operator allows it.
 
 :class:`AdmissionServer` is kopf's ``WebhookServer`` with stricter request handling: a request
 that is not a well-formed AdmissionReview gets a 400/415 with a message instead of a 500, and an
@@ -26,6 +27,9 @@ import aiohttp.web
 import kopf
 
 from .annotations import (
+    APP_ID,
+    ENABLED,
+    LEGACY_ID,
     LOG_LEVEL,
     SIDECAR_IMAGE,
     AnnotationError,
@@ -39,6 +43,7 @@ from .sidecar_patch import INJECTED_LABEL, SIDECAR_CONTAINER, patch_pod
 __all__ = [
     "WEBHOOK_ID",
     "AdmissionServer",
+    "InjectionRefused",
     "admission_problem",
     "decide",
     "register_injector",
@@ -51,12 +56,20 @@ WEBHOOK_ID = "inject-sidecar"
 """kopf serves the handler at ``<root>/inject-sidecar``: the webhook's URL path."""
 
 
+class InjectionRefused(ValueError):
+    """A pod that asks for a sidecar but cannot safely get one (it brings its own ``daprd``)."""
+
+
 def decide(
     pod: Mapping[str, Any], settings: InjectorSettings
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """The patched pod (``None``: leave it alone) and the warnings for the AdmissionReview.
 
-    Pure. Raises :class:`AnnotationError` for malformed annotations.
+    Pure. Raises :class:`AnnotationError` for malformed annotations and
+    :class:`InjectionRefused` for a pod that brings its own ``daprd`` container (one this
+    webhook injected, labelled ``dapr.io/sidecar-injected``, is rebuilt on re-invocation).
+    ``settings.default_api_token_secret`` (the chart's ``sidecar.apiTokenSecret``) applies to
+    pods without ``dapr.io/api-token-secret``.
     """
     metadata = pod.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
@@ -67,13 +80,19 @@ def decide(
     if labels.get(INJECTED_LABEL) != "true" and any(
         isinstance(c, dict) and c.get("name") == SIDECAR_CONTAINER for c in containers
     ):
-        # The pod author wrote their own daprd: merging ours into it produced pods the API
-        # server refuses (two probe handlers, two volume sources). Dapr skips these pods too.
-        return None, [
-            f"a container named {SIDECAR_CONTAINER} already exists; "
-            "the tidings sidecar is not injected"
-        ]
+        # The pod author wrote their own daprd. Merging ours into it kept whatever they put
+        # there (privileged, runAsUser 0, capabilities, envFrom, lifecycle hooks) next to the
+        # broker credentials; skipping it (Dapr's choice) would run their container as the
+        # sidecar. Neither is safe: the pod is refused with what to do instead.
+        raise InjectionRefused(
+            f"the pod already has a container named {SIDECAR_CONTAINER!r} and asks for the "
+            f"tidings sidecar ({ENABLED}, {APP_ID} or {LEGACY_ID}); remove or rename that "
+            f"container (the injector adds {SIDECAR_CONTAINER} itself), or set "
+            f'{ENABLED}: "false" to run it without injection'
+        )
     config = parse_sidecar_config(pod)
+    if config.api_token_secret is None and settings.default_api_token_secret:
+        config = dataclasses.replace(config, api_token_secret=settings.default_api_token_secret)
     # The operator's defaults (the chart's sidecar.logLevel / sidecar.resources) under the pod's
     # own annotations, one quantity at a time.
     resources = {
@@ -125,6 +144,9 @@ def register_injector(registry: kopf.OperatorRegistry, settings: InjectorSetting
             patched, notes = decide(pod, settings)
         except AnnotationError as exc:
             log.info("refused pod %s: %s", who, exc, extra={"pod": who, "annotation": exc.key})
+            raise kopf.AdmissionError(f"tidings sidecar injector: {exc}", code=400) from None
+        except InjectionRefused as exc:
+            log.info("refused pod %s: %s", who, exc, extra={"pod": who})
             raise kopf.AdmissionError(f"tidings sidecar injector: {exc}", code=400) from None
         warnings.extend(notes)
         if patched is None:

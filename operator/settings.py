@@ -53,6 +53,10 @@ class InjectorSettings:
     sidecar_otlp_endpoint: str | None = None
     """OTLP/HTTP endpoint every injected sidecar exports spans to (its
     ``OTEL_EXPORTER_OTLP_ENDPOINT``); ``None``: no span export, trace context still flows."""
+    default_api_token_secret: str | None = None
+    """Secret (in each app's namespace, key ``token``) that is the ``DAPR_API_TOKEN`` of every
+    sidecar whose pod has no ``dapr.io/api-token-secret``; ``None``: only pods that ask for a
+    token get one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +198,12 @@ def add_operator_arguments(
         default=env.get("TIDINGS_SIDECAR_OTLP_ENDPOINT") or None,
         help="OTLP/HTTP endpoint injected sidecars export spans to (e.g. http://otel:4318)",
     )
+    a(
+        "--sidecar-api-token-secret",
+        default=env.get("TIDINGS_SIDECAR_API_TOKEN_SECRET") or None,
+        help="Secret (key 'token', in each app namespace) that protects the API of every "
+        "sidecar whose pod has no dapr.io/api-token-secret annotation",
+    )
     a("--webhook-addr", default=env.get("TIDINGS_WEBHOOK_ADDR", "0.0.0.0"))
     a("--webhook-port", type=int, default=int(env.get("TIDINGS_WEBHOOK_PORT", "9443")))
     a("--webhook-host", default=env.get("TIDINGS_WEBHOOK_HOST") or None)
@@ -239,6 +249,20 @@ def add_operator_arguments(
     )
 
 
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _secret_name(flag: str, text: str | None) -> str | None:
+    """``text`` as a Secret name (a DNS-1123 subdomain), ``None`` when empty; else
+    :class:`SettingsError`."""
+    if text is None or not text.strip():
+        return None
+    name = text.strip()
+    if len(name) > 253 or not _SECRET_NAME.match(name):
+        raise SettingsError(f"{flag} {text!r} is not a Secret name (a DNS-1123 subdomain)")
+    return name
+
+
 def _seconds(flag: str, text: str) -> float:
     """``text`` as a finite number of seconds greater than 0; else :class:`SettingsError`."""
     try:
@@ -274,6 +298,9 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             sidecar_log_level=args.sidecar_log_level,
             sidecar_resources=_resources(args.sidecar_resources),
             sidecar_otlp_endpoint=args.sidecar_otlp_endpoint,
+            default_api_token_secret=_secret_name(
+                "--sidecar-api-token-secret", args.sidecar_api_token_secret
+            ),
         ),
         webhook=WebhookSettings(
             addr=args.webhook_addr,

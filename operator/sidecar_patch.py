@@ -7,11 +7,22 @@ app's config Secret ``tidings-<app-id>`` mounted read-only as its resources fold
 ``dapr.io/app-protocol`` is set) for app containers that lack them, and
 the ``dapr.io/sidecar-injected`` / ``dapr.io/app-id`` labels the operator watches.
 
-Idempotent by construction: an existing ``daprd`` container or config volume is overwritten in
-place with the freshly built fields (fields the API server defaulted are kept), so re-invocation
-(``reinvocationPolicy: IfNeeded``) or an already-injected pod yields the same pod and an empty JSON
-patch. No I/O; ``injection.py`` wraps
-it in the admission webhook.
+Secure by default (docs.dapr.io/operations/security/): the HTTP and gRPC APIs listen on
+``dapr.io/sidecar-listen-addresses`` (loopback unless the pod says otherwise); the kubelet's
+probes go to the public port (``dapr.io/sidecar-public-port``, 3501), which serves nothing but
+the health endpoints; ``dapr.io/api-token-secret`` / ``dapr.io/app-token-secret`` become
+``DAPR_API_TOKEN`` / ``APP_API_TOKEN`` from the Secret's key ``token`` (a ``secretKeyRef``: the
+token never appears in the pod spec, and a missing Secret keeps the container from starting
+rather than running it unprotected); the container runs non-root with a read-only root, no
+capabilities, no privilege escalation and the runtime's default seccomp profile.
+
+Idempotent by construction: an existing ``daprd`` container (only in a pod this webhook already
+injected: ``injection.py`` refuses any other) is replaced by the freshly built one, keeping only
+the fields the API server defaults (``terminationMessagePath``, ``successThreshold``,
+``resources``), so re-invocation (``reinvocationPolicy: IfNeeded``) yields the same pod and an
+empty JSON patch, and nothing a pod author wrote into a ``daprd`` of their own (``privileged``,
+``runAsUser: 0``, added capabilities, ``envFrom``, lifecycle hooks) survives. No I/O;
+``injection.py`` wraps it in the admission webhook.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from typing import Any
 
 import jsonpatch
 
-from .annotations import SIDECAR_HTTP_PORT, SidecarConfig
+from .annotations import SIDECAR_GRPC_PORT, SIDECAR_HTTP_PORT, SidecarConfig
 
 __all__ = [
     "CONFIG_VOLUME",
@@ -38,7 +49,9 @@ SIDECAR_CONTAINER = "daprd"
 CONFIG_VOLUME = "tidings-resources"
 RESOURCES_PATH = "/etc/tidings/resources"
 DAPR_HTTP_PORT = SIDECAR_HTTP_PORT
-DAPR_GRPC_PORT = 50001  # the sidecar's default --dapr-grpc-port (Dapr's)
+DAPR_GRPC_PORT = SIDECAR_GRPC_PORT  # Dapr's --dapr-grpc-port
+TOKEN_KEY = "token"
+"""The key of a token Secret that holds the token (Dapr's, docs.dapr.io/.../api-token/)."""
 INJECTED_LABEL = "dapr.io/sidecar-injected"
 APP_ID_LABEL = "dapr.io/app-id"
 HEALTHZ_PATH = "/v1.0/healthz"
@@ -58,12 +71,16 @@ def sidecar_args(config: SidecarConfig) -> list[str]:
         args += ["--app-port", str(config.app_port)]
     if config.app_protocol is not None:
         args += ["--app-protocol", config.app_protocol]
-    # 0.0.0.0: the kubelet probes the pod IP; daprd's default [::1],127.0.0.1 would fail them.
+    # The API on the listen addresses (loopback by default), the probes on the public port.
     args += [
         "--dapr-http-port",
         str(DAPR_HTTP_PORT),
+        "--dapr-grpc-port",
+        str(DAPR_GRPC_PORT),
         "--dapr-listen-addresses",
-        "0.0.0.0",
+        config.listen_addresses,
+        "--dapr-public-port",
+        str(config.public_port),
         "--resources-path",
         RESOURCES_PATH,
         "--log-level",
@@ -85,6 +102,7 @@ def sidecar_container(
     ports: list[dict[str, Any]] = [
         {"name": "dapr-http", "containerPort": DAPR_HTTP_PORT, "protocol": "TCP"},
         {"name": "dapr-grpc", "containerPort": DAPR_GRPC_PORT, "protocol": "TCP"},
+        {"name": "dapr-public", "containerPort": config.public_port, "protocol": "TCP"},
     ]
     if config.enable_metrics:
         ports.append(
@@ -108,7 +126,7 @@ def sidecar_container(
             },
         ],
         "readinessProbe": {
-            "httpGet": {"path": HEALTHZ_PATH, "port": DAPR_HTTP_PORT, "scheme": "HTTP"},
+            "httpGet": {"path": HEALTHZ_PATH, "port": config.public_port, "scheme": "HTTP"},
             "initialDelaySeconds": config.readiness.delay_seconds,
             "timeoutSeconds": config.readiness.timeout_seconds,
             "periodSeconds": config.readiness.period_seconds,
@@ -117,7 +135,7 @@ def sidecar_container(
         # A TCP probe like Dapr at HEAD: healthz also reflects the broker, and a broker outage
         # must not make the kubelet restart every sidecar.
         "livenessProbe": {
-            "tcpSocket": {"port": DAPR_HTTP_PORT},
+            "tcpSocket": {"port": config.public_port},
             "initialDelaySeconds": config.liveness.delay_seconds,
             "timeoutSeconds": config.liveness.timeout_seconds,
             "periodSeconds": config.liveness.period_seconds,
@@ -129,9 +147,18 @@ def sidecar_container(
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    for name, secret in (
+        ("DAPR_API_TOKEN", config.api_token_secret),
+        ("APP_API_TOKEN", config.app_token_secret),
+    ):
+        if secret:
+            container["env"].append(
+                {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": TOKEN_KEY}}}
+            )
     if otlp_endpoint:
         container["env"].append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": otlp_endpoint})
     if config.resources:
@@ -151,16 +178,20 @@ def config_volume(app_id: str) -> dict[str, Any]:
     }
 
 
-def _merge(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
-    """``ours`` over ``existing``: our keys win, nested objects merge, lists are replaced.
+# What the API server fills into a container or probe we build (k8s.io/kubernetes
+# pkg/apis/core/v1/defaults.go), kept on re-invocation so that it yields no patch. Nothing else
+# of an existing object survives.
+_DEFAULTED = frozenset({"terminationMessagePath", "successThreshold", "resources"})
 
-    Keeps what the API server defaulted into an injected pod (``successThreshold``,
-    ``terminationMessagePath``...), so re-invocation produces no patch at all.
-    """
-    out = dict(existing)
+
+def _rebuild(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """``ours``, plus from ``existing`` only the keys the API server defaults (at any depth
+    of nested objects) and keys set to ``null`` (absent, as API clients spell it); lists are
+    ours."""
+    out = {k: v for k, v in existing.items() if (k in _DEFAULTED or v is None) and k not in ours}
     for key, value in ours.items():
         if isinstance(value, dict) and isinstance(existing.get(key), dict):
-            out[key] = _merge(existing[key], value)
+            out[key] = _rebuild(existing[key], value)
         else:
             out[key] = value
     return out
@@ -169,7 +200,7 @@ def _merge(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
 def _upsert(items: list[dict[str, Any]], item: dict[str, Any]) -> None:
     for i, existing in enumerate(items):
         if existing.get("name") == item["name"]:
-            items[i] = _merge(existing, item)
+            items[i] = _rebuild(existing, item)
             return
     items.append(item)
 

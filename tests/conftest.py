@@ -17,6 +17,7 @@ from tidings.sidecar.cli.localbroker import start_local_broker
 
 if TYPE_CHECKING:
     from .integration.processes import Proc
+    from .tlskit import Pki
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +33,15 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server certificate (``localhost``, ``127.0.0.1``), a client certificate and an
+    unrelated CA, made for the session (``tests/tlskit.py``)."""
+    from .tlskit import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

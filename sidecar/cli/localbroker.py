@@ -105,14 +105,19 @@ def start_local_broker(
     port: int | None = None,
     log_path: Path | None = None,
     ready_timeout_s: float = 20.0,
+    advertised: str | None = None,
 ) -> LocalBroker:
     """Start Tansu on ``host:port`` (a free port when ``None``) and wait until it answers.
+
+    ``advertised`` (``host:port``) is the address Tansu names in its metadata instead of its own,
+    for clients that reach it through something in front (a TLS-terminating proxy in the tests).
 
     Raises ``RuntimeError`` if the binary is missing, the process exits, or it does not answer
     ``ApiVersions`` within ``ready_timeout_s`` seconds (the log path is named in the error).
     """
     port = port or free_port(host)
     url = f"tcp://{host}:{port}"
+    advertised_url = f"tcp://{advertised}" if advertised else url
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by Popen
     env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
     process = subprocess.Popen(
@@ -122,7 +127,7 @@ def start_local_broker(
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised_url,
             "--storage-engine",
             "memory://tansu/",
         ],

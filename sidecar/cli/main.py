@@ -137,6 +137,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         str(http_port),
         "--dapr-grpc-port",
         str(grpc_port),
+        # its own health port too: daprd's default 3501 would be shared by every sidecar here
+        "--dapr-public-port",
+        str(free_port()),
         "--log-level",
         args.log_level,
         "--dapr-graceful-shutdown-seconds",

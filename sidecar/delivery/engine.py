@@ -77,7 +77,15 @@ from .channel.types import AppResponse, AppStatus, Channel
 from .retries import delay_s, may_retry
 from .routing import Routes, RoutingError
 
-__all__ = ["Action", "Dispatcher", "Outcome", "Verdict", "decide", "http_headers"]
+__all__ = [
+    "Action",
+    "Dispatcher",
+    "Outcome",
+    "Verdict",
+    "decide",
+    "http_headers",
+    "reserved_header",
+]
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +171,10 @@ def decide(
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN_SAFE = "!#$&'*+-.^_`|~"  # token characters quote() may keep ('%' is the escape itself)
 _INVALID_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# Framing and credentials are the sidecar's, never a record's.
+# Framing, hop-by-hop (RFC 9110 §7.6.1) and credentials are the sidecar's, never a record's: a
+# publisher must not be able to make an Authorization or dapr-api-token header (the app's
+# APP_API_TOKEN, docs.dapr.io/operations/security/app-api-token/) arrive at the subscriber, nor
+# change how the request to the app is framed or routed.
 _RESERVED = frozenset(
     {
         "content-length",
@@ -176,17 +187,26 @@ _RESERVED = frozenset(
         "te",
         "trailer",
         "expect",
-        "proxy-connection",
+        "authorization",
         "dapr-api-token",
     }
 )
+_RESERVED_PREFIX = "proxy-"  # Proxy-Authorization, Proxy-Authenticate, Proxy-Connection...
+
+
+def reserved_header(name: str) -> bool:
+    """Whether a record header called ``name`` (any case) is never delivered as an HTTP header
+    or gRPC metadata: framing and hop-by-hop headers, ``Authorization``, ``Proxy-*`` and
+    ``dapr-api-token``."""
+    lower = name.lower()
+    return lower in _RESERVED or lower.startswith(_RESERVED_PREFIX)
 
 
 @functools.lru_cache(maxsize=1024)
 def _header_name(name: str) -> str | None:
     """``name`` as a valid HTTP header name: itself, percent-escaped, or ``None`` (skip)."""
     if _TOKEN.fullmatch(name):
-        return None if name.lower() in _RESERVED else name
+        return None if reserved_header(name) else name
     if not name:
         log.warning("record header with an empty name is not delivered")
         return None
@@ -194,7 +214,7 @@ def _header_name(name: str) -> str | None:
     log.warning(
         "record header name %r is not a valid HTTP header name; delivered as %r", name, escaped
     )
-    return None if escaped.lower() in _RESERVED else escaped
+    return None if reserved_header(escaped) else escaped
 
 
 def _header_value(raw: bytes | None, escape_all: bool) -> str:
@@ -232,8 +252,9 @@ def http_headers(
     in Dapr's metadata map); ``__key`` (when the record has a key), ``__offset``,
     ``__partition``, ``__topic``, ``__timestamp`` (milliseconds) from the record itself;
     ``traceparent``/``tracestate`` from the event; ``pubsubName``; ``Content-Type:
-    application/cloudevents+json``. Framing headers and ``dapr-api-token`` from records are
-    dropped. A value that is not valid UTF-8 or holds control bytes is percent-encoded; with
+    application/cloudevents+json``. Framing and hop-by-hop headers, ``Authorization``,
+    ``Proxy-*`` and ``dapr-api-token`` from records are dropped (:func:`reserved_header`). A
+    value that is not valid UTF-8 or holds control bytes is percent-encoded; with
     ``escape_all`` (the Kafka component's ``escapeHeaders``) every value is URL-query-escaped.
     """
     headers: CIMultiDict[str] = CIMultiDict()

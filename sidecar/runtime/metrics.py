@@ -36,12 +36,15 @@ The same state answers ``GET /v1.0/metadata`` and ``tidings status``
 from __future__ import annotations
 
 import bisect
+import socketserver
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -51,6 +54,7 @@ __all__ = [
     "consumer_group",
     "consumer_progress",
     "drop_consumer",
+    "metrics_only",
     "record_egress",
     "record_http",
     "record_ingress",
@@ -504,10 +508,44 @@ class _Collector(Collector):
 REGISTRY.register(_Collector())
 
 
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _SilentHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        """No access log (a scrape every few seconds would fill the sidecar's log)."""
+
+
+def metrics_only(app: Callable[..., Any]) -> Callable[..., Any]:
+    """The WSGI ``app`` (prometheus-client's) behind a path check: ``/metrics`` only, 404
+    text/plain for any other path. The metrics port listens on every interface so Prometheus can
+    scrape it; nothing else of the sidecar may answer there (prometheus-client itself serves
+    the metrics on every path)."""
+
+    def only_metrics(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") != METRICS_PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: only /metrics is served on this port\n"]
+        return app(environ, start_response)
+
+    return only_metrics
+
+
+METRICS_PATH = "/metrics"
+
+
 def serve(port: int, *, namespace: str = "", address: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` on ``address:port`` from a daemon thread (prometheus-client's server);
+    """Serve ``/metrics`` (only that path) on ``address:port`` from a daemon thread;
     ``namespace`` (Kubernetes) fills Dapr's ``namespace`` label. Raises ``OSError`` when the
     port cannot be bound."""
     global _namespace
     _namespace = namespace
-    start_http_server(port, addr=address)
+    server = make_server(
+        address,
+        port,
+        metrics_only(make_wsgi_app(REGISTRY)),
+        _ThreadingWSGIServer,
+        handler_class=_SilentHandler,
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

@@ -36,7 +36,7 @@ from ..delivery.engine import Dispatcher
 from ..delivery.subscriptions import effective_subscriptions
 from ..inbound.grpc.server import DaprServicer, start_grpc_server
 from ..inbound.grpc.streaming import StreamChannel, StreamingSubscriptions
-from ..inbound.http.app import create_app
+from ..inbound.http.app import create_app, create_public_app
 from ..inbound.http.keys import EXTENDED_KEY
 from ..publishing.publisher import Publisher
 from ..resources import LoadedComponent, ResourceError, Resources, TopicSubscription, load_resources
@@ -44,6 +44,7 @@ from ..resources.kafka import RetryPolicy
 from ..resources.loading import resource_files
 from ..resources.models import SubscriptionType
 from . import metrics, tracing
+from .listening import bind_sites, host_port, usable_addresses
 from .settings import SidecarSettings
 from .tasks import stop_tasks
 
@@ -120,6 +121,7 @@ class Sidecar:
         self._components: dict[str, LoadedComponent] = {}
         self._brokers: dict[str, Broker] = {}
         self._started: dict[str, _Started] = {}
+        self._start_errors: dict[str, str] = {}  # component -> why its last start failed
         self.publisher = Publisher(
             app_id=self.app_id, brokers=self._brokers, components=self._components
         )
@@ -136,6 +138,9 @@ class Sidecar:
         self._reload_lock = asyncio.Lock()
         self._fingerprint = ""
         self.bound_port: int | None = None
+        self.public_port: int | None = None
+        self._public_runner: web.AppRunner | None = None
+        self._addresses: tuple[str, ...] = settings.dapr_listen_addresses
         self.grpc_port: int | None = None
         self._grpc_server: Any = None
         self.streams = StreamingSubscriptions(
@@ -156,6 +161,13 @@ class Sidecar:
 
     def outbound_ready(self) -> bool:
         return all(b.ready() for b in self._brokers.values())
+
+    def outbound_problems(self) -> dict[str, str]:
+        return {
+            name: self._start_errors.get(name, "the broker does not answer")
+            for name, broker in self._brokers.items()
+            if not broker.ready()
+        }
 
     def capabilities(self, pubsubname: str) -> list[str]:
         broker = self._brokers.get(pubsubname)
@@ -188,22 +200,17 @@ class Sidecar:
         app = create_app(self.settings, self.publisher, self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            self.settings.dapr_listen_address,
-            self.settings.dapr_http_port,
-            reuse_address=True,
+        self._addresses = usable_addresses(self.settings.dapr_listen_addresses, app_id=self.app_id)
+        self.bound_port = await bind_sites(
+            self._runner, self._addresses, self.settings.dapr_http_port
         )
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self.settings.dapr_http_port
         log.info(
-            "sidecar API listening on %s:%s",
-            self.settings.dapr_listen_address,
-            self.bound_port,
+            "sidecar API listening on %s",
+            ", ".join(host_port(a, self.bound_port) for a in self._addresses),
             extra={"app_id": self.app_id},
         )
+        if self.settings.dapr_public_port is not None:
+            await self._start_public()
         if self.settings.dapr_grpc_port is not None:
             await self._start_grpc(app[EXTENDED_KEY])
         self._tasks.append(asyncio.create_task(self._deliveries_when_app_ready()))
@@ -244,9 +251,38 @@ class Sidecar:
             await self._grpc_server.stop(1.0)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._public_runner is not None:
+            await self._public_runner.cleanup()
         if self.channel is not None:
             await self.channel.close()
         log.info("sidecar stopped", extra={"app_id": self.app_id})
+
+    async def _start_public(self) -> None:
+        """Serve the health endpoints on the public port, every interface. Raises ``OSError``
+        when an asked-for port cannot be bound; the default port in use is logged and the
+        sidecar runs on without it (as the gRPC API's default port)."""
+        assert self.settings.dapr_public_port is not None
+        runner = web.AppRunner(
+            create_public_app(self.settings, self), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        self._public_runner = runner
+        try:
+            self.public_port = await bind_sites(runner, [None], self.settings.dapr_public_port)
+        except OSError as exc:
+            if self.settings.dapr_public_port_explicit:
+                raise
+            log.error(
+                "the public health port is not served: %s; pass --dapr-public-port",
+                exc,
+                extra={"app_id": self.app_id},
+            )
+            return
+        log.info(
+            "health endpoints listening on every interface, port %s",
+            self.public_port,
+            extra={"app_id": self.app_id},
+        )
 
     async def _start_grpc(self, extended: dict[str, str]) -> None:
         """Serve the Dapr gRPC API. Raises ``OSError`` when an asked-for port cannot be bound;
@@ -261,7 +297,7 @@ class Sidecar:
         assert self.settings.dapr_grpc_port is not None
         try:
             self._grpc_server, self.grpc_port = await start_grpc_server(
-                self.settings, servicer, self.settings.dapr_grpc_port
+                self.settings, servicer, self.settings.dapr_grpc_port, addresses=self._addresses
             )
         except OSError as exc:
             if self.settings.dapr_grpc_port_explicit:
@@ -273,9 +309,8 @@ class Sidecar:
             )
             return
         log.info(
-            "Dapr gRPC API listening on %s:%s",
-            self.settings.dapr_listen_address,
-            self.grpc_port,
+            "Dapr gRPC API listening on %s",
+            ", ".join(host_port(a, self.grpc_port) for a in self._addresses),
             extra={"app_id": self.app_id},
         )
 
@@ -290,6 +325,7 @@ class Sidecar:
                 or _component_fingerprint(wanted[name]) != self._started[name].fingerprint
             ):
                 started = self._started.pop(name)
+                self._start_errors.pop(name, None)
                 self._brokers.pop(name, None)
                 self._components.pop(name, None)
                 log.info("closing component", extra={"app_id": self.app_id, "pubsubname": name})
@@ -325,6 +361,7 @@ class Sidecar:
                     ", ".join(lacks) or "-",
                     extra={"app_id": self.app_id, "pubsubname": name},
                 )
+                self._start_errors.pop(name, None)
                 async with self._reload_lock:
                     started = self._started.get(name)
                     if started is not None and started.broker is broker:
@@ -332,6 +369,7 @@ class Sidecar:
                         await self._apply_subscriptions()
                 return
             except BrokerError as exc:
+                self._start_errors[name] = str(exc)
                 log.warning(
                     "component %s not ready, retrying in %.1fs: %s",
                     name,
@@ -515,8 +553,9 @@ async def _serve(settings: SidecarSettings) -> int:
         return 2
     except OSError as exc:
         log.error(
-            "cannot serve the API (HTTP port %s): %s",
+            "cannot serve the API (HTTP port %s, public port %s): %s",
             settings.dapr_http_port,
+            settings.dapr_public_port,
             exc,
             extra={"app_id": settings.app_id},
         )

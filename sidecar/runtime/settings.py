@@ -8,6 +8,7 @@ the sidecar receives a :class:`SidecarSettings` explicitly.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -15,10 +16,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SidecarSettings", "add_sidecar_arguments", "seconds_arg", "settings_from_args"]
+__all__ = [
+    "SidecarSettings",
+    "add_sidecar_arguments",
+    "listen_addresses_arg",
+    "seconds_arg",
+    "settings_from_args",
+]
 
 MIB = 1024 * 1024
 DEFAULT_GRPC_PORT = 50001
+DEFAULT_PUBLIC_PORT = 3501
+DEFAULT_LISTEN_ADDRESSES = "[::1],127.0.0.1"
+"""daprd's default ``--dapr-listen-addresses``: the API answers on loopback only."""
 MAX_BODY_SIZE_LIMIT = 2047 * MIB
 """Largest ``--max-body-size``: a gRPC message (the body plus its envelope) cannot reach 2 GiB."""
 
@@ -51,8 +61,19 @@ class SidecarSettings:
     """Whether ``dapr_grpc_port`` was asked for: then a port in use stops the sidecar; Dapr's
     default port in use only logs an error (several bare sidecars on one host)."""
 
-    dapr_listen_address: str = "127.0.0.1"
-    """Address the HTTP API binds; ``0.0.0.0`` in a pod so probes can reach it."""
+    dapr_listen_addresses: tuple[str, ...] = ("127.0.0.1",)
+    """IP addresses the HTTP and gRPC APIs bind (``--dapr-listen-addresses``; daprd's default
+    ``[::1],127.0.0.1``: loopback only, so only the pod's own containers reach the API). An
+    address the host does not have (``::1`` without IPv6) is skipped with a warning."""
+
+    dapr_public_port: int | None = None
+    """Port of the public health server (``--dapr-public-port``, daprd's 3501): only
+    ``/v1.0/healthz`` and ``/v1.0/healthz/outbound``, on every interface, for the kubelet's
+    probes. ``None`` serves none."""
+
+    dapr_public_port_explicit: bool = False
+    """Whether ``dapr_public_port`` was asked for: then a port in use stops the sidecar; the
+    default port in use only logs an error (several bare sidecars on one host)."""
 
     resources_paths: tuple[Path, ...] = ()
     """Folders (or files) of Component and Subscription YAML; watched for changes."""
@@ -117,6 +138,26 @@ def port_arg(text: str) -> int:
     return port
 
 
+def listen_addresses_arg(text: str) -> tuple[str, ...]:
+    """``"[::1],127.0.0.1"`` → ``("::1", "127.0.0.1")``: comma-separated IP addresses, IPv6
+    optionally in brackets (daprd's syntax), duplicates dropped. Raises
+    ``argparse.ArgumentTypeError`` for an empty list or something that is not an IP address."""
+    addresses: list[str] = []
+    for part in text.split(","):
+        item = part.strip()
+        bare = item[1:-1] if item.startswith("[") and item.endswith("]") else item
+        try:
+            address = str(ipaddress.ip_address(bare))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid listen address {item!r} in {text!r}: use IP addresses, e.g. "
+                f"{DEFAULT_LISTEN_ADDRESSES}"
+            ) from None
+        if address not in addresses:
+            addresses.append(address)
+    return tuple(addresses)
+
+
 def size_arg(text: str) -> int:
     """A size in bytes, as :func:`parse_size` reads it, for argparse."""
     try:
@@ -176,8 +217,18 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser, *, app_id_required: b
     )
     parser.add_argument(
         "--dapr-listen-addresses",
-        default="127.0.0.1",
-        help="address the HTTP API binds (daprd's name)",
+        type=listen_addresses_arg,
+        default=listen_addresses_arg(DEFAULT_LISTEN_ADDRESSES),
+        help="comma-separated IP addresses the HTTP and gRPC APIs bind, IPv6 in brackets "
+        f"(default {DEFAULT_LISTEN_ADDRESSES}: loopback only); an address this host does "
+        "not have is skipped with a warning",
+    )
+    parser.add_argument(
+        "--dapr-public-port",
+        type=port_arg,
+        default=None,
+        help=f"port serving only /v1.0/healthz and /v1.0/healthz/outbound on every interface, "
+        f"for probes (default {DEFAULT_PUBLIC_PORT})",
     )
     parser.add_argument(
         "--resources-path",
@@ -247,7 +298,9 @@ def settings_from_args(
         dapr_http_port=args.dapr_http_port,
         dapr_grpc_port=args.dapr_grpc_port or DEFAULT_GRPC_PORT,
         dapr_grpc_port_explicit=args.dapr_grpc_port is not None,
-        dapr_listen_address=args.dapr_listen_addresses.split(",")[0].strip("[]") or "127.0.0.1",
+        dapr_listen_addresses=args.dapr_listen_addresses,
+        dapr_public_port=getattr(args, "dapr_public_port", None) or DEFAULT_PUBLIC_PORT,
+        dapr_public_port_explicit=getattr(args, "dapr_public_port", None) is not None,
         resources_paths=tuple(Path(p) for p in paths),
         max_body_size=args.max_body_size,
         graceful_shutdown_seconds=args.graceful_shutdown_seconds,

@@ -201,4 +201,6 @@ def test_images_run_what_the_chart_and_injector_name(helm: str) -> None:
     pod = {"metadata": {"name": "p", "annotations": {"dapr.io/app-id": "a"}}, "spec": {}}
     daprd = sidecar_container(parse_sidecar_config(pod), image="x", pull_policy="Never")
     assert daprd["command"] == entrypoint("Dockerfile.sidecar")
-    assert str(SIDECAR_HTTP_PORT) in dict(final_stage("Dockerfile.sidecar"))["EXPOSE"].split()
+    exposed = dict(final_stage("Dockerfile.sidecar"))["EXPOSE"].split()
+    assert str(SIDECAR_HTTP_PORT) in exposed
+    assert {str(p["containerPort"]) for p in daprd["ports"]} <= set(exposed)

@@ -106,6 +106,7 @@ def test_rendered_builtin_objects_pass_kubernetes_validate_strict(
         (["--set", "kafka.brokers=kafka"], "kafka.brokers: Does not match pattern"),
         (["--set", "sidecar.resources.limits.memory=lots"], "sidecar.resources.limits.memory"),
         (["--set", "replicaCount=0"], "replicaCount"),
+        (["--set", "sidecar.apiTokenSecret=Bad_Name"], "sidecar.apiTokenSecret"),
     ],
 )
 def test_a_values_typo_fails_with_the_schema_message(
@@ -275,6 +276,14 @@ def test_the_operator_accepts_the_settings_the_chart_passes(helm: str) -> None:
         "limits": {"cpu": "1", "memory": "256Mi"},
     }
     assert settings.injector.allow_sidecar_image_annotation is False
+    assert settings.injector.default_api_token_secret is None
+    token = parse_settings(
+        [],
+        environ=container_env(
+            find(render(helm, "--set", "sidecar.apiTokenSecret=dapr-api-token"), "Deployment")
+        ),
+    )
+    assert token.injector.default_api_token_secret == "dapr-api-token"
     assert settings.webhook.port == 8443
     assert settings.webhook.cert_file == "/etc/tidings/webhook-tls/tls.crt"
     assert settings.namespaces == ("shop", "billing")
@@ -347,7 +356,12 @@ def test_injected_pod_passes_kubernetes_validate_strict(helm: str, tmp_path: Pat
         "metadata": {
             "name": "orders-1",
             "namespace": "shop",
-            "annotations": {"dapr.io/app-id": "orders", "dapr.io/app-port": "8080"},
+            "annotations": {
+                "dapr.io/app-id": "orders",
+                "dapr.io/app-port": "8080",
+                "dapr.io/api-token-secret": "orders-api-token",
+                "dapr.io/app-token-secret": "orders-app-token",
+            },
         },
         "spec": {"containers": [{"name": "app", "image": "registry.example/orders:1"}]},
     }

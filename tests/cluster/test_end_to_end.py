@@ -6,13 +6,15 @@ Subscription the operator put in its config.
 
 What a kubelet would do and this test does instead, the only liberties taken:
 - the Secret volume is written to a folder and ``--resources-path`` points there;
-- the downward-API env (``NAMESPACE``, ``POD_NAME``) is resolved from the pod;
-- both "pods" share this host's network namespace, so ``--dapr-http-port`` / ``--metrics-port``
-  get free ports instead of 3500/9090 (the app port comes from the annotation unchanged).
+- the downward-API env (``NAMESPACE``, ``POD_NAME``) is resolved from the pod, ``secretKeyRef``
+  env from the Secret on the API server;
+- both "pods" share this host's network namespace, so the sidecar's ports (3500, 50001, 3501,
+  9090) get free ports (the app port comes from the annotation unchanged).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -77,8 +79,14 @@ def run_daprd(kube: Kube, pod: Any, tmp: Path, name: str) -> tuple[Proc, list[st
     )
     folder = write_folder(files)
 
-    http_port = free_port()
-    replace = {mount.mount_path: str(folder), "3500": str(http_port), "9090": str(free_port())}
+    http_port, public_port = free_port(), free_port()
+    replace = {
+        mount.mount_path: str(folder),
+        "3500": str(http_port),
+        "50001": str(free_port()),
+        "3501": str(public_port),
+        "9090": str(free_port()),
+    }
     args = [replace.get(a, a) for a in daprd.args]
     command = list(daprd.command)
     command[0] = shutil.which(command[0], path=str(Path(sys.executable).parent)) or command[0]
@@ -89,14 +97,19 @@ def run_daprd(kube: Kube, pod: Any, tmp: Path, name: str) -> tuple[Proc, list[st
         "metadata.name": pod.metadata.name or pod.metadata.generate_name,
     }
     for var in daprd.env:
-        env[var.name] = (
-            var.value if var.value is not None else fields[var.value_from.field_ref.field_path]
-        )
+        if var.value is not None:
+            env[var.name] = var.value
+        elif var.value_from.secret_key_ref is not None:  # as the kubelet: read the Secret
+            ref = var.value_from.secret_key_ref
+            secret = kube.core.read_namespaced_secret(ref.name, pod.metadata.namespace)
+            env[var.name] = base64.b64decode(secret.data[ref.key]).decode()
+        else:
+            env[var.name] = fields[var.value_from.field_ref.field_path]
     log_path = tmp / f"{name}.daprd.log"
     process = subprocess.Popen(
         [*command, *args], env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT
     )
-    proc = Proc(f"{name} daprd", process, log_path, http_port)
+    proc = Proc(f"{name} daprd", process, log_path, http_port, public_port=public_port)
     wait_serving(proc)
     return proc, [*command, *args]
 

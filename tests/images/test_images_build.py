@@ -297,6 +297,8 @@ def test_sidecar_serves_with_nothing_writable_and_exits_0_on_sigterm(
                 str(http),
                 "--dapr-grpc-port",
                 str(grpc),
+                "--dapr-public-port",
+                str(free_port()),
             ),
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -92,6 +92,7 @@ class Proc:
     log_path: Path
     port: int
     grpc_port: int | None = None  # a sidecar's Dapr gRPC API
+    public_port: int | None = None  # a sidecar's health port (--dapr-public-port)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -240,10 +241,15 @@ def start_sidecar(
     grace_s: float = 5.0,
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
+    wait: bool = True,
 ) -> Proc:
+    """Start ``python -m tidings.sidecar`` on free ports; with ``wait``, return once its
+    components are ready (``/v1.0/healthz/outbound`` 204), else once its API answers."""
     port = free_port()
-    # Its own gRPC port: Dapr's default 50001 would be shared by every sidecar of the host.
+    # Its own gRPC and health ports: Dapr's defaults 50001 and 3501 would be shared by every
+    # sidecar of the host.
     grpc_port = free_port()
+    public_port = free_port()
     log_path = tmp / f"{name}.sidecar.log"
     argv = [
         sys.executable,
@@ -255,6 +261,8 @@ def start_sidecar(
         str(port),
         "--dapr-grpc-port",
         str(grpc_port),
+        "--dapr-public-port",
+        str(public_port),
         "--resources-path",
         str(resources),
         "--log-level",
@@ -271,25 +279,25 @@ def start_sidecar(
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    proc = Proc(name, process, log_path, port, grpc_port)
-    wait_serving(proc)
+    proc = Proc(name, process, log_path, port, grpc_port, public_port)
+    wait_serving(proc, ready=wait)
     return proc
 
 
-def wait_serving(sidecar: Proc, timeout_s: float = 30) -> None:
-    """Poll until the sidecar's ``/v1.0/healthz/outbound`` answers 204; fail with its log if
-    the process exits first."""
+def wait_serving(sidecar: Proc, timeout_s: float = 30, *, ready: bool = True) -> None:
+    """Poll until the sidecar's ``/v1.0/healthz/outbound`` answers 204 (with ``ready=False``:
+    answers at all); fail with its log if the process exits first."""
 
-    def ready() -> bool:
+    def serving() -> bool:
         if not sidecar.alive():
             _died(sidecar)
         try:
             status, _ = http_json(f"http://127.0.0.1:{sidecar.port}/v1.0/healthz/outbound")
         except OSError:
             return False
-        return status == 204
+        return status == 204 or not ready
 
-    poll(f"sidecar {sidecar.name} to serve", ready, timeout_s=timeout_s)
+    poll(f"sidecar {sidecar.name} to serve", serving, timeout_s=timeout_s)
 
 
 def received(app: Proc) -> dict[str, list[str]]:

@@ -178,3 +178,104 @@ def test_app_protocol_tidings_does_not_speak_is_refused(value: str) -> None:
         parse_sidecar_config(pod({"dapr.io/app-id": "orders", "dapr.io/app-protocol": value}))
     assert caught.value.key == "dapr.io/app-protocol"
     assert "http or grpc" in str(caught.value)
+
+
+def pod_with_ports(annotations: dict[str, str], *ports: int, protocol: str = "TCP") -> dict:
+    return {
+        "metadata": {"annotations": {"dapr.io/app-id": "orders", **annotations}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "ports": [{"containerPort": p, "protocol": protocol} for p in ports],
+                }
+            ]
+        },
+    }
+
+
+def test_security_defaults() -> None:
+    config = parse_sidecar_config(pod({"dapr.io/app-id": "orders"}))
+    assert config.listen_addresses == "[::1],127.0.0.1"  # daprd's: loopback only
+    assert config.public_port == 3501
+    assert config.api_token_secret is None and config.app_token_secret is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("[::1], 127.0.0.1", "[::1],127.0.0.1"),
+        ("::1,::1", "[::1]"),
+        ("0.0.0.0", "0.0.0.0"),
+    ],
+)
+def test_listen_addresses_are_normalised(value: str, expected: str) -> None:
+    annotations = {"dapr.io/app-id": "orders", "dapr.io/sidecar-listen-addresses": value}
+    assert parse_sidecar_config(pod(annotations)).listen_addresses == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("dapr.io/sidecar-listen-addresses", "localhost"),
+        ("dapr.io/sidecar-listen-addresses", "127.0.0.1,"),
+        ("dapr.io/sidecar-listen-addresses", "[::1"),
+        ("dapr.io/sidecar-public-port", "0"),
+        ("dapr.io/sidecar-public-port", "65536"),
+        ("dapr.io/sidecar-public-port", "3500"),
+        ("dapr.io/sidecar-public-port", "50001"),
+        ("dapr.io/api-token-secret", ""),
+        ("dapr.io/api-token-secret", "Not_A_Secret"),
+        ("dapr.io/app-token-secret", "a/b"),
+        ("dapr.io/sidecar-cpu-request", "-100m"),
+        ("dapr.io/sidecar-memory-limit", "-1Gi"),
+        ("dapr.io/sidecar-liveness-probe-delay-seconds", "-1"),
+    ],
+)
+def test_security_annotations_are_range_checked(key: str, value: str) -> None:
+    with pytest.raises(AnnotationError) as err:
+        parse_sidecar_config(pod({"dapr.io/app-id": "orders", key: value}))
+    assert err.value.key == key, err.value
+
+
+@pytest.mark.parametrize(
+    ("annotations", "ports", "key", "said"),
+    [
+        # the sidecar's own ports, each against the others
+        ({"dapr.io/app-port": "50001"}, (), "dapr.io/app-port", "gRPC API"),
+        ({"dapr.io/app-port": "3501"}, (), "dapr.io/sidecar-public-port", "the app's port"),
+        (
+            {"dapr.io/sidecar-public-port": "9090"},
+            (),
+            "dapr.io/metrics-port",
+            "sidecar-public-port",
+        ),
+        (
+            {"dapr.io/metrics-port": "4000", "dapr.io/sidecar-public-port": "4000"},
+            (),
+            "dapr.io/metrics-port",
+            "sidecar-public-port",
+        ),
+        # an app container's own ports: the app's metrics on 9090 is the classic clash
+        ({}, (8080, 9090), "dapr.io/metrics-port", "containerPort of container 'app'"),
+        ({}, (3501,), "dapr.io/sidecar-public-port", "containerPort"),
+    ],
+)
+def test_ports_may_not_clash(
+    annotations: dict[str, str], ports: tuple[int, ...], key: str, said: str
+) -> None:
+    with pytest.raises(AnnotationError) as err:
+        parse_sidecar_config(pod_with_ports(annotations, *ports))
+    assert err.value.key == key, err.value
+    assert said in str(err.value)
+
+
+def test_ports_that_do_not_clash() -> None:
+    # metrics off: 9090 is the app's to take; UDP ports do not clash with TCP listeners
+    parse_sidecar_config(pod_with_ports({"dapr.io/enable-metrics": "false"}, 9090))
+    parse_sidecar_config(pod_with_ports({}, 9090, 3501, protocol="UDP"))
+    config = parse_sidecar_config(
+        pod_with_ports({"dapr.io/metrics-port": "9191", "dapr.io/app-port": "8080"}, 8080, 9090)
+    )
+    assert (config.metrics_port, config.public_port) == (9191, 3501)

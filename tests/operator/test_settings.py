@@ -53,6 +53,15 @@ def test_sidecar_defaults_from_the_chart() -> None:
     assert parse_settings([], environ={}).injector.sidecar_resources == {}
 
 
+def test_default_api_token_secret() -> None:
+    assert parse_settings([], environ={}).injector.default_api_token_secret is None
+    assert (
+        parse_settings([], environ={"TIDINGS_SIDECAR_API_TOKEN_SECRET": ""})
+    ).injector.default_api_token_secret is None
+    s = parse_settings([], environ={"TIDINGS_SIDECAR_API_TOKEN_SECRET": "dapr-api-token"})
+    assert s.injector.default_api_token_secret == "dapr-api-token"
+
+
 def test_flags_override_environment() -> None:
     s = parse_settings(
         ["--webhook-port", "7000", "--standalone", "--namespace", "x"],
@@ -76,6 +85,7 @@ def test_flags_override_environment() -> None:
         ([], {"TIDINGS_SIDECAR_RESOURCES": "{"}, "not JSON"),
         ([], {"TIDINGS_SIDECAR_RESOURCES": '{"request": {"cpu": "1"}}'}, "requests"),
         ([], {"TIDINGS_SIDECAR_RESOURCES": '{"limits": {"memory": "lots"}}'}, "limits.memory"),
+        ([], {"TIDINGS_SIDECAR_API_TOKEN_SECRET": "No_Secret"}, "--sidecar-api-token-secret"),
     ],
 )
 def test_bad_settings_name_the_setting(

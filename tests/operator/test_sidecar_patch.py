@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import jsonpatch
+import pytest
 
 from tidings.operator.annotations import parse_sidecar_config
 from tidings.operator.sidecar_patch import json_patch, patch_pod
@@ -61,8 +62,12 @@ def test_injects_one_daprd_with_the_contracted_shape() -> None:
         "8080",
         "--dapr-http-port",
         "3500",
+        "--dapr-grpc-port",
+        "50001",
         "--dapr-listen-addresses",
-        "0.0.0.0",
+        "[::1],127.0.0.1",
+        "--dapr-public-port",
+        "3501",
         "--resources-path",
         "/etc/tidings/resources",
         "--log-level",
@@ -74,14 +79,23 @@ def test_injects_one_daprd_with_the_contracted_shape() -> None:
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
         "dapr-http": 3500,
         "dapr-grpc": 50001,
+        "dapr-public": 3501,
         "dapr-metrics": 9090,
     }
+    # The probes go to the public port: the API itself listens on loopback only.
     assert c["readinessProbe"]["httpGet"] == {
         "path": "/v1.0/healthz",
-        "port": 3500,
+        "port": 3501,
         "scheme": "HTTP",
     }
-    assert c["livenessProbe"]["tcpSocket"] == {"port": 3500}
+    assert c["livenessProbe"]["tcpSocket"] == {"port": 3501}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert c["resources"] == {"requests": {"cpu": "50m"}, "limits": {"memory": "256Mi"}}
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert env == {"NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
@@ -154,7 +168,7 @@ def test_metrics_disabled_drops_port_and_flags() -> None:
     pod = make_pod(**{"dapr.io/enable-metrics": "false"})
     c = daprd(patch_pod(pod, parse_sidecar_config(pod), image=IMAGE))
     assert "--enable-metrics" not in c["args"]
-    assert [p["name"] for p in c["ports"]] == ["dapr-http", "dapr-grpc"]
+    assert [p["name"] for p in c["ports"]] == ["dapr-http", "dapr-grpc", "dapr-public"]
     assert "--app-port" not in c["args"]
 
 
@@ -169,20 +183,99 @@ def test_api_server_defaults_do_not_make_a_patch() -> None:
     assert json_patch(stored, config, image=IMAGE) == []
 
 
-def test_a_pod_with_its_own_daprd_is_not_injected() -> None:
-    """Found on a real cluster: merging into a user's daprd made pods the API server refused."""
-    from tidings.operator.injection import decide
+def test_a_pod_with_its_own_daprd_is_refused() -> None:
+    """Found on a real cluster: merging into a user's daprd made pods the API server refused,
+    and kept what the user put there (privileged, root, capabilities) next to the broker
+    credentials. Now the pod is refused, saying what to do."""
+    from tidings.operator.injection import InjectionRefused, decide
     from tidings.operator.settings import InjectorSettings
 
     pod = make_pod()
     pod["spec"]["containers"].append(
         {"name": "daprd", "image": "mine", "readinessProbe": {"exec": {"command": ["true"]}}}
     )
-    patched, warnings = decide(pod, InjectorSettings(sidecar_image=IMAGE))
-    assert patched is None and "already exists" in warnings[0]
+    with pytest.raises(InjectionRefused) as refused:
+        decide(pod, InjectorSettings(sidecar_image=IMAGE))
+    assert "already has a container named 'daprd'" in str(refused.value)
+    assert 'dapr.io/enabled: "false"' in str(refused.value)
     injected = patch_pod(make_pod(), parse_sidecar_config(make_pod()), image=IMAGE)
     again, _ = decide(injected, InjectorSettings(sidecar_image=IMAGE))  # re-invocation
     assert again == injected
+
+
+def test_a_daprd_claiming_to_be_injected_is_rebuilt_without_what_its_author_added() -> None:
+    """A pod labelled dapr.io/sidecar-injected (as a re-invocation is) with a daprd of its own
+    gets exactly our container: nothing of the author's survives but API-server defaults."""
+    pod = make_pod()
+    pod["metadata"]["labels"]["dapr.io/sidecar-injected"] = "true"
+    pod["spec"]["containers"].append(
+        {
+            "name": "daprd",
+            "image": "mine",
+            "command": ["sh", "-c", "cat /etc/tidings/resources/*"],
+            "envFrom": [{"secretRef": {"name": "everything"}}],
+            "lifecycle": {"postStart": {"exec": {"command": ["steal"]}}},
+            "securityContext": {
+                "privileged": True,
+                "runAsUser": 0,
+                "capabilities": {"add": ["NET_ADMIN"]},
+            },
+            "terminationMessagePath": "/dev/termination-log",
+        }
+    )
+    config = parse_sidecar_config(pod)
+    rebuilt = daprd(patch_pod(pod, config, image=IMAGE))
+    clean = daprd(patch_pod(make_pod(), config, image=IMAGE))
+    assert rebuilt == {**clean, "terminationMessagePath": "/dev/termination-log"}
+
+
+def test_listen_addresses_public_port_and_tokens_reach_the_container() -> None:
+    pod = make_pod(
+        **{
+            "dapr.io/sidecar-listen-addresses": "0.0.0.0",
+            "dapr.io/sidecar-public-port": "3601",
+            "dapr.io/api-token-secret": "orders-api-token",
+            "dapr.io/app-token-secret": "orders-app-token",
+        }
+    )
+    c = daprd(patch_pod(pod, parse_sidecar_config(pod), image=IMAGE))
+    args = c["args"]
+    assert args[args.index("--dapr-listen-addresses") + 1] == "0.0.0.0"
+    assert args[args.index("--dapr-public-port") + 1] == "3601"
+    assert c["readinessProbe"]["httpGet"]["port"] == 3601
+    assert c["livenessProbe"]["tcpSocket"] == {"port": 3601}
+    # Dapr's env names and Secret key; the value never appears in the pod spec.
+    assert {
+        "name": "DAPR_API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "orders-api-token", "key": "token"}},
+    } in c["env"]
+    assert {
+        "name": "APP_API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "orders-app-token", "key": "token"}},
+    } in c["env"]
+    plain = daprd(patch_pod(make_pod(), parse_sidecar_config(make_pod()), image=IMAGE))
+    assert not any(e["name"].endswith("_API_TOKEN") for e in plain["env"])
+
+
+def test_cluster_default_api_token_secret_applies_unless_the_pod_names_one() -> None:
+    from tidings.operator.injection import decide
+    from tidings.operator.settings import InjectorSettings
+
+    settings = InjectorSettings(sidecar_image=IMAGE, default_api_token_secret="dapr-api-token")
+
+    def token_secret(pod: dict) -> str | None:
+        patched, _ = decide(pod, settings)
+        assert patched is not None
+        for e in daprd(patched)["env"]:
+            if e["name"] == "DAPR_API_TOKEN":
+                return str(e["valueFrom"]["secretKeyRef"]["name"])
+        return None
+
+    assert token_secret(make_pod()) == "dapr-api-token"
+    assert token_secret(make_pod(**{"dapr.io/api-token-secret": "own"})) == "own"
+    unset, _ = decide(make_pod(), InjectorSettings(sidecar_image=IMAGE))
+    assert unset is not None
+    assert not any(e["name"] == "DAPR_API_TOKEN" for e in daprd(unset)["env"])
 
 
 def test_app_protocol_annotation_reaches_the_sidecar_and_the_app() -> None:

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -45,7 +46,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from ...resources.kafka import KafkaMetadata
 from ...resources.kafka_topics import invalid_topic_message, kafka_topic_problem
 from ..base import BrokerError, PublishRecord
-from .clients import client_kwargs
+from .clients import client_kwargs, connection_problem
 
 __all__ = ["KafkaProducer"]
 
@@ -144,9 +145,11 @@ class KafkaProducer:
         self._producer: AIOKafkaProducer | None = None
         self._watch: asyncio.Task[None] | None = None
         self._unanswered = 0  # metadata probes in a row without an answer
+        self._client_kwargs: dict[str, Any] = {}
 
     def _new_producer(self) -> AIOKafkaProducer:
         kwargs = client_kwargs(self.meta)
+        self._client_kwargs = dict(kwargs)
         if self.meta.max_message_bytes > 0:
             kwargs["max_request_size"] = self.meta.max_message_bytes
         elif self.max_body_size:
@@ -174,14 +177,17 @@ class KafkaProducer:
             ) from exc
         try:
             await producer.start()
-        except (KafkaError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - KafkaError, OSError, SASL/SCRAM ValueErrors...
             # Never reuse a producer whose start failed (aiokafka #759: sends on it hang). Closing
             # it releases whatever sockets the bootstrap attempt opened.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), timeout=1.0)
+            # aiokafka says only "Unable to bootstrap" for a refused TLS handshake or SASL
+            # login: say why.
+            why = await connection_problem(self._client_kwargs)
             raise BrokerError(
                 f"cannot connect to kafka brokers {','.join(self.meta.brokers)}: "
-                f"{_broker_error(exc)}",
+                f"{_broker_error(exc)}" + (f"; {why}" if why else ""),
                 retriable=True,
             ) from exc
         self._producer = producer

@@ -17,7 +17,9 @@ across deliveries. Behaviour follows Dapr's HTTP app channel (dapr-pubsub-contra
 - :meth:`AppChannel.deliver_bulk` POSTs one bulk request (§2.4) and classifies the answer per
   entry (``bulk_format.py``).
 
-If ``APP_API_TOKEN`` is set, every request carries it as ``dapr-api-token``.
+If ``APP_API_TOKEN`` is set, every request carries it as ``dapr-api-token``, so the app can tell
+its sidecar from other callers (docs.dapr.io/operations/security/app-api-token/); a record's own
+``dapr-api-token`` or ``Authorization`` metadata never replaces it (``delivery/engine.py``).
 Redirects are not followed: a 3xx answer is "another status" and is retried.
 
 Neighbours: ``delivery/engine.py`` (the only caller of ``post_event``),

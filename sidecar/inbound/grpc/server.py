@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import grpc
@@ -241,11 +241,16 @@ class _ApiTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def start_grpc_server(
-    settings: SidecarSettings, servicer: DaprServicer, port: int
+    settings: SidecarSettings,
+    servicer: DaprServicer,
+    port: int,
+    *,
+    addresses: Sequence[str] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Serve ``servicer`` on ``settings.dapr_listen_address:port`` (0: any free port); returns
-    the started server and the bound port. Raises ``OSError`` when the port cannot be bound
-    (``SO_REUSEPORT`` is off, so a port in use is an error, never shared)."""
+    """Serve ``servicer`` on each of ``addresses`` (default ``settings.dapr_listen_addresses``)
+    at ``port`` (0: a free port, the same on every address); returns the started server and
+    the bound port. Raises ``OSError`` when an address cannot be bound (``SO_REUSEPORT`` is off,
+    so a port in use is an error, never shared)."""
     interceptors = [_ApiTokenInterceptor(settings.api_token)] if settings.api_token else []
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -255,13 +260,18 @@ async def start_grpc_server(
         ],
     )
     dapr_pb2_grpc.add_DaprServicer_to_server(servicer, server)
-    address = settings.dapr_listen_address
-    host = f"[{address}]" if ":" in address else address
-    try:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    except RuntimeError as exc:
-        raise OSError(f"cannot bind the gRPC API to {host}:{port}: {exc}") from None
-    if not bound:
-        raise OSError(f"cannot bind the gRPC API to {host}:{port}")
+    bound = port
+    for address in addresses if addresses is not None else settings.dapr_listen_addresses:
+        target = f"[{address}]:{bound}" if ":" in address else f"{address}:{bound}"
+        try:
+            got = server.add_insecure_port(target)
+        except RuntimeError:
+            got = 0
+        if not got:
+            # grpcio releases the addresses bound so far only by a started server's stop.
+            await server.start()
+            await server.stop(None)
+            raise OSError(f"cannot bind the gRPC API to {target}")
+        bound = got
     await server.start()
     return server, bound

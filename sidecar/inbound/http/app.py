@@ -5,8 +5,10 @@ Handlers (``publish.py``, ``metadata.py``, ``health.py``) raise
 error into a response (dapr-pubsub-contract.md §1.2 body shape), and the only place that answers
 an unexpected exception: a logged 500 with a Dapr-style body, never a traceback.
 
-API token (§1.1): when ``settings.api_token`` is set, every request except the health endpoints
-needs header ``dapr-api-token`` with that value; otherwise 401 text/plain ``invalid api token``.
+API token (docs.dapr.io/operations/security/api-token/): when ``settings.api_token`` is set,
+every request except the two health endpoints needs header ``dapr-api-token`` with that value;
+otherwise 401 text/plain ``invalid api token``. :func:`create_public_app` is the public port's
+application (``--dapr-public-port``): the health endpoints and nothing else.
 Body limit: ``settings.max_body_size`` bytes (aiohttp's ``client_max_size``); a larger body gets
 413 with a Dapr-style body (stricter than Dapr, which answers 500). A path no route serves is 404
 ``ERR_NOT_FOUND`` and a method a route does not take 405 ``ERR_METHOD_NOT_ALLOWED`` (with the
@@ -34,12 +36,13 @@ from ...runtime.settings import SidecarSettings
 from . import health, metadata, publish
 from .keys import EXTENDED_KEY, PUBLISHER_KEY, RUNTIME_KEY, SETTINGS_KEY, RuntimeView
 
-__all__ = ["create_app", "dapr_error_response"]
+__all__ = ["create_app", "create_public_app", "dapr_error_response"]
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "dapr-api-token"
-TOKEN_EXEMPT_PREFIX = "/v1.0/healthz"
+TOKEN_EXEMPT = frozenset({"/v1.0/healthz", "/v1.0/healthz/outbound"})
+"""Paths served without the API token (daprd's "always allowed" health endpoints)."""
 
 
 def dapr_error_response(error: DaprError) -> web.Response:
@@ -53,8 +56,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
-def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
-    token = settings.api_token.encode("utf-8", "surrogateescape") if settings.api_token else None
+def _middlewares(
+    settings: SidecarSettings, *, check_token: bool = True
+) -> tuple[Middleware, Middleware]:
+    token = (
+        settings.api_token.encode("utf-8", "surrogateescape")
+        if settings.api_token and check_token
+        else None
+    )
 
     app_id = settings.app_id
 
@@ -83,7 +92,7 @@ def _middlewares(settings: SidecarSettings) -> tuple[Middleware, Middleware]:
 
     @web.middleware
     async def dapr_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token is not None and not request.path.startswith(TOKEN_EXEMPT_PREFIX):
+        if token is not None and request.path not in TOKEN_EXEMPT:
             # Compared as the bytes sent: aiohttp keeps bytes that are not UTF-8 as surrogate
             # escapes, which "surrogateescape" turns back into those bytes.
             given = request.headers.get(TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
@@ -149,5 +158,19 @@ def create_app(
     app[EXTENDED_KEY] = {}
     publish.add_routes(app)
     metadata.add_routes(app)
+    health.add_routes(app)
+    return app
+
+
+def create_public_app(settings: SidecarSettings, runtime: RuntimeView) -> web.Application:
+    """The public port's application: ``GET /v1.0/healthz`` and ``/v1.0/healthz/outbound``
+    only (no publish, no metadata), so it can listen on every interface for the kubelet's
+    probes while the API stays on loopback. Every other path is 404 ``ERR_NOT_FOUND``. No
+    request body is read (``client_max_size`` 1 KiB)."""
+    app = web.Application(
+        middlewares=_middlewares(settings, check_token=False), client_max_size=1024
+    )
+    app[SETTINGS_KEY] = settings
+    app[RUNTIME_KEY] = runtime
     health.add_routes(app)
     return app

@@ -4,7 +4,8 @@
   500 ``ERR_HEALTH_NOT_READY`` naming the unhealthy targets. ``?appid=X`` that is not our app-id:
   500 ``ERR_HEALTH_APPID_NOT_MATCH``.
 - ``/healthz/outbound``: 204 once components are ready and the API is up (before the app is
-  reachable; SDKs' ``waitForSidecar``); else 500 ``ERR_OUTBOUND_HEALTH_NOT_READY``.
+  reachable; SDKs' ``waitForSidecar``); else 500 ``ERR_OUTBOUND_HEALTH_NOT_READY``, the message
+  naming each component that is not ready and its last connection error.
 
 Both are exempt from the API token (``app.py``).
 """
@@ -35,8 +36,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def healthz_outbound(request: web.Request) -> web.Response:
-    if not request.app[RUNTIME_KEY].outbound_ready():
-        raise DaprError(500, "ERR_OUTBOUND_HEALTH_NOT_READY", "dapr outbound is not ready")
+    runtime = request.app[RUNTIME_KEY]
+    if not runtime.outbound_ready():
+        # Dapr's message, then which component and why (e.g. "certificate verify failed").
+        problems = sorted(runtime.outbound_problems().items())
+        detail = ": " + "; ".join(f"{n}: {why}" for n, why in problems) if problems else ""
+        raise DaprError(500, "ERR_OUTBOUND_HEALTH_NOT_READY", f"dapr outbound is not ready{detail}")
     return web.Response(status=204)
 
 

@@ -38,6 +38,10 @@ class RuntimeView(Protocol):
     def outbound_ready(self) -> bool:
         """Components initialised and the API up (§1.5 ``/healthz/outbound``)."""
 
+    def outbound_problems(self) -> dict[str, str]:
+        """Component name → why it is not ready (its last connection error, e.g. a refused
+        TLS certificate), for the components :meth:`outbound_ready` waits for."""
+
     def app_channel_ready(self) -> bool:
         """The app is reachable, or there is no app port (§1.5 ``/healthz``)."""
 

@@ -45,6 +45,9 @@ def refused(capsys: pytest.CaptureFixture[str], *flags: str) -> str:
         (("--dapr-http-port", "0"), "out of range"),
         (("--metrics-port", "70000"), "out of range"),
         (("--app-port", "-1"), "out of range"),
+        (("--dapr-public-port", "0"), "out of range"),
+        (("--dapr-listen-addresses", "localhost"), "invalid listen address"),
+        (("--dapr-listen-addresses", "127.0.0.1,"), "invalid listen address"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
 )
@@ -75,3 +78,32 @@ def test_sensible_numbers_are_taken() -> None:
     assert settings.dapr_http_port == 3501
     defaults = settings_from_args(parse(), environ={})
     assert (defaults.delivery_timeout_s, defaults.graceful_shutdown_seconds) == (60.0, 5.0)
+
+
+def test_listen_and_public_port_defaults_are_daprds() -> None:
+    settings = settings_from_args(parse(), environ={})
+    assert settings.dapr_listen_addresses == ("::1", "127.0.0.1")  # loopback only
+    assert (settings.dapr_public_port, settings.dapr_public_port_explicit) == (3501, False)
+    assert settings.api_token is None and settings.app_api_token is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0.0.0.0", ("0.0.0.0",)),
+        ("[::1], 127.0.0.1,127.0.0.1", ("::1", "127.0.0.1")),
+        ("::", ("::",)),
+    ],
+)
+def test_listen_addresses(value: str, expected: tuple[str, ...]) -> None:
+    settings = settings_from_args(parse("--dapr-listen-addresses", value), environ={})
+    assert settings.dapr_listen_addresses == expected
+
+
+def test_tokens_and_an_explicit_public_port() -> None:
+    settings = settings_from_args(
+        parse("--dapr-public-port", "3601"),
+        environ={"DAPR_API_TOKEN": "api", "APP_API_TOKEN": "app"},
+    )
+    assert (settings.dapr_public_port, settings.dapr_public_port_explicit) == (3601, True)
+    assert (settings.api_token, settings.app_api_token) == ("api", "app")

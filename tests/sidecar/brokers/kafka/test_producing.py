@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from tests.tlskit import Pki
 from tidings.sidecar.brokers.base import BrokerError, PublishRecord
-from tidings.sidecar.brokers.kafka.clients import client_kwargs
+from tidings.sidecar.brokers.kafka.clients import OidcTokenProvider, client_kwargs
 from tidings.sidecar.brokers.kafka.producing import KafkaProducer
 from tidings.sidecar.envelopes.wrapping import wrap
 from tidings.sidecar.resources.kafka import KafkaMetadata, parse_kafka_metadata
@@ -106,40 +107,37 @@ def test_client_kwargs_plaintext() -> None:
     }
 
 
-def test_client_kwargs_sasl() -> None:
-    plain = client_kwargs(
-        parse_kafka_metadata(
-            {"brokers": "h:1", "authType": "password", "saslUsername": "u", "saslPassword": "p"},
-            app_id="a",
-        )
-    )
-    assert plain["security_protocol"] == "SASL_PLAINTEXT"
+def test_client_kwargs_sasl_is_tls_unless_disabled() -> None:
+    """Dapr's rule (components-contrib auth.go): TLS for every authType but none; a password
+    never travels in plain text unless disableTls says so."""
+    sasl = {"brokers": "h:1", "authType": "password", "saslUsername": "u", "saslPassword": "p"}
+    plain = client_kwargs(parse_kafka_metadata(sasl, app_id="a"))
+    assert plain["security_protocol"] == "SASL_SSL"
     assert (
         plain["sasl_mechanism"],
         plain["sasl_plain_username"],
         plain["sasl_plain_password"],
     ) == ("PLAIN", "u", "p")
-    scram = client_kwargs(
+    ctx = plain["ssl_context"]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname  # the system store
+    clear = client_kwargs(parse_kafka_metadata({**sasl, "disableTls": "true"}, app_id="a"))
+    assert clear["security_protocol"] == "SASL_PLAINTEXT" and "ssl_context" not in clear
+    for dapr, ours in (("SHA-512", "SCRAM-SHA-512"), ("scram-sha-256", "SCRAM-SHA-256")):
+        scram = client_kwargs(parse_kafka_metadata({**sasl, "saslMechanism": dapr}, app_id="a"))
+        assert scram["sasl_mechanism"] == ours
+
+
+def test_client_kwargs_tls_skip_verify_and_client_certificate(pki: Pki) -> None:
+    kw = client_kwargs(
         parse_kafka_metadata(
             {
                 "brokers": "h:1",
-                "authType": "password",
-                "saslUsername": "u",
-                "saslPassword": "p",
-                "saslMechanism": "SHA-512",
+                "authType": "mtls",
                 "skipVerify": "true",
-                "caCert": "",
+                "clientCert": pki.text("client_cert"),
+                "clientKey": pki.text("client_key"),
             },
             app_id="a",
-        )
-    )
-    assert scram["sasl_mechanism"] == "SCRAM-SHA-512"
-
-
-def test_client_kwargs_tls_skip_verify() -> None:
-    kw = client_kwargs(
-        parse_kafka_metadata(
-            {"brokers": "h:1", "authType": "mtls", "skipVerify": "true"}, app_id="a"
         )
     )
     assert kw["security_protocol"] == "SSL"
@@ -148,13 +146,21 @@ def test_client_kwargs_tls_skip_verify() -> None:
     assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
 
 
-def test_client_kwargs_bad_ca_pem_is_refused() -> None:
-    with pytest.raises((ssl.SSLError, ValueError)):
-        client_kwargs(
-            parse_kafka_metadata(
-                {"brokers": "h:1", "authType": "none", "caCert": "not a pem"}, app_id="a"
-            )
+def test_client_kwargs_oidc_has_a_token_provider() -> None:
+    kw = client_kwargs(
+        parse_kafka_metadata(
+            {
+                "brokers": "h:1",
+                "authType": "oidc",
+                "oidcTokenEndpoint": "https://idp.example/token",
+                "oidcClientID": "id",
+                "oidcClientSecret": "s",
+            },
+            app_id="a",
         )
+    )
+    assert (kw["security_protocol"], kw["sasl_mechanism"]) == ("SASL_SSL", "OAUTHBEARER")
+    assert isinstance(kw["sasl_oauth_token_provider"], OidcTokenProvider)
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,9 @@ class FakeRuntime:
     def outbound_ready(self) -> bool:
         return self.outbound
 
+    def outbound_problems(self) -> dict[str, str]:
+        return {} if self.outbound else {"pubsub": "not connected"}
+
     def app_channel_ready(self) -> bool:
         return self.app_channel
 
@@ -727,7 +730,10 @@ async def test_healthz(api: Api) -> None:
     status, ctype, body = await api.call("GET", "/v1.0/healthz/outbound")
     assert (status, dapr_error(status, ctype, body)) == (
         500,
-        {"errorCode": "ERR_OUTBOUND_HEALTH_NOT_READY", "message": "dapr outbound is not ready"},
+        {
+            "errorCode": "ERR_OUTBOUND_HEALTH_NOT_READY",
+            "message": "dapr outbound is not ready: pubsub: not connected",
+        },
     )
 
 
